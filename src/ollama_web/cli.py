@@ -1,0 +1,91 @@
+"""The `ollama-web` command: serve, migrate, and the commands each domain registers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ollama_web import __version__
+from ollama_web.core.startup import load_settings_or_exit
+
+# Modules exposing `register(subparsers)`; each adds its own subcommands.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings_or_exit()
+    uvicorn.run(
+        "ollama_web.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=None if args.reload else (args.workers or settings.workers),
+        reload=args.reload,
+        loop="auto",
+        http="auto",
+        # The app itself believes X-Forwarded-For only from TRUSTED_PROXIES.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from ollama_web.migrations.runner import status_for_settings, upgrade_settings
+
+    settings = load_settings_or_exit()
+    if args.status:
+        status = asyncio.run(status_for_settings(settings))
+        print(f"current: {status.current or '(empty database)'}")
+        print(f"head:    {status.head}")
+        if status.up_to_date:
+            print("up to date")
+            return 0
+        print("pending: " + ", ".join(status.pending))
+        return 1
+    before = asyncio.run(upgrade_settings(settings))
+    if before.up_to_date:
+        print(f"already up to date at {before.head}")
+    else:
+        print(f"upgraded {before.current or '(empty database)'} -> {before.head}")
+        print("applied: " + ", ".join(before.pending))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ollama-web", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ollama-web {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default: HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: WORKERS or 1)")
+    serve.add_argument("--reload", action="store_true", help="reload on code changes (dev)")
+    serve.set_defaults(handler=_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest")
+    migrate.add_argument(
+        "--status", action="store_true", help="show revisions; exit 1 if migrations are pending"
+    )
+    migrate.set_defaults(handler=_migrate)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The one typed settings object, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values that must never protect a production server: the specification's example, the
+# `.env.example` value, and (checked separately) anything shorter than 32 characters.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "generate-with-openssl-rand-hex-32",
+        "change-me-generate-with-openssl-rand-hex-32",
+        "changeme",
+        "secret",
+    }
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of the server. Invalid values stop the server at start."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    secret_key: SecretStr | None = None
+
+    # Paths and services
+    data_dir: Path = Path("./data")
+    log_dir: Path = Path("./logs")
+    backup_dir: Path = Path("./backups")
+    database_url: str | None = None
+    redis_url: str | None = None
+    migrate_on_startup: bool = True
+
+    # Server (used by `ollama-web serve`)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    # Ollama
+    ollama_url: CsvList = Field(default_factory=lambda: ["http://localhost:11434"])
+    ollama_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    ollama_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    ollama_list_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    ollama_health_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    ollama_max_connections: int = Field(default=100, ge=1, le=10000)
+
+    # HTTP
+    cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:5173"])
+    trusted_proxies: CsvList = Field(default_factory=list)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+    # Sessions and keys
+    session_timeout_minutes: int = Field(default=60, ge=1, le=60 * 24 * 365)
+    session_max_age_hours: int = Field(default=24 * 7, ge=1, le=24 * 365)
+    cookie_secure: bool = False
+    api_key_expiry_days: int = Field(default=0, ge=0, le=3650)
+    api_key_rotation_grace_minutes: int = Field(default=60, ge=0, le=60 * 24 * 90)
+
+    # Rate limiting
+    rate_limit_enabled: bool = True
+    rate_limit_per_minute: int = Field(default=100, ge=1)
+    rate_limit_auth_per_minute: int = Field(default=5, ge=1)
+    rate_limit_chat_per_minute: int = Field(default=20, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_failure_window_minutes: int = Field(default=15, ge=1)
+
+    # Protection
+    csrf_protection_enabled: bool = True
+    security_headers_enabled: bool = True
+    hsts_enabled: bool = False
+
+    # Chat
+    chat_continue_on_disconnect: bool = True
+    max_message_chars: int = Field(default=100_000, ge=1)
+    max_images_per_message: int = Field(default=4, ge=0, le=64)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    max_concurrent_generations_per_user: int = Field(default=3, ge=1)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    generation_checkpoint_seconds: float = Field(default=1.0, gt=0)
+
+    # Backups
+    backup_enabled: bool = True
+    backup_retention_days: int = Field(default=30, ge=0)
+    backup_max_count: int = Field(default=50, ge=1)
+    backup_interval_hours: float = Field(default=24.0, ge=0)
+
+    # Monitoring and logs
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
+    slow_request_ms: int = Field(default=1000, ge=1)
+    slow_query_ms: int = Field(default=200, ge=1)
+    log_level: LogLevel = LogLevel.INFO
+    structured_logging: bool = False
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=10, ge=0)
+
+    @field_validator("ollama_url", "cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _ollama_urls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one Ollama URL is required")
+        return [normalise_ollama_url(url) for url in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("a wildcard origin cannot be used with credentials; list origins")
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_secret(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and not secret_is_strong(self.secret_key):
+            raise ValueError(
+                "SECRET_KEY is missing or insecure for ENVIRONMENT=production; "
+                "set it to a random value, e.g. `openssl rand -hex 32`"
+            )
+        return self
+
+    @cached_property
+    def async_database_url(self) -> str:
+        """The SQLAlchemy URL with an async driver."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'ollama_web.db').as_posix()}"
+        for prefix, driver in (
+            ("postgresql+asyncpg://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(prefix):
+                return driver + url[len(prefix) :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.async_database_url.startswith("sqlite")
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+
+def secret_is_strong(secret: SecretStr | None) -> bool:
+    if secret is None:
+        return False
+    value = secret.get_secret_value()
+    return len(value) >= MIN_SECRET_LENGTH and value.lower() not in PLACEHOLDER_SECRETS
+
+
+def normalise_ollama_url(url: str) -> str:
+    """Apply Ollama's OLLAMA_HOST rules: no scheme -> http; no port -> 11434 (unless a scheme
+    was given, then the scheme's default port is implied)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        host, _, rest = url.partition("/")
+        if ":" not in host:
+            host = f"{host}:11434"
+        url = f"http://{host}" + (f"/{rest}" if rest else "")
+    scheme = url.split("://", 1)[0]
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unsupported scheme in Ollama URL {url!r}")
+    return url

@@ -1,0 +1,110 @@
+"""Engine and session factory. One request = one transaction (see `session_scope`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, ExecutionContext
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from ollama_web.core.config import Settings
+
+logger = logging.getLogger("ollama_web.db")
+slow_query_logger = logging.getLogger("ollama_web.db.slow")
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class SlowQueryRecorder:
+    """Logs statements slower than SLOW_QUERY_MS and counts them."""
+
+    def __init__(self, threshold_ms: int) -> None:
+        self.threshold_ms = threshold_ms
+        self.count = 0
+
+    def before(self, conn: Connection, *_args: Any) -> None:
+        conn.info.setdefault("query_start", []).append(time.perf_counter())
+
+    def after(
+        self,
+        conn: Connection,
+        _cursor: Any,
+        statement: str,
+        _params: Any,
+        _context: ExecutionContext,
+        _many: bool,
+    ) -> None:
+        starts = conn.info.get("query_start")
+        if not starts:
+            return
+        elapsed_ms = (time.perf_counter() - starts.pop()) * 1000
+        if elapsed_ms >= self.threshold_ms:
+            self.count += 1
+            slow_query_logger.warning(
+                "slow query %.1f ms: %s", elapsed_ms, " ".join(statement.split())[:500]
+            )
+
+
+def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
+    url = settings.async_database_url
+    kwargs: dict[str, Any] = {}
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
+    engine = create_async_engine(url, **kwargs)
+    if settings.is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    recorder = SlowQueryRecorder(settings.slow_query_ms)
+    event.listen(engine.sync_engine, "before_cursor_execute", recorder.before)
+    event.listen(engine.sync_engine, "after_cursor_execute", recorder.after)
+    return engine, recorder
+
+
+def create_null_pool_engine(settings: Settings) -> AsyncEngine:
+    """An engine for one-off command-line work (no pool left behind)."""
+    engine = create_async_engine(settings.async_database_url, poolclass=NullPool)
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def session_scope(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """Commit on success, roll back on error. Services and repositories only flush."""
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()

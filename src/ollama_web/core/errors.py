@@ -1,0 +1,210 @@
+"""The one error hierarchy and the handlers that render every error in one shape:
+`{"error": CODE, "message": str, "details": object, "request_id": str}`.
+
+Catch at the level you mean: `AppError` for anything we raise on purpose; the subclasses
+below for one kind of failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("ollama_web.errors")
+
+
+class AppError(Exception):
+    """Base of every error we render. Subclasses fix the status and code."""
+
+    status_code: int = 400
+    code: str = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class BadRequestError(AppError):
+    status_code = 400
+    code = "BAD_REQUEST"
+
+
+class InvalidJSONError(AppError):
+    status_code = 400
+    code = "INVALID_JSON"
+
+
+class InvalidCursorError(AppError):
+    status_code = 400
+    code = "INVALID_CURSOR"
+
+
+class UnauthenticatedError(AppError):
+    status_code = 401
+    code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(AppError):
+    status_code = 403
+    code = "FORBIDDEN"
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowedError(AppError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class ConflictError(AppError):
+    status_code = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLargeError(AppError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class ValidationError(AppError):
+    status_code = 422
+    code = "VALIDATION_ERROR"
+
+
+class RateLimitedError(AppError):
+    status_code = 429
+    code = "RATE_LIMITED"
+
+
+class ServiceUnavailableError(AppError):
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+
+
+class InternalError(AppError):
+    status_code = 500
+    code = "INTERNAL_ERROR"
+
+
+def request_id_of(scope_or_request: Request | Mapping[str, Any]) -> str:
+    scope = scope_or_request.scope if isinstance(scope_or_request, Request) else scope_or_request
+    state = scope.get("state") or {}
+    value = state.get("request_id", "") if isinstance(state, dict) else ""
+    return str(value)
+
+
+def error_body(
+    code: str, message: str, details: Mapping[str, Any] | None, request_id: str
+) -> dict[str, Any]:
+    return {
+        "error": code,
+        "message": message,
+        "details": dict(details or {}),
+        "request_id": request_id,
+    }
+
+
+def error_response(
+    request: Request | Mapping[str, Any],
+    status_code: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = error_body(code, message, details, request_id_of(request))
+    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
+
+
+def encode_error(
+    code: str, message: str, details: Mapping[str, Any] | None, request_id: str
+) -> bytes:
+    return json.dumps(error_body(code, message, details, request_id)).encode()
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+_HTTP_CODES = {
+    400: ("BAD_REQUEST", "The request is malformed."),
+    401: ("UNAUTHENTICATED", "Authentication is required."),
+    403: ("FORBIDDEN", "You are not allowed to do this."),
+    404: ("NOT_FOUND", "The requested resource was not found."),
+    405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this path."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code, message = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", "The request failed."))
+    if exc.status_code not in (404, 405) and isinstance(exc.detail, str) and exc.detail:
+        message = exc.detail
+    headers = dict(exc.headers or {})
+    return error_response(request, exc.status_code, code, message, {}, headers)
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
+    return [part for part in loc if part != "body" or len(loc) == 1]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return error_response(request, 400, "INVALID_JSON", "The request body is not valid JSON.")
+    fields = [
+        {
+            "loc": _clean_loc(tuple(err.get("loc", ()))),
+            "message": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in errors
+    ]
+    return error_response(
+        request, 422, "VALIDATION_ERROR", "The request payload is invalid.", {"fields": fields}
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(
+        "unhandled error on %s %s [request_id=%s]",
+        request.method,
+        request.url.path,
+        request_id_of(request),
+        exc_info=exc,
+    )
+    return error_response(request, 500, "INTERNAL_ERROR", "An unexpected error occurred.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

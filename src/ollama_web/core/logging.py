@@ -1,0 +1,126 @@
+"""Log files (app, error, access), rotation, JSON lines, and redaction of secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+from ollama_web.core.config import Settings
+
+ACCESS_LOGGER = "ollama_web.access"
+_HANDLER_MARK = "_ollama_web_handler"
+
+# Secrets that might reach a message despite our care: redact them before writing.
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [REDACTED]"),
+    (re.compile(r"\bowk_[A-Za-z0-9_-]+"), "owk_[REDACTED]"),
+    (
+        re.compile(
+            r"(?i)((?:authorization|cookie|set-cookie|x-api-key|x-csrf-token|api[_-]?key|"
+            r"password|new_password|current_password|secret[_-]?key|token|csrf_token)"
+            r"[\"']?\s*[:=]\s*[\"']?)([^\"',;&\s}]+)"
+        ),
+        r"\1[REDACTED]",
+    ),
+    (re.compile(r"(?i)(ow_session=)[^;\s]+"), r"\1[REDACTED]"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; extra fields given with `extra={"fields": {...}}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(payload, default=str, ensure_ascii=False))
+
+
+def _handler(path: Path, settings: Settings, level: int) -> RotatingFileHandler:
+    handler = RotatingFileHandler(
+        path,
+        maxBytes=settings.log_max_bytes,
+        backupCount=settings.log_backup_count,
+        encoding="utf-8",
+        delay=True,
+    )
+    handler.setLevel(level)
+    setattr(handler, _HANDLER_MARK, True)
+    return handler
+
+
+def _formatter(settings: Settings) -> logging.Formatter:
+    if settings.structured_logging:
+        return JsonFormatter()
+    return RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _remove_ours(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        if getattr(handler, _HANDLER_MARK, False):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Attach our handlers (idempotent: calling again replaces them)."""
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    formatter = _formatter(settings)
+    level = logging.getLevelNamesMapping()[settings.log_level.value]
+
+    app_logger = logging.getLogger("ollama_web")
+    _remove_ours(app_logger)
+    app_logger.setLevel(level)
+    app_logger.propagate = False
+    for path, handler_level in (
+        (settings.log_dir / "app.log", level),
+        (settings.log_dir / "error.log", logging.ERROR),
+    ):
+        handler = _handler(path, settings, handler_level)
+        handler.setFormatter(formatter)
+        app_logger.addHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(max(level, logging.WARNING))
+    console.setFormatter(formatter)
+    setattr(console, _HANDLER_MARK, True)
+    app_logger.addHandler(console)
+
+    access_logger = logging.getLogger(ACCESS_LOGGER)
+    _remove_ours(access_logger)
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False
+    access_handler = _handler(settings.log_dir / "access.log", settings, logging.INFO)
+    access_handler.setFormatter(
+        JsonFormatter() if settings.structured_logging else RedactingFormatter("%(message)s")
+    )
+    access_logger.addHandler(access_handler)
+
+
+def shutdown_logging() -> None:
+    for name in ("ollama_web", ACCESS_LOGGER):
+        _remove_ours(logging.getLogger(name))

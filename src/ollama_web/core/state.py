@@ -1,0 +1,26 @@
+"""Typed resources built by the lifespan and handed out through dependencies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ollama_web.core.config import Settings
+from ollama_web.core.db import SlowQueryRecorder
+
+
+@dataclass
+class CoreState:
+    settings: Settings
+    secret_key: str
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    slow_queries: SlowQueryRecorder
+    started_monotonic: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started_monotonic

@@ -1,0 +1,1 @@
+"""`/info`: what this server is and which features are on (no secrets)."""

@@ -1,0 +1,118 @@
+"""Request id, access log, and the last line of defence for unexpected exceptions."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ollama_web.core.errors import encode_error
+
+ACCESS = logging.getLogger("ollama_web.access")
+ERRORS = logging.getLogger("ollama_web.errors")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = pick_request_id(scope.get("headers", []))
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            ERRORS.error(
+                "unhandled error on %s %s [request_id=%s]",
+                scope.get("method"),
+                scope.get("path"),
+                request_id,
+                exc_info=exc,
+            )
+            if not response_started:
+                await _send_internal_error(send_wrapper, request_id)
+            status = 500
+        finally:
+            _log_access(scope, status, started, request_id)
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = encode_error("INTERNAL_ERROR", "An unexpected error occurred.", {}, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
+    duration_ms = (time.perf_counter() - started) * 1000
+    state: dict[str, Any] = scope.get("state") or {}
+    principal = state.get("principal_id") or "-"
+    client = state.get("client_ip") or (scope.get("client") or ("-",))[0]
+    template = route_template(scope)
+    ACCESS.info(
+        "%s %s %d %.1fms rid=%s principal=%s client=%s",
+        scope.get("method"),
+        template,
+        status,
+        duration_ms,
+        request_id,
+        principal,
+        client,
+        extra={
+            "fields": {
+                "method": scope.get("method"),
+                "route": template,
+                "status": status,
+                "duration_ms": round(duration_ms, 2),
+                "request_id": request_id,
+                "principal_id": principal,
+                "client": client,
+            }
+        },
+    )

@@ -1,0 +1,116 @@
+"""Upgrade, status and the optional migrate-on-startup step."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ollama_web.core.config import Settings
+from ollama_web.core.db import create_null_pool_engine
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+logger = logging.getLogger("ollama_web.migrations")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    current: str | None
+    head: str
+    pending: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+
+# Called with (settings, status) before an upgrade changes a database that already has a
+# schema (the backup module registers itself here to take a safety backup).
+BeforeUpgrade = Callable[[Settings, MigrationStatus], Awaitable[None]]
+_before_upgrade_hooks: list[BeforeUpgrade] = []
+
+
+def register_before_upgrade(hook: BeforeUpgrade) -> None:
+    if hook not in _before_upgrade_hooks:
+        _before_upgrade_hooks.append(hook)
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _pending(connection: Connection) -> MigrationStatus:
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    assert head is not None
+    current = MigrationContext.configure(connection).get_current_revision()
+    pending = [rev.revision for rev in script.iterate_revisions(head, current)]
+    pending.reverse()
+    return MigrationStatus(current=current, head=head, pending=pending)
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migration_status(engine: AsyncEngine) -> MigrationStatus:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_pending)
+
+
+async def upgrade(
+    engine: AsyncEngine, settings: Settings, revision: str = "head"
+) -> MigrationStatus:
+    """Upgrade to `revision`; a no-op when already there. Returns the status before."""
+    status = await migration_status(engine)
+    if status.up_to_date:
+        return status
+    if status.current is not None:
+        for hook in _before_upgrade_hooks:
+            await hook(settings, status)
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, revision)
+    logger.info("migrated database from %s to %s", status.current or "empty", status.head)
+    return status
+
+
+async def upgrade_settings(settings: Settings) -> MigrationStatus:
+    engine = create_null_pool_engine(settings)
+    try:
+        return await upgrade(engine, settings)
+    finally:
+        await engine.dispose()
+
+
+async def status_for_settings(settings: Settings) -> MigrationStatus:
+    engine = create_null_pool_engine(settings)
+    try:
+        return await migration_status(engine)
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.migrate_on_startup:
+        await upgrade(app.state.core.engine, settings)
+    yield

@@ -1,0 +1,176 @@
+"""Core fixtures: settings per database backend, the app with its lifespan, clients.
+
+Every database test runs on SQLite and on PostgreSQL (`db_backend` is parametrised).
+PostgreSQL comes from OLLAMA_WEB_TEST_PG_URL (set by scripts/test.sh); under CI=true it is
+required, elsewhere its tests are skipped with a reason when it is not configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ollama_web.app import create_app
+from ollama_web.core.config import Settings
+from ollama_web.core.logging import shutdown_logging
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+]
+
+PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
+REDIS_URL = os.environ.get("OLLAMA_WEB_TEST_REDIS_URL")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+def require_postgres() -> str:
+    if PG_ADMIN_URL:
+        return PG_ADMIN_URL
+    if IN_CI:
+        pytest.fail("CI=true but OLLAMA_WEB_TEST_PG_URL is not set: PostgreSQL is required")
+    pytest.skip("PostgreSQL not configured (set OLLAMA_WEB_TEST_PG_URL; scripts/test.sh does)")
+
+
+def require_redis() -> str:
+    if REDIS_URL:
+        return REDIS_URL
+    if IN_CI:
+        pytest.fail("CI=true but OLLAMA_WEB_TEST_REDIS_URL is not set: Redis is required")
+    pytest.skip("Redis not configured (set OLLAMA_WEB_TEST_REDIS_URL; scripts/test.sh does)")
+
+
+def _pg_url(database: str) -> str:
+    assert PG_ADMIN_URL is not None
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def _pg_admin(statements: list[str]) -> None:
+    import asyncpg
+
+    assert PG_ADMIN_URL is not None
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; each test clones it (fast) and drops its clone."""
+    require_postgres()
+    name = f"ow_template_{os.getpid()}"
+    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"']))
+    from ollama_web.migrations.runner import upgrade_settings
+
+    settings = Settings(database_url=_pg_url(name), secret_key=TEST_SECRET)
+    asyncio.run(upgrade_settings(settings))
+    yield name
+    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ollama_web.migrations.runner import upgrade_settings
+
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    settings = Settings(data_dir=directory, secret_key=TEST_SECRET)
+    asyncio.run(upgrade_settings(settings))
+    return directory / "ollama_web.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(
+    db_backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str | None]:
+    """None means the default SQLite file in DATA_DIR (pre-migrated from a template)."""
+    if db_backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        (tmp_path / "data").mkdir(exist_ok=True)
+        shutil.copyfile(template, tmp_path / "data" / "ollama_web.db")
+        yield None
+        return
+    template_name: str = request.getfixturevalue("pg_template")
+    name = f"ow_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin([f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"']))
+    yield _pg_url(name)
+    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings isolated in tmp_path; keyword arguments override (as env vars would)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "secret_key": TEST_SECRET,
+            "data_dir": tmp_path / "data",
+            "log_dir": tmp_path / "logs",
+            "backup_dir": tmp_path / "backups",
+            "ollama_url": ["http://127.0.0.1:9"],
+            "ollama_connect_timeout_seconds": 0.5,
+            "ollama_list_timeout_seconds": 1.0,
+            "backup_enabled": False,
+            "rate_limit_enabled": False,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings], database_url: str | None) -> Settings:
+    return settings_factory(database_url=database_url)
+
+
+@pytest.fixture
+async def app_factory() -> AsyncIterator[Callable[[Settings], Any]]:
+    """Build an app and run its lifespan; everything is shut down at teardown."""
+    stacks: list[Any] = []
+
+    async def start(settings: Settings) -> FastAPI:
+        app = create_app(settings)
+        context = app.router.lifespan_context(app)
+        await context.__aenter__()
+        stacks.append(context)
+        return app
+
+    yield start
+    for context in reversed(stacks):
+        await context.__aexit__(None, None, None)
+    shutdown_logging()
+
+
+@pytest.fixture
+async def app(app_factory: Callable[[Settings], Any], settings: Settings) -> FastAPI:
+    application: FastAPI = await app_factory(settings)
+    return application
+
+
+def asgi_client(app: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", **kwargs)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(app) as http:
+        yield http
