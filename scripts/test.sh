@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run and the CI workflow all call this).
+# On a fresh machine it sets up everything: the virtualenv with the dev extras, the Debian
+# packages and services the tests need (PostgreSQL, Redis, nginx, docker-compose, systemd),
+# then runs the quality gates and the whole suite with the coverage gate. Exits non-zero on
+# any failure. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python environment ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
+  | { grep -v -e '^WARNING: Location' -e '^$' || true; }
+export PATH="$PWD/$VENV/bin:$PATH"
+
+step "services (PostgreSQL, Redis, tools)"
+mkdir -p .test-logs
+eval "$(bash scripts/services.sh 2>.test-logs/services.log)" || {
+  cat .test-logs/services.log >&2
+  exit 1
+}
+echo "PostgreSQL: ${OLLAMA_WEB_TEST_PG_URL}"
+echo "Redis:      ${OLLAMA_WEB_TEST_REDIS_URL}"
+export CI="${CI:-}"
+
+step "ruff check"
+ruff check src tests scripts bench
+step "ruff format --check"
+ruff format --check src tests scripts bench
+step "mypy --strict (package)"
+mypy src
+
+step "pytest (SQLite and PostgreSQL, coverage gate)"
+set +e
+python -m pytest --cov=ollama_web --cov-report=term --cov-fail-under=85 "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

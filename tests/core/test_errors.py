@@ -1,0 +1,131 @@
+"""Every error has one shape, the right status, and a request id; nothing internal leaks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
+
+from ollama_web.core.config import Settings
+from tests.conftest import asgi_client
+
+probe = APIRouter()
+
+
+class Item(BaseModel):
+    name: str = Field(max_length=10)
+    count: int
+
+
+@probe.post("/_probe/items")
+async def create_item(item: Item) -> dict[str, Any]:
+    return item.model_dump()
+
+
+@probe.get("/_probe/boom")
+async def boom() -> None:
+    raise RuntimeError("internal detail: password=hunter2 Authorization: Bearer owk_leakme")
+
+
+@pytest.fixture
+async def probe_client(
+    app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
+) -> Any:
+    settings = settings_factory(max_request_bytes=2048)
+    app: FastAPI = await app_factory(settings)
+    app.include_router(probe)
+    async with asgi_client(app) as client:
+        yield client, settings
+
+
+def assert_error_shape(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error", "message", "details", "request_id"}
+    assert body["error"] == code
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def test_unknown_route_is_structured_404(probe_client: Any) -> None:
+    client, _ = probe_client
+    assert_error_shape(await client.get("/no/such/route"), 404, "NOT_FOUND")
+
+
+async def test_wrong_method_is_structured_405(probe_client: Any) -> None:
+    client, _ = probe_client
+    assert_error_shape(await client.delete("/health"), 405, "METHOD_NOT_ALLOWED")
+
+
+async def test_malformed_json_is_400(probe_client: Any) -> None:
+    client, _ = probe_client
+    response = await client.post(
+        "/_probe/items", content=b'{"name": ', headers={"content-type": "application/json"}
+    )
+    assert_error_shape(response, 400, "INVALID_JSON")
+
+
+async def test_wrong_types_are_422_with_field_errors(probe_client: Any) -> None:
+    client, _ = probe_client
+    response = await client.post("/_probe/items", json={"name": "x" * 11, "count": "many"})
+    body = assert_error_shape(response, 422, "VALIDATION_ERROR")
+    locations = {tuple(field["loc"]) for field in body["details"]["fields"]}
+    assert locations == {("name",), ("count",)}
+
+
+async def test_body_over_limit_is_413_by_declared_length(probe_client: Any) -> None:
+    client, _ = probe_client
+    response = await client.post(
+        "/_probe/items", content=b"x" * 4096, headers={"content-type": "application/json"}
+    )
+    assert_error_shape(response, 413, "PAYLOAD_TOO_LARGE")
+
+
+async def test_body_over_limit_is_413_while_streaming_without_length(probe_client: Any) -> None:
+    client, _ = probe_client
+    sent = 0
+
+    async def body() -> Any:
+        nonlocal sent
+        for _ in range(100):
+            sent += 512
+            yield b" " * 512
+
+    response = await client.post(
+        "/_probe/items", content=body(), headers={"content-type": "application/json"}
+    )
+    assert_error_shape(response, 413, "PAYLOAD_TOO_LARGE")
+    assert sent < 100 * 512, "the body must be refused before it has all been read"
+
+
+async def test_unexpected_exception_is_500_without_internals_and_logged(
+    probe_client: Any,
+) -> None:
+    client, settings = probe_client
+    response = await client.get("/_probe/boom", headers={"X-Request-ID": "trace-me-123"})
+    body = assert_error_shape(response, 500, "INTERNAL_ERROR")
+    assert body["request_id"] == "trace-me-123"
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    error_log = (Path(settings.log_dir) / "error.log").read_text()
+    assert "trace-me-123" in error_log
+    assert "Traceback" in error_log
+    assert "hunter2" not in error_log
+    assert "owk_leakme" not in error_log
+
+
+@pytest.mark.parametrize(
+    ("incoming", "kept"),
+    [("abc-DEF_1.2", True), ("x" * 129, False), ("bad id", False), ("<script>", False)],
+)
+async def test_request_id_is_kept_only_when_sane(
+    probe_client: Any, incoming: str, kept: bool
+) -> None:
+    client, _ = probe_client
+    response = await client.get("/health/live", headers={"X-Request-ID": incoming})
+    assert (response.headers["x-request-id"] == incoming) is kept

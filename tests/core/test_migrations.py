@@ -1,0 +1,114 @@
+"""Migrations: upgrade from empty, idempotence, status, and models == migrations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from ollama_web.core.config import Settings
+from ollama_web.core.db import create_null_pool_engine
+from ollama_web.db import Base
+from ollama_web.migrations.filters import include_object
+from ollama_web.migrations.runner import migration_status, upgrade
+
+EXPECTED_TABLES = {
+    "users",
+    "api_keys",
+    "user_sessions",
+    "conversations",
+    "messages",
+    "audit_events",
+}
+
+
+def _diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def test_upgrade_from_empty_creates_schema_and_matches_models(
+    settings_factory: Callable[..., Settings],
+    db_backend: str,
+    database_url: str | None,
+    tmp_path: Path,
+) -> None:
+    if db_backend == "sqlite":
+        (tmp_path / "data" / "ollama_web.db").unlink()
+    else:
+        # The per-test PostgreSQL database is a migrated clone; start from empty instead.
+        engine = create_null_pool_engine(settings_factory(database_url=database_url))
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            await conn.exec_driver_sql("CREATE SCHEMA public")
+        await engine.dispose()
+    settings = settings_factory(database_url=database_url)
+    engine = create_null_pool_engine(settings)
+    try:
+        before = await migration_status(engine)
+        assert before.current is None
+        assert before.pending
+        await upgrade(engine, settings)
+        after = await migration_status(engine)
+        assert after.up_to_date
+        assert after.current == after.head
+        again = await upgrade(engine, settings)
+        assert again.up_to_date
+        async with engine.connect() as conn:
+            assert EXPECTED_TABLES <= await conn.run_sync(_tables)
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_web", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_migrate_cli_status_exit_codes_and_idempotence(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": "s" * 40}
+    env.pop("DATABASE_URL", None)
+    pending = _cli(["migrate", "--status"], env, tmp_path)
+    assert pending.returncode == 1, pending.stderr
+    assert "pending" in pending.stdout
+    first = _cli(["migrate"], env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "upgraded" in first.stdout
+    second = _cli(["migrate"], env, tmp_path)
+    assert second.returncode == 0
+    assert "already up to date" in second.stdout
+    status = _cli(["migrate", "--status"], env, tmp_path)
+    assert status.returncode == 0
+    assert "up to date" in status.stdout
+    wrapper = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[2] / "scripts" / "run_migrations.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert wrapper.returncode == 0, wrapper.stderr
+    assert "already up to date" in wrapper.stdout

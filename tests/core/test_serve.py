@@ -1,0 +1,76 @@
+"""The real server: `ollama-web serve` and `uvicorn ollama_web.main:app` on an empty DATA_DIR,
+with no Ollama running and no .env."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_health(port: int, deadline: float) -> tuple[dict[str, object], float]:
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.02)
+            continue
+        return response.json(), time.monotonic() - started
+    raise AssertionError("the server did not answer /health in time")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "ollama_web", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+        ["-m", "uvicorn", "ollama_web.main:app", "--host", "127.0.0.1", "--port", "{port}"],
+    ],
+    ids=["ollama-web-serve", "uvicorn-main-app"],
+)
+def test_fresh_server_answers_health_degraded_without_ollama(
+    tmp_path: Path, command: list[str]
+) -> None:
+    port = _free_port()
+    dead_port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "OLLAMA_URL": f"http://127.0.0.1:{dead_port}",
+    }
+    args = [sys.executable, *(part.format(port=port) for part in command)]
+    process = subprocess.Popen(args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        started = time.monotonic()
+        body, _ = _wait_health(port, started + 20)
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"took {elapsed:.2f}s (bench/startup.py measures the real budget)"
+        assert body["status"] == "degraded"
+        components = body["components"]
+        assert isinstance(components, dict)
+        assert components["database"]["status"] == "healthy"
+        assert components["ollama"]["status"] == "unhealthy"
+        assert components["ollama"]["nodes"][0]["status"] == "down"
+        secret = tmp_path / "data" / ".secret_key"
+        assert secret.stat().st_mode & 0o777 == 0o600
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr

@@ -1,0 +1,126 @@
+"""Settings: defaults, parsing, secret handling, and refusal of invalid configuration."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from ollama_web.core.config import Settings, normalise_ollama_url
+from ollama_web.core.secrets import load_or_create_secret, secret_file
+from ollama_web.core.startup import EXIT_CONFIG_ERROR, ConfigurationError, load_settings
+
+
+def test_comma_separated_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_URL", "http://a:11434, b ,https://c.example")
+    monkeypatch.setenv("CORS_ORIGINS", "http://x.test,http://y.test/")
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.ollama_url == ["http://a:11434", "http://b:11434", "https://c.example"]
+    assert settings.cors_origins == ["http://x.test", "http://y.test"]
+    assert settings.trusted_proxies == ["10.0.0.0/8", "127.0.0.1"]
+
+
+def test_ollama_host_rules_match_ollama() -> None:
+    assert normalise_ollama_url("localhost") == "http://localhost:11434"
+    assert normalise_ollama_url("10.1.2.3:9999") == "http://10.1.2.3:9999"
+    assert normalise_ollama_url("http://host") == "http://host"
+    assert normalise_ollama_url("https://host/prefix/") == "https://host/prefix"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("PORT", "not-a-port", "PORT"),
+        ("RATE_LIMIT_PER_MINUTE", "0", "RATE_LIMIT_PER_MINUTE"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("CORS_ORIGINS", "*", "CORS_ORIGINS"),
+        ("TRUSTED_PROXIES", "not-an-ip", "TRUSTED_PROXIES"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+        ("OLLAMA_URL", "ftp://x", "OLLAMA_URL"),
+    ],
+)
+def test_invalid_values_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.chdir(Path(__file__).parent)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        None,
+        "generate-with-openssl-rand-hex-32",
+        "change-me-generate-with-openssl-rand-hex-32",
+        "short",
+    ],
+)
+def test_production_refuses_missing_or_placeholder_secret(secret: str | None) -> None:
+    with pytest.raises(pydantic.ValidationError, match="SECRET_KEY"):
+        Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]
+
+
+def test_production_accepts_strong_secret() -> None:
+    settings = Settings(_env_file=None, environment="production", secret_key="x" * 40)  # type: ignore[call-arg]
+    assert settings.is_production
+
+
+def test_missing_secret_is_generated_once_with_mode_0600(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(secret_key=None)
+    first = load_or_create_secret(settings)
+    path = secret_file(settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first) >= 32
+    assert load_or_create_secret(settings) == first
+
+
+def test_placeholder_secret_in_development_uses_generated_key(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(secret_key="generate-with-openssl-rand-hex-32")
+    assert load_or_create_secret(settings) != "generate-with-openssl-rand-hex-32"
+
+
+def test_serve_refuses_invalid_setting_with_message_not_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PORT": "99999", "DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "serve"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_production_without_secret_refuses_to_start(tmp_path: Path) -> None:
+    env = {**os.environ, "ENVIRONMENT": "production", "DATA_DIR": str(tmp_path)}
+    env.pop("SECRET_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "serve"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "SECRET_KEY" in result.stderr
+    assert "openssl rand -hex 32" in result.stderr
