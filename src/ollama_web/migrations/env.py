@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 
 from ollama_web.db import Base
+from ollama_web.migrations.filters import include_object
 
 target_metadata = Base.metadata
-
-
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    # Full-text search objects are managed by hand in migrations, not by the models.
-    return not (type_ == "table" and name is not None and name.startswith("messages_fts"))
 
 
 def run() -> None:
