@@ -1,0 +1,267 @@
+"""The emulator server: connection handling, routing and observable state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ollama_web.emulator import generation, handlers, pull
+from ollama_web.emulator.catalog import find_model
+from ollama_web.emulator.config import EmulatorConfig, ModelSpec
+from ollama_web.emulator.http11 import (
+    BadRequest,
+    Connection,
+    HttpRequest,
+    PeerGone,
+    Responder,
+    read_request,
+)
+from ollama_web.emulator.wire import ApiError
+
+Handler = Callable[["OllamaEmulator", HttpRequest, Responder], Awaitable[None]]
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/": {"GET": handlers.root, "HEAD": handlers.root},
+    "/api/version": {"GET": handlers.version, "HEAD": handlers.version},
+    "/api/tags": {"GET": handlers.tags, "HEAD": handlers.tags},
+    "/api/ps": {"GET": handlers.ps},
+    "/api/status": {"GET": handlers.status},
+    "/api/show": {"POST": handlers.show},
+    "/api/delete": {"DELETE": handlers.delete},
+    "/api/copy": {"POST": handlers.copy},
+    "/api/embed": {"POST": handlers.embed},
+    "/api/embeddings": {"POST": handlers.embeddings},
+    "/api/chat": {"POST": generation.chat},
+    "/api/generate": {"POST": generation.generate},
+    "/api/pull": {"POST": pull.pull},
+}
+
+BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\n400 Bad Request"
+)
+"""What Go's net/http answers to a request it cannot parse."""
+
+NEVER_EXPIRES = 2**63 / 1e9
+"""Seconds Go adds for a negative keep_alive (max time.Duration)."""
+
+
+@dataclass
+class RecordedRequest:
+    """A request as the emulator received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any = None
+    query: str = ""
+    body: bytes = b""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    expires_at: float
+    """Wall-clock seconds; ``math.inf`` for forever."""
+    context_length: int = 4096
+    loaded_at: float = field(default_factory=time.time)
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+class OllamaEmulator:
+    """A real HTTP server speaking the Ollama API, with knobs and counters for tests."""
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._conns: set[Connection] = set()
+        self.epoch = time.time()
+        self.loaded: dict[str, LoadedModel] = {}
+        self.slots_used = 0
+        self.slot_freed: asyncio.Event | None = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Zero every counter and forget recorded requests."""
+        self.connections_opened = 0
+        self.connections_active = 0
+        self.requests: list[RecordedRequest] = []
+        self.active_generations = 0
+        self.generations_started = 0
+        self.generations_completed = 0
+        self.generations_cancelled = 0
+        self.generations_failed = 0
+        self.queue_cancelled = 0
+        self.tokens_sent = 0
+        self.last_cancelled_at: float | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self.slot_freed = asyncio.Event()
+        self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening and drop every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self._conns):
+            conn.abort()
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> OllamaEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------- state
+
+    def find_model(self, name: str) -> ModelSpec | None:
+        return find_model(self.config.models, name)
+
+    def mark_loaded(self, spec: ModelSpec, keep_alive: float, context_length: int) -> bool:
+        """Record that ``spec`` is in memory; returns whether it was loaded before."""
+        self._expire()
+        was_loaded = spec.name in self.loaded
+        expires = time.time() + (NEVER_EXPIRES if math.isinf(keep_alive) else keep_alive)
+        self.loaded[spec.name] = LoadedModel(spec.name, expires, context_length)
+        return was_loaded
+
+    def unload(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+    def _expire(self) -> None:
+        now = time.time()
+        for name in [n for n, m in self.loaded.items() if m.expires_at <= now]:
+            del self.loaded[name]
+
+    def loaded_models(self) -> list[str]:
+        """Names of models currently in memory (as shown by /api/ps)."""
+        self._expire()
+        return list(self.loaded)
+
+    def note_cancelled(self) -> None:
+        self.last_cancelled_at = time.monotonic()
+
+    async def wait_until(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 2.0,  # noqa: ASYNC109 - a polling helper, not a network call
+        interval: float = 0.002,
+    ) -> None:
+        """Poll ``predicate`` until it is true; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------- connections
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self.connections_opened += 1
+        self.connections_active += 1
+        conn = Connection(reader, writer)
+        self._conns.add(conn)
+        try:
+            await self._serve(conn)
+            await conn.close()
+        except asyncio.CancelledError:
+            # Only stop() cancels these tasks; ending normally keeps Python 3.11's
+            # start_server done-callback from logging the cancellation as an error.
+            conn.abort()
+        finally:
+            self.connections_active -= 1
+            self._conns.discard(conn)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, conn: Connection) -> None:
+        while not conn.closed:
+            try:
+                req = await read_request(conn)
+            except BadRequest:
+                conn.write(BAD_REQUEST)
+                return
+            if req is None:
+                return
+            await self._dispatch(req, conn)
+            if not req.keep_alive:
+                return
+
+    def _record(self, req: HttpRequest) -> None:
+        self.requests.append(
+            RecordedRequest(
+                method=req.method,
+                path=req.path,
+                headers=dict(req.headers),
+                json=_parse_json(req.body),
+                query=req.query,
+                body=req.body,
+            )
+        )
+
+    async def _dispatch(self, req: HttpRequest, conn: Connection) -> None:
+        self._record(req)
+        resp = Responder(conn, req)
+        try:
+            if self.config.hang_before_headers:
+                await conn.start_watch()
+                conn.abort()
+                return
+            await self._route(req, resp)
+        except ApiError as exc:
+            if resp.started:
+                conn.abort()
+            else:
+                await resp.error(exc.status, exc.message)
+        except PeerGone:
+            conn.abort()
+
+    async def _route(self, req: HttpRequest, resp: Responder) -> None:
+        methods = ROUTES.get(req.path)
+        if methods is None:
+            await resp.text(404, "404 page not found", "text/plain")
+            return
+        handler = methods.get(req.method)
+        if handler is None:
+            await resp.text(405, "405 method not allowed", "text/plain")
+            return
+        await handler(self, req, resp)
