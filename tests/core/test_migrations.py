@@ -112,3 +112,26 @@ def test_migrate_cli_status_exit_codes_and_idempotence(tmp_path: Path) -> None:
     )
     assert wrapper.returncode == 0, wrapper.stderr
     assert "already up to date" in wrapper.stdout
+
+
+def test_fast_head_matches_alembic_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from ollama_web.migrations.runner import alembic_config, script_head
+
+    assert script_head() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def test_stored_revision_is_none_on_empty_and_head_after_upgrade(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from ollama_web.migrations.runner import script_head, stored_revision
+
+    settings = settings_factory(data_dir=tmp_path / "empty")
+    engine = create_null_pool_engine(settings)
+    try:
+        assert await stored_revision(engine) is None
+        await upgrade(engine, settings)
+        assert await stored_revision(engine) == script_head()
+    finally:
+        await engine.dispose()
