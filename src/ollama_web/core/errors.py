@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -110,6 +110,39 @@ class InternalError(AppError):
     code = "INTERNAL_ERROR"
 
 
+class BodyRejected(StarletteHTTPException):
+    """Raised while the body streams in (from `receive`) to refuse it with an AppError.
+
+    An HTTPException, so FastAPI's body reading lets it through; the handler renders the
+    carried error — after authenticating the caller first (see `authenticate_before`).
+    """
+
+    def __init__(self, error: AppError) -> None:
+        super().__init__(status_code=error.status_code, detail=error.message)
+        self.error = error
+
+
+# Set by the accounts domain: raises an AppError when the matched route needs a caller
+# and the request has none. FastAPI reads the body before it resolves dependencies, so
+# body errors would otherwise answer before authentication (the contract says 401 first).
+BodyErrorAuthenticator = Callable[[Request], Awaitable[None]]
+
+
+async def authenticate_before(request: Request) -> JSONResponse | None:
+    authenticate: BodyErrorAuthenticator | None = getattr(
+        request.app.state, "body_error_authenticator", None
+    )
+    if authenticate is None:
+        return None
+    try:
+        await authenticate(request)
+    except AppError as exc:
+        return error_response(
+            request, exc.status_code, exc.code, exc.message, exc.details, exc.headers
+        )
+    return None
+
+
 def request_id_of(scope_or_request: Request | Mapping[str, Any]) -> str:
     scope = scope_or_request.scope if isinstance(scope_or_request, Request) else scope_or_request
     state = scope.get("state") or {}
@@ -163,6 +196,8 @@ _HTTP_CODES = {
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, BodyRejected):
+        return await authenticate_before(request) or await _app_error(request, exc.error)
     code, message = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", "The request failed."))
     if exc.status_code not in (404, 405) and isinstance(exc.detail, str) and exc.detail:
         message = exc.detail
@@ -178,7 +213,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
-        return error_response(request, 400, "INVALID_JSON", "The request body is not valid JSON.")
+        return await authenticate_before(request) or error_response(
+            request, 400, "INVALID_JSON", "The request body is not valid JSON."
+        )
     fields = [
         {
             "loc": _clean_loc(tuple(err.get("loc", ()))),

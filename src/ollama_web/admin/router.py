@@ -1,0 +1,174 @@
+"""/api/admin/users and /api/admin/audit (admins only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from ollama_web.admin.schemas import (
+    AdminUserCreate,
+    AdminUserPublic,
+    AdminUserUpdate,
+    AuditEventPublic,
+    Role,
+)
+from ollama_web.admin.service import UNSET, delete_user, get_user_or_404, list_users, update_user
+from ollama_web.audit.service import AuditAction, list_events, record_event
+from ollama_web.auth.context import ClientInfoDep, PasswordsDep
+from ollama_web.auth.dependencies import AdminPrincipal
+from ollama_web.auth.users import create_user
+from ollama_web.core.dependencies import SessionDep
+from ollama_web.core.errors import ConflictError
+from ollama_web.core.pagination import Page, PageParamsDep
+from ollama_web.db import UserRole
+
+router = APIRouter(
+    prefix="/api/admin",
+    tags=["admin"],
+    responses={
+        401: {"description": "No valid credentials"},
+        403: {"description": "Not an administrator (FORBIDDEN)"},
+    },
+)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user (NOT_FOUND)"}}
+_LAST_ADMIN: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The last active admin cannot go (LAST_ADMIN)"}
+}
+
+
+@router.get("/users", summary="Users, newest first")
+async def list_all_users(
+    principal: AdminPrincipal,
+    session: SessionDep,
+    page: PageParamsDep,
+    role: Annotated[Role | None, Query(description="Only users with this role.")] = None,
+    is_active: Annotated[bool | None, Query(description="Only enabled/disabled users.")] = None,
+) -> Page[AdminUserPublic]:
+    result = await list_users(session, page, role=role, is_active=is_active)
+    return result.to_page(AdminUserPublic.model_validate)
+
+
+@router.post(
+    "/users",
+    status_code=201,
+    summary="Create a user",
+    responses={409: {"description": "Username taken (USERNAME_TAKEN)"}},
+)
+async def create_account(
+    body: AdminUserCreate,
+    principal: AdminPrincipal,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    client: ClientInfoDep,
+) -> AdminUserPublic:
+    user = await create_user(
+        session,
+        passwords,
+        username=body.username,
+        password=body.password,
+        email=body.email,
+        role=UserRole(body.role),
+    )
+    await record_event(
+        session,
+        AuditAction.USER_CREATED,
+        actor_user_id=principal.user_id,
+        target_type="user",
+        target_id=user.id,
+        ip_address=client.ip_address,
+        details={"username": user.username, "role": user.role},
+    )
+    return AdminUserPublic.model_validate(user)
+
+
+@router.get("/users/{user_id}", summary="One user", responses=_NOT_FOUND)
+async def get_account(
+    user_id: str, principal: AdminPrincipal, session: SessionDep
+) -> AdminUserPublic:
+    return AdminUserPublic.model_validate(await get_user_or_404(session, user_id))
+
+
+@router.patch(
+    "/users/{user_id}",
+    summary="Change role, enable/disable, reset password, change email",
+    responses={**_NOT_FOUND, **_LAST_ADMIN},
+)
+async def update_account(
+    user_id: str,
+    body: AdminUserUpdate,
+    principal: AdminPrincipal,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    client: ClientInfoDep,
+) -> AdminUserPublic:
+    user = await get_user_or_404(session, user_id)
+    email: Any = body.email if "email" in body.model_fields_set else UNSET
+    changes = await update_user(
+        session,
+        passwords,
+        user,
+        role=body.role,
+        is_active=body.is_active,
+        password=body.password,
+        email=email,
+    )
+    if changes:
+        await record_event(
+            session,
+            AuditAction.USER_UPDATED,
+            actor_user_id=principal.user_id,
+            target_type="user",
+            target_id=user.id,
+            ip_address=client.ip_address,
+            details={"username": user.username, **changes},
+        )
+    await session.refresh(user)
+    return AdminUserPublic.model_validate(user)
+
+
+@router.delete(
+    "/users/{user_id}",
+    status_code=204,
+    summary="Delete a user with their keys, sessions and conversations",
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "LAST_ADMIN, or CANNOT_DELETE_SELF"},
+    },
+)
+async def delete_account(
+    user_id: str, principal: AdminPrincipal, session: SessionDep, client: ClientInfoDep
+) -> Response:
+    if user_id == principal.user_id:
+        raise ConflictError("You cannot delete your own account.", code="CANNOT_DELETE_SELF")
+    user = await get_user_or_404(session, user_id)
+    username = user.username
+    await delete_user(session, user)
+    await record_event(
+        session,
+        AuditAction.USER_DELETED,
+        actor_user_id=principal.user_id,
+        target_type="user",
+        target_id=user_id,
+        ip_address=client.ip_address,
+        details={"username": username},
+    )
+    return Response(status_code=204)
+
+
+@router.get("/audit", summary="Audit events, newest first")
+async def audit_events(
+    principal: AdminPrincipal,
+    session: SessionDep,
+    page: PageParamsDep,
+    action: Annotated[str | None, Query(max_length=64, description="Only this action.")] = None,
+    actor_user_id: Annotated[
+        str | None, Query(max_length=32, description="Only events by this user.")
+    ] = None,
+    since: Annotated[datetime | None, Query(description="Only events at or after this.")] = None,
+) -> Page[AuditEventPublic]:
+    result = await list_events(
+        session, page, action=action, actor_user_id=actor_user_id, since=since
+    )
+    return result.to_page(AuditEventPublic.model_validate)

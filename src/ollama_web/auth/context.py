@@ -1,0 +1,70 @@
+"""Request-scoped helpers for the account routes: hashing, throttle, client, same-site."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, cast
+
+from fastapi import Depends, FastAPI, Request
+
+from ollama_web.auth.dependencies import authenticate_for_body_error
+from ollama_web.auth.errors import CrossSiteRequestError
+from ollama_web.auth.network import client_address, is_cross_site
+from ollama_web.auth.passwords import Passwords, passwords_for
+from ollama_web.auth.service import ClientInfo
+from ollama_web.auth.sessions import MAX_USER_AGENT
+from ollama_web.auth.throttle import LoginThrottle
+from ollama_web.core.config import Settings
+from ollama_web.core.dependencies import SettingsDep
+from ollama_web.ratelimit.dependencies import rate_limit_storage
+
+
+@asynccontextmanager
+async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Closes the failed-login throttle (created on first use, see `get_login_throttle`)."""
+    app.state.login_throttle = None
+    app.state.body_error_authenticator = authenticate_for_body_error
+    try:
+        yield
+    finally:
+        throttle: LoginThrottle | None = app.state.login_throttle
+        app.state.login_throttle = None
+        if throttle is not None:
+            await throttle.aclose()
+
+
+def get_passwords(settings: SettingsDep) -> Passwords:
+    return passwords_for(settings)
+
+
+def get_login_throttle(request: Request) -> LoginThrottle:
+    """The throttle, on the shared rate-limit storage (Redis when configured) if the rate
+    limiter set one up, else on its own in-memory storage. Created lazily so it does not
+    matter which lifespan starts first."""
+    throttle = cast(LoginThrottle | None, getattr(request.app.state, "login_throttle", None))
+    if throttle is None:
+        settings: Settings = request.app.state.settings
+        throttle = LoginThrottle(settings, storage=rate_limit_storage(request.app))
+        request.app.state.login_throttle = throttle
+    return throttle
+
+
+def get_client_info(request: Request, settings: SettingsDep) -> ClientInfo:
+    user_agent = request.headers.get("user-agent")
+    return ClientInfo(
+        ip_address=client_address(request, settings),
+        user_agent=user_agent[:MAX_USER_AGENT] if user_agent else None,
+    )
+
+
+def refuse_cross_site(request: Request, settings: SettingsDep) -> None:
+    """Login and setup must not be posted from another site's page."""
+    if is_cross_site(request, settings):
+        raise CrossSiteRequestError("Cross-site requests to this endpoint are refused.")
+
+
+PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
+LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
+ClientInfoDep = Annotated[ClientInfo, Depends(get_client_info)]
+SameSiteOnly = Depends(refuse_cross_site)

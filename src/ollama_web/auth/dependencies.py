@@ -1,0 +1,180 @@
+"""The one way in: who is calling, whichever credential they used.
+
+`get_principal` accepts, in this order, `Authorization: Bearer <key>`, `X-API-Key: <key>`,
+or the `ow_session` cookie. The user row is loaded with the credential on every request
+(one indexed join), so disabling a user, demoting an admin, revoking a key or ending a
+session takes effect on the very next request. Cookie-authenticated POST/PUT/PATCH/DELETE
+must carry `X-CSRF-Token` equal to the session's token; API-key requests carry no ambient
+credential and are exempt.
+
+Aliases for routes: `CurrentPrincipal`, `AdminPrincipal` (403 FORBIDDEN unless admin),
+`CurrentUser` and `AdminUser` (the loaded `User` row).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Literal, cast
+
+from fastapi import Depends, Request
+from starlette.responses import Response
+
+from ollama_web.auth.errors import AccountDisabledError, CsrfTokenInvalidError
+from ollama_web.auth.network import request_is_https
+from ollama_web.auth.sessions import (
+    SESSION_COOKIE,
+    clear_session_cookie,
+    find_session,
+    is_session_live,
+    record_activity,
+)
+from ollama_web.core.db import session_scope
+from ollama_web.core.dependencies import SessionDep, get_core
+from ollama_web.core.errors import ForbiddenError, UnauthenticatedError
+from ollama_web.db import User
+from ollama_web.db.base import utcnow
+from ollama_web.keys.service import authenticate_key, record_key_use
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_HEADER = "X-CSRF-Token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    username: str
+    role: str
+    auth_method: Literal["api_key", "session"]
+    session_id: str | None
+    api_key_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def presented_api_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer` or `X-API-Key`, if either is present."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return value.strip()
+    return request.headers.get("x-api-key")
+
+
+def _require_active(user: User) -> None:
+    if not user.is_active:
+        raise AccountDisabledError("This account is disabled.")
+
+
+async def _from_api_key(request: Request, session: SessionDep, raw_key: str) -> Principal:
+    key, user = await authenticate_key(session, raw_key)
+    _require_active(user)
+    await record_key_use(get_core(request).sessionmaker, key, utcnow())
+    request.state.current_user = user
+    return Principal(user.id, user.username, user.role, "api_key", None, key.id)
+
+
+def _session_gone(request: Request) -> UnauthenticatedError:
+    """401 that also tells the browser to drop the stale cookie."""
+    settings = get_core(request).settings
+    response = Response()
+    clear_session_cookie(response, settings, secure=request_is_https(request, settings))
+    return UnauthenticatedError(
+        "The session has expired or ended; log in again.",
+        headers={"set-cookie": response.headers["set-cookie"]},
+    )
+
+
+def _check_csrf(request: Request, expected: str) -> None:
+    if request.method not in UNSAFE_METHODS:
+        return
+    if not get_core(request).settings.csrf_protection_enabled:
+        return
+    given = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise CsrfTokenInvalidError(
+            f"Missing or wrong {CSRF_HEADER} header; get the token from GET /api/auth/csrf."
+        )
+
+
+async def _from_session(request: Request, session: SessionDep, token: str) -> Principal:
+    core = get_core(request)
+    found = await find_session(session, token)
+    now = utcnow()
+    if found is None or not is_session_live(found[0], core.settings, now):
+        raise _session_gone(request)
+    row, user = found
+    _require_active(user)
+    _check_csrf(request, row.csrf_token)
+    await record_activity(core.sessionmaker, row, now)
+    request.state.current_user = user
+    request.state.user_session = row
+    return Principal(user.id, user.username, user.role, "session", row.id, None)
+
+
+async def get_principal(request: Request, session: SessionDep) -> Principal:
+    """Authenticate the request (once; the result is kept on `request.state.principal`)."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    raw_key = presented_api_key(request)
+    if raw_key is not None:
+        principal = await _from_api_key(request, session, raw_key)
+    else:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            raise UnauthenticatedError(
+                "Authentication is required: send an API key or log in.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        principal = await _from_session(request, session, token)
+    request.state.principal = principal
+    request.state.principal_id = principal.user_id
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise ForbiddenError("This requires an administrator.")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+def get_current_user(request: Request, principal: CurrentPrincipal) -> User:
+    return cast(User, request.state.current_user)
+
+
+def get_admin_user(request: Request, principal: AdminPrincipal) -> User:
+    return cast(User, request.state.current_user)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+AdminUser = Annotated[User, Depends(get_admin_user)]
+
+
+def _route_needs_principal(request: Request) -> bool:
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    stack = [dependant] if dependant is not None else []
+    while stack:
+        current = stack.pop()
+        if current.call is get_principal:
+            return True
+        stack.extend(current.dependencies)
+    return False
+
+
+async def authenticate_for_body_error(request: Request) -> None:
+    """Authenticate before a body error is answered (FastAPI reads the body before it
+    resolves dependencies): a caller without credentials gets 401, not 400/422."""
+    if not _route_needs_principal(request):
+        return
+    async with session_scope(get_core(request).sessionmaker) as session:
+        await get_principal(request, session)

@@ -1,0 +1,82 @@
+"""argon2id password hashing with constant-cost verification for unknown users."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import cache, cached_property
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ollama_web.core.config import Settings
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+PARALLELISM = 4
+# Verified against when the username is unknown, so both paths cost one argon2 verification.
+_DUMMY_PASSWORD = "dummy password that matches no account"  # noqa: S105
+
+
+class Passwords:
+    """Hashes and verifies passwords with the configured argon2id cost."""
+
+    def __init__(self, time_cost: int, memory_kib: int) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost,
+            memory_cost=memory_kib,
+            parallelism=PARALLELISM,
+            type=Type.ID,
+        )
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        return self._hasher.hash(_DUMMY_PASSWORD)
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when `password` matches; with no hash, spend the same time and answer False."""
+        if password_hash is None:
+            self._check(self._dummy_hash, password)
+            return False
+        return self._check(password_hash, password)
+
+    def _check(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def hash_async(self, password: str) -> str:
+        """`hash` off the event loop (argon2 is deliberately slow)."""
+        return await asyncio.to_thread(self.hash, password)
+
+    async def verify_async(self, password_hash: str | None, password: str) -> bool:
+        return await asyncio.to_thread(self.verify, password_hash, password)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return True
+
+
+@cache
+def _passwords(time_cost: int, memory_kib: int) -> Passwords:
+    return Passwords(time_cost, memory_kib)
+
+
+def passwords_for(settings: Settings) -> Passwords:
+    return _passwords(settings.password_hash_time_cost, settings.password_hash_memory_kib)
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused, or None when it is acceptable."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
+    if not password.strip():
+        return "The password cannot be only whitespace."
+    return None

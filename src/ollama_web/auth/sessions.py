@@ -1,0 +1,165 @@
+"""Login sessions kept server-side: only the sha256 of the cookie token is stored.
+
+A session ends at the first of: its absolute expiry (`expires_at`, SESSION_MAX_AGE_HOURS
+after login), SESSION_TIMEOUT_MINUTES without activity (`last_seen_at`), or revocation.
+Activity is written at most once per ACTIVITY_WRITE_INTERVAL per session, in its own short
+transaction, so reading pages does not turn every request into a write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+from starlette.responses import Response
+
+from ollama_web.auth.tokens import generate_csrf_token, generate_session_token, sha256_hex
+from ollama_web.core.config import Settings
+from ollama_web.core.db import session_scope
+from ollama_web.core.pagination import Keyset, PageParams, PageResult
+from ollama_web.db import User, UserSession
+from ollama_web.db.base import utcnow
+
+SESSION_COOKIE = "ow_session"
+ACTIVITY_WRITE_INTERVAL = timedelta(minutes=1)
+MAX_USER_AGENT = 512
+
+
+def idle_timeout(settings: Settings) -> timedelta:
+    return timedelta(minutes=settings.session_timeout_minutes)
+
+
+def is_session_live(row: UserSession, settings: Settings, now: datetime) -> bool:
+    return (
+        row.revoked_at is None
+        and row.expires_at > now
+        and row.last_seen_at + idle_timeout(settings) > now
+    )
+
+
+def session_expires_at(row: UserSession, settings: Settings) -> datetime:
+    """When the session ends if no further activity happens."""
+    return min(row.expires_at, row.last_seen_at + idle_timeout(settings))
+
+
+async def create_session(
+    session: AsyncSession,
+    user: User,
+    settings: Settings,
+    *,
+    ip_address: str | None,
+    user_agent: str | None,
+) -> tuple[UserSession, str]:
+    """A new session for `user`; returns the row and the cookie token (never stored)."""
+    token = generate_session_token()
+    now = utcnow()
+    row = UserSession(
+        user_id=user.id,
+        token_hash=sha256_hex(token),
+        csrf_token=generate_csrf_token(),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=settings.session_max_age_hours),
+        ip_address=ip_address,
+        user_agent=(user_agent or "")[:MAX_USER_AGENT] or None,
+    )
+    session.add(row)
+    await session.flush()
+    return row, token
+
+
+async def find_session(session: AsyncSession, token: str) -> tuple[UserSession, User] | None:
+    """The session for a cookie token and its user, in one indexed query."""
+    stmt = (
+        select(UserSession, User)
+        .join(User, User.id == UserSession.user_id)
+        .where(UserSession.token_hash == sha256_hex(token))
+    )
+    row = (await session.execute(stmt)).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def record_activity(
+    sessionmaker: async_sessionmaker[AsyncSession], row: UserSession, now: datetime
+) -> None:
+    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe)."""
+    if now - row.last_seen_at < ACTIVITY_WRITE_INTERVAL:
+        return
+    async with session_scope(sessionmaker) as session:
+        await session.execute(
+            update(UserSession)
+            .where(
+                UserSession.id == row.id,
+                UserSession.last_seen_at <= now - ACTIVITY_WRITE_INTERVAL,
+            )
+            .values(last_seen_at=now)
+        )
+    set_committed_value(row, "last_seen_at", now)  # no change for the request to flush
+
+
+def _owned(user_id: str) -> Select[UserSession]:
+    return select(UserSession).where(UserSession.user_id == user_id)
+
+
+async def get_owned_session(
+    session: AsyncSession, user_id: str, session_id: str
+) -> UserSession | None:
+    stmt = _owned(user_id).where(UserSession.id == session_id)
+    return (await session.scalars(stmt)).first()
+
+
+async def revoke_session(session: AsyncSession, row: UserSession) -> None:
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        await session.flush()
+
+
+async def revoke_user_sessions(
+    session: AsyncSession, user_id: str, *, except_session_id: str | None = None
+) -> int:
+    """End every live session of a user (but one, if given); returns how many ended."""
+    stmt = update(UserSession).where(
+        UserSession.user_id == user_id, UserSession.revoked_at.is_(None)
+    )
+    if except_session_id is not None:
+        stmt = stmt.where(UserSession.id != except_session_id)
+    result = await session.execute(stmt.values(revoked_at=utcnow()))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def list_live_sessions(
+    session: AsyncSession, user_id: str, settings: Settings, page: PageParams
+) -> PageResult[UserSession]:
+    now = utcnow()
+    stmt = _owned(user_id).where(
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > now,
+        UserSession.last_seen_at > now - idle_timeout(settings),
+    )
+    return await page.fetch(
+        session, stmt, Keyset(UserSession.created_at, UserSession.id), scope=f"sessions:{user_id}"
+    )
+
+
+def set_session_cookie(response: Response, token: str, settings: Settings, *, secure: bool) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_max_age_hours * 3600,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure or settings.cookie_secure,
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings, *, secure: bool) -> None:
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure or settings.cookie_secure,
+    )

@@ -1,0 +1,184 @@
+"""Creating, listing, revoking, rotating and checking API keys.
+
+A key is `owk_` + base64url(32 random bytes); the database keeps its sha256 and its first
+12 characters (`prefix`) so a user can recognise it. A rotated key keeps working until its
+`grace_until`, then answers API_KEY_EXPIRED.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+
+from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
+from ollama_web.auth.sessions import ACTIVITY_WRITE_INTERVAL
+from ollama_web.auth.tokens import (
+    api_key_display_prefix,
+    generate_api_key,
+    looks_like_api_key,
+    sha256_hex,
+)
+from ollama_web.core.config import Settings
+from ollama_web.core.db import session_scope
+from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
+from ollama_web.core.pagination import Keyset, PageParams, PageResult
+from ollama_web.db import ApiKey, User
+from ollama_web.db.base import utcnow
+
+
+class ApiKeyNotActiveError(ConflictError):
+    code = "API_KEY_NOT_ACTIVE"
+
+
+class ApiKeyNotFoundError(NotFoundError):
+    """Unknown key id, or another user's key: one answer for both."""
+
+
+KeyStatus = Literal["active", "rotated", "expired", "revoked"]
+
+
+def key_status(key: ApiKey, now: datetime) -> KeyStatus:
+    """active | rotated (still in its grace period) | expired | revoked."""
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    if key.grace_until is not None:
+        return "rotated" if key.grace_until > now else "expired"
+    return "active"
+
+
+def default_expiry(
+    settings: Settings, now: datetime, expires_in_days: int | None
+) -> datetime | None:
+    """Expiry for a new key. With API_KEY_EXPIRY_DAYS > 0 that is also the longest allowed."""
+    policy = settings.api_key_expiry_days
+    if expires_in_days is None:
+        return now + timedelta(days=policy) if policy else None
+    if policy and expires_in_days > policy:
+        raise ValidationError(
+            f"expires_in_days may be at most {policy} on this server.",
+            details={"field": "expires_in_days", "max": policy},
+        )
+    return now + timedelta(days=expires_in_days)
+
+
+async def create_key(
+    session: AsyncSession, user_id: str, name: str, *, expires_at: datetime | None
+) -> tuple[ApiKey, str]:
+    """A new key; returns the row and the full key (shown once, never stored)."""
+    secret = generate_api_key()
+    key = ApiKey(
+        user_id=user_id,
+        name=name,
+        prefix=api_key_display_prefix(secret),
+        key_hash=sha256_hex(secret),
+        created_at=utcnow(),
+        expires_at=expires_at,
+    )
+    session.add(key)
+    await session.flush()
+    return key, secret
+
+
+def _owned(user_id: str) -> Select[ApiKey]:
+    return select(ApiKey).where(ApiKey.user_id == user_id)
+
+
+async def list_keys(
+    session: AsyncSession, user_id: str, page: PageParams, *, include_revoked: bool
+) -> PageResult[ApiKey]:
+    stmt = _owned(user_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return await page.fetch(
+        session,
+        stmt,
+        Keyset(ApiKey.created_at, ApiKey.id),
+        scope=f"keys:{user_id}:{int(include_revoked)}",
+    )
+
+
+async def get_owned_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey:
+    key = (await session.scalars(_owned(user_id).where(ApiKey.id == key_id))).first()
+    if key is None:
+        raise ApiKeyNotFoundError("API key not found.")
+    return key
+
+
+async def revoke_key(session: AsyncSession, key: ApiKey) -> None:
+    """Idempotent: revoking a revoked key changes nothing."""
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await session.flush()
+
+
+async def rotate_key(
+    session: AsyncSession, key: ApiKey, *, grace_minutes: int
+) -> tuple[ApiKey, str, datetime]:
+    """Replace `key` by a new one with the same name and lifetime.
+
+    The old key stays valid for `grace_minutes` (0: it stops at once), never past its own
+    expiry. Returns the new row, the new full key, and when the old one stops working.
+    """
+    now = utcnow()
+    if key_status(key, now) != "active":
+        raise ApiKeyNotActiveError(
+            "Only an active key can be rotated.", details={"status": key_status(key, now)}
+        )
+    lifetime = key.expires_at - key.created_at if key.expires_at is not None else None
+    new_key, secret = await create_key(
+        session, key.user_id, key.name, expires_at=now + lifetime if lifetime else None
+    )
+    valid_until = now + timedelta(minutes=grace_minutes)
+    if key.expires_at is not None:
+        valid_until = min(valid_until, key.expires_at)
+    key.rotated_at = now
+    key.grace_until = valid_until
+    key.replaced_by_id = new_key.id
+    await session.flush()
+    return new_key, secret, valid_until
+
+
+async def authenticate_key(session: AsyncSession, raw_key: str) -> tuple[ApiKey, User]:
+    """The key and its user, in one indexed query; raises the 401 that fits."""
+    if not looks_like_api_key(raw_key):
+        raise InvalidApiKeyError("The API key is not valid.")
+    stmt = (
+        select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.key_hash == sha256_hex(raw_key))
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise InvalidApiKeyError("The API key is not valid.")
+    key, user = row[0], row[1]
+    status = key_status(key, utcnow())
+    if status == "revoked":
+        raise ApiKeyRevokedError("The API key has been revoked.")
+    if status == "expired":
+        raise ApiKeyExpiredError("The API key has expired.")
+    return key, user
+
+
+async def record_key_use(
+    sessionmaker: async_sessionmaker[AsyncSession], key: ApiKey, now: datetime
+) -> None:
+    """Set `last_used_at`, at most once per interval, in its own short transaction."""
+    if key.last_used_at is not None and now - key.last_used_at < ACTIVITY_WRITE_INTERVAL:
+        return
+    threshold = now - ACTIVITY_WRITE_INTERVAL
+    async with session_scope(sessionmaker) as session:
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == key.id,
+                (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= threshold),
+            )
+            .values(last_used_at=now)
+        )
+    set_committed_value(key, "last_used_at", now)  # no change for the request to flush

@@ -1,0 +1,272 @@
+"""Cookie sessions: CSRF, idle and absolute expiry, throttled activity writes, listing and
+ending sessions, logout, password change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select, update
+
+from ollama_web.core.config import Settings
+from ollama_web.db import UserSession
+from ollama_web.db.base import utcnow
+from tests.conftest import asgi_client
+from tests.fixtures.auth import TestUser, create_test_user, execute_sql, login_session
+
+
+async def session_row(app: FastAPI, session_id: str) -> UserSession:
+    result = await execute_sql(app, select(UserSession).where(UserSession.id == session_id))
+    row: UserSession = result.scalar_one()
+    return row
+
+
+async def current_session_id(client: httpx.AsyncClient) -> str:
+    session_id: str = (await client.get("/api/auth/me")).json()["session_id"]
+    return session_id
+
+
+async def test_cookie_writes_need_the_sessions_csrf_token(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf = await login_session(client, regular_user)
+    body = {"name": "from the browser"}
+
+    missing = await client.post("/api/keys", json=body)
+    wrong = await client.post("/api/keys", json=body, headers={"X-CSRF-Token": "0" * 64})
+    right = await client.post("/api/keys", json=body, headers={"X-CSRF-Token": csrf})
+
+    assert missing.status_code == wrong.status_code == 403
+    assert missing.json()["error"] == wrong.json()["error"] == "CSRF_TOKEN_INVALID"
+    assert right.status_code == 201
+    key_id = right.json()["id"]
+    assert (await client.delete(f"/api/keys/{key_id}")).status_code == 403
+    deleted = await client.delete(f"/api/keys/{key_id}", headers={"X-CSRF-Token": csrf})
+    assert deleted.status_code == 204
+    assert (await client.get("/api/keys")).status_code == 200  # reads need no token
+
+
+async def test_api_key_requests_need_no_csrf_token(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    await login_session(client, regular_user)  # a cookie is present too, the key wins
+
+    response = await client.post("/api/keys", json={"name": "cli"}, headers=regular_user.headers)
+
+    assert response.status_code == 201
+
+
+async def test_csrf_protection_can_be_disabled(
+    settings_factory: Callable[..., Settings],
+    app_factory: Callable[[Settings], Any],
+    database_url: str | None,
+) -> None:
+    app = await app_factory(
+        settings_factory(database_url=database_url, csrf_protection_enabled=False)
+    )
+    user = await create_test_user(app)
+    async with asgi_client(app) as http:
+        await login_session(http, user)
+        response = await http.post("/api/keys", json={"name": "no csrf"})
+    assert response.status_code == 201
+
+
+async def test_csrf_endpoint_returns_the_sessions_token(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    anonymous = await client.get("/api/auth/csrf")
+    csrf = await login_session(client, regular_user)
+    logged_in = await client.get("/api/auth/csrf")
+
+    assert anonymous.json() == {"csrf_token": None, "authenticated": False}
+    assert logged_in.json() == {"csrf_token": csrf, "authenticated": True}
+
+
+async def test_idle_session_expires_and_the_cookie_is_cleared(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    await login_session(client, regular_user)
+    session_id = await current_session_id(client)
+    await execute_sql(
+        app,
+        update(UserSession)
+        .where(UserSession.id == session_id)
+        .values(last_seen_at=utcnow() - timedelta(minutes=61)),
+    )
+
+    response = await client.get("/api/auth/me")
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "UNAUTHENTICATED"
+    assert any(
+        c.startswith('ow_session=""') or "Max-Age=0" in c
+        for c in response.headers.get_list("set-cookie")
+    )
+    assert (await client.get("/api/auth/csrf")).json()["csrf_token"] is None
+
+
+async def test_activity_extends_the_session_but_writes_at_most_once_a_minute(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    await login_session(client, regular_user)
+    session_id = await current_session_id(client)
+    recent = utcnow() - timedelta(seconds=30)
+    older = utcnow() - timedelta(minutes=50)
+    stmt = update(UserSession).where(UserSession.id == session_id)
+
+    await execute_sql(app, stmt.values(last_seen_at=recent))
+    assert (await client.get("/api/auth/me")).status_code == 200
+    assert (await session_row(app, session_id)).last_seen_at == recent
+
+    await execute_sql(app, stmt.values(last_seen_at=older))
+    assert (await client.get("/api/auth/me")).status_code == 200
+    seen = (await session_row(app, session_id)).last_seen_at
+    assert utcnow() - seen < timedelta(seconds=10)
+
+
+async def test_session_ends_at_its_absolute_lifetime_despite_activity(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    await login_session(client, regular_user)
+    session_id = await current_session_id(client)
+    row = await session_row(app, session_id)
+    assert row.expires_at - row.created_at == timedelta(hours=24 * 7)
+    await execute_sql(
+        app,
+        update(UserSession)
+        .where(UserSession.id == session_id)
+        .values(expires_at=utcnow() - timedelta(seconds=1)),
+    )
+
+    assert (await client.get("/api/auth/me")).status_code == 401
+
+
+async def test_unknown_session_cookie_is_unauthenticated(client: httpx.AsyncClient) -> None:
+    client.cookies.set("ow_session", "made-up-token")
+
+    response = await client.get("/api/auth/me")
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "UNAUTHENTICATED"
+
+
+async def test_list_and_end_my_sessions(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf = await login_session(client, regular_user)
+    async with asgi_client(app) as laptop:
+        await login_session(laptop, regular_user)
+        laptop_id = await current_session_id(laptop)
+
+        listed = await client.get("/api/auth/sessions")
+        assert listed.status_code == 200
+        items = listed.json()["items"]
+        assert len(items) == 2
+        assert [item["current"] for item in items] == [False, True]  # newest first
+        assert items[0]["id"] == laptop_id
+        assert items[0]["ip_address"] == "127.0.0.1"
+
+        ended = await client.delete(
+            f"/api/auth/sessions/{laptop_id}", headers={"X-CSRF-Token": csrf}
+        )
+        assert ended.status_code == 204
+        assert (await laptop.get("/api/auth/me")).status_code == 401
+    assert (await client.get("/api/auth/me")).status_code == 200
+    assert len((await client.get("/api/auth/sessions")).json()["items"]) == 1
+
+
+async def test_sessions_list_is_paginated(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    for _ in range(3):
+        async with asgi_client(app) as other:
+            await login_session(other, regular_user)
+
+    first = await client.get(
+        "/api/auth/sessions", params={"limit": 2}, headers=regular_user.headers
+    )
+    second = await client.get(
+        "/api/auth/sessions",
+        params={"limit": 2, "cursor": first.json()["next_cursor"]},
+        headers=regular_user.headers,
+    )
+
+    assert len(first.json()["items"]) == 2
+    assert len(second.json()["items"]) == 1
+    assert second.json()["next_cursor"] is None
+    ids = [s["id"] for s in first.json()["items"] + second.json()["items"]]
+    assert len(set(ids)) == 3
+
+
+async def test_logout_ends_this_session_only(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf = await login_session(client, regular_user)
+    async with asgi_client(app) as other:
+        await login_session(other, regular_user)
+
+        assert (await client.post("/api/auth/logout")).status_code == 403  # CSRF applies
+        response = await client.post("/api/auth/logout", headers={"X-CSRF-Token": csrf})
+
+        assert response.status_code == 204
+        assert "ow_session" not in client.cookies
+        assert (await other.get("/api/auth/me")).status_code == 200
+
+
+async def test_logout_all_ends_every_session(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf = await login_session(client, regular_user)
+    async with asgi_client(app) as other:
+        await login_session(other, regular_user)
+        token = other.cookies["ow_session"]
+
+        response = await client.post("/api/auth/logout?all=true", headers={"X-CSRF-Token": csrf})
+
+        assert response.status_code == 204
+        other.cookies.set("ow_session", token)
+        assert (await other.get("/api/auth/me")).status_code == 401
+    # The API key is not a session: it keeps working.
+    assert (await client.get("/api/auth/me", headers=regular_user.headers)).status_code == 200
+
+
+async def test_password_change_ends_my_other_sessions(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf = await login_session(client, regular_user)
+    async with asgi_client(app) as other:
+        await login_session(other, regular_user)
+        body = {"current_password": regular_user.password, "new_password": "a brand new secret"}
+
+        response = await client.post(
+            "/api/auth/password", json=body, headers={"X-CSRF-Token": csrf}
+        )
+
+        assert response.status_code == 200, response.text
+        assert response.json() == {"sessions_ended": 1}
+        assert (await other.get("/api/auth/me")).status_code == 401
+    assert (await client.get("/api/auth/me")).status_code == 200
+    old = {"username": regular_user.username, "password": regular_user.password}
+    new = {"username": regular_user.username, "password": "a brand new secret"}
+    assert (await client.post("/api/auth/login", json=old)).status_code == 401
+    assert (await client.post("/api/auth/login", json=new)).status_code == 200
+
+
+async def test_password_change_refusals(client: httpx.AsyncClient, regular_user: TestUser) -> None:
+    for current, new, status, code in (
+        ("wrong current password", "a brand new secret", 400, "INVALID_CURRENT_PASSWORD"),
+        (regular_user.password, "short", 422, "VALIDATION_ERROR"),
+        (regular_user.password, "z" * 1025, 422, "VALIDATION_ERROR"),
+        (regular_user.password, " " * 12, 422, "VALIDATION_ERROR"),
+    ):
+        body = {"current_password": current, "new_password": new}
+
+        response = await client.post("/api/auth/password", json=body, headers=regular_user.headers)
+
+        assert response.status_code == status, body
+        assert response.json()["error"] == code
+    login = {"username": regular_user.username, "password": regular_user.password}
+    assert (await client.post("/api/auth/login", json=login)).status_code == 200

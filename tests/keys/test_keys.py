@@ -1,0 +1,330 @@
+"""API keys: shown once and stored hashed, listed with pages, revoked, expired, rotated
+with a grace period, used with throttled `last_used_at` writes, verified."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select, text, update
+
+from ollama_web.core.config import Settings
+from ollama_web.db import ApiKey
+from ollama_web.db.base import utcnow
+from tests.conftest import asgi_client
+from tests.fixtures.auth import TestUser, create_test_user, execute_sql
+
+KEY_FORMAT = re.compile(r"^owk_[A-Za-z0-9_-]{43}$")
+
+
+async def new_key(client: httpx.AsyncClient, user: TestUser, **body: Any) -> dict[str, Any]:
+    response = await client.post("/api/keys", json={"name": "k", **body}, headers=user.headers)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def key_row(app: FastAPI, key_id: str) -> ApiKey:
+    row: ApiKey = (await execute_sql(app, select(ApiKey).where(ApiKey.id == key_id))).scalar_one()
+    return row
+
+
+async def set_key(app: FastAPI, key_id: str, **values: Any) -> None:
+    await execute_sql(app, update(ApiKey).where(ApiKey.id == key_id).values(**values))
+
+
+async def test_created_key_is_shown_once_and_stored_only_as_a_hash(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    created = await new_key(client, regular_user, name="laptop")
+
+    key = created["key"]
+    assert KEY_FORMAT.match(key)
+    assert created["prefix"] == key[:12]
+    assert created["name"] == "laptop"
+    assert created["expires_at"] is None
+    row = await key_row(app, created["id"])
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    dump = await execute_sql(app, text("SELECT * FROM api_keys"))
+    assert key not in repr(dump.all())
+    listed = (await client.get("/api/keys", headers=regular_user.headers)).json()["items"]
+    assert all("key" not in item for item in listed)
+    assert {item["prefix"] for item in listed} >= {key[:12]}
+
+
+async def test_a_key_works_as_bearer_and_as_x_api_key(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    key = (await new_key(client, regular_user))["key"]
+
+    for headers in (bearer(key), {"X-API-Key": key}):
+        me = await client.get("/api/auth/me", headers=headers)
+        assert me.status_code == 200
+        assert me.json()["user"]["id"] == regular_user.id
+
+
+async def test_garbage_keys_are_invalid(client: httpx.AsyncClient, regular_user: TestUser) -> None:
+    for headers in (
+        {"Authorization": "Bearer owk_not-a-real-key"},
+        {"Authorization": "Bearer something-else"},
+        {"Authorization": "Bearer "},
+        {"X-API-Key": "owk_" + "A" * 43},
+        {"X-API-Key": "owk_" + "A" * 400},
+    ):
+        response = await client.get("/api/auth/me", headers=headers)
+
+        assert response.status_code == 401, headers
+        assert response.json()["error"] == "INVALID_API_KEY"
+        assert response.json()["details"] == {}
+
+
+async def test_revoked_key_is_refused_at_once(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    created = await new_key(client, regular_user)
+
+    revoked = await client.delete(f"/api/keys/{created['id']}", headers=regular_user.headers)
+    again = await client.delete(f"/api/keys/{created['id']}", headers=regular_user.headers)
+    response = await client.get("/api/auth/me", headers=bearer(created["key"]))
+
+    assert revoked.status_code == again.status_code == 204
+    assert response.status_code == 401
+    assert response.json()["error"] == "API_KEY_REVOKED"
+    active = (await client.get("/api/keys", headers=regular_user.headers)).json()["items"]
+    assert created["id"] not in [item["id"] for item in active]
+    everything = await client.get(
+        "/api/keys", params={"include_revoked": "true"}, headers=regular_user.headers
+    )
+    statuses = {item["id"]: item["status"] for item in everything.json()["items"]}
+    assert statuses[created["id"]] == "revoked"
+
+
+async def test_revoking_the_key_in_use_locks_it_out_on_the_next_request(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    key_id = (await client.get("/api/auth/me", headers=regular_user.headers)).json()["api_key_id"]
+
+    response = await client.delete(f"/api/keys/{key_id}", headers=regular_user.headers)
+
+    assert response.status_code == 204
+    assert (await client.get("/api/keys", headers=regular_user.headers)).status_code == 401
+
+
+async def test_expired_key_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    created = await new_key(client, regular_user, expires_in_days=30)
+    expires_at = (await key_row(app, created["id"])).expires_at
+    assert expires_at is not None
+    assert abs(expires_at - (utcnow() + timedelta(days=30))) < timedelta(minutes=1)
+    assert (await client.get("/api/auth/me", headers=bearer(created["key"]))).status_code == 200
+
+    await set_key(app, created["id"], expires_at=utcnow() - timedelta(seconds=1))
+    response = await client.get("/api/auth/me", headers=bearer(created["key"]))
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "API_KEY_EXPIRED"
+
+
+async def test_server_expiry_policy_is_the_default_and_the_maximum(
+    settings_factory: Callable[..., Settings],
+    app_factory: Callable[[Settings], Any],
+    database_url: str | None,
+) -> None:
+    app = await app_factory(settings_factory(database_url=database_url, api_key_expiry_days=7))
+    user = await create_test_user(app)
+    async with asgi_client(app) as http:
+        default = await new_key(http, user)
+        too_long = await http.post(
+            "/api/keys", json={"name": "k", "expires_in_days": 8}, headers=user.headers
+        )
+        shorter = await new_key(http, user, expires_in_days=2)
+
+    assert default["expires_at"] is not None
+    assert too_long.status_code == 422
+    assert too_long.json()["details"]["max"] == 7
+    assert shorter["expires_at"] < default["expires_at"]
+
+
+async def test_rotation_keeps_the_old_key_during_the_grace_period(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    old = await new_key(client, regular_user, name="ci")
+
+    rotated = await client.post(
+        f"/api/keys/{old['id']}/rotate",
+        json={"grace_period_minutes": 30},
+        headers=regular_user.headers,
+    )
+
+    assert rotated.status_code == 201, rotated.text
+    new = rotated.json()
+    assert new["name"] == "ci"
+    assert new["key"] != old["key"]
+    assert KEY_FORMAT.match(new["key"])
+    assert new["previous_key_id"] == old["id"]
+    for key in (old["key"], new["key"]):
+        assert (await client.get("/api/auth/me", headers=bearer(key))).status_code == 200
+    row = await key_row(app, old["id"])
+    assert row.replaced_by_id == new["id"]
+    assert row.grace_until is not None
+    assert abs(row.grace_until - (utcnow() + timedelta(minutes=30))) < timedelta(minutes=1)
+
+    await set_key(app, old["id"], grace_until=utcnow() - timedelta(seconds=1))
+    past_grace = await client.get("/api/auth/me", headers=bearer(old["key"]))
+
+    assert past_grace.status_code == 401
+    assert past_grace.json()["error"] == "API_KEY_EXPIRED"
+    assert (await client.get("/api/auth/me", headers=bearer(new["key"]))).status_code == 200
+
+
+async def test_rotation_with_zero_grace_stops_the_old_key_at_once(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    old = await new_key(client, regular_user)
+
+    rotated = await client.post(
+        f"/api/keys/{old['id']}/rotate",
+        json={"grace_period_minutes": 0},
+        headers=regular_user.headers,
+    )
+
+    assert rotated.status_code == 201
+    response = await client.get("/api/auth/me", headers=bearer(old["key"]))
+    assert response.json()["error"] == "API_KEY_EXPIRED"
+    assert (await client.get("/api/auth/me", headers=bearer(rotated.json()["key"]))).is_success
+
+
+async def test_rotation_defaults_to_the_configured_grace_and_keeps_the_lifetime(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    old = await new_key(client, regular_user, expires_in_days=10)
+
+    rotated = await client.post(f"/api/keys/{old['id']}/rotate", headers=regular_user.headers)
+
+    assert rotated.status_code == 201
+    body = rotated.json()
+    assert body["previous_key_valid_until"] > old["created_at"]
+    assert body["expires_at"] > old["expires_at"]
+    listed = (await client.get("/api/keys", headers=regular_user.headers)).json()["items"]
+    statuses = {item["id"]: item["status"] for item in listed}
+    assert statuses[old["id"]] == "rotated"
+    assert statuses[body["id"]] == "active"
+
+
+async def test_only_an_active_key_can_be_rotated(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    old = await new_key(client, regular_user)
+    first = await client.post(f"/api/keys/{old['id']}/rotate", headers=regular_user.headers)
+
+    second = await client.post(f"/api/keys/{old['id']}/rotate", headers=regular_user.headers)
+
+    assert first.status_code == 201
+    assert second.status_code == 409
+    assert second.json()["error"] == "API_KEY_NOT_ACTIVE"
+
+
+async def test_rotation_grace_is_validated(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    old = await new_key(client, regular_user)
+
+    for grace in (-1, 60 * 24 * 91, "soon"):
+        response = await client.post(
+            f"/api/keys/{old['id']}/rotate",
+            json={"grace_period_minutes": grace},
+            headers=regular_user.headers,
+        )
+
+        assert response.status_code == 422, grace
+
+
+async def test_last_used_at_is_written_at_most_once_a_minute(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    created = await new_key(client, regular_user)
+    assert (await key_row(app, created["id"])).last_used_at is None
+
+    await client.get("/api/auth/me", headers=bearer(created["key"]))
+    first = (await key_row(app, created["id"])).last_used_at
+    await client.get("/api/auth/me", headers=bearer(created["key"]))
+    second = (await key_row(app, created["id"])).last_used_at
+    await set_key(app, created["id"], last_used_at=utcnow() - timedelta(minutes=2))
+    await client.get("/api/auth/me", headers=bearer(created["key"]))
+    third = (await key_row(app, created["id"])).last_used_at
+
+    assert first is not None
+    assert second == first
+    assert third is not None
+    assert utcnow() - third < timedelta(seconds=10)
+
+
+async def test_key_list_pages_with_signed_cursors(
+    client: httpx.AsyncClient, regular_user: TestUser, user_factory: Any
+) -> None:
+    for n in range(4):
+        await new_key(client, regular_user, name=f"k{n}")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/api/keys", params=params, headers=regular_user.headers)).json()
+        seen += [item["name"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        last_cursor = cursor
+
+    assert seen == ["k3", "k2", "k1", "k0", "tests"]
+    other = await user_factory()
+    foreign = await client.get("/api/keys", params={"cursor": last_cursor}, headers=other.headers)
+    tampered = await client.get(
+        "/api/keys", params={"cursor": last_cursor[:-2] + "AA"}, headers=regular_user.headers
+    )
+    for response in (foreign, tampered):
+        assert response.status_code == 400
+        assert response.json()["error"] == "INVALID_CURSOR"
+
+
+async def test_list_limit_is_bounded(client: httpx.AsyncClient, regular_user: TestUser) -> None:
+    for limit in (0, 201, "x"):
+        response = await client.get(
+            "/api/keys", params={"limit": limit}, headers=regular_user.headers
+        )
+
+        assert response.status_code == 422, limit
+
+
+async def test_key_creation_is_validated(client: httpx.AsyncClient, regular_user: TestUser) -> None:
+    for body in ({}, {"name": ""}, {"name": "x" * 101}, {"name": "k", "expires_in_days": 0}):
+        response = await client.post("/api/keys", json=body, headers=regular_user.headers)
+
+        assert response.status_code == 422, body
+
+
+async def test_keys_of_another_user_are_not_found(
+    client: httpx.AsyncClient, regular_user: TestUser, user_factory: Any
+) -> None:
+    other = await user_factory()
+    theirs = await new_key(client, other)
+
+    for method, path in (
+        ("GET", f"/api/keys/{theirs['id']}"),
+        ("DELETE", f"/api/keys/{theirs['id']}"),
+        ("POST", f"/api/keys/{theirs['id']}/rotate"),
+    ):
+        response = await client.request(method, path, headers=regular_user.headers)
+        assert response.status_code == 404, (method, path)
+    assert (await client.get("/api/auth/me", headers=bearer(theirs["key"]))).status_code == 200
