@@ -1,0 +1,1 @@
+"""The `/api/models` routes: listing, node tests, details, running models, pull, delete."""

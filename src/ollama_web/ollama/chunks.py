@@ -1,0 +1,117 @@
+"""Typed views of Ollama's streamed objects, parsed leniently.
+
+Ollama leaves `omitempty` fields out (metrics, `thinking`, `tool_calls`, `done_reason`), sends
+`done_reason: ""` for an unknown reason, and reports durations in nanoseconds. Every line is
+checked for an `error` key before it is treated as a chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_web.ollama.errors import OllamaStreamError
+
+METRIC_FIELDS = (
+    "prompt_eval_count",
+    "eval_count",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def raise_if_error(obj: dict[str, Any]) -> None:
+    """An `{"error": ...}` line after the 200 (the status can no longer change)."""
+    error = obj.get("error")
+    if error is not None:
+        raise OllamaStreamError("upstream_error", str(error)[:500])
+
+
+@dataclass(frozen=True, slots=True)
+class ChatChunk:
+    """One `/api/chat` object. The `done` chunk may carry text too: append it.
+
+    Durations are integers in nanoseconds; metrics are only meaningful on `done`.
+    """
+
+    content: str = ""
+    thinking: str = ""
+    done: bool = False
+    done_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+    model: str = ""
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> ChatChunk:
+        raise_if_error(obj)
+        message = obj.get("message")
+        if not isinstance(message, dict):
+            message = {}
+        tool_calls = message.get("tool_calls")
+        if not isinstance(tool_calls, list):
+            tool_calls = []
+        calls = [call for call in tool_calls if isinstance(call, dict)]
+        done = obj.get("done") is True
+        metrics = {name: _int_or_none(obj.get(name)) for name in METRIC_FIELDS} if done else {}
+        return cls(
+            content=_str(message.get("content")),
+            thinking=_str(message.get("thinking")),
+            done=done,
+            done_reason=_str(obj.get("done_reason")) or None,
+            tool_calls=calls or None,
+            model=_str(obj.get("model")),
+            **metrics,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One `/api/pull` progress object; `digest`/`total`/`completed` may be missing."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return round(min(100.0, 100.0 * (self.completed or 0) / self.total), 1)
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> PullProgress:
+        raise_if_error(obj)
+        return cls(
+            status=_str(obj.get("status")),
+            digest=_str(obj.get("digest")) or None,
+            total=_int_or_none(obj.get("total")),
+            completed=_int_or_none(obj.get("completed")),
+        )
+
+    def as_event(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "digest": self.digest,
+            "total": self.total,
+            "completed": self.completed,
+            "percent": self.percent,
+        }

@@ -1,0 +1,159 @@
+"""What each node holds (`/api/tags`) and has loaded (`/api/ps`), cached for a few seconds.
+
+Listing calls use the connect timeout plus the short list timeout: a node that never completes
+its TCP connect costs at most the connect timeout, one that accepts and never answers at most
+the list timeout, and a node in back-off is reported without being contacted at all.
+Concurrent refreshes of one node share one upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_web.core.errors import AppError
+from ollama_web.ollama.errors import OllamaUnavailableError
+from ollama_web.ollama.names import model_key
+from ollama_web.ollama.nodes import Node, NodeRegistry
+from ollama_web.ollama.transport import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    url: str
+    status: str
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "status": self.status, "error": self.error}
+
+
+def _entries(payload: Any, field: str = "models") -> dict[str, dict[str, Any]]:
+    models = payload.get(field) if isinstance(payload, dict) else None
+    out: dict[str, dict[str, Any]] = {}
+    for entry in models if isinstance(models, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name") or entry.get("model")
+        key = model_key(name) if isinstance(name, str) else None
+        if key is not None:
+            out.setdefault(key, entry)
+    return out
+
+
+class Inventory:
+    def __init__(self, upstream: Upstream, registry: NodeRegistry, ttl_seconds: float) -> None:
+        self.upstream = upstream
+        self.registry = registry
+        self.ttl_seconds = ttl_seconds
+        self._pending: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+
+    def close(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+
+    def _stale(self, stamp: float | None) -> bool:
+        return stamp is None or time.monotonic() - stamp > self.ttl_seconds
+
+    async def _shared(
+        self, key: tuple[str, str], fetch: Callable[[], Awaitable[str | None]]
+    ) -> str | None:
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fetch())
+            self._pending[key] = task
+            task.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch_models(self, node: Node) -> str | None:
+        try:
+            response = await self.upstream.request(node, "GET", "/api/tags")
+            self.registry.set_models(node, _entries(response.json()))
+        except AppError as exc:
+            node.models_at = None
+            return node.last_error or exc.message
+        except ValueError:
+            self.registry.note_error(node, "invalid /api/tags answer")
+            return node.last_error
+        return None
+
+    async def _fetch_loaded(self, node: Node) -> str | None:
+        try:
+            response = await self.upstream.request(node, "GET", "/api/ps")
+            self.registry.set_loaded(node, set(_entries(response.json())))
+        except (AppError, ValueError):
+            node.loaded_at = None
+            return node.last_error
+        return None
+
+    async def _refresh_node(self, node: Node, force: bool, loaded: bool) -> str | None:
+        error: str | None = None
+        if force or self._stale(node.models_at):
+            error = await self._shared((node.url, "tags"), lambda: self._fetch_models(node))
+        if loaded and error is None and (force or self._stale(node.loaded_at)):
+            await self._shared((node.url, "ps"), lambda: self._fetch_loaded(node))
+        return error
+
+    async def refresh(self, *, force: bool = False, loaded: bool = False) -> list[NodeReport]:
+        """Bring inventories up to date; one report per configured node."""
+        contact = self.registry.reachable_first()
+        errors = await asyncio.gather(*(self._refresh_node(n, force, loaded) for n in contact))
+        outcome = {node.url: error for node, error in zip(contact, errors, strict=True)}
+        reports = []
+        for node in self.registry.nodes:
+            if node.url in outcome and outcome[node.url] is None:
+                reports.append(NodeReport(node.url, "up", None))
+            else:
+                error = outcome.get(node.url) or node.last_error or "not reachable"
+                reports.append(NodeReport(node.url, "down", error))
+        return reports
+
+    def holders(self, key: str) -> list[Node]:
+        return [node for node in self.registry.nodes if node.has_model(key)]
+
+    async def merged(self, *, force: bool = False) -> tuple[list[dict[str, Any]], list[NodeReport]]:
+        """Models of every reachable node merged by canonical name, and the node reports."""
+        reports = await self.refresh(force=force)
+        if not any(report.status == "up" for report in reports):
+            raise OllamaUnavailableError(
+                "No Ollama node is reachable.",
+                details={"nodes": [report.as_dict() for report in reports]},
+            )
+        merged: dict[str, dict[str, Any]] = {}
+        up = {report.url for report in reports if report.status == "up"}
+        for node in self.registry.nodes:
+            if node.url not in up:
+                continue
+            for key, entry in node.models.items():
+                target = merged.setdefault(key, {"entry": entry, "nodes": []})
+                target["nodes"].append(node.url)
+        models = [model_entry(item["entry"], item["nodes"]) for item in merged.values()]
+        models.sort(key=lambda item: str(item["name"]).lower())
+        return models, reports
+
+
+def model_entry(entry: dict[str, Any], nodes: list[str]) -> dict[str, Any]:
+    """One merged `/api/models` item; every optional upstream field may be missing."""
+    details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+    assert isinstance(details, dict)
+    capabilities = entry.get("capabilities")
+    families = details.get("families")
+    return {
+        "name": entry.get("name") or entry.get("model"),
+        "model": entry.get("model") or entry.get("name"),
+        "size": entry.get("size"),
+        "digest": entry.get("digest"),
+        "modified_at": entry.get("modified_at"),
+        "format": details.get("format") or None,
+        "family": details.get("family") or None,
+        "families": families if isinstance(families, list) else [],
+        "parameter_size": details.get("parameter_size") or None,
+        "quantization_level": details.get("quantization_level") or None,
+        "context_length": details.get("context_length"),
+        "embedding_length": details.get("embedding_length"),
+        "capabilities": capabilities if isinstance(capabilities, list) else [],
+        "nodes": nodes,
+    }

@@ -1,0 +1,156 @@
+"""The one pooled `httpx.AsyncClient` and the requests we send to a node.
+
+We build every upstream request from scratch: no header of our own client's request is ever
+forwarded (so never `Origin`), and `Host` is the node's own (httpx derives it from the node
+URL), which is what Ollama's DNS-rebinding guard wants. Each call records the node's state
+and translates failures (see `errors`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from ollama_web import __version__
+from ollama_web.core.config import Settings
+from ollama_web.core.errors import AppError
+from ollama_web.ollama.errors import (
+    describe_transport_error,
+    error_from_response,
+    error_from_transport,
+)
+from ollama_web.ollama.nodes import Node, NodeRegistry
+
+JSON_HEADERS = {"Accept": "application/json"}
+NDJSON_HEADERS = {"Accept": "application/x-ndjson"}
+MAX_ERROR_BODY_BYTES = 64 * 1024
+PROBE_TIMEOUT_SECONDS = 1.5
+KEEPALIVE_EXPIRY_SECONDS = 60.0
+
+
+def build_client(settings: Settings) -> httpx.AsyncClient:
+    """The process-wide client: explicit pool limits, a short connect timeout and a read
+    timeout long enough for a cold model load (headers only come with the first token)."""
+    limits = httpx.Limits(
+        max_connections=settings.ollama_max_connections,
+        max_keepalive_connections=settings.ollama_max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+    )
+    timeout = httpx.Timeout(
+        connect=settings.ollama_connect_timeout_seconds,
+        read=settings.ollama_timeout_seconds,
+        write=settings.ollama_timeout_seconds,
+        pool=settings.ollama_connect_timeout_seconds,
+    )
+    return httpx.AsyncClient(
+        limits=limits,
+        timeout=timeout,
+        headers={"User-Agent": f"ollama-web/{__version__}"},
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class Upstream:
+    """Requests to one node at a time, with node bookkeeping and error translation."""
+
+    def __init__(self, client: httpx.AsyncClient, registry: NodeRegistry, settings: Settings):
+        self.client = client
+        self.registry = registry
+        connect = settings.ollama_connect_timeout_seconds
+        listing = settings.ollama_list_timeout_seconds
+        self.generation_timeout = client.timeout
+        self.list_timeout = httpx.Timeout(listing, connect=connect, pool=connect)
+        probe = min(listing, PROBE_TIMEOUT_SECONDS)
+        self.probe_timeout = httpx.Timeout(probe, connect=min(connect, probe))
+
+    def _build(
+        self, node: Node, method: str, path: str, body: Any, timeout: httpx.Timeout, stream: bool
+    ) -> httpx.Request:
+        return self.client.build_request(
+            method,
+            node.url + path,
+            json=body,
+            headers=NDJSON_HEADERS if stream else JSON_HEADERS,
+            timeout=timeout,
+        )
+
+    def _transport_failure(
+        self, node: Node, exc: httpx.TransportError, *, timeout_means_down: bool
+    ) -> AppError:
+        description = describe_transport_error(exc)
+        connect_failed = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        if connect_failed or (timeout_means_down and isinstance(exc, httpx.TimeoutException)):
+            self.registry.mark_down(node, description)
+        else:
+            self.registry.note_error(node, description)
+        return error_from_transport(exc)
+
+    async def request(
+        self,
+        node: Node,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        timeouts: httpx.Timeout | None = None,
+        model: str | None = None,
+        measure: bool = True,
+    ) -> httpx.Response:
+        """Send and read the whole answer; a 2xx response or a translated error.
+
+        With `measure` the round trip becomes the node's latency, and a timeout marks the
+        node down (listing and probe calls, whose timeouts are short).
+        """
+        request = self._build(node, method, path, body, timeouts or self.list_timeout, False)
+        node.requests_total += 1
+        started = time.perf_counter()
+        try:
+            response = await self.client.send(request)
+        except httpx.TransportError as exc:
+            raise self._transport_failure(node, exc, timeout_means_down=measure) from exc
+        latency = (time.perf_counter() - started) * 1000 if measure else None
+        self.registry.mark_up(node, latency_ms=latency)
+        if not response.is_success:
+            error = error_from_response(
+                response.status_code, response.headers, response.content, model=model
+            )
+            if response.status_code != 404:
+                self.registry.note_error(node, f"HTTP {response.status_code}: {error.message}")
+            raise error
+        return response
+
+    async def open_stream(
+        self, node: Node, path: str, body: Any, *, model: str | None = None
+    ) -> httpx.Response:
+        """Send and wait for the headers only; the caller reads (and closes) the body."""
+        request = self._build(node, "POST", path, body, self.generation_timeout, True)
+        node.requests_total += 1
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._transport_failure(node, exc, timeout_means_down=False) from exc
+        self.registry.mark_up(node)
+        if response.is_success:
+            return response
+        try:
+            content = await _read_capped(response)
+        except httpx.TransportError:
+            content = b""
+        finally:
+            await response.aclose()
+        error = error_from_response(response.status_code, response.headers, content, model=model)
+        if response.status_code != 404:
+            self.registry.note_error(node, f"HTTP {response.status_code}: {error.message}")
+        raise error
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    content = bytearray()
+    async for chunk in response.aiter_bytes():
+        content += chunk
+        if len(content) >= MAX_ERROR_BODY_BYTES:
+            break
+    return bytes(content[:MAX_ERROR_BODY_BYTES])

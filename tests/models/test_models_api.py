@@ -1,0 +1,194 @@
+"""`/api/models`: merged listing, node test, details, running models, delete — two nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ollama_web.emulator import ModelSpec, OllamaEmulator
+from tests.models.conftest import Cluster
+
+
+def tags_calls(emulator: OllamaEmulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == "/api/tags")
+
+
+async def test_models_of_both_nodes_are_merged_by_canonical_name(cluster: Cluster) -> None:
+    response = await cluster.client.get("/api/models", headers=cluster.user.headers)
+    assert response.status_code == 200
+    body = response.json()
+    by_name = {m["name"]: m for m in body["models"]}
+    assert list(by_name) == ["llama3.2:latest", "mistral:latest", "qwen3:latest"]
+    a, b = cluster.node_a.url, cluster.node_b.url
+    assert by_name["llama3.2:latest"]["nodes"] == [a, b]
+    assert by_name["qwen3:latest"]["nodes"] == [a]
+    assert by_name["mistral:latest"]["nodes"] == [b]
+    qwen = by_name["qwen3:latest"]
+    assert qwen["family"] == "qwen3"
+    assert qwen["parameter_size"] == "8.2B"
+    assert qwen["quantization_level"] == "Q4_K_M"
+    assert qwen["size"] == 5225388164
+    assert qwen["capabilities"] == ["completion", "tools", "thinking"]
+    assert qwen["context_length"] == 40960
+    assert qwen["modified_at"]
+    assert body["nodes"] == [
+        {"url": a, "status": "up", "error": None},
+        {"url": b, "status": "up", "error": None},
+    ]
+
+
+async def test_one_node_down_still_lists_the_other_and_reports_it(cluster: Cluster) -> None:
+    await cluster.node_b.stop()
+    response = await cluster.client.get("/api/models", headers=cluster.user.headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert [m["name"] for m in body["models"]] == ["llama3.2:latest", "qwen3:latest"]
+    assert all(m["nodes"] == [cluster.node_a.url] for m in body["models"])
+    down = body["nodes"][1]
+    assert down["url"] == cluster.node_b.url
+    assert down["status"] == "down"
+    assert down["error"].startswith("connection failed")
+
+
+async def test_all_nodes_down_is_503(cluster: Cluster) -> None:
+    await cluster.node_a.stop()
+    await cluster.node_b.stop()
+    response = await cluster.client.get("/api/models", headers=cluster.user.headers)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "OLLAMA_UNAVAILABLE"
+    assert [n["status"] for n in body["details"]["nodes"]] == ["down", "down"]
+
+
+async def test_connection_test_reports_each_node(cluster: Cluster) -> None:
+    ok = await cluster.client.get("/api/models/test", headers=cluster.user.headers)
+    await cluster.node_b.stop()
+    degraded = await cluster.client.get("/api/models/test", headers=cluster.user.headers)
+    await cluster.node_a.stop()
+    down = await cluster.client.get("/api/models/test", headers=cluster.user.headers)
+    assert ok.status_code == 200
+    assert ok.json()["status"] == "ok"
+    node = ok.json()["nodes"][0]
+    assert node["reachable"] is True
+    assert node["version"] == "0.33.0"
+    assert node["latency_ms"] > 0
+    assert degraded.status_code == 200
+    body = degraded.json()
+    assert (body["status"], body["reachable"], body["total"]) == ("degraded", 1, 2)
+    assert body["nodes"][1]["reachable"] is False
+    assert body["nodes"][1]["error"]
+    assert down.status_code == 503
+    assert down.json()["error"] == "OLLAMA_UNAVAILABLE"
+    assert len(down.json()["details"]["nodes"]) == 2
+
+
+@pytest.mark.parametrize("path", ["/api/models", "/api/models/test", "/api/models/llama3.2"])
+async def test_model_routes_need_authentication(cluster: Cluster, path: str) -> None:
+    response = await cluster.client.get(path)
+    assert (response.status_code, response.json()["error"]) == (401, "UNAUTHENTICATED")
+
+
+async def test_details_come_from_show(cluster: Cluster) -> None:
+    response = await cluster.client.get("/api/models/llama3.2", headers=cluster.user.headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == "llama3.2:latest"
+    assert body["node"] == cluster.node_a.url
+    assert body["context_length"] == 131072
+    assert body["architecture"] == "llama"
+    assert body["capabilities"] == ["completion", "tools"]
+    assert body["parameters"]["stop"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    assert "{{ .System }}" in body["template"]
+    assert body["license"].startswith("EMULATOR")
+    assert body["parameter_count"] == 3_200_000_000
+
+
+async def test_names_with_slashes_and_colons_work_in_paths(cluster: Cluster) -> None:
+    cluster.node_b.config.models.append(ModelSpec("hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M"))
+    response = await cluster.client.get(
+        "/api/models/hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M", headers=cluster.user.headers
+    )
+    assert response.status_code == 200
+    assert response.json()["name"] == "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M"
+    assert response.json()["node"] == cluster.node_b.url
+
+
+@pytest.mark.parametrize("name", ["bad%20name", "a/b/c/d", "x:", "-x", "mod%C3%A8le"])
+async def test_invalid_names_are_422_before_any_upstream_call(cluster: Cluster, name: str) -> None:
+    for emulator in (cluster.node_a, cluster.node_b):
+        emulator.reset_counters()
+    response = await cluster.client.get(f"/api/models/{name}", headers=cluster.user.headers)
+    deleted = await cluster.client.delete(f"/api/models/{name}", headers=cluster.admin.headers)
+    assert response.status_code == deleted.status_code == 422
+    assert response.json()["error"] == "VALIDATION_ERROR"
+    assert cluster.node_a.requests == []
+    assert cluster.node_b.requests == []
+
+
+async def test_unknown_model_details_are_404(cluster: Cluster) -> None:
+    response = await cluster.client.get("/api/models/nope:1b", headers=cluster.user.headers)
+    assert response.status_code == 404
+    assert response.json()["error"] == "MODEL_NOT_FOUND"
+    assert response.json()["details"] == {
+        "model_name": "nope:1b",
+        "suggestion": "Check available models using /api/models endpoint",
+    }
+
+
+async def test_running_models_per_node(cluster: Cluster) -> None:
+    async with cluster.app.state.gateway.open_chat("mistral", []) as stream:
+        async for _chunk in stream:
+            pass
+    response = await cluster.client.get("/api/models/running", headers=cluster.user.headers)
+    assert response.status_code == 200
+    (running,) = response.json()["models"]
+    assert running["name"] == "mistral:latest"
+    assert running["node"] == cluster.node_b.url
+    assert running["size_vram"] == running["size"]
+    assert running["expires_at"]
+    assert [n["status"] for n in response.json()["nodes"]] == ["up", "up"]
+
+
+async def test_delete_removes_from_every_node_and_refreshes_the_list(cluster: Cluster) -> None:
+    headers = cluster.admin.headers
+    assert (await cluster.client.get("/api/models", headers=headers)).status_code == 200
+    response = await cluster.client.delete("/api/models/LLAMA3.2", headers=headers)
+    assert response.status_code == 204
+    assert response.content == b""
+    assert cluster.node_a.find_model("llama3.2") is None
+    assert cluster.node_b.find_model("llama3.2") is None
+    listed = (await cluster.client.get("/api/models", headers=headers)).json()["models"]
+    assert [m["name"] for m in listed] == ["mistral:latest", "qwen3:latest"]
+    again = await cluster.client.delete("/api/models/llama3.2", headers=headers)
+    assert (again.status_code, again.json()["error"]) == (404, "MODEL_NOT_FOUND")
+
+
+async def test_delete_on_one_node_only(cluster: Cluster) -> None:
+    response = await cluster.client.delete(
+        "/api/models/llama3.2", params={"node": cluster.node_b.url}, headers=cluster.admin.headers
+    )
+    assert response.status_code == 204
+    assert cluster.node_a.find_model("llama3.2") is not None
+    assert cluster.node_b.find_model("llama3.2") is None
+
+
+async def test_delete_is_admin_only(cluster: Cluster) -> None:
+    response = await cluster.client.delete("/api/models/llama3.2", headers=cluster.user.headers)
+    anonymous = await cluster.client.delete("/api/models/bad name")
+    assert (response.status_code, response.json()["error"]) == (403, "FORBIDDEN")
+    assert anonymous.status_code == 401  # authentication before validation
+    assert cluster.node_a.find_model("llama3.2") is not None
+
+
+class TestListCache:
+    @pytest.fixture
+    def cluster_settings(self) -> dict[str, float]:
+        return {"ollama_health_cache_seconds": 60.0}
+
+    async def test_the_list_is_cached_and_refreshed_after_a_delete(self, cluster: Cluster) -> None:
+        headers = cluster.admin.headers
+        for _ in range(3):
+            assert (await cluster.client.get("/api/models", headers=headers)).status_code == 200
+        assert tags_calls(cluster.node_a) == tags_calls(cluster.node_b) == 1
+        await cluster.client.delete("/api/models/qwen3", headers=headers)
+        listed = (await cluster.client.get("/api/models", headers=headers)).json()["models"]
+        assert "qwen3:latest" not in [m["name"] for m in listed]

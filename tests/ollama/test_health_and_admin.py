@@ -1,0 +1,128 @@
+"""The `ollama` component of /health, the lifespan's pooled client, and the admin node view."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ollama_web.app import create_app
+from ollama_web.core.config import Settings
+from ollama_web.emulator import OllamaEmulator
+from ollama_web.ollama.gateway import OllamaGateway
+from tests.fixtures.auth import create_test_user
+from tests.ollama.conftest import AppFactory
+from tests.ollama.faults import closed_port_url, hanging_server
+
+
+def versions(emulator: OllamaEmulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == "/api/version")
+
+
+async def test_health_reports_every_node(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with gateway_app([ollama_emulator.url]) as (_, client):
+        body = (await client.get("/health")).json()
+    component = body["components"]["ollama"]
+    assert component["status"] == "healthy"
+    (node,) = component["nodes"]
+    assert set(node) == {"url", "status", "version", "latency_ms", "error"}
+    assert node["url"] == ollama_emulator.url
+    assert node["status"] == "up"
+    assert node["version"] == "0.33.0"
+    assert node["latency_ms"] > 0
+    assert node["error"] is None
+
+
+async def test_one_node_down_degrades_the_component(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    down = closed_port_url()
+    async with gateway_app([ollama_emulator.url, down]) as (_, client):
+        body = (await client.get("/health")).json()
+    component = body["components"]["ollama"]
+    assert component["status"] == "degraded"
+    assert body["status"] == "degraded"
+    assert [n["status"] for n in component["nodes"]] == ["up", "down"]
+    assert component["nodes"][1]["error"].startswith("connection failed")
+
+
+async def test_all_nodes_down_is_unhealthy_but_the_server_only_degraded(
+    gateway_app: AppFactory,
+) -> None:
+    async with gateway_app([closed_port_url(), closed_port_url()]) as (_, client):
+        response = await client.get("/health")
+        ready = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert ready.status_code == 200
+    body = response.json()
+    assert body["components"]["ollama"]["status"] == "unhealthy"
+    assert body["status"] == "degraded"
+
+
+async def test_the_probe_is_cached_and_shared(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with gateway_app([ollama_emulator.url], ollama_health_cache_seconds=30) as (_, client):
+        for _ in range(3):
+            assert (await client.get("/health")).status_code == 200
+    assert versions(ollama_emulator) == 1
+
+
+async def test_a_hanging_node_never_hangs_health(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with hanging_server() as hanging:
+        urls = [ollama_emulator.url, hanging.url]
+        async with gateway_app(urls, ollama_list_timeout_seconds=0.3) as (_, client):
+            started = time.monotonic()
+            body = (await client.get("/health")).json()
+            elapsed = time.monotonic() - started
+    assert elapsed < 0.8
+    nodes = body["components"]["ollama"]["nodes"]
+    assert nodes[1]["status"] == "down"
+    assert "read timed out" in nodes[1]["error"]
+
+
+async def test_the_lifespan_owns_one_client_and_closes_it(
+    settings_factory: Callable[..., Settings], ollama_emulator: OllamaEmulator
+) -> None:
+    app = create_app(settings_factory(ollama_url=[ollama_emulator.url]))
+    async with app.router.lifespan_context(app):
+        gateway = app.state.gateway
+        assert isinstance(gateway, OllamaGateway)
+        assert not gateway.client.is_closed
+        assert "ollama" in app.state.health_checks
+    assert gateway.client.is_closed
+
+
+async def test_admins_see_per_node_state(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    down = closed_port_url()
+    async with gateway_app([ollama_emulator.url, down]) as (app, client):
+        admin = await create_test_user(app, "admin")
+        user = await create_test_user(app, "user")
+        async with app.state.gateway.open_chat("llama3.2", []) as stream:
+            async for _chunk in stream:
+                pass
+        response = await client.get("/api/admin/ollama/nodes", headers=admin.headers)
+        forbidden = await client.get("/api/admin/ollama/nodes", headers=user.headers)
+        anonymous = await client.get("/api/admin/ollama/nodes")
+    assert (forbidden.status_code, forbidden.json()["error"]) == (403, "FORBIDDEN")
+    assert (anonymous.status_code, anonymous.json()["error"]) == (401, "UNAUTHENTICATED")
+    assert response.status_code == 200
+    up, gone = response.json()["nodes"]
+    assert up["url"] == ollama_emulator.url
+    assert up["status"] == "up"
+    assert up["in_flight"] == 0
+    assert up["version"] == "0.33.0"
+    assert up["latency_ms"] > 0
+    assert up["loaded_models"] == ["llama3.2:latest"]
+    assert up["models_count"] == 1
+    assert gone["url"] == down
+    assert gone["status"] == "down"
+    assert gone["backoff_seconds"] > 0
+    assert gone["consecutive_failures"] >= 1
+    assert gone["last_error"].startswith("connection failed")
+    assert gone["last_error_at"]

@@ -1,0 +1,136 @@
+"""Pulls: the progress stream, the unknown-model error after the 200, and shared fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ollama_web.core.errors import ValidationError
+from ollama_web.emulator import OllamaEmulator
+from ollama_web.ollama.errors import MODEL_SUGGESTION, OllamaUnavailableError
+from ollama_web.ollama.gateway import OllamaGateway
+from ollama_web.ollama.pull import PullEvent, PullSubscription
+from tests.ollama.conftest import GatewayFactory
+from tests.ollama.faults import closed_port_url
+
+
+async def events_of(pull: PullSubscription) -> list[PullEvent]:
+    return [event async for event in pull.events() if event is not None]
+
+
+def pulls(emulator: OllamaEmulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == "/api/pull")
+
+
+async def test_a_pull_streams_progress_then_done_and_refreshes_the_list(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with gateway_factory([ollama_emulator.url], ollama_health_cache_seconds=60) as gateway:
+        before, _ = await gateway.list_models()
+        events = await events_of(await gateway.pull_model("mistral"))
+        after, _ = await gateway.list_models()
+    assert [m["name"] for m in before] == ["llama3.2:latest"]
+    assert [e.kind for e in events[-1:]] == ["done"]
+    assert events[-1].data == {"status": "success"}
+    progress = [e.data for e in events[:-1]]
+    assert {e.kind for e in events[:-1]} == {"progress"}
+    assert progress[0] == {
+        "status": "pulling manifest",
+        "digest": None,
+        "total": None,
+        "completed": None,
+        "percent": None,
+    }
+    layers = [p for p in progress if p["digest"]]
+    assert layers
+    assert all(set(p) == {"status", "digest", "total", "completed", "percent"} for p in layers)
+    assert any(p["percent"] == 100.0 for p in layers)
+    assert "mistral:latest" in [m["name"] for m in after]  # the cache was refreshed
+
+
+async def test_pulling_an_unknown_model_fails_after_the_200(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        events = await events_of(await gateway.pull_model("no-such-model:13b"))
+        assert gateway.pulls.jobs == {}
+    assert [e.kind for e in events] == ["progress", "error"]
+    assert events[-1].data == {
+        "error": "MODEL_NOT_FOUND",
+        "message": "Model no-such-model:13b not found in the registry",
+        "details": {"model_name": "no-such-model:13b", "suggestion": MODEL_SUGGESTION},
+    }
+
+
+async def test_admins_pulling_the_same_model_share_one_upstream_pull(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_delay = 0.01
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        first = await gateway.pull_model("mistral")
+        await asyncio.sleep(0.05)
+        second = await gateway.pull_model("Mistral:latest")
+        assert second.job is first.job
+        assert second.start_index > 0
+        results = await asyncio.gather(events_of(first), events_of(second))
+    assert pulls(ollama_emulator) == 1
+    assert results[0][-1].kind == results[1][-1].kind == "done"
+    assert results[1] == results[0][len(results[0]) - len(results[1]) :]
+
+
+async def test_a_pull_continues_when_its_subscriber_leaves(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_delay = 0.005
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        pull = await gateway.pull_model("tinyllama")
+        events = pull.events()
+        await anext(events)
+        await events.aclose()
+        assert pull.job.subscribers == 0
+        assert pull.job.task is not None
+        await pull.job.task
+    assert pull.job.events[-1].kind == "done"
+    assert ollama_emulator.find_model("tinyllama") is not None
+
+
+async def test_closing_the_gateway_cancels_running_pulls(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_delay = 0.05
+    gateway: OllamaGateway
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        pull = await gateway.pull_model("mistral")
+    assert pull.job.task is not None
+    assert pull.job.task.done()
+    assert pull.job.events[-1].kind == "error"
+    assert pull.job.events[-1].data["details"]["kind"] == "disconnected"
+    await ollama_emulator.wait_until(lambda: ollama_emulator.connections_active == 0)
+    assert ollama_emulator.find_model("mistral") is None
+
+
+async def test_invalid_name_and_unknown_node_fail_before_any_upstream_call(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        with pytest.raises(ValidationError):
+            await gateway.pull_model("bad name")
+        with pytest.raises(ValidationError):
+            await gateway.pull_model("mistral", node_url="http://elsewhere:11434")
+    assert ollama_emulator.requests == []
+
+
+async def test_pulling_onto_a_down_node_is_503(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    down = closed_port_url()
+    async with gateway_factory([down, ollama_emulator.url]) as gateway:
+        with pytest.raises(OllamaUnavailableError):
+            await gateway.pull_model("mistral", node_url=down)
+        pull = await gateway.pull_model("mistral")  # default: the first reachable node
+        assert pull.job.node.url == ollama_emulator.url
+        await events_of(pull)
+    async with gateway_factory([down]) as gateway:
+        with pytest.raises(OllamaUnavailableError):
+            await gateway.pull_model("mistral")

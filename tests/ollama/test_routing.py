@@ -1,0 +1,215 @@
+"""Routing across nodes: model locality, least in-flight, failover only before the first byte."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from ollama_web.emulator import OllamaEmulator
+from ollama_web.ollama.errors import (
+    ModelNotFoundError,
+    OllamaStreamError,
+    OllamaUnavailableError,
+)
+from tests.ollama.conftest import GatewayFactory
+from tests.ollama.faults import blackhole, closed_port_url, hanging_server
+from tests.ollama.streams import HI
+
+
+def chats(emulator: OllamaEmulator) -> int:
+    return sum(1 for r in emulator.requests if r.path == "/api/chat")
+
+
+async def load(emulator: OllamaEmulator, model: str = "llama3.2") -> None:
+    """Load a model on one node directly (as another client of that Ollama would)."""
+    async with httpx.AsyncClient() as client:
+        body = {"model": model, "messages": []}
+        response = await client.post(f"{emulator.url}/api/chat", json=body)
+        response.raise_for_status()
+    emulator.reset_counters()
+
+
+async def test_a_node_with_the_model_loaded_is_preferred(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    await load(second_emulator)
+    async with gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway:
+        for _ in range(3):
+            async with gateway.open_chat("llama3.2", HI) as stream:
+                assert stream.node_url == second_emulator.url
+                async for _chunk in stream:
+                    pass
+    assert (chats(ollama_emulator), chats(second_emulator)) == (0, 3)
+
+
+async def test_a_model_goes_to_the_node_that_holds_it(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    async with gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway:
+        async with gateway.open_chat("Mistral", HI) as stream:
+            assert stream.node_url == second_emulator.url
+        assert await gateway.resolve_model("MISTRAL") == "mistral:latest"
+
+
+async def test_the_node_with_fewest_generations_in_flight_is_chosen(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    for emulator in (ollama_emulator, second_emulator):
+        await load(emulator)
+        emulator.config.reply_tokens = 500
+        emulator.config.tokens_per_second = 100
+    async with gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway:
+        first = gateway.open_chat("llama3.2", HI)
+        second = gateway.open_chat("llama3.2", HI)
+        third = gateway.open_chat("llama3.2", HI)
+        await first.__aenter__()
+        await second.__aenter__()
+        assert first.node_url == ollama_emulator.url  # a tie: configuration order
+        assert second.node_url == second_emulator.url
+        assert [n.in_flight for n in gateway.registry.nodes] == [1, 1]
+        await first.aclose()
+        await third.__aenter__()
+        assert third.node_url == ollama_emulator.url
+        await second.aclose()
+        await third.aclose()
+        states = await gateway.node_states()
+    assert [state["in_flight"] for state in states] == [0, 0]
+
+
+async def test_a_refused_node_is_marked_down_and_the_chat_fails_over(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    await load(second_emulator)
+    urls = [ollama_emulator.url, second_emulator.url]
+    async with gateway_factory(urls, ollama_health_cache_seconds=60) as gateway:
+        await gateway.resolve_model("llama3.2")  # both inventories cached, B has it loaded
+        await second_emulator.stop()  # B now refuses connections
+        async with gateway.open_chat("llama3.2", HI) as stream:
+            assert stream.node_url == ollama_emulator.url
+            assert [chunk async for chunk in stream][-1].done
+        down = gateway.registry.nodes[1]
+        assert down.status == "down"
+        assert down.in_flight == 0
+        assert down.in_backoff()
+        assert down.consecutive_failures == 1
+        assert "connection failed" in (down.last_error or "")
+        attempts = down.requests_total
+        async with gateway.open_chat("llama3.2", HI) as stream:
+            assert stream.node_url == ollama_emulator.url
+        assert down.requests_total == attempts  # in back-off: not even tried
+
+
+async def test_a_busy_node_is_skipped_before_the_first_byte(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    await load(ollama_emulator)
+    ollama_emulator.config.busy = True
+    async with (
+        gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway,
+        gateway.open_chat("llama3.2", HI) as stream,
+    ):
+        assert stream.node_url == second_emulator.url
+    assert chats(ollama_emulator) == 1
+
+
+async def test_a_node_that_lost_the_model_is_skipped(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    urls = [ollama_emulator.url, second_emulator.url]
+    async with gateway_factory(urls, ollama_health_cache_seconds=60) as gateway:
+        await gateway.resolve_model("llama3.2")
+        ollama_emulator.config.models.clear()  # deleted behind our back; inventory is stale
+        async with gateway.open_chat("llama3.2", HI) as stream:
+            assert stream.node_url == second_emulator.url
+    assert chats(ollama_emulator) == 1
+
+
+async def test_no_retry_once_the_stream_has_started(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    await load(second_emulator)
+    second_emulator.config.drop_after_tokens = 2
+    async with (
+        gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway,
+        gateway.open_chat("llama3.2", HI) as stream,
+    ):
+        assert stream.node_url == second_emulator.url
+        with pytest.raises(OllamaStreamError) as caught:
+            async for _chunk in stream:
+                pass
+    assert caught.value.kind == "disconnected"
+    assert chats(ollama_emulator) == 0
+    assert chats(second_emulator) == 1
+
+
+async def test_all_nodes_down_is_503(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory([closed_port_url(), closed_port_url()]) as gateway:
+        with pytest.raises(OllamaUnavailableError) as caught:
+            async with gateway.open_chat("llama3.2", HI):
+                pass
+        with pytest.raises(OllamaUnavailableError):
+            await gateway.resolve_model("llama3.2")
+    assert caught.value.status_code == 503
+    assert [node["status"] for node in caught.value.details["nodes"]] == ["down", "down"]
+
+
+async def test_unknown_model_on_every_node_is_404(
+    gateway_factory: GatewayFactory,
+    ollama_emulator: OllamaEmulator,
+    second_emulator: OllamaEmulator,
+) -> None:
+    async with gateway_factory([ollama_emulator.url, second_emulator.url]) as gateway:
+        with pytest.raises(ModelNotFoundError):
+            async with gateway.open_chat("qwen3:235b", HI):
+                pass
+    assert chats(ollama_emulator) == chats(second_emulator) == 0
+
+
+async def test_listing_with_a_node_that_never_answers_costs_the_list_timeout(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    async with hanging_server() as hanging:
+        urls = [hanging.url, ollama_emulator.url]
+        async with gateway_factory(urls, ollama_list_timeout_seconds=0.3) as gateway:
+            started = time.monotonic()
+            models, reports = await gateway.list_models()
+            elapsed = time.monotonic() - started
+            again = time.monotonic()
+            await gateway.list_models()
+            second = time.monotonic() - again
+    assert [m["name"] for m in models] == ["llama3.2:latest"]
+    assert reports[0].status == "down"
+    assert "read timed out" in (reports[0].error or "")
+    assert 0.3 <= elapsed < 0.6
+    assert second < 0.1  # in back-off: reported, not waited on
+
+
+async def test_listing_with_a_blackholed_node_costs_the_connect_timeout(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    with blackhole() as unreachable:
+        urls = [unreachable, ollama_emulator.url]
+        async with gateway_factory(urls, ollama_connect_timeout_seconds=0.2) as gateway:
+            started = time.monotonic()
+            models, reports = await gateway.list_models()
+            elapsed = time.monotonic() - started
+    assert [m["nodes"] for m in models] == [[ollama_emulator.url]]
+    assert reports[0].status == "down"
+    assert "connect timed out" in (reports[0].error or "")
+    assert 0.2 <= elapsed < 0.45
