@@ -1,0 +1,116 @@
+"""`ollama-web backup` and `ollama-web restore`.
+
+    ollama-web backup                 take a backup now (none while there are no users)
+    ollama-web backup --list          list backups, newest first
+    ollama-web backup --verify NAME   check a backup's sha256 and database integrity
+    ollama-web restore FILE [--force] restore (stop the server first)
+
+FILE (and NAME) is one of the listed backup names in BACKUP_DIR, or the path of a backup file
+the operator names (its `.sha256` sidecar must be next to it). Exit codes: 0 done, 1 refused
+or failed (nothing changed), 2 bad usage or nothing to act on, 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ollama_web.backups.errors import BackupError, BackupsExternalError, RestoreRefusedError
+from ollama_web.backups.lifespan import install_migration_hook
+from ollama_web.backups.service import DatabaseBackup
+from ollama_web.core.startup import load_settings_or_exit
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _resolve(service: DatabaseBackup, given: str) -> Path | None:
+    listed = service.find(given)
+    if listed is not None:
+        return listed.path
+    path = Path(given).expanduser()
+    return path if path.is_file() else None
+
+
+def _list(service: DatabaseBackup) -> int:
+    backups = service.list_backups()
+    if not backups:
+        print(f"no backups in {service.directory}")
+    for info in backups:
+        created = info.created_at.isoformat()
+        print(f"{info.name}  {info.size_bytes:>12}  {created}  {info.reason or ''}")
+    return 0
+
+
+def _verify(service: DatabaseBackup, given: str) -> int:
+    path = _resolve(service, given)
+    if path is None:
+        print(f"no such backup: {given}", file=sys.stderr)
+        return EXIT_USAGE
+    problems = service.verify(path)
+    for problem in problems:
+        print(f"{path.name}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{path.name}: ok (sha256 and integrity check)")
+    return EXIT_FAILED if problems else 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    service = DatabaseBackup(load_settings_or_exit())
+    if args.list:
+        return _list(service)
+    if args.verify:
+        return _verify(service, args.verify)
+    try:
+        info = service.create_backup(args.reason)
+    except BackupsExternalError as exc:
+        print(exc.message, file=sys.stderr)
+        return EXIT_USAGE
+    except BackupError as exc:
+        print(f"backup failed: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if info is None:
+        print("no backup taken: the database has no users yet")
+        return 0
+    print(f"{info.path}  {info.size_bytes} bytes  sha256 {info.sha256}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    service = DatabaseBackup(load_settings_or_exit())
+    path = _resolve(service, args.file)
+    if path is None:
+        print(f"no such backup: {args.file} (a listed name or an existing file)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result: dict[str, Any] = service.restore_backup(path, force=args.force)
+    except RestoreRefusedError as exc:
+        print(f"restore refused, nothing was changed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"restored {path.name}")
+    if result["safety_backup"]:
+        print(f"the previous database was saved as {result['safety_backup']}")
+    print("run `ollama-web migrate` if the backup is older than this version, then start")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    backup = subparsers.add_parser("backup", help="take a database backup now (or list/verify)")
+    backup.add_argument("--list", action="store_true", help="list backups, newest first")
+    backup.add_argument("--verify", metavar="NAME", help="check one backup")
+    backup.add_argument("--reason", default="manual (command line)", help=argparse.SUPPRESS)
+    backup.set_defaults(handler=_backup)
+
+    restore = subparsers.add_parser(
+        "restore",
+        help="restore a backup (stop the server first)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    restore.add_argument("file", metavar="FILE", help="a listed backup name or a backup file")
+    restore.add_argument("--force", action="store_true", help="replace a database that has users")
+    restore.set_defaults(handler=_restore)
+    # `ollama-web migrate` takes a safety backup before changing an existing database.
+    install_migration_hook()

@@ -1,0 +1,89 @@
+"""The backup domain inside the server, in two lifespans.
+
+`server_lock_lifespan` (entered before migrations): hold the server lock shared for the
+server's life — `ollama-web restore` refuses while it is held — and register the
+pre-migration backup hook. `backup_lifespan` (after migrations): the startup backup, the
+periodic scheduler, the shutdown backup, and the `backups` component of /health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from ollama_web.backups.errors import BackupError
+from ollama_web.backups.locks import FileLock, LockBusyError, server_lock_path
+from ollama_web.backups.runtime import BackupRuntime
+from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
+from ollama_web.core.config import Settings
+from ollama_web.health.service import register_check
+from ollama_web.migrations.runner import MigrationStatus, register_before_upgrade
+
+RUNTIME_ATTRIBUTE = "backups"
+
+
+class RestoreInProgressError(RuntimeError):
+    pass
+
+
+async def backup_before_migration(settings: Settings, status: MigrationStatus) -> None:
+    """Called by the migration runner before it changes a database that has a schema."""
+    service = DatabaseBackup(settings)
+    if not settings.backup_enabled or service.mode == MODE_EXTERNAL:
+        return
+    reason = f"before migrating {status.current} -> {status.head}"
+    try:
+        await asyncio.to_thread(service.create_backup, reason)
+    except BackupError as exc:
+        raise RuntimeError(
+            f"refusing to migrate: the pre-migration backup failed ({exc.message}); "
+            "fix it or set BACKUP_ENABLED=false to migrate without one"
+        ) from exc
+
+
+def install_migration_hook() -> None:
+    register_before_upgrade(backup_before_migration)
+
+
+@asynccontextmanager
+async def server_lock_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    lock = FileLock(server_lock_path(settings.data_dir))
+    try:
+        lock.acquire(shared=True, timeout=0)
+    except LockBusyError:
+        raise RestoreInProgressError(
+            f"a restore holds {lock.path}; start the server after it finished"
+        ) from None
+    install_migration_hook()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@asynccontextmanager
+async def backup_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    runtime = BackupRuntime(DatabaseBackup(settings))
+    setattr(app.state, RUNTIME_ATTRIBUTE, runtime)
+
+    async def health() -> dict[str, Any]:
+        return await asyncio.to_thread(runtime.health)
+
+    register_check(app, "backups", health)
+    leader = runtime.automatic and runtime.try_lead()
+    if leader:
+        await runtime.automatic_backup("startup")
+    runtime.start_scheduler()
+    try:
+        yield
+    finally:
+        await runtime.stop_scheduler()
+        if runtime.automatic and runtime.scheduler_lock.held:
+            await runtime.automatic_backup("shutdown")
+        runtime.scheduler_lock.release()

@@ -1,0 +1,81 @@
+"""File locks (flock) that coordinate servers, workers, backups and restores on one host.
+
+- The server lock, `DATA_DIR/ollama-web.lock`: every running server process holds it
+  *shared* for its whole life; `restore` takes it *exclusive* without waiting, so it refuses
+  while any server uses the data directory, and a server cannot start during a restore.
+- The backup lock, `BACKUP_DIR/.backup.lock`: exclusive around taking a backup and pruning,
+  so workers, the CLI and the scheduler never write backups at the same time.
+- The scheduler lock, `BACKUP_DIR/.scheduler.lock`: held by one worker, the one that takes
+  the startup, shutdown and periodic backups.
+
+flock locks belong to the open file and vanish when the process dies, so a crash never
+leaves a stale lock behind. They are advisory and local to one host (a PostgreSQL database
+shared by servers on other hosts cannot be protected this way; see OPERATIONS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SERVER_LOCK_NAME = "ollama-web.lock"
+BACKUP_LOCK_NAME = ".backup.lock"
+SCHEDULER_LOCK_NAME = ".scheduler.lock"
+
+
+class LockBusyError(Exception):
+    """The lock is held by someone else."""
+
+
+class FileLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, shared: bool = False, timeout: float = 0.0) -> None:
+        """Take the lock, waiting up to `timeout` seconds; LockBusyError if it stays held."""
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockBusyError(str(self.path)) from None
+                time.sleep(0.05)
+            else:
+                self._fd = fd
+                return
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def holding(path: Path, *, shared: bool = False, timeout: float = 0.0) -> Iterator[FileLock]:
+    lock = FileLock(path)
+    lock.acquire(shared=shared, timeout=timeout)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def server_lock_path(data_dir: Path) -> Path:
+    return data_dir / SERVER_LOCK_NAME

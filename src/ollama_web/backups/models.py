@@ -1,0 +1,77 @@
+"""`BackupInfo`: one complete backup on disk (archive + sha256 sidecar + metadata)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ollama_web.backups import names
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    name: str
+    path: Path
+    created_at: datetime
+    size_bytes: int
+    sha256: str
+    duration_ms: float | None
+    reason: str | None
+    kind: str | None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "duration_ms": self.duration_ms,
+            "reason": self.reason,
+            "kind": self.kind,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The contract's `last_backup` shape."""
+        return {
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "duration_ms": self.duration_ms,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> BackupInfo | None:
+        """Read a backup's facts from its files; None if it vanished or is unreadable."""
+        created_at = names.time_of(path.name)
+        try:
+            recorded = names.checksum_path(path).read_text(encoding="utf-8").split()
+            size = path.stat().st_size
+        except OSError:
+            return None
+        if not recorded or created_at is None:
+            return None
+        extra: dict[str, Any] = {}
+        try:
+            loaded = json.loads(names.metadata_path(path).read_text(encoding="utf-8"))
+            extra = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            extra = {}
+        duration = extra.get("duration_ms")
+        return cls(
+            name=path.name,
+            path=path,
+            created_at=created_at,
+            size_bytes=size,
+            sha256=recorded[0].lower(),
+            duration_ms=float(duration) if isinstance(duration, int | float) else None,
+            reason=str(extra["reason"]) if extra.get("reason") else None,
+            kind=str(extra["kind"]) if extra.get("kind") else None,
+        )
+
+    def delete(self) -> None:
+        for path in (names.checksum_path(self.path), names.metadata_path(self.path), self.path):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,137 @@
+"""PostgreSQL: backups with `pg_dump --format=custom`, restores with `pg_restore`.
+
+The connection comes from DATABASE_URL and is handed to the tools through libpq's
+environment variables (PGHOST, PGPASSWORD, ...), never on the command line where other
+users could read it. When pg_dump is not installed, backups are external (status says so).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+TOOLS = ("pg_dump", "pg_restore", "psql")
+TOOL_TIMEOUT_SECONDS = 3600.0
+_QUERY_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "application_name": "PGAPPNAME",
+}
+
+
+class PostgresBackupError(Exception):
+    pass
+
+
+def tools_available() -> bool:
+    return all(shutil.which(tool) for tool in TOOLS)
+
+
+def libpq_environment(database_url: str) -> dict[str, str]:
+    url = make_url(database_url)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    fields = {
+        "PGHOST": url.host,
+        "PGPORT": str(url.port) if url.port else None,
+        "PGUSER": url.username,
+        "PGPASSWORD": url.password if isinstance(url.password, str) else None,
+        "PGDATABASE": url.database,
+    }
+    env.update({key: value for key, value in fields.items() if value})
+    for option, variable in _QUERY_ENV.items():
+        value = url.query.get(option)
+        if isinstance(value, str) and value:
+            env[variable] = value
+    return env
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise PostgresBackupError(f"{name} is not installed")
+    return path
+
+
+def _run(arguments: list[str], database_url: str | None) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL client tool (fixed argument lists; the URL goes in the environment)."""
+    environment = libpq_environment(database_url) if database_url else None
+    try:
+        return subprocess.run(  # noqa: S603 - fixed tool and arguments, no shell
+            [_tool(arguments[0]), *arguments[1:]],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PostgresBackupError(f"{arguments[0]} failed to run: {exc}") from exc
+
+
+def _fail(process: subprocess.CompletedProcess[str], what: str) -> PostgresBackupError:
+    message = (process.stderr or process.stdout or "").strip().splitlines()
+    return PostgresBackupError(f"{what} failed: {message[-1] if message else process.returncode}")
+
+
+def has_users(database_url: str) -> bool:
+    process = _run(
+        ["psql", "-X", "-A", "-t", "-c", "SELECT EXISTS (SELECT 1 FROM users)"], database_url
+    )
+    if process.returncode == 0:
+        return process.stdout.strip() == "t"
+    if 'relation "users" does not exist' in process.stderr:
+        return False
+    raise _fail(process, "checking for users")
+
+
+def dump(database_url: str, destination: Path) -> None:
+    process = _run(
+        ["pg_dump", "--format=custom", "--no-owner", "--no-acl", "--file", str(destination)],
+        database_url,
+    )
+    if process.returncode != 0:
+        raise _fail(process, "pg_dump")
+
+
+def archive_problems(archive: Path) -> list[str]:
+    """[] when pg_restore can read the archive's table of contents."""
+    try:
+        process = _run(["pg_restore", "--list", str(archive)], None)
+    except PostgresBackupError as exc:
+        return [str(exc)]
+    if process.returncode != 0:
+        return [(process.stderr.strip() or "unreadable archive")[:500]]
+    if "TABLE public users" not in process.stdout and "TABLE DATA public users" not in (
+        process.stdout
+    ):
+        return ["the archive does not hold an ollama-web database (no users table)"]
+    return []
+
+
+def restore(database_url: str, archive: Path) -> None:
+    """Replace the database's objects with the archive's, all in one transaction."""
+    process = _run(
+        [
+            "pg_restore",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-acl",
+            "--single-transaction",
+            "--exit-on-error",
+            "--dbname",
+            make_url(database_url).database or "",
+            str(archive),
+        ],
+        database_url,
+    )
+    if process.returncode != 0:
+        raise _fail(process, "pg_restore")

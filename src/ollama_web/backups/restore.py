@@ -1,0 +1,147 @@
+"""Verify a backup and restore it — from the command line only, with the server stopped.
+
+Order of a restore, nothing replaced until every check passed:
+1. take the server lock exclusively (refuse if any server process holds it: it is running);
+2. the archive's sha256 must equal its sidecar `<name>.sha256` (tampering, truncation);
+3. the archive must unpack into a database that passes `PRAGMA integrity_check` and holds
+   the users table (PostgreSQL: `pg_restore --list` must read it);
+4. an existing database with users is only replaced with `force=True` (`--force`);
+5. a safety backup of the current database is taken (listed like any other backup);
+6. the file is swapped in (SQLite: WAL folded, old WAL/SHM removed, atomic rename;
+   PostgreSQL: `pg_restore --clean --single-transaction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ollama_web.backups import names, postgres, sqlite
+from ollama_web.backups.errors import BackupError, RestoreRefusedError
+from ollama_web.backups.locks import LockBusyError, holding, server_lock_path
+from ollama_web.backups.service import sha256_file
+
+if TYPE_CHECKING:
+    from ollama_web.backups.service import DatabaseBackup
+
+logger = logging.getLogger("ollama_web.backups")
+
+
+def checksum_problems(path: Path) -> list[str]:
+    sidecar = names.checksum_path(path)
+    try:
+        recorded = sidecar.read_text(encoding="utf-8").split()
+    except OSError:
+        return [f"no checksum file {sidecar.name} next to the backup"]
+    if not recorded:
+        return [f"the checksum file {sidecar.name} is empty"]
+    actual = sha256_file(path)
+    if not hmac.compare_digest(recorded[0].lower(), actual):
+        return ["sha256 mismatch: the backup was altered or damaged since it was taken"]
+    return []
+
+
+@contextlib.contextmanager
+def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
+    """The backup as a database file in the database's directory (removed afterwards)."""
+    if not backup.settings.is_sqlite:
+        yield path
+        return
+    target_dir = backup.database_path.parent
+    target_dir.mkdir(parents=True, exist_ok=True)
+    work = target_dir / f".restore-{uuid.uuid4().hex}.db"
+    try:
+        sqlite.gunzip_file(path, work)
+        yield work
+    finally:
+        work.unlink(missing_ok=True)
+
+
+def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
+    if not backup.settings.is_sqlite:
+        return postgres.archive_problems(database)
+    problems = sqlite.integrity_problems(database)
+    if not problems and "users" not in sqlite.tables(database):
+        problems = ["the backup does not hold an ollama-web database (no users table)"]
+    return problems
+
+
+def verify_archive(backup: DatabaseBackup, path: Path) -> list[str]:
+    """Every problem found with a backup ([] when it is sound)."""
+    if not path.is_file():
+        return [f"{path} is not a file"]
+    problems = checksum_problems(path)
+    if problems:
+        return problems
+    try:
+        with unpacked(backup, path) as database:
+            return content_problems(backup, database)
+    except sqlite.SQLiteBackupError as exc:
+        return [str(exc)]
+
+
+def _refuse_if_not_forced(backup: DatabaseBackup, force: bool) -> None:
+    if force:
+        return
+    if backup.has_users():
+        raise RestoreRefusedError(
+            "the current database has users; pass --force (force=True) to replace it "
+            "(a safety backup of it is taken first)"
+        )
+
+
+def _safety_backup(backup: DatabaseBackup) -> str | None:
+    if backup.settings.is_sqlite and not backup.database_path.exists():
+        return None
+    try:
+        info = backup.create_backup("pre-restore safety backup", require_users=False)
+    except (BackupError, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
+        raise RestoreRefusedError(
+            f"the safety backup of the current database failed: {exc}"
+        ) from exc
+    return info.name if info else None
+
+
+def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any]:
+    """Restore `path` over the configured database; RestoreRefusedError changes nothing."""
+    if backup.mode == "external":
+        raise RestoreRefusedError("PostgreSQL backups are external: pg_restore is not installed")
+    lock = server_lock_path(backup.settings.data_dir)
+    try:
+        with holding(lock, shared=False, timeout=0):
+            return _restore_locked(backup, path, force)
+    except LockBusyError:
+        raise RestoreRefusedError(
+            f"a server is using this database (it holds {lock}); stop every server process "
+            "and run the restore again"
+        ) from None
+
+
+def _restore_locked(backup: DatabaseBackup, path: Path, force: bool) -> dict[str, Any]:
+    if not path.is_file():
+        raise RestoreRefusedError(f"{path} is not a file")
+    problems = checksum_problems(path)
+    if problems:
+        raise RestoreRefusedError("; ".join(problems))
+    try:
+        with unpacked(backup, path) as database:
+            problems = content_problems(backup, database)
+            if problems:
+                raise RestoreRefusedError("the backup failed its check: " + "; ".join(problems[:5]))
+            _refuse_if_not_forced(backup, force)
+            safety = _safety_backup(backup)
+            if backup.settings.is_sqlite:
+                sqlite.replace_database(database, backup.database_path)
+            else:
+                postgres.restore(backup.settings.async_database_url, database)
+    except sqlite.SQLiteBackupError as exc:
+        raise RestoreRefusedError(str(exc)) from None
+    except postgres.PostgresBackupError as exc:
+        raise RestoreRefusedError(f"{exc}; the database is unchanged") from None
+    logger.warning("database restored from %s (safety backup: %s)", path.name, safety or "none")
+    return {"restored_from": str(path), "safety_backup": safety}

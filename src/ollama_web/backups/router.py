@@ -1,0 +1,124 @@
+"""`/backup`: take a backup, status, list, one backup, verify one (administrators only).
+
+There is deliberately no restore route: a restore replaces the database under a running
+server, so it is done from the command line with the server stopped (`ollama-web restore`).
+A backup name in a URL is accepted only if it is one of the listed backups and resolves
+inside BACKUP_DIR; anything else is 404 BACKUP_NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Path, Request, status
+
+from ollama_web.audit.service import record_event
+from ollama_web.auth.dependencies import AdminPrincipal
+from ollama_web.backups.errors import BackupError, BackupNotFoundError
+from ollama_web.backups.lifespan import RUNTIME_ATTRIBUTE
+from ollama_web.backups.models import BackupInfo
+from ollama_web.backups.names import MAX_NAME_LENGTH, is_backup_name, sort_key
+from ollama_web.backups.runtime import HTTP_LOCK_TIMEOUT_SECONDS, BackupRuntime
+from ollama_web.backups.schemas import BackupPublic, BackupStatus, BackupVerification
+from ollama_web.core.dependencies import SessionDep
+from ollama_web.core.errors import InvalidCursorError
+from ollama_web.core.net import client_ip
+from ollama_web.core.pagination import Page, PageParamsDep, decode_cursor, encode_cursor
+
+router = APIRouter(
+    prefix="/backup",
+    tags=["backups"],
+    responses={401: {"description": "No credentials"}, 403: {"description": "Not an admin"}},
+)
+
+BackupName = Annotated[
+    str, Path(max_length=MAX_NAME_LENGTH, description="A name from GET /backup/list")
+]
+_CURSOR_SCOPE = "backups"
+
+
+def _runtime(request: Request) -> BackupRuntime:
+    return cast(BackupRuntime, getattr(request.app.state, RUNTIME_ATTRIBUTE))
+
+
+async def _find(request: Request, name: str) -> BackupInfo:
+    info = await asyncio.to_thread(_runtime(request).service.find, name)
+    if info is None:
+        raise BackupNotFoundError("No such backup.", details={"name": name[:MAX_NAME_LENGTH]})
+    return info
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Take a backup now",
+    responses={
+        409: {"description": "BACKUPS_EXTERNAL: PostgreSQL without pg_dump on this host"},
+        503: {"description": "BACKUP_FAILED: the backup could not be taken"},
+    },
+)
+async def create_backup(
+    request: Request, principal: AdminPrincipal, session: SessionDep
+) -> BackupPublic:
+    info = await _runtime(request).backup("manual (API)", lock_timeout=HTTP_LOCK_TIMEOUT_SECONDS)
+    if info is None:
+        raise BackupError("The database has no users yet; there is nothing to back up.")
+    await record_event(
+        session,
+        "backup.created",
+        actor_user_id=principal.user_id,
+        target_type="backup",
+        target_id=info.name,
+        ip_address=client_ip(request.scope, request.app.state.settings),
+        details={"size_bytes": info.size_bytes, "sha256": info.sha256},
+    )
+    return BackupPublic.of(info)
+
+
+@router.get("/status", summary="Backup status: last backup, count, size, schedule, free space")
+async def backup_status(request: Request, principal: AdminPrincipal) -> BackupStatus:
+    report = await asyncio.to_thread(_runtime(request).status)
+    return BackupStatus.model_validate(report)
+
+
+@router.get("/list", summary="Backups, newest first")
+async def list_backups(
+    request: Request, principal: AdminPrincipal, page: PageParamsDep
+) -> Page[BackupPublic]:
+    backups = await asyncio.to_thread(_runtime(request).service.list_backups)
+    if page.cursor is not None:
+        values = decode_cursor(page.secret, _CURSOR_SCOPE, page.cursor)
+        if len(values) != 1 or not isinstance(values[0], str) or not is_backup_name(values[0]):
+            raise InvalidCursorError("The cursor is invalid or does not belong to this list.")
+        after = sort_key(values[0])
+        backups = [info for info in backups if sort_key(info.name) < after]
+    items = backups[: page.limit]
+    next_cursor = None
+    if len(backups) > page.limit:
+        next_cursor = encode_cursor(page.secret, _CURSOR_SCOPE, [items[-1].name])
+    return Page[BackupPublic](
+        items=[BackupPublic.of(info) for info in items], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/{name}",
+    summary="One backup",
+    responses={404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"}},
+)
+async def get_backup(request: Request, principal: AdminPrincipal, name: BackupName) -> BackupPublic:
+    return BackupPublic.of(await _find(request, name))
+
+
+@router.post(
+    "/{name}/verify",
+    summary="Check a backup: sha256 against its sidecar, then the database's integrity",
+    responses={404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"}},
+)
+async def verify_backup(
+    request: Request, principal: AdminPrincipal, name: BackupName
+) -> BackupVerification:
+    info = await _find(request, name)
+    problems = await asyncio.to_thread(_runtime(request).service.verify, info.path)
+    return BackupVerification(name=info.name, valid=not problems, problems=problems)

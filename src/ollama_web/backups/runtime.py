@@ -1,0 +1,158 @@
+"""Automatic backups inside the server: startup, shutdown, every BACKUP_INTERVAL_HOURS.
+
+With several workers exactly one takes the automatic backups: the one holding the scheduler
+lock (the others retry for it on every tick, so the job moves if that worker dies). The
+next periodic backup is due BACKUP_INTERVAL_HOURS after the newest backup on disk, so a
+restart does not reset the clock and every worker reports the same `next_scheduled_at`.
+Backups run in a worker thread; a failure is logged and shown in /health, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ollama_web.backups.errors import BackupError
+from ollama_web.backups.locks import SCHEDULER_LOCK_NAME, FileLock, LockBusyError
+from ollama_web.backups.models import BackupInfo
+from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
+from ollama_web.health.service import DEGRADED, HEALTHY
+
+logger = logging.getLogger("ollama_web.backups")
+
+TICK_SECONDS = 60.0
+RETRY_AFTER_FAILURE_SECONDS = 300.0
+HTTP_LOCK_TIMEOUT_SECONDS = 10.0
+
+
+class BackupRuntime:
+    def __init__(self, service: DatabaseBackup) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.scheduler_lock = FileLock(service.directory / SCHEDULER_LOCK_NAME)
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self._next_attempt = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def interval(self) -> timedelta | None:
+        hours = self.settings.backup_interval_hours
+        return timedelta(hours=hours) if hours > 0 else None
+
+    @property
+    def automatic(self) -> bool:
+        return self.settings.backup_enabled and self.service.mode != MODE_EXTERNAL
+
+    def try_lead(self) -> bool:
+        if not self.scheduler_lock.held:
+            with contextlib.suppress(LockBusyError, OSError):
+                self.scheduler_lock.acquire(timeout=0)
+        return self.scheduler_lock.held
+
+    async def backup(self, reason: str, *, lock_timeout: float | None = None) -> BackupInfo | None:
+        info = await asyncio.to_thread(
+            self.service.create_backup, reason, lock_timeout=lock_timeout
+        )
+        self.last_error = None
+        return info
+
+    async def automatic_backup(self, reason: str) -> None:
+        """A startup/shutdown/scheduled backup: failures are logged, never raised."""
+        try:
+            await self.backup(reason)
+        except (BackupError, OSError) as exc:
+            self.last_error = f"{reason}: {exc.message if isinstance(exc, BackupError) else exc}"
+            self.last_error_at = datetime.now(UTC)
+            self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
+            logger.error("automatic backup (%s) failed: %s", reason, exc)
+
+    def next_scheduled_at(self, newest: BackupInfo | None) -> datetime | None:
+        interval = self.interval
+        if interval is None or not self.automatic:
+            return None
+        if newest is None:
+            return datetime.now(UTC)
+        return newest.created_at + interval
+
+    def _seconds_until_due(self) -> float:
+        backups = self.service.list_backups()
+        due = self.next_scheduled_at(backups[0] if backups else None)
+        if due is None:
+            return TICK_SECONDS
+        return (due - datetime.now(UTC)).total_seconds()
+
+    async def _run_scheduler(self) -> None:
+        interval = self.interval
+        assert interval is not None
+        pause = min(TICK_SECONDS, interval.total_seconds())
+        while True:
+            wait = pause
+            if self.try_lead() and time.monotonic() >= self._next_attempt:
+                remaining = await asyncio.to_thread(self._seconds_until_due)
+                if remaining <= 0:
+                    await self.automatic_backup("scheduled")
+                    # Nothing to back up yet (no users) or a failure: do not spin.
+                    self._next_attempt = max(self._next_attempt, time.monotonic() + pause)
+                    continue
+                wait = min(pause, remaining)
+            await asyncio.sleep(max(wait, 0.05))
+
+    def start_scheduler(self) -> None:
+        if self.automatic and self.interval is not None:
+            self._task = asyncio.create_task(self._run_scheduler(), name="backup-scheduler")
+
+    async def stop_scheduler(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # Reports -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The contract's `GET /backup/status` body (plus `mode`)."""
+        backups = self.service.list_backups()
+        newest = backups[0] if backups else None
+        next_at = self.next_scheduled_at(newest)
+        return {
+            "enabled": self.automatic,
+            "mode": self.service.mode,
+            "directory": str(self.service.directory.resolve()),
+            "last_backup": newest.public() if newest else None,
+            "count": len(backups),
+            "total_size_bytes": sum(info.size_bytes for info in backups),
+            "retention_days": self.settings.backup_retention_days,
+            "max_count": self.settings.backup_max_count,
+            "next_scheduled_at": next_at.isoformat() if next_at else None,
+            "free_bytes": self.service.free_bytes(),
+        }
+
+    def health(self) -> dict[str, Any]:
+        """The `backups` component of /health: freshness and the last failure."""
+        if not self.automatic:
+            mode = self.service.mode
+            return {"status": HEALTHY, "enabled": False, "mode": mode}
+        backups = self.service.list_backups()
+        newest = backups[0] if backups else None
+        report: dict[str, Any] = {
+            "status": HEALTHY,
+            "enabled": True,
+            "mode": self.service.mode,
+            "count": len(backups),
+            "last_backup_at": newest.created_at.isoformat() if newest else None,
+            "age_seconds": None,
+        }
+        if newest is not None:
+            age = datetime.now(UTC) - newest.created_at
+            report["age_seconds"] = round(age.total_seconds(), 1)
+            interval = self.interval
+            if interval is not None and age > 2 * interval:
+                report.update(status=DEGRADED, error="the newest backup is overdue")
+        if self.last_error is not None:
+            report.update(status=DEGRADED, error=self.last_error)
+        return report

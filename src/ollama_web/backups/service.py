@@ -1,0 +1,263 @@
+"""`DatabaseBackup`: take, list, verify, prune and restore database backups.
+
+    from pathlib import Path
+    from ollama_web.backups import DatabaseBackup
+
+    backup = DatabaseBackup()                  # settings from the environment / .env
+    info = backup.create_backup()              # None when the database has no users yet
+    backup.restore_backup(Path("backups/ollama_web_backup_20240101_120000.db.gz"), force=True)
+
+Everything here is synchronous (the command line uses it directly; the server runs it in a
+worker thread). SQLite backups use SQLite's online backup API and gzip; PostgreSQL backups
+use pg_dump when it is installed, otherwise backups are external (`mode == "external"`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from ollama_web.backups import names, postgres, sqlite
+from ollama_web.backups.errors import BackupError, BackupsExternalError
+from ollama_web.backups.locks import BACKUP_LOCK_NAME, LockBusyError, holding
+from ollama_web.backups.models import BackupInfo
+from ollama_web.core.config import Settings
+
+logger = logging.getLogger("ollama_web.backups")
+
+BACKUP_LOCK_TIMEOUT_SECONDS = 120.0
+ORPHAN_AGE_SECONDS = 3600.0
+HASH_CHUNK = 1024 * 1024
+
+MODE_SQLITE, MODE_PG_DUMP, MODE_EXTERNAL = "sqlite", "pg_dump", "external"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f"{names.TEMP_PREFIX}{uuid.uuid4().hex}")
+    temporary.write_text(text, encoding="utf-8")
+    sqlite.fsync_file(temporary)
+    os.replace(temporary, path)
+
+
+def _claim_name(directory: Path, created_at: datetime, extension: str) -> Path:
+    """Reserve a free name (O_EXCL); `_N` is added when the second is already taken.
+
+    N continues after the highest suffix present for that second, so names keep their
+    chronological order even after pruning freed a lower one.
+    """
+    base = names.format_name(created_at, extension)
+    stamp = names.sort_key(base)[0]
+    taken = [
+        names.sort_key(path.name)[1] + 1
+        for path in directory.iterdir()
+        if names.is_backup_name(path.name) and names.sort_key(path.name)[0] == stamp
+    ]
+    for collision in range(max(taken, default=0), 100_000):
+        candidate = directory / names.format_name(created_at, extension, collision)
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise BackupError("no free backup name in this second")
+
+
+class DatabaseBackup:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.directory = self.settings.backup_dir
+
+    # What kind of database -------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        if self.settings.is_sqlite:
+            return MODE_SQLITE
+        return MODE_PG_DUMP if postgres.tools_available() else MODE_EXTERNAL
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite database file."""
+        database = make_url(self.settings.async_database_url).database
+        if not database or database == ":memory:":
+            raise BackupError("an in-memory SQLite database cannot be backed up")
+        return Path(database)
+
+    @property
+    def extension(self) -> str:
+        return names.SQLITE_EXTENSION if self.settings.is_sqlite else names.POSTGRES_EXTENSION
+
+    def has_users(self) -> bool:
+        if self.settings.is_sqlite:
+            return sqlite.has_users(self.database_path)
+        return postgres.has_users(self.settings.async_database_url)
+
+    # Taking backups --------------------------------------------------------------------
+    def create_backup(
+        self,
+        reason: str = "manual",
+        *,
+        require_users: bool = True,
+        lock_timeout: float | None = None,
+    ) -> BackupInfo | None:
+        """Take a backup now; None (nothing written) when the database has no users yet."""
+        if self.mode == MODE_EXTERNAL:
+            raise BackupsExternalError(
+                "PostgreSQL backups are external: pg_dump is not installed on this host."
+            )
+        try:
+            empty = require_users and not self.has_users()
+        except (sqlite3.Error, postgres.PostgresBackupError) as exc:
+            raise BackupError(f"the database cannot be read: {exc}") from exc
+        if empty:
+            logger.info("no backup (%s): the database has no users yet", reason)
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        timeout = BACKUP_LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
+        try:
+            with holding(self.directory / BACKUP_LOCK_NAME, timeout=timeout):
+                info = self._create_locked(reason)
+                self._prune_locked(keep=info.name)
+        except LockBusyError:
+            raise BackupError("another backup is in progress; try again shortly") from None
+        return info
+
+    def _create_locked(self, reason: str) -> BackupInfo:
+        started = time.perf_counter()
+        created_at = datetime.now(UTC).replace(microsecond=0)
+        work = self.directory / f"{names.TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            try:
+                self._write_archive(work)
+            except (sqlite3.Error, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
+                raise BackupError(f"the backup failed: {exc}") from exc
+            digest = sha256_file(work)
+            final = _claim_name(self.directory, created_at, self.extension)
+            os.replace(work, final)
+        finally:
+            for leftover in (work, work.with_suffix(".db")):
+                leftover.unlink(missing_ok=True)
+        info = BackupInfo(
+            name=final.name,
+            path=final,
+            created_at=created_at,
+            size_bytes=final.stat().st_size,
+            sha256=digest,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            reason=reason[:100],
+            kind=self.mode,
+        )
+        _write_atomically(names.metadata_path(final), json.dumps(info.metadata(), indent=1))
+        _write_atomically(names.checksum_path(final), f"{digest}  {final.name}\n")
+        sqlite.fsync_directory(self.directory)
+        logger.info(
+            "backup %s taken (%s, %d bytes, %.0f ms)",
+            info.name,
+            reason,
+            info.size_bytes,
+            info.duration_ms,
+        )
+        return info
+
+    def _write_archive(self, work: Path) -> None:
+        if not self.settings.is_sqlite:
+            postgres.dump(self.settings.async_database_url, work)
+            problems = postgres.archive_problems(work)
+        else:
+            copy = work.with_suffix(".db")
+            sqlite.online_copy(self.database_path, copy)
+            problems = sqlite.integrity_problems(copy)
+            if not problems:
+                sqlite.gzip_file(copy, work)
+        if problems:
+            raise BackupError("the new backup failed its check: " + "; ".join(problems[:5]))
+
+    # Listing and pruning ---------------------------------------------------------------
+    def list_backups(self) -> list[BackupInfo]:
+        """Complete backups (archive and checksum present), newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            if path.is_symlink() or not names.is_backup_name(path.name):
+                continue  # a link could point anywhere; backups are plain files
+            if path.is_file() and names.checksum_path(path).is_file():
+                info = BackupInfo.load(path)
+                if info is not None:
+                    found.append(info)
+        return sorted(found, key=lambda info: names.sort_key(info.name), reverse=True)
+
+    def find(self, name: str) -> BackupInfo | None:
+        """A listed backup by name; anything else (traversal, unknown names) is None."""
+        if names.inside(self.directory, name) is None:
+            return None
+        return next((info for info in self.list_backups() if info.name == name), None)
+
+    def prune(self) -> list[str]:
+        with holding(self.directory / BACKUP_LOCK_NAME, timeout=BACKUP_LOCK_TIMEOUT_SECONDS):
+            return self._prune_locked(keep=None)
+
+    def _prune_locked(self, keep: str | None) -> list[str]:
+        """Apply BACKUP_RETENTION_DAYS (0 = no age limit) and BACKUP_MAX_COUNT."""
+        backups = self.list_backups()
+        now = datetime.now(UTC)
+        retention = self.settings.backup_retention_days
+        removed = []
+        for index, info in enumerate(backups):
+            too_many = index >= self.settings.backup_max_count
+            too_old = retention > 0 and now - info.created_at > timedelta(days=retention)
+            if (too_many or too_old) and info.name != keep:
+                info.delete()
+                removed.append(info.name)
+        self._remove_orphans()
+        if removed:
+            logger.info("pruned %d old backup(s): %s", len(removed), ", ".join(removed))
+        return removed
+
+    def _remove_orphans(self) -> None:
+        """Unfinished files (a crash mid-backup) older than an hour."""
+        cutoff = time.time() - ORPHAN_AGE_SECONDS
+        for path in self.directory.iterdir():
+            unfinished = path.name.startswith(names.TEMP_PREFIX) or (
+                names.is_backup_name(path.name) and not names.checksum_path(path).exists()
+            )
+            if unfinished and path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+
+    # Verification ----------------------------------------------------------------------
+    def verify(self, path: Path) -> list[str]:
+        """[] when the archive matches its recorded sha256 and its database checks out."""
+        from ollama_web.backups.restore import verify_archive
+
+        return verify_archive(self, path)
+
+    def restore_backup(self, path: Path | str, force: bool = False) -> dict[str, Any]:
+        """Restore a backup (the server must be stopped); see `ollama_web.backups.restore`."""
+        from ollama_web.backups.restore import restore
+
+        return restore(self, Path(path), force=force)
+
+    def free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.directory).free
+        except OSError:
+            return None

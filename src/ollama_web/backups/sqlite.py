@@ -1,0 +1,140 @@
+"""SQLite: online copies through SQLite's backup API, checks, and the file swap of a restore.
+
+The copy runs in one step (`pages=-1`) inside a read transaction, so it is a consistent
+snapshot of every transaction committed before it began, taken while writers keep writing
+(WAL mode lets them). A live database file is never copied with file tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+COPY_CHUNK = 1024 * 1024
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class SQLiteBackupError(Exception):
+    pass
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS
+    )
+
+
+def _connect_private(path: Path) -> sqlite3.Connection:
+    """A file nobody else uses (a copy being checked): no locking, no WAL files created."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+
+
+def has_users(database: Path) -> bool:
+    """True when the database has at least one user (False for no file or no table)."""
+    if not database.exists():
+        return False
+    connection = _connect_readonly(database)
+    try:
+        row = connection.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
+    finally:
+        connection.close()
+    return bool(row and row[0])
+
+
+def online_copy(database: Path, destination: Path) -> None:
+    """Copy a live database into `destination` (a new file) with the backup API."""
+    if not database.exists():
+        raise SQLiteBackupError(f"database file {database} does not exist")
+    source = _connect_readonly(database)
+    target = sqlite3.connect(destination)
+    try:
+        source.backup(target, pages=-1)
+    finally:
+        target.close()
+        source.close()
+
+
+def integrity_problems(database: Path) -> list[str]:
+    """The output of `PRAGMA integrity_check` unless it is just "ok" (then [])."""
+    try:
+        connection = _connect_private(database)
+        try:
+            rows = connection.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        return [f"not a usable SQLite database: {exc}"]
+    messages = [str(row[0]) for row in rows]
+    return [] if messages == ["ok"] else messages
+
+
+def tables(database: Path) -> set[str]:
+    connection = _connect_private(database)
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {str(row[0]) for row in rows}
+    finally:
+        connection.close()
+
+
+def gzip_file(source: Path, destination: Path) -> None:
+    with source.open("rb") as raw, gzip.open(destination, "wb", compresslevel=6) as packed:
+        shutil.copyfileobj(raw, packed, COPY_CHUNK)
+        packed.flush()
+    fsync_file(destination)
+
+
+def gunzip_file(source: Path, destination: Path) -> None:
+    """Decompress; a damaged archive raises SQLiteBackupError."""
+    try:
+        with gzip.open(source, "rb") as packed, destination.open("wb") as raw:
+            shutil.copyfileobj(packed, raw, COPY_CHUNK)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise SQLiteBackupError(f"the archive cannot be decompressed: {exc}") from exc
+    fsync_file(destination)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def checkpoint_and_close(database: Path) -> None:
+    """Fold the WAL into the main file before it is replaced (no server is running)."""
+    if not database.exists():
+        return
+    connection = sqlite3.connect(database, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()
+
+
+def replace_database(new_file: Path, database: Path) -> None:
+    """Put `new_file` in place of `database`, dropping the old WAL and shared-memory files."""
+    checkpoint_and_close(database)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            database.with_name(database.name + suffix).unlink()
+    os.replace(new_file, database)
+    fsync_directory(database.parent)

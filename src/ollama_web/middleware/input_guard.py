@@ -1,0 +1,156 @@
+"""Refuse text no database can store before any route sees it: NUL characters and unpaired
+UTF-16 surrogates, in the path, the query string or a JSON body -> 422 VALIDATION_ERROR.
+
+PostgreSQL `text` cannot hold U+0000 and no UTF-8 encoder accepts a lone surrogate (which
+JSON can smuggle in as `"\\ud800"`), so such input would otherwise fail deep in a driver as a
+500. Refusing it here gives every route — present and future — the same structured answer on
+SQLite and PostgreSQL alike. Everything else (markup, quotes, SQL, `../`) passes untouched:
+values are bound as parameters and stored verbatim; escaping happens on output.
+
+Pure ASGI and innermost (inside the body limit, so a body is only ever buffered up to
+MAX_REQUEST_BYTES). Only JSON bodies that contain a `\\u` escape are scanned further.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ollama_web.core.errors import BodyRejected, ValidationError, encode_error
+
+_ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
+_QUERY_NUL = re.compile(rb"%00|\x00")
+_MESSAGE = "Text may not contain NUL characters or unpaired surrogates"
+MAX_REPORTED_FIELDS = 20
+
+
+def _has_bad_char(text: str) -> bool:
+    return any(char == "\x00" or 0xD800 <= ord(char) <= 0xDFFF for char in text)
+
+
+def json_has_bad_escape(body: bytes) -> bool:
+    """True when a JSON text escapes U+0000 or a surrogate that is not part of a pair."""
+    if b"\\u" not in body:
+        return False
+    pending_high = -1  # end offset of a high surrogate still waiting for its low half
+    for match in _ESCAPE.finditer(body):
+        if len(match.group(1)) % 2 == 0:
+            continue  # an escaped backslash followed by a literal "u"
+        code = int(match.group(2), 16)
+        is_high, is_low = 0xD800 <= code <= 0xDBFF, 0xDC00 <= code <= 0xDFFF
+        if pending_high >= 0 and not (is_low and match.start() == pending_high):
+            return True
+        if code == 0 or (is_low and pending_high < 0):
+            return True
+        pending_high = match.end() if is_high else -1
+    return pending_high >= 0
+
+
+def _is_json(scope: Scope) -> bool:
+    """Bodies FastAPI parses as JSON: a JSON media type, or no Content-Type at all."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True
+
+
+class InputGuardMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        url_fields = _bad_url_fields(scope)
+        if url_fields:
+            await _refuse(scope, send, "the URL", url_fields)
+            return
+        if not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = bytearray()
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        fields = bad_json_fields(bytes(body)) if json_has_bad_escape(bytes(body)) else []
+
+        async def replay() -> Message:
+            if fields:
+                # Raised where the route reads its body, so the caller is authenticated
+                # first (API-CONTRACT: 401 before body validation).
+                raise BodyRejected(
+                    ValidationError(_refusal("the JSON body"), details={"fields": fields})
+                )
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _field(loc: list[str | int]) -> dict[str, Any]:
+    return {"loc": loc, "message": _MESSAGE, "type": "string_invalid_characters"}
+
+
+def _bad_url_fields(scope: Scope) -> list[dict[str, Any]]:
+    fields = [_field(["path"])] if _has_bad_char(scope.get("path", "")) else []
+    query: bytes = scope.get("query_string", b"")
+    if _QUERY_NUL.search(query):
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                fields.append(_field(["query", name.replace("\x00", "")[:100]]))
+        fields = fields or [_field(["query"])]
+    return fields
+
+
+def bad_json_fields(body: bytes) -> list[dict[str, Any]]:
+    """Where in a JSON document the refused text sits ([] if it is not valid JSON: the
+    route's own parsing then answers 400 INVALID_JSON)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    found: list[dict[str, Any]] = []
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack and len(found) < MAX_REPORTED_FIELDS:
+        value, loc = stack.pop()
+        if isinstance(value, str) and _has_bad_char(value):
+            found.append(_field(loc))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _has_bad_char(key):
+                    found.append(_field([*loc, key.encode("utf-8", "replace").decode()]))
+                stack.append((item, [*loc, key]))
+        elif isinstance(value, list):
+            stack.extend((item, [*loc, index]) for index, item in enumerate(value))
+    return found
+
+
+def _refusal(where: str) -> str:
+    return f"Text in {where} may not contain NUL characters or unpaired surrogates."
+
+
+async def _refuse(scope: Scope, send: Send, where: str, fields: list[dict[str, Any]]) -> None:
+    request_id = str((scope.get("state") or {}).get("request_id", ""))
+    body = encode_error("VALIDATION_ERROR", _refusal(where), {"fields": fields}, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 422,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,10 @@
+"""Request rate limits on the `limits` library (moving window), shared through Redis.
+
+- `limiter`: groups ("auth", "chat", "default"), `group_for`, `rate_limit_group`,
+  `RateLimiter`, `RateLimitDecision`.
+- `dependencies`: `enforce_rate_limit` / `RateLimitDep` (installed app-wide),
+  `rate_limit_storage(app)` (the shared `limits` storage for other limiters).
+- `middleware`: `RateLimitHeadersMiddleware` (client address, X-RateLimit-* headers).
+- `storage`: `FallbackStorage` (Redis via redis-py asyncio, in-process fallback).
+- `lifespan`: `rate_limit_lifespan` builds them and adds `redis` to /health.
+"""

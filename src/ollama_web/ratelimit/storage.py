@@ -1,0 +1,177 @@
+"""The `limits` storage every limiter in the process shares: Redis when REDIS_URL is set,
+with an in-process fallback that takes over while Redis is unreachable.
+
+`FallbackStorage` is itself a `limits` async storage (moving-window capable), so any
+`limits` strategy can use it — the request rate limiter and the accounts engineer's
+failed-login throttle alike. Redis is reached through redis-py's asyncio client
+(`implementation="redispy"`; coredis is not needed). Every Redis call is bounded by short
+socket timeouts; on a Redis error the call is answered from memory, the outage is logged
+once, and Redis is tried again after RETRY_SECONDS (or as soon as the /health probe
+succeeds). While Redis is down each process counts on its own, so a client may get up to
+one budget per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("ollama_web.ratelimit")
+
+T = TypeVar("T")
+
+RETRY_SECONDS = 5.0
+SOCKET_TIMEOUT_SECONDS = 2.0
+POOL_MAX_CONNECTIONS = 50
+POOL_WAIT_SECONDS = 5.0
+KEY_PREFIX = "ollama_web"
+_PRIMARY_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+
+
+class FallbackStorage(Storage, MovingWindowSupport):
+    """Delegate to `primary` (Redis) and fall back to `fallback` (memory) when it fails."""
+
+    STORAGE_SCHEME = None
+
+    def __init__(
+        self,
+        primary: RedisStorage | None,
+        fallback: MemoryStorage,
+        *,
+        pool: aioredis.BlockingConnectionPool | None = None,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        super().__init__()
+        self.primary = primary
+        self.fallback = fallback
+        self.pool = pool
+        self.retry_seconds = retry_seconds
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    @property
+    def using_fallback(self) -> bool:
+        return self.primary is None or self.down_since is not None
+
+    def _mark_down(self, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + self.retry_seconds
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        if self.down_since is None:
+            self.down_since = time.time()
+            logger.warning(
+                "Redis is unreachable (%s); rate limits fall back to in-process counting",
+                self.last_error,
+            )
+
+    def _mark_up(self) -> None:
+        if self.down_since is not None:
+            logger.warning(
+                "Redis is reachable again after %.1f s; shared rate limits resumed",
+                time.time() - self.down_since,
+            )
+            self.down_since = None
+            self.last_error = None
+
+    async def _call(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
+        primary = self.primary
+        if primary is not None and (self.down_since is None or time.monotonic() >= self._retry_at):
+            try:
+                result = await operation(primary)
+            except _PRIMARY_ERRORS as exc:
+                self._mark_down(exc)
+            else:
+                self._mark_up()
+                return result
+        return await operation(self.fallback)
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return await self._call(lambda storage: storage.incr(key, expiry, amount))
+
+    async def get(self, key: str) -> int:
+        return await self._call(lambda storage: storage.get(key))
+
+    async def get_expiry(self, key: str) -> float:
+        return await self._call(lambda storage: storage.get_expiry(key))
+
+    async def clear(self, key: str) -> None:
+        await self._call(lambda storage: storage.clear(key))
+
+    async def reset(self) -> int | None:
+        return await self._call(lambda storage: storage.reset())
+
+    async def check(self) -> bool:
+        """Ping Redis (without waiting for the retry delay); True when it answers."""
+        if self.primary is None:
+            return True
+        try:
+            healthy = await self.primary.check()
+        except _PRIMARY_ERRORS as exc:
+            self._mark_down(exc)
+            return False
+        if healthy:
+            self._mark_up()
+        else:
+            self._mark_down(ConnectionError("PING failed"))
+        return healthy
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        async def acquire(storage: Storage) -> bool:
+            assert isinstance(storage, MovingWindowSupport)
+            return await storage.acquire_entry(key, limit, expiry, amount)
+
+        return await self._call(acquire)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        async def window(storage: Storage) -> tuple[float, int]:
+            assert isinstance(storage, MovingWindowSupport)
+            return await storage.get_moving_window(key, limit, expiry)
+
+        return await self._call(window)
+
+    async def aclose(self) -> None:
+        """Close the Redis pool and stop the in-memory storage's expiry task."""
+        if self.pool is not None:
+            await self.pool.aclose()
+        timer = self.fallback.timer
+        if timer is not None and not timer.done():
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+
+
+def build_storage(redis_url: str | None) -> FallbackStorage:
+    """The shared storage: memory only, or Redis (redis-py asyncio) with memory fallback.
+
+    Nothing connects here; the first rate-limit check (or health probe) does.
+    """
+    if not redis_url:
+        return FallbackStorage(None, MemoryStorage())
+    pool = aioredis.BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=POOL_MAX_CONNECTIONS,
+        timeout=POOL_WAIT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+    )
+    # The pool carries the real URL (any scheme redis-py knows, unix sockets included); the
+    # storage's own URI only selects the Redis flavour.
+    primary = RedisStorage(
+        "async+redis://",
+        implementation="redispy",
+        key_prefix=KEY_PREFIX,
+        connection_pool=pool,  # type: ignore[arg-type]  # passed through to redis-py
+    )
+    return FallbackStorage(primary, MemoryStorage(), pool=pool)

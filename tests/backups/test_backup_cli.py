@@ -1,0 +1,111 @@
+"""`ollama-web backup`, `ollama-web restore`, and scripts/backup_db.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ollama_web.backups import DatabaseBackup
+from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.cli import main
+from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
+from tests.conftest import TEST_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def environment(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> SettingsMaker:
+    """The CLI reads its settings from the environment: point it at the test directories."""
+    settings = sqlite_settings()
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": settings.data_dir,
+        "LOG_DIR": settings.log_dir,
+        "BACKUP_DIR": settings.backup_dir,
+        "BACKUP_ENABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return sqlite_settings
+
+
+def test_backup_list_verify_and_restore(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = environment()
+    assert main(["backup"]) == 0
+    assert "no users yet" in capsys.readouterr().out
+    add_user_sqlite(settings, "alice")
+    assert main(["backup"]) == 0
+    printed = capsys.readouterr().out
+    name = Path(printed.split()[0]).name
+    assert (settings.backup_dir / name).is_file()
+    assert main(["backup", "--list"]) == 0
+    assert name in capsys.readouterr().out
+    assert main(["backup", "--verify", name]) == 0
+    assert "ok" in capsys.readouterr().out
+
+    add_user_sqlite(settings, "bob")
+    assert main(["restore", name]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["restore", name, "--force"]) == 0
+    assert "saved as ollama_web_backup_" in capsys.readouterr().out
+    assert usernames_sqlite(settings) == {"alice"}
+
+
+def test_restore_refuses_while_a_server_runs_and_unknown_names(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    server = FileLock(server_lock_path(settings.data_dir))
+    server.acquire(shared=True)
+    try:
+        assert main(["restore", info.name, "--force"]) == 1
+        assert "a server is using this database" in capsys.readouterr().err
+    finally:
+        server.release()
+    assert main(["restore", "../../etc/shadow-does-not-exist"]) == 2
+    assert main(["backup", "--verify", "ollama_web_backup_20000101_000000.db.gz"]) == 2
+    # An operator may name a backup file anywhere (its .sha256 must be next to it).
+    assert main(["restore", str(info.path), "--force"]) == 0
+
+
+def test_a_tampered_file_is_refused_by_the_command(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    data = info.path.read_bytes()
+    info.path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    assert main(["backup", "--verify", info.name]) == 1
+    assert main(["restore", info.name, "--force"]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_backup_script_is_a_thin_wrapper(environment: SettingsMaker) -> None:
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "backup_db.py")],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert len(DatabaseBackup(settings).list_backups()) == 1

@@ -1,0 +1,253 @@
+"""Backups inside the server: startup/shutdown/scheduled backups, /backup routes, /health,
+the server lock, and the pre-migration backup."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from ollama_web.backups import DatabaseBackup, names
+from ollama_web.backups.errors import RestoreRefusedError
+from ollama_web.backups.lifespan import RestoreInProgressError
+from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.migrations.runner import upgrade_settings
+from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite
+from tests.conftest import asgi_client
+from tests.fixtures.auth import create_test_user
+
+STATUS_FIELDS = {
+    "enabled", "mode", "directory", "last_backup", "count", "total_size_bytes",
+    "retention_days", "max_count", "next_scheduled_at", "free_bytes",
+}  # fmt: skip
+LAST_BACKUP_FIELDS = {"name", "created_at", "size_bytes", "sha256", "duration_ms"}
+
+
+def _reasons(backup_dir: Path) -> list[str | None]:
+    """The reasons of the backups in BACKUP_DIR, oldest first."""
+    backups = sorted(
+        backup_dir.glob("ollama_web_backup_*.db.gz"), key=lambda p: names.sort_key(p.name)
+    )
+    return [json.loads(names.metadata_path(path).read_text())["reason"] for path in backups]
+
+
+async def test_backups_at_startup_and_shutdown_once_there_are_users(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    settings = sqlite_settings(backup_enabled=True, backup_interval_hours=0)
+    from ollama_web.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert _reasons(settings.backup_dir) == [], "no users yet: nothing to back up"
+        await create_test_user(app, role="admin")
+    assert _reasons(settings.backup_dir) == ["shutdown"]
+    async with app.router.lifespan_context(app):
+        assert _reasons(settings.backup_dir) == ["shutdown", "startup"]
+    assert _reasons(settings.backup_dir) == ["shutdown", "startup", "shutdown"]
+
+
+async def test_periodic_backups_follow_the_interval(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker
+) -> None:
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    app = await backup_app(backup_enabled=True, backup_interval_hours=1.5 / 3600)
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        status = (await client.get("/backup/status", headers=admin.headers)).json()
+        assert status["count"] == 1  # the startup backup
+        due = datetime.fromisoformat(status["next_scheduled_at"])
+        last = datetime.fromisoformat(status["last_backup"]["created_at"])
+        assert (due - last).total_seconds() == pytest.approx(1.5)
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if (await client.get("/backup/status", headers=admin.headers)).json()["count"] >= 2:
+                break
+    assert "scheduled" in _reasons(settings.backup_dir)
+
+
+async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        for method, path in (
+            ("POST", "/backup"),
+            ("GET", "/backup/status"),
+            ("GET", "/backup/list"),
+        ):
+            assert (await client.request(method, path)).status_code == 401
+            assert (await client.request(method, path, headers=user.headers)).status_code == 403
+        created = await client.post("/backup", headers=admin.headers)
+        assert created.status_code == 201
+        body = created.json()
+        path = app.state.settings.backup_dir / body["name"]
+        assert body["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        second = (await client.post("/backup", headers=admin.headers)).json()
+        status = (await client.get("/backup/status", headers=admin.headers)).json()
+        listed = (await client.get("/backup/list?limit=1", headers=admin.headers)).json()
+        page_two = await client.get(
+            f"/backup/list?limit=1&cursor={listed['next_cursor']}", headers=admin.headers
+        )
+        one = await client.get(f"/backup/{body['name']}", headers=admin.headers)
+        verified = await client.post(f"/backup/{body['name']}/verify", headers=admin.headers)
+        bad_cursor = await client.get("/backup/list?cursor=abc.def", headers=admin.headers)
+        health = (await client.get("/health")).json()["components"]["backups"]
+        audit = await client.get("/api/admin/audit?action=backup.created", headers=admin.headers)
+    assert set(status) == STATUS_FIELDS
+    assert set(status["last_backup"]) == LAST_BACKUP_FIELDS
+    assert status["last_backup"]["name"] == second["name"]
+    assert status["count"] == 2
+    assert status["enabled"] is False  # BACKUP_ENABLED=false: no automatic backups
+    assert status["mode"] == "sqlite"
+    assert status["free_bytes"] > 0
+    assert status["total_size_bytes"] >= body["size_bytes"]
+    assert [item["name"] for item in listed["items"]] == [second["name"]]
+    assert [item["name"] for item in page_two.json()["items"]] == [body["name"]]
+    assert page_two.json()["next_cursor"] is None
+    assert one.json()["sha256"] == body["sha256"]
+    assert verified.json() == {"name": body["name"], "valid": True, "problems": []}
+    assert bad_cursor.status_code == 400
+    assert bad_cursor.json()["error"] == "INVALID_CURSOR"
+    assert health["status"] == "healthy"
+    assert audit.status_code == 200
+    assert any(item["target_id"] == body["name"] for item in audit.json()["items"])
+
+
+async def test_verify_reports_a_tampered_backup(backup_app: AppMaker) -> None:
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        path = app.state.settings.backup_dir / name
+        data = bytearray(path.read_bytes())
+        data[-10] ^= 0x01
+        path.write_bytes(bytes(data))
+        verified = (await client.post(f"/backup/{name}/verify", headers=admin.headers)).json()
+    assert verified["valid"] is False
+    assert "sha256 mismatch" in verified["problems"][0]
+
+
+async def test_names_from_requests_must_be_listed_backups(
+    backup_app: AppMaker, tmp_path: Path
+) -> None:
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    secret = tmp_path / "outside.db.gz"
+    secret.write_bytes(b"secret")
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        for hostile in (
+            "../../../../etc/passwd",
+            "..%2F..%2Fetc%2Fpasswd",
+            "/etc/passwd",
+            f"{name}/../../outside.db.gz",
+            "..",
+            "ollama_web_backup_20240101_000000.db.gz",
+            name + "\x00",
+            "A" * 5000,
+        ):
+            for method, suffix in (("GET", ""), ("POST", "/verify")):
+                url = f"/backup/{quote(hostile, safe='')}{suffix}"
+                response = await client.request(method, url, headers=admin.headers)
+                assert response.status_code in (404, 422), (hostile, response.status_code)
+                assert response.json()["error"] in (
+                    "BACKUP_NOT_FOUND",
+                    "NOT_FOUND",
+                    "VALIDATION_ERROR",
+                )
+                assert "secret" not in response.text
+
+
+async def test_a_running_server_blocks_restore(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker
+) -> None:
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    await backup_app()
+    with pytest.raises(RestoreRefusedError, match="a server is using this database"):
+        DatabaseBackup(settings).restore_backup(info.path, force=True)
+
+
+async def test_a_server_will_not_start_during_a_restore(sqlite_settings: SettingsMaker) -> None:
+    from ollama_web.app import create_app
+
+    settings = sqlite_settings()
+    restore_lock = FileLock(server_lock_path(settings.data_dir))
+    restore_lock.acquire()  # what `ollama-web restore` holds while it works
+    try:
+        app = create_app(settings)
+        with pytest.raises(RestoreInProgressError):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        restore_lock.release()
+
+
+async def test_a_migration_of_an_existing_database_is_preceded_by_a_backup(
+    sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    from ollama_web.backups.lifespan import install_migration_hook
+    from ollama_web.core.db import create_null_pool_engine
+    from ollama_web.migrations.runner import upgrade
+
+    install_migration_hook()
+    settings = sqlite_settings(data_dir=tmp_path / "old", backup_enabled=True)
+    settings.data_dir.mkdir(parents=True)
+    engine = create_null_pool_engine(settings)
+    try:
+        await upgrade(engine, settings, revision="0001")
+    finally:
+        await engine.dispose()
+    add_user_sqlite(settings, "alice")
+    before = await upgrade_settings(settings)
+    assert before.current == "0001"
+    backups = DatabaseBackup(settings).list_backups()
+    assert len(backups) == 1
+    assert backups[0].reason is not None
+    assert backups[0].reason.startswith("before migrating 0001 ->")
+    shutil.rmtree(settings.backup_dir)
+    assert await upgrade_settings(settings), "an up-to-date database needs no backup"
+    assert not settings.backup_dir.exists()
+
+
+def test_postgres_without_pg_dump_reports_external_backups(
+    settings_factory: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ollama_web.backups import postgres
+
+    settings = settings_factory(database_url="postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.setattr(postgres.shutil, "which", lambda _name: None)
+    service = DatabaseBackup(settings)
+    assert service.mode == "external"
+    from ollama_web.backups.errors import BackupsExternalError
+    from ollama_web.backups.runtime import BackupRuntime
+
+    with pytest.raises(BackupsExternalError):
+        service.create_backup()
+    status = BackupRuntime(service).status()
+    assert status["mode"] == "external"
+    assert status["enabled"] is False
+    assert status["last_backup"] is None
+
+
+def test_backup_lock_serialises_concurrent_backups(sqlite_settings: SettingsMaker) -> None:
+    import concurrent.futures
+
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        infos = list(pool.map(lambda _: service.create_backup(), range(4)))
+    assert len({info.name for info in infos if info}) == 4
+    assert len(service.list_backups()) == 4
+    assert all(not service.verify(info.path) for info in infos if info)

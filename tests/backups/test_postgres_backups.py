@@ -1,0 +1,137 @@
+"""PostgreSQL backups with the real pg_dump / pg_restore against the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from ollama_web.backups import DatabaseBackup
+from ollama_web.backups.errors import RestoreRefusedError
+from ollama_web.backups.postgres import tools_available
+from ollama_web.core.config import Settings
+from ollama_web.db.base import new_id
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
+
+WRITERS = 4
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    if not tools_available():
+        pytest.skip("pg_dump/pg_restore/psql are not installed")
+
+
+def _url(settings: Settings) -> str:
+    assert settings.database_url is not None
+    return settings.database_url
+
+
+async def _add_user(settings: Settings, username: str) -> None:
+    connection = await asyncpg.connect(_url(settings))
+    try:
+        await connection.execute(
+            "INSERT INTO users (id, username, username_key, password_hash, role, is_active,"
+            " created_at, updated_at) VALUES ($1, $2, $3, 'x', 'user', true, now(), now())",
+            new_id(),
+            username,
+            username.lower(),
+        )
+    finally:
+        await connection.close()
+
+
+async def _usernames(settings: Settings) -> set[str]:
+    connection = await asyncpg.connect(_url(settings))
+    try:
+        return {row[0] for row in await connection.fetch("SELECT username FROM users")}
+    finally:
+        await connection.close()
+
+
+async def test_pg_dump_backup_and_forced_restore(settings: Settings) -> None:
+    service = DatabaseBackup(settings)
+    assert service.mode == "pg_dump"
+    assert await asyncio.to_thread(service.create_backup) is None, "no users yet"
+    await _add_user(settings, "alice")
+    info = await asyncio.to_thread(service.create_backup, "test")
+    assert info is not None
+    assert info.name.endswith(".dump")
+    assert await asyncio.to_thread(service.verify, info.path) == []
+    await _add_user(settings, "bob")
+    with pytest.raises(RestoreRefusedError, match="--force"):
+        await asyncio.to_thread(service.restore_backup, info.path)
+    result = await asyncio.to_thread(service.restore_backup, info.path, True)
+    assert await _usernames(settings) == {"alice"}
+    safety = service.find(result["safety_backup"])
+    assert safety is not None
+    await asyncio.to_thread(service.restore_backup, safety.path, True)
+    assert await _usernames(settings) == {"alice", "bob"}
+
+
+async def test_a_tampered_dump_is_refused(settings: Settings) -> None:
+    service = DatabaseBackup(settings)
+    await _add_user(settings, "alice")
+    info = await asyncio.to_thread(service.create_backup)
+    assert info is not None
+    data = bytearray(info.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    info.path.write_bytes(bytes(data))
+    with pytest.raises(RestoreRefusedError, match="sha256 mismatch"):
+        await asyncio.to_thread(service.restore_backup, info.path, True)
+    assert await _usernames(settings) == {"alice"}
+
+
+async def _writer(url: str, writer: int, stop: asyncio.Event, log: list[tuple[int, float]]) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        sequence = 0
+        while not stop.is_set():
+            sequence += 1
+            await connection.execute(
+                "INSERT INTO writes (writer, seq) VALUES ($1, $2)", writer, sequence
+            )
+            log.append((writer * 10_000_000 + sequence, time.monotonic()))
+    finally:
+        await connection.close()
+
+
+async def test_backup_under_four_writers_restores_everything_committed_before_it(
+    settings: Settings,
+) -> None:
+    await _add_user(settings, "alice")
+    setup = await asyncpg.connect(_url(settings))
+    await setup.execute("CREATE TABLE writes (writer integer, seq integer)")
+    await setup.close()
+    stop = asyncio.Event()
+    logs: list[list[tuple[int, float]]] = [[] for _ in range(WRITERS)]
+    tasks = [asyncio.create_task(_writer(_url(settings), n, stop, logs[n])) for n in range(WRITERS)]
+    try:
+        while min(len(log) for log in logs) < 50:
+            await asyncio.sleep(0.01)
+        began = time.monotonic()
+        info = await asyncio.to_thread(DatabaseBackup(settings).create_backup, "under load")
+        ended = time.monotonic()
+        await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert info is not None
+    before = {key for log in logs for key, at in log if at < began}
+    after = {key for log in logs for key, at in log if at > ended}
+    assert after, "the writers kept writing during and after the backup"
+    await asyncio.to_thread(DatabaseBackup(settings).restore_backup, info.path, True)
+    check = await asyncpg.connect(_url(settings))
+    try:
+        rows = await check.fetch("SELECT writer * 10000000 + seq FROM writes")
+    finally:
+        await check.close()
+    restored = {row[0] for row in rows}
+    assert before <= restored
+    assert not (after & restored)
+    for writer in range(WRITERS):
+        sequences = sorted(key % 10_000_000 for key in restored if key // 10_000_000 == writer)
+        assert sequences == list(range(1, len(sequences) + 1))

@@ -1,0 +1,277 @@
+"""SQLite backups: online copies under load, names, checksums, retention, and restore."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ollama_web.backups import DatabaseBackup, names
+from ollama_web.backups.errors import RestoreRefusedError
+from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.backups.service import _claim_name
+from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
+
+WRITERS = 4
+
+
+def test_no_backup_while_there_are_no_users(sqlite_settings: SettingsMaker) -> None:
+    settings = sqlite_settings()
+    assert DatabaseBackup(settings).create_backup() is None
+    assert not settings.backup_dir.exists() or not any(settings.backup_dir.iterdir())
+
+
+def test_a_backup_is_a_gzipped_sqlite_file_with_its_sha256(sqlite_settings: SettingsMaker) -> None:
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup("test")
+    assert info is not None
+    assert names.NAME_PATTERN.fullmatch(info.name)
+    assert info.path.parent == settings.backup_dir
+    digest = hashlib.sha256(info.path.read_bytes()).hexdigest()
+    assert info.sha256 == digest
+    assert names.checksum_path(info.path).read_text() == f"{digest}  {info.name}\n"
+    metadata = json.loads(names.metadata_path(info.path).read_text())
+    assert metadata["reason"] == "test"
+    assert metadata["duration_ms"] >= 0
+    restored = settings.backup_dir / "copy.db"
+    restored.write_bytes(gzip.decompress(info.path.read_bytes()))
+    connection = sqlite3.connect(restored)
+    assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert connection.execute("SELECT username FROM users").fetchall() == [("alice",)]
+    connection.close()
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_names_get_a_suffix_when_two_fall_in_one_second(tmp_path: Path) -> None:
+    moment = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
+    claimed = [_claim_name(tmp_path, moment, ".db.gz").name for _ in range(3)]
+    assert claimed == [
+        "ollama_web_backup_20240101_120000.db.gz",
+        "ollama_web_backup_20240101_120000_1.db.gz",
+        "ollama_web_backup_20240101_120000_2.db.gz",
+    ]
+    assert sorted(claimed, key=names.sort_key) == claimed
+
+
+def test_retention_keeps_the_newest_max_count_and_drops_old_ones(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    settings = sqlite_settings(backup_max_count=3, backup_retention_days=30)
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    old = settings.backup_dir / names.format_name(datetime.now(UTC) - timedelta(days=31), ".db.gz")
+    settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"old")
+    names.checksum_path(old).write_text(hashlib.sha256(b"old").hexdigest() + f"  {old.name}\n")
+    first = service.create_backup()
+    assert first is not None
+    assert not old.exists(), "older than BACKUP_RETENTION_DAYS"
+    assert not names.checksum_path(old).exists()
+    taken = [first.name]
+    for _ in range(4):
+        info = service.create_backup()
+        assert info is not None
+        taken.append(info.name)
+    listed = [info.name for info in service.list_backups()]
+    assert listed == sorted(taken, key=names.sort_key, reverse=True)[:3]
+
+
+def _writer(
+    database: Path, writer: int, stop: threading.Event, log: list[tuple[int, float]]
+) -> None:
+    connection = sqlite3.connect(database, timeout=30, isolation_level=None)
+    connection.execute("PRAGMA busy_timeout=30000")
+    sequence = 0
+    while not stop.is_set():
+        sequence += 1
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT INTO writes (writer, seq) VALUES (?, ?)", (writer, sequence))
+        connection.execute("COMMIT")
+        log.append((writer * 10_000_000 + sequence, time.monotonic()))
+    connection.close()
+
+
+def test_backup_under_four_writers_restores_everything_committed_before_it(
+    sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    database = DatabaseBackup(settings).database_path
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE writes (writer INTEGER, seq INTEGER)")
+    connection.close()
+    stop = threading.Event()
+    logs: list[list[tuple[int, float]]] = [[] for _ in range(WRITERS)]
+    threads = [
+        threading.Thread(target=_writer, args=(database, n, stop, logs[n])) for n in range(WRITERS)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while min(len(log) for log in logs) < 50:
+            time.sleep(0.01)
+        began = time.monotonic()
+        info = DatabaseBackup(settings).create_backup("under load")
+        ended = time.monotonic()
+        time.sleep(0.1)  # the writers go on after the backup
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert info is not None
+    before = {key for log in logs for key, at in log if at < began}
+    after = {key for log in logs for key, at in log if at > ended}
+    assert len(before) >= WRITERS * 50
+    assert after, "the writers kept writing during and after the backup"
+
+    target = sqlite_settings(data_dir=tmp_path / "restored", log_dir=tmp_path / "restored-logs")
+    DatabaseBackup(target).restore_backup(info.path)
+    restored_db = DatabaseBackup(target).database_path
+    connection = sqlite3.connect(restored_db)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = connection.execute("SELECT writer * 10000000 + seq FROM writes").fetchall()
+    finally:
+        connection.close()
+    restored = {row[0] for row in rows}
+    assert before <= restored, f"{len(before - restored)} committed rows missing"
+    assert not (after & restored), "nothing committed after the backup ended"
+    for writer in range(WRITERS):
+        sequences = sorted(key % 10_000_000 for key in restored if key // 10_000_000 == writer)
+        assert sequences == list(range(1, len(sequences) + 1)), "a consistent prefix per writer"
+
+
+def _backup_with_alice(sqlite_settings: SettingsMaker) -> tuple[DatabaseBackup, Path]:
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    info = service.create_backup()
+    assert info is not None
+    add_user_sqlite(settings, "bob")
+    return service, info.path
+
+
+def test_restore_needs_force_over_a_database_with_users_and_saves_it_first(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    service, backup = _backup_with_alice(sqlite_settings)
+    with pytest.raises(RestoreRefusedError, match="--force"):
+        service.restore_backup(backup)
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+    result = service.restore_backup(backup, force=True)
+    assert usernames_sqlite(service.settings) == {"alice"}
+    safety = service.find(result["safety_backup"])
+    assert safety is not None
+    assert safety.reason == "pre-restore safety backup"
+    # The safety backup holds what was replaced, and restores like any other.
+    service.restore_backup(safety.path, force=True)
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+
+
+def _tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _resign(path: Path) -> None:
+    """An attacker who also rewrites the checksum sidecar."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    names.checksum_path(path).write_text(f"{digest}  {path.name}\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("flip a byte", "sha256 mismatch"),
+        ("truncate and re-sign", "cannot be decompressed"),
+        ("not sqlite, re-signed", "not a usable SQLite database"),
+        ("corrupt pages, re-signed", "failed its check"),
+        ("other database, re-signed", "no users table"),
+        ("no checksum file", "no checksum file"),
+    ],
+)
+def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
+    sqlite_settings: SettingsMaker, tmp_path: Path, damage: str, message: str
+) -> None:
+    service, backup = _backup_with_alice(sqlite_settings)
+    if damage == "flip a byte":
+        _tamper(backup)
+    elif damage == "truncate and re-sign":
+        backup.write_bytes(backup.read_bytes()[:200])
+        _resign(backup)
+    elif damage == "not sqlite, re-signed":
+        backup.write_bytes(gzip.compress(b"this is not a database" * 100))
+        _resign(backup)
+    elif damage == "corrupt pages, re-signed":
+        raw = bytearray(gzip.decompress(backup.read_bytes()))
+        for offset in range(4096 + 100, len(raw), 4096):  # every page but the header page
+            raw[offset : offset + 64] = os.urandom(64)
+        backup.write_bytes(gzip.compress(bytes(raw)))
+        _resign(backup)
+    elif damage == "other database, re-signed":
+        other = tmp_path / "other.db"
+        with sqlite3.connect(other) as connection:
+            connection.execute("CREATE TABLE notes (text TEXT)")
+        connection.close()
+        backup.write_bytes(gzip.compress(other.read_bytes()))
+        _resign(backup)
+    else:
+        names.checksum_path(backup).unlink()
+    before = service.database_path.read_bytes()
+    with pytest.raises(RestoreRefusedError, match=message):
+        service.restore_backup(backup, force=True)
+    assert service.database_path.read_bytes() == before
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+    assert service.verify(backup), "verify reports the same problem"
+
+
+def test_restore_is_refused_while_a_server_holds_the_database(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    service, backup = _backup_with_alice(sqlite_settings)
+    server = FileLock(server_lock_path(service.settings.data_dir))
+    server.acquire(shared=True)
+    try:
+        with pytest.raises(RestoreRefusedError, match="a server is using this database"):
+            service.restore_backup(backup, force=True)
+    finally:
+        server.release()
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+    service.restore_backup(backup, force=True)
+    assert usernames_sqlite(service.settings) == {"alice"}
+
+
+def test_traversal_and_unlisted_names_are_not_found(
+    sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    service, backup = _backup_with_alice(sqlite_settings)
+    outside = tmp_path / "secret.db.gz"
+    outside.write_bytes(b"secret")
+    link = service.directory / "ollama_web_backup_20990101_000000.db.gz"
+    link.symlink_to(outside)
+    names.checksum_path(link).write_text("0" * 64 + "  x\n")
+    for name in (
+        "../secret.db.gz",
+        "../../etc/passwd",
+        "/etc/passwd",
+        f"{backup.name}/../../secret.db.gz",
+        f"./{backup.name}",
+        "ollama_web_backup_20240101_000000.db.gz",  # well-formed, not listed
+        link.name,  # a link pointing outside BACKUP_DIR
+        backup.name + "\x00.txt",
+        "..",
+        "",
+    ):
+        assert service.find(name) is None, name
+    assert service.find(backup.name) is not None
+    assert link.name not in [info.name for info in service.list_backups()]

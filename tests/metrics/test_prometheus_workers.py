@@ -1,0 +1,76 @@
+"""Prometheus multi-process mode: two uvicorn workers, one exposition that counts both."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_SECRET
+from tests.metrics.conftest import METRICS_TOKEN, sample_value
+
+pytestmark = pytest.mark.slow
+
+REQUESTS = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_every_worker_is_counted_whichever_answers_the_scrape(tmp_path: Path) -> None:
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "OLLAMA_URL": "http://127.0.0.1:9",
+        "BACKUP_ENABLED": "false",
+        "RATE_LIMIT_ENABLED": "false",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+    }
+    migrate = [sys.executable, "-m", "ollama_web", "migrate"]
+    subprocess.run(migrate, env=env, cwd=tmp_path, check=True, capture_output=True)
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "ollama_web.main:app", "--workers", "2",
+        "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    token = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    # No keep-alive: every request is a new connection the kernel hands to either worker.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    try:
+        with httpx.Client(base_url=base, limits=fresh, timeout=10) as client:
+            deadline = time.monotonic() + 30
+            workers: set[int] = set()
+            while len(workers) < 2 and time.monotonic() < deadline:
+                assert server.poll() is None, server.communicate()[1]
+                try:
+                    workers.add(client.get("/metrics", headers=token).json()["worker"]["pid"])
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert len(workers) == 2, "both workers answered"
+            for _ in range(REQUESTS):
+                assert client.get("/info").status_code == 200
+            scrapes = [client.get("/metrics/prometheus", headers=token).text for _ in range(6)]
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    labels = {"method": "GET", "route": "/info", "status": "200"}
+    counts = {sample_value(text, "ollama_web_http_requests_total", **labels) for text in scrapes}
+    assert counts == {REQUESTS}, "every scrape sums both workers"

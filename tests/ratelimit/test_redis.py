@@ -1,0 +1,182 @@
+"""Rate limits shared through Redis: across apps, across real server processes, and the
+in-process fallback while Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_SECRET, asgi_client, require_redis
+from tests.ratelimit.conftest import LimitedApp
+
+pytestmark = pytest.mark.redis
+
+
+def _fresh_client_address() -> str:
+    """A client address no earlier run has used (the window outlives a test run)."""
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_two_apps_sharing_redis_let_exactly_5_of_200_through(
+    limited_app: LimitedApp,
+) -> None:
+    redis_url = require_redis()
+    settings = {"redis_url": redis_url, "rate_limit_per_minute": 5, "trusted_proxies": "127.0.0.1"}
+    first, second = await limited_app(**settings), await limited_app(**settings)
+    headers = {"X-Forwarded-For": _fresh_client_address()}
+    async with asgi_client(first) as one, asgi_client(second) as two:
+        responses = await asyncio.gather(
+            *((one if i % 2 else two).get("/info", headers=headers) for i in range(200))
+        )
+        health = (await one.get("/health")).json()["components"]["redis"]
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(200) == 5
+    assert statuses.count(429) == 195
+    assert health["status"] == "healthy"
+    assert health["rate_limits"] == "shared"
+
+
+def _start_server(tmp_path: Path, name: str, redis_url: str) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL"}},
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": str(tmp_path / name / "data"),
+        "LOG_DIR": str(tmp_path / name / "logs"),
+        "BACKUP_DIR": str(tmp_path / name / "backups"),
+        "OLLAMA_URL": "http://127.0.0.1:9",
+        "REDIS_URL": redis_url,
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_PER_MINUTE": "5",
+        "TRUSTED_PROXIES": "127.0.0.1",
+        "BACKUP_ENABLED": "false",
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "ollama_web.main:app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers", "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _wait_live(base_url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if (await client.get(f"{base_url}/health/live")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"{base_url} did not start")
+
+
+@pytest.mark.slow
+async def test_two_server_processes_sharing_redis_let_exactly_5_of_200_through(
+    tmp_path: Path,
+) -> None:
+    redis_url = require_redis()
+    servers = [_start_server(tmp_path, name, redis_url) for name in ("one", "two")]
+    try:
+        for process, base_url in servers:
+            await _wait_live(base_url, process)
+        headers = {"X-Forwarded-For": _fresh_client_address()}
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            responses = await asyncio.gather(
+                *(client.get(f"{servers[i % 2][1]}/info", headers=headers) for i in range(200))
+            )
+    finally:
+        for process, _ in servers:
+            process.terminate()
+        errors = [process.communicate(timeout=30)[1] for process, _ in servers]
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(200) == 5, errors
+    assert statuses.count(429) == 195
+    served_by = {
+        str(r.url).rsplit(":", 1)[1].split("/")[0] for r in responses if r.status_code == 429
+    }
+    assert len(served_by) == 2, "both servers refused requests from the one shared budget"
+
+
+async def test_unreachable_redis_falls_back_to_in_process_limits_and_recovers(
+    limited_app: LimitedApp, tmp_path: Path
+) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        require_redis()
+        pytest.skip("redis-server binary not installed")
+    port = _free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return process
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    redis_process = start_redis()
+    try:
+        app = await limited_app(redis_url=f"redis://127.0.0.1:{port}/0", rate_limit_per_minute=3)
+        storage = app.state.rate_limit_storage
+        async with asgi_client(app) as client:
+            shared = [(await client.get("/info")).status_code for _ in range(2)]
+            assert shared == [200, 200]
+            assert not storage.using_fallback
+
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+            started = time.monotonic()
+            during_outage = [(await client.get("/info")).status_code for _ in range(4)]
+            assert time.monotonic() - started < 3, "an outage must not stall requests"
+            assert during_outage == [200, 200, 200, 429], "limits still apply, from memory"
+            assert storage.using_fallback
+            health = (await client.get("/health")).json()
+            assert health["status"] == "degraded"
+            assert health["components"]["redis"]["status"] == "unhealthy"
+            assert health["components"]["redis"]["rate_limits"] == "in-process fallback"
+
+            redis_process = start_redis()
+            health = (await client.get("/health")).json()
+            assert health["components"]["redis"]["status"] == "healthy"
+            assert not storage.using_fallback
+            # Back on Redis, which restarted empty: a fresh shared budget.
+            assert (await client.get("/info")).status_code == 200
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
+async def test_redis_unreachable_at_startup_still_serves(limited_app: LimitedApp) -> None:
+    app = await limited_app(
+        redis_url=f"redis://127.0.0.1:{_free_port()}/0", rate_limit_per_minute=2
+    )
+    async with asgi_client(app) as client:
+        statuses = [(await client.get("/info")).status_code for _ in range(3)]
+        health = (await client.get("/health")).json()
+    assert statuses == [200, 200, 429]
+    assert health["components"]["redis"]["status"] == "unhealthy"

@@ -1,0 +1,102 @@
+"""The input guard: NUL and unpaired surrogates are refused at the edge, everything else
+passes untouched (and is never buffered beyond MAX_REQUEST_BYTES)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from fastapi import APIRouter, FastAPI
+
+from ollama_web.core.config import Settings
+from ollama_web.middleware.input_guard import json_has_bad_escape
+from tests.conftest import asgi_client
+
+echo_router = APIRouter()
+
+
+@echo_router.post("/probe/echo/{value}")
+async def echo(value: str, body: dict[str, str]) -> dict[str, object]:
+    return {"value": value, "body": body}
+
+
+@pytest.mark.parametrize(
+    ("text", "bad"),
+    [
+        ('{"a": "plain"}', False),
+        ('{"a": "\\u00e9\\u4e2d"}', False),
+        ('{"a": "\\ud83d\\ude00"}', False),  # a proper surrogate pair (an emoji)
+        ('{"a": "\\\\u0000"}', False),  # an escaped backslash, then the text u0000
+        ('{"a": "\\u0000"}', True),
+        ('{"a": "x\\\\\\u0000"}', True),  # backslash pair, then a real escape
+        ('{"a": "\\ud800"}', True),
+        ('{"a": "\\udc00\\ud800"}', True),
+        ('{"a": "\\ud83dx\\ude00"}', True),
+        ('{"a": "\\ud83d\\ud83d\\ude00"}', True),
+    ],
+)
+def test_json_escapes(text: str, bad: bool) -> None:
+    assert json_has_bad_escape(text.encode()) is bad
+    if not bad:
+        json.loads(text)  # the cases really are JSON
+
+
+@pytest.fixture
+async def guarded(
+    app_factory: Callable[[Settings], Awaitable[FastAPI]],
+    settings_factory: Callable[..., Settings],
+) -> FastAPI:
+    app = await app_factory(settings_factory(max_request_bytes=4096))
+    app.include_router(echo_router)
+    return app
+
+
+async def test_hostile_text_passes_verbatim_but_nul_and_surrogates_are_refused(
+    guarded: FastAPI,
+) -> None:
+    hostile = "<script>'; DROP TABLE x; --../../etc"
+    async with asgi_client(guarded) as client:
+        ok = await client.post("/probe/echo/abc", json={"text": hostile})
+        nul_body = await client.post(
+            "/probe/echo/abc", content=b'{"text": "a\\u0000b"}',
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        untyped = await client.post("/probe/echo/abc", content=b'{"text": "\\ud800"}')
+        nul_path = await client.post("/probe/echo/a%00b", json={"text": "x"})
+        nul_query = await client.post("/probe/echo/abc?q=%00", json={"text": "x"})
+    assert ok.json() == {"value": "abc", "body": {"text": hostile}}
+    for refused in (nul_body, untyped, nul_path, nul_query):
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "VALIDATION_ERROR"
+        assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    locations = [
+        [field["loc"] for field in response.json()["details"]["fields"]]
+        for response in (nul_body, untyped, nul_path, nul_query)
+    ]
+    assert locations == [[["text"]], [["text"]], [["path"]], [["query", "q"]]]
+
+
+async def test_invalid_json_is_left_to_the_route(guarded: FastAPI) -> None:
+    async with asgi_client(guarded) as client:
+        response = await client.post(
+            "/probe/echo/abc", content=b'{"text": "\\\\u0000\\u0000',
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+    assert response.status_code == 400
+    assert response.json()["error"] == "INVALID_JSON"
+
+
+async def test_a_chunked_body_is_still_cut_at_the_size_limit(guarded: FastAPI) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"text": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    async with asgi_client(guarded) as client:
+        response = await client.post(
+            "/probe/echo/abc", content=chunks(), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
