@@ -6,7 +6,7 @@ set -euo pipefail
 
 PG_PORT="${OLLAMA_WEB_TEST_PG_PORT:-5432}"
 REDIS_PORT="${OLLAMA_WEB_TEST_REDIS_PORT:-6379}"
-APT_PACKAGES=(postgresql redis-server nginx docker-compose systemd)
+APT_PACKAGES=(postgresql redis-server nginx docker-compose systemd chromium openssl)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

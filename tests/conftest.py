@@ -11,7 +11,8 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ollama_web.core.logging import shutdown_logging
 
 pytest_plugins = [
     "tests.fixtures.servers",
+    "tests.fixtures.auth",
 ]
 
 PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
@@ -55,6 +57,12 @@ def _pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
+def _sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coro).result()
+
+
 async def _pg_admin(statements: list[str]) -> None:
     import asyncpg
 
@@ -72,13 +80,13 @@ def pg_template() -> Iterator[str]:
     """A migrated template database; each test clones it (fast) and drops its clone."""
     require_postgres()
     name = f"ow_template_{os.getpid()}"
-    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"']))
+    _sync(_pg_admin([f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"']))
     from ollama_web.migrations.runner import upgrade_settings
 
     settings = Settings(database_url=_pg_url(name), secret_key=TEST_SECRET)
-    asyncio.run(upgrade_settings(settings))
+    _sync(upgrade_settings(settings))
     yield name
-    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+    _sync(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +95,54 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     directory = tmp_path_factory.mktemp("sqlite-template")
     settings = Settings(data_dir=directory, secret_key=TEST_SECRET)
-    asyncio.run(upgrade_settings(settings))
+    _sync(upgrade_settings(settings))
     return directory / "ollama_web.db"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_shared_database(pg_template: str) -> Iterator[str]:
+    """One migrated database per test session, emptied after each test (much faster than a
+    clone per test); a test that leaves it unusable gets it re-cloned."""
+    name = f"ow_shared_{os.getpid()}"
+    _sync(
+        _pg_admin(
+            [
+                f'DROP DATABASE IF EXISTS "{name}"',
+                f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"',
+            ]
+        )
+    )
+    yield name
+    _sync(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+
+
+async def _pg_reset(name: str, template: str) -> None:
+    import asyncpg
+
+    from ollama_web.db import Base
+
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    try:
+        conn = await asyncpg.connect(_pg_url(name))
+        try:
+            await conn.execute("SET lock_timeout = '5s'")
+            await conn.execute(f"TRUNCATE {tables} CASCADE")
+            return
+        finally:
+            await conn.close()
+    except (asyncpg.PostgresError, OSError):
+        pass
+    await _pg_admin(
+        [
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
+        ]
+    )
 
 
 @pytest.fixture
@@ -107,11 +156,19 @@ def database_url(
         shutil.copyfile(template, tmp_path / "data" / "ollama_web.db")
         yield None
         return
-    template_name: str = request.getfixturevalue("pg_template")
-    name = f"ow_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin([f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"']))
+    name: str = request.getfixturevalue("pg_shared_database")
     yield _pg_url(name)
-    asyncio.run(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+    _sync(_pg_reset(name, request.getfixturevalue("pg_template")))
+
+
+@pytest.fixture
+def empty_pg_database() -> Iterator[str]:
+    """A brand-new empty PostgreSQL database (for migration tests)."""
+    require_postgres()
+    name = f"ow_empty_{uuid.uuid4().hex[:12]}"
+    _sync(_pg_admin([f'CREATE DATABASE "{name}"']))
+    yield _pg_url(name)
+    _sync(_pg_admin([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
 
 
 @pytest.fixture

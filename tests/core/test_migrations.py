@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -43,19 +44,11 @@ def _tables(connection: Connection) -> set[str]:
 async def test_upgrade_from_empty_creates_schema_and_matches_models(
     settings_factory: Callable[..., Settings],
     db_backend: str,
-    database_url: str | None,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    if db_backend == "sqlite":
-        (tmp_path / "data" / "ollama_web.db").unlink()
-    else:
-        # The per-test PostgreSQL database is a migrated clone; start from empty instead.
-        engine = create_null_pool_engine(settings_factory(database_url=database_url))
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            await conn.exec_driver_sql("CREATE SCHEMA public")
-        await engine.dispose()
-    settings = settings_factory(database_url=database_url)
+    database_url = None if db_backend == "sqlite" else request.getfixturevalue("empty_pg_database")
+    settings = settings_factory(database_url=database_url, data_dir=tmp_path / "empty")
     engine = create_null_pool_engine(settings)
     try:
         before = await migration_status(engine)
