@@ -18,11 +18,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import redis.asyncio as aioredis
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 logger = logging.getLogger("ollama_web.ratelimit")
 
@@ -33,7 +34,6 @@ SOCKET_TIMEOUT_SECONDS = 2.0
 POOL_MAX_CONNECTIONS = 50
 POOL_WAIT_SECONDS = 5.0
 KEY_PREFIX = "ollama_web"
-_PRIMARY_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
 
 
 class FallbackStorage(Storage, MovingWindowSupport):
@@ -48,8 +48,10 @@ class FallbackStorage(Storage, MovingWindowSupport):
         *,
         pool: aioredis.BlockingConnectionPool | None = None,
         retry_seconds: float = RETRY_SECONDS,
+        primary_errors: tuple[type[Exception], ...] = (OSError,),
     ) -> None:
         super().__init__()
+        self.primary_errors = primary_errors
         self.primary = primary
         self.fallback = fallback
         self.pool = pool
@@ -90,7 +92,7 @@ class FallbackStorage(Storage, MovingWindowSupport):
         if primary is not None and (self.down_since is None or time.monotonic() >= self._retry_at):
             try:
                 result = await operation(primary)
-            except _PRIMARY_ERRORS as exc:
+            except self.primary_errors as exc:
                 self._mark_down(exc)
             else:
                 self._mark_up()
@@ -118,7 +120,7 @@ class FallbackStorage(Storage, MovingWindowSupport):
             return True
         try:
             healthy = await self.primary.check()
-        except _PRIMARY_ERRORS as exc:
+        except self.primary_errors as exc:
             self._mark_down(exc)
             return False
         if healthy:
@@ -159,6 +161,10 @@ def build_storage(redis_url: str | None) -> FallbackStorage:
     """
     if not redis_url:
         return FallbackStorage(None, MemoryStorage())
+    # Imported only when configured: redis-py costs ~6 MB of memory at import.
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
     pool = aioredis.BlockingConnectionPool.from_url(
         redis_url,
         max_connections=POOL_MAX_CONNECTIONS,
@@ -174,4 +180,6 @@ def build_storage(redis_url: str | None) -> FallbackStorage:
         key_prefix=KEY_PREFIX,
         connection_pool=pool,  # type: ignore[arg-type]  # passed through to redis-py
     )
-    return FallbackStorage(primary, MemoryStorage(), pool=pool)
+    return FallbackStorage(
+        primary, MemoryStorage(), pool=pool, primary_errors=(RedisError, OSError)
+    )
