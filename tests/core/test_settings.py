@@ -124,3 +124,13 @@ def test_production_without_secret_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "SECRET_KEY" in result.stderr
     assert "openssl rand -hex 32" in result.stderr
+
+
+def test_blank_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "METRICS_TOKEN", "SECRET_KEY", "DATABASE_URL"):
+        monkeypatch.setenv(name, "")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_url is None
+    assert settings.metrics_token is None
+    assert settings.secret_key is None
+    assert settings.database_url is None

@@ -161,6 +161,12 @@ class Settings(BaseSettings):
             raise ValueError("a wildcard origin cannot be used with credentials; list origins")
         return [origin.rstrip("/") for origin in value]
 
+    @field_validator("redis_url", "metrics_token", "secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `REDIS_URL=` in a .env means "not configured", not an empty URL.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
