@@ -8,4 +8,6 @@ from typing import Any
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    return not (type_ == "table" and name is not None and name.startswith("messages_fts"))
+    return not (
+        type_ in ("table", "index") and name is not None and name.startswith("messages_fts")
+    )

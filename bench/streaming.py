@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Chat streaming through the backend, side by side with a direct client to the same emulator.
+
+Each scenario starts the Ollama emulator and the app (uvicorn, uvloop, one worker, SQLite in
+a fresh DATA_DIR) as separate processes on loopback, then:
+
+- ttft: 50 concurrent streams (20 tokens at 20 tokens/s each, so 50 are always in flight);
+  time to the first token through the backend (`POST /api/chat/stream`, a new conversation
+  each time) and directly (`POST /api/chat` on the emulator). Added = backend - direct.
+- throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
+  and the latency of one chat alone.
+- cpu: server process CPU time (utime + stime from /proc) / tokens relayed, at a paced
+  rate (100 streams x 50 tokens/s) and in bursts (8 streams at full speed, 2000 tokens).
+- slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
+
+Prints the numbers and writes bench/results/streaming.json.
+Targets (issue 5): added TTFT p50 <= 2 ms, p99 <= 10 ms; <= 25 us CPU per token;
+>= 300 chats/s at 8 concurrent; 1000 slow streams in <= 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+from chat_harness import (
+    Connection,
+    Server,
+    cpu_seconds,
+    percentiles,
+    rss_mb,
+    setup_user,
+    start_emulator,
+    write_result,
+)
+
+MODEL = "llama3.2"
+TOKEN_MARK = b"event: token"
+DONE_MARK = b"event: done"
+
+
+class Side:
+    """How one request is made: through the backend or straight to the emulator."""
+
+    def __init__(self, name: str, url: str, api_key: str | None = None) -> None:
+        self.name = name
+        self.url = url
+        self.api_key = api_key
+
+    async def chat(self, connection: Connection) -> tuple[float, float, int]:
+        """One streamed chat: (time to first token, total time, tokens seen)."""
+        started = time.perf_counter()
+        if self.api_key is not None:
+            connection.send(
+                "POST",
+                "/api/chat/stream",
+                {"model": MODEL, "content": "Say something nice."},
+                {"Authorization": f"Bearer {self.api_key}"},
+            )
+            first_mark, end_mark = TOKEN_MARK, DONE_MARK
+        else:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
+            connection.send("POST", "/api/chat", body)
+            first_mark, end_mark = b'"done":false', b'"done":true'
+        status, headers = await connection.head()
+        if status != 200:
+            raise RuntimeError(f"{self.name}: HTTP {status}")
+        first = 0.0
+        tokens = 0
+        ended = False
+        async for chunk in connection.body(headers):
+            if not first and first_mark in chunk:
+                first = time.perf_counter() - started
+            tokens += chunk.count(first_mark)
+            ended = ended or end_mark in chunk
+        if not ended:
+            raise RuntimeError(f"{self.name}: stream ended without done")
+        return first, time.perf_counter() - started, tokens
+
+
+async def run_loops(
+    side: Side, concurrency: int, seconds: float, on_result: Callable[[float, float, int], None]
+) -> int:
+    """`concurrency` keep-alive clients chatting back to back for `seconds`; chats done."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def loop() -> None:
+        nonlocal done
+        connection = await Connection.to(side.url)
+        try:
+            while time.perf_counter() < deadline:
+                on_result(*await side.chat(connection))
+                done += 1
+        finally:
+            connection.close()
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return done
+
+
+class Scenario:
+    """An emulator with the given knobs and a fresh server pointed at it."""
+
+    def __init__(self, *emulator_args: str) -> None:
+        self.emulator_args = emulator_args
+
+    async def __aenter__(self) -> tuple[Side, Side, Server]:
+        self.emulator, url = start_emulator("--models", MODEL, *self.emulator_args)
+        self.server = Server(url)
+        self.server.start()
+        api_key, _ = await setup_user(self.server.base)
+        return Side("direct", url), Side("backend", self.server.base, api_key), self.server
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.stop()
+        self.emulator.terminate()
+        self.emulator.wait()
+
+
+async def ttft(seconds: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"concurrency": 50, "tokens_per_stream": 20, "tokens_per_second": 20}
+    async with Scenario("--reply-tokens", "20", "--tokens-per-second", "20") as (
+        direct,
+        backend,
+        _,
+    ):
+        await run_loops(backend, 8, 2.0, lambda *_: None)  # warm up (imports, pools, caches)
+        for side in (direct, backend):
+            samples: list[float] = []
+            await run_loops(side, 50, seconds, lambda first, *_, out=samples: out.append(first))
+            result[side.name] = percentiles(samples)
+    added = {
+        key: round(result["backend"][key] - result["direct"][key], 3)
+        for key in ("p50_ms", "p90_ms", "p99_ms")
+    }
+    result["added"] = added
+    return result
+
+
+async def throughput(seconds: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"concurrency": 8, "tokens_per_chat": 20}
+    async with Scenario("--reply-tokens", "20") as (direct, backend, server):
+        await run_loops(backend, 8, 2.0, lambda *_: None)
+        for side in (direct, backend):
+            single: list[float] = []
+            await run_loops(side, 1, 3.0, lambda _f, total, _t, out=single: out.append(total))
+            totals: list[float] = []
+            cpu_before = cpu_seconds(server.pid)
+            started = time.perf_counter()
+            chats = await run_loops(
+                side, 8, seconds, lambda _f, total, _t, out=totals: out.append(total)
+            )
+            elapsed = time.perf_counter() - started
+            result[side.name] = {
+                "chats_per_second": round(chats / elapsed, 1),
+                "chat_latency_at_8": percentiles(totals),
+                "one_chat_alone": percentiles(single),
+            }
+            if side is backend:
+                used = cpu_seconds(server.pid) - cpu_before
+                result[side.name]["server_cpu_ms_per_chat"] = round(used / chats * 1000, 3)
+    return result
+
+
+async def cpu_per_token(label: str, streams: int, tokens: int, tps: str) -> dict[str, Any]:
+    args = ["--reply-tokens", str(tokens)] + (["--tokens-per-second", tps] if tps else [])
+    async with Scenario(*args) as (_, backend, server):
+        await run_loops(backend, 4, 1.0, lambda *_: None)
+        relayed = 0
+
+        def count(_first: float, _total: float, seen: int) -> None:
+            nonlocal relayed
+            relayed += seen
+
+        before = cpu_seconds(server.pid)
+        rounds = 2
+
+        async def one(connection: Connection) -> None:
+            for _ in range(rounds):
+                count(*await backend.chat(connection))
+
+        connections = [await Connection.to(backend.url) for _ in range(streams)]
+        await asyncio.gather(*(one(c) for c in connections))
+        for connection in connections:
+            connection.close()
+        await asyncio.sleep(0.5)  # background title requests finish
+        used = cpu_seconds(server.pid) - before
+    return {
+        "regime": label,
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "tokens_relayed": relayed,
+        "server_cpu_seconds": round(used, 3),
+        "cpu_us_per_token": round(used / relayed * 1e6, 2),
+    }
+
+
+async def slow_streams(count: int, tokens: int) -> dict[str, Any]:
+    async with Scenario("--reply-tokens", str(tokens), "--tokens-per-second", "10") as scenario:
+        _, backend, server = scenario
+        await run_loops(backend, 1, 0.1, lambda *_: None)  # the key's first use is recorded
+        idle_rss = rss_mb(server.pid)
+        peak = idle_rss
+        firsts: list[float] = []
+        complete = 0
+        stop_sampling = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not stop_sampling.is_set():
+                peak = max(peak, rss_mb(server.pid))
+                await asyncio.sleep(0.25)
+
+        async def one() -> None:
+            nonlocal complete
+            connection = await Connection.to(backend.url)
+            try:
+                first, _total, seen = await backend.chat(connection)
+            finally:
+                connection.close()
+            firsts.append(first)
+            complete += seen == tokens
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - started
+        stop_sampling.set()
+        await sampler
+    return {
+        "streams": count,
+        "tokens_per_stream": tokens,
+        "tokens_per_second_each": 10,
+        "streams_complete_with_every_token": complete,
+        "wall_seconds": round(elapsed, 2),
+        "server_rss_idle_mb": round(idle_rss, 1),
+        "server_rss_peak_mb": round(peak, 1),
+        "ttft_under_load": percentiles(firsts),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "ttft": lambda: ttft(args.seconds),
+        "throughput": lambda: throughput(args.seconds),
+        "cpu_paced": lambda: cpu_per_token("paced", 100, 200, "50"),
+        "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
+        "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
+    }
+    result: dict[str, Any] = {}
+    for name in args.only or list(steps):
+        print(f"== {name}", flush=True)
+        result[name] = await steps[name]()
+        print(result[name], flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--slow-streams", type=int, default=1000)
+    parser.add_argument("--slow-tokens", type=int, default=100)
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=["ttft", "throughput", "cpu_paced", "cpu_burst", "slow_streams"],
+    )
+    arguments = parser.parse_args()
+    report = uvloop.run(main(arguments))
+    path = write_result("streaming" if not arguments.only else "streaming-partial", report)
+    print(f"wrote {path}")

@@ -1,0 +1,26 @@
+"""Errors of the chat domain (rendered by the one core handler)."""
+
+from __future__ import annotations
+
+from ollama_web.core.errors import ConflictError, RateLimitedError
+
+RETRY_AFTER_SECONDS = 5
+
+
+class TooManyGenerationsError(RateLimitedError):
+    """MAX_CONCURRENT_GENERATIONS_PER_USER answers are already being generated."""
+
+    code = "TOO_MANY_GENERATIONS"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"At most {limit} answers can be generated at once; wait for one to finish.",
+            details={"limit": limit, "retry_after_seconds": RETRY_AFTER_SECONDS},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
+class GenerationNotHereError(ConflictError):
+    """The answer is still being generated, but by another server process."""
+
+    code = "GENERATION_ELSEWHERE"

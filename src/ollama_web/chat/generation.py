@@ -1,0 +1,330 @@
+"""Durable generations: one server-side job per answer, independent of any HTTP connection.
+
+A `Generation` relays one streamed `/api/chat` into an `EventLog` (which any number of SSE
+responses follow and replay) and into the database: the growing answer is checkpointed at
+most once per GENERATION_CHECKPOINT_SECONDS from its own task (never per token, never on
+the relay path), and stored once more when the job ends:
+
+- upstream `done`                      -> `complete`, then a `done` event;
+- `stop()` (the user)                  -> the upstream is closed at once, `stopped`, `done`;
+- an error line / an end without done /
+  a dropped connection / a failure to
+  open the stream                      -> the partial text with `error`, an `error` event;
+- server shutdown                      -> the partial text with `interrupted`, `error` event.
+
+`GenerationRegistry` (one per process, built by the chat lifespan) starts jobs, bounds them
+per user (MAX_CONCURRENT_GENERATIONS_PER_USER), finds them for re-attach and stop, keeps
+finished ones for a while so late re-attaches can replay, and stops them all at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ollama_web.chat.sse import EventLog
+from ollama_web.conversations.schemas import MessagePublic
+from ollama_web.conversations.writes import Writes
+from ollama_web.core.errors import AppError, InternalError
+from ollama_web.db.base import utcnow
+from ollama_web.db.models import MessageStatus
+from ollama_web.metrics import chat as chat_metrics
+from ollama_web.ollama.chunks import ChatChunk
+
+logger = logging.getLogger("ollama_web.chat")
+
+STREAMING = MessageStatus.STREAMING.value
+COMPLETE = MessageStatus.COMPLETE.value
+STOPPED = MessageStatus.STOPPED.value
+ERROR = MessageStatus.ERROR.value
+INTERRUPTED = MessageStatus.INTERRUPTED.value
+
+
+class ChatStreamLike(Protocol):
+    @property
+    def node_url(self) -> str | None: ...
+    def __aiter__(self) -> AsyncIterator[ChatChunk]: ...
+
+
+class ChatOpener(Protocol):
+    """What a generation needs from the gateway (`OllamaGateway` satisfies it)."""
+
+    def open_chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        options: dict[str, Any] | None = None,
+        think: bool | str | None = None,
+    ) -> AbstractAsyncContextManager[ChatStreamLike]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSpec:
+    """Everything a job needs, fixed before it starts (the messages are committed)."""
+
+    user_id: str
+    conversation_id: str
+    user_message_id: str
+    message: MessagePublic
+    """The assistant message as stored (status pending); the job fills it in."""
+    model: str
+    messages: list[dict[str, Any]]
+    options: dict[str, Any] | None = None
+    think: bool | None = None
+    title_source: str | None = None
+    """The first message of a conversation whose title is still to be written."""
+
+    @property
+    def message_id(self) -> str:
+        return self.message.id
+
+
+def error_body(error: AppError) -> dict[str, Any]:
+    return {"error": error.code, "message": error.message, "details": error.details}
+
+
+class GenerationInterrupted(AppError):
+    status_code = 503
+    code = "GENERATION_INTERRUPTED"
+
+
+class Generation:
+    """One answer being generated (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: GenerationSpec,
+        gateway: ChatOpener,
+        writes: Writes,
+        checkpoint_seconds: float,
+    ) -> None:
+        self.spec = spec
+        self.log = EventLog()
+        self.status = spec.message.status
+        self.result: MessagePublic | None = None
+        self.error: AppError | None = None
+        self.finished = asyncio.Event()
+        self._gateway = gateway
+        self._writes = writes
+        self._checkpoint_seconds = checkpoint_seconds
+        self._content: list[str] = []
+        self._thinking: list[str] = []
+        self._done: ChatChunk | None = None
+        self._tokens = 0
+        self._node_url: str | None = None
+        self._stop_status: str | None = None
+        self._relaying = False
+        self._finishing = False
+        self._task: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._next_checkpoint = 0.0
+        self.log.emit(
+            "start",
+            {
+                "conversation_id": spec.conversation_id,
+                "user_message_id": spec.user_message_id,
+                "assistant_message_id": spec.message_id,
+                "model": spec.model,
+            },
+        )
+
+    @property
+    def id(self) -> str:
+        return self.spec.message_id
+
+    @property
+    def running(self) -> bool:
+        return not self.finished.is_set()
+
+    def start(self, on_finished: Callable[[Generation], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._next_checkpoint = loop.time() + self._checkpoint_seconds
+        self._task = loop.create_task(self._run(on_finished), name=f"generation-{self.id}")
+
+    def stop(self, status: str = STOPPED) -> bool:
+        """Close the upstream at once and end with `status`; False if already ending."""
+        if self._finishing or self._stop_status is not None:
+            return False
+        self._stop_status = status
+        if self._relaying and self._task is not None:
+            self._task.cancel()
+        return True
+
+    def abandon(self) -> None:
+        """The last attached client left (CHAT_CONTINUE_ON_DISCONNECT=false): stop."""
+        self.stop(STOPPED)
+
+    async def wait(self) -> None:
+        await self.finished.wait()
+
+    async def _run(self, on_finished: Callable[[Generation], None]) -> None:
+        chat_metrics.generation_started()
+        try:
+            if self._stop_status is None:
+                await self._relay_until_stopped()
+            self._finishing = True
+            await self._finish()
+        finally:
+            if not self.finished.is_set():  # never leave a follower waiting
+                self.log.finish()
+                self.finished.set()
+            chat_metrics.generation_finished()
+            on_finished(self)
+
+    async def _relay_until_stopped(self) -> None:
+        self._relaying = True
+        try:
+            await self._relay()
+        except asyncio.CancelledError:
+            if self._stop_status is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except AppError as exc:
+            self.error = exc
+            if self._node_url is not None:
+                chat_metrics.upstream_error(self._node_url)
+        except Exception:  # a job boundary: an unexpected failure must still end the answer
+            logger.exception("generation %s failed", self.id)
+            self.error = InternalError("The answer could not be generated.")
+        finally:
+            self._relaying = False
+
+    async def _relay(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        opened = self._gateway.open_chat(
+            spec.model, spec.messages, options=spec.options, think=spec.think
+        )
+        async with opened as stream:
+            self._node_url = stream.node_url
+            self.status = STREAMING
+            log = self.log
+            async for chunk in stream:
+                if chunk.thinking:
+                    self._thinking.append(chunk.thinking)
+                    log.emit_text("thinking", chunk.thinking)
+                    self._relayed(loop, started)
+                if chunk.content:
+                    self._content.append(chunk.content)
+                    log.emit_text("token", chunk.content)
+                    self._relayed(loop, started)
+                if chunk.done:
+                    self._done = chunk
+                if loop.time() >= self._next_checkpoint:
+                    self._schedule_checkpoint(loop)
+
+    def _relayed(self, loop: asyncio.AbstractEventLoop, started: float) -> None:
+        if not self._tokens:
+            chat_metrics.time_to_first_token(loop.time() - started)
+        self._tokens += 1
+        chat_metrics.tokens_relayed(1)
+
+    # ------------------------------------------------------------ persistence
+
+    def _text(self) -> tuple[str, str | None]:
+        content = "".join(self._content)
+        self._content[:] = [content]
+        thinking = "".join(self._thinking)
+        self._thinking[:] = [thinking]
+        return content, thinking or None
+
+    def _schedule_checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._next_checkpoint = loop.time() + self._checkpoint_seconds
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpoint = loop.create_task(self._write_checkpoint())
+
+    async def _write_checkpoint(self) -> None:
+        content, thinking = self._text()
+        values = {"content": content, "thinking": thinking, "status": STREAMING}
+        await self._write(values)
+
+    async def _write(self, values: dict[str, Any]) -> bool:
+        values["updated_at"] = utcnow()
+        try:
+            await self._writes.update_message(self.id, values)
+        except (SQLAlchemyError, OSError):
+            logger.exception("could not store the answer %s", self.id)
+            return False
+        return True
+
+    def _final_status(self) -> str:
+        if self._stop_status is not None:
+            return self._stop_status
+        if self.error is not None:
+            return ERROR
+        return COMPLETE
+
+    def _final_message(self, status: str) -> MessagePublic:
+        content, thinking = self._text()
+        done = self._done if status == COMPLETE else None
+        error = self.error
+        if status == INTERRUPTED:
+            error = GenerationInterrupted("The server stopped while the answer was generated.")
+            self.error = error
+        metrics: dict[str, Any] = {}
+        if done is not None:
+            metrics = {
+                "done_reason": done.done_reason,
+                "prompt_eval_count": done.prompt_eval_count,
+                "eval_count": done.eval_count,
+                "total_duration": done.total_duration,
+                "load_duration": done.load_duration,
+                "prompt_eval_duration": done.prompt_eval_duration,
+                "eval_duration": done.eval_duration,
+            }
+            if done.eval_count and done.eval_duration:
+                metrics["tokens_per_second"] = round(done.eval_count / done.eval_duration * 1e9, 2)
+        return self.spec.message.model_copy(
+            update={
+                "content": content,
+                "thinking": thinking,
+                "status": status,
+                "error": error_body(error) if error is not None else None,
+                "completed_at": utcnow(),
+                **metrics,
+            }
+        )
+
+    async def _finish(self) -> None:
+        if self._checkpoint is not None:
+            await asyncio.wait([self._checkpoint])
+        status = self._final_status()
+        message = self._final_message(status)
+        self.status = status
+        values = message.model_dump(
+            include={
+                "content",
+                "thinking",
+                "status",
+                "error",
+                "completed_at",
+                "done_reason",
+                "prompt_eval_count",
+                "eval_count",
+                "total_duration",
+                "load_duration",
+                "prompt_eval_duration",
+                "eval_duration",
+            }
+        )
+        await self._write(values)
+        self.result = message
+        payload = message.model_dump(mode="json")
+        if self.error is not None:
+            body = error_body(self.error)
+            body["details"] = {**body["details"], "assistant_message": payload}
+            self.log.emit("error", body)
+        else:
+            self.log.emit("done", {"message": payload})
+        self.log.finish()
+        self.finished.set()

@@ -1,0 +1,124 @@
+"""The per-process registry of generations (see `ollama_web.chat.generation`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ollama_web.chat.errors import TooManyGenerationsError
+from ollama_web.chat.generation import INTERRUPTED, ChatOpener, Generation, GenerationSpec
+from ollama_web.conversations.writes import Writes
+from ollama_web.core.config import Settings
+
+RETAIN_SECONDS = 120.0
+"""How long a finished generation stays replayable from memory (later: from the database)."""
+MAX_RETAINED = 1000
+RESERVATION_TTL_SECONDS = 30.0
+"""A slot reserved by a request whose job never started (its transaction failed) lapses."""
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class Reservation:
+    """A user's generation slot, taken before anything is stored."""
+
+    user_id: str
+    created_at: float = field(default_factory=time.monotonic)
+    active: bool = False
+
+    def held(self, now: float) -> bool:
+        return self.active or now - self.created_at < RESERVATION_TTL_SECONDS
+
+
+class GenerationRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        writes: Writes,
+        gateway: ChatOpener,
+        on_complete: Callable[[Generation], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.writes = writes
+        self._gateway = gateway
+        self._on_complete = on_complete
+        self._running: dict[str, Generation] = {}
+        self._retained: OrderedDict[str, tuple[float, Generation]] = OrderedDict()
+        self._reservations: dict[str, list[Reservation]] = {}
+
+    # ------------------------------------------------------------- slots
+
+    def reserve(self, user_id: str) -> Reservation:
+        """Take one of the user's MAX_CONCURRENT_GENERATIONS_PER_USER slots, or 429."""
+        now = time.monotonic()
+        held = [r for r in self._reservations.get(user_id, ()) if r.held(now)]
+        limit = self.settings.max_concurrent_generations_per_user
+        if len(held) >= limit:
+            self._reservations[user_id] = held
+            raise TooManyGenerationsError(limit)
+        reservation = Reservation(user_id, now)
+        held.append(reservation)
+        self._reservations[user_id] = held
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        held = self._reservations.get(reservation.user_id)
+        if held is None:
+            return
+        if reservation in held:
+            held.remove(reservation)
+        if not held:
+            del self._reservations[reservation.user_id]
+
+    # -------------------------------------------------------------- jobs
+
+    def start(self, reservation: Reservation, spec: GenerationSpec) -> Generation:
+        generation = Generation(
+            spec, self._gateway, self.writes, self.settings.generation_checkpoint_seconds
+        )
+        reservation.active = True
+        self._running[generation.id] = generation
+        if not self.settings.chat_continue_on_disconnect:
+            generation.log.on_abandoned = generation.abandon
+        generation.start(lambda finished: self._finished(finished, reservation))
+        return generation
+
+    def _finished(self, generation: Generation, reservation: Reservation) -> None:
+        self.release(reservation)
+        self._running.pop(generation.id, None)
+        now = time.monotonic()
+        self._retained[generation.id] = (now, generation)
+        self._prune(now)
+        if self._on_complete is not None and generation.result is not None:
+            self._on_complete(generation)
+
+    def _prune(self, now: float) -> None:
+        retained = self._retained
+        while retained:
+            finished_at, _ = next(iter(retained.values()))
+            if len(retained) <= MAX_RETAINED and now - finished_at < RETAIN_SECONDS:
+                break
+            retained.popitem(last=False)
+
+    def get(self, message_id: str) -> Generation | None:
+        """A running generation, or a finished one still in memory."""
+        running = self._running.get(message_id)
+        if running is not None:
+            return running
+        self._prune(time.monotonic())
+        entry = self._retained.get(message_id)
+        return entry[1] if entry is not None else None
+
+    async def shutdown(self) -> None:
+        """Stop every running job; each stores its partial answer as `interrupted`."""
+        running = list(self._running.values())
+        for generation in running:
+            generation.stop(INTERRUPTED)
+        if running:
+            waits = [asyncio.ensure_future(g.wait()) for g in running]
+            _, pending = await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_SECONDS)
+            for waiter in pending:
+                waiter.cancel()

@@ -1,0 +1,200 @@
+"""Chat endpoints: `POST /api/chat/stream` (SSE), `POST /api/chat/message`, re-attach
+`GET /api/chat/stream/{assistant_message_id}`, stop `POST /api/chat/{assistant_message_id}/stop`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from ollama_web.auth.dependencies import CurrentPrincipal
+from ollama_web.chat import service as chat_service
+from ollama_web.chat.dependencies import RegistryDep
+from ollama_web.chat.errors import GenerationNotHereError
+from ollama_web.chat.generation import Generation
+from ollama_web.chat.responses import (
+    ChatMessageResponse,
+    GenerationResultResponse,
+    StopResponse,
+    stored_log,
+)
+from ollama_web.chat.schemas import ChatRequest
+from ollama_web.chat.sse import MEDIA_TYPE, SSEResponse
+from ollama_web.conversations import repository
+from ollama_web.conversations.dependencies import OwnedAnswer
+from ollama_web.conversations.service import message_public
+from ollama_web.core.dependencies import SessionDep, SettingsDep
+from ollama_web.core.errors import error_response
+from ollama_web.db import Message
+from ollama_web.db.models import MessageStatus
+from ollama_web.ollama.dependencies import GatewayDep
+
+router = APIRouter(prefix="/api/chat", tags=["chat"])
+
+UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown conversation or message, or MODEL_NOT_FOUND (nothing stored)"},
+    422: {"description": "Invalid payload: options, content length, images, mode"},
+    429: {"description": "RATE_LIMITED or TOO_MANY_GENERATIONS (with Retry-After)"},
+    503: {
+        "description": "OLLAMA_UNAVAILABLE: no node reachable; the user's message is stored and "
+        "`details` holds `conversation_id` and `user_message_id`"
+    },
+}
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`text/event-stream`. Events (each with an integer `id:` counting from "
+        "1): `start` {conversation_id, user_message_id, assistant_message_id, model}; `token` "
+        "{content}; `thinking` {content}; then `done` {message} (also for a stopped answer, "
+        "whose message has status `stopped`) or `error` {error, message, details} (the "
+        "partial answer is stored with status `error`; `details.assistant_message` holds it). "
+        "A `: keep-alive` comment is sent every SSE_KEEPALIVE_SECONDS.",
+        "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
+    }
+}
+LastEventIdHeader = Annotated[
+    int | None, Header(alias="Last-Event-ID", ge=0, description="Replay the events after this id")
+]
+
+
+async def _prepare_or_fail(
+    request: Request,
+    body: ChatRequest,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    registry: RegistryDep,
+) -> chat_service.PreparedChat | Response:
+    try:
+        return await chat_service.prepare(
+            session, principal.user_id, body, settings, gateway, registry
+        )
+    except chat_service.StoredBeforeFailure as failure:
+        # Answered, not raised: the request's transaction commits the stored user message.
+        return error_response(
+            request,
+            failure.status_code,
+            failure.code,
+            failure.message,
+            failure.details,
+            failure.headers,
+        )
+
+
+@router.post(
+    "/stream",
+    summary="Send a message and stream the answer (SSE)",
+    response_class=SSEResponse,
+    status_code=200,
+    responses={**_SSE, **_ERRORS},
+)
+async def chat_stream(
+    request: Request,
+    body: ChatRequest,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    registry: RegistryDep,
+) -> Response:
+    prepared = await _prepare_or_fail(
+        request, body, principal, session, settings, gateway, registry
+    )
+    if isinstance(prepared, Response):
+        return prepared
+    return SSEResponse(
+        lambda: registry.start(prepared.reservation, prepared.spec).log,
+        keepalive_seconds=settings.sse_keepalive_seconds,
+    )
+
+
+@router.post(
+    "/message",
+    summary="Send a message and get the whole answer (not streamed)",
+    response_model=ChatMessageResponse,
+    responses=_ERRORS,
+)
+async def chat_message(
+    request: Request,
+    body: ChatRequest,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    registry: RegistryDep,
+) -> Response:
+    prepared = await _prepare_or_fail(
+        request, body, principal, session, settings, gateway, registry
+    )
+    if isinstance(prepared, Response):
+        return prepared
+    return GenerationResultResponse(
+        lambda: registry.start(prepared.reservation, prepared.spec),
+        prepared.spec.conversation_id,
+        prepared.user_message,
+    )
+
+
+def _not_here(message: Message) -> GenerationNotHereError:
+    return GenerationNotHereError(
+        "This answer is being generated by another server process.",
+        details={"assistant_message_id": message.id, "status": message.status},
+    )
+
+
+@router.get(
+    "/stream/{assistant_message_id}",
+    summary="Re-attach to a running or finished answer (SSE), replaying after Last-Event-ID",
+    response_class=SSEResponse,
+    status_code=200,
+    responses={**_SSE, 404: {"description": "Unknown message"}},
+)
+async def chat_reattach(
+    message: OwnedAnswer,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    last_event_id: LastEventIdHeader = None,
+    after: Annotated[
+        int | None, Query(ge=0, description="Same as Last-Event-ID (for clients without it)")
+    ] = None,
+) -> Response:
+    seen = last_event_id if last_event_id is not None else (after or 0)
+    generation = registry.get(message.id)
+    if generation is not None:
+        log = generation.log
+    elif message.status in UNFINISHED:
+        raise _not_here(message)
+    else:
+        siblings = await repository.sibling_ids(session, principal.user_id, message)
+        log = stored_log(message_public(message, siblings), message.conversation_id, seen)
+    return SSEResponse(lambda: log, after=seen, keepalive_seconds=settings.sse_keepalive_seconds)
+
+
+@router.post(
+    "/{assistant_message_id}/stop",
+    summary="Stop an answer: the upstream is closed at once, the partial text is kept",
+    response_model=StopResponse,
+    responses={404: {"description": "Unknown message"}},
+)
+async def chat_stop(
+    message: OwnedAnswer,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    registry: RegistryDep,
+) -> StopResponse:
+    generation: Generation | None = registry.get(message.id)
+    if generation is not None:
+        generation.stop()
+        await generation.wait()
+        assert generation.result is not None
+        return StopResponse(message=generation.result)
+    if message.status in UNFINISHED:
+        raise _not_here(message)
+    siblings = await repository.sibling_ids(session, principal.user_id, message)
+    return StopResponse(message=message_public(message, siblings))

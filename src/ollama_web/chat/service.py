@@ -1,0 +1,326 @@
+"""Preparing a turn: the mode, the model, the context, and the messages stored before Ollama
+is called.
+
+Order (API-CONTRACT "Chat"): validated and slot taken (429) -> conversation and target
+message found (404) -> model resolved (unknown: 404 with nothing stored; no node reachable:
+the user's message is stored, then 503 with its id) -> the user message and an empty
+`pending` answer committed in one short transaction of their own (Core statements, see
+`conversations.writes`); the request's transaction only reads. The job starts when the
+response starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ollama_web.chat.generation import GenerationSpec
+from ollama_web.chat.registry import GenerationRegistry, Reservation
+from ollama_web.chat.schemas import ChatRequest, check_limits
+from ollama_web.conversations import repository
+from ollama_web.conversations.repository import BranchMessage
+from ollama_web.conversations.schemas import MessagePublic
+from ollama_web.conversations.service import message_public, model_display_name
+from ollama_web.conversations.tree import Tree, first_words
+from ollama_web.conversations.writes import CONVERSATIONS, MESSAGES, Writes
+from ollama_web.core.config import Settings
+from ollama_web.core.errors import AppError, ValidationError
+from ollama_web.db import Conversation, Message
+from ollama_web.db.base import new_id, utcnow
+from ollama_web.db.models import MessageRole, MessageStatus
+from ollama_web.ollama.errors import OllamaUnavailableError
+from ollama_web.ollama.gateway import OllamaGateway
+
+USER = MessageRole.USER.value
+ASSISTANT = MessageRole.ASSISTANT.value
+
+
+@dataclass
+class Turn:
+    """Where the new messages go. Loaded objects are only read, never changed."""
+
+    conversation: Conversation | None
+    """None: a new conversation (created only once the model is known)."""
+    messages: Sequence[BranchMessage] = ()
+    parent_id: str | None = None
+    """Parent of the new user message, or (regenerate) of the new answer."""
+    question: Message | None = None
+    """Regenerate: the existing user message being answered again."""
+
+
+@dataclass
+class Stored:
+    """What this turn writes: the conversation (new, or changed values) and messages."""
+
+    conversation_id: str
+    new_conversation: Conversation | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+
+
+@dataclass
+class PreparedChat:
+    reservation: Reservation
+    spec: GenerationSpec
+    user_message: MessagePublic
+
+
+class StoredBeforeFailure(AppError):
+    """No node was reachable; the user's message is stored (and committed)."""
+
+    def __init__(self, error: AppError, conversation_id: str, user_message_id: str) -> None:
+        details = {
+            **error.details,
+            "conversation_id": conversation_id,
+            "user_message_id": user_message_id,
+        }
+        super().__init__(
+            error.message,
+            details=details,
+            code=error.code,
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+
+def _invalid(field: str, message: str) -> ValidationError:
+    return ValidationError(
+        "The request payload is invalid.",
+        details={"fields": [{"loc": [field], "message": message, "type": "value_error"}]},
+    )
+
+
+async def _target(
+    session: AsyncSession, user_id: str, body: ChatRequest, message_id: str, role: str
+) -> tuple[Conversation, Message]:
+    message = await repository.get_message(session, user_id, message_id)
+    if body.conversation_id is not None and body.conversation_id != message.conversation_id:
+        raise repository.message_not_found()
+    if message.role != role:
+        name = "edit_message_id" if role == USER else "regenerate_message_id"
+        raise _invalid(name, f"must be the id of a {role} message")
+    conversation = await repository.get_conversation(session, user_id, message.conversation_id)
+    return conversation, message
+
+
+async def load_turn(session: AsyncSession, user_id: str, body: ChatRequest) -> Turn:
+    if body.edit_message_id is not None:
+        conversation, edited = await _target(session, user_id, body, body.edit_message_id, USER)
+        messages = await repository.branch_messages(session, user_id, conversation.id)
+        return Turn(conversation, messages, edited.parent_id)
+    if body.regenerate_message_id is not None:
+        rid = body.regenerate_message_id
+        conversation, answer = await _target(session, user_id, body, rid, ASSISTANT)
+        if answer.parent_id is None:
+            raise _invalid("regenerate_message_id", "this answer has no question to answer")
+        question = await repository.get_message(session, user_id, answer.parent_id)
+        messages = await repository.branch_messages(session, user_id, conversation.id)
+        return Turn(conversation, messages, question.id, question=question)
+    if body.conversation_id is None:
+        return Turn(None)
+    conversation = await repository.get_conversation(session, user_id, body.conversation_id)
+    messages = await repository.branch_messages(session, user_id, conversation.id)
+    return Turn(conversation, messages, Tree(messages).leaf(conversation.active_leaf_id))
+
+
+def ollama_messages(
+    system_prompt: str | None, path: Sequence[BranchMessage | Message]
+) -> list[dict[str, Any]]:
+    """The conversation as Ollama reads it: system prompt, then the branch, oldest first."""
+    out: list[dict[str, Any]] = []
+    if system_prompt:
+        out.append({"role": "system", "content": system_prompt})
+    for message in path:
+        if not message.content and not message.images:
+            continue  # an answer that failed before its first token
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.images:
+            item["images"] = message.images
+        out.append(item)
+    return out
+
+
+def _model_name(turn: Turn, body: ChatRequest) -> str:
+    """The model asked for, as given (errors echo it); 422 outside Ollama's name grammar."""
+    name = body.model or (turn.conversation.model if turn.conversation is not None else None)
+    if not name:
+        raise _invalid("model", "is required to start a conversation")
+    model_display_name(name)
+    return name
+
+
+def _conversation_changes(turn: Turn, user_id: str, body: ChatRequest, model: str) -> Stored:
+    """The conversation this turn belongs to: a new row, or the values that change."""
+    now = utcnow()
+    current = turn.conversation
+    if current is None:
+        conversation = Conversation(
+            id=new_id(),
+            user_id=user_id,
+            title=first_words(body.content or ""),
+            title_generated=False,
+            model=model,
+            system_prompt=body.system_prompt or None,
+            options=body.options.as_dict() if body.options else {},
+            pinned=False,
+            archived=False,
+            created_at=now,
+            updated_at=now,
+        )
+        return Stored(conversation.id, new_conversation=conversation)
+    changes: dict[str, Any] = {"model": model, "updated_at": now}
+    if body.system_prompt is not None:
+        changes["system_prompt"] = body.system_prompt or None
+    if body.options is not None:
+        changes["options"] = {**current.options, **body.options.as_dict()}
+    if not turn.messages and not current.title_generated and body.content:
+        changes["title"] = first_words(body.content)
+    return Stored(current.id, changes=changes)
+
+
+def _new_message(conversation_id: str, parent_id: str | None, **values: Any) -> Message:
+    now = utcnow()
+    return Message(
+        id=new_id(),
+        conversation_id=conversation_id,
+        parent_id=parent_id,
+        thinking=None,
+        images=None,
+        model=None,
+        done_reason=None,
+        error=None,
+        completed_at=None,
+        created_at=now,
+        updated_at=now,
+        **values,
+    )
+
+
+def _row(item: Conversation | Message, table: Any) -> dict[str, Any]:
+    return {column.key: getattr(item, column.key, None) for column in table.columns}
+
+
+async def _store(writes: Writes, stored: Stored) -> None:
+    """Commit the turn (before Ollama is called)."""
+    async with writes.transaction() as connection:
+        if stored.new_conversation is not None:
+            await connection.execute(
+                insert(CONVERSATIONS), [_row(stored.new_conversation, CONVERSATIONS)]
+            )
+        if stored.messages:
+            rows = [_row(message, MESSAGES) for message in stored.messages]
+            await connection.execute(insert(MESSAGES), rows)
+        if stored.changes:
+            await connection.execute(
+                update(CONVERSATIONS)
+                .where(CONVERSATIONS.c.id == stored.conversation_id)
+                .values(stored.changes)
+            )
+
+
+def _question(turn: Turn, stored: Stored, body: ChatRequest) -> Message:
+    if turn.question is not None:
+        return turn.question
+    question = _new_message(
+        stored.conversation_id,
+        turn.parent_id,
+        role=USER,
+        content=body.content or "",
+        status=MessageStatus.COMPLETE.value,
+    )
+    question.images = body.images or None
+    question.completed_at = question.created_at
+    stored.messages.append(question)
+    return question
+
+
+def _set_leaf(stored: Stored, leaf_id: str) -> None:
+    if stored.new_conversation is not None:
+        stored.new_conversation.active_leaf_id = leaf_id
+    else:
+        stored.changes["active_leaf_id"] = leaf_id
+
+
+def _siblings(messages: Sequence[BranchMessage], new: Message) -> list[str]:
+    same = [m.id for m in messages if m.parent_id == new.parent_id and m.role == new.role]
+    return same if new.id in same else [*same, new.id]
+
+
+async def prepare(
+    session: AsyncSession,
+    user_id: str,
+    body: ChatRequest,
+    settings: Settings,
+    gateway: OllamaGateway,
+    registry: GenerationRegistry,
+) -> PreparedChat:
+    """Store the question and an empty answer; raises before anything is stored on 4xx."""
+    check_limits(body, settings)
+    reservation = registry.reserve(user_id)
+    try:
+        return await _prepare(session, user_id, body, gateway, registry.writes, reservation)
+    except BaseException:
+        registry.release(reservation)
+        raise
+
+
+async def _prepare(
+    session: AsyncSession,
+    user_id: str,
+    body: ChatRequest,
+    gateway: OllamaGateway,
+    writes: Writes,
+    reservation: Reservation,
+) -> PreparedChat:
+    turn = await load_turn(session, user_id, body)
+    # The request's reads are done: give its connection back before the write transaction
+    # takes one (holding both at once deadlocks the pool under load).
+    await session.close()
+    name = _model_name(turn, body)
+    try:
+        model = await gateway.resolve_model(name)
+    except OllamaUnavailableError as exc:
+        stored = _conversation_changes(turn, user_id, body, model_display_name(name))
+        question = _question(turn, stored, body)
+        _set_leaf(stored, question.id)
+        await _store(writes, stored)
+        raise StoredBeforeFailure(exc, stored.conversation_id, question.id) from None
+    stored = _conversation_changes(turn, user_id, body, model)
+    question = _question(turn, stored, body)
+    answer = _new_message(
+        stored.conversation_id,
+        question.id,
+        role=ASSISTANT,
+        content="",
+        status=MessageStatus.PENDING.value,
+    )
+    answer.model = model
+    stored.messages.append(answer)
+    _set_leaf(stored, answer.id)
+    await _store(writes, stored)
+    tree = Tree(turn.messages)
+    path: list[BranchMessage | Message] = [tree.by_id[i] for i in tree.path_to(turn.parent_id)]
+    if turn.question is None:
+        path.append(question)
+    conversation = stored.new_conversation or turn.conversation
+    assert conversation is not None
+    system_prompt = stored.changes.get("system_prompt", conversation.system_prompt)
+    options = stored.changes.get("options", conversation.options)
+    first_exchange = not turn.messages and not conversation.title_generated
+    spec = GenerationSpec(
+        user_id=user_id,
+        conversation_id=stored.conversation_id,
+        user_message_id=question.id,
+        message=message_public(answer, _siblings(turn.messages, answer)),
+        model=model,
+        messages=ollama_messages(system_prompt, path),
+        options=options or None,
+        think=body.think,
+        title_source=question.content if first_exchange else None,
+    )
+    user_public = message_public(question, _siblings(turn.messages, question))
+    return PreparedChat(reservation, spec, user_public)

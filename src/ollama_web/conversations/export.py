@@ -1,0 +1,201 @@
+"""Export (JSON: every message of every branch; Markdown: the active branch) and import.
+
+Import takes the JSON export and creates a new conversation with new ids (parents and the
+active leaf remapped, the order kept); exporting it again gives the same document apart from
+ids and times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, field_serializer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ollama_web.chat.schemas import OllamaOptions
+from ollama_web.conversations.schemas import ModelName, SystemPrompt, Title
+from ollama_web.conversations.service import model_display_name
+from ollama_web.conversations.tree import Tree
+from ollama_web.core.config import Settings
+from ollama_web.core.errors import ValidationError
+from ollama_web.db import Conversation, Message
+from ollama_web.db.base import new_id, utcnow
+from ollama_web.db.models import MessageStatus
+
+MAX_IMPORT_MESSAGES = 100_000
+UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
+ExportId = Annotated[str, Field(min_length=1, max_length=64)]
+Status = Literal["pending", "streaming", "complete", "stopped", "error", "interrupted"]
+Count = Annotated[int, Field(ge=0)]
+
+
+class ExportedMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ExportId
+    parent_id: ExportId | None = None
+    role: Literal["user", "assistant", "system"]
+    content: str
+    thinking: str | None = None
+    images: list[str] | None = None
+    status: Status = "complete"
+    model: Annotated[str, Field(max_length=200)] | None = None
+    done_reason: Annotated[str, Field(max_length=32)] | None = None
+    error: dict[str, Any] | None = None
+    prompt_eval_count: Count | None = None
+    eval_count: Count | None = None
+    total_duration: Count | None = None
+    load_duration: Count | None = None
+    prompt_eval_duration: Count | None = None
+    eval_duration: Count | None = None
+    created_at: AwareDatetime
+    completed_at: AwareDatetime | None = None
+
+
+class ExportedConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ExportId
+    title: Title
+    model: ModelName
+    system_prompt: SystemPrompt | None = None
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    pinned: StrictBool = False
+    archived: StrictBool = False
+    title_generated: StrictBool = False
+    active_leaf_id: ExportId | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+    @field_serializer("options")
+    def _options(self, options: OllamaOptions) -> dict[str, Any]:
+        return options.as_dict()
+
+
+class ConversationExport(BaseModel):
+    """The JSON export, and what import accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["ollama-web.conversation"] = "ollama-web.conversation"
+    version: Literal[1] = 1
+    exported_at: AwareDatetime
+    conversation: ExportedConversation
+    messages: list[ExportedMessage] = Field(
+        description="Every message of every branch, oldest first."
+    )
+
+
+_MESSAGE_FIELDS = tuple(name for name in ExportedMessage.model_fields if name != "id")
+
+
+def build_export(conversation: Conversation, messages: Sequence[Message]) -> ConversationExport:
+    return ConversationExport(
+        exported_at=utcnow(),
+        conversation=ExportedConversation(
+            id=conversation.id,
+            title=conversation.title,
+            model=conversation.model,
+            system_prompt=conversation.system_prompt,
+            options=OllamaOptions.model_validate(conversation.options or {}),
+            pinned=conversation.pinned,
+            archived=conversation.archived,
+            title_generated=conversation.title_generated,
+            active_leaf_id=conversation.active_leaf_id,
+            created_at=conversation.created_at,
+            updated_at=conversation.updated_at,
+        ),
+        messages=[
+            ExportedMessage(id=m.id, **{name: getattr(m, name) for name in _MESSAGE_FIELDS})
+            for m in messages
+        ],
+    )
+
+
+def _markdown_heading(message: Message) -> str:
+    heading = {"user": "User", "assistant": "Assistant", "system": "System"}[message.role]
+    if message.role == "assistant" and message.model:
+        heading += f" ({message.model})"
+    if message.status != MessageStatus.COMPLETE.value:
+        heading += f" — {message.status}"
+    return heading
+
+
+def to_markdown(conversation: Conversation, messages: Sequence[Message]) -> str:
+    """The active branch as Markdown (text is written as stored, not escaped)."""
+    tree = Tree(messages)
+    lines = [f"# {conversation.title}", "", f"- Model: {conversation.model}"]
+    lines += [f"- Created: {conversation.created_at.isoformat()}", ""]
+    if conversation.system_prompt:
+        lines += ["## System", "", conversation.system_prompt, ""]
+    for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
+        message = tree.by_id[message_id]
+        lines += [f"## {_markdown_heading(message)}", "", message.content, ""]
+    return "\n".join(lines)
+
+
+def _invalid(message: str) -> ValidationError:
+    return ValidationError(f"The import is invalid: {message}.", details={"reason": message})
+
+
+def _check_messages(document: ConversationExport, settings: Settings) -> None:
+    if len(document.messages) > MAX_IMPORT_MESSAGES:
+        raise _invalid(f"at most {MAX_IMPORT_MESSAGES} messages")
+    seen: set[str] = set()
+    for message in document.messages:
+        if message.id in seen:
+            raise _invalid(f"message id {message.id} appears twice")
+        if message.parent_id is not None and message.parent_id not in seen:
+            raise _invalid(f"the parent of {message.id} must come before it")
+        if message.role == "user" and len(message.content) > settings.max_message_chars:
+            raise _invalid(f"message {message.id} is longer than MAX_MESSAGE_CHARS")
+        seen.add(message.id)
+    leaf = document.conversation.active_leaf_id
+    if leaf is not None and leaf not in seen:
+        raise _invalid("active_leaf_id is not one of the messages")
+
+
+def _imported_message(
+    exported: ExportedMessage, new_ids: dict[str, str], conversation_id: str
+) -> Message:
+    values = exported.model_dump(include=set(_MESSAGE_FIELDS))
+    if values["status"] in UNFINISHED:
+        values["status"] = MessageStatus.INTERRUPTED.value
+    values["parent_id"] = new_ids[exported.parent_id] if exported.parent_id else None
+    return Message(
+        id=new_ids[exported.id],
+        conversation_id=conversation_id,
+        updated_at=exported.completed_at or exported.created_at,
+        **values,
+    )
+
+
+async def import_conversation(
+    session: AsyncSession, user_id: str, document: ConversationExport, settings: Settings
+) -> Conversation:
+    """A new conversation of `user_id` holding the document's messages under new ids."""
+    _check_messages(document, settings)
+    exported = document.conversation
+    # Ids sort by time; sorting a fresh batch keeps the document's order among equal times.
+    fresh = sorted(new_id() for _ in document.messages)
+    new_ids = {m.id: fresh[index] for index, m in enumerate(document.messages)}
+    conversation = Conversation(
+        id=new_id(),
+        user_id=user_id,
+        title=exported.title,
+        model=model_display_name(exported.model),
+        system_prompt=exported.system_prompt,
+        options=exported.options.as_dict(),
+        pinned=exported.pinned,
+        archived=exported.archived,
+        title_generated=exported.title_generated,
+        active_leaf_id=new_ids[exported.active_leaf_id] if exported.active_leaf_id else None,
+        created_at=exported.created_at,
+        updated_at=utcnow(),
+    )
+    session.add(conversation)
+    await session.flush()
+    session.add_all(_imported_message(m, new_ids, conversation.id) for m in document.messages)
+    await session.flush()
+    return conversation

@@ -1,0 +1,168 @@
+"""Queries on conversations and messages. Every one starts from `owned()`, the one statement
+builder scoped to the caller: a conversation or message of another user is never selected,
+so it is "not found" rather than forbidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import RowMapping, Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ollama_web.conversations import search
+from ollama_web.core.errors import NotFoundError
+from ollama_web.db import Conversation, Message
+from ollama_web.db.base import utcnow
+from ollama_web.db.models import MessageStatus
+
+_MESSAGES = Message.__table__
+
+
+def owned(user_id: str, *columns: Any) -> Select[Any]:
+    """`SELECT columns` restricted to `user_id`'s conversations (and their messages).
+
+    Columns of `messages` are joined to their conversation, so ownership is always checked
+    on `conversations.user_id` whichever entity is selected.
+    """
+    stmt = select(*columns)
+    if any(from_ is _MESSAGES for from_ in stmt.get_final_froms()):
+        stmt = stmt.join(Conversation, Message.conversation_id == Conversation.id)
+    return stmt.where(Conversation.user_id == user_id)
+
+
+def conversation_not_found() -> NotFoundError:
+    return NotFoundError("Conversation not found.")
+
+
+def message_not_found() -> NotFoundError:
+    return NotFoundError("Message not found.")
+
+
+async def get_conversation(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> Conversation:
+    stmt = owned(user_id, Conversation).where(Conversation.id == conversation_id)
+    conversation: Conversation | None = (await session.scalars(stmt)).one_or_none()
+    if conversation is None:
+        raise conversation_not_found()
+    return conversation
+
+
+async def get_message(session: AsyncSession, user_id: str, message_id: str) -> Message:
+    stmt = owned(user_id, Message).where(Message.id == message_id)
+    message: Message | None = (await session.scalars(stmt)).one_or_none()
+    if message is None:
+        raise message_not_found()
+    return message
+
+
+async def sibling_ids(session: AsyncSession, user_id: str, message: Message) -> list[str]:
+    """Every version at the message's position (same parent and role), oldest first."""
+    stmt = (
+        owned(user_id, Message.id)
+        .where(
+            Message.conversation_id == message.conversation_id,
+            Message.role == message.role,
+            Message.parent_id.is_(None)
+            if message.parent_id is None
+            else Message.parent_id == message.parent_id,
+        )
+        .order_by(Message.created_at, Message.id)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class BranchMessage:
+    """What building a model's context needs of a message."""
+
+    id: str
+    parent_id: str | None
+    role: str
+    content: str
+    images: list[str] | None
+
+
+async def branch_messages(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> list[BranchMessage]:
+    """Every message of the conversation, oldest first, with only the context's columns."""
+    stmt = (
+        owned(user_id, Message.id, Message.parent_id, Message.role, Message.content, Message.images)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at, Message.id)
+    )
+    return [BranchMessage(*row) for row in (await session.execute(stmt)).all()]
+
+
+_PUBLIC_COLUMNS = tuple(
+    getattr(Message, name)
+    for name in (
+        "id", "conversation_id", "parent_id", "role", "content", "thinking", "images",
+        "status", "model", "done_reason", "error", "prompt_eval_count", "eval_count",
+        "total_duration", "load_duration", "prompt_eval_duration", "eval_duration",
+        "created_at", "completed_at",
+    )
+)  # fmt: skip
+
+
+async def message_rows(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> Sequence[RowMapping]:
+    """Every message of the conversation as plain rows (no ORM objects), oldest first."""
+    stmt = (
+        owned(user_id, *_PUBLIC_COLUMNS)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at, Message.id)
+    )
+    rows: Sequence[RowMapping] = (await session.execute(stmt)).mappings().all()
+    return rows
+
+
+async def conversation_messages(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> Sequence[Message]:
+    """Every message of the conversation (all branches), oldest first."""
+    stmt = (
+        owned(user_id, Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at, Message.id)
+    )
+    return (await session.scalars(stmt)).all()
+
+
+def list_statement(
+    user_id: str,
+    *,
+    dialect: str,
+    pinned: bool | None,
+    archived: bool,
+    query: str | None,
+) -> Select[Conversation]:
+    """The conversations of the list endpoint (ordering and paging are added by the caller)."""
+    stmt = owned(user_id, Conversation).where(Conversation.archived == archived)
+    if pinned is not None:
+        stmt = stmt.where(Conversation.pinned == pinned)
+    if query:
+        stmt = stmt.where(search.matches(dialect, query))
+    return stmt
+
+
+async def mark_unfinished_interrupted(session: AsyncSession) -> int:
+    """Startup sweep (not user-scoped: it runs for the whole server before any request).
+
+    Answers left `pending` or `streaming` belonged to generations of a process that is gone;
+    they keep their checkpointed text and become `interrupted`.
+    """
+    unfinished = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+    now = utcnow()
+    result = await session.execute(
+        update(Message)
+        .where(Message.status.in_(unfinished))
+        .values(status=MessageStatus.INTERRUPTED.value, completed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,168 @@
+"""Conversation endpoints under /api/conversations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
+
+from ollama_web.auth.dependencies import CurrentPrincipal
+from ollama_web.conversations import export as conversation_export
+from ollama_web.conversations import repository
+from ollama_web.conversations import service as conversation_service
+from ollama_web.conversations.dependencies import OwnedConversation
+from ollama_web.conversations.schemas import (
+    ActivateMessage,
+    ConversationCreate,
+    ConversationDetail,
+    ConversationPatch,
+    ConversationPublic,
+    ConversationReplace,
+)
+from ollama_web.conversations.search import MAX_QUERY_CHARS
+from ollama_web.core.dependencies import SessionDep, SettingsDep
+from ollama_web.core.pagination import Page, PageParamsDep
+
+router = APIRouter(prefix="/api/conversations", tags=["conversations"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such conversation of yours"}
+}
+
+
+@router.get("", summary="List my conversations, newest activity first")
+async def list_conversations(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    page: PageParamsDep,
+    pinned: Annotated[bool | None, Query(description="Only pinned (true) or unpinned")] = None,
+    archived: Annotated[bool, Query(description="Archived ones instead of the others")] = False,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description="Words to find in titles and message text (all must occur; "
+            "plain words, no query syntax)",
+        ),
+    ] = None,
+) -> Page[ConversationPublic]:
+    return await conversation_service.list_page(
+        session, principal.user_id, page, pinned=pinned, archived=archived, query=q or None
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a conversation")
+async def create_conversation(
+    body: ConversationCreate, principal: CurrentPrincipal, session: SessionDep
+) -> ConversationPublic:
+    conversation = await conversation_service.create(session, principal.user_id, body)
+    return conversation_service.conversation_public(conversation)
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    summary="Import a conversation from its JSON export (new ids)",
+)
+async def import_conversation(
+    body: conversation_export.ConversationExport,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> ConversationDetail:
+    conversation = await conversation_export.import_conversation(
+        session, principal.user_id, body, settings
+    )
+    return await conversation_service.detail(session, principal.user_id, conversation)
+
+
+@router.get(
+    "/{conversation_id}",
+    summary="A conversation with its active branch (each message lists its versions)",
+    response_model=ConversationDetail,
+    responses=_NOT_FOUND,
+)
+async def get_conversation(
+    conversation: OwnedConversation, principal: CurrentPrincipal, session: SessionDep
+) -> Response:
+    detail = await conversation_service.detail(session, principal.user_id, conversation)
+    # Built from database rows by our own code: serialised once, not validated again.
+    return Response(detail.model_dump_json(), media_type="application/json")
+
+
+@router.put("/{conversation_id}", summary="Replace every editable field", responses=_NOT_FOUND)
+async def replace_conversation(
+    body: ConversationReplace, conversation: OwnedConversation, session: SessionDep
+) -> ConversationPublic:
+    await conversation_service.replace(session, conversation, body)
+    return conversation_service.conversation_public(conversation)
+
+
+@router.patch("/{conversation_id}", summary="Change the given fields", responses=_NOT_FOUND)
+async def patch_conversation(
+    body: ConversationPatch, conversation: OwnedConversation, session: SessionDep
+) -> ConversationPublic:
+    await conversation_service.patch(session, conversation, body)
+    return conversation_service.conversation_public(conversation)
+
+
+@router.delete(
+    "/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a conversation and its messages",
+    responses=_NOT_FOUND,
+)
+async def delete_conversation(conversation: OwnedConversation, session: SessionDep) -> Response:
+    await conversation_service.delete(session, conversation)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{conversation_id}/activate",
+    summary="Show another version: the active branch goes through the given message",
+    responses=_NOT_FOUND,
+)
+async def activate_message(
+    body: ActivateMessage,
+    conversation: OwnedConversation,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> ConversationDetail:
+    return await conversation_service.activate(
+        session, principal.user_id, conversation, body.message_id
+    )
+
+
+@router.get(
+    "/{conversation_id}/export",
+    summary="Export as JSON (every branch; importable) or Markdown (the active branch)",
+    response_model=conversation_export.ConversationExport,
+    responses={
+        200: {"content": {"text/markdown": {"schema": {"type": "string"}}}},
+        **_NOT_FOUND,
+    },
+)
+async def export_conversation(
+    conversation: OwnedConversation,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    format: Annotated[Literal["json", "markdown"], Query()] = "json",
+) -> Response:
+    messages = await repository.conversation_messages(session, principal.user_id, conversation.id)
+    if format == "markdown":
+        return Response(
+            conversation_export.to_markdown(conversation, messages),
+            media_type="text/markdown",
+            headers=_attachment(conversation.id, "md"),
+        )
+    document = conversation_export.build_export(conversation, messages)
+    return JSONResponse(
+        document.model_dump(mode="json"), headers=_attachment(conversation.id, "json")
+    )
+
+
+def _attachment(conversation_id: str, extension: str) -> dict[str, str]:
+    return {
+        "Content-Disposition": f'attachment; filename="conversation-{conversation_id}.{extension}"'
+    }

@@ -1,0 +1,121 @@
+"""Conversation titles, written in the background after the first exchange.
+
+A new conversation is titled at once with the first words of its first message; when its
+first answer is complete, the model is asked (non-streamed, `think: false`, a few tokens)
+for a short title, which replaces the first words unless the user renamed the conversation
+meanwhile. Nothing waits for it: the answer is already streamed and stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Protocol
+
+from sqlalchemy import literal_column, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from ollama_web.conversations.writes import CONVERSATIONS, Writes
+from ollama_web.core.errors import AppError
+from ollama_web.core.validation import sanitize_string
+from ollama_web.ollama.chunks import ChatChunk
+
+logger = logging.getLogger("ollama_web.conversations.titles")
+
+TITLE_TIMEOUT_SECONDS = 30.0
+TITLE_CONCURRENCY = 4
+"""Title requests in flight at once: when many answers end together (say 1000 streams),
+their titles queue here instead of flooding the upstream connection pool."""
+MAX_TITLE_CHARS = 80
+MAX_SOURCE_CHARS = 2000
+TITLE_INSTRUCTION = (
+    "Write a short title, at most six words, for a conversation that begins with the "
+    "message below. Answer with the title only: no quotes, no trailing punctuation."
+)
+TITLE_OPTIONS: dict[str, Any] = {"num_predict": 24, "temperature": 0.2}
+_PREFIX = re.compile(r"^\s*(title\s*:\s*)", re.IGNORECASE)
+# Quotes (ASCII and typographic), markup and trailing punctuation models like to add.
+_STRIP = " \t\"'`*#.:\u201c\u201d\u2018\u2019"
+
+
+class TitleGateway(Protocol):
+    async def chat_once(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        options: dict[str, Any] | None = None,
+        think: bool | str | None = None,
+    ) -> ChatChunk: ...
+
+
+def clean_title(text: str) -> str | None:
+    """The model's answer as a title: first non-empty line, no prefix, quotes or markup."""
+    for line in text.splitlines():
+        candidate = " ".join(line.split()).strip(_STRIP)
+        candidate = _PREFIX.sub("", candidate).strip(_STRIP)
+        if candidate:
+            if len(candidate) > MAX_TITLE_CHARS:
+                candidate = candidate[: MAX_TITLE_CHARS - 1].rstrip() + "…"
+            return sanitize_string(candidate, "title", MAX_TITLE_CHARS)
+    return None
+
+
+class TitleWriter:
+    def __init__(self, gateway: TitleGateway, writes: Writes) -> None:
+        self._gateway = gateway
+        self._writes = writes
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots = asyncio.Semaphore(TITLE_CONCURRENCY)
+
+    def schedule(self, user_id: str, conversation_id: str, model: str, first_message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.write(user_id, conversation_id, model, first_message)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def write(
+        self, user_id: str, conversation_id: str, model: str, first_message: str
+    ) -> str | None:
+        """Ask the model for a title and store it; None when the first words stay."""
+        messages = [
+            {"role": "system", "content": TITLE_INSTRUCTION},
+            {"role": "user", "content": first_message[:MAX_SOURCE_CHARS]},
+        ]
+        try:
+            async with self._slots, asyncio.timeout(TITLE_TIMEOUT_SECONDS):
+                answer = await self._gateway.chat_once(
+                    model, messages, options=TITLE_OPTIONS, think=False
+                )
+            title = clean_title(answer.content)
+        except (AppError, TimeoutError) as exc:
+            logger.info("no title from %s for %s: %s", model, conversation_id, exc)
+            return None
+        if title is None:
+            return None
+        table = CONVERSATIONS
+        statement = (
+            update(table)
+            .where(
+                table.c.id == conversation_id,
+                table.c.user_id == user_id,
+                table.c.title_generated.is_(False),
+            )
+            # A title is not activity: the list order stays as it was.
+            .values(title=title, title_generated=True, updated_at=literal_column("updated_at"))
+        )
+        try:
+            async with self._writes.transaction() as connection:
+                await connection.execute(statement)
+        except SQLAlchemyError:
+            logger.exception("could not store the title of %s", conversation_id)
+            return None
+        return title
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,77 @@
+"""Short write transactions on conversations and messages for work outside a request's own
+transaction (turns of a chat, generations, titles), as Core statements (no unit of work).
+
+On SQLite the writes of this process take turns on one asyncio lock: colliding in SQLite's
+busy handler would cost sleeps of up to 100 ms between retries. Message updates (checkpoints
+and final answers) are group-committed: whatever queued while a transaction ran is written
+by the next one, with one `executemany` per set of columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ollama_web.db import Conversation, Message
+
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+
+Pending = tuple[str, dict[str, Any], "asyncio.Future[None]"]
+
+
+class Writes:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._pending: list[Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One committed transaction (rolled back on error)."""
+        if self._lock is None:
+            async with self._engine.begin() as connection:
+                yield connection
+            return
+        async with self._lock, self._engine.begin() as connection:
+            yield connection
+
+    async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
+        """Update one message; returns once committed (raises what the database raised)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((message_id, values, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for message_id, values, _ in batch:
+                groups.setdefault(tuple(sorted(values)), []).append({"_id": message_id, **values})
+            try:
+                async with self.transaction() as connection:
+                    for columns, rows in groups.items():
+                        statement = (
+                            update(MESSAGES)
+                            .where(MESSAGES.c.id == bindparam("_id"))
+                            .values({column: bindparam(column) for column in columns})
+                        )
+                        await connection.execute(statement, rows)
+            except BaseException as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(None)

@@ -1,0 +1,338 @@
+"""Durable generations: disconnects, re-attach with Last-Event-ID, stop, checkpoints,
+startup and shutdown. Real uvicorn on loopback, the emulator as Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.core.db import session_scope
+from ollama_web.db import Message
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import EventReader, chat_body, parse_events, stored_conversation, text_of
+from tests.conftest import asgi_client
+from tests.fixtures.auth import TestUser, create_test_user
+
+REPLY_TOKENS = 30
+FULL_REPLY = "".join(f"tok{i}" if i == 0 else f" tok{i}" for i in range(REPLY_TOKENS))
+
+
+async def _answer(app: FastAPI, user: TestUser, conversation_id: str) -> dict[str, Any]:
+    async with asgi_client(app) as client:
+        stored = await stored_conversation(client, user, conversation_id)
+    answer: dict[str, Any] = stored["messages"][-1]
+    return answer
+
+
+async def _wait_for_status(
+    app: FastAPI, user: TestUser, conversation_id: str, status: str, timeout: float = 5.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await _answer(app, user, conversation_id)
+        if answer["status"] == status or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
+async def test_the_answer_completes_and_is_stored_after_the_client_disconnects(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 100
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            assert (await reader.next()).event == "token"
+        conversation_id = start.data["conversation_id"]
+        answer = await _wait_for_status(app, regular_user, conversation_id, "complete")
+    assert answer["content"] == FULL_REPLY
+    assert ollama_emulator.generations_completed == 1
+    assert ollama_emulator.generations_cancelled == 0
+
+
+async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_off(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    app = await app_factory(chat_settings(chat_continue_on_disconnect=False))
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 50
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            await reader.next()
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        answer = await _wait_for_status(app, user, start.data["conversation_id"], "stopped")
+    assert answer["status"] == "stopped"
+    assert FULL_REPLY.startswith(answer["content"])
+    assert len(answer["content"]) < len(FULL_REPLY)
+
+
+async def test_reattach_replays_after_last_event_id_then_follows_live(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 60
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response:
+            reader = EventReader(response)
+            first_part = [await reader.next() for _ in range(4)]
+        seen = first_part[-1].id
+        assert seen == 4
+        message_id = first_part[0].data["assistant_message_id"]
+        headers = {**regular_user.headers, "Last-Event-ID": str(seen)}
+        async with http.stream(
+            "GET", f"/api/chat/stream/{message_id}", headers=headers
+        ) as response:
+            assert response.status_code == 200
+            rest = await EventReader(response).rest()
+        assert [e.id for e in rest] == list(range(seen + 1, seen + 1 + len(rest)))
+        assert text_of(first_part) + text_of(rest) == FULL_REPLY
+        assert rest[-1].event == "done"
+        # Finished and still in memory: the same events, ids and all.
+        replay = parse_events(
+            (await http.get(f"/api/chat/stream/{message_id}", headers=headers)).content
+        )
+        assert [(e.id, e.event, e.data) for e in replay] == [(e.id, e.event, e.data) for e in rest]
+
+
+async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_database(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        events = parse_events(
+            (
+                await http.post("/api/chat/stream", json=chat_body(), headers=regular_user.headers)
+            ).content
+        )
+        message_id = events[0].data["assistant_message_id"]
+        registry: GenerationRegistry = app.state.generations
+        registry._retained.clear()
+        full = parse_events(
+            (await http.get(f"/api/chat/stream/{message_id}", headers=regular_user.headers)).content
+        )
+        late = parse_events(
+            (
+                await http.get(
+                    f"/api/chat/stream/{message_id}",
+                    headers={**regular_user.headers, "Last-Event-ID": str(events[-1].id)},
+                )
+            ).content
+        )
+    assert [e.event for e in full] == ["start", "token", "done"]
+    assert text_of(full) == text_of(events)
+    assert full[-1].data["message"] == events[-1].data["message"]
+    assert [(e.id, e.event) for e in late] == [(events[-1].id + 1, "done")]
+    assert late[0].data["message"]["content"] == text_of(events)
+
+
+async def test_stop_closes_the_upstream_within_100ms_and_every_stream_ends_stopped(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 40
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as first,
+    ):
+        reader = EventReader(first)
+        start = await reader.next()
+        message_id = start.data["assistant_message_id"]
+        await reader.next()
+        async with http.stream(
+            "GET", f"/api/chat/stream/{message_id}", headers=regular_user.headers
+        ) as second:
+            other = EventReader(second)
+            await other.next()
+            stop_sent = time.monotonic()
+            stopped = await http.post(f"/api/chat/{message_id}/stop", headers=regular_user.headers)
+            assert stopped.status_code == 200
+            await reader.rest()
+            await other.rest()
+            first_events, second_events = reader.seen, other.seen
+    assert ollama_emulator.generations_cancelled == 1
+    assert ollama_emulator.last_cancelled_at is not None
+    assert ollama_emulator.last_cancelled_at - stop_sent < 0.1
+    for events in (first_events, second_events):
+        assert events[-1].event == "done"
+        assert events[-1].data["message"]["status"] == "stopped"
+    partial = text_of(first_events)
+    assert partial
+    assert text_of(second_events) == partial
+    assert stopped.json()["message"]["content"] == partial
+    answer = await _answer(app, regular_user, start.data["conversation_id"])
+    assert answer["status"] == "stopped"
+    assert answer["content"] == partial
+
+
+async def test_an_error_line_mid_stream_stores_the_partial_answer_with_status_error(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.error_after_tokens = 5
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        events = parse_events(
+            (
+                await http.post("/api/chat/stream", json=chat_body(), headers=regular_user.headers)
+            ).content
+        )
+    assert events[-1].event == "error"
+    error = events[-1].data
+    assert error["error"] == "OLLAMA_STREAM_ERROR"
+    assert error["details"]["kind"] == "upstream_error"
+    assert "unexpectedly stopped" in error["details"]["upstream_message"]
+    partial = text_of(events)
+    assert partial == "tok0 tok1 tok2 tok3 tok4"
+    answer = await _answer(app, regular_user, events[0].data["conversation_id"])
+    assert answer["status"] == "error"
+    assert answer["content"] == partial
+    assert answer["error"]["error"] == "OLLAMA_STREAM_ERROR"
+    assert error["details"]["assistant_message"] == answer
+
+
+async def test_a_dropped_upstream_connection_stores_the_partial_answer_with_status_error(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.drop_after_tokens = 3
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        events = parse_events(
+            (
+                await http.post("/api/chat/stream", json=chat_body(), headers=regular_user.headers)
+            ).content
+        )
+    assert events[-1].event == "error"
+    assert events[-1].data["details"]["kind"] in {"disconnected", "incomplete"}
+    answer = await _answer(app, regular_user, events[0].data["conversation_id"])
+    assert (answer["status"], answer["content"]) == ("error", "tok0 tok1 tok2")
+
+
+async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    app = await app_factory(chat_settings(generation_checkpoint_seconds=0.2))
+    user = await create_test_user(app)
+    updates: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE MESSAGES"):
+            updates.append(statement)
+
+    engine = app.state.core.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    ollama_emulator.config.reply_tokens = 60
+    ollama_emulator.config.tokens_per_second = 60
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+    ):
+        reader = EventReader(response)
+        start = await reader.next()
+        await asyncio.sleep(0.5)
+        during = await _answer(app, user, start.data["conversation_id"])
+        await reader.rest()
+    event.remove(engine, "before_cursor_execute", count)
+    assert during["status"] == "streaming"
+    assert during["content"].startswith("tok0 tok1")
+    # ~1 s of tokens at 0.2 s intervals: a handful of checkpoints plus the final write,
+    # never one per token (60).
+    assert 3 <= len(updates) <= 8
+
+
+async def test_startup_marks_answers_left_running_as_interrupted_keeping_their_text(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    settings = chat_settings()
+    first = await app_factory(settings)
+    user = await create_test_user(first)
+    async with asgi_client(first) as client:
+        created = await client.post(
+            "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
+        )
+    conversation_id = created.json()["id"]
+    async with session_scope(first.state.core.sessionmaker) as session:
+        session.add(
+            Message(
+                id="f" * 32,
+                conversation_id=conversation_id,
+                role="assistant",
+                content="half an ans",
+                status="streaming",
+            )
+        )
+    second = await app_factory(settings)
+    async with asgi_client(second) as client:
+        stored = await stored_conversation(client, user, conversation_id)
+    (message,) = stored["messages"]
+    assert (message["status"], message["content"]) == ("interrupted", "half an ans")
+
+
+async def test_shutdown_stores_running_answers_as_interrupted(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    settings = chat_settings()
+    app = await app_factory(settings)
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+    ):
+        reader = EventReader(response)
+        start = await reader.next()
+        await reader.next()
+    registry: GenerationRegistry = app.state.generations
+    await registry.shutdown()
+    await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+    answer = await _answer(app, user, start.data["conversation_id"])
+    assert answer["status"] == "interrupted"
+    assert answer["content"].startswith("tok0")

@@ -1,0 +1,206 @@
+"""The generation engine and the SSE follower, against a fake upstream (unit level).
+
+The database is real (SQLite here; the end-to-end tests run both backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from starlette.types import Message as ASGIMessage
+
+from ollama_web.chat.generation import Generation, GenerationSpec
+from ollama_web.chat.sse import EventLog, SSEResponse, encode_text_event
+from ollama_web.conversations.schemas import MessagePublic
+from ollama_web.core.db import session_scope
+from ollama_web.db import Conversation, Message
+from ollama_web.db.base import new_id, utcnow
+from ollama_web.ollama.chunks import ChatChunk
+from ollama_web.ollama.errors import OllamaStreamError
+from tests.chat.conftest import parse_events
+from tests.fixtures.auth import create_test_user
+
+
+@pytest.fixture
+def db_backend() -> str:
+    return "sqlite"
+
+
+class FakeStream:
+    node_url = "http://fake-node"
+
+    def __init__(self, chunks: list[ChatChunk], gate: asyncio.Event, fail: Exception | None):
+        self.chunks = chunks
+        self.gate = gate
+        self.fail = fail
+
+    async def _iterate(self) -> AsyncIterator[ChatChunk]:
+        for chunk in self.chunks:
+            yield chunk
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+
+    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        return self._iterate()
+
+
+class FakeGateway:
+    def __init__(self, chunks: list[ChatChunk], fail: Exception | None = None) -> None:
+        self.chunks = chunks
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.closed = 0
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[FakeStream]:
+        try:
+            yield FakeStream(self.chunks, self.gate, self.fail)
+        finally:
+            self.closed += 1
+
+    def open_chat(self, model: str, messages: list[dict[str, Any]], **_: Any) -> Any:
+        return self._open()
+
+
+async def _spec(app: FastAPI) -> GenerationSpec:
+    user = await create_test_user(app)
+    now = utcnow()
+    conversation = Conversation(
+        id=new_id(), user_id=user.id, title="t", model="m:latest", options={},
+        pinned=False, archived=False, title_generated=True,
+    )  # fmt: skip
+    answer = Message(
+        id=new_id(), conversation_id=conversation.id, role="assistant", content="",
+        status="pending", created_at=now, updated_at=now,
+    )  # fmt: skip
+    async with session_scope(app.state.core.sessionmaker) as session:
+        session.add(conversation)
+        await session.flush()
+        session.add(answer)
+    message = MessagePublic(
+        id=answer.id, conversation_id=conversation.id, parent_id=None, role="assistant",
+        content="", status="pending", created_at=now, sibling_ids=[answer.id],
+    )  # fmt: skip
+    return GenerationSpec(user.id, conversation.id, "u" * 32, message, "m:latest", [])
+
+
+async def _stored(app: FastAPI, message_id: str) -> Message:
+    async with session_scope(app.state.core.sessionmaker) as session:
+        message = await session.get(Message, message_id)
+        assert message is not None
+        return message
+
+
+def _tokens(*texts: str) -> list[ChatChunk]:
+    return [ChatChunk(content=text) for text in texts]
+
+
+async def test_a_complete_generation_numbers_its_events_and_stores_the_text(app: FastAPI) -> None:
+    gateway = FakeGateway([*_tokens("a", "é", "🌍"), ChatChunk(done=True, done_reason="stop")])
+    gateway.gate.set()
+    generation = Generation(await _spec(app), gateway, app.state.generations.writes, 1.0)
+    generation.start(lambda _: None)
+    await generation.wait()
+    events = parse_events(b"".join(generation.log.frames))
+    assert [(e.id, e.event) for e in events] == [
+        (1, "start"), (2, "token"), (3, "token"), (4, "token"), (5, "done"),
+    ]  # fmt: skip
+    assert (await _stored(app, generation.id)).content == "aé🌍"
+    assert events[-1].data["message"]["done_reason"] == "stop"
+
+
+async def test_stop_while_waiting_closes_the_upstream_and_stores_stopped(app: FastAPI) -> None:
+    gateway = FakeGateway(_tokens("partial", " text"))
+    generation = Generation(await _spec(app), gateway, app.state.generations.writes, 1.0)
+    generation.start(lambda _: None)
+    await asyncio.sleep(0.01)
+    assert generation.stop() is True
+    assert generation.stop() is False
+    await generation.wait()
+    assert gateway.closed == 1
+    stored = await _stored(app, generation.id)
+    assert (stored.status, stored.content) == ("stopped", "partial text")
+    assert parse_events(generation.log.frames[-1])[0].data["message"]["status"] == "stopped"
+
+
+async def test_stop_before_the_job_runs_still_ends_it(app: FastAPI) -> None:
+    gateway = FakeGateway(_tokens("never"))
+    generation = Generation(await _spec(app), gateway, app.state.generations.writes, 1.0)
+    generation.start(lambda _: None)
+    assert generation.stop() is True
+    await generation.wait()
+    assert (await _stored(app, generation.id)).status == "stopped"
+    assert gateway.closed == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (OllamaStreamError("incomplete"), "OLLAMA_STREAM_ERROR"),
+        (RuntimeError("a bug"), "INTERNAL_ERROR"),
+    ],
+)
+async def test_a_failure_stores_the_partial_text_with_status_error(
+    app: FastAPI, failure: Exception, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = FakeGateway(_tokens("half"), fail=failure)
+    gateway.gate.set()
+    generation = Generation(await _spec(app), gateway, app.state.generations.writes, 1.0)
+    generation.start(lambda _: None)
+    await generation.wait()
+    stored = await _stored(app, generation.id)
+    assert (stored.status, stored.content) == ("error", "half")
+    assert stored.error is not None
+    assert stored.error["error"] == code
+    last = parse_events(generation.log.frames[-1])[0]
+    assert (last.event, last.data["error"]) == ("error", code)
+
+
+async def test_the_last_follower_leaving_abandons_only_when_asked() -> None:
+    log = EventLog()
+    abandoned: list[bool] = []
+    log.on_abandoned = lambda: abandoned.append(True)
+    response = SSEResponse(lambda: log, keepalive_seconds=60)
+    sent: list[ASGIMessage] = []
+    gone = asyncio.Event()
+
+    async def receive() -> ASGIMessage:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: ASGIMessage) -> None:
+        sent.append(message)
+
+    task = asyncio.create_task(response({"type": "http"}, receive, send))
+    log.emit_text("token", "x")
+    await asyncio.sleep(0.01)
+    gone.set()
+    await task
+    assert abandoned == [True]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[1]["body"] == encode_text_event(1, "token", "x")
+
+
+async def test_a_follower_replays_after_its_last_event_id_and_coalesces_backlog() -> None:
+    log = EventLog()
+    for text in ("a", "b", "c", "d"):
+        log.emit_text("token", text)
+    log.finish()
+    sent: list[ASGIMessage] = []
+
+    async def receive() -> ASGIMessage:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def send(message: ASGIMessage) -> None:
+        sent.append(message)
+
+    await SSEResponse(lambda: log, after=2)({"type": "http"}, receive, send)
+    bodies = [m["body"] for m in sent[1:]]
+    assert bodies == [log.frames[2] + log.frames[3], b""]
+    assert sent[-1]["more_body"] is False

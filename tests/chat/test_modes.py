@@ -1,0 +1,138 @@
+"""Append, edit and regenerate: every earlier version is kept; titles after the first turn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import chat_body, stored_conversation, streamed_chats
+from tests.fixtures.auth import TestUser
+
+
+async def _send(
+    client: httpx.AsyncClient, user: TestUser, emulator: OllamaEmulator, reply: str, **body: Any
+) -> dict[str, Any]:
+    emulator.config.reply = reply
+    response = await client.post("/api/chat/message", json=body, headers=user.headers)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _contents(conversation: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in conversation["messages"]]
+
+
+async def test_edit_and_regenerate_branch_and_keep_every_earlier_version(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    user, emu = regular_user, ollama_emulator
+    first = await _send(client, user, emu, "A1", model="llama3.2", content="Q1")
+    conversation_id = first["conversation_id"]
+    assert first["user_message"]["content"] == "Q1"
+    assert first["assistant_message"]["content"] == "A1"
+    assert first["assistant_message"]["status"] == "complete"
+    second = await _send(client, user, emu, "A2", conversation_id=conversation_id, content="Q2")
+    regenerated = await _send(
+        client, user, emu, "A2-bis", regenerate_message_id=second["assistant_message"]["id"]
+    )
+    assert regenerated["user_message"]["id"] == second["user_message"]["id"]
+    assert streamed_chats(emu)[-1]["messages"] == [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    conversation = await stored_conversation(client, user, conversation_id)
+    assert _contents(conversation) == ["Q1", "A1", "Q2", "A2-bis"]
+    answers = conversation["messages"][3]["sibling_ids"]
+    assert answers == [second["assistant_message"]["id"], regenerated["assistant_message"]["id"]]
+
+    edited = await _send(
+        client, user, emu, "A1'", edit_message_id=first["user_message"]["id"], content="Q1'"
+    )
+    assert streamed_chats(emu)[-1]["messages"] == [{"role": "user", "content": "Q1'"}]
+    conversation = await stored_conversation(client, user, conversation_id)
+    assert _contents(conversation) == ["Q1'", "A1'"]
+    assert conversation["messages"][0]["sibling_ids"] == [
+        first["user_message"]["id"],
+        edited["user_message"]["id"],
+    ]
+    assert conversation["messages"][0]["parent_id"] is None
+
+    # Going back to the first version shows its whole branch, newest answers included.
+    response = await client.post(
+        f"/api/conversations/{conversation_id}/activate",
+        json={"message_id": first["user_message"]["id"]},
+        headers=user.headers,
+    )
+    assert response.status_code == 200
+    assert _contents(response.json()) == ["Q1", "A1", "Q2", "A2-bis"]
+    response = await client.post(
+        f"/api/conversations/{conversation_id}/activate",
+        json={"message_id": second["assistant_message"]["id"]},
+        headers=user.headers,
+    )
+    assert _contents(response.json()) == ["Q1", "A1", "Q2", "A2"]
+    # Appending continues the branch on show.
+    await _send(client, user, emu, "A3", conversation_id=conversation_id, content="Q3")
+    conversation = await stored_conversation(client, user, conversation_id)
+    assert _contents(conversation) == ["Q1", "A1", "Q2", "A2", "Q3", "A3"]
+
+
+async def test_edit_and_regenerate_refuse_the_wrong_kind_of_message(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    first = await _send(client, regular_user, ollama_emulator, "A", model="llama3.2", content="Q")
+    cases = [
+        {"edit_message_id": first["assistant_message"]["id"], "content": "x"},
+        {"regenerate_message_id": first["user_message"]["id"]},
+    ]
+    for body in cases:
+        response = await client.post("/api/chat/message", json=body, headers=regular_user.headers)
+        assert response.status_code == 422, response.text
+
+
+async def test_a_title_is_generated_after_the_first_exchange(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    result = await _send(
+        client,
+        regular_user,
+        ollama_emulator,
+        '"Title: Greetings From Space."\nand more',
+        model="llama3.2",
+        content="Tell me about the view of the Earth from orbit please",
+    )
+    conversation_id = result["conversation_id"]
+    deadline = time.monotonic() + 5
+    while True:
+        conversation = await stored_conversation(client, regular_user, conversation_id)
+        if conversation["title_generated"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert conversation["title"] == "Greetings From Space"
+    title_request = [
+        r.json for r in ollama_emulator.requests if r.json and r.json.get("stream") is False
+    ][-1]
+    assert title_request["think"] is False
+    assert "Earth from orbit" in title_request["messages"][-1]["content"]
+
+
+async def test_without_a_model_title_the_first_words_stay(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    ollama_emulator.config.reply = "   "
+    response = await client.post(
+        "/api/chat/message",
+        json=chat_body(content="Why is the sky blue during the day and red at sunset?"),
+        headers=regular_user.headers,
+    )
+    conversation_id = response.json()["conversation_id"]
+    await asyncio.sleep(0.2)
+    conversation = await stored_conversation(client, regular_user, conversation_id)
+    assert conversation["title"] == "Why is the sky blue during the day and red at sunset?"
+    assert conversation["title_generated"] is False

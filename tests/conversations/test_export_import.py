@@ -1,0 +1,185 @@
+"""Export as JSON and Markdown; import; export -> import -> export is identical apart from
+ids and times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conversations.conftest import Seeder
+from tests.fixtures.auth import TestUser, UserFactory
+
+TIME_FIELDS = {"created_at", "updated_at", "completed_at", "exported_at"}
+ID_FIELDS = {"id", "parent_id", "active_leaf_id"}
+
+
+def _branched_document() -> dict[str, Any]:
+    """Q1 with two answers (a regeneration), then an edited Q1' with its own answer."""
+    t = "2026-01-02T03:04:0{}.000000+00:00"
+    messages = [
+        {"id": "m1", "role": "user", "content": "Q1 — ünïcödé 你好", "created_at": t.format(1)},
+        {"id": "m2", "parent_id": "m1", "role": "assistant", "content": "A1",
+         "model": "llama3.2:latest", "done_reason": "stop", "eval_count": 3,
+         "eval_duration": 1_500_000_000, "created_at": t.format(2), "completed_at": t.format(3)},
+        {"id": "m3", "parent_id": "m1", "role": "assistant", "content": "A1 again",
+         "status": "stopped", "created_at": t.format(4)},
+        {"id": "m4", "role": "user", "content": "Q1'", "images": ["aGVsbG8="],
+         "created_at": t.format(5)},
+        {"id": "m5", "parent_id": "m4", "role": "assistant", "content": "partial",
+         "status": "error", "error": {"error": "OLLAMA_STREAM_ERROR", "message": "broke",
+                                      "details": {}}, "created_at": t.format(6)},
+    ]  # fmt: skip
+    return {
+        "format": "ollama-web.conversation",
+        "version": 1,
+        "exported_at": t.format(9),
+        "conversation": {
+            "id": "c1",
+            "title": "Branches",
+            "model": "llama3.2:latest",
+            "system_prompt": "Be kind.",
+            "options": {"temperature": 0.5, "stop": ["###"]},
+            "pinned": True,
+            "archived": False,
+            "title_generated": True,
+            "active_leaf_id": "m5",
+            "created_at": t.format(0),
+            "updated_at": t.format(8),
+        },
+        "messages": messages,
+    }
+
+
+def _without_ids_and_times(document: dict[str, Any]) -> dict[str, Any]:
+    ids: dict[str, int] = {}
+
+    def strip(item: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in item.items():
+            if key in TIME_FIELDS:
+                continue
+            if key in ID_FIELDS and value is not None:
+                value = ids.setdefault(value, len(ids))
+            out[key] = value
+        return out
+
+    return {
+        **strip({k: v for k, v in document.items() if k not in ("conversation", "messages")}),
+        "conversation": strip(document["conversation"]),
+        "messages": [strip(m) for m in document["messages"]],
+    }
+
+
+async def test_export_import_export_is_identical_apart_from_ids_and_times(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    headers = regular_user.headers
+    imported = await client.post(
+        "/api/conversations/import", json=_branched_document(), headers=headers
+    )
+    assert imported.status_code == 201, imported.text
+    detail = imported.json()
+    assert [m["content"] for m in detail["messages"]] == ["Q1'", "partial"]
+    assert len(detail["messages"][0]["sibling_ids"]) == 2
+    first = await client.get(f"/api/conversations/{detail['id']}/export", headers=headers)
+    assert first.status_code == 200
+    assert "attachment" in first.headers["content-disposition"]
+    first_doc = first.json()
+    assert len(first_doc["messages"]) == 5
+    again = await client.post("/api/conversations/import", json=first_doc, headers=headers)
+    assert again.status_code == 201
+    second_doc = (
+        await client.get(f"/api/conversations/{again.json()['id']}/export", headers=headers)
+    ).json()
+    assert second_doc["conversation"]["id"] != first_doc["conversation"]["id"]
+    assert _without_ids_and_times(second_doc) == _without_ids_and_times(first_doc)
+    assert _without_ids_and_times(first_doc) == _without_ids_and_times(
+        {**_branched_document(), "messages": [
+            {**_defaults(), **m} for m in _branched_document()["messages"]
+        ]}
+    )  # fmt: skip
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        "parent_id": None,
+        "thinking": None,
+        "images": None,
+        "status": "complete",
+        "model": None,
+        "done_reason": None,
+        "error": None,
+        "prompt_eval_count": None,
+        "eval_count": None,
+        "total_duration": None,
+        "load_duration": None,
+        "prompt_eval_duration": None,
+        "eval_duration": None,
+        "completed_at": None,
+    }
+
+
+async def test_markdown_export_shows_the_active_branch(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    detail = (
+        await client.post(
+            "/api/conversations/import", json=_branched_document(), headers=regular_user.headers
+        )
+    ).json()
+    response = await client.get(
+        f"/api/conversations/{detail['id']}/export",
+        params={"format": "markdown"},
+        headers=regular_user.headers,
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/markdown")
+    text = response.text
+    assert text.startswith("# Branches\n")
+    assert "## System\n\nBe kind." in text
+    assert "## User\n\nQ1'" in text
+    assert "## Assistant — error\n\npartial" in text
+    assert "A1 again" not in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["messages"].reverse(),
+        lambda d: d["messages"].append(dict(d["messages"][0])),
+        lambda d: d["conversation"].update(active_leaf_id="nope"),
+        lambda d: d["conversation"].update(options={"bogus": 1}),
+        lambda d: d.update(format="something-else"),
+        lambda d: d["messages"][0].update(role="tool"),
+        lambda d: d["messages"][0].update(created_at="2026-01-01T00:00:00"),
+    ],
+)
+async def test_an_invalid_import_is_422_and_stores_nothing(
+    client: httpx.AsyncClient, regular_user: TestUser, change: Any
+) -> None:
+    document = _branched_document()
+    change(document)
+    response = await client.post(
+        "/api/conversations/import", json=document, headers=regular_user.headers
+    )
+    assert response.status_code == 422, response.text
+    listed = await client.get("/api/conversations", headers=regular_user.headers)
+    assert listed.json()["items"] == []
+
+
+async def test_import_belongs_to_the_importer_only(
+    client: httpx.AsyncClient, user_factory: UserFactory, seed: Seeder
+) -> None:
+    owner = await user_factory()
+    stranger = await user_factory()
+    conversation_id = await seed(owner.id, "mine", "yes")
+    exported = (
+        await client.get(f"/api/conversations/{conversation_id}/export", headers=owner.headers)
+    ).json()
+    copy = await client.post("/api/conversations/import", json=exported, headers=stranger.headers)
+    assert copy.status_code == 201
+    assert copy.json()["id"] != conversation_id
+    owner_list = (await client.get("/api/conversations", headers=owner.headers)).json()["items"]
+    assert [c["id"] for c in owner_list] == [conversation_id]

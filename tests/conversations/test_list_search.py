@@ -1,0 +1,165 @@
+"""The conversation list: order, keyset pages with signed cursors, filters, full-text search."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from ollama_web.core.db import session_scope
+from tests.conversations.conftest import Seeder
+from tests.fixtures.auth import TestUser
+
+# 150 000 messages in one statement; number 150 000 holds the word searched for.
+SQLITE_FILL = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+INSERT INTO messages (id, conversation_id, role, content, status, created_at, updated_at)
+SELECT printf('%032x', i), :cid, 'user',
+       CASE WHEN i = 150000 THEN 'the quetzalcoatlus flew over'
+            ELSE 'common words number ' || i END,
+       'complete', datetime('now'), datetime('now')
+FROM n
+"""
+POSTGRES_FILL = """
+INSERT INTO messages (id, conversation_id, role, content, status, created_at, updated_at)
+SELECT lpad(to_hex(i), 32, '0'), :cid, 'user',
+       CASE WHEN i = 150000 THEN 'the quetzalcoatlus flew over'
+            ELSE 'common words number ' || i END,
+       'complete', now(), now()
+FROM generate_series(1, 150000) AS i
+"""
+
+
+async def _list(client: httpx.AsyncClient, user: TestUser, **params: object) -> httpx.Response:
+    return await client.get("/api/conversations", params=params, headers=user.headers)
+
+
+async def test_newest_activity_first_in_keyset_pages(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    ids = [await seed(regular_user.id, title=f"c{i}", age_minutes=10 - i) for i in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, object] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await _list(client, regular_user, **params)).json()
+        seen += [item["title"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["c4", "c3", "c2", "c1", "c0"]
+    # Activity moves a conversation to the top.
+    await client.patch(
+        f"/api/conversations/{ids[0]}", json={"pinned": True}, headers=regular_user.headers
+    )
+    first = (await _list(client, regular_user, limit=1)).json()["items"][0]
+    assert first["title"] == "c0"
+
+
+async def test_a_tampered_or_foreign_cursor_is_400(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    for i in range(3):
+        await seed(regular_user.id, title=f"c{i}", age_minutes=i)
+    cursor = (await _list(client, regular_user, limit=1)).json()["next_cursor"]
+    payload, _, signature = cursor.partition(".")
+    tampered = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + signature
+    for bad in (tampered, "garbage", cursor + "x"):
+        response = await _list(client, regular_user, limit=1, cursor=bad)
+        assert response.status_code == 400
+        assert response.json()["error"] == "INVALID_CURSOR"
+    # A cursor from one filter does not page another.
+    response = await _list(client, regular_user, limit=1, cursor=cursor, archived=True)
+    assert response.status_code == 400
+
+
+async def test_filters_archived_hidden_by_default(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    await seed(regular_user.id, title="plain")
+    await seed(regular_user.id, title="pinned", pinned=True)
+    await seed(regular_user.id, title="archived", archived=True)
+
+    async def titles(**params: object) -> set[str]:
+        return {i["title"] for i in (await _list(client, regular_user, **params)).json()["items"]}
+
+    assert await titles() == {"plain", "pinned"}
+    assert await titles(archived=True) == {"archived"}
+    assert await titles(pinned=True) == {"pinned"}
+    assert await titles(pinned=False) == {"plain"}
+
+
+async def test_search_finds_words_in_messages_and_titles(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    await seed(regular_user.id, "How do volcanoes erupt?", "Magma rises.", title="Geology")
+    await seed(regular_user.id, "Recipe for crêpes", "Flour, eggs, milk.", title="Cooking")
+    await seed(regular_user.id, "Nothing here", "Indeed.", title="Magma chamber notes")
+
+    async def titles(q: str) -> set[str]:
+        response = await _list(client, regular_user, q=q)
+        assert response.status_code == 200, response.text
+        return {item["title"] for item in response.json()["items"]}
+
+    assert await titles("magma") == {"Geology", "Magma chamber notes"}
+    assert await titles("VOLCANOES erupt") == {"Geology"}
+    assert await titles("volcanoes milk") == set()
+    assert await titles("eggs") == {"Cooking"}
+    assert await titles("cook") == {"Cooking"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"',
+        "magma OR",
+        "NEAR(magma",
+        "magma*",
+        "-magma",
+        "title:magma",
+        "'; DROP TABLE messages; --",
+        "a & | ! :* <->",
+        "%",
+        "_",
+        "\\",
+        "()",
+        "^",
+    ],
+)
+async def test_search_syntax_never_reaches_the_database(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder, query: str
+) -> None:
+    await seed(regular_user.id, "about magma", "yes", title="Geology")
+    await seed(regular_user.id, "50% off", "ok", title="Sale_1")
+    response = await _list(client, regular_user, q=query)
+    assert response.status_code == 200, response.text
+    titles = {item["title"] for item in response.json()["items"]}
+    if query == "%":  # a literal percent sign, not a wildcard: no title has one
+        assert titles == set()
+    if query == "_":  # a literal underscore
+        assert titles == {"Sale_1"}
+
+
+async def test_search_finds_a_word_from_message_150000(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder, db_backend: str
+) -> None:
+    await seed(regular_user.id, "unrelated", "chat", title="Other")
+    haystack = await seed(regular_user.id, title="Haystack")
+    statement = SQLITE_FILL if db_backend == "sqlite" else POSTGRES_FILL
+    async with session_scope(app.state.core.sessionmaker) as session:
+        await session.execute(text(statement), {"cid": haystack})
+    started = time.perf_counter()
+    response = await _list(client, regular_user, q="quetzalcoatlus")
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    assert [item["title"] for item in response.json()["items"]] == ["Haystack"]
+    assert elapsed < 1.0
+    assert (await _list(client, regular_user, q="number 149999")).json()["items"][0]["id"] == (
+        haystack
+    )
+    assert (await _list(client, regular_user, q="number 150000")).json()["items"] == []
