@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ollama_web import __version__
 from ollama_web.core.config import Settings
@@ -17,8 +18,13 @@ from ollama_web.core.errors import install_error_handlers
 from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
 from ollama_web.core.state import CoreState
+from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
+from ollama_web.middleware.input_guard import InputGuardMiddleware
 from ollama_web.middleware.request_context import RequestContextMiddleware
+from ollama_web.middleware.security_headers import SecurityHeadersMiddleware, cors_options
+from ollama_web.ratelimit.dependencies import RateLimitDep
+from ollama_web.ratelimit.middleware import RateLimitHeadersMiddleware
 
 logger = logging.getLogger("ollama_web")
 
@@ -29,7 +35,14 @@ DomainLifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 # "module:attribute" of each domain lifespan, entered in this order (one line each).
 LIFESPAN_FACTORIES: tuple[str, ...] = (
+    "ollama_web.backups.lifespan:server_lock_lifespan",
     "ollama_web.migrations.runner:migrate_on_startup",
+    "ollama_web.backups.lifespan:backup_lifespan",
+    "ollama_web.ratelimit.lifespan:rate_limit_lifespan",
+    "ollama_web.metrics.lifespan:metrics_lifespan",
+    "ollama_web.auth.context:auth_lifespan",
+    "ollama_web.ollama.lifespan:gateway_lifespan",
+    "ollama_web.chat.lifespan:chat_lifespan",
 )
 
 # Modules exposing `router`, included in this order (one line each).
@@ -37,6 +50,15 @@ ROUTER_MODULES: tuple[str, ...] = (
     "ollama_web.health.router",
     "ollama_web.info.router",
     "ollama_web.docs.router",
+    "ollama_web.metrics.router",
+    "ollama_web.backups.router",
+    "ollama_web.auth.router",
+    "ollama_web.keys.router",
+    "ollama_web.admin.router",
+    "ollama_web.models.router",
+    "ollama_web.ollama.router",
+    "ollama_web.conversations.router",
+    "ollama_web.chat.router",
 )
 
 
@@ -91,11 +113,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Every routed request is rate-limited (after resolving who is calling).
+        dependencies=[RateLimitDep],
     )
     app.state.settings = settings
     install_error_handlers(app)
     _include_routers(app)
-    # Added innermost first: the request context is the outermost layer.
+    # Added innermost first. Security headers are the outermost layer so that even the
+    # request context's last-resort 500 carries them; then the request context.
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings))
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, settings=settings)
     return app

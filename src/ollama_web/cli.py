@@ -12,7 +12,10 @@ from ollama_web import __version__
 from ollama_web.core.startup import load_settings_or_exit
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "ollama_web.auth.cli",
+    "ollama_web.backups.cli",
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
