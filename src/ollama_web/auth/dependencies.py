@@ -72,7 +72,7 @@ def _require_active(user: User) -> None:
 async def _from_api_key(request: Request, session: SessionDep, raw_key: str) -> Principal:
     key, user = await authenticate_key(session, raw_key)
     _require_active(user)
-    await record_key_use(get_core(request).sessionmaker, key, utcnow())
+    await record_key_use(session, key, utcnow())
     request.state.current_user = user
     return Principal(user.id, user.username, user.role, "api_key", None, key.id)
 
@@ -109,7 +109,7 @@ async def _from_session(request: Request, session: SessionDep, token: str) -> Pr
     row, user = found
     _require_active(user)
     _check_csrf(request, row.csrf_token)
-    await record_activity(core.sessionmaker, row, now)
+    await record_activity(session, row, now)
     request.state.current_user = user
     request.state.user_session = row
     return Principal(user.id, user.username, user.role, "session", row.id, None)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 from starlette.responses import Response
 
 from ollama_web.auth.tokens import generate_csrf_token, generate_session_token, sha256_hex
 from ollama_web.core.config import Settings
-from ollama_web.core.db import session_scope
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.db import User, UserSession
 from ollama_web.db.base import utcnow
@@ -81,21 +80,19 @@ async def find_session(session: AsyncSession, token: str) -> tuple[UserSession, 
     return None if row is None else (row[0], row[1])
 
 
-async def record_activity(
-    sessionmaker: async_sessionmaker[AsyncSession], row: UserSession, now: datetime
-) -> None:
-    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe)."""
+async def record_activity(session: AsyncSession, row: UserSession, now: datetime) -> None:
+    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe), in
+    the request's transaction: a second connection per request could deadlock the pool."""
     if now - row.last_seen_at < ACTIVITY_WRITE_INTERVAL:
         return
-    async with session_scope(sessionmaker) as session:
-        await session.execute(
-            update(UserSession)
-            .where(
-                UserSession.id == row.id,
-                UserSession.last_seen_at <= now - ACTIVITY_WRITE_INTERVAL,
-            )
-            .values(last_seen_at=now)
+    await session.execute(
+        update(UserSession)
+        .where(
+            UserSession.id == row.id,
+            UserSession.last_seen_at <= now - ACTIVITY_WRITE_INTERVAL,
         )
+        .values(last_seen_at=now)
+    )
     set_committed_value(row, "last_seen_at", now)  # no change for the request to flush
 
 

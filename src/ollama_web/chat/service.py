@@ -277,8 +277,10 @@ async def _prepare(
     reservation: Reservation,
 ) -> PreparedChat:
     turn = await load_turn(session, user_id, body)
-    # The request's reads are done: give its connection back before the write transaction
+    # The request's reads are done: end its transaction (keeping the authentication's
+    # throttled activity write) and give its connection back before the write transaction
     # takes one (holding both at once deadlocks the pool under load).
+    await session.commit()
     await session.close()
     name = _model_name(turn, body)
     try:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import Select, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
@@ -23,7 +23,6 @@ from ollama_web.auth.tokens import (
     sha256_hex,
 )
 from ollama_web.core.config import Settings
-from ollama_web.core.db import session_scope
 from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.db import ApiKey, User
@@ -165,20 +164,21 @@ async def authenticate_key(session: AsyncSession, raw_key: str) -> tuple[ApiKey,
     return key, user
 
 
-async def record_key_use(
-    sessionmaker: async_sessionmaker[AsyncSession], key: ApiKey, now: datetime
-) -> None:
-    """Set `last_used_at`, at most once per interval, in its own short transaction."""
+async def record_key_use(session: AsyncSession, key: ApiKey, now: datetime) -> None:
+    """Set `last_used_at`, at most once per interval, in the request's transaction.
+
+    Not in a transaction of its own: that would hold a second pooled connection while the
+    request holds one, and a burst of requests then exhausts the pool and deadlocks.
+    """
     if key.last_used_at is not None and now - key.last_used_at < ACTIVITY_WRITE_INTERVAL:
         return
     threshold = now - ACTIVITY_WRITE_INTERVAL
-    async with session_scope(sessionmaker) as session:
-        await session.execute(
-            update(ApiKey)
-            .where(
-                ApiKey.id == key.id,
-                (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= threshold),
-            )
-            .values(last_used_at=now)
+    await session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key.id,
+            (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= threshold),
         )
+        .values(last_used_at=now)
+    )
     set_committed_value(key, "last_used_at", now)  # no change for the request to flush
