@@ -7,16 +7,19 @@ import asyncio
 import hashlib
 import json
 import shutil
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup, names
 from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.lifespan import RestoreInProgressError
 from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.core.config import Settings
 from ollama_web.migrations.runner import upgrade_settings
 from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite
 from tests.conftest import asgi_client
@@ -251,3 +254,28 @@ def test_backup_lock_serialises_concurrent_backups(sqlite_settings: SettingsMake
     assert len({info.name for info in infos if info}) == 4
     assert len(service.list_backups()) == 4
     assert all(not service.verify(info.path) for info in infos if info)
+
+
+async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
+    app_factory: Callable[[Settings], Awaitable[FastAPI]],
+    sqlite_settings: SettingsMaker,
+    tmp_path: Path,
+) -> None:
+    """Startup migrations run in a forked child: the backup hook runs there too."""
+    from ollama_web.core.db import create_null_pool_engine
+    from ollama_web.migrations.runner import migration_status, script_head, upgrade
+
+    settings = sqlite_settings(data_dir=tmp_path / "old", backup_enabled=True)
+    settings.data_dir.mkdir(parents=True)
+    engine = create_null_pool_engine(settings)
+    try:
+        await upgrade(engine, settings, revision="0001")
+        add_user_sqlite(settings, "alice")
+        app = await app_factory(settings)
+        assert (await migration_status(engine)).current == script_head()
+    finally:
+        await engine.dispose()
+    backups = DatabaseBackup(settings).list_backups()
+    assert [b.reason for b in backups if b.reason and b.reason.startswith("before migrating")]
+    async with asgi_client(app) as client:
+        assert (await client.get("/health")).status_code == 200

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -128,3 +129,63 @@ async def test_stored_revision_is_none_on_empty_and_head_after_upgrade(
         assert await stored_revision(engine) == script_head()
     finally:
         await engine.dispose()
+
+
+async def test_startup_migrates_an_empty_database_in_a_child_process(
+    app_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+    db_backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    database_url = None if db_backend == "sqlite" else request.getfixturevalue("empty_pg_database")
+    settings = settings_factory(database_url=database_url, data_dir=tmp_path / "fresh")
+    await app_factory(settings)
+    engine = create_null_pool_engine(settings)
+    try:
+        assert (await migration_status(engine)).up_to_date
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+def test_the_server_process_never_imports_alembic(tmp_path: Path) -> None:
+    """Migrating an empty database at startup leaves Alembic out of the server's memory."""
+    program = (
+        "import asyncio, sys\n"
+        "from ollama_web.app import create_app\n"
+        "from ollama_web.core.config import Settings\n"
+        "async def main():\n"
+        f"    settings = Settings(_env_file=None, data_dir={str(tmp_path / 'data')!r},"
+        " secret_key='s' * 40, backup_enabled=False, ollama_url=['http://127.0.0.1:9'])\n"
+        "    app = create_app(settings)\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        pass\n"
+        "    print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "data" / "ollama_web.db").is_file()
+
+
+async def test_a_failed_startup_migration_refuses_to_start_and_says_why(
+    app_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "broken"
+    data_dir.mkdir()
+    (data_dir / "ollama_web.db").write_bytes(b"this is not a database" * 100)
+    settings = settings_factory(data_dir=data_dir)
+    with pytest.raises(RuntimeError, match=r"the database migration failed: .*not a database"):
+        await app_factory(settings)

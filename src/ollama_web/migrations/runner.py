@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import multiprocessing
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
+from multiprocessing.connection import Connection as Connection_
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -151,10 +156,73 @@ async def status_for_settings(settings: Settings) -> MigrationStatus:
         await engine.dispose()
 
 
+def _describe(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+
+
+def _upgrade_in_fork(settings: Settings, report: Connection_) -> None:
+    """The forked child: upgrade on a loop of its own (a new thread has no running loop;
+    the parent's loop, pool and connections are never touched), report, and exit."""
+    outcome: list[str | None] = [None]
+
+    def run() -> None:
+        try:
+            asyncio.run(upgrade_settings(settings))
+        except BaseException as exc:  # reported to the parent, which refuses to start
+            outcome[0] = _describe(exc)
+
+    worker = threading.Thread(target=run, name="migrate")
+    worker.start()
+    worker.join()
+    report.send(outcome[0])
+    report.close()
+
+
+def _await_child(process: BaseProcess, reader: Connection_) -> str | None:
+    try:
+        error: str | None = reader.recv()
+    except EOFError:
+        error = "the migration process ended without a report"
+    process.join()
+    if error is None and process.exitcode != 0:
+        error = f"the migration process exited with status {process.exitcode}"
+    return error
+
+
+async def upgrade_in_child(settings: Settings) -> None:
+    """Upgrade from a forked child process, where the platform can fork.
+
+    Alembic and the migration scripts then never load into the server: they would stay
+    resident (~10 MB) for the life of a process that needs them once. A fork inherits what
+    is already imported (a fresh interpreter would take ~1 s to import it again) and the
+    registered before-upgrade hooks; it reports failure back over a pipe.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods():
+        await upgrade_settings(settings)
+        return
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_upgrade_in_fork, args=(settings, writer), name="ollama-web-migrate"
+    )
+    process.start()
+    writer.close()
+    try:
+        error = await asyncio.to_thread(_await_child, process, reader)
+    finally:
+        reader.close()
+    if error is not None:
+        raise RuntimeError(f"the database migration failed: {error}")
+
+
 @asynccontextmanager
 async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine: AsyncEngine = app.state.core.engine
-    if settings.migrate_on_startup and await stored_revision(engine) != script_head():
-        await upgrade(engine, settings)
+    if settings.migrate_on_startup:
+        current = await stored_revision(engine)
+        if current != script_head():
+            await upgrade_in_child(settings)
+            logger.info("migrated database from %s to %s", current or "empty", script_head())
     yield
