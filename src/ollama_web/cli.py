@@ -22,11 +22,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = load_settings_or_exit()
+    workers = None if args.reload else (args.workers or settings.workers)
+    if workers is not None and workers > 1 and settings.migrate_on_startup:
+        # Once, here, before the workers start: each would otherwise try it at once.
+        from ollama_web.migrations.runner import upgrade_settings
+
+        asyncio.run(upgrade_settings(settings))
     uvicorn.run(
         "ollama_web.main:app",
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=None if args.reload else (args.workers or settings.workers),
+        workers=workers,
         reload=args.reload,
         loop="auto",
         http="auto",

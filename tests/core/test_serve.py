@@ -40,8 +40,10 @@ def _wait_health(port: int, deadline: float) -> tuple[dict[str, object], float]:
     [
         ["-m", "ollama_web", "serve", "--host", "127.0.0.1", "--port", "{port}"],
         ["-m", "uvicorn", "ollama_web.main:app", "--host", "127.0.0.1", "--port", "{port}"],
+        # Migrated once by the supervisor before the two workers start.
+        ["-m", "ollama_web", "serve", "--workers", "2", "--host", "127.0.0.1", "--port", "{port}"],
     ],
-    ids=["ollama-web-serve", "uvicorn-main-app"],
+    ids=["ollama-web-serve", "uvicorn-main-app", "ollama-web-serve-2-workers"],
 )
 def test_fresh_server_answers_health_degraded_without_ollama(
     tmp_path: Path, command: list[str]
