@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations import repository
@@ -78,22 +80,34 @@ async def detail(
     """The conversation with its active branch. Messages are read as plain rows (no ORM
     objects): opening a long conversation stays cheap."""
     rows = await repository.message_rows(session, user_id, conversation.id)
-    messages = []
-    for row in rows:
-        values = dict(row)
+    tree = Tree([_Row(row) for row in rows])
+    path = []
+    for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
+        values = tree.by_id[message_id].values
         count, duration = values["eval_count"], values["eval_duration"]
         values["tokens_per_second"] = (
             round(count / duration * 1e9, 2) if count and duration else None
         )
-        messages.append(MessagePublic.model_validate(values))
-    tree = Tree(messages)
-    items = []
-    for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
-        message = tree.by_id[message_id]
-        message.sibling_ids = tree.siblings(message_id)
-        items.append(message)
+        values["sibling_ids"] = tree.siblings(message_id)
+        path.append(values)
+    items = _MESSAGE_LIST.validate_python(path)  # one call into pydantic-core for them all
     public = conversation_public(conversation)
     return ConversationDetail(**dict(public), messages=items)
+
+
+_MESSAGE_LIST = TypeAdapter(list[MessagePublic])
+
+
+class _Row:
+    """A message row as a tree node (only the active path becomes `MessagePublic`)."""
+
+    __slots__ = ("id", "parent_id", "role", "values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.id: str = values["id"]
+        self.parent_id: str | None = values["parent_id"]
+        self.role: str = values["role"]
+        self.values = values
 
 
 async def create(session: AsyncSession, user_id: str, body: ConversationCreate) -> Conversation:
