@@ -42,14 +42,22 @@ def _tables(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
 
-async def test_upgrade_from_empty_creates_schema_and_matches_models(
+@pytest.fixture
+def empty_settings(
     settings_factory: Callable[..., Settings],
     db_backend: str,
     request: pytest.FixtureRequest,
     tmp_path: Path,
-) -> None:
+) -> Settings:
+    """Settings for a database with no schema yet (a new SQLite file, or a new PG database)."""
     database_url = None if db_backend == "sqlite" else request.getfixturevalue("empty_pg_database")
-    settings = settings_factory(database_url=database_url, data_dir=tmp_path / "empty")
+    return settings_factory(database_url=database_url, data_dir=tmp_path / "empty")
+
+
+async def test_upgrade_from_empty_creates_schema_and_matches_models(
+    empty_settings: Settings,
+) -> None:
+    settings = empty_settings
     engine = create_null_pool_engine(settings)
     try:
         before = await migration_status(engine)
@@ -68,9 +76,11 @@ async def test_upgrade_from_empty_creates_schema_and_matches_models(
         await engine.dispose()
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _python(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ollama_web", *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -78,6 +88,10 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
         timeout=120,
         check=False,
     )
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return _python(["-m", "ollama_web", *args], cwd, env)
 
 
 def test_migrate_cli_status_exit_codes_and_idempotence(tmp_path: Path) -> None:
@@ -95,15 +109,8 @@ def test_migrate_cli_status_exit_codes_and_idempotence(tmp_path: Path) -> None:
     status = _cli(["migrate", "--status"], env, tmp_path)
     assert status.returncode == 0
     assert "up to date" in status.stdout
-    wrapper = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[2] / "scripts" / "run_migrations.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    script = Path(__file__).parents[2] / "scripts" / "run_migrations.py"
+    wrapper = _python([str(script)], tmp_path, env)
     assert wrapper.returncode == 0, wrapper.stderr
     assert "already up to date" in wrapper.stdout
 
@@ -132,16 +139,10 @@ async def test_stored_revision_is_none_on_empty_and_head_after_upgrade(
 
 
 async def test_startup_migrates_an_empty_database_in_a_child_process(
-    app_factory: Callable[[Settings], Any],
-    settings_factory: Callable[..., Settings],
-    db_backend: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
+    app_factory: Callable[[Settings], Any], empty_settings: Settings
 ) -> None:
-    database_url = None if db_backend == "sqlite" else request.getfixturevalue("empty_pg_database")
-    settings = settings_factory(database_url=database_url, data_dir=tmp_path / "fresh")
-    await app_factory(settings)
-    engine = create_null_pool_engine(settings)
+    await app_factory(empty_settings)
+    engine = create_null_pool_engine(empty_settings)
     try:
         assert (await migration_status(engine)).up_to_date
         async with engine.connect() as conn:
@@ -165,14 +166,7 @@ def test_the_server_process_never_imports_alembic(tmp_path: Path) -> None:
         "    print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
         "asyncio.run(main())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    result = _python(["-c", program], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "data" / "ollama_web.db").is_file()
