@@ -223,6 +223,8 @@ async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
     if settings.migrate_on_startup:
         current = await stored_revision(engine)
         if current != script_head():
+            # No pooled connection (nor its driver thread) is carried into the fork.
+            await engine.dispose()
             await upgrade_in_child(settings)
             logger.info("migrated database from %s to %s", current or "empty", script_head())
     yield
