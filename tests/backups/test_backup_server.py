@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -52,8 +53,39 @@ async def test_backups_at_startup_and_shutdown_once_there_are_users(
         await create_test_user(app, role="admin")
     assert _reasons(settings.backup_dir) == ["shutdown"]
     async with app.router.lifespan_context(app):
+        # Taken in the background: the server is ready before it is written.
+        await app.state.backups.startup_backup_done()
         assert _reasons(settings.backup_dir) == ["shutdown", "startup"]
     assert _reasons(settings.backup_dir) == ["shutdown", "startup", "shutdown"]
+
+
+async def test_the_startup_backup_does_not_hold_readiness(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large database takes long to copy: the server answers meanwhile."""
+    import threading
+
+    from ollama_web.app import create_app
+
+    settings = sqlite_settings(backup_enabled=True, backup_interval_hours=0)
+    add_user_sqlite(settings, "alice")
+    release = threading.Event()
+    original = DatabaseBackup.create_backup
+
+    def slow_backup(self: DatabaseBackup, *args: Any, **kwargs: Any) -> Any:
+        assert release.wait(30)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatabaseBackup, "create_backup", slow_backup)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with asgi_client(app) as client:
+            assert (await client.get("/health/live")).status_code == 200
+        assert _reasons(settings.backup_dir) == []
+        release.set()
+        await app.state.backups.startup_backup_done()
+        assert _reasons(settings.backup_dir) == ["startup"]
+    assert _reasons(settings.backup_dir) == ["startup", "shutdown"]
 
 
 async def test_periodic_backups_follow_the_interval(
@@ -62,6 +94,7 @@ async def test_periodic_backups_follow_the_interval(
     settings = sqlite_settings()
     add_user_sqlite(settings, "alice")
     app = await backup_app(backup_enabled=True, backup_interval_hours=1.5 / 3600)
+    await app.state.backups.startup_backup_done()
     admin = await create_test_user(app, role="admin")
     async with asgi_client(app) as client:
         status = (await client.get("/backup/status", headers=admin.headers)).json()

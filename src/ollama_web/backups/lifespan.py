@@ -78,11 +78,12 @@ async def backup_lifespan(app: FastAPI) -> AsyncIterator[None]:
     register_check(app, "backups", health)
     leader = runtime.automatic and runtime.try_lead()
     if leader:
-        await runtime.automatic_backup("startup")
+        runtime.start_startup_backup()
     runtime.start_scheduler()
     try:
         yield
     finally:
+        await runtime.startup_backup_done()
         await runtime.stop_scheduler()
         if runtime.automatic and runtime.scheduler_lock.held:
             await runtime.automatic_backup("shutdown")

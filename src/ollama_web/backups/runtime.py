@@ -38,6 +38,7 @@ class BackupRuntime:
         self.last_error_at: datetime | None = None
         self._next_attempt = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._startup: asyncio.Task[None] | None = None
 
     @property
     def interval(self) -> timedelta | None:
@@ -71,6 +72,15 @@ class BackupRuntime:
             self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
             logger.error("automatic backup (%s) failed: %s", reason, exc)
 
+    def start_startup_backup(self) -> None:
+        """The startup backup, in the background: a large database must not hold the
+        server's readiness for as long as its copy and compression take."""
+        self._startup = asyncio.create_task(self.automatic_backup("startup"), name="backup-startup")
+
+    async def startup_backup_done(self) -> None:
+        if self._startup is not None:
+            await asyncio.shield(self._startup)
+
     def next_scheduled_at(self, newest: BackupInfo | None) -> datetime | None:
         interval = self.interval
         if interval is None or not self.automatic:
@@ -90,6 +100,7 @@ class BackupRuntime:
         interval = self.interval
         assert interval is not None
         pause = min(TICK_SECONDS, interval.total_seconds())
+        await self.startup_backup_done()  # it counts as the newest backup
         while True:
             wait = pause
             if self.try_lead() and time.monotonic() >= self._next_attempt:
