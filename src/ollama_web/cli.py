@@ -28,6 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
         from ollama_web.migrations.runner import upgrade_settings
 
         asyncio.run(upgrade_settings(settings))
+    elif workers == 1:
+        # This process is the server: a new database gets its schema while it starts.
+        from ollama_web.migrations.runner import begin_early_migration
+
+        begin_early_migration(settings)
     uvicorn.run(
         "ollama_web.main:app",
         host=args.host or settings.host,

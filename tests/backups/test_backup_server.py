@@ -296,7 +296,12 @@ async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
 ) -> None:
     """Startup migrations run in a forked child: the backup hook runs there too."""
     from ollama_web.core.db import create_null_pool_engine
-    from ollama_web.migrations.runner import migration_status, script_head, upgrade
+    from ollama_web.migrations.runner import (
+        begin_early_migration,
+        migration_status,
+        script_head,
+        upgrade,
+    )
 
     settings = sqlite_settings(data_dir=tmp_path / "old", backup_enabled=True)
     settings.data_dir.mkdir(parents=True)
@@ -304,6 +309,9 @@ async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
     try:
         await upgrade(engine, settings, revision="0001")
         add_user_sqlite(settings, "alice")
+        # `serve`'s early child only gives schemas to new databases: this one waits for
+        # the lifespan, where the backup hook is registered.
+        begin_early_migration(settings)
         app = await app_factory(settings)
         assert (await migration_status(engine)).current == script_head()
     finally:

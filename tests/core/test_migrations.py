@@ -183,3 +183,21 @@ async def test_a_failed_startup_migration_refuses_to_start_and_says_why(
     settings = settings_factory(data_dir=data_dir)
     with pytest.raises(RuntimeError, match=r"the database migration failed: .*not a database"):
         await app_factory(settings)
+
+
+async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
+    app_factory: Callable[[Settings], Any],
+    empty_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ollama_web.migrations.runner import begin_early_migration
+
+    begin_early_migration(empty_settings)  # what `ollama-web serve` does before the imports
+    with caplog.at_level("INFO", logger="ollama_web.migrations"):
+        await app_factory(empty_settings)
+    assert "while the server started" in caplog.text
+    engine = create_null_pool_engine(empty_settings)
+    try:
+        assert (await migration_status(engine)).up_to_date
+    finally:
+        await engine.dispose()

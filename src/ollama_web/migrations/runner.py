@@ -161,16 +161,34 @@ def _describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
 
 
-def _upgrade_in_fork(settings: Settings, report: Connection_) -> None:
+async def _upgrade_if_empty(settings: Settings) -> bool:
+    """Upgrade a database that has no schema yet; leave any other alone (its upgrade needs
+    the before-upgrade hooks, which run where the app registered them)."""
+    engine = create_null_pool_engine(settings)
+    try:
+        if await stored_revision(engine) is not None:
+            return False
+        await upgrade(engine, settings)
+        return True
+    finally:
+        await engine.dispose()
+
+
+async def _upgrade_all(settings: Settings) -> bool:
+    return not (await upgrade_settings(settings)).up_to_date
+
+
+def _upgrade_in_fork(settings: Settings, report: Connection_, only_if_empty: bool) -> None:
     """The forked child: upgrade on a loop of its own (a new thread has no running loop;
     the parent's loop, pool and connections are never touched), report, and exit."""
-    outcome: list[str | None] = [None]
+    outcome: list[tuple[str | None, bool]] = [("the migration did not run", False)]
 
     def run() -> None:
         try:
-            asyncio.run(upgrade_settings(settings))
-        except BaseException as exc:  # reported to the parent, which refuses to start
-            outcome[0] = _describe(exc)
+            work = _upgrade_if_empty(settings) if only_if_empty else _upgrade_all(settings)
+            outcome[0] = (None, asyncio.run(work))
+        except BaseException as exc:  # reported to the parent
+            outcome[0] = (_describe(exc), False)
 
     worker = threading.Thread(target=run, name="migrate")
     worker.start()
@@ -179,15 +197,50 @@ def _upgrade_in_fork(settings: Settings, report: Connection_) -> None:
     report.close()
 
 
-def _await_child(process: BaseProcess, reader: Connection_) -> str | None:
+def _await_child(process: BaseProcess, reader: Connection_) -> tuple[str | None, bool]:
+    """(error, migrated) as the child reported them."""
     try:
-        error: str | None = reader.recv()
+        error, migrated = reader.recv()
     except EOFError:
-        error = "the migration process ended without a report"
+        error, migrated = "the migration process ended without a report", False
+    finally:
+        reader.close()
     process.join()
     if error is None and process.exitcode != 0:
         error = f"the migration process exited with status {process.exitcode}"
-    return error
+    return error, migrated
+
+
+_Child = tuple[BaseProcess, Connection_]
+_early_child: _Child | None = None
+
+
+def _fork(settings: Settings, *, only_if_empty: bool) -> _Child | None:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_upgrade_in_fork,
+        args=(settings, writer, only_if_empty),
+        name="ollama-web-migrate",
+    )
+    process.start()
+    writer.close()
+    return process, reader
+
+
+def begin_early_migration(settings: Settings) -> None:
+    """`ollama-web serve`, before it imports the app: a brand-new database is given its
+    schema by a child running beside the server's own imports and app build (~1 s), on
+    another core. The lifespan's `migrate_on_startup` waits for it, then checks as always."""
+    global _early_child
+    if not settings.migrate_on_startup or _early_child is not None:
+        return
+    default_file = settings.data_dir / "ollama_web.db"
+    if settings.database_url is None and default_file.exists() and default_file.stat().st_size:
+        return  # an existing embedded database: no child needed to find that out
+    _early_child = _fork(settings, only_if_empty=True)
 
 
 async def upgrade_in_child(settings: Settings) -> None:
@@ -198,22 +251,24 @@ async def upgrade_in_child(settings: Settings) -> None:
     is already imported (a fresh interpreter would take ~1 s to import it again) and the
     registered before-upgrade hooks; it reports failure back over a pipe.
     """
-    if "fork" not in multiprocessing.get_all_start_methods():
+    child = _fork(settings, only_if_empty=False)
+    if child is None:
         await upgrade_settings(settings)
         return
-    context = multiprocessing.get_context("fork")
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_upgrade_in_fork, args=(settings, writer), name="ollama-web-migrate"
-    )
-    process.start()
-    writer.close()
-    try:
-        error = await asyncio.to_thread(_await_child, process, reader)
-    finally:
-        reader.close()
+    error, _ = await asyncio.to_thread(_await_child, *child)
     if error is not None:
         raise RuntimeError(f"the database migration failed: {error}")
+
+
+async def _finish_early_migration() -> None:
+    global _early_child
+    child, _early_child = _early_child, None
+    if child is not None:
+        error, migrated = await asyncio.to_thread(_await_child, *child)
+        if error is not None:  # the check below retries it, and reports what fails
+            logger.warning("early migration did not complete: %s", error)
+        elif migrated:
+            logger.info("migrated the new database to %s while the server started", script_head())
 
 
 @asynccontextmanager
@@ -221,6 +276,7 @@ async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine: AsyncEngine = app.state.core.engine
     if settings.migrate_on_startup:
+        await _finish_early_migration()
         current = await stored_revision(engine)
         if current != script_head():
             # No pooled connection (nor its driver thread) is carried into the fork.
