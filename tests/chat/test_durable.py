@@ -60,7 +60,9 @@ async def test_the_answer_completes_and_is_stored_after_the_client_disconnects(
         conversation_id = start.data["conversation_id"]
         answer = await _wait_for_status(app, regular_user, conversation_id, "complete")
     assert answer["content"] == FULL_REPLY
-    assert ollama_emulator.generations_completed == 1
+    # It ran to its end upstream; the title request that follows a first answer may have
+    # completed by now too.
+    assert ollama_emulator.generations_completed in (1, 2)
     assert ollama_emulator.generations_cancelled == 0
 
 

@@ -34,11 +34,11 @@ async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
             await throttle.aclose()
 
 
-def get_passwords(settings: SettingsDep) -> Passwords:
+async def get_passwords(settings: SettingsDep) -> Passwords:
     return passwords_for(settings)
 
 
-def get_login_throttle(request: Request) -> LoginThrottle:
+async def get_login_throttle(request: Request) -> LoginThrottle:
     """The throttle, on the shared rate-limit storage (Redis when configured) if the rate
     limiter set one up, else on its own in-memory storage. Created lazily so it does not
     matter which lifespan starts first."""
@@ -50,7 +50,7 @@ def get_login_throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
-def get_client_info(request: Request, settings: SettingsDep) -> ClientInfo:
+async def get_client_info(request: Request, settings: SettingsDep) -> ClientInfo:
     user_agent = request.headers.get("user-agent")
     return ClientInfo(
         ip_address=client_address(request, settings),
@@ -58,7 +58,7 @@ def get_client_info(request: Request, settings: SettingsDep) -> ClientInfo:
     )
 
 
-def refuse_cross_site(request: Request, settings: SettingsDep) -> None:
+async def refuse_cross_site(request: Request, settings: SettingsDep) -> None:
     """Login and setup must not be posted from another site's page."""
     if is_cross_site(request, settings):
         raise CrossSiteRequestError("Cross-site requests to this endpoint are refused.")

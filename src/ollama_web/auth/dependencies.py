@@ -30,7 +30,7 @@ from ollama_web.auth.sessions import (
     record_activity,
 )
 from ollama_web.core.db import session_scope
-from ollama_web.core.dependencies import SessionDep, get_core
+from ollama_web.core.dependencies import SessionDep, core_of
 from ollama_web.core.errors import ForbiddenError, UnauthenticatedError
 from ollama_web.db import User
 from ollama_web.db.base import utcnow
@@ -79,7 +79,7 @@ async def _from_api_key(request: Request, session: SessionDep, raw_key: str) -> 
 
 def _session_gone(request: Request) -> UnauthenticatedError:
     """401 that also tells the browser to drop the stale cookie."""
-    settings = get_core(request).settings
+    settings = core_of(request).settings
     response = Response()
     clear_session_cookie(response, settings, secure=request_is_https(request, settings))
     return UnauthenticatedError(
@@ -91,7 +91,7 @@ def _session_gone(request: Request) -> UnauthenticatedError:
 def _check_csrf(request: Request, expected: str) -> None:
     if request.method not in UNSAFE_METHODS:
         return
-    if not get_core(request).settings.csrf_protection_enabled:
+    if not core_of(request).settings.csrf_protection_enabled:
         return
     given = request.headers.get(CSRF_HEADER, "")
     if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -101,7 +101,7 @@ def _check_csrf(request: Request, expected: str) -> None:
 
 
 async def _from_session(request: Request, session: SessionDep, token: str) -> Principal:
-    core = get_core(request)
+    core = core_of(request)
     found = await find_session(session, token)
     now = utcnow()
     if found is None or not is_session_live(found[0], core.settings, now):
@@ -139,7 +139,7 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
+async def require_admin(principal: CurrentPrincipal) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("This requires an administrator.")
     return principal
@@ -148,11 +148,11 @@ def require_admin(principal: CurrentPrincipal) -> Principal:
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
-def get_current_user(request: Request, principal: CurrentPrincipal) -> User:
+async def get_current_user(request: Request, principal: CurrentPrincipal) -> User:
     return cast(User, request.state.current_user)
 
 
-def get_admin_user(request: Request, principal: AdminPrincipal) -> User:
+async def get_admin_user(request: Request, principal: AdminPrincipal) -> User:
     return cast(User, request.state.current_user)
 
 
@@ -176,5 +176,5 @@ async def authenticate_for_body_error(request: Request) -> None:
     resolves dependencies): a caller without credentials gets 401, not 400/422."""
     if not _route_needs_principal(request):
         return
-    async with session_scope(get_core(request).sessionmaker) as session:
+    async with session_scope(core_of(request).sessionmaker) as session:
         await get_principal(request, session)

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from ollama_web.chat.registry import GenerationRegistry
 
 
-def get_registry(request: Request) -> GenerationRegistry:
+async def get_registry(request: Request) -> GenerationRegistry:
     return cast(GenerationRegistry, request.app.state.generations)
 
 

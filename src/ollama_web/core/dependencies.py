@@ -13,17 +13,23 @@ from ollama_web.core.db import session_scope
 from ollama_web.core.state import CoreState
 
 
-def get_core(request: Request) -> CoreState:
+def core_of(request: Request) -> CoreState:
     return cast(CoreState, request.app.state.core)
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` even when they only read app state: FastAPI runs a plain
+# `def` dependency in its thread pool, a thread hop per dependency per request.
+async def get_core(request: Request) -> CoreState:
+    return core_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One request, one transaction: commit on success, roll back on error."""
-    async with session_scope(get_core(request).sessionmaker) as session:
+    async with session_scope(core_of(request).sessionmaker) as session:
         yield session
 
 

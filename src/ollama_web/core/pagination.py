@@ -201,7 +201,7 @@ class PageParams:
         return PageResult(items=items, next_cursor=cursor)
 
 
-def get_page_params(
+async def get_page_params(
     request: Request,
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1-200).")

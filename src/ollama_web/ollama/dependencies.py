@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from ollama_web.ollama.gateway import OllamaGateway
 
 
-def get_gateway(request: Request) -> OllamaGateway:
+async def get_gateway(request: Request) -> OllamaGateway:
     return cast(OllamaGateway, request.app.state.gateway)
 
 
