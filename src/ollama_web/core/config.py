@@ -185,10 +185,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def embedded_database_file(self) -> Path | None:
+        """The default SQLite file in DATA_DIR; None when DATABASE_URL names a database."""
+        return self.data_dir / "ollama_web.db" if self.database_url is None else None
+
     @cached_property
     def async_database_url(self) -> str:
         """The SQLAlchemy URL with an async driver."""
-        url = self.database_url or f"sqlite:///{(self.data_dir / 'ollama_web.db').as_posix()}"
+        embedded = self.embedded_database_file
+        url = f"sqlite:///{embedded.as_posix()}" if embedded else str(self.database_url)
         for prefix, driver in (
             ("postgresql+asyncpg://", "postgresql+asyncpg://"),
             ("postgresql://", "postgresql+asyncpg://"),

@@ -237,8 +237,8 @@ def begin_early_migration(settings: Settings) -> None:
     global _early_child
     if not settings.migrate_on_startup or _early_child is not None:
         return
-    default_file = settings.data_dir / "ollama_web.db"
-    if settings.database_url is None and default_file.exists() and default_file.stat().st_size:
+    embedded = settings.embedded_database_file
+    if embedded is not None and embedded.exists() and embedded.stat().st_size:
         return  # an existing embedded database: no child needed to find that out
     _early_child = _fork(settings, only_if_empty=True)
 
