@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpcore
 import httpx
 
 from ollama_web import __version__
@@ -21,6 +22,7 @@ from ollama_web.ollama.errors import (
     error_from_response,
     error_from_transport,
 )
+from ollama_web.ollama.netstream import AsyncioBackend
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
 JSON_HEADERS = {"Accept": "application/json"}
@@ -45,12 +47,31 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         pool=settings.ollama_connect_timeout_seconds,
     )
     return httpx.AsyncClient(
-        limits=limits,
+        transport=PooledTransport(limits),
         timeout=timeout,
         headers={"User-Agent": f"ollama-web/{__version__}"},
         follow_redirects=False,
         trust_env=False,
     )
+
+
+class PooledTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (request and error mapping), over an httpcore pool that runs on
+    our asyncio backend (`netstream`) instead of anyio's.
+
+    `AsyncHTTPTransport.__init__` offers no way to pass a network backend and does nothing but
+    build its pool, so this builds that pool itself, with the same settings as httpx would
+    (`trust_env=False`); tests check this pool is the one in use.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=AsyncioBackend(),
+        )
 
 
 class Upstream:
