@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from ollama_web.chat import leases
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.db import session_scope
 from ollama_web.db import Message
+from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import EventReader, chat_body, parse_events, stored_conversation, text_of
 from tests.conftest import asgi_client
@@ -324,32 +327,103 @@ async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
     assert 3 <= len(updates) <= 8
 
 
-async def test_startup_marks_answers_left_running_as_interrupted_keeping_their_text(
-    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
-) -> None:
-    settings = chat_settings()
-    first = await app_factory(settings)
-    user = await create_test_user(first)
-    async with asgi_client(first) as client:
+async def _conversation_with_unfinished_answers(
+    app: FastAPI, user: TestUser, written_ago: dict[str, float]
+) -> str:
+    """A conversation holding `streaming` answers (id -> seconds since their row was written)
+    as a server process would have left them."""
+    async with asgi_client(app) as client:
         created = await client.post(
             "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
         )
-    conversation_id = created.json()["id"]
-    async with session_scope(first.state.core.sessionmaker) as session:
-        session.add(
-            Message(
-                id="f" * 32,
-                conversation_id=conversation_id,
-                role="assistant",
-                content="half an ans",
-                status="streaming",
+    conversation_id: str = created.json()["id"]
+    async with session_scope(app.state.core.sessionmaker) as session:
+        for message_id, ago in written_ago.items():
+            written = utcnow() - timedelta(seconds=ago)
+            session.add(
+                Message(
+                    id=message_id,
+                    conversation_id=conversation_id,
+                    role="assistant",
+                    content=f"half an answer {message_id[0]}",
+                    status="streaming",
+                    created_at=written,
+                    updated_at=written,
+                )
             )
+    return conversation_id
+
+
+async def _statuses(app: FastAPI, ids: list[str]) -> dict[str, tuple[str, str]]:
+    async with session_scope(app.state.core.sessionmaker) as session:
+        rows = await session.execute(
+            select(Message.id, Message.status, Message.content).where(Message.id.in_(ids))
         )
+        return {row.id: (row.status, row.content) for row in rows}
+
+
+async def test_startup_marks_abandoned_answers_interrupted_keeping_their_text(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    """An answer not written for longer than the stale interval (15 s by default) belongs to
+    a process that is gone; a freshly written one may be another live process's."""
+    settings = chat_settings()
+    first = await app_factory(settings)
+    user = await create_test_user(first)
+    old, fresh = "f" * 32, "e" * 32
+    await _conversation_with_unfinished_answers(first, user, {old: 3600.0, fresh: 0.0})
     second = await app_factory(settings)
-    async with asgi_client(second) as client:
-        stored = await stored_conversation(client, user, conversation_id)
-    (message,) = stored["messages"]
-    assert (message["status"], message["content"]) == ("interrupted", "half an ans")
+    assert await _statuses(second, [old, fresh]) == {
+        old: ("interrupted", "half an answer f"),
+        fresh: ("streaming", "half an answer e"),
+    }
+
+
+async def test_answers_of_a_process_that_died_are_swept_once_stale(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    checkpoint = 0.05  # heartbeat 0.25 s, stale after 0.75 s
+    app = await app_factory(chat_settings(generation_checkpoint_seconds=checkpoint))
+    user = await create_test_user(app)
+    orphan = "d" * 32
+    await _conversation_with_unfinished_answers(app, user, {orphan: 0.0})
+    assert await _statuses(app, [orphan]) == {orphan: ("streaming", "half an answer d")}
+    deadline = time.monotonic() + 5.0
+    while (await _statuses(app, [orphan]))[orphan][0] != "interrupted":
+        assert time.monotonic() < deadline, "the stale answer was never swept"
+        await asyncio.sleep(0.05)
+    assert leases.stale_seconds(checkpoint) == 0.75
+
+
+async def test_a_second_process_leaves_the_first_ones_generation_alone(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Two processes on one database (workers, or instances): a generation waiting for a
+    model to load writes no checkpoint, but keeps its lease with heartbeats, so the other
+    process's sweeps (at its start, then every 0.75 s here) never interrupt it."""
+    settings = chat_settings(generation_checkpoint_seconds=0.05)
+    first = await app_factory(settings)
+    user = await create_test_user(first)
+    ollama_emulator.config.first_token_delay = 2.0
+    ollama_emulator.config.reply_tokens = 5
+    async with (
+        live_server(first) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+    ):
+        reader = EventReader(response)
+        start = await reader.next()
+        answer_id = start.data["assistant_message_id"]
+        second = await app_factory(settings)  # sweeps at startup, then periodically
+        await asyncio.sleep(1.6)  # two stale intervals, still before the first token
+        (status, _), *_ = (await _statuses(second, [answer_id])).values()
+        assert status in {"pending", "streaming"}
+        events = await reader.rest()
+    assert events[-1].event == "done"
+    assert (await _statuses(first, [answer_id]))[answer_id][0] == "complete"
 
 
 async def test_shutdown_stores_running_answers_as_interrupted(

@@ -125,6 +125,8 @@ class Generation:
         self._task: asyncio.Task[None] | None = None
         self._checkpoint: asyncio.Task[None] | None = None
         self._next_checkpoint = 0.0
+        self._last_write = asyncio.get_running_loop().time()
+        """When the row was last written (it was committed just before the job started)."""
         self.log.emit(
             "start",
             {
@@ -248,6 +250,14 @@ class Generation:
         values = {"content": content, "thinking": thinking, "status": STREAMING}
         await self._write(values)
 
+    async def heartbeat(self, interval: float) -> None:
+        """Write `updated_at` when nothing else wrote the row for `interval` seconds (say,
+        while a model loads): it tells other processes this answer is alive (see `leases`)."""
+        if self._finishing or self.finished.is_set():
+            return
+        if asyncio.get_running_loop().time() - self._last_write >= interval:
+            await self._write({})
+
     async def _write(self, values: dict[str, Any]) -> bool:
         values["updated_at"] = utcnow()
         try:
@@ -255,6 +265,7 @@ class Generation:
         except (SQLAlchemyError, OSError):
             logger.exception("could not store the answer %s", self.id)
             return False
+        self._last_write = asyncio.get_running_loop().time()
         return True
 
     def _final_status(self) -> str:

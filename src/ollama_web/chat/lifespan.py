@@ -1,34 +1,30 @@
-"""The chat lifespan: interrupted answers swept at start, the generation registry and the
-title writer, and a shutdown that lets running generations store what they have."""
+"""The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
+the generation registry and the title writer, and a shutdown that lets running generations
+store what they have."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
 from ollama_web.chat.registry import GenerationRegistry
-from ollama_web.conversations import repository
 from ollama_web.conversations.titles import TitleWriter
 from ollama_web.conversations.writes import Writes
-from ollama_web.core.db import session_scope
 from ollama_web.core.state import CoreState
 from ollama_web.ollama.gateway import OllamaGateway
-
-logger = logging.getLogger("ollama_web.chat")
 
 
 @asynccontextmanager
 async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     core: CoreState = app.state.core
     gateway: OllamaGateway = app.state.gateway
-    async with session_scope(core.sessionmaker) as session:
-        swept = await repository.mark_unfinished_interrupted(session)
-    if swept:
-        logger.warning("%d answers left unfinished by a previous run are now interrupted", swept)
+    checkpoint_seconds = core.settings.generation_checkpoint_seconds
+    await leases.sweep(core.sessionmaker, leases.stale_seconds(checkpoint_seconds))
     writes = Writes(core.engine)
     titles = TitleWriter(gateway, writes)
 
@@ -39,8 +35,19 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     registry = GenerationRegistry(core.settings, writes, gateway, on_complete)
     app.state.generations = registry
+    keeper = asyncio.get_running_loop().create_task(
+        leases.keep_leases(
+            core.sessionmaker,
+            checkpoint_seconds,
+            registry.heartbeat,
+            lambda: registry.running_ids,
+        ),
+        name="generation-leases",
+    )
     try:
         yield
     finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
         await registry.shutdown()
         await titles.aclose()

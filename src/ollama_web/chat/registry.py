@@ -112,6 +112,16 @@ class GenerationRegistry:
         entry = self._retained.get(message_id)
         return entry[1] if entry is not None else None
 
+    @property
+    def running_ids(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    async def heartbeat(self, interval: float) -> None:
+        """Keep the lease of every running answer (see `ollama_web.chat.leases`)."""
+        running = list(self._running.values())
+        if running:
+            await asyncio.gather(*(generation.heartbeat(interval) for generation in running))
+
     async def shutdown(self) -> None:
         """Stop every running job; each stores its partial answer as `interrupted`."""
         running = list(self._running.values())

@@ -9,14 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations import search
 from ollama_web.core.errors import NotFoundError
 from ollama_web.db import Conversation, Message
-from ollama_web.db.base import utcnow
-from ollama_web.db.models import MessageStatus
 
 _MESSAGES = Message.__table__
 
@@ -160,19 +158,3 @@ def list_statement(
         stmt = stmt.where(search.matches(dialect, query))
     return stmt
 
-
-async def mark_unfinished_interrupted(session: AsyncSession) -> int:
-    """Startup sweep (not user-scoped: it runs for the whole server before any request).
-
-    Answers left `pending` or `streaming` belonged to generations of a process that is gone;
-    they keep their checkpointed text and become `interrupted`.
-    """
-    unfinished = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
-    now = utcnow()
-    result = await session.execute(
-        update(Message)
-        .where(Message.status.in_(unfinished))
-        .values(status=MessageStatus.INTERRUPTED.value, completed_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)

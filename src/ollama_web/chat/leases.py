@@ -1,0 +1,111 @@
+"""Which unfinished answers are abandoned: leases kept by the process generating them.
+
+Several processes may generate answers into one database (`serve --workers N`, or several
+instances on one PostgreSQL). An answer left `pending` or `streaming` is abandoned only when
+no process is generating it any more, so "unfinished" alone cannot mean "interrupted": a
+process that starts must not take over the answers another live process is writing.
+
+A running generation writes its row (checkpoints, or an `updated_at`-only heartbeat) at least
+every `heartbeat` seconds (`heartbeat_seconds`: GENERATION_CHECKPOINT_SECONDS x 5); an
+unfinished answer whose row was not written for three heartbeats belongs to a process that is
+gone, and the sweep marks it `interrupted`, keeping its checkpointed text. Every process
+sweeps at startup and then once per stale interval, so a crashed process's answers are marked
+by whichever process runs next, within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ollama_web.core.db import session_scope
+from ollama_web.db import Message
+from ollama_web.db.base import utcnow
+from ollama_web.db.models import MessageStatus
+
+logger = logging.getLogger("ollama_web.chat")
+
+HEARTBEATS_PER_CHECKPOINT = 5
+STALE_HEARTBEATS = 3
+UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+
+
+def heartbeat_seconds(checkpoint_seconds: float) -> float:
+    """At most this long between two writes of a running answer's row."""
+    return checkpoint_seconds * HEARTBEATS_PER_CHECKPOINT
+
+
+def stale_seconds(checkpoint_seconds: float) -> float:
+    """An unfinished answer not written for this long is abandoned."""
+    return heartbeat_seconds(checkpoint_seconds) * STALE_HEARTBEATS
+
+
+async def mark_abandoned_interrupted(
+    session: AsyncSession, stale_after: float, running: Collection[str] = ()
+) -> int:
+    """Mark unfinished answers not written for `stale_after` seconds `interrupted` (not
+    user-scoped: the whole server's). `running` are this process's own generations, never
+    touched. Reads first, so the usual case (nothing abandoned) takes no write lock."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    candidates = await session.scalars(
+        select(Message.id).where(Message.status.in_(UNFINISHED), Message.updated_at < cutoff)
+    )
+    ids = [message_id for message_id in candidates if message_id not in running]
+    if not ids:
+        return 0
+    now = utcnow()
+    result = await session.execute(
+        update(Message)
+        .where(
+            Message.id.in_(ids),
+            Message.status.in_(UNFINISHED),
+            Message.updated_at < cutoff,  # written meanwhile: its process is alive after all
+        )
+        .values(status=MessageStatus.INTERRUPTED.value, completed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def sweep(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    stale_after: float,
+    running: Collection[str] = (),
+) -> int:
+    async with session_scope(sessionmaker) as session:
+        swept = await mark_abandoned_interrupted(session, stale_after, running)
+    if swept:
+        logger.warning(
+            "%d unfinished answers of a server process that is gone are now interrupted", swept
+        )
+    return swept
+
+
+async def keep_leases(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    checkpoint_seconds: float,
+    heartbeat: Callable[[float], Awaitable[None]],
+    running: Callable[[], Collection[str]],
+) -> None:
+    """Run for the process's lifetime: heartbeat this process's generations, and sweep the
+    answers of processes that are gone once per stale interval."""
+    loop = asyncio.get_running_loop()
+    interval = heartbeat_seconds(checkpoint_seconds)
+    stale = stale_seconds(checkpoint_seconds)
+    next_sweep = loop.time() + stale
+    while True:
+        await asyncio.sleep(interval)
+        await heartbeat(interval)
+        if loop.time() < next_sweep:
+            continue
+        next_sweep = loop.time() + stale
+        try:
+            await sweep(sessionmaker, stale, running())
+        except (SQLAlchemyError, OSError):
+            logger.exception("the sweep of abandoned answers failed; it runs again later")
