@@ -157,4 +157,3 @@ def list_statement(
     if query:
         stmt = stmt.where(search.matches(dialect, query))
     return stmt
-

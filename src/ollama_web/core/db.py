@@ -35,6 +35,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    """Reset a connection going back to the pool: roll back only if a transaction is open.
+
+    The pool's default is an unconditional rollback, which for aiosqlite is one more trip to
+    its thread after every committed transaction. sqlite3 knows whether a transaction is
+    open (`in_transaction`, readable from any thread); a connection returned mid-transaction
+    (an error path) is still rolled back.
+    """
+    if state.terminate_only:
+        return
+    if dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
 class SlowQueryRecorder:
     """Logs statements slower than SLOW_QUERY_MS and counts them."""
 
@@ -71,11 +85,13 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        kwargs["pool_reset_on_return"] = None  # done by _sqlite_reset
     else:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
     recorder = SlowQueryRecorder(settings.slow_query_ms)
     event.listen(engine.sync_engine, "before_cursor_execute", recorder.before)
     event.listen(engine.sync_engine, "after_cursor_execute", recorder.after)
