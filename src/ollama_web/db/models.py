@@ -129,7 +129,7 @@ class Conversation(IdMixin, TimestampMixin, Base):
 class Message(IdMixin, TimestampMixin, Base):
     __tablename__ = "messages"
     __table_args__ = (
-        Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        Index("ix_messages_conversation_created_id", "conversation_id", "created_at", "id"),
         Index("ix_messages_parent", "parent_id"),
         Index("ix_messages_status", "status"),
     )
