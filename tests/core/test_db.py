@@ -1,11 +1,15 @@
-"""The embedded database engine: how pooled SQLite connections are reset."""
+"""The embedded database engine: one trip per statement, and how pooled SQLite connections
+are reset."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import aiosqlite
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_engine
@@ -43,5 +47,47 @@ async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
             assert not raw.driver_connection.in_transaction
             values = (await connection.execute(text("SELECT x FROM t ORDER BY x"))).scalars()
             assert list(values) == [1]
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_statements_take_one_trip_to_the_driver_thread(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = create_engine(settings_factory())
+    trips: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await execute(self, fn, *args, **kwargs)
+
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        async with engine.begin() as connection:
+            inserted = await connection.execute(text("INSERT INTO t (x) VALUES ('a')"))
+            assert inserted.lastrowid == 1
+            many = await connection.execute(
+                text("INSERT INTO t (x) VALUES (:x)"), [{"x": "b"}, {"x": "<script>"}]
+            )
+            assert many.rowcount == 2
+            updated = await connection.execute(text("UPDATE t SET x = x || '!' WHERE id > 1"))
+            assert updated.rowcount == 2
+            rows = await connection.execute(text("SELECT id, x FROM t ORDER BY id"))
+            assert list(rows.keys()) == ["id", "x"]
+            assert rows.all() == [(1, "a"), (2, "b!"), (3, "<script>!")]
+            empty = await connection.execute(text("SELECT x FROM t WHERE id = :id"), {"id": 9})
+            assert empty.first() is None
+        assert trips == ["_run"] * 5 + ["commit"]
+
+        with pytest.raises(IntegrityError):  # errors still come out as SQLAlchemy's
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO t (id, x) VALUES (1, 'again')"))
+
+        async with engine.connect() as connection:  # server-side cursors are unchanged
+            streamed = await connection.stream(text("SELECT x FROM t ORDER BY id"))
+            assert [row.x async for row in streamed] == ["a", "b!", "<script>!"]
     finally:
         await engine.dispose()

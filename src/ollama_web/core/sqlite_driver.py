@@ -1,0 +1,106 @@
+"""aiosqlite under SQLAlchemy, one trip to its thread per statement.
+
+aiosqlite runs each sqlite3 call on its own thread, and SQLAlchemy's adapter makes one call
+per DBAPI step: create a cursor, execute, fetch the rows, close the cursor. Each is a round
+trip between the event loop and that thread (a queue put, a thread wake-up, a callback back
+into the loop): four for a SELECT, three for an INSERT. This adapter runs the whole
+statement — cursor, execute, fetch, close — as one function on aiosqlite's thread, and keeps
+what SQLAlchemy reads afterwards (description, rowcount, lastrowid, the rows) in a small
+holder. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
+engine's DBAPI module (`create_async_engine(..., module=one_trip_dbapi())`).
+
+Server-side cursors (`stream_results`) keep SQLAlchemy's own cursor class.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+
+Description = tuple[tuple[Any, ...], ...] | None
+
+
+class _Outcome:
+    """What the statement left for SQLAlchemy to read (it stands in for the DBAPI cursor)."""
+
+    __slots__ = ("arraysize", "description", "lastrowid", "rowcount")
+
+    def __init__(self) -> None:
+        self.description: Description = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    def close(self) -> None:
+        """Nothing to release: the sqlite3 cursor was closed on aiosqlite's thread."""
+
+
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[Description, list[Any], int, int | None]:
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        else:
+            cursor.execute(operation, () if parameters is None else parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    __slots__ = ()
+    _awaitable_cursor_close = False
+
+    def _make_new_cursor(self, connection: Any) -> Any:
+        return _Outcome()
+
+    def _aenter_cursor(self, cursor: Any) -> Any:
+        return cursor
+
+    async def _statement(self, operation: Any, parameters: Any, many: bool) -> None:
+        driver: Any = self._connection  # aiosqlite.Connection; `_execute` is untyped
+        async with self._adapt_connection._execute_mutex:
+            description, rows, rowcount, lastrowid = await driver._execute(
+                _run, driver._conn, operation, parameters, many
+            )
+        outcome: _Outcome = self._cursor  # type: ignore[assignment]
+        outcome.description = description
+        outcome.rowcount = rowcount
+        outcome.lastrowid = lastrowid
+        if description:
+            self._rows = deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._statement(operation, parameters, False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Sequence[Any]) -> Any:
+        await self._statement(operation, seq_of_parameters, True)
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneTripCursor
+
+
+class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        adapted = super().connect(*arg, **kw)
+        adapted.__class__ = OneTripConnection
+        return adapted
+
+
+def one_trip_dbapi() -> OneTripDBAPI:
+    return OneTripDBAPI(aiosqlite, sqlite3)
