@@ -1,6 +1,6 @@
 """The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
-the generation registry and the title writer, and a shutdown that lets running generations
-store what they have."""
+the generation registry (with the Redis relay to other processes when REDIS_URL is set), the
+title writer, and a shutdown that lets running generations store what they have."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
 from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.chat.relay import GenerationRelay
 from ollama_web.conversations.titles import TitleWriter
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.state import CoreState
@@ -35,6 +36,11 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     registry = GenerationRegistry(core.settings, writes, gateway, on_complete)
     app.state.generations = registry
+    if core.settings.redis_url:
+        registry.relay = GenerationRelay(
+            core.settings.redis_url, registry, core.settings.sse_keepalive_seconds
+        )
+        registry.relay.start()
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(
             core.sessionmaker,
@@ -49,5 +55,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
+        if registry.relay is not None:
+            await registry.relay.aclose()
         await registry.shutdown()
         await titles.aclose()

@@ -7,11 +7,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ollama_web.chat.errors import TooManyGenerationsError
 from ollama_web.chat.generation import INTERRUPTED, ChatOpener, Generation, GenerationSpec
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
+
+if TYPE_CHECKING:
+    from ollama_web.chat.relay import GenerationRelay
 
 RETAIN_SECONDS = 120.0
 """How long a finished generation stays replayable from memory (later: from the database)."""
@@ -48,6 +52,8 @@ class GenerationRegistry:
         self._running: dict[str, Generation] = {}
         self._retained: OrderedDict[str, tuple[float, Generation]] = OrderedDict()
         self._reservations: dict[str, list[Reservation]] = {}
+        self.relay: GenerationRelay | None = None
+        """Set with REDIS_URL: stop and re-attach for answers of other processes."""
 
     # ------------------------------------------------------------- slots
 

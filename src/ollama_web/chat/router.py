@@ -21,7 +21,7 @@ from ollama_web.chat.responses import (
     stored_log,
 )
 from ollama_web.chat.schemas import ChatRequest
-from ollama_web.chat.sse import MEDIA_TYPE, SSEResponse
+from ollama_web.chat.sse import MEDIA_TYPE, EventLog, SSEResponse
 from ollama_web.conversations import repository
 from ollama_web.conversations.dependencies import OwnedAnswer
 from ollama_web.conversations.service import message_public
@@ -166,10 +166,14 @@ async def chat_reattach(
 ) -> Response:
     seen = last_event_id if last_event_id is not None else (after or 0)
     generation = registry.get(message.id)
+    log: EventLog | None
     if generation is not None:
         log = generation.log
     elif message.status in UNFINISHED:
-        raise _not_here(message)
+        relay = registry.relay
+        log = await relay.follow(message.id, seen) if relay is not None else None
+        if log is None:
+            raise _not_here(message)
     else:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
         log = stored_log(message_public(message, siblings), message.conversation_id, seen)
@@ -195,6 +199,10 @@ async def chat_stop(
         assert generation.result is not None
         return StopResponse(message=generation.result)
     if message.status in UNFINISHED:
-        raise _not_here(message)
+        relay = registry.relay
+        stored = await relay.stop(message.id) if relay is not None else None
+        if stored is None:
+            raise _not_here(message)
+        return StopResponse.model_validate({"message": stored})
     siblings = await repository.sibling_ids(session, principal.user_id, message)
     return StopResponse(message=message_public(message, siblings))

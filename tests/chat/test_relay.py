@@ -1,0 +1,174 @@
+"""Stop and re-attach across server processes over a real Redis: two apps (two processes'
+worth of state) on one database, each served by uvicorn on loopback, the emulator as Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.core.db import session_scope
+from ollama_web.db import Message
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import EventReader, chat_body, stored_conversation
+from tests.conftest import asgi_client, require_redis
+from tests.fixtures.auth import TestUser, create_test_user
+
+pytestmark = pytest.mark.redis
+
+
+def _registry(app: FastAPI) -> GenerationRegistry:
+    registry: GenerationRegistry = app.state.generations
+    return registry
+
+
+@asynccontextmanager
+async def two_processes(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
+    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3)
+    apps = (await app_factory(settings), await app_factory(settings))
+    user = await create_test_user(apps[0])
+    for app in apps:
+        relay = _registry(app).relay
+        assert relay is not None
+        await asyncio.wait_for(relay.listening.wait(), 5)
+    async with AsyncExitStack() as stack:
+        clients = []
+        for app in apps:
+            base_url = await stack.enter_async_context(live_server(app))
+            client = httpx.AsyncClient(base_url=base_url, timeout=10)
+            clients.append(await stack.enter_async_context(client))
+        yield user, apps, tuple(clients)
+
+
+async def test_a_stop_sent_to_another_process_stops_the_generation_at_once(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with (
+        two_processes(app_factory, chat_settings, live_server) as (user, _, (a, b)),
+        a.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+    ):
+        reader = EventReader(response)
+        start = await reader.next()
+        assert (await reader.next()).event == "token"
+        answer_id = start.data["assistant_message_id"]
+        started = time.perf_counter()
+        stopped = await b.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        elapsed = time.perf_counter() - started
+        events = await reader.rest()
+    assert stopped.status_code == 200, stopped.text
+    message = stopped.json()["message"]
+    assert (message["id"], message["status"]) == (answer_id, "stopped")
+    assert message["content"].startswith("tok0")
+    assert elapsed < 1.0  # Redis round trips on loopback: milliseconds
+    assert events[-1].event == "done"
+    assert events[-1].data["message"]["content"] == message["content"]
+
+
+async def test_re_attaching_through_another_process_replays_and_follows(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 40
+    ollama_emulator.config.tokens_per_second = 40
+    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (a, b)):
+        async with a.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            reader = EventReader(response)
+            seen = [await reader.next() for _ in range(4)]  # start + 3 tokens, then leave
+        answer_id = seen[0].data["assistant_message_id"]
+        last_seen = seen[-1].id
+        assert last_seen is not None
+        headers = {**user.headers, "Last-Event-ID": str(last_seen)}
+        async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=headers) as resumed:
+            assert resumed.status_code == 200
+            rest = await EventReader(resumed).rest()
+        async with asgi_client(apps[1]) as client:
+            stored = await stored_conversation(client, user, seen[0].data["conversation_id"])
+    ids = [event.id for event in rest]
+    assert ids == list(range(last_seen + 1, last_seen + 1 + len(rest)))
+    assert rest[-1].event == "done"
+    tokens = [e.data["content"] for e in [*seen, *rest] if e.event == "token"]
+    assert len(tokens) == 40
+    assert "".join(tokens) == stored["messages"][-1]["content"]
+
+
+async def test_the_owner_stops_forwarding_when_the_remote_follower_leaves(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 300
+    ollama_emulator.config.tokens_per_second = 30
+    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (a, b)):
+        async with a.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            start = await EventReader(response).next()
+        answer_id = start.data["assistant_message_id"]
+        owner = _registry(apps[0]).relay
+        assert owner is not None
+        async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=user.headers) as r:
+            reader = EventReader(r)
+            assert (await reader.next()).event == "start"  # replayed from event 0
+            assert (await reader.next()).event == "token"
+            assert len(owner._tasks) == 1  # forwarding to b
+        deadline = time.monotonic() + 3
+        while owner._tasks:  # the next frame or keep-alive reaches nobody
+            assert time.monotonic() < deadline, "the owner kept forwarding to nobody"
+            await asyncio.sleep(0.05)
+        generation = _registry(apps[0]).get(answer_id)
+        assert generation is not None
+        assert generation.running  # the answer goes on
+        generation.stop()
+        await generation.wait()
+
+
+async def test_without_an_owner_the_answer_is_elsewhere(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+) -> None:
+    """A fresh unfinished answer no live process claims (its process just died): 409."""
+    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (_, b)):
+        async with asgi_client(apps[1]) as client:
+            created = await client.post(
+                "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
+            )
+        async with session_scope(apps[1].state.core.sessionmaker) as session:
+            session.add(
+                Message(
+                    id="c" * 32,
+                    conversation_id=created.json()["id"],
+                    role="assistant",
+                    content="half",
+                    status="streaming",
+                )
+            )
+        started = time.perf_counter()
+        stop = await b.post(f"/api/chat/{'c' * 32}/stop", headers=user.headers)
+        follow = await b.get(f"/api/chat/stream/{'c' * 32}", headers=user.headers)
+        elapsed = time.perf_counter() - started
+    assert (stop.status_code, stop.json()["error"]) == (409, "GENERATION_ELSEWHERE")
+    assert (follow.status_code, follow.json()["error"]) == (409, "GENERATION_ELSEWHERE")
+    assert elapsed < 3.0  # two waits of OWNER_WAIT_SECONDS at most
