@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 from starlette.responses import Response
@@ -69,14 +69,17 @@ async def create_session(
     return row, token
 
 
+# Built once, as the API-key lookup is (see keys.service._KEY_LOOKUP).
+_SESSION_LOOKUP = (
+    select(UserSession, User)
+    .join(User, User.id == UserSession.user_id)
+    .where(UserSession.token_hash == bindparam("token_hash"))
+)
+
+
 async def find_session(session: AsyncSession, token: str) -> tuple[UserSession, User] | None:
     """The session for a cookie token and its user, in one indexed query."""
-    stmt = (
-        select(UserSession, User)
-        .join(User, User.id == UserSession.user_id)
-        .where(UserSession.token_hash == sha256_hex(token))
-    )
-    row = (await session.execute(stmt)).first()
+    row = (await session.execute(_SESSION_LOOKUP, {"token_hash": sha256_hex(token)})).first()
     return None if row is None else (row[0], row[1])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -143,16 +143,20 @@ async def rotate_key(
     return new_key, secret, valid_until
 
 
+# Built once: every API-key request runs it, and a statement object reused keeps its
+# memoized cache key (building it anew, with the ORM comparison, cost ~0.1 ms per request).
+_KEY_LOOKUP = (
+    select(ApiKey, User)
+    .join(User, User.id == ApiKey.user_id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
+
+
 async def authenticate_key(session: AsyncSession, raw_key: str) -> tuple[ApiKey, User]:
     """The key and its user, in one indexed query; raises the 401 that fits."""
     if not looks_like_api_key(raw_key):
         raise InvalidApiKeyError("The API key is not valid.")
-    stmt = (
-        select(ApiKey, User)
-        .join(User, User.id == ApiKey.user_id)
-        .where(ApiKey.key_hash == sha256_hex(raw_key))
-    )
-    row = (await session.execute(stmt)).first()
+    row = (await session.execute(_KEY_LOOKUP, {"key_hash": sha256_hex(raw_key)})).first()
     if row is None:
         raise InvalidApiKeyError("The API key is not valid.")
     key, user = row[0], row[1]
