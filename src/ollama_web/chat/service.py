@@ -204,16 +204,21 @@ def _row(item: Conversation | Message, table: Any) -> dict[str, Any]:
     return {column.key: getattr(item, column.key, None) for column in table.columns}
 
 
+# Built once: a reused statement keeps its memoized cache key.
+_INSERT_CONVERSATION = insert(CONVERSATIONS)
+_INSERT_MESSAGES = insert(MESSAGES)
+
+
 async def _store(writes: Writes, stored: Stored) -> None:
     """Commit the turn (before Ollama is called)."""
     async with writes.transaction() as connection:
         if stored.new_conversation is not None:
             await connection.execute(
-                insert(CONVERSATIONS), [_row(stored.new_conversation, CONVERSATIONS)]
+                _INSERT_CONVERSATION, [_row(stored.new_conversation, CONVERSATIONS)]
             )
         if stored.messages:
             rows = [_row(message, MESSAGES) for message in stored.messages]
-            await connection.execute(insert(MESSAGES), rows)
+            await connection.execute(_INSERT_MESSAGES, rows)
         if stored.changes:
             await connection.execute(
                 update(CONVERSATIONS)

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Any, Protocol
 
-from sqlalchemy import literal_column, update
+from sqlalchemy import bindparam, literal_column, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ollama_web.conversations.writes import CONVERSATIONS, Writes
@@ -37,6 +37,20 @@ TITLE_OPTIONS: dict[str, Any] = {"num_predict": 24, "temperature": 0.2}
 _PREFIX = re.compile(r"^\s*(title\s*:\s*)", re.IGNORECASE)
 # Quotes (ASCII and typographic), markup and trailing punctuation models like to add.
 _STRIP = " \t\"'`*#.:\u201c\u201d\u2018\u2019"
+
+
+_STORE_TITLE = (
+    update(CONVERSATIONS)
+    .where(
+        CONVERSATIONS.c.id == bindparam("b_id"),
+        CONVERSATIONS.c.user_id == bindparam("b_user_id"),
+        CONVERSATIONS.c.title_generated.is_(False),
+    )
+    # A title is not activity: the list order stays as it was.
+    .values(
+        title=bindparam("b_title"), title_generated=True, updated_at=literal_column("updated_at")
+    )
+)
 
 
 class TitleGateway(Protocol):
@@ -95,20 +109,10 @@ class TitleWriter:
             return None
         if title is None:
             return None
-        table = CONVERSATIONS
-        statement = (
-            update(table)
-            .where(
-                table.c.id == conversation_id,
-                table.c.user_id == user_id,
-                table.c.title_generated.is_(False),
-            )
-            # A title is not activity: the list order stays as it was.
-            .values(title=title, title_generated=True, updated_at=literal_column("updated_at"))
-        )
+        values = {"b_id": conversation_id, "b_user_id": user_id, "b_title": title}
         try:
             async with self._writes.transaction() as connection:
-                await connection.execute(statement)
+                await connection.execute(_STORE_TITLE, values)
         except SQLAlchemyError:
             logger.exception("could not store the title of %s", conversation_id)
             return None

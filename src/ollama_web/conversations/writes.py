@@ -10,11 +10,12 @@ by the next one, with one `executemany` per set of columns.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, Update, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ollama_web.db import Conversation, Message
@@ -23,6 +24,17 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 Pending = tuple[str, dict[str, Any], "asyncio.Future[None]"]
+
+
+@functools.cache
+def _message_update(columns: tuple[str, ...]) -> Update:
+    """`UPDATE messages SET <columns> WHERE id = :_id`, built once per set of columns (a
+    handful: checkpoint, heartbeat, final answer), so its cache key is memoized."""
+    return (
+        update(MESSAGES)
+        .where(MESSAGES.c.id == bindparam("_id"))
+        .values({column: bindparam(column) for column in columns})
+    )
 
 
 class Writes:
@@ -59,12 +71,7 @@ class Writes:
             try:
                 async with self.transaction() as connection:
                     for columns, rows in groups.items():
-                        statement = (
-                            update(MESSAGES)
-                            .where(MESSAGES.c.id == bindparam("_id"))
-                            .values({column: bindparam(column) for column in columns})
-                        )
-                        await connection.execute(statement, rows)
+                        await connection.execute(_message_update(columns), rows)
             except BaseException as exc:
                 for _, _, future in batch:
                     if not future.done():
