@@ -167,5 +167,5 @@ def list_statement(
     if pinned is not None:
         stmt = stmt.where(Conversation.pinned == pinned)
     if query:
-        stmt = stmt.where(search.matches(dialect, query))
+        stmt = stmt.where(search.matches(dialect, user_id, query))
     return stmt
