@@ -82,6 +82,11 @@ async def test_sqlite_statements_take_one_trip_to_the_driver_thread(
             assert empty.first() is None
         assert trips == ["_run"] * 5 + ["commit"]
 
+        trips.clear()
+        async with engine.begin() as connection:  # read-only: nothing to commit
+            assert (await connection.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+        assert trips == ["_run"]
+
         with pytest.raises(IntegrityError):  # errors still come out as SQLAlchemy's
             async with engine.begin() as connection:
                 await connection.execute(text("INSERT INTO t (id, x) VALUES (1, 'again')"))

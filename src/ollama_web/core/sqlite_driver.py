@@ -6,7 +6,8 @@ trip between the event loop and that thread (a queue put, a thread wake-up, a ca
 into the loop): four for a SELECT, three for an INSERT. This adapter runs the whole
 statement — cursor, execute, fetch, close — as one function on aiosqlite's thread, and keeps
 what SQLAlchemy reads afterwards (description, rowcount, lastrowid, the rows) in a small
-holder. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
+holder, and a commit or rollback with no transaction open (a read-only request) takes no
+trip at all. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
 engine's DBAPI module (`create_async_engine(..., module=one_trip_dbapi())`).
 
 Server-side cursors (`stream_results`) keep SQLAlchemy's own cursor class.
@@ -93,6 +94,16 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneTripCursor
+
+    # sqlite3 begins a transaction only before a write, so a request that only read has
+    # none to end; sqlite3 would make its commit or rollback a no-op anyway, after the trip.
+    def commit(self) -> None:
+        if self._connection.in_transaction:
+            super().commit()
+
+    def rollback(self) -> None:
+        if self._connection.in_transaction:
+            super().rollback()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
