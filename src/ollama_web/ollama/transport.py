@@ -86,13 +86,18 @@ class Upstream:
         self.list_timeout = httpx.Timeout(listing, connect=connect, pool=connect)
         probe = min(listing, PROBE_TIMEOUT_SECONDS)
         self.probe_timeout = httpx.Timeout(probe, connect=min(connect, probe))
+        self._urls: dict[str, httpx.URL] = {}
 
     def _build(
         self, node: Node, method: str, path: str, body: Any, timeout: httpx.Timeout, stream: bool
     ) -> httpx.Request:
+        address = node.url + path
+        url = self._urls.get(address)
+        if url is None:  # parsing a URL is a third of building a request: once per address
+            url = self._urls[address] = httpx.URL(address)
         return self.client.build_request(
             method,
-            node.url + path,
+            url,
             json=body,
             headers=NDJSON_HEADERS if stream else JSON_HEADERS,
             timeout=timeout,
