@@ -17,7 +17,7 @@ import uvloop
 
 from ollama_web.core.config import Settings
 from ollama_web.ollama.netstream import HIGH_WATER, AsyncioBackend, AsyncioStream
-from ollama_web.ollama.transport import build_client
+from ollama_web.ollama.transport import ConnectionPool, build_client
 from tests.ollama.faults import blackhole, closed_port_url
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -290,7 +290,7 @@ async def test_the_upstream_client_runs_on_this_backend(
     client = build_client(settings)
     try:
         pool = client._transport._pool  # type: ignore[attr-defined]
-        assert isinstance(pool, httpcore.AsyncConnectionPool)
+        assert isinstance(pool, ConnectionPool)
         assert isinstance(pool._network_backend, AsyncioBackend)
         assert pool._max_connections == 37
     finally:
