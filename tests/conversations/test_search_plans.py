@@ -116,13 +116,12 @@ FROM n
 """
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # the FTS5 plans
 async def test_a_common_word_of_one_old_conversation_is_found(
-    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder, db_backend: str
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
 ) -> None:
     """12 000 matches (over RARE_MATCHES) in the oldest conversation, none among the newest
     messages (not dense): the matching-rowids plan, on real thresholds."""
-    if db_backend != "sqlite":
-        pytest.skip("the FTS5 plans are SQLite's")
     old = await seed(regular_user.id, title="Old", age_minutes=100)
     recent = await seed(regular_user.id, title="Recent", age_minutes=1)
     newer = [await seed(regular_user.id, "obsidian", "x", title=f"n{i}") for i in range(3)]
