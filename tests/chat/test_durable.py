@@ -451,3 +451,51 @@ async def test_shutdown_stores_running_answers_as_interrupted(
     answer = await _answer(app, user, start.data["conversation_id"])
     assert answer["status"] == "interrupted"
     assert answer["content"].startswith("tok0")
+
+
+async def test_a_title_request_waits_while_an_answer_waits_for_its_first_token(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    """A's answer completes at ~1.5 s and its title is due; B's first token only comes at
+    ~2.25 s: the title request goes to Ollama after that, not before."""
+    ollama_emulator.config.first_token_delay = 1.5
+    ollama_emulator.config.reply_tokens = 2
+
+    def title_requests() -> int:
+        return sum(1 for r in ollama_emulator.requests if r.json and r.json.get("stream") is False)
+
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=20) as http,
+    ):
+        first = asyncio.ensure_future(
+            http.post("/api/chat/message", json=chat_body(), headers=regular_user.headers)
+        )
+        await asyncio.sleep(0.75)
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response:
+            reader = EventReader(response)
+            await reader.next()  # start
+            answered = await first
+            assert answered.status_code == 200, answered.text
+            await asyncio.sleep(0.3)  # A's title is due, B still waits for its first token
+            assert title_requests() == 0
+            assert (await reader.next()).event == "token"
+            await reader.rest()
+        conversation_id = answered.json()["conversation_id"]
+        deadline = time.monotonic() + 10
+        while title_requests() == 0 or not (
+            await _stored_title(app, regular_user, conversation_id)
+        ):
+            assert time.monotonic() < deadline, "the title never came"
+            await asyncio.sleep(0.05)
+
+
+async def _stored_title(app: FastAPI, user: TestUser, conversation_id: str) -> bool:
+    async with asgi_client(app) as client:
+        stored = await stored_conversation(client, user, conversation_id)
+    return bool(stored["title_generated"])

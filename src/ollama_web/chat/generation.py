@@ -127,6 +127,7 @@ class Generation:
         self._next_checkpoint = 0.0
         self._last_write = asyncio.get_running_loop().time()
         """When the row was last written (it was committed just before the job started)."""
+        self._on_first_output: Callable[[Generation], None] | None = None
         self.log.emit(
             "start",
             {
@@ -145,9 +146,15 @@ class Generation:
     def running(self) -> bool:
         return not self.finished.is_set()
 
-    def start(self, on_finished: Callable[[Generation], None]) -> None:
+    def start(
+        self,
+        on_finished: Callable[[Generation], None],
+        on_first_output: Callable[[Generation], None] | None = None,
+    ) -> None:
+        """Run the job; `on_first_output` is called when the first token (or thinking) came."""
         loop = asyncio.get_running_loop()
         self._next_checkpoint = loop.time() + self._checkpoint_seconds
+        self._on_first_output = on_first_output
         self._task = loop.create_task(self._run(on_finished), name=f"generation-{self.id}")
 
     def stop(self, status: str = STOPPED) -> bool:
@@ -228,6 +235,8 @@ class Generation:
     def _relayed(self, loop: asyncio.AbstractEventLoop, started: float) -> None:
         if not self._tokens:
             chat_metrics.time_to_first_token(loop.time() - started)
+            if self._on_first_output is not None:
+                self._on_first_output(self)
         self._tokens += 1
         chat_metrics.tokens_relayed(1)
 

@@ -14,7 +14,7 @@ from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
-from ollama_web.conversations.titles import TitleWriter
+from ollama_web.conversations.titles import TITLE_DEFER_SECONDS, TitleWriter
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.state import CoreState
 from ollama_web.ollama.gateway import OllamaGateway
@@ -27,7 +27,6 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     checkpoint_seconds = core.settings.generation_checkpoint_seconds
     await leases.sweep(core.sessionmaker, leases.stale_seconds(checkpoint_seconds))
     writes = Writes(core.engine)
-    titles = TitleWriter(gateway, writes)
 
     def on_complete(generation: Generation) -> None:
         spec = generation.spec
@@ -35,6 +34,9 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
             titles.schedule(spec.user_id, spec.conversation_id, spec.model, spec.title_source)
 
     registry = GenerationRegistry(core.settings, writes, gateway, on_complete)
+    titles = TitleWriter(
+        gateway, writes, lambda: registry.wait_for_first_outputs(TITLE_DEFER_SECONDS)
+    )
     app.state.generations = registry
     if core.settings.redis_url:
         registry.relay = GenerationRelay(

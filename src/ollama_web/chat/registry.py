@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,6 +53,9 @@ class GenerationRegistry:
         self._running: dict[str, Generation] = {}
         self._retained: OrderedDict[str, tuple[float, Generation]] = OrderedDict()
         self._reservations: dict[str, list[Reservation]] = {}
+        self._awaiting_output: set[str] = set()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self.relay: GenerationRelay | None = None
         """Set with REDIS_URL: stop and re-attach for answers of other processes."""
 
@@ -89,10 +93,25 @@ class GenerationRegistry:
         self._running[generation.id] = generation
         if not self.settings.chat_continue_on_disconnect:
             generation.log.on_abandoned = generation.abandon
-        generation.start(lambda finished: self._finished(finished, reservation))
+        self._awaiting_output.add(generation.id)
+        self._quiet.clear()
+        generation.start(lambda finished: self._finished(finished, reservation), self._output)
         return generation
 
+    def _output(self, generation: Generation) -> None:
+        self._awaiting_output.discard(generation.id)
+        if not self._awaiting_output:
+            self._quiet.set()
+
+    async def wait_for_first_outputs(self, limit: float) -> None:
+        """Until no answer of this process waits for its first token, or `limit` seconds:
+        background model calls (titles) yield to answers people are waiting for."""
+        if not self._quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), limit)
+
     def _finished(self, generation: Generation, reservation: Reservation) -> None:
+        self._output(generation)
         self.release(reservation)
         self._running.pop(generation.id, None)
         now = time.monotonic()

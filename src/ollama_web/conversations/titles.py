@@ -3,7 +3,9 @@
 A new conversation is titled at once with the first words of its first message; when its
 first answer is complete, the model is asked (non-streamed, `think: false`, a few tokens)
 for a short title, which replaces the first words unless the user renamed the conversation
-meanwhile. Nothing waits for it: the answer is already streamed and stored.
+meanwhile. Nothing waits for it: the answer is already streamed and stored. A title request
+waits while answers are waiting for their first token (at most TITLE_DEFER_SECONDS): it
+should not compete with them, here or on the node.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, literal_column, update
@@ -24,6 +27,7 @@ from ollama_web.ollama.chunks import ChatChunk
 logger = logging.getLogger("ollama_web.conversations.titles")
 
 TITLE_TIMEOUT_SECONDS = 30.0
+TITLE_DEFER_SECONDS = 10.0
 TITLE_CONCURRENCY = 4
 """Title requests in flight at once: when many answers end together (say 1000 streams),
 their titles queue here instead of flooding the upstream connection pool."""
@@ -77,9 +81,17 @@ def clean_title(text: str) -> str | None:
 
 
 class TitleWriter:
-    def __init__(self, gateway: TitleGateway, writes: Writes) -> None:
+    def __init__(
+        self,
+        gateway: TitleGateway,
+        writes: Writes,
+        yield_to: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._gateway = gateway
         self._writes = writes
+        self._yield_to = yield_to
+        """Awaited before each title request: while answers wait for their first token, a
+        title would compete with them for this process and for the node's slots."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(TITLE_CONCURRENCY)
 
@@ -98,6 +110,8 @@ class TitleWriter:
             {"role": "system", "content": TITLE_INSTRUCTION},
             {"role": "user", "content": first_message[:MAX_SOURCE_CHARS]},
         ]
+        if self._yield_to is not None:
+            await self._yield_to()
         try:
             async with self._slots, asyncio.timeout(TITLE_TIMEOUT_SECONDS):
                 answer = await self._gateway.chat_once(
