@@ -63,7 +63,22 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def machine_speed() -> dict[str, Any]:
+    """How fast this machine runs Python right now: a fixed loop, best of three. Shared VMs
+    vary by tens of percent over a day; reports carry this so runs can be compared."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return {"cpus": os.cpu_count(), "python_loop_3m_seconds": round(best, 3)}
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Write the report (with `machine_speed()` measured now) to bench/results/<name>.json."""
+    result = {**result, "machine": machine_speed()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
