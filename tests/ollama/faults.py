@@ -1,11 +1,13 @@
-"""Faulty "nodes" for gateway tests: a closed port, a server that accepts and never answers,
-and a blackholed address whose TCP connect never completes."""
+"""Loopback servers for gateway tests: `serving` any handler, and faulty "nodes": a closed
+port, a server that accepts and never answers, and a blackholed address whose TCP connect
+never completes."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 
 
@@ -17,17 +19,43 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def serving(
+    handler: Handler, ssl_context: ssl.SSLContext | None = None, unix_path: str | None = None
+) -> AsyncIterator[int]:
+    """Serve `handler` on a loopback port (yielded), or on `unix_path` (0 is yielded); every
+    connection still open at the end is aborted, so nothing outlives the test."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handler(reader, writer)
+
+    if unix_path is not None:
+        server = await asyncio.start_unix_server(track, unix_path)
+    else:
+        server = await asyncio.start_server(track, "127.0.0.1", 0, ssl=ssl_context)
+    try:
+        yield 0 if unix_path is not None else server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        await server.wait_closed()
+
+
 class HangingServer:
     """Accepts connections and reads requests, but never sends a byte back."""
 
     def __init__(self) -> None:
         self.connections = 0
         self.url = ""
-        self._writers: list[asyncio.StreamWriter] = []
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.append(writer)
         while await reader.read(65536):
             pass
 
@@ -35,15 +63,9 @@ class HangingServer:
 @asynccontextmanager
 async def hanging_server() -> AsyncIterator[HangingServer]:
     hanging = HangingServer()
-    server = await asyncio.start_server(hanging._on_connect, "127.0.0.1", 0)
-    hanging.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with serving(hanging._on_connect) as port:
+        hanging.url = f"http://127.0.0.1:{port}"
         yield hanging
-    finally:
-        server.close()
-        for writer in hanging._writers:
-            writer.transport.abort()
-        await server.wait_closed()
 
 
 @contextmanager

@@ -7,8 +7,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpcore
@@ -18,29 +17,7 @@ import uvloop
 from ollama_web.core.config import Settings
 from ollama_web.ollama.netstream import HIGH_WATER, AsyncioBackend, AsyncioStream
 from ollama_web.ollama.transport import ConnectionPool, build_client
-from tests.ollama.faults import blackhole, closed_port_url
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def serving(
-    handler: Handler, ssl_context: ssl.SSLContext | None = None
-) -> AsyncIterator[int]:
-    writers: list[asyncio.StreamWriter] = []
-
-    async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await handler(reader, writer)
-
-    server = await asyncio.start_server(track, "127.0.0.1", 0, ssl=ssl_context)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for writer in writers:
-            writer.transport.abort()
-        await server.wait_closed()
+from tests.ollama.faults import blackhole, closed_port_url, serving
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -208,23 +185,11 @@ async def test_connect_failures_map_to_httpcore_errors() -> None:
 
 async def test_unix_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")
-    writers: list[asyncio.StreamWriter] = []
-
-    async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await echo(reader, writer)
-
-    server = await asyncio.start_unix_server(track, path)
-    try:
+    async with serving(echo, unix_path=path):
         stream = await AsyncioBackend().connect_unix_socket(path, timeout=1.0)
         await stream.write(b"ping", timeout=1.0)
         assert await read_exactly(stream, 4) == b"ping"
         await stream.aclose()
-    finally:
-        server.close()
-        for writer in writers:
-            writer.transport.abort()
-        await server.wait_closed()
     with pytest.raises(httpcore.ConnectError):
         await AsyncioBackend().connect_unix_socket(str(tmp_path / "none.sock"), timeout=1.0)
 

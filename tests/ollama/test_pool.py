@@ -13,6 +13,7 @@ import pytest
 
 from ollama_web.ollama.netstream import AsyncioBackend
 from ollama_web.ollama.transport import ConnectionPool
+from tests.ollama.faults import serving
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -24,11 +25,9 @@ class HoldingServer:
         self.release = asyncio.Event()
         self.connections = 0
         self.port = 0
-        self._writers: list[asyncio.StreamWriter] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.append(writer)
         try:
             while await reader.readuntil(b"\r\n\r\n"):
                 await self.release.wait()
@@ -41,15 +40,9 @@ class HoldingServer:
 @asynccontextmanager
 async def holding_server() -> AsyncIterator[HoldingServer]:
     state = HoldingServer()
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(state.handle) as port:
+        state.port = port
         yield state
-    finally:
-        server.close()
-        for writer in state._writers:
-            writer.transport.abort()
-        await server.wait_closed()
 
 
 def pool(**limits: Any) -> ConnectionPool:
