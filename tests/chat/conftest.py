@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from ollama_web.core.config import Settings
 from ollama_web.emulator import ModelSpec, OllamaEmulator
@@ -127,6 +129,20 @@ def streamed_chats(emulator: OllamaEmulator) -> list[dict[str, Any]]:
 
 def chat_body(**values: Any) -> dict[str, Any]:
     return {"model": "llama3.2", "content": "Hello there", **values}
+
+
+@asynccontextmanager
+async def streamed_chat(
+    live_server: Callable[[FastAPI], Any], app: FastAPI, user: TestUser, timeout: float = 10.0
+) -> AsyncIterator[EventReader]:
+    """`POST /api/chat/stream` (a new conversation) to `app` served on loopback: the reader
+    of its events, while the response is open."""
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=timeout) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+    ):
+        yield EventReader(response)
 
 
 async def stored_conversation(

@@ -19,7 +19,14 @@ from ollama_web.core.db import session_scope
 from ollama_web.db import Message
 from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import EventReader, chat_body, parse_events, stored_conversation, text_of
+from tests.chat.conftest import (
+    EventReader,
+    chat_body,
+    parse_events,
+    stored_conversation,
+    streamed_chat,
+    text_of,
+)
 from tests.conftest import asgi_client
 from tests.fixtures.auth import TestUser, create_test_user
 
@@ -309,12 +316,7 @@ async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
     event.listen(engine, "before_cursor_execute", count)
     ollama_emulator.config.reply_tokens = 60
     ollama_emulator.config.tokens_per_second = 60
-    async with (
-        live_server(app) as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
-        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
-    ):
-        reader = EventReader(response)
+    async with streamed_chat(live_server, app, user) as reader:
         start = await reader.next()
         await asyncio.sleep(0.5)
         during = await _answer(app, user, start.data["conversation_id"])
@@ -409,12 +411,7 @@ async def test_a_second_process_leaves_the_first_ones_generation_alone(
     user = await create_test_user(first)
     ollama_emulator.config.first_token_delay = 2.0
     ollama_emulator.config.reply_tokens = 5
-    async with (
-        live_server(first) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
-        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
-    ):
-        reader = EventReader(response)
+    async with streamed_chat(live_server, first, user) as reader:
         start = await reader.next()
         answer_id = start.data["assistant_message_id"]
         second = await app_factory(settings)  # sweeps at startup, then periodically
@@ -437,12 +434,7 @@ async def test_shutdown_stores_running_answers_as_interrupted(
     user = await create_test_user(app)
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
-    async with (
-        live_server(app) as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
-        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
-    ):
-        reader = EventReader(response)
+    async with streamed_chat(live_server, app, user) as reader:
         start = await reader.next()
         await reader.next()
     registry: GenerationRegistry = app.state.generations

@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from ollama_web.emulator import OllamaEmulator
 from ollama_web.emulator.config import DEFAULT_REPLY, DEFAULT_THINKING
 from tests.chat.conftest import (
-    EventReader,
     chat_body,
     parse_events,
     stored_conversation,
+    streamed_chat,
     streamed_chats,
     text_of,
 )
@@ -138,12 +138,7 @@ async def test_keepalive_comments_flow_while_waiting_for_the_first_token(
     app = await app_factory(chat_settings(sse_keepalive_seconds=0.05))
     user = await create_test_user(app)
     ollama_emulator.config.first_token_delay = 0.4
-    async with (
-        live_server(app) as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
-        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
-    ):
-        reader = EventReader(response)
+    async with streamed_chat(live_server, app, user) as reader:
         events = await reader.until("done")
     before_first_token = reader.raw.split(b"event: token")[0]
     assert before_first_token.count(b": keep-alive\n\n") >= 3
