@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ollama_web.core.config import Settings
-from ollama_web.core.sqlite_driver import one_trip_dbapi
 
 logger = logging.getLogger("ollama_web.db")
 slow_query_logger = logging.getLogger("ollama_web.db.slow")
@@ -87,6 +86,9 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         kwargs["pool_reset_on_return"] = None  # done by _sqlite_reset
+        # Imported here: the aiosqlite dialect it builds on is ~10 ms that PostgreSQL skips.
+        from ollama_web.core.sqlite_driver import one_trip_dbapi
+
         kwargs["module"] = one_trip_dbapi()
     else:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
