@@ -178,22 +178,39 @@ class GenerationRelay:
 
     # ----------------------------------------------------------- caller side
 
+    async def _ask(self, request: dict[str, Any]) -> Any | None:
+        """Publish `request` with a fresh reply channel; the subscribed pubsub once an owner
+        acknowledged it, else None (no owner within OWNER_WAIT_SECONDS, or Redis failed)."""
+        from redis.exceptions import RedisError
+
+        reply = _reply_channel()
+        pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(reply)
+            await self._redis.publish(CONTROL_CHANNEL, json.dumps({**request, "reply": reply}))
+            acknowledged = await _next(pubsub, OWNER_WAIT_SECONDS) == b"A"
+        except (RedisError, OSError) as exc:
+            logger.warning("could not relay %s: %s", request["op"], exc)
+            acknowledged = False
+        if acknowledged:
+            return pubsub
+        await pubsub.aclose()
+        return None
+
     async def stop(self, message_id: str) -> dict[str, Any] | None:
         """Have the owner stop the answer; the stored message, or None if no owner."""
         from redis.exceptions import RedisError
 
-        reply = _reply_channel()
-        try:
-            async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(reply)
-                request = {"op": "stop", "id": message_id, "reply": reply}
-                await self._redis.publish(CONTROL_CHANNEL, json.dumps(request))
-                if await _next(pubsub, OWNER_WAIT_SECONDS) != b"A":
-                    return None
-                answer = await _next(pubsub, STOP_WAIT_SECONDS)
-        except (RedisError, OSError) as exc:
-            logger.warning("could not relay a stop: %s", exc)
+        pubsub = await self._ask({"op": "stop", "id": message_id})
+        if pubsub is None:
             return None
+        try:
+            answer = await _next(pubsub, STOP_WAIT_SECONDS)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not relay stop: %s", exc)
+            return None
+        finally:
+            await pubsub.aclose()
         if answer is None or not answer.startswith(b"D"):
             return None
         stored: dict[str, Any] = json.loads(answer[1:])
@@ -201,20 +218,8 @@ class GenerationRelay:
 
     async def follow(self, message_id: str, after: int) -> RemoteLog | None:
         """The owner's events after `after`, as they come; None if no owner answers."""
-        from redis.exceptions import RedisError
-
-        reply = _reply_channel()
-        pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(reply)
-            request = {"op": "follow", "id": message_id, "after": after, "reply": reply}
-            await self._redis.publish(CONTROL_CHANNEL, json.dumps(request))
-            acknowledged = await _next(pubsub, OWNER_WAIT_SECONDS) == b"A"
-        except (RedisError, OSError) as exc:
-            logger.warning("could not relay a re-attach: %s", exc)
-            acknowledged = False
-        if not acknowledged:
-            await pubsub.aclose()
+        pubsub = await self._ask({"op": "follow", "id": message_id, "after": after})
+        if pubsub is None:
             return None
         log = RemoteLog(after)
         pump = self._spawn(self._pump(pubsub, log))
