@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,8 +18,12 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.core.config import Settings
+from ollama_web.core.db import session_scope
+from ollama_web.db import Message
+from ollama_web.db.base import utcnow
 from ollama_web.emulator import ModelSpec, OllamaEmulator
 from ollama_web.emulator.testing import running_emulator
+from tests.conftest import asgi_client
 from tests.fixtures.auth import TestUser
 
 
@@ -152,3 +157,30 @@ async def stored_conversation(
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def conversation_with_unfinished_answers(
+    app: FastAPI, user: TestUser, written_ago: dict[str, float]
+) -> str:
+    """A conversation holding `streaming` answers (id -> seconds since their row was written)
+    as a server process would have left them."""
+    async with asgi_client(app) as client:
+        created = await client.post(
+            "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
+        )
+    conversation_id: str = created.json()["id"]
+    async with session_scope(app.state.core.sessionmaker) as session:
+        for message_id, ago in written_ago.items():
+            written = utcnow() - timedelta(seconds=ago)
+            session.add(
+                Message(
+                    id=message_id,
+                    conversation_id=conversation_id,
+                    role="assistant",
+                    content=f"half an answer {message_id[0]}",
+                    status="streaming",
+                    created_at=written,
+                    updated_at=written,
+                )
+            )
+    return conversation_id

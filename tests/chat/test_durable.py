@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,11 +16,11 @@ from ollama_web.chat import leases
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.db import session_scope
 from ollama_web.db import Message
-from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
     chat_body,
+    conversation_with_unfinished_answers,
     parse_events,
     stored_conversation,
     streamed_chat,
@@ -329,33 +328,6 @@ async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
     assert 3 <= len(updates) <= 8
 
 
-async def _conversation_with_unfinished_answers(
-    app: FastAPI, user: TestUser, written_ago: dict[str, float]
-) -> str:
-    """A conversation holding `streaming` answers (id -> seconds since their row was written)
-    as a server process would have left them."""
-    async with asgi_client(app) as client:
-        created = await client.post(
-            "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
-        )
-    conversation_id: str = created.json()["id"]
-    async with session_scope(app.state.core.sessionmaker) as session:
-        for message_id, ago in written_ago.items():
-            written = utcnow() - timedelta(seconds=ago)
-            session.add(
-                Message(
-                    id=message_id,
-                    conversation_id=conversation_id,
-                    role="assistant",
-                    content=f"half an answer {message_id[0]}",
-                    status="streaming",
-                    created_at=written,
-                    updated_at=written,
-                )
-            )
-    return conversation_id
-
-
 async def _statuses(app: FastAPI, ids: list[str]) -> dict[str, tuple[str, str]]:
     async with session_scope(app.state.core.sessionmaker) as session:
         rows = await session.execute(
@@ -373,7 +345,7 @@ async def test_startup_marks_abandoned_answers_interrupted_keeping_their_text(
     first = await app_factory(settings)
     user = await create_test_user(first)
     old, fresh = "f" * 32, "e" * 32
-    await _conversation_with_unfinished_answers(first, user, {old: 3600.0, fresh: 0.0})
+    await conversation_with_unfinished_answers(first, user, {old: 3600.0, fresh: 0.0})
     second = await app_factory(settings)
     assert await _statuses(second, [old, fresh]) == {
         old: ("interrupted", "half an answer f"),
@@ -388,7 +360,7 @@ async def test_answers_of_a_process_that_died_are_swept_once_stale(
     app = await app_factory(chat_settings(generation_checkpoint_seconds=checkpoint))
     user = await create_test_user(app)
     orphan = "d" * 32
-    await _conversation_with_unfinished_answers(app, user, {orphan: 0.0})
+    await conversation_with_unfinished_answers(app, user, {orphan: 0.0})
     assert await _statuses(app, [orphan]) == {orphan: ("streaming", "half an answer d")}
     deadline = time.monotonic() + 5.0
     while (await _statuses(app, [orphan]))[orphan][0] != "interrupted":

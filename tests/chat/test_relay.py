@@ -14,10 +14,13 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.chat.registry import GenerationRegistry
-from ollama_web.core.db import session_scope
-from ollama_web.db import Message
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import EventReader, chat_body, stored_conversation
+from tests.chat.conftest import (
+    EventReader,
+    chat_body,
+    conversation_with_unfinished_answers,
+    stored_conversation,
+)
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import TestUser, create_test_user
 
@@ -151,20 +154,7 @@ async def test_without_an_owner_the_answer_is_elsewhere(
 ) -> None:
     """A fresh unfinished answer no live process claims (its process just died): 409."""
     async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (_, b)):
-        async with asgi_client(apps[1]) as client:
-            created = await client.post(
-                "/api/conversations", json={"model": "llama3.2"}, headers=user.headers
-            )
-        async with session_scope(apps[1].state.core.sessionmaker) as session:
-            session.add(
-                Message(
-                    id="c" * 32,
-                    conversation_id=created.json()["id"],
-                    role="assistant",
-                    content="half",
-                    status="streaming",
-                )
-            )
+        await conversation_with_unfinished_answers(apps[1], user, {"c" * 32: 0.0})
         started = time.perf_counter()
         stop = await b.post(f"/api/chat/{'c' * 32}/stop", headers=user.headers)
         follow = await b.get(f"/api/chat/stream/{'c' * 32}", headers=user.headers)
