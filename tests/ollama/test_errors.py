@@ -24,6 +24,7 @@ from ollama_web.ollama.errors import (
     error_from_transport,
 )
 from ollama_web.ollama.gateway import OllamaGateway
+from ollama_web.ollama.http11 import Http11Transport
 from ollama_web.ollama.transport import build_client
 from tests.ollama.streams import drain
 
@@ -216,6 +217,7 @@ def test_the_client_has_explicit_limits_and_timeouts(
     client = build_client(settings)
     assert client.timeout.connect == 1.5
     assert client.timeout.read == 120
-    pool = client._transport._pool  # type: ignore[attr-defined]
-    assert pool._max_connections == 7
+    transport = client._transport
+    assert isinstance(transport, Http11Transport)
+    assert transport.max_connections == 7
     assert not client.trust_env

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpcore
 import httpx
 
 from ollama_web import __version__
@@ -22,7 +21,7 @@ from ollama_web.ollama.errors import (
     error_from_response,
     error_from_transport,
 )
-from ollama_web.ollama.netstream import AsyncioBackend
+from ollama_web.ollama.http11 import Http11Transport
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
 JSON_HEADERS = {"Accept": "application/json"}
@@ -47,83 +46,12 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         pool=settings.ollama_connect_timeout_seconds,
     )
     return httpx.AsyncClient(
-        transport=PooledTransport(limits),
+        transport=Http11Transport(limits, httpx.create_ssl_context(trust_env=False)),
         timeout=timeout,
         headers={"User-Agent": f"ollama-web/{__version__}"},
         follow_redirects=False,
         trust_env=False,
     )
-
-
-class ConnectionPool(httpcore.AsyncConnectionPool):
-    """httpcore's pool, with its bookkeeping in linear time.
-
-    `_assign_requests_to_connections` runs at every request start and every response close.
-    httpcore 1.0's version recounts the whole pool for each idle connection it looks at
-    (`len([... for connection in self._connections])`), which is quadratic in the pool size:
-    with a thousand streams open and finished ones idle, it took 40 % of the server's CPU and
-    new chats waited seconds for their turn. This does the same in one pass: the same
-    closing rules (closed and expired connections go; an idle one is closed while the pool
-    holds more than `max_keepalive_connections`), the same choice of connection for each
-    queued request (the first available one, else a new one while under
-    `max_connections`, else the first idle one replaced by a new one).
-    """
-
-    def _assign_requests_to_connections(self) -> list[Any]:
-        closing: list[Any] = []
-        kept: list[Any] = []
-        total = len(self._connections)
-        for connection in self._connections:
-            if connection.is_closed():
-                total -= 1
-            elif connection.has_expired() or (
-                connection.is_idle() and total > self._max_keepalive_connections
-            ):
-                total -= 1
-                closing.append(connection)
-            else:
-                kept.append(connection)
-        connections = self._connections
-        connections[:] = kept
-
-        for pool_request in [request for request in self._requests if request.is_queued()]:
-            origin = pool_request.request.url.origin
-            available = next(
-                (c for c in connections if c.can_handle_request(origin) and c.is_available()),
-                None,
-            )
-            if available is not None:
-                pool_request.assign_to_connection(available)
-                continue
-            if len(connections) >= self._max_connections:
-                idle = next((c for c in connections if c.is_idle()), None)
-                if idle is None:
-                    continue  # the request waits for a connection
-                connections.remove(idle)
-                closing.append(idle)
-            connection = self.create_connection(origin)
-            connections.append(connection)
-            pool_request.assign_to_connection(connection)
-        return closing
-
-
-class PooledTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (request and error mapping), over an httpcore pool that runs on
-    our asyncio backend (`netstream`) instead of anyio's.
-
-    `AsyncHTTPTransport.__init__` offers no way to pass a network backend and does nothing but
-    build its pool, so this builds that pool itself, with the same settings as httpx would
-    (`trust_env=False`); tests check this pool is the one in use.
-    """
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        self._pool = ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=AsyncioBackend(),
-        )
 
 
 class Upstream:

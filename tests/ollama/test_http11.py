@@ -1,0 +1,499 @@
+"""The upstream client's HTTP/1.1 transport against real loopback servers: keep-alive and
+the pool limits, streamed bodies, timeouts, flow control, broken servers, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+
+from ollama_web.ollama.http11 import HIGH_WATER, Http11Transport
+from tests.ollama.faults import Handler, blackhole, closed_port_url, serving
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def client(ssl_context: ssl.SSLContext | None = None, **limits: Any) -> httpx.AsyncClient:
+    context = ssl_context or ssl.create_default_context()
+    transport = Http11Transport(httpx.Limits(**limits), context)
+    return httpx.AsyncClient(transport=transport, timeout=5.0)
+
+
+def transport_of(http: httpx.AsyncClient) -> Http11Transport:
+    transport = http._transport
+    assert isinstance(transport, Http11Transport)
+    return transport
+
+
+class HoldingServer:
+    """Answers every request `ok` on a kept-alive connection, once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.release.set()
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                await self.release.wait()
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@asynccontextmanager
+async def holding_server() -> AsyncIterator[HoldingServer]:
+    state = HoldingServer()
+    async with serving(state.handle) as port:
+        state.url = f"http://127.0.0.1:{port}/"
+        yield state
+
+
+@asynccontextmanager
+async def one_answer(answer: Handler) -> AsyncIterator[str]:
+    async with serving(answer) as port:
+        yield f"http://127.0.0.1:{port}/"
+
+
+async def test_requests_are_sent_as_built_and_connections_kept_alive() -> None:
+    async with holding_server() as server, client() as http:
+        response = await http.post(server.url + "api/chat?x=1", json={"a": "é"})
+        assert (response.status_code, response.content) == (200, b"ok")
+        assert response.http_version == "HTTP/1.1"
+        assert response.reason_phrase == "OK"
+        await http.get(server.url)
+        await http.delete(server.url + "api/delete", headers={"X-Test": "1"})
+        assert server.connections == 1  # one kept-alive connection, reused
+        first = server.requests[0]
+        assert first.startswith(b"POST /api/chat?x=1 HTTP/1.1\r\n")
+        assert b"\r\nhost: 127.0.0.1:" in first.lower()
+        assert first.endswith(b"\r\n\r\n" + b'{"a":"\xc3\xa9"}')
+        assert b"\r\nX-Test: 1\r\n" in server.requests[2]
+
+
+async def test_the_pool_caps_connections_and_queued_requests_reuse_them() -> None:
+    async with holding_server() as server, client(max_connections=4) as http:
+        server.release.clear()
+        waiting = [asyncio.ensure_future(http.get(server.url)) for _ in range(6)]
+        await asyncio.sleep(0.1)
+        assert transport_of(http).connection_count == 4
+        assert server.connections == 4
+        server.release.set()
+        responses = await asyncio.gather(*waiting)
+        assert [r.content for r in responses] == [b"ok"] * 6
+        assert server.connections == 4  # the two queued requests reused them
+
+
+async def test_a_full_pool_times_out_and_a_cancelled_waiter_passes_its_turn() -> None:
+    async with holding_server() as server, client(max_connections=1) as http:
+        server.release.clear()
+        first = asyncio.ensure_future(http.get(server.url))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await http.get(server.url, timeout=httpx.Timeout(5.0, pool=0.1))
+        cancelled = asyncio.ensure_future(http.get(server.url))
+        queued = asyncio.ensure_future(http.get(server.url))
+        await asyncio.sleep(0.05)
+        server.release.set()
+        await asyncio.sleep(0)  # the first answer frees the connection for `cancelled` ...
+        cancelled.cancel()  # ... which leaves before using it: `queued` must get it
+        assert (await first).content == b"ok"
+        assert (await asyncio.wait_for(queued, 2.0)).content == b"ok"
+
+
+async def test_idle_connections_beyond_the_keepalive_limit_are_closed() -> None:
+    async with (
+        holding_server() as server,
+        client(max_connections=10, max_keepalive_connections=2) as http,
+    ):
+        server.release.clear()
+        waiting = [asyncio.ensure_future(http.get(server.url)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        server.release.set()
+        await asyncio.gather(*waiting)
+        assert transport_of(http).connection_count == 2
+
+
+async def test_expired_connections_are_replaced() -> None:
+    async with holding_server() as server, client(keepalive_expiry=0.05) as http:
+        await http.get(server.url)
+        await asyncio.sleep(0.1)
+        await http.get(server.url)
+        assert server.connections == 2
+
+
+async def test_a_chunked_body_arrives_chunk_by_chunk_byte_for_byte() -> None:
+    text = "Grüße, 世界! 🎉".encode()
+    pieces = [text[:3], text[3:8], text[8:17], text[17:]]  # multi-byte characters split
+    step = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await step.wait()
+            step.clear()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with one_answer(answer) as url, client() as http:
+        received = []
+        async with http.stream("GET", url) as response:
+            async for data in response.aiter_raw():
+                received.append(data)
+                step.set()
+        assert received == pieces  # each piece as it came, not after the end
+        assert transport_of(http).connection_count == 1  # kept for the next request
+
+
+async def test_a_body_without_length_ends_with_the_connection() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b"part two")
+        writer.close()
+
+    async with one_answer(answer) as url, client() as http:
+        response = await http.get(url)
+        assert response.content == b"part one, part two"
+        assert transport_of(http).connection_count == 0
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    connections = 0
+
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)  # keep-alive by default, then closed anyway
+        await writer.drain()
+        writer.close()
+
+    async with one_answer(answer_and_close) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        await asyncio.sleep(0.05)
+        assert (await http.get(url)).content == b"ok"
+        assert connections == 2
+
+
+async def test_bytes_nobody_asked_for_spoil_a_connection() -> None:
+    connections = 0
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(OK)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # unasked
+            await writer.drain()
+
+    async with one_answer(chatty) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        await asyncio.sleep(0.1)
+        assert (await http.get(url)).content == b"ok"
+        assert connections == 2
+
+
+async def test_a_server_that_breaks_off_raises_protocol_errors() -> None:
+    async def silent_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def half_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        writer.close()
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with client() as http:
+        for handler, message in (
+            (silent_close, "without sending a response"),
+            (half_body, "hung up mid-response"),
+            (garbage, "invalid HTTP response"),
+        ):
+            async with one_answer(handler) as url:
+                with pytest.raises(httpx.RemoteProtocolError, match=message):
+                    await http.get(url)
+        assert transport_of(http).connection_count == 0
+
+
+async def test_closing_a_response_early_closes_its_socket_at_once() -> None:
+    """For a generation, closing the upstream connection is Ollama's only cancel signal."""
+    closed_after: list[float] = []
+    sent = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntoken\r\n")
+        await writer.drain()
+        sent.set()
+        started = time.perf_counter()
+        await reader.read()  # returns at the client's close
+        closed_after.append(time.perf_counter() - started)
+
+    async with one_answer(endless) as url, client() as http:
+        async with http.stream("POST", url, json={}) as response:
+            async for _ in response.aiter_raw():
+                break
+        for _ in range(100):
+            if closed_after:
+                break
+            await asyncio.sleep(0.005)
+        assert closed_after, "the server never saw the connection close"
+        assert closed_after[0] < 0.1
+        assert transport_of(http).connection_count == 0
+
+
+async def test_read_timeouts_including_a_short_one_after_a_long_one() -> None:
+    async def one_chunk_then_silence(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with one_answer(one_chunk_then_silence) as url, client() as http:
+        started = time.perf_counter()
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(url, timeout=httpx.Timeout(5.0, read=0.1))
+        assert 0.09 <= time.perf_counter() - started < 1.0
+
+        async with http.stream("GET", url) as response:
+            assert await response.aiter_raw().__anext__() == b"x"
+            connection = next(iter(transport_of(http)._open))
+            waiting = asyncio.ensure_future(connection.wait(60.0))
+            await asyncio.sleep(0.02)
+            waiting.cancel()  # a long wait that ends early leaves its 60 s timer armed
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            started = time.perf_counter()
+            with pytest.raises(httpx.ReadTimeout):
+                await connection.wait(0.1)  # re-arms the timer for the earlier deadline
+            assert time.perf_counter() - started < 1.0
+            waiting = asyncio.ensure_future(connection.wait(0.05))
+            await asyncio.sleep(0.02)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            with pytest.raises(httpx.ReadTimeout):
+                await connection.wait(0.3)  # the 0.05 s timer fires early and moves on
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    payload = b"".join(i.to_bytes(4, "big") for i in range(300_000))  # 1.2 MB
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        writer.write(payload)
+        await writer.drain()
+        await reader.read()
+
+    async with one_answer(flood) as url, client() as http, http.stream("GET", url) as response:
+        connection = next(iter(transport_of(http)._open))
+        paused_seen = False
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            paused_seen = paused_seen or connection.reading_paused
+            if paused_seen:
+                break
+        assert paused_seen, "the socket was never paused"
+        assert connection.buffered <= HIGH_WATER + 256 * 1024
+        assert await response.aread() == payload
+
+
+async def test_connect_failures() -> None:
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(closed_port_url())
+        with blackhole() as url:
+            started = time.perf_counter()
+            with pytest.raises(httpx.ConnectTimeout):
+                await http.get(url, timeout=httpx.Timeout(5.0, connect=0.2))
+            assert time.perf_counter() - started < 1.0
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await http.get("ftp://127.0.0.1/")
+        assert transport_of(http).connection_count == 0
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (scripts/services.sh installs it)")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    return server, client_context
+
+
+async def test_https(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, client_context = tls_pair
+    state = HoldingServer()
+    async with serving(state.handle, server_context) as port:
+        async with client(client_context) as http:
+            for _ in range(2):
+                response = await http.get(f"https://localhost:{port}/")
+                assert response.content == b"ok"
+            assert state.connections == 1
+        async with client() as untrusting:  # the system's CAs: not the self-signed one
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get(f"https://localhost:{port}/")
+
+
+def test_under_uvloop() -> None:
+    """Production runs uvloop, whose transports are not asyncio.Transport subclasses."""
+
+    async def main() -> bytes:
+        async with holding_server() as server, client() as http:
+            await http.get(server.url)
+            return (await http.get(server.url)).content
+
+    assert uvloop.run(main()) == b"ok"
+
+
+async def test_a_queued_request_that_leaves_passes_its_turn_on() -> None:
+    """A waiter woken for a free place and cancelled before it could use it must hand the
+    place to the next waiter, or that one would wait although the pool has room."""
+    async with holding_server() as server, client(max_connections=1) as http:
+        transport = transport_of(http)
+        transport._opening = 1  # the only place is taken (a connect in progress)
+        timeouts = {"connect": 2.0, "pool": None}
+        origin = (b"http", "127.0.0.1", int(server.url.rsplit(":", 1)[1].strip("/")))
+        leaving = asyncio.ensure_future(transport._acquire(origin, timeouts))
+        staying = asyncio.ensure_future(transport._acquire(origin, timeouts))
+        await asyncio.sleep(0.02)
+        transport._opening = 0
+        transport._wake_one()  # the place is free: `leaving` is woken first ...
+        leaving.cancel()  # ... and cancelled before it runs
+        connection = await asyncio.wait_for(staying, 2.0)
+        assert leaving.cancelled()
+        connection.close()
+        transport._release(connection)
+
+
+async def test_an_idle_connection_to_another_node_makes_room() -> None:
+    async with (
+        holding_server() as first,
+        holding_server() as second,
+        client(max_connections=1) as http,
+    ):
+        await http.get(first.url)
+        await http.get(second.url)  # the idle connection to `first` is closed for it
+        assert transport_of(http).connection_count == 1
+        await http.get(first.url)
+        assert (first.connections, second.connections) == (2, 1)
+
+
+async def test_a_second_response_in_the_same_packet_spoils_the_connection() -> None:
+    connections = 0
+
+    async def doubled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK + OK)
+        await writer.drain()
+        await reader.read()
+
+    async with one_answer(doubled) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        assert (await http.get(url)).content == b"ok"
+        assert connections == 2
+
+
+async def test_head_and_no_content_answers_end_at_their_headers() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+
+    async with one_answer(answer) as url, client() as http:
+        for _ in range(2):
+            response = await http.delete(url)
+            assert (response.status_code, response.content) == (204, b"")
+        assert transport_of(http).connection_count == 1  # kept after a 204
+        response = await http.head(url)
+        assert (response.status_code, response.content) == (200, b"")
+        assert transport_of(http).connection_count == 0  # never reused after HEAD
+
+
+async def test_a_request_body_the_server_does_not_read_times_out() -> None:
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+
+    body = b"x" * (32 * 1024 * 1024)
+    async with one_answer(never_reads) as url, client() as http:
+        started = time.perf_counter()
+        with pytest.raises(httpx.WriteTimeout):
+            await http.post(url, content=body, timeout=httpx.Timeout(5.0, write=0.2))
+        assert time.perf_counter() - started < 2.0
+        assert transport_of(http).connection_count == 0
+
+
+async def test_a_large_request_body_waits_for_a_slow_server() -> None:
+    body = b"y" * (16 * 1024 * 1024)
+
+    async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)  # the client's socket fills up meanwhile
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        received = await reader.readexactly(length)
+        writer.write(OK if received == body else b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with one_answer(slow_reader) as url, client() as http:
+        response = await http.post(url, content=body)
+        assert (response.status_code, response.content) == (200, b"ok")
+
+
+async def test_a_closed_transport_refuses_requests() -> None:
+    http = client()
+    await http.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await http._transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))
