@@ -4,9 +4,11 @@
 Each scenario starts the Ollama emulator and the app (uvicorn, uvloop, one worker, SQLite in
 a fresh DATA_DIR) as separate processes on loopback, then:
 
-- ttft: 50 concurrent streams (20 tokens at 20 tokens/s each, so 50 are always in flight);
-  time to the first token through the backend (`POST /api/chat/stream`, a new conversation
-  each time) and directly (`POST /api/chat` on the emulator). Added = backend - direct.
+- ttft: time to the first token through the backend (`POST /api/chat/stream`, a new
+  conversation each time) and directly (`POST /api/chat` on the emulator); added = backend -
+  direct. "steady": 50 streams always in flight (20 tokens at 20 tokens/s each), their
+  starts spread over one second, so new chats arrive one by one, ~50 a second. "burst": 50
+  chats sent at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
 - cpu: server process CPU time (utime + stime from /proc) / tokens relayed, at a paced
@@ -83,14 +85,20 @@ class Side:
 
 
 async def run_loops(
-    side: Side, concurrency: int, seconds: float, on_result: Callable[[float, float, int], None]
+    side: Side,
+    concurrency: int,
+    seconds: float,
+    on_result: Callable[[float, float, int], None],
+    spread: float = 0.0,
 ) -> int:
-    """`concurrency` keep-alive clients chatting back to back for `seconds`; chats done."""
+    """`concurrency` keep-alive clients chatting back to back for `seconds`; chats done.
+    With `spread`, client i starts i * spread / concurrency seconds late (steady arrivals)."""
     deadline = time.perf_counter() + seconds
     done = 0
 
-    async def loop() -> None:
+    async def loop(index: int) -> None:
         nonlocal done
+        await asyncio.sleep(index * spread / concurrency)
         connection = await Connection.to(side.url)
         try:
             while time.perf_counter() < deadline:
@@ -99,7 +107,7 @@ async def run_loops(
         finally:
             connection.close()
 
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    await asyncio.gather(*(loop(i) for i in range(concurrency)))
     return done
 
 
@@ -122,7 +130,17 @@ class Scenario:
         self.emulator.wait()
 
 
+def _added(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        key: round(result["backend"][key] - result["direct"][key], 3)
+        for key in ("p50_ms", "p90_ms", "p99_ms")
+    }
+
+
 async def ttft(seconds: float) -> dict[str, Any]:
+    """Steady: 50 streams always in flight, their starts spread over one stream's length (1 s),
+    so about 50 new chats a second arrive one by one. Burst: 50 chats sent at the same instant
+    (10 rounds); the last of them waits for the 49 before it to be admitted."""
     result: dict[str, Any] = {"concurrency": 50, "tokens_per_stream": 20, "tokens_per_second": 20}
     async with Scenario("--reply-tokens", "20", "--tokens-per-second", "20") as (
         direct,
@@ -130,16 +148,26 @@ async def ttft(seconds: float) -> dict[str, Any]:
         _,
     ):
         await run_loops(backend, 8, 2.0, lambda *_: None)  # warm up (imports, pools, caches)
+        steady: dict[str, Any] = {}
+        burst: dict[str, Any] = {}
         for side in (direct, backend):
             samples: list[float] = []
-            await run_loops(side, 50, seconds, lambda first, *_, out=samples: out.append(first))
-            result[side.name] = percentiles(samples)
-    added = {
-        key: round(result["backend"][key] - result["direct"][key], 3)
-        for key in ("p50_ms", "p90_ms", "p99_ms")
-    }
-    result["added"] = added
-    return result
+            record = lambda first, *_, out=samples: out.append(first)  # noqa: E731
+            await run_loops(side, 50, seconds, record, spread=1.0)
+            steady[side.name] = percentiles(samples)
+            samples = []
+            connections = [await Connection.to(side.url) for _ in range(50)]
+            for _ in range(10):
+                for first, _total, _seen in await asyncio.gather(
+                    *(side.chat(connection) for connection in connections)
+                ):
+                    samples.append(first)
+            for connection in connections:
+                connection.close()
+            burst[side.name] = percentiles(samples)
+        steady["added"] = _added(steady)
+        burst["added"] = _added(burst)
+    return {**result, "steady": steady, "burst": burst}
 
 
 async def throughput(seconds: float) -> dict[str, Any]:
