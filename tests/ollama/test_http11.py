@@ -8,7 +8,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ import httpx
 import pytest
 import uvloop
 
+from ollama_web.core.config import Settings
 from ollama_web.ollama.http11 import HIGH_WATER, Http11Transport
+from ollama_web.ollama.transport import build_client
 from tests.ollama.faults import Handler, blackhole, closed_port_url, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -497,3 +499,26 @@ async def test_a_closed_transport_refuses_requests() -> None:
     await http.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await http._transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+
+
+async def test_the_upstream_client_keeps_no_cookies(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    heads: list[bytes] = []
+
+    async def sets_a_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            heads.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: node=1; Path=/\r\nContent-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+
+    async with one_answer(sets_a_cookie) as url, build_client(settings_factory()) as http:
+        await http.get(url)
+        await http.get(url)
+        assert len(http.cookies) == 0
+        with pytest.raises(TypeError):
+            http.cookies = {"a": "b"}
+    assert len(heads) == 2
+    assert b"cookie" not in heads[1].lower()
