@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from ollama_web.core.errors import ValidationError
 from ollama_web.emulator import ModelSpec, OllamaEmulator
 from ollama_web.emulator.config import BUSY_ERROR, DEFAULT_ERROR, DEFAULT_REPLY, DEFAULT_THINKING
+from ollama_web.ollama.chat import ChatStream
 from ollama_web.ollama.chunks import ChatChunk
 from ollama_web.ollama.errors import (
     MODEL_SUGGESTION,
@@ -20,8 +23,42 @@ from ollama_web.ollama.errors import (
     OllamaStreamError,
     OllamaTimeoutError,
 )
+from ollama_web.ollama.nodes import Node, NodeRegistry
 from tests.ollama.conftest import GatewayFactory
+from tests.ollama.faults import serving
 from tests.ollama.streams import HI, collect, drain
+
+
+async def test_a_compressed_stream_is_still_decoded() -> None:
+    """Streams ask for `identity`; a node that compresses anyway is decoded by httpx."""
+    lines = (
+        b'{"message":{"role":"assistant","content":"Gr\xc3\xbc"},"done":false}\n'
+        b'{"message":{"role":"assistant","content":"\xc3\x9fe"},"done":false}\n'
+        b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n'
+    )
+    packed = gzip.compress(lines)
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for piece in (packed[:10], packed[10:]):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(gzipped) as port, httpx.AsyncClient() as client:
+        node = NodeRegistry([f"http://127.0.0.1:{port}"]).nodes[0]
+
+        async def opener() -> tuple[Node, httpx.Response]:
+            request = client.build_request("POST", node.url + "/api/chat")
+            return node, await client.send(request, stream=True)
+
+        async with ChatStream(opener, lambda _: None, lambda *_: None) as stream:
+            chunks = await collect(stream)
+    assert "".join(c.content for c in chunks) == "Grüße"
+    assert chunks[-1].done
 
 
 def chat_requests(emulator: OllamaEmulator) -> list[dict[str, object]]:
@@ -214,6 +251,7 @@ async def test_upstream_requests_use_the_nodes_host_and_never_an_origin(
     request = next(r for r in ollama_emulator.requests if r.path == "/api/chat")
     assert request.headers["host"] == urlsplit(ollama_emulator.url).netloc
     assert "origin" not in request.headers
+    assert request.headers["accept-encoding"] == "identity"  # lines unbuffered, undecoded
     assert request.json == {
         "model": "llama3.2:latest",
         "messages": HI,

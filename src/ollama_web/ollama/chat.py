@@ -31,6 +31,15 @@ Opener = Callable[[], Awaitable[tuple[Node, httpx.Response]]]
 Releaser = Callable[[Node], None]
 
 
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives. Uncompressed (streams ask for `identity`), the response's own
+    stream is read directly, without httpx's decoder and chunker layers on every line."""
+    stream = response.stream
+    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        return response.aiter_bytes()
+    return stream.__aiter__()
+
+
 class ChatStream:
     def __init__(self, opener: Opener, releaser: Releaser, on_failure: Callable[[Node, str], None]):
         self._opener = opener
@@ -70,7 +79,7 @@ class ChatStream:
 
     async def _chunks(self, response: httpx.Response) -> AsyncIterator[ChatChunk]:
         decoder = NDJSONDecoder()
-        body = response.aiter_bytes()
+        body = _body(response)
         try:
             async for data in body:
                 for obj in decoder.feed(data):

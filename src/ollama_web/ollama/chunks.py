@@ -66,17 +66,25 @@ class ChatChunk:
         if not isinstance(message, dict):
             message = {}
         tool_calls = message.get("tool_calls")
-        if not isinstance(tool_calls, list):
-            tool_calls = []
-        calls = [call for call in tool_calls if isinstance(call, dict)]
+        calls = None
+        if isinstance(tool_calls, list):
+            calls = [call for call in tool_calls if isinstance(call, dict)] or None
         done = obj.get("done") is True
-        metrics = {name: _int_or_none(obj.get(name)) for name in METRIC_FIELDS} if done else {}
+        if not done:  # a token: the hot path
+            return cls(
+                content=_str(message.get("content")),
+                thinking=_str(message.get("thinking")),
+                done_reason=_str(obj.get("done_reason")) or None,
+                tool_calls=calls,
+                model=_str(obj.get("model")),
+            )
+        metrics = {name: _int_or_none(obj.get(name)) for name in METRIC_FIELDS}
         return cls(
             content=_str(message.get("content")),
             thinking=_str(message.get("thinking")),
             done=done,
             done_reason=_str(obj.get("done_reason")) or None,
-            tool_calls=calls or None,
+            tool_calls=calls,
             model=_str(obj.get("model")),
             **metrics,
         )

@@ -25,6 +25,9 @@ class NDJSONDecoder:
         self._max_line_bytes = max_line_bytes
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
+        if not self._buffer and data.find(b"\n") == len(data) - 1:
+            # The usual streamed chunk: exactly one whole line.
+            return [_decode_line(data)] if data.strip() else []
         self._buffer += data
         objects: list[dict[str, Any]] = []
         start = 0

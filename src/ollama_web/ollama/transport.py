@@ -25,7 +25,8 @@ from ollama_web.ollama.http11 import Http11Transport
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
 JSON_HEADERS = {"Accept": "application/json"}
-NDJSON_HEADERS = {"Accept": "application/x-ndjson"}
+# Streamed lines must not wait in a compressor's buffer, and are read without a decoder.
+NDJSON_HEADERS = {"Accept": "application/x-ndjson", "Accept-Encoding": "identity"}
 MAX_ERROR_BODY_BYTES = 64 * 1024
 PROBE_TIMEOUT_SECONDS = 1.5
 KEEPALIVE_EXPIRY_SECONDS = 60.0
