@@ -89,6 +89,9 @@ class Inventory:
             return node.last_error
         return None
 
+    def _due(self, node: Node, loaded: bool) -> bool:
+        return self._stale(node.models_at) or (loaded and self._stale(node.loaded_at))
+
     async def _refresh_node(self, node: Node, force: bool, loaded: bool) -> str | None:
         error: str | None = None
         if force or self._stale(node.models_at):
@@ -100,7 +103,11 @@ class Inventory:
     async def refresh(self, *, force: bool = False, loaded: bool = False) -> list[NodeReport]:
         """Bring inventories up to date; one report per configured node."""
         contact = self.registry.reachable_first()
-        errors = await asyncio.gather(*(self._refresh_node(n, force, loaded) for n in contact))
+        errors: list[str | None]
+        if force or any(self._due(node, loaded) for node in contact):
+            errors = await asyncio.gather(*(self._refresh_node(n, force, loaded) for n in contact))
+        else:  # every chat asks (up to 3 times): no task per node when all is fresh
+            errors = [None] * len(contact)
         outcome = {node.url: error for node, error in zip(contact, errors, strict=True)}
         reports = []
         for node in self.registry.nodes:
