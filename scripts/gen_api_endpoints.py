@@ -6,7 +6,8 @@
 
 The app is built with every optional feature on and no lifespan (nothing is started, no
 database is touched), so the list is the same on every machine and in every environment.
-One line per operation: `METHOD /path — summary`, grouped by tag in the schema's order.
+One line per operation: `METHOD /path — summary`, grouped by tag in the order of the schema's
+`tags` list (then of first appearance).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def operations(schema: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def render(schema: dict[str, Any]) -> str:
     info = schema.get("info", {})
     rows = operations(schema)
-    tags: list[str] = []
+    tags: list[str] = [str(tag["name"]) for tag in schema.get("tags", [])]
     for tag, *_ in rows:
         if tag not in tags:
             tags.append(tag)

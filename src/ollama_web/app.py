@@ -47,7 +47,12 @@ LIFESPAN_FACTORIES: tuple[str, ...] = (
 )
 
 # Modules exposing `router`, included in this order (one line each).
+# Every request is matched against the routes in this order, at ~2 us a route (FastAPI
+# tries each in turn): the chat and conversation routes, hit for every message, come first.
+# The documentation keeps its reading order (TAG_ORDER).
 ROUTER_MODULES: tuple[str, ...] = (
+    "ollama_web.chat.router",
+    "ollama_web.conversations.router",
     "ollama_web.health.router",
     "ollama_web.info.router",
     "ollama_web.docs.router",
@@ -58,8 +63,17 @@ ROUTER_MODULES: tuple[str, ...] = (
     "ollama_web.admin.router",
     "ollama_web.models.router",
     "ollama_web.ollama.router",
-    "ollama_web.conversations.router",
-    "ollama_web.chat.router",
+)
+TAG_ORDER = (
+    "health",
+    "monitoring",
+    "backups",
+    "auth",
+    "keys",
+    "admin",
+    "models",
+    "conversations",
+    "chat",
 )
 
 
@@ -121,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_tags=[{"name": tag} for tag in TAG_ORDER],
         # Every routed request is rate-limited (after resolving who is calling).
         dependencies=[RateLimitDep],
     )
