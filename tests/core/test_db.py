@@ -3,12 +3,13 @@ are reset."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 
 from ollama_web.core.config import Settings
@@ -96,3 +97,32 @@ async def test_sqlite_statements_take_one_trip_to_the_driver_thread(
             assert [row.x async for row in streamed] == ["a", "b!", "<script>!"]
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_connections_are_kept_and_the_last_used_is_reused(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Opening a SQLite connection is a thread and four PRAGMAs: after a burst of 12 at
+    once, all are kept, and a lone request takes the one used last (its cache is warm)."""
+    engine, _ = create_engine(settings_factory())
+    opened: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda connection, _: opened.append(connection))
+    try:
+        held = [await engine.connect() for _ in range(12)]
+        for connection in held:
+            await connection.execute(text("SELECT 1"))
+        last = (await held[-1].get_raw_connection()).driver_connection
+        for connection in held:
+            await connection.close()
+        async with engine.connect() as connection:
+            assert (await connection.get_raw_connection()).driver_connection is last
+        for _ in range(3):
+            await asyncio.gather(*(_select_one(engine) for _ in range(12)))
+        assert len(opened) == 12
+    finally:
+        await engine.dispose()
+
+
+async def _select_one(engine: Any) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
