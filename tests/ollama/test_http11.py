@@ -51,16 +51,27 @@ class HoldingServer:
         self.connections += 1
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                self.requests.append(head + await reader.readexactly(length))
+                self.requests.append(head + await read_body(reader, head))
                 await self.release.wait()
                 writer.write(OK)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+
+async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """A request body framed by Content-Length or chunked."""
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding: chunked\r\n" in lowered:
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+        return body
+    for line in lowered.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return await reader.readexactly(int(line.split(b":")[1]))
+    return b""
 
 
 @asynccontextmanager
@@ -522,3 +533,15 @@ async def test_the_upstream_client_keeps_no_cookies(
             http.cookies = {"a": "b"}
     assert len(heads) == 2
     assert b"cookie" not in heads[1].lower()
+
+
+async def test_a_streamed_request_body_is_sent_chunked() -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b"1}"
+
+    async with holding_server() as server, client() as http:
+        assert (await http.post(server.url, content=parts())).content == b"ok"
+        assert server.requests[0].endswith(b'\r\n\r\n{"a":1}')
+        assert (await http.get(server.url)).content == b"ok"  # the connection is still sound
+        assert server.connections == 1

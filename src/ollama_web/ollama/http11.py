@@ -329,6 +329,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         port = url.port or (443 if scheme == b"https" else 80)
         origin: Origin = (scheme, url.host, port)
         body = await request.aread()
+        if body and "transfer-encoding" in request.headers:  # a streamed body, read whole
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
         head.extend(b"%s: %s\r\n" % pair for pair in request.headers.raw)
         head.append(b"\r\n")
