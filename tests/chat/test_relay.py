@@ -37,8 +37,9 @@ async def two_processes(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
+    **overrides: Any,
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
-    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3)
+    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
     user = await create_test_user(apps[0])
     for app in apps:
@@ -162,3 +163,36 @@ async def test_without_an_owner_the_answer_is_elsewhere(
     assert (stop.status_code, stop.json()["error"]) == (409, "GENERATION_ELSEWHERE")
     assert (follow.status_code, follow.json()["error"]) == (409, "GENERATION_ELSEWHERE")
     assert elapsed < 3.0  # two waits of OWNER_WAIT_SECONDS at most
+
+
+async def test_the_per_user_generation_limit_holds_across_processes(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    processes = two_processes(
+        app_factory, chat_settings, live_server, max_concurrent_generations_per_user=1
+    )
+    async with processes as (user, _, (a, b)):
+        async with a.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            reader = EventReader(response)
+            answer_id = (await reader.next()).data["assistant_message_id"]
+            refused = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"] == "TOO_MANY_GENERATIONS"
+            stopped = await a.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+            assert stopped.status_code == 200
+            await reader.rest()
+        ollama_emulator.config.reply_tokens = 3
+        ollama_emulator.config.tokens_per_second = 0
+        for _ in range(50):  # the slot is given back in the background, just after the end
+            answered = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
+            if answered.status_code != 429:
+                break
+            await asyncio.sleep(0.02)
+        assert answered.status_code == 200, answered.text

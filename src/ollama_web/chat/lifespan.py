@@ -1,6 +1,7 @@
 """The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
-the generation registry (with the Redis relay to other processes when REDIS_URL is set), the
-title writer, and a shutdown that lets running generations store what they have."""
+the generation registry (with REDIS_URL, the relay to other processes and the per-user limit
+they share), the title writer, and a shutdown that lets running generations store what they
+have."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
+from ollama_web.chat.slots import SharedSlots
 from ollama_web.conversations.titles import TITLE_DEFER_SECONDS, TitleWriter
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.state import CoreState
@@ -43,6 +45,9 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
             core.settings.redis_url, registry, core.settings.sse_keepalive_seconds
         )
         registry.relay.start()
+        registry.slots = SharedSlots(
+            core.settings.redis_url, leases.stale_seconds(checkpoint_seconds)
+        )
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(
             core.sessionmaker,
@@ -60,4 +65,6 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         if registry.relay is not None:
             await registry.relay.aclose()
         await registry.shutdown()
+        if registry.slots is not None:
+            await registry.slots.aclose()
         await titles.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ollama_web.core.config import Settings
 
 if TYPE_CHECKING:
     from ollama_web.chat.relay import GenerationRelay
+    from ollama_web.chat.slots import SharedSlots
 
 RETAIN_SECONDS = 120.0
 """How long a finished generation stays replayable from memory (later: from the database)."""
@@ -33,6 +35,9 @@ class Reservation:
     user_id: str
     created_at: float = field(default_factory=time.monotonic)
     active: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    shared: bool = False
+    """Also held in Redis (see `slots`), to give back when released."""
 
     def held(self, now: float) -> bool:
         return self.active or now - self.created_at < RESERVATION_TTL_SECONDS
@@ -58,11 +63,14 @@ class GenerationRegistry:
         self._quiet.set()
         self.relay: GenerationRelay | None = None
         """Set with REDIS_URL: stop and re-attach for answers of other processes."""
+        self.slots: SharedSlots | None = None
+        """Set with REDIS_URL: the per-user limit counted across processes."""
 
     # ------------------------------------------------------------- slots
 
-    def reserve(self, user_id: str) -> Reservation:
-        """Take one of the user's MAX_CONCURRENT_GENERATIONS_PER_USER slots, or 429."""
+    async def reserve(self, user_id: str) -> Reservation:
+        """Take one of the user's MAX_CONCURRENT_GENERATIONS_PER_USER slots, or 429: in this
+        process, and with REDIS_URL across all of them (see `slots`)."""
         now = time.monotonic()
         held = [r for r in self._reservations.get(user_id, ()) if r.held(now)]
         limit = self.settings.max_concurrent_generations_per_user
@@ -72,9 +80,18 @@ class GenerationRegistry:
         reservation = Reservation(user_id, now)
         held.append(reservation)
         self._reservations[user_id] = held
+        if self.slots is not None:
+            taken = await self.slots.take(user_id, reservation.id, limit)
+            if taken is False:
+                self.release(reservation)
+                raise TooManyGenerationsError(limit)
+            reservation.shared = bool(taken)
         return reservation
 
     def release(self, reservation: Reservation) -> None:
+        if reservation.shared and self.slots is not None:
+            reservation.shared = False
+            self.slots.give_back(reservation.user_id, reservation.id)
         held = self._reservations.get(reservation.user_id)
         if held is None:
             return
@@ -142,10 +159,19 @@ class GenerationRegistry:
         return frozenset(self._running)
 
     async def heartbeat(self, interval: float) -> None:
-        """Keep the lease of every running answer (see `ollama_web.chat.leases`)."""
+        """Keep the lease of every running answer (see `ollama_web.chat.leases`), and the
+        shared slots this process holds."""
         running = list(self._running.values())
         if running:
             await asyncio.gather(*(generation.heartbeat(interval) for generation in running))
+        if self.slots is not None:
+            now = time.monotonic()
+            await self.slots.refresh(
+                (r.user_id, r.id)
+                for held in self._reservations.values()
+                for r in held
+                if r.shared and r.held(now)
+            )
 
     async def shutdown(self) -> None:
         """Stop every running job; each stores its partial answer as `interrupted`."""

@@ -265,7 +265,7 @@ async def prepare(
 ) -> PreparedChat:
     """Store the question and an empty answer; raises before anything is stored on 4xx."""
     check_limits(body, settings)
-    reservation = registry.reserve(user_id)
+    reservation = await registry.reserve(user_id)
     try:
         return await _prepare(session, user_id, body, gateway, registry.writes, reservation)
     except BaseException:
