@@ -4,7 +4,6 @@ generation, and the replay of an answer that is no longer in memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -72,25 +71,24 @@ def stored_log(message: MessagePublic, conversation_id: str, after: int) -> Even
 
 
 class GenerationResultResponse(Response):
-    """`POST /api/chat/message`: start the job when the response starts (after the commit),
-    wait for it, answer JSON. A client that leaves does not stop it (unless
-    CHAT_CONTINUE_ON_DISCONNECT=false)."""
+    """`POST /api/chat/message`: wait for the job, answer JSON. A client that leaves does not
+    stop it (unless CHAT_CONTINUE_ON_DISCONNECT=false)."""
 
     def __init__(
         self,
-        start: Callable[[], Generation],
+        generation: Generation,
         conversation_id: str,
         user_message: MessagePublic,
     ) -> None:
         self.status_code = 200
         self.background: BackgroundTask | None = None
-        self._start = start
+        self._generation = generation
         self._conversation_id = conversation_id
         self._user_message = user_message
         self.init_headers({})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        generation = self._start()
+        generation = self._generation
         loop = asyncio.get_running_loop()
         # Attached (so a departure counts as abandoning), but never waiting on its future:
         # new tokens cost nothing here; only the end or a disconnect wakes this response.

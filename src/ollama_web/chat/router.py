@@ -106,10 +106,9 @@ async def chat_stream(
     )
     if isinstance(prepared, Response):
         return prepared
-    return SSEResponse(
-        lambda: registry.start(prepared.reservation, prepared.spec).log,
-        keepalive_seconds=settings.sse_keepalive_seconds,
-    )
+    # Started now, not when the response starts: Ollama is asked while the headers go out.
+    generation = registry.start(prepared.reservation, prepared.spec)
+    return SSEResponse(lambda: generation.log, keepalive_seconds=settings.sse_keepalive_seconds)
 
 
 @router.post(
@@ -133,7 +132,7 @@ async def chat_message(
     if isinstance(prepared, Response):
         return prepared
     return GenerationResultResponse(
-        lambda: registry.start(prepared.reservation, prepared.spec),
+        registry.start(prepared.reservation, prepared.spec),
         prepared.spec.conversation_id,
         prepared.user_message,
     )

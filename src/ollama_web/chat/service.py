@@ -5,8 +5,8 @@ Order (API-CONTRACT "Chat"): validated and slot taken (429) -> conversation and 
 message found (404) -> model resolved (unknown: 404 with nothing stored; no node reachable:
 the user's message is stored, then 503 with its id) -> the user message and an empty
 `pending` answer committed in one short transaction of their own (Core statements, see
-`conversations.writes`); the request's transaction only reads. The job starts when the
-response starts.
+`conversations.writes`); the request's transaction only reads, and is committed first. The
+job starts as soon as this returns.
 """
 
 from __future__ import annotations

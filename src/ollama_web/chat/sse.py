@@ -127,8 +127,8 @@ async def listen_for_disconnect(receive: Receive, follower: Follower) -> None:
 
 
 class SSEResponse(Response):
-    """Follows the `EventLog` returned by `open_log` (called when the response starts, i.e.
-    after the request's transaction committed), from event `after` on."""
+    """Follows the `EventLog` returned by `open_log` (called when the response starts), from
+    event `after` on."""
 
     media_type = MEDIA_TYPE
 
