@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+APP = "ollama_web.main:app"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -109,7 +111,14 @@ def start_emulator(*args: str) -> tuple[subprocess.Popen[bytes], str]:
 class Server:
     """The app under uvicorn in a child process, with its own DATA_DIR."""
 
-    def __init__(self, ollama_url: str, database_url: str | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        ollama_url: str,
+        database_url: str | None = None,
+        app: str = APP,
+        **env: str,
+    ) -> None:
+        self.app = app
         self.directory = tempfile.TemporaryDirectory(prefix="ow-bench-")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -137,10 +146,12 @@ class Server:
 
     def start(self) -> None:
         command = [
-            sys.executable, "-m", "uvicorn", "ollama_web.main:app", "--host", "127.0.0.1",
+            sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
             "--port", str(self.port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning", "--no-server-header",
         ]  # fmt: skip
+        if self.app != APP:  # a bench/ module (floor_app)
+            command += ["--app-dir", str(BENCH)]
         self.process = subprocess.Popen(
             command, env=self.env, cwd=self.directory.name, stdout=subprocess.DEVNULL
         )

@@ -11,6 +11,8 @@ a fresh DATA_DIR) as separate processes on loopback, then:
   chats sent at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
+- floor: the same load on bench/floor_app.py, the thinnest FastAPI app relaying a chat (no
+  authentication, database, middleware, title): what the framework alone costs.
 - cpu: server process CPU time (utime + stime from /proc) / tokens relayed, at a paced
   rate (100 streams x 50 tokens/s) and in bursts (8 streams at full speed, 2000 tokens).
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
@@ -48,21 +50,19 @@ DONE_MARK = b"event: done"
 class Side:
     """How one request is made: through the backend or straight to the emulator."""
 
-    def __init__(self, name: str, url: str, api_key: str | None = None) -> None:
+    def __init__(self, name: str, url: str, api_key: str | None = None, sse: bool = False):
         self.name = name
         self.url = url
         self.api_key = api_key
+        self.sse = sse or api_key is not None
 
     async def chat(self, connection: Connection) -> tuple[float, float, int]:
         """One streamed chat: (time to first token, total time, tokens seen)."""
         started = time.perf_counter()
-        if self.api_key is not None:
-            connection.send(
-                "POST",
-                "/api/chat/stream",
-                {"model": MODEL, "content": "Say something nice."},
-                {"Authorization": f"Bearer {self.api_key}"},
-            )
+        if self.sse:
+            auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            body = {"model": MODEL, "content": "Say something nice."}
+            connection.send("POST", "/api/chat/stream", body, auth)
             first_mark, end_mark = TOKEN_MARK, DONE_MARK
         else:
             body = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
@@ -195,6 +195,32 @@ async def throughput(seconds: float) -> dict[str, Any]:
     return result
 
 
+async def floor(seconds: float) -> dict[str, Any]:
+    """The throughput scenario against bench/floor_app.py: FastAPI, uvicorn and httpx
+    relaying the same chats with nothing else (no auth, database, middleware or title)."""
+    emulator, url = start_emulator("--models", MODEL, "--reply-tokens", "20")
+    server = Server(url, app="floor_app:app")
+    server.start()
+    try:
+        side = Side("floor", server.base, sse=True)
+        await run_loops(side, 8, 2.0, lambda *_: None)
+        cpu_before = cpu_seconds(server.pid)
+        started = time.perf_counter()
+        chats = await run_loops(side, 8, seconds, lambda *_: None)
+        elapsed = time.perf_counter() - started
+        used = cpu_seconds(server.pid) - cpu_before
+    finally:
+        server.stop()
+        emulator.terminate()
+        emulator.wait()
+    return {
+        "concurrency": 8,
+        "tokens_per_chat": 20,
+        "chats_per_second": round(chats / elapsed, 1),
+        "server_cpu_ms_per_chat": round(used / chats * 1000, 3),
+    }
+
+
 async def cpu_per_token(label: str, streams: int, tokens: int, tps: str) -> dict[str, Any]:
     args = ["--reply-tokens", str(tokens)] + (["--tokens-per-second", tps] if tps else [])
     async with Scenario(*args) as (_, backend, server):
@@ -276,6 +302,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "ttft": lambda: ttft(args.seconds),
         "throughput": lambda: throughput(args.seconds),
+        "floor": lambda: floor(args.seconds),
         "cpu_paced": lambda: cpu_per_token("paced", 100, 200, "50"),
         "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
         "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
@@ -296,7 +323,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["ttft", "throughput", "cpu_paced", "cpu_burst", "slow_streams"],
+        choices=["ttft", "throughput", "floor", "cpu_paced", "cpu_burst", "slow_streams"],
     )
     arguments = parser.parse_args()
     report = uvloop.run(main(arguments))
