@@ -26,7 +26,13 @@ from ollama_web.conversations.repository import BranchMessage
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.service import message_public, model_display_name
 from ollama_web.conversations.tree import Tree, first_words
-from ollama_web.conversations.writes import CONVERSATIONS, MESSAGES, Writes
+from ollama_web.conversations.writes import (
+    CONVERSATIONS,
+    MESSAGES,
+    NewConversation,
+    NewMessage,
+    Writes,
+)
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError, ValidationError
 from ollama_web.db import Conversation, Message
@@ -37,6 +43,8 @@ from ollama_web.ollama.gateway import OllamaGateway
 
 USER = MessageRole.USER.value
 ASSISTANT = MessageRole.ASSISTANT.value
+COMPLETE = MessageStatus.COMPLETE.value
+PENDING = MessageStatus.PENDING.value
 
 
 @dataclass
@@ -57,9 +65,9 @@ class Stored:
     """What this turn writes: the conversation (new, or changed values) and messages."""
 
     conversation_id: str
-    new_conversation: Conversation | None = None
+    new_conversation: NewConversation | None = None
     changes: dict[str, Any] = field(default_factory=dict)
-    messages: list[Message] = field(default_factory=list)
+    messages: list[NewMessage] = field(default_factory=list)
 
 
 @dataclass
@@ -128,7 +136,7 @@ async def load_turn(session: AsyncSession, user_id: str, body: ChatRequest) -> T
 
 
 def ollama_messages(
-    system_prompt: str | None, path: Sequence[BranchMessage | Message]
+    system_prompt: str | None, path: Sequence[BranchMessage | Message | NewMessage]
 ) -> list[dict[str, Any]]:
     """The conversation as Ollama reads it: system prompt, then the branch, oldest first."""
     out: list[dict[str, Any]] = []
@@ -158,18 +166,15 @@ def _conversation_changes(turn: Turn, user_id: str, body: ChatRequest, model: st
     now = utcnow()
     current = turn.conversation
     if current is None:
-        conversation = Conversation(
+        conversation = NewConversation(
             id=new_id(),
             user_id=user_id,
             title=first_words(body.content or ""),
-            title_generated=False,
             model=model,
-            system_prompt=body.system_prompt or None,
-            options=body.options.as_dict() if body.options else {},
-            pinned=False,
-            archived=False,
             created_at=now,
             updated_at=now,
+            system_prompt=body.system_prompt or None,
+            options=body.options.as_dict() if body.options else {},
         )
         return Stored(conversation.id, new_conversation=conversation)
     changes: dict[str, Any] = {"model": model, "updated_at": now}
@@ -182,26 +187,11 @@ def _conversation_changes(turn: Turn, user_id: str, body: ChatRequest, model: st
     return Stored(current.id, changes=changes)
 
 
-def _new_message(conversation_id: str, parent_id: str | None, **values: Any) -> Message:
+def _new_message(
+    conversation_id: str, parent_id: str | None, role: str, content: str, status: str
+) -> NewMessage:
     now = utcnow()
-    return Message(
-        id=new_id(),
-        conversation_id=conversation_id,
-        parent_id=parent_id,
-        thinking=None,
-        images=None,
-        model=None,
-        done_reason=None,
-        error=None,
-        completed_at=None,
-        created_at=now,
-        updated_at=now,
-        **values,
-    )
-
-
-def _row(item: Conversation | Message, table: Any) -> dict[str, Any]:
-    return {column.key: getattr(item, column.key, None) for column in table.columns}
+    return NewMessage(new_id(), conversation_id, parent_id, role, content, status, now, now)
 
 
 # Built once: a reused statement keeps its memoized cache key.
@@ -213,11 +203,9 @@ async def _store(writes: Writes, stored: Stored) -> None:
     """Commit the turn (before Ollama is called)."""
     async with writes.transaction() as connection:
         if stored.new_conversation is not None:
-            await connection.execute(
-                _INSERT_CONVERSATION, [_row(stored.new_conversation, CONVERSATIONS)]
-            )
+            await connection.execute(_INSERT_CONVERSATION, [stored.new_conversation.row()])
         if stored.messages:
-            rows = [_row(message, MESSAGES) for message in stored.messages]
+            rows = [message.row() for message in stored.messages]
             await connection.execute(_INSERT_MESSAGES, rows)
         if stored.changes:
             await connection.execute(
@@ -227,15 +215,11 @@ async def _store(writes: Writes, stored: Stored) -> None:
             )
 
 
-def _question(turn: Turn, stored: Stored, body: ChatRequest) -> Message:
+def _question(turn: Turn, stored: Stored, body: ChatRequest) -> Message | NewMessage:
     if turn.question is not None:
         return turn.question
     question = _new_message(
-        stored.conversation_id,
-        turn.parent_id,
-        role=USER,
-        content=body.content or "",
-        status=MessageStatus.COMPLETE.value,
+        stored.conversation_id, turn.parent_id, USER, body.content or "", COMPLETE
     )
     question.images = body.images or None
     question.completed_at = question.created_at
@@ -250,7 +234,7 @@ def _set_leaf(stored: Stored, leaf_id: str) -> None:
         stored.changes["active_leaf_id"] = leaf_id
 
 
-def _siblings(messages: Sequence[BranchMessage], new: Message) -> list[str]:
+def _siblings(messages: Sequence[BranchMessage], new: Message | NewMessage) -> list[str]:
     same = [m.id for m in messages if m.parent_id == new.parent_id and m.role == new.role]
     return same if new.id in same else [*same, new.id]
 
@@ -298,19 +282,14 @@ async def _prepare(
         raise StoredBeforeFailure(exc, stored.conversation_id, question.id) from None
     stored = _conversation_changes(turn, user_id, body, model)
     question = _question(turn, stored, body)
-    answer = _new_message(
-        stored.conversation_id,
-        question.id,
-        role=ASSISTANT,
-        content="",
-        status=MessageStatus.PENDING.value,
-    )
+    answer = _new_message(stored.conversation_id, question.id, ASSISTANT, "", PENDING)
     answer.model = model
     stored.messages.append(answer)
     _set_leaf(stored, answer.id)
     await _store(writes, stored)
     tree = Tree(turn.messages)
-    path: list[BranchMessage | Message] = [tree.by_id[i] for i in tree.path_to(turn.parent_id)]
+    path: list[BranchMessage | Message | NewMessage]
+    path = [tree.by_id[i] for i in tree.path_to(turn.parent_id)]
     if turn.question is None:
         path.append(question)
     conversation = stored.new_conversation or turn.conversation

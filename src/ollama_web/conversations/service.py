@@ -19,6 +19,7 @@ from ollama_web.conversations.schemas import (
     MessagePublic,
 )
 from ollama_web.conversations.tree import Tree
+from ollama_web.conversations.writes import NewMessage
 from ollama_web.core.pagination import Keyset, Page, PageParams
 from ollama_web.db import Conversation, Message
 from ollama_web.ollama.names import validate_model_name
@@ -31,13 +32,13 @@ def model_display_name(name: str) -> str:
     return validate_model_name(name).display
 
 
-def tokens_per_second(message: Message) -> float | None:
+def tokens_per_second(message: Message | NewMessage) -> float | None:
     if not message.eval_count or not message.eval_duration:
         return None
     return round(message.eval_count / message.eval_duration * 1e9, 2)
 
 
-def message_public(message: Message, sibling_ids: list[str]) -> MessagePublic:
+def message_public(message: Message | NewMessage, sibling_ids: list[str]) -> MessagePublic:
     return MessagePublic(
         id=message.id,
         conversation_id=message.conversation_id,

@@ -13,6 +13,8 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, Update, bindparam, update
@@ -24,6 +26,61 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 Pending = tuple[str, dict[str, Any], "asyncio.Future[None]"]
+
+
+@dataclass(slots=True)
+class NewConversation:
+    """A conversations row a chat turn inserts, as plain values: ORM objects built only to
+    be read back as rows cost ~0.3 ms of a chat. Fields: exactly the table's columns."""
+
+    id: str
+    user_id: str
+    title: str
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    system_prompt: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    pinned: bool = False
+    archived: bool = False
+    title_generated: bool = False
+    active_leaf_id: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in CONVERSATION_COLUMNS}
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """A messages row a chat turn inserts (see `NewConversation`)."""
+
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    role: str
+    content: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    thinking: str | None = None
+    images: list[str] | None = None
+    model: str | None = None
+    done_reason: str | None = None
+    error: dict[str, Any] | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+    completed_at: datetime | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in MESSAGE_COLUMNS}
+
+
+CONVERSATION_COLUMNS = tuple(column.key for column in CONVERSATIONS.columns)
+MESSAGE_COLUMNS = tuple(column.key for column in MESSAGES.columns)
 
 
 @functools.cache
