@@ -124,9 +124,8 @@ class TitleWriter:
         if title is None:
             return None
         values = {"b_id": conversation_id, "b_user_id": user_id, "b_title": title}
-        try:
-            async with self._writes.transaction() as connection:
-                await connection.execute(_STORE_TITLE, values)
+        try:  # with the answers' own updates: no transaction of its own
+            await self._writes.grouped(_STORE_TITLE, values)
         except SQLAlchemyError:
             logger.exception("could not store the title of %s", conversation_id)
             return None

@@ -2,9 +2,9 @@
 transaction (turns of a chat, generations, titles), as Core statements (no unit of work).
 
 On SQLite the writes of this process take turns on one asyncio lock: colliding in SQLite's
-busy handler would cost sleeps of up to 100 ms between retries. Message updates (checkpoints
-and final answers) are group-committed: whatever queued while a transaction ran is written
-by the next one, with one `executemany` per set of columns.
+busy handler would cost sleeps of up to 100 ms between retries. Single-row updates
+(checkpoints, final answers, titles) are group-committed: whatever queued while a
+transaction ran is written by the next one, with one `executemany` per statement.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, Update, bindparam, update
+from sqlalchemy import Executable, Table, Update, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ollama_web.db import Conversation, Message
@@ -25,7 +25,7 @@ from ollama_web.db import Conversation, Message
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
-Pending = tuple[str, dict[str, Any], "asyncio.Future[None]"]
+Pending = tuple[Executable, dict[str, Any], "asyncio.Future[None]"]
 
 
 @dataclass(slots=True)
@@ -113,8 +113,13 @@ class Writes:
 
     async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
         """Update one message; returns once committed (raises what the database raised)."""
+        await self.grouped(_message_update(tuple(sorted(values))), {"_id": message_id, **values})
+
+    async def grouped(self, statement: Executable, params: dict[str, Any]) -> None:
+        """Run `statement` (built once, so the same object each time) with `params` in the
+        next group commit; returns once committed (raises what the database raised)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((message_id, values, future))
+        self._pending.append((statement, params, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         await future
@@ -122,13 +127,13 @@ class Writes:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for message_id, values, _ in batch:
-                groups.setdefault(tuple(sorted(values)), []).append({"_id": message_id, **values})
+            groups: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
+            for statement, params, _ in batch:
+                groups.setdefault(id(statement), (statement, []))[1].append(params)
             try:
                 async with self.transaction() as connection:
-                    for columns, rows in groups.items():
-                        await connection.execute(_message_update(columns), rows)
+                    for statement, rows in groups.values():
+                        await connection.execute(statement, rows)
             except BaseException as exc:
                 for _, _, future in batch:
                     if not future.done():
