@@ -197,30 +197,35 @@ async def test_a_body_without_length_ends_with_the_connection() -> None:
         assert transport_of(http).connection_count == 0
 
 
-async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+async def connections_for_two_requests(answer: Handler) -> int:
+    """Two GETs one after the other (a pause between) against `answer`, each answered `ok`:
+    how many connections they took."""
     connections = 0
 
-    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
+        await answer(reader, writer)
+
+    async with one_answer(counted) as url, client() as http:
+        assert (await http.get(url)).content == b"ok"
+        await asyncio.sleep(0.1)
+        assert (await http.get(url)).content == b"ok"
+    return connections
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(OK)  # keep-alive by default, then closed anyway
         await writer.drain()
         writer.close()
 
-    async with one_answer(answer_and_close) as url, client() as http:
-        assert (await http.get(url)).content == b"ok"
-        await asyncio.sleep(0.05)
-        assert (await http.get(url)).content == b"ok"
-        assert connections == 2
+    assert await connections_for_two_requests(answer_and_close) == 2
 
 
 async def test_bytes_nobody_asked_for_spoil_a_connection() -> None:
-    connections = 0
-
     async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
         while await reader.readuntil(b"\r\n\r\n"):
             writer.write(OK)
             await writer.drain()
@@ -228,11 +233,7 @@ async def test_bytes_nobody_asked_for_spoil_a_connection() -> None:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # unasked
             await writer.drain()
 
-    async with one_answer(chatty) as url, client() as http:
-        assert (await http.get(url)).content == b"ok"
-        await asyncio.sleep(0.1)
-        assert (await http.get(url)).content == b"ok"
-        assert connections == 2
+    assert await connections_for_two_requests(chatty) == 2
 
 
 async def test_a_server_that_breaks_off_raises_protocol_errors() -> None:
@@ -441,20 +442,13 @@ async def test_an_idle_connection_to_another_node_makes_room() -> None:
 
 
 async def test_a_second_response_in_the_same_packet_spoils_the_connection() -> None:
-    connections = 0
-
     async def doubled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
         await reader.readuntil(b"\r\n\r\n")
         writer.write(OK + OK)
         await writer.drain()
         await reader.read()
 
-    async with one_answer(doubled) as url, client() as http:
-        assert (await http.get(url)).content == b"ok"
-        assert (await http.get(url)).content == b"ok"
-        assert connections == 2
+    assert await connections_for_two_requests(doubled) == 2
 
 
 async def test_head_and_no_content_answers_end_at_their_headers() -> None:
