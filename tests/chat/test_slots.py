@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 import pytest
 
+from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.slots import KEY_PREFIX, SharedSlots
+from ollama_web.core.config import Settings
 from tests.conftest import require_redis
-from tests.ollama.faults import closed_port_url
+from tests.ollama.faults import blackhole, closed_port_url
 
 
 @asynccontextmanager
@@ -91,3 +94,20 @@ async def test_without_redis_slots_are_not_shared_and_chats_go_on(
         assert "unreachable" in caplog.records[0].message
     finally:
         await slots.aclose()
+
+
+async def test_a_reservation_cancelled_while_redis_answers_is_given_back(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    registry = GenerationRegistry(settings_factory(), cast(Any, None), cast(Any, None))
+    with blackhole() as url:  # Redis "answers" only after its connect timeout
+        registry.slots = SharedSlots(url.replace("http://", "redis://"), 15.0)
+        try:
+            waiting = asyncio.ensure_future(registry.reserve("someone"))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert registry._reservations == {}  # the local slot is free again
+        finally:
+            await registry.slots.aclose()

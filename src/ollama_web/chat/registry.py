@@ -81,7 +81,11 @@ class GenerationRegistry:
         held.append(reservation)
         self._reservations[user_id] = held
         if self.slots is not None:
-            taken = await self.slots.take(user_id, reservation.id, limit)
+            try:
+                taken = await self.slots.take(user_id, reservation.id, limit)
+            except BaseException:  # cancelled: a slot taken in Redis lapses unrefreshed
+                self.release(reservation)
+                raise
             if taken is False:
                 self.release(reservation)
                 raise TooManyGenerationsError(limit)
