@@ -10,8 +10,9 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
+from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_engine
 
@@ -126,3 +127,42 @@ async def test_sqlite_connections_are_kept_and_the_last_used_is_reused(
 async def _select_one(engine: Any) -> None:
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+async def test_a_writes_transaction_commits_with_its_last_statement(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = create_engine(settings_factory())
+    writes = Writes(engine)
+    trips: list[str] = []
+    execute = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await execute(self, fn, *args, **kwargs)
+
+    insert = text("INSERT INTO t (id, x) VALUES (:id, :x)")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        await writes.run([(insert, {"id": 1, "x": "a"}), (insert, [{"id": 2, "x": "b"}])])
+        assert trips == ["_run", "_run"]  # no trip of its own for the commit
+
+        with pytest.raises(IntegrityError):  # the last statement fails: nothing is kept
+            await writes.run([(insert, {"id": 3, "x": "c"}), (insert, {"id": 1, "x": "dup"})])
+        with pytest.raises(StatementError):  # fails before the driver: the request stays set
+            await writes.run([(insert, {"id": 3, "x": "c"}), (insert, {"id": 5})])
+
+        async def failing_pair() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(insert, {"id": 4, "x": "d"})
+                await connection.execute(insert, {"id": 2, "x": "dup"})
+
+        with pytest.raises(IntegrityError):  # on the same (last used) connection: all or nothing
+            await failing_pair()
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT id, x FROM t ORDER BY id"))
+            assert rows.all() == [(1, "a"), (2, "b")]
+    finally:
+        await engine.dispose()

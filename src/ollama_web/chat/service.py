@@ -201,18 +201,15 @@ _INSERT_MESSAGES = insert(MESSAGES)
 
 async def _store(writes: Writes, stored: Stored) -> None:
     """Commit the turn (before Ollama is called)."""
-    async with writes.transaction() as connection:
-        if stored.new_conversation is not None:
-            await connection.execute(_INSERT_CONVERSATION, [stored.new_conversation.row()])
-        if stored.messages:
-            rows = [message.row() for message in stored.messages]
-            await connection.execute(_INSERT_MESSAGES, rows)
-        if stored.changes:
-            await connection.execute(
-                update(CONVERSATIONS)
-                .where(CONVERSATIONS.c.id == stored.conversation_id)
-                .values(stored.changes)
-            )
+    steps: list[tuple[Any, Any]] = []
+    if stored.new_conversation is not None:
+        steps.append((_INSERT_CONVERSATION, [stored.new_conversation.row()]))
+    if stored.messages:
+        steps.append((_INSERT_MESSAGES, [message.row() for message in stored.messages]))
+    if stored.changes:
+        changes = update(CONVERSATIONS).where(CONVERSATIONS.c.id == stored.conversation_id)
+        steps.append((changes.values(stored.changes), None))
+    await writes.run(steps)
 
 
 def _question(turn: Turn, stored: Stored, body: ChatRequest) -> Message | NewMessage:

@@ -111,6 +111,18 @@ class Writes:
         async with self._lock, self._engine.begin() as connection:
             yield connection
 
+    async def run(self, steps: list[tuple[Executable, Any]]) -> None:
+        """One committed transaction running `steps` (statement, parameters) in order. On
+        SQLite the last statement carries the commit on its own trip to the driver thread."""
+        async with self.transaction() as connection:
+            for index, (statement, parameters) in enumerate(steps):
+                if self._lock is not None and index == len(steps) - 1:
+                    from ollama_web.core.sqlite_driver import commit_with_next_statement
+
+                    raw = await connection.get_raw_connection()
+                    commit_with_next_statement(raw.driver_connection)
+                await connection.execute(statement, parameters)
+
     async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
         """Update one message; returns once committed (raises what the database raised)."""
         await self.grouped(_message_update(tuple(sorted(values))), {"_id": message_id, **values})
@@ -131,9 +143,7 @@ class Writes:
             for statement, params, _ in batch:
                 groups.setdefault(id(statement), (statement, []))[1].append(params)
             try:
-                async with self.transaction() as connection:
-                    for statement, rows in groups.values():
-                        await connection.execute(statement, rows)
+                await self.run(list(groups.values()))
             except BaseException as exc:
                 for _, _, future in batch:
                     if not future.done():

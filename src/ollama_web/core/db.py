@@ -35,20 +35,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
-    """Reset a connection going back to the pool: roll back only if a transaction is open.
-
-    The pool's default is an unconditional rollback, which for aiosqlite is one more trip to
-    its thread after every committed transaction. sqlite3 knows whether a transaction is
-    open (`in_transaction`, readable from any thread); a connection returned mid-transaction
-    (an error path) is still rolled back.
-    """
-    if state.terminate_only:
-        return
-    if dbapi_connection.driver_connection.in_transaction:
-        dbapi_connection.rollback()
-
-
 class SlowQueryRecorder:
     """Logs statements slower than SLOW_QUERY_MS and counts them."""
 
@@ -85,13 +71,13 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        kwargs["pool_reset_on_return"] = None  # done by _sqlite_reset
+        kwargs["pool_reset_on_return"] = None  # done by reset_on_return
         # Each connection is a thread and four PRAGMAs to open: the default pool (5 kept,
         # the rest closed on return) opened one for a chat in ten at 8 concurrent chats.
         # Last used first: its page cache is the warm one.
         kwargs.update(pool_size=16, max_overflow=16, pool_use_lifo=True)
         # Imported here: the aiosqlite dialect it builds on is ~10 ms that PostgreSQL skips.
-        from ollama_web.core.sqlite_driver import one_trip_dbapi
+        from ollama_web.core.sqlite_driver import one_trip_dbapi, reset_on_return
 
         kwargs["module"] = one_trip_dbapi()
     else:
@@ -99,7 +85,7 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
+        event.listen(engine.sync_engine.pool, "reset", reset_on_return)
     recorder = SlowQueryRecorder(settings.slow_query_ms)
     event.listen(engine.sync_engine, "before_cursor_execute", recorder.before)
     event.listen(engine.sync_engine, "after_cursor_execute", recorder.after)

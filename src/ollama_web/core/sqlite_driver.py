@@ -7,7 +7,9 @@ into the loop): four for a SELECT, three for an INSERT. This adapter runs the wh
 statement — cursor, execute, fetch, close — as one function on aiosqlite's thread, and keeps
 what SQLAlchemy reads afterwards (description, rowcount, lastrowid, the rows) in a small
 holder, and a commit or rollback with no transaction open (a read-only request) takes no
-trip at all. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
+trip at all. A transaction's last statement can carry its commit on the same trip
+(`commit_with_next_statement`); the commit SQLAlchemy sends after it then finds no
+transaction open. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
 engine's DBAPI module (`create_async_engine(..., module=one_trip_dbapi())`).
 
 Server-side cursors (`stream_results`) keep SQLAlchemy's own cursor class.
@@ -28,6 +30,14 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 
 Description = tuple[tuple[Any, ...], ...] | None
+_COMMIT_NEXT = "_ollama_web_commit_next"
+
+
+def commit_with_next_statement(driver_connection: Any, commit: bool = True) -> None:
+    """Have the next statement on this aiosqlite connection commit on its own trip (call it
+    before a transaction's last statement), or (`commit=False`) take the request back."""
+    if isinstance(driver_connection, aiosqlite.Connection):
+        setattr(driver_connection, _COMMIT_NEXT, commit)
 
 
 class _Outcome:
@@ -46,7 +56,7 @@ class _Outcome:
 
 
 def _run(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, commit: bool
 ) -> tuple[Description, list[Any], int, int | None]:
     cursor = connection.cursor()
     try:
@@ -56,6 +66,8 @@ def _run(
             cursor.execute(operation, () if parameters is None else parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
+        if commit:
+            connection.commit()
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
@@ -73,9 +85,12 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _statement(self, operation: Any, parameters: Any, many: bool) -> None:
         driver: Any = self._connection  # aiosqlite.Connection; `_execute` is untyped
+        commit = getattr(driver, _COMMIT_NEXT, False)
+        if commit:
+            setattr(driver, _COMMIT_NEXT, False)
         async with self._adapt_connection._execute_mutex:
             description, rows, rowcount, lastrowid = await driver._execute(
-                _run, driver._conn, operation, parameters, many
+                _run, driver._conn, operation, parameters, many, commit
             )
         outcome: _Outcome = self._cursor  # type: ignore[assignment]
         outcome.description = description
@@ -111,6 +126,22 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         adapted = super().connect(*arg, **kw)
         adapted.__class__ = OneTripConnection
         return adapted
+
+
+def reset_on_return(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    """Reset a connection going back to the pool: roll back only if a transaction is open.
+
+    The pool's default is an unconditional rollback, which for aiosqlite is one more trip to
+    its thread after every committed transaction. sqlite3 knows whether a transaction is
+    open (`in_transaction`, readable from any thread); a connection returned mid-transaction
+    (an error path) is still rolled back.
+    """
+    if state.terminate_only:
+        return
+    driver = dbapi_connection.driver_connection
+    commit_with_next_statement(driver, False)  # a request left by a failed statement
+    if driver.in_transaction:
+        dbapi_connection.rollback()
 
 
 def one_trip_dbapi() -> OneTripDBAPI:
