@@ -18,7 +18,8 @@ import pytest
 import uvloop
 
 from ollama_web.core.config import Settings
-from ollama_web.ollama.http11 import HIGH_WATER, Http11Transport
+from ollama_web.ollama.connection import HIGH_WATER
+from ollama_web.ollama.http11 import Http11Transport
 from ollama_web.ollama.transport import build_client
 from tests.ollama.faults import Handler, blackhole, closed_port_url, serving
 

@@ -7,11 +7,8 @@ Ollama answers with a length or a chunked body), so this transport does the same
 httptools, the C parser uvicorn uses. Measured side by side on the chat path: 18-20 % less
 server CPU per chat and 22-32 % less per relayed token (bench/streaming.py).
 
-- one `asyncio.Protocol` per connection feeds received bytes straight into the parser; body
-  chunks wait in a queue, and a reader only waits (on one future) when it is empty;
-- the read timeout is one lazily re-armed timer per connection (a deadline set per wait, the
-  timer rescheduled only when it fires early), not a timer per read;
-- reading pauses while a reader is more than `HIGH_WATER` bytes behind;
+- one `asyncio.Protocol` per connection parses as bytes arrive, with one read timer and
+  flow control both ways (`connection`);
 - a pool per origin, keep-alive, most recently used first, with httpx's limits:
   `max_connections` (further requests wait, `PoolTimeout` after the pool timeout),
   `max_keepalive_connections` and `keepalive_expiry`; a connection the server closed, or
@@ -29,267 +26,10 @@ import asyncio
 import ssl
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import cast
 
-import httptools
 import httpx
 
-HIGH_WATER = 256 * 1024
-"""Buffered body bytes at which the socket stops being read until the reader catches up."""
-
-Origin = tuple[bytes, str, int]
-_NO_RESPONSE = "Server disconnected without sending a response."  # httpcore's words
-_UNASKED = "the server sent data that was not asked for"
-
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: receives and parses; `_Response` reads from it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
-        self.loop = loop
-        self.origin = origin
-        self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        """The parser of the response in progress; None while idle."""
-        self.closed = False
-        self.error: httpx.TransportError | None = None
-        self.idle_since = 0.0
-        self.waiter: asyncio.Future[None] | None = None
-        self.deadline = float("inf")
-        self.timer: asyncio.TimerHandle | None = None
-        self.drained: asyncio.Future[None] | None = None
-        self.writing_paused = False
-        self.reading_paused = False
-        self._begin()
-
-    def _begin(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
-        self.complete = False
-        self.received = False
-        self.framed = False
-        """The body has a length or is chunked; otherwise it ends when the connection does."""
-        self.keep = True
-        """False: close the connection after this response, whatever the server said."""
-        self.body: deque[bytes] = deque()
-        self.buffered = 0
-
-    def start(self) -> None:
-        """Expect a new response (the connection is taken for a request)."""
-        self._begin()
-        self.parser = httptools.HttpResponseParser(self)
-
-    # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None or self.complete:
-            # Bytes nobody asked for: the server broke the protocol; never reuse this.
-            self._fail(httpx.RemoteProtocolError(_UNASKED))
-            return
-        self.received = True
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if self.complete:  # stopped by on_message_begin; the response itself is whole
-                self._fail(httpx.RemoteProtocolError(_UNASKED))
-            else:
-                self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
-            return
-        if (
-            self.buffered > HIGH_WATER
-            and not self.reading_paused
-            and self.transport is not None
-            and not self.complete
-        ):
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        return False  # the transport closes itself; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.head_done and not self.complete and not self.framed and exc is None:
-            self.complete = True  # a body without length or chunks ends with the connection
-        elif not self.complete and self.error is None:
-            if exc is not None:
-                self.error = httpx.ReadError(str(exc) or type(exc).__name__)
-            elif self.received:
-                self.error = httpx.RemoteProtocolError("the server hung up mid-response")
-            else:
-                self.error = httpx.RemoteProtocolError(_NO_RESPONSE)
-        self._wake()
-        drained, self.drained = self.drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        drained, self.drained = self.drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
-    # -- httptools callbacks
-
-    def on_message_begin(self) -> None:
-        if self.complete:  # a second response nobody asked for, in the same packet: stop
-            raise httptools.HttpParserError(_UNASKED)
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        lowered = name.lower()
-        if lowered == b"content-length" or (
-            lowered == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        self.status = self.parser.get_status_code()
-        # Asked here: once the message is complete the parser has forgotten its headers.
-        self.keep = self.keep and self.parser.should_keep_alive()
-        if self.status in (204, 304):
-            self.framed = True
-        self.head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-        self.buffered += len(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-    # -- for requests and responses
-
-    def _fail(self, error: httpx.TransportError) -> None:
-        if self.error is None:
-            self.error = error
-        self.close()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    @property
-    def reusable(self) -> bool:
-        return (
-            self.complete and self.keep and not self.closed and self.error is None and not self.body
-        )
-
-    def close(self) -> None:
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.transport is not None:
-            self.transport.close()
-
-    async def write(self, data: bytes, seconds: float | None) -> None:
-        """Send `data`; `httpx.WriteTimeout` if the socket stays full for `seconds`."""
-        assert self.transport is not None
-        if self.closed or self.transport.is_closing():
-            raise self.error or httpx.WriteError("the connection is closed")
-        self.transport.write(data)
-        if not self.writing_paused:
-            return
-        drained = self.drained = self.loop.create_future()
-        try:
-            async with asyncio.timeout(seconds):
-                await drained
-        except TimeoutError:
-            raise httpx.WriteTimeout("timed out sending the request") from None
-        if self.closed:
-            raise self.error or httpx.WriteError("the connection was lost")
-
-    async def wait(self, seconds: float | None) -> None:
-        """Wait for more of the response; `httpx.ReadTimeout` after `seconds`."""
-        waiter = self.waiter = self.loop.create_future()
-        if seconds is not None:
-            self.deadline = self.loop.time() + seconds
-            timer = self.timer
-            if timer is None or timer.when() > self.deadline:
-                if timer is not None:
-                    timer.cancel()
-                self.timer = self.loop.call_at(self.deadline, self._on_timer)
-        else:
-            self.deadline = float("inf")
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if self.loop.time() < self.deadline:  # a later wait moved the deadline on
-            if self.deadline != float("inf"):
-                self.timer = self.loop.call_at(self.deadline, self._on_timer)
-            return
-        waiter.set_exception(httpx.ReadTimeout("timed out waiting for the response"))
-
-    def take(self) -> bytes:
-        """All the body bytes received so far (the caller checked there are some)."""
-        body = self.body
-        data = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
-        self.buffered = 0
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        return data
-
-
-class _Response(httpx.AsyncByteStream):
-    """A response body as it arrives; ending or closing it gives the connection back."""
-
-    def __init__(self, pool: Http11Transport, connection: _Connection, timeout: float | None):
-        self._pool = pool
-        self._connection = connection
-        self._timeout = timeout
-        self._released = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        connection = self._connection
-        while True:
-            if connection.body:
-                yield connection.take()
-            elif connection.complete:
-                break
-            elif connection.error is not None or connection.closed:
-                raise connection.error or httpx.ReadError("the connection was closed")
-            else:
-                await connection.wait(self._timeout)
-        self._release()
-
-    async def aclose(self) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self._connection)
+from ollama_web.ollama.connection import Connection, Origin, ResponseStream
 
 
 class Http11Transport(httpx.AsyncBaseTransport):
@@ -302,9 +42,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._max_keepalive = unlimited if keepalive is None else keepalive
         self._expiry = limits.keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
-        self._open: set[_Connection] = set()
+        self._open: set[Connection] = set()
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -339,9 +79,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         try:
             await connection.write(b"".join(head) + body, timeouts.get("write"))
             while not connection.head_done:
-                if connection.error is not None or connection.closed:
-                    raise connection.error or httpx.ReadError("the connection was closed")
-                await connection.wait(read_timeout)
+                await connection.more(read_timeout)
             if request.method == "HEAD":  # no body follows, whatever the headers say
                 connection.complete = True
                 connection.keep = False
@@ -352,13 +90,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             connection.status,
             headers=connection.headers,
-            stream=_Response(self, connection, read_timeout),
+            stream=ResponseStream(connection, read_timeout, self._release),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 
     # -- the pool
 
-    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
+    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> Connection:
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -387,7 +125,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     raise httpx.PoolTimeout("timed out waiting for a connection") from None
                 raise
 
-    def _take_idle(self, origin: Origin, now: float) -> _Connection | None:
+    def _take_idle(self, origin: Origin, now: float) -> Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()  # the most recently used: least likely closed by the server
@@ -402,7 +140,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return None
 
     def _evict_one(self) -> None:
-        oldest: _Connection | None = None
+        oldest: Connection | None = None
         for idle in self._idle.values():
             if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
                 oldest = idle[0]
@@ -412,7 +150,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             oldest.close()
             self._forget(oldest)
 
-    async def _connect(self, origin: Origin, seconds: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, seconds: float | None) -> Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self._ssl_context if scheme == b"https" else None
@@ -420,7 +158,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(seconds):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, origin),
+                    lambda: Connection(loop, origin),
                     host,
                     port,
                     ssl=tls,
@@ -439,14 +177,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
         connection.start()
         return connection
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: Connection) -> None:
         """The request on `connection` is over: keep it for the next one, or close it."""
         if not self._closed and connection.reusable:
             connection.parser = None
             connection.idle_since = connection.loop.time()
-            if connection.timer is not None:
-                connection.timer.cancel()
-                connection.timer = None
+            connection.cancel_timer()
             self._idle.setdefault(connection.origin, []).append(connection)
             self._idle_count += 1
             if self._idle_count > self._max_keepalive:
@@ -456,7 +192,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._forget(connection)
         self._wake_one()
 
-    def _forget(self, connection: _Connection) -> None:
+    def _forget(self, connection: Connection) -> None:
         self._open.discard(connection)
 
     def _wake_one(self) -> None:
