@@ -4,9 +4,10 @@ worth of state) on one database, each served by uvicorn on loopback, the emulato
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -55,17 +56,33 @@ async def two_processes(
         yield user, apps, tuple(clients)
 
 
-async def test_a_stop_sent_to_another_process_stops_the_generation_at_once(
+Processes = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+@pytest.fixture
+def processes(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
+) -> Processes:
+    """`two_processes` on this test's fixtures: `async with processes(**settings) as ...`."""
+    return functools.partial(two_processes, app_factory, chat_settings, live_server)
+
+
+def new_chat(client: httpx.AsyncClient, user: TestUser) -> AbstractAsyncContextManager[Any]:
+    """A chat in a new conversation, streamed from `client`'s process."""
+    return client.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers)
+
+
+async def test_a_stop_sent_to_another_process_stops_the_generation_at_once(
+    processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
     async with (
-        two_processes(app_factory, chat_settings, live_server) as (user, _, (a, b)),
-        a.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as response,
+        processes() as (user, _, (a, b)),
+        new_chat(a, user) as response,
     ):
         reader = EventReader(response)
         start = await reader.next()
@@ -86,17 +103,13 @@ async def test_a_stop_sent_to_another_process_stops_the_generation_at_once(
 
 
 async def test_re_attaching_through_another_process_replays_and_follows(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Any],
-    live_server: Callable[[FastAPI], Any],
+    processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
     ollama_emulator.config.reply_tokens = 40
     ollama_emulator.config.tokens_per_second = 40
-    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (a, b)):
-        async with a.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
+    async with processes() as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
             reader = EventReader(response)
             seen = [await reader.next() for _ in range(4)]  # start + 3 tokens, then leave
         answer_id = seen[0].data["assistant_message_id"]
@@ -117,17 +130,13 @@ async def test_re_attaching_through_another_process_replays_and_follows(
 
 
 async def test_the_owner_stops_forwarding_when_the_remote_follower_leaves(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Any],
-    live_server: Callable[[FastAPI], Any],
+    processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
     ollama_emulator.config.reply_tokens = 300
     ollama_emulator.config.tokens_per_second = 30
-    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (a, b)):
-        async with a.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
+    async with processes() as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
             start = await EventReader(response).next()
         answer_id = start.data["assistant_message_id"]
         owner = _registry(apps[0]).relay
@@ -149,12 +158,10 @@ async def test_the_owner_stops_forwarding_when_the_remote_follower_leaves(
 
 
 async def test_without_an_owner_the_answer_is_elsewhere(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Any],
-    live_server: Callable[[FastAPI], Any],
+    processes: Processes,
 ) -> None:
     """A fresh unfinished answer no live process claims (its process just died): 409."""
-    async with two_processes(app_factory, chat_settings, live_server) as (user, apps, (_, b)):
+    async with processes() as (user, apps, (_, b)):
         await conversation_with_unfinished_answers(apps[1], user, {"c" * 32: 0.0})
         started = time.perf_counter()
         stop = await b.post(f"/api/chat/{'c' * 32}/stop", headers=user.headers)
@@ -166,20 +173,13 @@ async def test_without_an_owner_the_answer_is_elsewhere(
 
 
 async def test_the_per_user_generation_limit_holds_across_processes(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Any],
-    live_server: Callable[[FastAPI], Any],
+    processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
-    processes = two_processes(
-        app_factory, chat_settings, live_server, max_concurrent_generations_per_user=1
-    )
-    async with processes as (user, _, (a, b)):
-        async with a.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
+    async with processes(max_concurrent_generations_per_user=1) as (user, _, (a, b)):
+        async with new_chat(a, user) as response:
             reader = EventReader(response)
             answer_id = (await reader.next()).data["assistant_message_id"]
             refused = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
