@@ -166,3 +166,28 @@ async def test_a_writes_transaction_commits_with_its_last_statement(
             assert rows.all() == [(1, "a"), (2, "b")]
     finally:
         await engine.dispose()
+
+
+async def test_closing_writes_waits_for_the_group_commit_in_progress(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A connection still checked out when the engine is disposed is never closed (and
+    aiosqlite warns when it is collected): shutdown lets the group commit end first."""
+    engine, _ = create_engine(settings_factory())
+    writes = Writes(engine)
+    pool: Any = engine.sync_engine.pool
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
+        insert = text("INSERT INTO t (id, x) VALUES (:id, :x)")
+        writing = asyncio.ensure_future(writes.grouped(insert, {"id": 1, "x": "a"}))
+        for _ in range(100):
+            if pool.checkedout():
+                break
+            await asyncio.sleep(0)
+        assert pool.checkedout() == 1  # the group commit is under way
+        await writes.aclose()
+        assert pool.checkedout() == 0
+        assert writing.done()
+    finally:
+        await engine.dispose()

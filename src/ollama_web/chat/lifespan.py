@@ -68,3 +68,4 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         if registry.slots is not None:
             await registry.slots.aclose()
         await titles.aclose()
+        await writes.aclose()

@@ -136,6 +136,12 @@ class Writes:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         await future
 
+    async def aclose(self) -> None:
+        """Let the group commit in progress end, so its connection is back in the pool
+        before the engine is disposed (one still checked out then is never closed)."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
