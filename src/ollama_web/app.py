@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ollama_web import __version__
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_engine, create_sessionmaker
+from ollama_web.core.db import create_engine, create_sessionmaker, start_checkpoints
 from ollama_web.core.errors import install_error_handlers
 from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
@@ -95,6 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
     secret_key = load_or_create_secret(settings)
     engine, slow_queries = create_engine(settings)
+    checkpointer = start_checkpoints(engine, settings)
     app.state.core = CoreState(
         settings=settings,
         secret_key=secret_key,
@@ -116,6 +117,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         gc.unfreeze()
+        if checkpointer is not None:
+            await checkpointer.stop()
         await engine.dispose()
         logger.info("ollama-web stopped")
 

@@ -29,7 +29,7 @@ from ollama_web.auth.sessions import (
     is_session_live,
     record_activity,
 )
-from ollama_web.core.db import session_scope
+from ollama_web.core.db import inline_statements, session_scope
 from ollama_web.core.dependencies import SessionDep, core_of
 from ollama_web.core.errors import ForbiddenError, UnauthenticatedError
 from ollama_web.db import User
@@ -100,7 +100,13 @@ def _check_csrf(request: Request, expected: str) -> None:
         )
 
 
-async def _from_session(request: Request, session: SessionDep, token: str) -> Principal:
+async def _from_session(request: Request, session: SessionDep) -> Principal:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise UnauthenticatedError(
+            "Authentication is required: send an API key or log in.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     core = core_of(request)
     found = await find_session(session, token)
     now = utcnow()
@@ -121,16 +127,11 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     if isinstance(cached, Principal):
         return cached
     raw_key = presented_api_key(request)
-    if raw_key is not None:
-        principal = await _from_api_key(request, session, raw_key)
-    else:
-        token = request.cookies.get(SESSION_COOKIE)
-        if not token:
-            raise UnauthenticatedError(
-                "Authentication is required: send an API key or log in.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        principal = await _from_session(request, session, token)
+    with inline_statements():  # lookups by a unique key, one throttled one-row update
+        if raw_key is not None:
+            principal = await _from_api_key(request, session, raw_key)
+        else:
+            principal = await _from_session(request, session)
     request.state.principal = principal
     request.state.principal_id = principal.user_id
     return principal

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,12 +20,16 @@ from typing import Any
 from sqlalchemy import Executable, Table, Update, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ollama_web.core.db import inline_statements
 from ollama_web.db import Conversation, Message
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 Pending = tuple[Executable, dict[str, Any], "asyncio.Future[None]"]
+# Rows a transaction may write on the event loop's thread (~20 µs each); a larger group
+# commit (a thousand streams' checkpoints) goes to the driver thread.
+INLINE_ROWS = 64
 
 
 @dataclass(slots=True)
@@ -113,15 +117,23 @@ class Writes:
 
     async def run(self, steps: list[tuple[Executable, Any]]) -> None:
         """One committed transaction running `steps` (statement, parameters) in order. On
-        SQLite the last statement carries the commit on its own trip to the driver thread."""
-        async with self.transaction() as connection:
-            for index, (statement, parameters) in enumerate(steps):
-                if self._lock is not None and index == len(steps) - 1:
-                    from ollama_web.core.sqlite_driver import commit_with_next_statement
+        SQLite the last statement carries the commit, and a transaction of a few rows runs
+        on the event loop's thread (see core/sqlite_driver.py)."""
+        if self._lock is None:
+            async with self.transaction() as connection:
+                for statement, parameters in steps:
+                    await connection.execute(statement, parameters)
+            return
+        from ollama_web.core.sqlite_driver import commit_with_next_statement
 
-                    raw = await connection.get_raw_connection()
-                    commit_with_next_statement(raw.driver_connection)
-                await connection.execute(statement, parameters)
+        rows = sum(len(p) if isinstance(p, list) else 1 for _, p in steps)
+        with inline_statements() if rows <= INLINE_ROWS else nullcontext():
+            async with self.transaction() as connection:
+                for index, (statement, parameters) in enumerate(steps):
+                    if index == len(steps) - 1:
+                        raw = await connection.get_raw_connection()
+                        commit_with_next_statement(raw.driver_connection)
+                    await connection.execute(statement, parameters)
 
     async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
         """Update one message; returns once committed (raises what the database raised)."""
