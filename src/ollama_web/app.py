@@ -14,10 +14,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ollama_web import __version__
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_engine, create_sessionmaker, start_checkpoints
+from ollama_web.core.db import create_engine, create_sessionmaker
 from ollama_web.core.errors import install_error_handlers
 from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
+from ollama_web.core.sqlite_inline import Checkpointer, open_inline
 from ollama_web.core.state import CoreState
 from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
@@ -95,15 +96,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
     secret_key = load_or_create_secret(settings)
     engine, slow_queries = create_engine(settings)
-    checkpointer = start_checkpoints(engine, settings)
+    inline = open_inline(engine, slow_queries)
+    checkpointer = Checkpointer(engine) if inline is not None else None
     app.state.core = CoreState(
         settings=settings,
         secret_key=secret_key,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
         slow_queries=slow_queries,
+        inline=inline,
     )
     try:
+        if checkpointer is not None:
+            checkpointer.start()
         async with AsyncExitStack() as stack:
             for factory in _domain_lifespans():
                 await stack.enter_async_context(factory(app))
@@ -119,6 +124,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
         if checkpointer is not None:
             await checkpointer.stop()
+        if inline is not None:
+            inline.close()
         await engine.dispose()
         logger.info("ollama-web stopped")
 

@@ -313,6 +313,9 @@ async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
 
     engine = app.state.core.engine.sync_engine
     event.listen(engine, "before_cursor_execute", count)
+    inline = app.state.core.inline  # SQLite: the writes that found the database free
+    if inline is not None:
+        inline.trace(lambda statement: count(None, None, statement))
     ollama_emulator.config.reply_tokens = 60
     ollama_emulator.config.tokens_per_second = 60
     async with streamed_chat(live_server, app, user) as reader:
@@ -321,6 +324,8 @@ async def test_the_growing_answer_is_checkpointed_at_most_once_per_interval(
         during = await _answer(app, user, start.data["conversation_id"])
         await reader.rest()
     event.remove(engine, "before_cursor_execute", count)
+    if inline is not None:
+        inline.trace(None)
     assert during["status"] == "streaming"
     assert during["content"].startswith("tok0 tok1")
     # ~1 s of tokens at 0.2 s intervals: a handful of checkpoints plus the final write,

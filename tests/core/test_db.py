@@ -4,21 +4,17 @@ are reset."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
-from ollama_web.conversations.writes import INLINE_ROWS, Writes
-from ollama_web.core import sqlite_driver
+from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_engine, inline_statements, start_checkpoints
+from ollama_web.core.db import create_engine
 
 
 async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
@@ -86,12 +82,12 @@ async def test_sqlite_statements_take_one_trip_to_the_driver_thread(
             assert rows.all() == [(1, "a"), (2, "b!"), (3, "<script>!")]
             empty = await connection.execute(text("SELECT x FROM t WHERE id = :id"), {"id": 9})
             assert empty.first() is None
-        assert trips == ["statement"] * 5 + ["commit"]
+        assert trips == ["_run"] * 5 + ["commit"]
 
         trips.clear()
         async with engine.begin() as connection:  # read-only: nothing to commit
             assert (await connection.execute(text("SELECT count(*) FROM t"))).scalar() == 3
-        assert trips == ["statement"]
+        assert trips == ["_run"]
 
         with pytest.raises(IntegrityError):  # errors still come out as SQLAlchemy's
             async with engine.begin() as connection:
@@ -151,12 +147,7 @@ async def test_a_writes_transaction_commits_with_its_last_statement(
             await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
         monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
         await writes.run([(insert, {"id": 1, "x": "a"}), (insert, [{"id": 2, "x": "b"}])])
-        assert trips == []  # a few rows: written and committed on the loop's thread
-
-        many = [{"id": 100 + i, "x": "many"} for i in range(INLINE_ROWS)]
-        await writes.run([(insert, {"id": 99, "x": "c"}), (insert, many)])
-        assert trips == ["statement", "statement"]  # on the driver thread, no commit trip
-        trips.clear()
+        assert trips == ["_run", "_run"]  # no trip of its own for the commit
 
         with pytest.raises(IntegrityError):  # the last statement fails: nothing is kept
             await writes.run([(insert, {"id": 3, "x": "c"}), (insert, {"id": 1, "x": "dup"})])
@@ -171,133 +162,9 @@ async def test_a_writes_transaction_commits_with_its_last_statement(
         with pytest.raises(IntegrityError):  # on the same (last used) connection: all or nothing
             await failing_pair()
         async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT id, x FROM t WHERE id < 99 ORDER BY id"))
+            rows = await connection.execute(text("SELECT id, x FROM t ORDER BY id"))
             assert rows.all() == [(1, "a"), (2, "b")]
     finally:
-        await engine.dispose()
-
-
-async def test_a_locked_database_is_waited_for_on_the_driver_thread_not_the_loop(
-    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another process holds the write lock: the inline write finds the database locked,
-    goes to the driver thread, and waits there while the loop keeps running; it fails
-    after the busy timeout, as SQLite's own busy handler would."""
-    settings = settings_factory()
-    engine, _ = create_engine(settings)
-    writes = Writes(engine)
-    insert = text("INSERT INTO t (id, x) VALUES (:id, :x)")
-    holder = sqlite3.connect(settings.data_dir / "ollama_web.db", isolation_level=None)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
-        holder.execute("BEGIN IMMEDIATE")
-        asyncio.get_running_loop().call_later(0.3, holder.execute, "COMMIT")
-        ticks = 0
-        writing = asyncio.ensure_future(writes.run([(insert, {"id": 1, "x": "a"})]))
-        while not writing.done():
-            await asyncio.sleep(0.01)
-            ticks += 1
-        await writing
-        assert ticks >= 20  # the loop ran on all along the 0.3 s wait
-
-        monkeypatch.setattr(sqlite_driver, "BUSY_TIMEOUT_SECONDS", 0.1)
-        holder.execute("BEGIN IMMEDIATE")
-        started = time.monotonic()
-        with pytest.raises(OperationalError, match="database is locked"):
-            await writes.run([(insert, {"id": 2, "x": "b"})])
-        assert 0.05 < time.monotonic() - started < 2
-        holder.execute("ROLLBACK")
-        async with engine.connect() as connection:
-            rows = await connection.execute(text("SELECT id, x FROM t"))
-            assert rows.all() == [(1, "a")]
-    finally:
-        holder.close()
-        await engine.dispose()
-
-
-async def test_no_statement_runs_inline_while_one_is_on_the_driver_thread(
-    settings_factory: Callable[..., Settings],
-) -> None:
-    """A caller cancelled while its statement waits on the driver thread leaves it running
-    there: until it has run, the connection's next statements queue behind it on the thread
-    (one sqlite3 connection is never used by two threads at once)."""
-    engine, _ = create_engine(settings_factory())
-    gate = threading.Event()
-    try:
-        async with engine.connect() as connection:
-            driver: Any = (await connection.get_raw_connection()).driver_connection
-            await driver.create_function("wait_at_gate", 0, lambda: gate.wait(5))
-            waiting = asyncio.ensure_future(
-                sqlite_driver._on_thread(driver, "SELECT wait_at_gate()", None, False, False)
-            )
-            await asyncio.sleep(0.05)
-            waiting.cancel()
-            with inline_statements():
-                following = asyncio.ensure_future(connection.execute(text("SELECT 7")))
-                await asyncio.sleep(0.05)
-                assert not following.done()  # queued on the thread, not run on the loop
-                gate.set()
-                assert (await following).scalar() == 7
-            assert getattr(driver, sqlite_driver._ON_THREAD) == 0
-    finally:
-        gate.set()
-        await engine.dispose()
-
-
-async def test_pooled_connections_leave_checkpoints_to_the_checkpointer(
-    settings_factory: Callable[..., Settings],
-) -> None:
-    """No automatic checkpoint (a commit on the loop's thread would run one, fsyncs and
-    all): the WAL grows past SQLite's 1000-page mark until `Checkpointer` copies it."""
-    settings = settings_factory()
-    engine, _ = create_engine(settings)
-    writes = Writes(engine)
-    database = settings.data_dir / "ollama_web.db"
-    checkpointer = start_checkpoints(engine, settings)
-    assert checkpointer is not None
-    try:
-        async with engine.connect() as connection:
-            pragmas = [
-                (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                for name in ("busy_timeout", "wal_autocheckpoint", "journal_mode")
-            ]
-            assert pragmas == [0, 0, "wal"]
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
-        size = database.stat().st_size
-        insert = text("INSERT INTO t (x) VALUES (:x)")
-        for _ in range(25):  # 1500 pages of 4 KiB
-            await writes.run([(insert, [{"x": "p" * 4000} for _ in range(60)])])
-        assert database.stat().st_size == size  # all of it still in the WAL
-        await checkpointer.checkpoint()
-        assert database.stat().st_size > 1500 * 4096
-    finally:
-        await checkpointer.stop()
-        await engine.dispose()
-
-
-async def test_the_checkpointer_runs_after_commits_only(
-    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = settings_factory()
-    engine, _ = create_engine(settings)
-    checkpoints: list[float] = []
-
-    async def counted(self: sqlite_driver.Checkpointer) -> None:
-        checkpoints.append(time.monotonic())
-
-    monkeypatch.setattr(sqlite_driver.Checkpointer, "checkpoint", counted)
-    checkpointer = sqlite_driver.Checkpointer(engine, interval=0.02)
-    checkpointer.start()
-    try:
-        await asyncio.sleep(0.1)
-        assert checkpoints == []  # nothing committed
-        await Writes(engine).run([(text("CREATE TABLE t (x TEXT)"), None)])
-        await asyncio.sleep(0.1)
-        assert len(checkpoints) == 1
-    finally:
-        await checkpointer.stop()
         await engine.dispose()
 
 

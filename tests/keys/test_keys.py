@@ -3,15 +3,18 @@ with a grace period, used with throttled `last_used_at` writes, verified."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from ollama_web.core.config import Settings
 from ollama_web.db import ApiKey
@@ -328,3 +331,45 @@ async def test_keys_of_another_user_are_not_found(
         response = await client.request(method, path, headers=regular_user.headers)
         assert response.status_code == 404, (method, path)
     assert (await client.get("/api/auth/me", headers=bearer(theirs["key"]))).status_code == 200
+
+
+async def test_on_sqlite_a_key_is_checked_inline_or_through_the_engine_when_locked(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """The lookup and the use record skip SQLAlchemy's engine; with the database locked by
+    another process, the record goes through the engine and waits on its thread."""
+    core = app.state.core
+    if core.inline is None:
+        pytest.skip("PostgreSQL has no inline connection")
+    created = await new_key(client, regular_user)
+    through_engine: list[str] = []
+    inline: list[str] = []
+    event.listen(
+        core.engine.sync_engine,
+        "before_cursor_execute",
+        lambda *args: through_engine.append(args[2].split()[0] + " " + args[2].split("FROM")[-1]),
+    )
+    core.inline.trace(inline.append)
+    try:
+        response = await client.get("/api/auth/me", headers=bearer(created["key"]))
+        assert response.status_code == 200
+        assert response.json()["user"]["username"] == regular_user.username
+        assert not [s for s in through_engine if "api_keys" in s]
+        assert [s.split()[0] for s in inline] == ["SELECT", "UPDATE"]
+
+        await set_key(app, created["id"], last_used_at=utcnow() - timedelta(minutes=2))
+        through_engine.clear()
+        holder = sqlite3.connect(core.settings.embedded_database_file, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, holder.execute, "COMMIT")
+        try:
+            response = await client.get("/api/auth/me", headers=bearer(created["key"]))
+        finally:
+            holder.close()
+        assert response.status_code == 200
+        assert any(s.startswith("UPDATE") for s in through_engine)
+        used = (await key_row(app, created["id"])).last_used_at
+        assert used is not None
+        assert utcnow() - used < timedelta(seconds=10)
+    finally:
+        core.inline.trace(None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal, cast
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from ollama_web.auth.errors import AccountDisabledError, CsrfTokenInvalidError
@@ -29,7 +30,7 @@ from ollama_web.auth.sessions import (
     is_session_live,
     record_activity,
 )
-from ollama_web.core.db import inline_statements, session_scope
+from ollama_web.core.db import session_scope
 from ollama_web.core.dependencies import SessionDep, core_of
 from ollama_web.core.errors import ForbiddenError, UnauthenticatedError
 from ollama_web.db import User
@@ -64,17 +65,17 @@ def presented_api_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _require_active(user: User) -> None:
-    if not user.is_active:
+def _require_active(is_active: bool) -> None:
+    if not is_active:
         raise AccountDisabledError("This account is disabled.")
 
 
 async def _from_api_key(request: Request, session: SessionDep, raw_key: str) -> Principal:
-    key, user = await authenticate_key(session, raw_key)
-    _require_active(user)
-    await record_key_use(session, key, utcnow())
-    request.state.current_user = user
-    return Principal(user.id, user.username, user.role, "api_key", None, key.id)
+    inline = core_of(request).inline
+    holder = await authenticate_key(session, raw_key, inline)
+    _require_active(holder.is_active)
+    await record_key_use(session, holder, utcnow(), inline)
+    return Principal(holder.user_id, holder.username, holder.role, "api_key", None, holder.key_id)
 
 
 def _session_gone(request: Request) -> UnauthenticatedError:
@@ -100,20 +101,14 @@ def _check_csrf(request: Request, expected: str) -> None:
         )
 
 
-async def _from_session(request: Request, session: SessionDep) -> Principal:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        raise UnauthenticatedError(
-            "Authentication is required: send an API key or log in.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+async def _from_session(request: Request, session: SessionDep, token: str) -> Principal:
     core = core_of(request)
     found = await find_session(session, token)
     now = utcnow()
     if found is None or not is_session_live(found[0], core.settings, now):
         raise _session_gone(request)
     row, user = found
-    _require_active(user)
+    _require_active(user.is_active)
     _check_csrf(request, row.csrf_token)
     await record_activity(session, row, now)
     request.state.current_user = user
@@ -127,11 +122,16 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     if isinstance(cached, Principal):
         return cached
     raw_key = presented_api_key(request)
-    with inline_statements():  # lookups by a unique key, one throttled one-row update
-        if raw_key is not None:
-            principal = await _from_api_key(request, session, raw_key)
-        else:
-            principal = await _from_session(request, session)
+    if raw_key is not None:
+        principal = await _from_api_key(request, session, raw_key)
+    else:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            raise UnauthenticatedError(
+                "Authentication is required: send an API key or log in.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        principal = await _from_session(request, session, token)
     request.state.principal = principal
     request.state.principal_id = principal.user_id
     return principal
@@ -149,12 +149,26 @@ async def require_admin(principal: CurrentPrincipal) -> Principal:
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
-async def get_current_user(request: Request, principal: CurrentPrincipal) -> User:
-    return cast(User, request.state.current_user)
+async def _user_row(request: Request, session: AsyncSession, principal: Principal) -> User:
+    """The caller's row: loaded with a session, by id after an API key (its lookup reads
+    only the columns authentication needs)."""
+    user = getattr(request.state, "current_user", None)
+    if user is None:
+        user = await session.get(User, principal.user_id)
+        if user is None:  # deleted since the key was checked
+            raise UnauthenticatedError("The API key's account no longer exists.")
+        request.state.current_user = user
+    return cast(User, user)
 
 
-async def get_admin_user(request: Request, principal: AdminPrincipal) -> User:
-    return cast(User, request.state.current_user)
+async def get_current_user(
+    request: Request, principal: CurrentPrincipal, session: SessionDep
+) -> User:
+    return await _user_row(request, session, principal)
+
+
+async def get_admin_user(request: Request, principal: AdminPrincipal, session: SessionDep) -> User:
+    return await _user_row(request, session, principal)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -14,7 +14,7 @@ from ollama_web.auth.context import (
     SameSiteOnly,
 )
 from ollama_web.auth.dependencies import CurrentPrincipal, CurrentUser, presented_api_key
-from ollama_web.auth.errors import AccountDisabledError
+from ollama_web.auth.errors import AccountDisabledError, InvalidApiKeyError
 from ollama_web.auth.network import request_is_https
 from ollama_web.auth.schemas import (
     CsrfResponse,
@@ -43,9 +43,10 @@ from ollama_web.auth.sessions import (
     revoke_user_sessions,
     set_session_cookie,
 )
-from ollama_web.core.dependencies import CoreDep, SessionDep, SettingsDep
+from ollama_web.core.dependencies import CoreDep, SessionDep, SettingsDep, core_of
 from ollama_web.core.errors import NotFoundError, UnauthenticatedError
 from ollama_web.core.pagination import Page, PageParamsDep
+from ollama_web.db import ApiKey, User
 from ollama_web.db.base import utcnow
 from ollama_web.keys.service import authenticate_key
 
@@ -302,7 +303,11 @@ async def verify(
         raw_key = body.api_key
     if raw_key is None:
         raise UnauthenticatedError("No API key given.")
-    key, user = await authenticate_key(session, raw_key)
-    if not user.is_active:
+    holder = await authenticate_key(session, raw_key, core_of(request).inline)
+    if not holder.is_active:
         raise AccountDisabledError("This account is disabled.")
+    key = await session.get(ApiKey, holder.key_id)
+    user = await session.get(User, holder.user_id)
+    if key is None or user is None:  # deleted since the lookup
+        raise InvalidApiKeyError("The API key is not valid.")
     return VerifyResponse(user=UserPublic.model_validate(user), key=VerifiedKey.model_validate(key))

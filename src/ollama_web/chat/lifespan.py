@@ -28,7 +28,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     gateway: OllamaGateway = app.state.gateway
     checkpoint_seconds = core.settings.generation_checkpoint_seconds
     await leases.sweep(core.sessionmaker, leases.stale_seconds(checkpoint_seconds))
-    writes = Writes(core.engine)
+    writes = Writes(core.engine, core.inline)
 
     def on_complete(generation: Generation) -> None:
         spec = generation.spec

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.generation import GenerationSpec
@@ -32,6 +32,7 @@ from ollama_web.conversations.writes import (
     NewConversation,
     NewMessage,
     Writes,
+    conversation_update,
 )
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError, ValidationError
@@ -207,8 +208,8 @@ async def _store(writes: Writes, stored: Stored) -> None:
     if stored.messages:
         steps.append((_INSERT_MESSAGES, [message.row() for message in stored.messages]))
     if stored.changes:
-        changes = update(CONVERSATIONS).where(CONVERSATIONS.c.id == stored.conversation_id)
-        steps.append((changes.values(stored.changes), None))
+        changes = conversation_update(tuple(sorted(stored.changes)))
+        steps.append((changes, {"_id": stored.conversation_id, **stored.changes}))
     await writes.run(steps)
 
 

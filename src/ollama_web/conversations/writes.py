@@ -1,10 +1,12 @@
 """Short write transactions on conversations and messages for work outside a request's own
 transaction (turns of a chat, generations, titles), as Core statements (no unit of work).
 
-On SQLite the writes of this process take turns on one asyncio lock: colliding in SQLite's
-busy handler would cost sleeps of up to 100 ms between retries. Single-row updates
-(checkpoints, final answers, titles) are group-committed: whatever queued while a
-transaction ran is written by the next one, with one `executemany` per statement.
+On SQLite a transaction of a few rows runs on the event loop's thread (core/sqlite_inline.py)
+when the database is not locked. Otherwise the writes of this process take turns on one
+asyncio lock: colliding in SQLite's busy handler would cost sleeps of up to 100 ms between
+retries. Single-row updates (checkpoints, final answers, titles) are group-committed:
+whatever queued while a transaction ran is written by the next one, with one `executemany`
+per statement.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from sqlalchemy import Executable, Table, Update, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ollama_web.core.db import inline_statements
+from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
 from ollama_web.db import Conversation, Message
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
@@ -91,16 +93,31 @@ MESSAGE_COLUMNS = tuple(column.key for column in MESSAGES.columns)
 def _message_update(columns: tuple[str, ...]) -> Update:
     """`UPDATE messages SET <columns> WHERE id = :_id`, built once per set of columns (a
     handful: checkpoint, heartbeat, final answer), so its cache key is memoized."""
+    return _update_by_id(MESSAGES, columns)
+
+
+@functools.cache
+def conversation_update(columns: tuple[str, ...]) -> Update:
+    """`UPDATE conversations SET <columns> WHERE id = :_id`, built once per set of columns."""
+    return _update_by_id(CONVERSATIONS, columns)
+
+
+def _update_by_id(table: Table, columns: tuple[str, ...]) -> Update:
     return (
-        update(MESSAGES)
-        .where(MESSAGES.c.id == bindparam("_id"))
+        update(table)
+        .where(table.c.id == bindparam("_id"))
         .values({column: bindparam(column) for column in columns})
     )
 
 
+def _rows(steps: list[tuple[Executable, Any]]) -> int:
+    return sum(len(values) if isinstance(values, list) else 1 for _, values in steps)
+
+
 class Writes:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, inline: InlineSQLite | None = None) -> None:
         self._engine = engine
+        self._inline = inline
         self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._pending: list[Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -117,23 +134,20 @@ class Writes:
 
     async def run(self, steps: list[tuple[Executable, Any]]) -> None:
         """One committed transaction running `steps` (statement, parameters) in order. On
-        SQLite the last statement carries the commit, and a transaction of a few rows runs
-        on the event loop's thread (see core/sqlite_driver.py)."""
-        if self._lock is None:
-            async with self.transaction() as connection:
-                for statement, parameters in steps:
-                    await connection.execute(statement, parameters)
-            return
-        from ollama_web.core.sqlite_driver import commit_with_next_statement
+        SQLite it runs inline when it can; else its last statement carries the commit on its
+        own trip to the driver thread."""
+        if self._inline is not None and _rows(steps) <= INLINE_ROWS:
+            with suppress(InlineUnavailable):
+                self._inline.write(steps)
+                return
+        async with self.transaction() as connection:
+            for index, (statement, parameters) in enumerate(steps):
+                if self._lock is not None and index == len(steps) - 1:
+                    from ollama_web.core.sqlite_driver import commit_with_next_statement
 
-        rows = sum(len(p) if isinstance(p, list) else 1 for _, p in steps)
-        with inline_statements() if rows <= INLINE_ROWS else nullcontext():
-            async with self.transaction() as connection:
-                for index, (statement, parameters) in enumerate(steps):
-                    if index == len(steps) - 1:
-                        raw = await connection.get_raw_connection()
-                        commit_with_next_statement(raw.driver_connection)
-                    await connection.execute(statement, parameters)
+                    raw = await connection.get_raw_connection()
+                    commit_with_next_statement(raw.driver_connection)
+                await connection.execute(statement, parameters)
 
     async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
         """Update one message; returns once committed (raises what the database raised)."""

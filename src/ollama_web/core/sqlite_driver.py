@@ -1,4 +1,4 @@
-"""aiosqlite under SQLAlchemy: one trip to its thread per statement, or none.
+"""aiosqlite under SQLAlchemy, one trip to its thread per statement.
 
 aiosqlite runs each sqlite3 call on its own thread, and SQLAlchemy's adapter makes one call
 per DBAPI step: create a cursor, execute, fetch the rows, close the cursor. Each is a round
@@ -12,26 +12,14 @@ trip at all. A transaction's last statement can carry its commit on the same tri
 transaction open. Everything else is SQLAlchemy's aiosqlite dialect as is; it is plugged in as the
 engine's DBAPI module (`create_async_engine(..., module=one_trip_dbapi())`).
 
-Short statements can skip the thread altogether (`core.db.inline_statements`): a trip costs the
-loop more than an indexed lookup or a one-row write itself (~20 µs), and on a loaded loop
-its answer waits in the ready queue. They run on the loop's thread and never wait there for
-a lock: the pool's connections have no busy timeout, and a statement that finds the
-database locked is run again on the driver thread, which waits as SQLite's own busy handler
-would (`_run`). Automatic WAL checkpoints are off for the same reason (a commit would run
-one, with its fsyncs: 10 to 30 ms): `Checkpointer` runs them on the driver thread.
-
 Server-side cursors (`stream_results`) keep SQLAlchemy's own cursor class.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sqlite3
-import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import suppress
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -40,26 +28,9 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from ollama_web.core.db import INLINE, SQLITE_BUSY_TIMEOUT_MS
-
-logger = logging.getLogger("ollama_web.db")
 
 Description = tuple[tuple[Any, ...], ...] | None
 _COMMIT_NEXT = "_ollama_web_commit_next"
-_ON_THREAD = "_ollama_web_on_thread"  # trips sent to the driver thread and not yet run
-
-BUSY_TIMEOUT_SECONDS = SQLITE_BUSY_TIMEOUT_MS / 1000
-# The sleeps of SQLite's own busy handler (sqliteDefaultBusyCallback), in seconds.
-_BUSY_SLEEPS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
-
-
-class _Commits:
-    """Commits made through the pool's connections (what `Checkpointer` looks at)."""
-
-    count = 0
 
 
 def commit_with_next_statement(driver_connection: Any, commit: bool = True) -> None:
@@ -84,15 +55,8 @@ class _Outcome:
         """Nothing to release: the sqlite3 cursor was closed on aiosqlite's thread."""
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY and its kinds that waiting can cure (not BUSY_SNAPSHOT: a transaction
-    whose snapshot is stale must start again)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY and code != 517
-
-
-def _step(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, commit: bool
 ) -> tuple[Description, list[Any], int, int | None]:
     cursor = connection.cursor()
     try:
@@ -102,56 +66,11 @@ def _step(
             cursor.execute(operation, () if parameters is None else parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
+        if commit:
+            connection.commit()
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
-
-
-def _commit(connection: sqlite3.Connection) -> None:
-    connection.commit()
-    _Commits.count += 1
-
-
-def _run(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, commit: bool
-) -> tuple[Description, list[Any], int, int | None]:
-    """The statement on the driver thread: while the database is locked, it sleeps and tries
-    again (a statement that found it locked did nothing), up to BUSY_TIMEOUT_SECONDS."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-    for sleep in _sleeps():
-        try:
-            result = _step(connection, operation, parameters, many)
-            break
-        except sqlite3.OperationalError as exc:
-            if not _locked(exc) or time.monotonic() + sleep > deadline:
-                raise
-        time.sleep(sleep)
-    if commit:
-        _commit(connection)
-    return result
-
-
-def _sleeps() -> Iterator[float]:
-    yield from _BUSY_SLEEPS
-    while True:
-        yield _BUSY_SLEEPS[-1]
-
-
-async def _on_thread(
-    driver: Any, operation: str, parameters: Any, many: bool, commit: bool
-) -> tuple[Description, list[Any], int, int | None]:
-    """`_run` on the driver thread. Counted until it has run there (even when the caller
-    was cancelled first), so that no statement runs inline on the connection meanwhile."""
-
-    def statement() -> tuple[Description, list[Any], int, int | None]:
-        try:
-            return _run(driver._conn, operation, parameters, many, commit)
-        finally:
-            setattr(driver, _ON_THREAD, getattr(driver, _ON_THREAD) - 1)
-
-    setattr(driver, _ON_THREAD, getattr(driver, _ON_THREAD, 0) + 1)
-    result: tuple[Description, list[Any], int, int | None] = await driver._execute(statement)
-    return result
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -170,19 +89,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         if commit:
             setattr(driver, _COMMIT_NEXT, False)
         async with self._adapt_connection._execute_mutex:
-            result = None
-            if INLINE.get() and not getattr(driver, _ON_THREAD, 0):
-                try:
-                    result = _step(driver._conn, operation, parameters, many)
-                except sqlite3.OperationalError as exc:
-                    if not _locked(exc):
-                        raise
-                else:
-                    if commit:
-                        _commit(driver._conn)
-            if result is None:  # not inline, or the database was locked
-                result = await _on_thread(driver, operation, parameters, many, commit)
-        description, rows, rowcount, lastrowid = result
+            description, rows, rowcount, lastrowid = await driver._execute(
+                _run, driver._conn, operation, parameters, many, commit
+            )
         outcome: _Outcome = self._cursor  # type: ignore[assignment]
         outcome.description = description
         outcome.rowcount = rowcount
@@ -206,7 +115,6 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     def commit(self) -> None:
         if self._connection.in_transaction:
             super().commit()
-            _Commits.count += 1
 
     def rollback(self) -> None:
         if self._connection.in_transaction:
@@ -238,41 +146,3 @@ def reset_on_return(dbapi_connection: Any, _record: Any, state: Any) -> None:
 
 def one_trip_dbapi() -> OneTripDBAPI:
     return OneTripDBAPI(aiosqlite, sqlite3)
-
-
-class Checkpointer:
-    """Passive WAL checkpoints for an engine whose connections make none of their own: one
-    at most every `interval` seconds, on the driver thread, and only after something was
-    committed. Passive: it copies what no reader still needs and never waits for a lock."""
-
-    def __init__(self, engine: AsyncEngine, interval: float = 1.0) -> None:
-        self._engine = engine
-        self._interval = interval
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def checkpoint(self) -> None:
-        async with self._engine.connect() as connection:
-            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop after the checkpoint under way, if any (its connection back in the pool)."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        seen = _Commits.count
-        while not self._stop.is_set():
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
-            if _Commits.count == seen:
-                continue
-            seen = _Commits.count
-            try:
-                await self.checkpoint()
-            except SQLAlchemyError:
-                logger.warning("WAL checkpoint failed", exc_info=True)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import SlowQueryRecorder
+from ollama_web.core.sqlite_inline import InlineSQLite
 
 
 @dataclass
@@ -18,6 +19,8 @@ class CoreState:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     slow_queries: SlowQueryRecorder
+    # The hot statements' own connection on a SQLite file (see core/sqlite_inline.py).
+    inline: InlineSQLite | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
 

@@ -1,0 +1,341 @@
+"""The hot statements' own SQLite connection on the event loop's thread: same values as
+SQLAlchemy's path, all or nothing, never a wait on the loop, and its WAL checkpointed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, select, text, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from ollama_web.conversations.writes import (
+    CONVERSATIONS,
+    INLINE_ROWS,
+    MESSAGES,
+    NewConversation,
+    NewMessage,
+    Writes,
+)
+from ollama_web.core import sqlite_inline
+from ollama_web.core.config import Settings
+from ollama_web.core.db import SlowQueryRecorder, create_engine
+from ollama_web.core.sqlite_inline import (
+    Checkpointer,
+    InlineSQLite,
+    InlineUnavailable,
+    first_row,
+    open_inline,
+)
+from ollama_web.db.base import utcnow
+from ollama_web.keys.service import _KEY_LOOKUP
+
+INSERT_CONVERSATION = insert(CONVERSATIONS)
+INSERT_MESSAGES = insert(MESSAGES)
+
+
+@dataclass
+class Database:
+    path: Path
+    engine: AsyncEngine
+    inline: InlineSQLite
+    writes: Writes
+    statements: list[str]  # what went through SQLAlchemy's engine
+
+
+@pytest.fixture
+async def database(
+    settings_factory: Callable[..., Settings], sqlite_template: Path, tmp_path: Path
+) -> AsyncIterator[Database]:
+    settings = settings_factory()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "ollama_web.db"
+    shutil.copyfile(sqlite_template, path)
+    engine, slow_queries = create_engine(settings)
+    inline = open_inline(engine, slow_queries)
+    assert inline is not None
+    statements: list[str] = []
+    event.listen(
+        engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    await _add_user(engine)
+    statements.clear()
+    try:
+        yield Database(path, engine, inline, Writes(engine, inline), statements)
+    finally:
+        inline.close()
+        await engine.dispose()
+
+
+async def _add_user(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO users (id, username, username_key, password_hash, role, is_active,"
+                " created_at, updated_at) VALUES ('u1', 'Zoë', 'zoë', 'x', 'user', 1,"
+                " '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
+            )
+        )
+
+
+def _engine_writes(database: Database) -> list[str]:
+    return [s for s in database.statements if not s.startswith("SELECT")]
+
+
+def _turn(
+    content: str = "hello <script>alert(1)</script> — ✓ 日本", now: datetime | None = None
+) -> list[tuple[Any, Any]]:
+    now = now or utcnow()
+    conversation = NewConversation(
+        "c" * 32, "u1", "A title", "llama3.2", now, now, options={"temperature": 0.2, "k": [1]}
+    )
+    question = NewMessage("q" * 32, conversation.id, None, "user", content, "complete", now, now)
+    question.images = ["aGVsbG8="]
+    question.completed_at = now
+    answer = NewMessage(
+        "a" * 32, conversation.id, question.id, "assistant", "", "pending", now, now
+    )
+    return [
+        (INSERT_CONVERSATION, [conversation.row()]),
+        (INSERT_MESSAGES, [question.row(), answer.row()]),
+    ]
+
+
+async def _rows(engine: AsyncEngine, table: Any) -> list[tuple[Any, ...]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(select(table).order_by(table.c.id))
+        return [tuple(row) for row in result]
+
+
+async def test_inline_writes_store_what_sqlalchemy_stores(
+    database: Database, settings_factory: Callable[..., Settings], sqlite_template: Path
+) -> None:
+    """The same turn written inline and through SQLAlchemy reads back identically: times
+    (timezone-aware), JSON, booleans, NULLs and user text verbatim."""
+    now = utcnow()
+    await database.writes.run(_turn(now=now))
+    assert database.statements == []  # nothing went through the engine
+
+    other = settings_factory(data_dir=database.path.parent / "other")
+    other.data_dir.mkdir()
+    shutil.copyfile(sqlite_template, other.data_dir / "ollama_web.db")
+    engine, _ = create_engine(other)
+    try:
+        await _add_user(engine)
+        await Writes(engine).run(_turn(now=now))
+        for table in (CONVERSATIONS, MESSAGES):
+            assert await _rows(database.engine, table) == await _rows(engine, table)
+    finally:
+        await engine.dispose()
+    theirs = other.data_dir / "ollama_web.db"
+    for query in ("SELECT * FROM conversations", "SELECT * FROM messages ORDER BY id"):
+        with sqlite3.connect(database.path) as one, sqlite3.connect(theirs) as another:
+            assert one.execute(query).fetchall() == another.execute(query).fetchall()
+    conversation = (await _rows(database.engine, CONVERSATIONS))[0]
+    assert conversation[CONVERSATIONS.c.keys().index("options")] == {"temperature": 0.2, "k": [1]}
+    assert conversation[CONVERSATIONS.c.keys().index("created_at")].tzinfo is not None
+
+
+async def test_an_inline_lookup_converts_its_columns_as_sqlalchemy_does(
+    database: Database,
+) -> None:
+    async with database.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at,"
+                " expires_at) VALUES ('k1', 'u1', 'ci', 'owk_abc', 'h1',"
+                " '2026-01-01 00:00:00.000000', '2027-01-01 00:00:00.000000')"
+            )
+        )
+        expected = (await connection.execute(_KEY_LOOKUP, {"key_hash": "h1"})).first()
+    assert expected is not None
+    found = database.inline.first(_KEY_LOOKUP, {"key_hash": "h1"})
+    assert found == tuple(expected)
+    assert found[2] is not None
+    assert found[2].utcoffset() == timedelta(0)
+    assert found[-1] is True
+    assert database.inline.first(_KEY_LOOKUP, {"key_hash": "nope"}) is None
+    raw = database.inline.first(text("SELECT name FROM api_keys WHERE id = :id"), {"id": "k1"})
+    assert raw == ("ci",)
+
+
+async def test_an_inline_transaction_is_all_or_nothing(database: Database) -> None:
+    turn = _turn()
+    await database.writes.run(turn[:1])
+    with pytest.raises(IntegrityError):  # SQLAlchemy's own class: callers catch it as usual
+        await database.writes.run([(INSERT_MESSAGES, [_turn()[1][1][0]]), turn[0]])
+    assert await _rows(database.engine, MESSAGES) == []
+    await database.writes.run(turn[1:])  # the connection is not left in a transaction
+    assert len(await _rows(database.engine, MESSAGES)) == 2
+    assert _engine_writes(database) == []
+
+
+async def test_what_needs_sqlalchemy_goes_through_the_engine(database: Database) -> None:
+    """A missing value is reported by SQLAlchemy as usual; a statement that needs a
+    Python-side default (`updated_at`'s onupdate) gets it; a large batch goes to the
+    driver thread."""
+    await database.writes.run(_turn())
+    with pytest.raises(StatementError, match="title"):
+        await database.writes.run([(text("UPDATE conversations SET title = :title"), {"x": 1})])
+    before = (await _rows(database.engine, CONVERSATIONS))[0]
+    rename = update(CONVERSATIONS).where(CONVERSATIONS.c.id == "c" * 32).values(title="New")
+    with pytest.raises(InlineUnavailable):
+        database.inline.write([(rename, None)])
+    database.statements.clear()
+    await database.writes.run([(rename, None)])
+    assert [s.split(" SET")[0] for s in database.statements] == ["UPDATE conversations"]
+    after = (await _rows(database.engine, CONVERSATIONS))[0]
+    updated_at = CONVERSATIONS.c.keys().index("updated_at")
+    assert after[updated_at] > before[updated_at]
+
+    database.statements.clear()
+    many = [dict(_turn()[1][1][0], id=f"{i:032d}") for i in range(INLINE_ROWS + 1)]
+    await database.writes.run([(INSERT_MESSAGES, many)])
+    assert len(database.statements) == 1
+
+
+async def test_a_locked_database_is_waited_for_on_the_driver_thread_not_the_loop(
+    database: Database,
+) -> None:
+    """Another process holds the write lock: the inline write gives up at once, and the
+    transaction goes through the engine, waiting on the driver thread while the loop runs."""
+    holder = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(InlineUnavailable):
+            database.inline.write(_turn())
+        assert time.monotonic() - started < 0.05
+        # Reads are not blocked by a writer (WAL): a lookup still answers inline.
+        assert database.inline.first(_KEY_LOOKUP, {"key_hash": "h"}) is None
+
+        asyncio.get_running_loop().call_later(0.3, holder.execute, "COMMIT")
+        ticks = 0
+        writing = asyncio.ensure_future(database.writes.run(_turn()))
+        while not writing.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await writing
+        assert ticks >= 20  # the loop ran on during the 0.3 s wait
+        assert len(await _rows(database.engine, MESSAGES)) == 2
+    finally:
+        holder.close()
+
+
+async def test_inline_statements_are_timed_and_traced(
+    settings_factory: Callable[..., Settings], sqlite_template: Path
+) -> None:
+    settings = settings_factory()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sqlite_template, settings.data_dir / "ollama_web.db")
+    engine, _ = create_engine(settings)
+    recorder = SlowQueryRecorder(threshold_ms=0)
+    inline = open_inline(engine, recorder)
+    assert inline is not None
+    seen: list[str] = []
+    inline.trace(seen.append)
+    try:
+        inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+        inline.write([(text("DELETE FROM api_keys WHERE id = :id"), {"id": "x"})])
+        assert recorder.count == 2
+        assert [statement.split()[0] for statement in seen] == ["SELECT", "DELETE"]
+    finally:
+        inline.close()
+        await engine.dispose()
+
+
+async def test_only_a_sqlite_file_gets_an_inline_connection(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    recorder = SlowQueryRecorder(threshold_ms=100)
+    engine, _ = create_engine(settings_factory(database_url="postgresql+asyncpg://u:p@h:9/d"))
+    assert open_inline(engine, recorder) is None
+    await engine.dispose()
+    engine = create_async_engine("sqlite+aiosqlite:///:memory:")
+    assert open_inline(engine, recorder) is None
+    await engine.dispose()
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 100)
+    engine, _ = create_engine(settings_factory(database_url=f"sqlite+aiosqlite:///{broken}"))
+    inline = open_inline(engine, recorder)
+    assert inline is not None  # opened at first use, after the startup migration
+    with pytest.raises(DatabaseError, match="not a database"):
+        inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+    await engine.dispose()
+
+
+async def test_the_wal_is_left_to_the_checkpointer(database: Database) -> None:
+    """No automatic checkpoint (one inside a commit would run its fsyncs on the loop): the
+    WAL grows past SQLite's 1000-page mark until `Checkpointer` copies it."""
+    await database.writes.run(_turn()[:1])
+    size = database.path.stat().st_size
+    question = _turn()[1][1][0]
+    for batch in range(25):  # 1500 pages of 4 KiB, and their full-text index
+        rows = [dict(question, id=f"{batch:04d}{i:028d}", content="p" * 4000) for i in range(60)]
+        await database.writes.run([(INSERT_MESSAGES, rows)])
+    assert _engine_writes(database) == []
+    assert database.path.stat().st_size == size  # all of it still in the WAL
+    await Checkpointer(database.engine).checkpoint()
+    assert database.path.stat().st_size > size + 1500 * 4096
+
+
+async def test_the_checkpointer_runs_after_inline_commits_only(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints: list[float] = []
+
+    async def counted(self: Checkpointer) -> None:
+        checkpoints.append(time.monotonic())
+
+    monkeypatch.setattr(Checkpointer, "checkpoint", counted)
+    checkpointer = Checkpointer(database.engine, interval=0.02)
+    checkpointer.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert checkpoints == []  # nothing committed
+        await database.writes.run(_turn())
+        await asyncio.sleep(0.1)
+        assert len(checkpoints) == 1
+    finally:
+        await checkpointer.stop()
+    assert sqlite_inline._Commits.count > 0
+
+
+async def test_a_lookup_the_database_refuses_goes_through_the_session(database: Database) -> None:
+    """A process holding the database in exclusive locking mode blocks even readers (and
+    the opening of the inline connection): the lookup is answered through the session,
+    which waits on the driver thread."""
+    await database.engine.dispose()  # no other connection may have the database open
+    holder = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("DELETE FROM api_keys")
+        holder.execute("COMMIT")  # the exclusive lock stays until the connection closes
+        with pytest.raises(InlineUnavailable):
+            database.inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+        asyncio.get_running_loop().call_later(0.2, holder.close)
+        async with AsyncSession(database.engine) as session:
+            found = await first_row(session, database.inline, _KEY_LOOKUP, {"key_hash": "h"})
+        assert found is None
+        assert any("FROM api_keys" in statement for statement in database.statements)
+    finally:
+        holder.close()
+
+
+async def test_database_errors_come_out_as_sqlalchemys(database: Database) -> None:
+    with pytest.raises(OperationalError, match="no such table"):
+        database.inline.first(text("SELECT x FROM missing WHERE x = :x"), {"x": 1})
+    with pytest.raises(OperationalError, match="no such table"):
+        database.inline.write([(text("DELETE FROM missing WHERE x = :x"), {"x": 1})])
+    await database.writes.run(_turn())  # and the connection goes on working
+    assert len(await _rows(database.engine, MESSAGES)) == 2
