@@ -11,10 +11,11 @@ import aiosqlite
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_engine
+from ollama_web.core.db import create_engine, create_sessionmaker, session_scope
 
 
 async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
@@ -191,3 +192,50 @@ async def test_closing_writes_waits_for_the_group_commit_in_progress(
         assert writing.done()
     finally:
         await engine.dispose()
+
+
+async def test_a_request_session_commits_and_closes_only_when_there_is_something_to(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commit, roll back and close as before, except that a session that never ran a
+    statement nor held an object skips them (each is a trip into SQLAlchemy's greenlet)."""
+    engine, _ = create_engine(settings_factory())
+    sessionmaker = create_sessionmaker(engine)
+    calls: list[str] = []
+    for name in ("commit", "close", "rollback"):
+        original = getattr(AsyncSession, name)
+
+        async def recorded(
+            self: AsyncSession, _name: str = name, _original: Any = original
+        ) -> None:
+            calls.append(_name)
+            await _original(self)
+
+        monkeypatch.setattr(AsyncSession, name, recorded)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)"))
+        async with session_scope(sessionmaker):
+            pass
+        assert calls == []
+
+        async with session_scope(sessionmaker) as session:
+            await session.execute(text("INSERT INTO t (x) VALUES ('kept')"))
+        assert calls == ["commit"]  # it gave its connection back; it holds no object
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+        calls.clear()
+        with pytest.raises(RuntimeError, match="boom"):
+            await _insert_then_fail(sessionmaker)
+        assert calls == ["rollback", "close"]
+
+        async with session_scope(sessionmaker) as session:
+            assert (await session.execute(text("SELECT x FROM t"))).scalars().all() == ["kept"]
+    finally:
+        await engine.dispose()
+
+
+async def _insert_then_fail(sessionmaker: Any) -> None:
+    async with session_scope(sessionmaker) as session:
+        await session.execute(text("INSERT INTO t (x) VALUES ('undone')"))
+        raise RuntimeError("boom")

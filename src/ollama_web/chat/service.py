@@ -35,6 +35,7 @@ from ollama_web.conversations.writes import (
     conversation_update,
 )
 from ollama_web.core.config import Settings
+from ollama_web.core.db import end_session
 from ollama_web.core.errors import AppError, ValidationError
 from ollama_web.db import Conversation, Message
 from ollama_web.db.base import new_id, utcnow
@@ -267,8 +268,7 @@ async def _prepare(
     # The request's reads are done: end its transaction (keeping the authentication's
     # throttled activity write) and give its connection back before the write transaction
     # takes one (holding both at once deadlocks the pool under load).
-    await session.commit()
-    await session.close()
+    await end_session(session)
     name = _model_name(turn, body)
     try:
         model = await gateway.resolve_model(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -112,11 +113,27 @@ async def session_scope(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """Commit on success, roll back on error. Services and repositories only flush."""
-    async with sessionmaker() as session:
+    session = sessionmaker()
+    try:
+        yield session
+    except BaseException:
         try:
-            yield session
-        except BaseException:
             await session.rollback()
-            raise
-        else:
+        finally:
+            await asyncio.shield(session.close())
+        raise
+    await end_session(session)
+
+
+async def end_session(session: AsyncSession) -> None:
+    """Commit and close a request's session, skipping each step that has nothing to do: a
+    session that never ran a statement nor held an object (an API-key request that only
+    starts a chat) costs no trip into SQLAlchemy's greenlet."""
+    try:
+        if session.in_transaction() or session.new or session.dirty or session.deleted:
             await session.commit()
+    except BaseException:
+        await asyncio.shield(session.close())
+        raise
+    if session.identity_map or session.in_transaction():
+        await asyncio.shield(session.close())
