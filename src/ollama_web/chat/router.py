@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -106,8 +107,10 @@ async def chat_stream(
     )
     if isinstance(prepared, Response):
         return prepared
-    # Started now, not when the response starts: Ollama is asked while the headers go out.
+    # Started now, not when the response starts, and given the loop first: its request to
+    # Ollama goes out before the response's headers (~0.4 ms of work on the way to them).
     generation = registry.start(prepared.reservation, prepared.spec)
+    await asyncio.sleep(0)
     return SSEResponse(lambda: generation.log, keepalive_seconds=settings.sse_keepalive_seconds)
 
 
