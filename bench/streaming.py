@@ -11,8 +11,9 @@ a fresh DATA_DIR) as separate processes on loopback, then:
   chats sent at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
-- floor: the same load on bench/floor_app.py, the thinnest FastAPI app relaying a chat (no
-  authentication, database, middleware, title): what the framework alone costs.
+- floor: the throughput and steady-TTFT loads on bench/floor_app.py, the thinnest FastAPI
+  app relaying a chat (no authentication, database, middleware, title): what the framework
+  alone costs.
 - cpu: server process CPU time (utime + stime from /proc) / tokens relayed, at a paced
   rate (100 streams x 50 tokens/s) and in bursts (8 streams at full speed, 2000 tokens).
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
@@ -27,7 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import uvloop
@@ -196,29 +198,43 @@ async def throughput(seconds: float) -> dict[str, Any]:
 
 
 async def floor(seconds: float) -> dict[str, Any]:
-    """The throughput scenario against bench/floor_app.py: FastAPI, uvicorn and httpx
-    relaying the same chats with nothing else (no auth, database, middleware or title)."""
-    emulator, url = start_emulator("--models", MODEL, "--reply-tokens", "20")
-    server = Server(url, app="floor_app:app")
-    server.start()
-    try:
-        side = Side("floor", server.base, sse=True)
+    """The throughput and steady-TTFT scenarios against bench/floor_app.py: FastAPI, uvicorn
+    and httpx relaying the same chats with nothing else (no auth, database, middleware or
+    title)."""
+    result: dict[str, Any] = {"concurrency": 8, "tokens_per_chat": 20}
+    async with _floor("--reply-tokens", "20") as (_, side, server):
         await run_loops(side, 8, 2.0, lambda *_: None)
         cpu_before = cpu_seconds(server.pid)
         started = time.perf_counter()
         chats = await run_loops(side, 8, seconds, lambda *_: None)
         elapsed = time.perf_counter() - started
         used = cpu_seconds(server.pid) - cpu_before
+    result["chats_per_second"] = round(chats / elapsed, 1)
+    result["server_cpu_ms_per_chat"] = round(used / chats * 1000, 3)
+    steady: dict[str, Any] = {}
+    async with _floor("--reply-tokens", "20", "--tokens-per-second", "20") as (direct, side, _):
+        await run_loops(side, 8, 2.0, lambda *_: None)
+        for one in (direct, side):
+            samples: list[float] = []
+            record = lambda first, *_, out=samples: out.append(first)  # noqa: E731
+            await run_loops(one, 50, seconds, record, spread=1.0)
+            steady["backend" if one is side else "direct"] = percentiles(samples)
+    steady["added"] = _added(steady)
+    result["ttft_steady_50"] = steady
+    return result
+
+
+@asynccontextmanager
+async def _floor(*emulator_args: str) -> AsyncIterator[tuple[Side, Side, Server]]:
+    emulator, url = start_emulator("--models", MODEL, *emulator_args)
+    server = Server(url, app="floor_app:app")
+    server.start()
+    try:
+        yield Side("direct", url), Side("floor", server.base, sse=True), server
     finally:
         server.stop()
         emulator.terminate()
         emulator.wait()
-    return {
-        "concurrency": 8,
-        "tokens_per_chat": 20,
-        "chats_per_second": round(chats / elapsed, 1),
-        "server_cpu_ms_per_chat": round(used / chats * 1000, 3),
-    }
 
 
 async def cpu_per_token(label: str, streams: int, tokens: int, tps: str) -> dict[str, Any]:
