@@ -163,3 +163,36 @@ async def test_search_finds_a_word_from_message_150000(
         haystack
     )
     assert (await _list(client, regular_user, q="number 150000")).json()["items"] == []
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # PostgreSQL's index follows the content
+async def test_sqlite_indexes_an_answer_when_it_ends_not_at_each_checkpoint(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """A streaming answer's checkpoints leave the full-text index alone (each would be an
+    FTS5 delete and insert of the whole text); its final text is indexed when it ends,
+    also when the sweep marks it interrupted (a change of status only)."""
+    conversation_id = await seed(regular_user.id, "Tell me of zebras", "")
+    writes = app.state.generations.writes
+    async with session_scope(app.state.core.sessionmaker) as session:
+        answers = await session.execute(
+            text("SELECT id FROM messages WHERE conversation_id = :c AND role = 'assistant'"),
+            {"c": conversation_id},
+        )
+        answer_id = answers.scalar_one()
+
+    async def found(word: str) -> bool:
+        response = await _list(client, regular_user, q=word)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]] == [conversation_id]
+
+    await writes.update_message(answer_id, {"content": "the okapi", "status": "streaming"})
+    assert await found("zebras")
+    assert not await found("okapi")
+    await writes.update_message(answer_id, {"content": "the okapi grazes", "status": "complete"})
+    assert await found("grazes")
+
+    await writes.update_message(answer_id, {"content": "a quagga", "status": "streaming"})
+    await writes.update_message(answer_id, {"status": "interrupted"})
+    assert await found("quagga")
+    assert not await found("okapi")

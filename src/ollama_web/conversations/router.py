@@ -43,7 +43,8 @@ async def list_conversations(
         Query(
             max_length=MAX_QUERY_CHARS,
             description="Words to find in titles and message text (all must occur; "
-            "plain words, no query syntax)",
+            "plain words, no query syntax). An answer still being written may not be "
+            "found until it ends.",
         ),
     ] = None,
 ) -> Page[ConversationPublic]:
