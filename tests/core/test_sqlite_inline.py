@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from ollama_web.conversations.writes import (
     CONVERSATIONS,
+    INLINE_CHARS,
     INLINE_ROWS,
     MESSAGES,
     NewConversation,
@@ -181,8 +182,8 @@ async def test_an_inline_transaction_is_all_or_nothing(database: Database) -> No
 
 async def test_what_needs_sqlalchemy_goes_through_the_engine(database: Database) -> None:
     """A missing value is reported by SQLAlchemy as usual; a statement that needs a
-    Python-side default (`updated_at`'s onupdate) gets it; a large batch goes to the
-    driver thread."""
+    Python-side default (`updated_at`'s onupdate) gets it; a large batch, or much text,
+    goes to the driver thread."""
     await database.writes.run(_turn())
     with pytest.raises(StatementError, match="title"):
         await database.writes.run([(text("UPDATE conversations SET title = :title"), {"x": 1})])
@@ -201,6 +202,15 @@ async def test_what_needs_sqlalchemy_goes_through_the_engine(database: Database)
     many = [dict(_turn()[1][1][0], id=f"{i:032d}") for i in range(INLINE_ROWS + 1)]
     await database.writes.run([(INSERT_MESSAGES, many)])
     assert len(database.statements) == 1
+
+    database.statements.clear()  # a turn with a large image: the loop is not held for it
+    image = "A" * (INLINE_CHARS // 2)
+    await database.writes.run([(INSERT_MESSAGES, [dict(many[0], id="i" * 32, images=[image])])])
+    assert _engine_writes(database) == []
+    await database.writes.run(
+        [(INSERT_MESSAGES, [dict(many[0], id="j" * 32, images=[image, image + "A"])])]
+    )
+    assert len(_engine_writes(database)) == 1
 
 
 async def test_a_locked_database_is_waited_for_on_the_driver_thread_not_the_loop(

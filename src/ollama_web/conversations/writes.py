@@ -29,9 +29,12 @@ MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 Pending = tuple[Executable, dict[str, Any], "asyncio.Future[None]"]
-# Rows a transaction may write on the event loop's thread (~20 µs each); a larger group
-# commit (a thousand streams' checkpoints) goes to the driver thread.
+# What a transaction may write on the event loop's thread, which does nothing else while
+# it runs: rows (~20 µs each) and characters of text (a turn with images, up to the 10 MB
+# request limit, would take tens of ms). More (a thousand streams' checkpoints in one
+# group commit, a large turn) goes to the driver thread.
 INLINE_ROWS = 64
+INLINE_CHARS = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -110,8 +113,18 @@ def _update_by_id(table: Table, columns: tuple[str, ...]) -> Update:
     )
 
 
-def _rows(steps: list[tuple[Executable, Any]]) -> int:
-    return sum(len(values) if isinstance(values, list) else 1 for _, values in steps)
+def _small(steps: list[tuple[Executable, Any]]) -> bool:
+    """Whether `steps` stay within INLINE_ROWS and INLINE_CHARS."""
+    rows = chars = 0
+    for _, values in steps:
+        for row in values if isinstance(values, list) else [values or {}]:
+            rows += 1
+            for value in row.values():
+                if isinstance(value, str):
+                    chars += len(value)
+                elif isinstance(value, list):  # images: base64 strings
+                    chars += sum(len(item) for item in value if isinstance(item, str))
+    return rows <= INLINE_ROWS and chars <= INLINE_CHARS
 
 
 class Writes:
@@ -134,9 +147,9 @@ class Writes:
 
     async def run(self, steps: list[tuple[Executable, Any]]) -> None:
         """One committed transaction running `steps` (statement, parameters) in order. On
-        SQLite it runs inline when it can; else its last statement carries the commit on its
-        own trip to the driver thread."""
-        if self._inline is not None and _rows(steps) <= INLINE_ROWS:
+        SQLite a small one runs inline when it can; else its last statement carries the
+        commit on its own trip to the driver thread."""
+        if self._inline is not None and _small(steps):
             with suppress(InlineUnavailable):
                 self._inline.write(steps)
                 return
