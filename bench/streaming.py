@@ -76,13 +76,15 @@ class Side:
         first = 0.0
         tokens = 0
         ended = False
+        tail = b""
         async for chunk in connection.body(headers):
             if not first and first_mark in chunk:
                 first = time.perf_counter() - started
             tokens += chunk.count(first_mark)
             ended = ended or end_mark in chunk
+            tail = (tail + chunk)[-400:]
         if not ended:
-            raise RuntimeError(f"{self.name}: stream ended without done")
+            raise RuntimeError(f"{self.name}: stream ended without done: ...{tail!r}")
         return first, time.perf_counter() - started, tokens
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,12 @@ class OllamaEmulator:
 
     async def start(self) -> None:
         self.slot_freed = asyncio.Event()
-        self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
+        # Ollama's Go listener takes the kernel's limit (somaxconn); asyncio's default, 100,
+        # overflowed when a burst of 1000 chats connected at once (SYN retries past the
+        # backend's 2 s connect timeout).
+        self._server = await asyncio.start_server(
+            self._on_connect, self.host, self.port, backlog=socket.SOMAXCONN
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
