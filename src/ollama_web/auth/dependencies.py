@@ -1,14 +1,15 @@
 """The one way in: who is calling, whichever credential they used.
 
 `get_principal` accepts, in this order, `Authorization: Bearer <key>`, `X-API-Key: <key>`,
-or the `ow_session` cookie. The user row is loaded with the credential on every request
-(one indexed join), so disabling a user, demoting an admin, revoking a key or ending a
-session takes effect on the very next request. Cookie-authenticated POST/PUT/PATCH/DELETE
+or the `ow_session` cookie. The user is read with the credential on every request (one
+indexed join; for a key, only what authentication needs, on SQLite on the event loop's
+thread: core/sqlite_inline.py), so disabling a user, demoting an admin, revoking a key or
+ending a session takes effect on the very next request. Cookie-authenticated POST/PUT/PATCH/DELETE
 must carry `X-CSRF-Token` equal to the session's token; API-key requests carry no ambient
 credential and are exempt.
 
 Aliases for routes: `CurrentPrincipal`, `AdminPrincipal` (403 FORBIDDEN unless admin),
-`CurrentUser` and `AdminUser` (the loaded `User` row).
+`CurrentUser` and `AdminUser` (the `User` row, loaded by id after a key).
 """
 
 from __future__ import annotations
