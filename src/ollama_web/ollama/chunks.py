@@ -39,11 +39,13 @@ def raise_if_error(obj: dict[str, Any]) -> None:
         raise OllamaStreamError("upstream_error", str(error)[:500])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChatChunk:
     """One `/api/chat` object. The `done` chunk may carry text too: append it.
 
-    Durations are integers in nanoseconds; metrics are only meaningful on `done`.
+    Durations are integers in nanoseconds; metrics are only meaningful on `done`. Not
+    frozen, though nothing changes one: a frozen dataclass sets each of these 12 fields
+    through `object.__setattr__`, 2.6 instead of 0.7 µs for every token here.
     """
 
     content: str = ""
