@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
@@ -64,10 +64,14 @@ class _Commits:
     count = 0
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY and the kinds of it that waiting can cure (BUSY_SNAPSHOT is not one)."""
+def _failure(exc: sqlite3.Error, sql: str, parameters: Any) -> Exception:
+    """What to raise for `exc`: InlineUnavailable when the database is locked and waiting
+    can cure it (SQLITE_BUSY and its kinds, not BUSY_SNAPSHOT; nothing was done), else the
+    error as SQLAlchemy raises it (IntegrityError, OperationalError, ...)."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY and code != 517
+    if code is not None and code & 0xFF == sqlite3.SQLITE_BUSY and code != 517:
+        return InlineUnavailable("the database is locked")
+    return DBAPIError.instance(sql, parameters, exc, sqlite3.Error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +130,13 @@ class InlineSQLite:
             try:
                 connection = sqlite3.connect(self._database, isolation_level=None)
             except sqlite3.Error as exc:
-                raise self._error(exc, None, None) from None
+                raise _failure(exc, "(connect)", None) from None
             try:
                 for pragma in _PRAGMAS:
                     connection.execute(f"PRAGMA {pragma}")
             except sqlite3.Error as exc:
                 connection.close()
-                if isinstance(exc, sqlite3.OperationalError) and _locked(exc):
-                    raise InlineUnavailable("the database is locked") from None
-                raise self._error(exc, None, None) from None
+                raise _failure(exc, f"PRAGMA {pragma}", None) from None
             self._opened = connection
         return self._opened
 
@@ -154,12 +156,8 @@ class InlineSQLite:
         started = time.perf_counter()
         try:
             raw = self._connection.execute(compiled.sql, parameters).fetchone()
-        except sqlite3.OperationalError as exc:
-            if _locked(exc):
-                raise InlineUnavailable("the database is locked") from None
-            raise self._error(exc, compiled, parameters) from None
         except sqlite3.Error as exc:
-            raise self._error(exc, compiled, parameters) from None
+            raise _failure(exc, compiled.sql, parameters) from None
         self._observe(compiled, started)
         return None if raw is None else compiled.row(raw)
 
@@ -168,17 +166,15 @@ class InlineSQLite:
         committed transaction: all of them or, when an error is raised, none."""
         try:
             self._connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _locked(exc):
-                raise InlineUnavailable("the database is locked") from None
-            raise self._error(exc, None, None) from None
+        except sqlite3.Error as exc:
+            raise _failure(exc, "BEGIN IMMEDIATE", None) from None
         try:
             for statement, values in steps:
                 self._execute(statement, values)
             try:
                 self._connection.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise self._error(exc, None, None) from None
+                raise _failure(exc, "COMMIT", None) from None
         except BaseException:
             if self._connection.in_transaction:
                 self._connection.execute("ROLLBACK")
@@ -199,7 +195,7 @@ class InlineSQLite:
             else:
                 self._connection.executemany(compiled.sql, parameters)
         except sqlite3.Error as exc:
-            raise self._error(exc, compiled, parameters) from None
+            raise _failure(exc, compiled.sql, parameters) from None
         self._observe(compiled, started)
 
     def _observe(self, compiled: _Compiled, started: float) -> None:
@@ -227,12 +223,6 @@ class InlineSQLite:
             raise InlineUnavailable("Python-side defaults or RETURNING")
         found = self._compiled[key] = _prepared(statement, compiled, self._dialect)
         return found
-
-    @staticmethod
-    def _error(exc: sqlite3.Error, compiled: _Compiled | None, parameters: Any) -> StatementError:
-        """The error as SQLAlchemy raises it (IntegrityError, OperationalError, ...)."""
-        sql = compiled.sql if compiled is not None else "(connection)"
-        return DBAPIError.instance(sql, parameters, exc, sqlite3.Error)
 
 
 async def first_row(
