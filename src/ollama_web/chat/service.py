@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ollama_web.chat.generation import GenerationSpec
+from ollama_web.chat.generation import COMPLETE, GenerationSpec
 from ollama_web.chat.registry import GenerationRegistry, Reservation
 from ollama_web.chat.schemas import ChatRequest, check_limits
 from ollama_web.conversations import repository
@@ -45,7 +45,6 @@ from ollama_web.ollama.gateway import OllamaGateway
 
 USER = MessageRole.USER.value
 ASSISTANT = MessageRole.ASSISTANT.value
-COMPLETE = MessageStatus.COMPLETE.value
 PENDING = MessageStatus.PENDING.value
 
 
