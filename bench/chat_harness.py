@@ -65,6 +65,51 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+class Placement:
+    """Where the processes run. With `pin` (the default) on a machine of two or more CPUs, the
+    server gets the first CPU to itself and the emulator and the load generator (this process)
+    share the others, as in production, where clients are remote and Ollama's work is on its
+    GPU. Unpinned, the kernel moves the three between CPUs: the load generator then takes CPU
+    from the server it measures, and the numbers vary more from run to run."""
+
+    pin = True
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    """The CPUs this process could use when it started (before it placed itself)."""
+
+    @classmethod
+    def cpus(cls) -> tuple[set[int], set[int]] | None:
+        """(the server's CPUs, everyone else's), or None when nothing is pinned."""
+        if not cls.pin or len(cls.available) < 2:
+            return None
+        return {cls.available[0]}, set(cls.available[1:])
+
+    @classmethod
+    def server(cls, pid: int) -> None:
+        cpus = cls.cpus()
+        if cpus is not None:
+            _set_affinity(pid, cpus[0])
+
+    @classmethod
+    def others(cls, pid: int | None = None) -> None:
+        """The emulator or, without a pid, this process."""
+        cpus = cls.cpus()
+        if cpus is not None:
+            _set_affinity(os.getpid() if pid is None else pid, cpus[1])
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        cpus = cls.cpus()
+        if cpus is None:
+            return {"pinned": False}
+        return {"pinned": True, "server_cpus": sorted(cpus[0]), "other_cpus": sorted(cpus[1])}
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of the process (a thread started later inherits its creator's CPUs)."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(thread), cpus)
+
+
 def machine_speed() -> dict[str, Any]:
     """How fast this machine runs Python right now: a fixed loop, best of three. Shared VMs
     vary by tens of percent over a day; reports carry this so runs can be compared."""
@@ -80,7 +125,7 @@ def machine_speed() -> dict[str, Any]:
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """Write the report (with `machine_speed()` measured now) to bench/results/<name>.json."""
-    result = {**result, "machine": machine_speed()}
+    result = {**result, "machine": {**machine_speed(), "placement": Placement.describe()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -104,6 +149,7 @@ def start_emulator(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "ollama_web.emulator", "--port", str(port), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    Placement.others(process.pid)
     _wait_port(port, process)
     return process, f"http://127.0.0.1:{port}"
 
@@ -155,6 +201,7 @@ class Server:
         self.process = subprocess.Popen(
             command, env=self.env, cwd=self.directory.name, stdout=subprocess.DEVNULL
         )
+        Placement.server(self.process.pid)
         _wait_port(self.port, self.process)
 
     @property

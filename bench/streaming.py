@@ -2,7 +2,8 @@
 """Chat streaming through the backend, side by side with a direct client to the same emulator.
 
 Each scenario starts the Ollama emulator and the app (uvicorn, uvloop, one worker, SQLite in
-a fresh DATA_DIR) as separate processes on loopback, then:
+a fresh DATA_DIR) as separate processes on loopback, the server on a CPU of its own (see
+`Placement`; `--no-pin` leaves placement to the kernel), then:
 
 - ttft: time to the first token through the backend (`POST /api/chat/stream`, a new
   conversation each time) and directly (`POST /api/chat` on the emulator); added = backend -
@@ -35,6 +36,7 @@ from typing import Any
 import uvloop
 from chat_harness import (
     Connection,
+    Placement,
     Server,
     cpu_seconds,
     percentiles,
@@ -325,6 +327,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
         "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
     }
+    Placement.pin = args.pin
+    Placement.others()
     result: dict[str, Any] = {}
     for name in args.only or list(steps):
         print(f"== {name}", flush=True)
@@ -338,6 +342,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slow-streams", type=int, default=1000)
     parser.add_argument("--slow-tokens", type=int, default=100)
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="let the kernel place the processes"
+    )
     parser.add_argument(
         "--only",
         nargs="*",
