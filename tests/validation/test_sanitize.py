@@ -34,6 +34,19 @@ def test_removes_control_characters_but_keeps_tab_and_newline() -> None:
     assert sanitize_string(raw, "title", max_length=100) == "abcdef\tg\nhi"
 
 
+def test_removes_exactly_unicodes_control_characters() -> None:
+    """Every code point: category Cc goes (but tab and newline), everything else stays."""
+    kept = "".join(
+        char
+        for char in map(chr, range(0x110000))
+        if not 0xD800 <= ord(char) <= 0xDFFF
+        and unicodedata.category(char) != "Cc"
+        or char in "\t\n"
+    )
+    everything = "".join(chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF)
+    assert sanitize_string(everything, "title") == unicodedata.normalize("NFC", kept)
+
+
 def test_keeps_markup_and_quotes_verbatim() -> None:
     text = "<script>alert('x')</script> \"; DROP TABLE users; -- ../../etc/passwd"
     assert sanitize_string(text, "title", max_length=200) == text

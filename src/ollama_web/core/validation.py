@@ -27,7 +27,10 @@ from ollama_web.core.errors import ValidationError
 
 IDENTIFIER_PATTERN = r"^[0-9a-f]{32}$"
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
-_KEPT_CONTROLS = frozenset("\t\n")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Unicode's control characters (category Cc: U+0000-U+001F and U+007F-U+009F) but tab and
+# newline.
+_REMOVED_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 
@@ -42,14 +45,11 @@ class _Refused(Exception):
 
 
 def _has_lone_surrogate(value: str) -> bool:
-    return any(0xD800 <= ord(char) <= 0xDFFF for char in value)
+    return _LONE_SURROGATE.search(value) is not None
 
 
 def _clean(value: str) -> str:
-    normalised = unicodedata.normalize("NFC", value)
-    return "".join(
-        char for char in normalised if char in _KEPT_CONTROLS or unicodedata.category(char) != "Cc"
-    )
+    return _REMOVED_CONTROLS.sub("", unicodedata.normalize("NFC", value))
 
 
 def _sanitize(value: object, max_length: int | None, min_length: int) -> str:
