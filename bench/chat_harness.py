@@ -66,13 +66,16 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
 
 
 class Placement:
-    """Where the processes run. With `pin` (the default) on a machine of two or more CPUs, the
-    server gets the first CPU to itself and the emulator and the load generator (this process)
-    share the others, as in production, where clients are remote and Ollama's work is on its
-    GPU. Unpinned, the kernel moves the three between CPUs: the load generator then takes CPU
-    from the server it measures, and the numbers vary more from run to run."""
+    """Where the processes run. With `pin` (`bench/streaming.py --pin`) on a machine of two or
+    more CPUs, the server gets the first CPU to itself and the emulator and the load generator
+    (this process) share the others. Unpinned (the default), the kernel places the three.
 
-    pin = True
+    Measured on a 2-vCPU VM, pinning is no free win: chats/s moved within the noise, steady
+    TTFT p99 was lower, but tokens reached the server one per read in bursts (the emulator
+    runs slower beside the client), doubling the burst CPU per token, and the server's two
+    threads on one CPU made conversation reads slower."""
+
+    pin = False
     available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     """The CPUs this process could use when it started (before it placed itself)."""
 

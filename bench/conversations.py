@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """Conversation reads with a big history: one user, 10 000 conversations, 200 000 messages.
 
-Starts the app (uvicorn, one worker, SQLite in a fresh DATA_DIR, on a CPU of its own unless
-`--no-pin`; the emulator only so the server has an Ollama), creates the user, seeds the
-history straight into the database with SQL (so the FTS5 triggers index it as they would
-live), then measures through HTTP:
+Starts the app (uvicorn, one worker, SQLite in a fresh DATA_DIR; the emulator only so the
+server has an Ollama), creates the user, seeds the history straight into the database with
+SQL (so the FTS5 triggers index it as they would live), then measures through HTTP:
 
 - the first page of `GET /api/conversations` (50 items);
 - search `GET /api/conversations?q=<word>` for words drawn from the vocabulary (Zipf-shaped
@@ -27,15 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvloop
-from chat_harness import (
-    Connection,
-    Placement,
-    Server,
-    percentiles,
-    setup_user,
-    start_emulator,
-    write_result,
-)
+from chat_harness import Connection, Server, percentiles, setup_user, start_emulator, write_result
 
 CONVERSATIONS = 10_000
 MESSAGES = 200_000
@@ -152,9 +143,7 @@ async def measure(
     return result
 
 
-async def main(rounds: int, pin: bool) -> dict[str, Any]:
-    Placement.pin = pin
-    Placement.others()
+async def main(rounds: int) -> dict[str, Any]:
     rng = random.Random(5)
     emulator, url = start_emulator("--models", "llama3.2")
     server = Server(url)
@@ -180,10 +169,6 @@ async def main(rounds: int, pin: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="let the kernel place the processes"
-    )
-    arguments = parser.parse_args()
-    report = uvloop.run(main(arguments.rounds, arguments.pin))
+    report = uvloop.run(main(parser.parse_args().rounds))
     print(json.dumps(report, indent=2))
     print(f"wrote {write_result('conversations', report)}")

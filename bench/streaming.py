@@ -2,8 +2,8 @@
 """Chat streaming through the backend, side by side with a direct client to the same emulator.
 
 Each scenario starts the Ollama emulator and the app (uvicorn, uvloop, one worker, SQLite in
-a fresh DATA_DIR) as separate processes on loopback, the server on a CPU of its own (see
-`Placement`; `--no-pin` leaves placement to the kernel), then:
+a fresh DATA_DIR) as separate processes on loopback (with `--pin`, the server on a CPU of its
+own: see `Placement`), then:
 
 - ttft: time to the first token through the backend (`POST /api/chat/stream`, a new
   conversation each time) and directly (`POST /api/chat` on the emulator); added = backend -
@@ -347,7 +347,7 @@ if __name__ == "__main__":
     parser.add_argument("--slow-streams", type=int, default=1000)
     parser.add_argument("--slow-tokens", type=int, default=100)
     parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="let the kernel place the processes"
+        "--pin", action="store_true", help="the server on a CPU of its own, the rest on the others"
     )
     parser.add_argument(
         "--only",
