@@ -35,9 +35,12 @@ logger = logging.getLogger("ollama_web")
 DomainLifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
+# Held from before the database is opened until after it is closed: `ollama-web restore`
+# (which replaces the database file) refuses while a server holds it.
+SERVER_LOCK_LIFESPAN = "ollama_web.backups.lifespan:server_lock_lifespan"
+
 # "module:attribute" of each domain lifespan, entered in this order (one line each).
 LIFESPAN_FACTORIES: tuple[str, ...] = (
-    "ollama_web.backups.lifespan:server_lock_lifespan",
     "ollama_web.migrations.runner:migrate_on_startup",
     "ollama_web.backups.lifespan:backup_lifespan",
     "ollama_web.ratelimit.lifespan:rate_limit_lifespan",
@@ -95,39 +98,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for directory in (settings.data_dir, settings.log_dir, settings.backup_dir):
         directory.mkdir(parents=True, exist_ok=True)
     secret_key = load_or_create_secret(settings)
-    engine, slow_queries = create_engine(settings)
-    inline = open_inline(engine, slow_queries)
-    checkpointer = Checkpointer(engine) if inline is not None else None
-    app.state.core = CoreState(
-        settings=settings,
-        secret_key=secret_key,
-        engine=engine,
-        sessionmaker=create_sessionmaker(engine),
-        slow_queries=slow_queries,
-        inline=inline,
-    )
-    try:
-        if checkpointer is not None:
-            checkpointer.start()
-        async with AsyncExitStack() as stack:
-            for factory in _domain_lifespans():
-                await stack.enter_async_context(factory(app))
-            logger.info("ollama-web %s started (%s)", __version__, settings.environment.value)
-            # Everything alive now (modules, the app, pools) lives as long as the process:
-            # kept out of the cyclic collector, a full collection no longer walks it all
-            # (that walk, ~40 ms, was the tail of requests that allocate a lot). The young
-            # generations are swept first (a full sweep here would delay the start).
-            gc.collect(1)
-            gc.freeze()
-            yield
-    finally:
-        gc.unfreeze()
-        if checkpointer is not None:
-            await checkpointer.stop()
+    # Exited in reverse: the domains, then the database (checkpointer, inline connection,
+    # engine), and the server lock last, so a restore never finds this process's handles
+    # on the file it replaces.
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(_load(SERVER_LOCK_LIFESPAN)(app))
+        engine, slow_queries = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        inline = open_inline(engine, slow_queries)
         if inline is not None:
-            inline.close()
-        await engine.dispose()
-        logger.info("ollama-web stopped")
+            stack.callback(inline.close)
+            checkpointer = Checkpointer(engine)
+            checkpointer.start()
+            stack.push_async_callback(checkpointer.stop)
+        app.state.core = CoreState(
+            settings=settings,
+            secret_key=secret_key,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            slow_queries=slow_queries,
+            inline=inline,
+        )
+        for factory in _domain_lifespans():
+            await stack.enter_async_context(factory(app))
+        logger.info("ollama-web %s started (%s)", __version__, settings.environment.value)
+        # Everything alive now (modules, the app, pools) lives as long as the process:
+        # kept out of the cyclic collector, a full collection no longer walks it all
+        # (that walk, ~40 ms, was the tail of requests that allocate a lot). The young
+        # generations are swept first (a full sweep here would delay the start).
+        gc.collect(1)
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
+    logger.info("ollama-web stopped")
 
 
 def _include_routers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.lifespan import RestoreInProgressError
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.core.config import Settings
+from ollama_web.keys.service import _KEY_LOOKUP
 from ollama_web.migrations.runner import upgrade_settings
 from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite
 from tests.conftest import asgi_client
@@ -227,6 +228,32 @@ async def test_a_server_will_not_start_during_a_restore(sqlite_settings: Setting
                 pass
     finally:
         restore_lock.release()
+
+
+async def test_the_server_lock_is_released_after_the_database_is_closed(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore may start the moment the lock is free: by then this process holds no
+    handle on the database (engine pool and inline connection closed)."""
+    from ollama_web.app import create_app
+
+    app = create_app(settings := sqlite_settings())
+    seen: list[tuple[int, bool]] = []
+    release = FileLock.release
+
+    def recording_release(lock: FileLock) -> None:
+        if lock.path == server_lock_path(settings.data_dir):
+            core = app.state.core
+            seen.append((core.engine.pool.checkedin(), core.inline._opened is None))
+        release(lock)
+
+    monkeypatch.setattr(FileLock, "release", recording_release)
+    async with app.router.lifespan_context(app):
+        await create_test_user(app, role="admin")  # the engine's connections used
+        app.state.core.inline.first(_KEY_LOOKUP, {"key_hash": "h"})  # and the inline one
+        assert app.state.core.inline._opened is not None
+    assert seen == [(0, True)]
+    assert not Path(f"{settings.data_dir / 'ollama_web.db'}-wal").exists()
 
 
 async def test_a_migration_of_an_existing_database_is_preceded_by_a_backup(
