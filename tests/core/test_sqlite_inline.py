@@ -349,3 +349,89 @@ async def test_database_errors_come_out_as_sqlalchemys(database: Database) -> No
         database.inline.write([(text("DELETE FROM missing WHERE x = :x"), {"x": 1})])
     await database.writes.run(_turn())  # and the connection goes on working
     assert len(await _rows(database.engine, MESSAGES)) == 2
+
+
+async def test_a_value_that_cannot_be_converted_is_reported_by_sqlalchemy(
+    database: Database,
+) -> None:
+    """A converter's own error (a JSON value that is not JSON) makes the inline path step
+    aside, and SQLAlchemy reports it as it always does, as a StatementError (callers catch
+    SQLAlchemyError). Nothing was written."""
+    await database.writes.run(_turn())
+    unstorable = update(CONVERSATIONS).values(options={"bad": object()})
+    with pytest.raises(InlineUnavailable):
+        database.inline.write([(unstorable, None)])
+    with pytest.raises(InlineUnavailable):
+        database.inline.first(select(CONVERSATIONS.c.id).where(CONVERSATIONS.c.options == {1}), {})
+    database.statements.clear()
+    with pytest.raises(StatementError, match="not JSON serializable"):
+        await database.writes.run([(unstorable, None)])
+    options = CONVERSATIONS.c.keys().index("options")
+    assert (await _rows(database.engine, CONVERSATIONS))[0][options] == {
+        "temperature": 0.2,
+        "k": [1],
+    }
+
+
+async def test_a_statement_expanded_when_run_goes_through_the_session(
+    database: Database,
+) -> None:
+    """`IN` lists are expanded by SQLAlchemy when the statement runs: not inline."""
+    await database.writes.run(_turn())
+    ids = select(MESSAGES.c.id).where(MESSAGES.c.id.in_(["q" * 32, "x" * 32]))
+    with pytest.raises(InlineUnavailable):
+        database.inline.first(ids, {})
+    async with AsyncSession(database.engine) as session:
+        assert await first_row(session, database.inline, ids, {}) == ("q" * 32,)
+
+
+async def test_a_closed_inline_connection_stays_closed(database: Database) -> None:
+    """After shutdown closed it, a late statement goes through SQLAlchemy's path instead of
+    opening the database file again."""
+    database.inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+    database.inline.close()
+    with pytest.raises(InlineUnavailable):
+        database.inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+    with pytest.raises(InlineUnavailable):
+        database.inline.write(_turn())
+    await database.writes.run(_turn())
+    assert len(await _rows(database.engine, MESSAGES)) == 2
+
+
+async def test_a_stopping_checkpointer_starts_no_checkpoint(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints: list[float] = []
+
+    async def counted(self: Checkpointer) -> None:
+        checkpoints.append(time.monotonic())
+
+    monkeypatch.setattr(Checkpointer, "checkpoint", counted)
+    checkpointer = Checkpointer(database.engine, interval=60)
+    checkpointer.start()
+    await asyncio.sleep(0)
+    await database.writes.run(_turn())  # committed, the next checkpoint a minute away
+    await checkpointer.stop()
+    assert checkpoints == []
+
+
+async def test_a_failed_engine_statement_is_timed_and_leaves_no_start_behind(
+    database: Database,
+) -> None:
+    """A statement that raised (say, after waiting out the busy timeout) still counts as
+    slow when it was, and its start is taken off the connection's stack."""
+    recorder = SlowQueryRecorder(threshold_ms=60_000)
+    event.listen(database.engine.sync_engine, "before_cursor_execute", recorder.before)
+    event.listen(database.engine.sync_engine, "after_cursor_execute", recorder.after)
+    event.listen(database.engine.sync_engine, "handle_error", recorder.failed)
+
+    async with database.engine.connect() as connection:
+        for _ in range(3):
+            with pytest.raises(OperationalError, match="no such table"):
+                await connection.execute(text("SELECT x FROM missing"))
+        recorder.threshold_ms = 0
+        with pytest.raises(OperationalError):
+            await connection.execute(text("SELECT x FROM missing"))
+        raw = await connection.get_raw_connection()
+        assert raw.info.get("query_start") == []
+    assert recorder.count == 1

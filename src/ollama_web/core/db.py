@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExecutionContext
+from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -60,6 +60,15 @@ class SlowQueryRecorder:
             return
         self.observe(statement, (time.perf_counter() - starts.pop()) * 1000)
 
+    def failed(self, context: ExceptionContext) -> None:
+        """A statement that raised: timed too (say, one that waited out the busy timeout),
+        and its start taken off the connection's stack."""
+        conn = context.connection
+        starts = conn.info.get("query_start") if conn is not None else None
+        if not starts or context.execution_context is None:
+            return
+        self.observe(context.statement or "", (time.perf_counter() - starts.pop()) * 1000)
+
     def observe(self, statement: str, elapsed_ms: float) -> None:
         if elapsed_ms >= self.threshold_ms:
             self.count += 1
@@ -92,6 +101,7 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     recorder = SlowQueryRecorder(settings.slow_query_ms)
     event.listen(engine.sync_engine, "before_cursor_execute", recorder.before)
     event.listen(engine.sync_engine, "after_cursor_execute", recorder.after)
+    event.listen(engine.sync_engine, "handle_error", recorder.failed)
     return engine, recorder
 
 

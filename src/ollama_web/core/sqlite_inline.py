@@ -83,8 +83,14 @@ class _Compiled:
     results: tuple[Processor, ...] | None  # None: no typed columns (text), values as read
 
     def parameters(self, values: dict[str, Any] | None) -> list[Any]:
-        merged = self.compiled.construct_params(values)
-        return [merged[name] if p is None else p(merged[name]) for name, p in self.binds]
+        """The values in their positions, converted. InlineUnavailable when one is missing
+        or cannot be converted: SQLAlchemy's path then raises its own error for it (a
+        StatementError, as callers expect), not whatever the processor raised."""
+        try:
+            merged = self.compiled.construct_params(values)
+            return [merged[name] if p is None else p(merged[name]) for name, p in self.binds]
+        except Exception:
+            raise InlineUnavailable("parameters SQLAlchemy must check") from None
 
     def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
         if self.results is None:
@@ -122,11 +128,15 @@ class InlineSQLite:
         # statement alone when it needs SQLAlchemy's path.
         self._compiled: dict[tuple[int, tuple[str, ...]], _Compiled | Executable] = {}
         self._opened: sqlite3.Connection | None = None
+        self._closed = False
 
     @property
     def _connection(self) -> sqlite3.Connection:
-        """Opened at first use: after the startup migration, which may create the file."""
+        """Opened at first use: after the startup migration, which may create the file.
+        Once closed (at shutdown), never again: callers take SQLAlchemy's path."""
         if self._opened is None:
+            if self._closed:
+                raise InlineUnavailable("the inline connection is closed")
             try:
                 connection = sqlite3.connect(self._database, isolation_level=None)
             except sqlite3.Error as exc:
@@ -145,6 +155,7 @@ class InlineSQLite:
         self._trace = callback
 
     def close(self) -> None:
+        self._closed = True
         if self._opened is not None:
             self._opened.close()
             self._opened = None
@@ -153,9 +164,10 @@ class InlineSQLite:
         """The first row of a query (its columns converted as SQLAlchemy would), or None."""
         compiled = self._compile(statement, tuple(values))
         parameters = compiled.parameters(values)
+        connection = self._connection
         started = time.perf_counter()
         try:
-            raw = self._connection.execute(compiled.sql, parameters).fetchone()
+            raw = connection.execute(compiled.sql, parameters).fetchone()
         except sqlite3.Error as exc:
             raise _failure(exc, compiled.sql, parameters) from None
         self._observe(compiled, started)
@@ -164,36 +176,34 @@ class InlineSQLite:
     def write(self, steps: Steps) -> None:
         """Run `steps` (statement, parameters: a dict, a list of dicts, or None) in one
         committed transaction: all of them or, when an error is raised, none."""
+        connection = self._connection
         try:
-            self._connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _failure(exc, "BEGIN IMMEDIATE", None) from None
-        try:
-            for statement, values in steps:
-                self._execute(statement, values)
             try:
-                self._connection.execute("COMMIT")
+                connection.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _failure(exc, "BEGIN IMMEDIATE", None) from None
+            for statement, values in steps:
+                self._execute(connection, statement, values)
+            try:
+                connection.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _failure(exc, "COMMIT", None) from None
         except BaseException:
-            if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
         _Commits.count += 1
 
-    def _execute(self, statement: Executable, values: Any) -> None:
+    def _execute(self, connection: sqlite3.Connection, statement: Executable, values: Any) -> None:
         rows: list[dict[str, Any]] = values if isinstance(values, list) else [values or {}]
         compiled = self._compile(statement, tuple(rows[0]))
-        try:
-            parameters = [compiled.parameters(row) for row in rows]
-        except SQLAlchemyError:  # a value missing: SQLAlchemy's path says which, as usual
-            raise InlineUnavailable("parameters SQLAlchemy must check") from None
+        parameters = [compiled.parameters(row) for row in rows]
         started = time.perf_counter()
         try:
             if len(parameters) == 1:
-                self._connection.execute(compiled.sql, parameters[0])
+                connection.execute(compiled.sql, parameters[0])
             else:
-                self._connection.executemany(compiled.sql, parameters)
+                connection.executemany(compiled.sql, parameters)
         except sqlite3.Error as exc:
             raise _failure(exc, compiled.sql, parameters) from None
         self._observe(compiled, started)
@@ -211,16 +221,22 @@ class InlineSQLite:
         if isinstance(found, _Compiled):
             return found
         if found is not None:
-            raise InlineUnavailable("Python-side defaults or RETURNING")
+            raise InlineUnavailable("Python-side defaults, RETURNING or expanded parameters")
         compiled = cast(ClauseElement, statement).compile(
             dialect=self._dialect, column_keys=list(keys)
         )
         assert isinstance(compiled, SQLCompiler)
         if len(self._compiled) >= _MAX_COMPILED:
             self._compiled.clear()
-        if compiled.insert_prefetch or compiled.update_prefetch or compiled.effective_returning:
+        if (
+            compiled.insert_prefetch
+            or compiled.update_prefetch
+            or compiled.effective_returning
+            or compiled.post_compile_params  # expanded when run: IN lists, literal values
+            or compiled.literal_execute_params
+        ):
             self._compiled[key] = statement
-            raise InlineUnavailable("Python-side defaults or RETURNING")
+            raise InlineUnavailable("Python-side defaults, RETURNING or expanded parameters")
         found = self._compiled[key] = _prepared(statement, compiled, self._dialect)
         return found
 
@@ -267,7 +283,8 @@ class Checkpointer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop after the checkpoint under way, if any (its connection back in the pool)."""
+        """Stop after the checkpoint under way, if any (its connection back in the pool);
+        none starts once stopping."""
         self._stop.set()
         if self._task is not None:
             await self._task
@@ -277,6 +294,8 @@ class Checkpointer:
         while not self._stop.is_set():
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._interval)
+            if self._stop.is_set():
+                return
             if _Commits.count == seen:
                 continue
             seen = _Commits.count
