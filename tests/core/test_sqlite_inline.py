@@ -298,15 +298,21 @@ async def test_the_wal_is_left_to_the_checkpointer(database: Database) -> None:
     assert database.path.stat().st_size > size + 1500 * 4096
 
 
-async def test_the_checkpointer_runs_after_inline_commits_only(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    checkpoints: list[float] = []
+@pytest.fixture
+def checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each checkpoint would have run (Checkpointer.checkpoint only counted)."""
+    times: list[float] = []
 
     async def counted(self: Checkpointer) -> None:
-        checkpoints.append(time.monotonic())
+        times.append(time.monotonic())
 
     monkeypatch.setattr(Checkpointer, "checkpoint", counted)
+    return times
+
+
+async def test_the_checkpointer_runs_after_inline_commits_only(
+    database: Database, checkpoints: list[float]
+) -> None:
     checkpointer = Checkpointer(database.engine, interval=0.02)
     checkpointer.start()
     try:
@@ -399,14 +405,8 @@ async def test_a_closed_inline_connection_stays_closed(database: Database) -> No
 
 
 async def test_a_stopping_checkpointer_starts_no_checkpoint(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: Database, checkpoints: list[float]
 ) -> None:
-    checkpoints: list[float] = []
-
-    async def counted(self: Checkpointer) -> None:
-        checkpoints.append(time.monotonic())
-
-    monkeypatch.setattr(Checkpointer, "checkpoint", counted)
     checkpointer = Checkpointer(database.engine, interval=60)
     checkpointer.start()
     await asyncio.sleep(0)
