@@ -64,10 +64,13 @@ class SlowQueryRecorder:
         """A statement that raised: timed too (say, one that waited out the busy timeout),
         and its start taken off the connection's stack."""
         conn = context.connection
-        starts = conn.info.get("query_start") if conn is not None else None
-        if not starts or context.execution_context is None:
+        # Only a statement being executed (not a failed connect): its DBAPI connection is
+        # still there (an invalidation after a disconnect comes after these hooks).
+        if conn is None or context.execution_context is None or conn.invalidated:
             return
-        self.observe(context.statement or "", (time.perf_counter() - starts.pop()) * 1000)
+        starts = conn.info.get("query_start")
+        if starts:
+            self.observe(context.statement or "", (time.perf_counter() - starts.pop()) * 1000)
 
     def observe(self, statement: str, elapsed_ms: float) -> None:
         if elapsed_ms >= self.threshold_ms:
