@@ -3,6 +3,8 @@ slow requests and queries, and the chat hooks."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.metrics import chat as chat_metrics
+from ollama_web.metrics import http as http_metrics
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
 from tests.metrics.conftest import METRICS_TOKEN, MetricsApp, sample_value
@@ -215,3 +218,42 @@ def test_upstream_error_labels_stay_bounded(count: int) -> None:
     for index in range(count):
         chat_metrics.upstream_error(f"http://bounded-{index}.invalid:11434")
     assert len(stats.upstream_errors) <= chat_metrics.MAX_NODES + 1
+
+
+async def test_a_burst_of_slow_requests_is_summed_up_after_ten_lines(
+    metrics_app: MetricsApp,
+) -> None:
+    """Each slow request is counted; the log gets a line each for the first ten of a second
+    and, when that second is over, one line with how many more there were."""
+    app = await metrics_app(slow_request_ms=10)
+    async with asgi_client(app) as client:
+        await asyncio.gather(*(client.get("/probe/slow") for _ in range(25)))
+        after = await _metrics(client)
+        await asyncio.sleep(1.1)  # the second is over: the summary is written
+    assert _endpoint(after, "GET /probe/slow")["slow"] == 25
+    slow = app.state.metrics.slow  # the burst's, and maybe a cold /metrics
+    log = (app.state.settings.log_dir / "app.log").read_text(encoding="utf-8")
+    assert log.count("slow request GET ") == 10
+    assert f"{slow - 10} more slow requests in the last second, not logged one by one" in log
+
+
+def test_the_log_budget_starts_again_each_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an event loop the summary waits for the next event (no timer to run it)."""
+    now = [1000.0]
+    monkeypatch.setattr(http_metrics.time, "monotonic", lambda: now[0])
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    http_metrics.logger.addHandler(handler)
+    try:
+        budget = http_metrics.LogBudget(2, "things")
+        assert [budget.allow() for _ in range(5)] == [True, True, False, False, False]
+        now[0] += 0.99
+        assert budget.allow() is False
+        assert lines == []
+        now[0] += 0.02
+        assert [budget.allow() for _ in range(3)] == [True, True, False]
+        assert lines == ["4 more things in the last second, not logged one by one"]
+        assert budget.held_back == 1
+    finally:
+        http_metrics.logger.removeHandler(handler)

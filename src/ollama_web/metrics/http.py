@@ -9,13 +9,19 @@ time until it starts streaming).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+logger = logging.getLogger("ollama_web.metrics")
+
 ENDPOINT_WINDOW = 1000
+SLOW_LOG_LINES_PER_SECOND = 10
 OVERALL_WINDOW = 10000
 RATE_WINDOW_SECONDS = 60
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -108,6 +114,46 @@ class RecentRate:
         return round(total / self.seconds, 3)
 
 
+class LogBudget:
+    """At most `per_second` log lines a second for one kind of event; the rest of a second
+    are summed up in one line when it is over. The events themselves are all counted
+    elsewhere (the metrics); this only keeps a burst of them from flooding the log."""
+
+    def __init__(self, per_second: int, what: str) -> None:
+        self.per_second = per_second
+        self.what = what
+        self._second = -math.inf  # when the current second began (monotonic)
+        self._lines = 0
+        self.held_back = 0
+
+    def allow(self) -> bool:
+        """May this event have its own line? (False: it is counted for the summary.)"""
+        now = time.monotonic()
+        if now - self._second >= 1.0:
+            self.flush()
+            self._second = now
+            self._lines = 0
+        if self._lines < self.per_second:
+            self._lines += 1
+            return True
+        if not self.held_back:  # the summary goes out when this second is over
+            with contextlib.suppress(RuntimeError):  # no loop: the next event flushes
+                asyncio.get_running_loop().call_later(self._second + 1.0 - now, self.flush)
+        self.held_back += 1
+        return False
+
+    def flush(self) -> None:
+        if not self.held_back:
+            return
+        count, self.held_back = self.held_back, 0
+        logger.warning(
+            "%d more %s in the last second, not logged one by one",
+            count,
+            self.what,
+            extra={"fields": {"event": "log_lines_held_back", "what": self.what, "count": count}},
+        )
+
+
 class HttpStats:
     """Totals, rates, response times and the per-endpoint breakdown of one process."""
 
@@ -123,6 +169,7 @@ class HttpStats:
         self.endpoints: dict[str, EndpointStats] = {}
         self.recent = RecentRate()
         self.slow_queries_exported = 0
+        self.slow_log = LogBudget(SLOW_LOG_LINES_PER_SECOND, "slow requests")
 
     def record(self, endpoint: str, status: int, duration_ms: float) -> bool:
         """Count one response; True when it was slower than SLOW_REQUEST_MS."""

@@ -3,8 +3,11 @@
 A response is counted when its headers are sent (a stream counts as soon as it starts), under
 its route template (`scope["route"].path`, set by the router) or "<unmatched>". A request
 that raises before answering counts as a 500; one that ends without any answer (the client
-went away first) as 499. Requests slower than SLOW_REQUEST_MS are logged with their request
-id and counted. Inactive when METRICS_ENABLED=false (no stats object in the app state).
+went away first) as 499. Requests slower than SLOW_REQUEST_MS are counted, and logged with
+their request id: the first ten of each second one by one (`SLOW_LOG_LINES_PER_SECOND`),
+the rest of that second in one line when it is over (a burst of load must not also flood
+the log).
+Inactive when METRICS_ENABLED=false (no stats object in the app state).
 """
 
 from __future__ import annotations
@@ -49,27 +52,34 @@ def record(scope: Scope, stats: HttpStats, status: int, seconds: float) -> None:
     metrics.duration.labels(method=method, route=template).observe(seconds)
     if slow:
         metrics.slow_requests.labels(method=method, route=template).inc()
-        request_id = (scope.get("state") or {}).get("request_id", "-")
-        logger.warning(
-            "slow request %s %s %d %.0f ms (threshold %d ms) [request_id=%s]",
-            method,
-            template,
-            status,
-            duration_ms,
-            stats.slow_request_ms,
-            request_id,
-            extra={
-                "fields": {
-                    "event": "slow_request",
-                    "method": method,
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                    "request_id": request_id,
-                }
-            },
-        )
+        if stats.slow_log.allow():
+            _log_slow(scope, method, template, status, duration_ms, stats.slow_request_ms)
     _export_slow_queries(scope, stats)
+
+
+def _log_slow(
+    scope: Scope, method: str, template: str, status: int, duration_ms: float, threshold: int
+) -> None:
+    request_id = (scope.get("state") or {}).get("request_id", "-")
+    logger.warning(
+        "slow request %s %s %d %.0f ms (threshold %d ms) [request_id=%s]",
+        method,
+        template,
+        status,
+        duration_ms,
+        threshold,
+        request_id,
+        extra={
+            "fields": {
+                "event": "slow_request",
+                "method": method,
+                "route": template,
+                "status": status,
+                "duration_ms": round(duration_ms, 2),
+                "request_id": request_id,
+            }
+        },
+    )
 
 
 class MetricsMiddleware:
