@@ -273,6 +273,10 @@ async def test_only_a_sqlite_file_gets_an_inline_connection(
     engine = create_async_engine("sqlite+aiosqlite:///:memory:")
     assert open_inline(engine, recorder) is None
     await engine.dispose()
+    uri = f"sqlite+aiosqlite:///file:{tmp_path / 'db.sqlite'}?mode=rwc&uri=true"
+    engine, _ = create_engine(settings_factory(database_url=uri))
+    assert open_inline(engine, recorder) is None  # the URI's parameters: SQLAlchemy's own
+    await engine.dispose()
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"this is not a database" * 100)
     engine, _ = create_engine(settings_factory(database_url=f"sqlite+aiosqlite:///{broken}"))

@@ -257,9 +257,13 @@ async def first_row(
 
 
 def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineSQLite | None:
-    """The inline connection for an engine on a SQLite file (None for anything else)."""
-    database = engine.url.database
+    """The inline connection for an engine on a SQLite file (None for anything else,
+    including a `file:` URI, whose parameters only SQLAlchemy's driver applies)."""
+    url = engine.url
+    database = url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or "uri" in url.query:
         return None
     return InlineSQLite(database, engine.dialect, slow_queries)
 
