@@ -52,6 +52,13 @@ def _branched_document() -> dict[str, Any]:
     }
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
 def _without_ids_and_times(document: dict[str, Any]) -> dict[str, Any]:
     ids: dict[str, int] = {}
 
@@ -154,6 +161,17 @@ async def test_markdown_export_shows_the_active_branch(
         lambda d: d.update(format="something-else"),
         lambda d: d["messages"][0].update(role="tool"),
         lambda d: d["messages"][0].update(created_at="2026-01-01T00:00:00"),
+        # Values that pass a type check but could not be stored or read back:
+        lambda d: d["messages"][4].update(error=_nested(300)),
+        lambda d: d["messages"][4].update(error={"message": "x" * 20_000}),
+        lambda d: d["messages"][1].update(eval_count=10**20),
+        lambda d: d["messages"][1].update(eval_count=2**31),
+        lambda d: d["messages"][1].update(eval_duration=2**63),
+        lambda d: d["messages"][0].update(created_at="9999-12-31T23:59:59-05:00"),
+        lambda d: d["messages"][1].update(completed_at="0001-01-01T00:00:00+05:00"),
+        lambda d: d["conversation"].update(created_at="0001-01-01T00:00:00+05:00"),
+        lambda d: d["messages"][1].update(model="x)\n\n# Forged title"),
+        lambda d: d["conversation"].update(model="m" * 80 + "/" + "n" * 80 + "/" + "o" * 38),
     ],
 )
 async def test_an_invalid_import_is_422_and_stores_nothing(
@@ -183,3 +201,56 @@ async def test_import_belongs_to_the_importer_only(
     assert copy.json()["id"] != conversation_id
     owner_list = (await client.get("/api/conversations", headers=owner.headers)).json()["items"]
     assert [c["id"] for c in owner_list] == [conversation_id]
+
+
+async def test_a_reply_older_than_its_question_still_round_trips(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """Import reads parents first; export lists messages by time, but never a child before
+    its parent, so its own output always imports again."""
+    document = _branched_document()
+    document["messages"][1]["created_at"] = "2026-01-02T03:04:00.500000+00:00"  # before m1
+    headers = regular_user.headers
+    imported = await client.post("/api/conversations/import", json=document, headers=headers)
+    assert imported.status_code == 201, imported.text
+    first = (
+        await client.get(f"/api/conversations/{imported.json()['id']}/export", headers=headers)
+    ).json()
+    assert [m["content"] for m in first["messages"]][:3] == ["Q1 — ünïcödé 你好", "A1", "A1 again"]
+    again = await client.post("/api/conversations/import", json=first, headers=headers)
+    assert again.status_code == 201, again.text
+    second = (
+        await client.get(f"/api/conversations/{again.json()['id']}/export", headers=headers)
+    ).json()
+    assert _without_ids_and_times(second) == _without_ids_and_times(first)
+
+
+async def test_markdown_headings_stay_on_one_line(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    document = _branched_document()
+    document["conversation"]["title"] = "Two\nlines"
+    detail = (
+        await client.post("/api/conversations/import", json=document, headers=regular_user.headers)
+    ).json()
+    text = (
+        await client.get(
+            f"/api/conversations/{detail['id']}/export",
+            params={"format": "markdown"},
+            headers=regular_user.headers,
+        )
+    ).text
+    assert text.startswith("# Two lines\n")
+
+
+async def test_a_model_name_too_long_with_its_tag_is_422(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """200 characters fit the column, but the stored form adds ":latest"."""
+    name = "m" * 80 + "/" + "n" * 80 + "/" + "o" * 38
+    assert len(name) == 200
+    response = await client.post(
+        "/api/conversations", json={"model": name}, headers=regular_user.headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "VALIDATION_ERROR"

@@ -7,10 +7,20 @@ ids and times.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, field_serializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_serializer,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions
@@ -22,12 +32,55 @@ from ollama_web.core.errors import ValidationError
 from ollama_web.db import Conversation, Message
 from ollama_web.db.base import new_id, utcnow
 from ollama_web.db.models import MessageStatus
+from ollama_web.ollama.names import parse_model_name
 
 MAX_IMPORT_MESSAGES = 100_000
 UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
 ExportId = Annotated[str, Field(min_length=1, max_length=64)]
 Status = Literal["pending", "streaming", "complete", "stopped", "error", "interrupted"]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]  # Integer columns
+Nanoseconds = Annotated[int, Field(ge=0, le=2**63 - 1)]  # BigInteger columns
+MAX_ERROR_DEPTH = 8
+MAX_ERROR_CHARS = 16_384
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Stored in UTC: a time that has no UTC form (year 1 or 9999 with an offset) is refused
+    here rather than failing when it is written."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _bounded_error(value: dict[str, Any]) -> dict[str, Any]:
+    """An answer's error as the server writes it is a small object ({error, message,
+    details}); an imported one may nest at most MAX_ERROR_DEPTH levels and take
+    MAX_ERROR_CHARS of JSON, so that it can always be stored and read back."""
+    if _depth(value) > MAX_ERROR_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_ERROR_DEPTH} levels")
+    if len(json.dumps(value)) > MAX_ERROR_CHARS:
+        raise ValueError(f"is longer than {MAX_ERROR_CHARS} characters of JSON")
+    return value
+
+
+def _model_name(value: str) -> str:
+    if parse_model_name(value) is None:
+        raise ValueError("is not a model name")
+    return value
+
+
+Time = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+AnswerModel = Annotated[str, Field(max_length=200), AfterValidator(_model_name)]
+ErrorObject = Annotated[dict[str, Any], AfterValidator(_bounded_error)]
 
 
 class ExportedMessage(BaseModel):
@@ -40,17 +93,17 @@ class ExportedMessage(BaseModel):
     thinking: str | None = None
     images: list[str] | None = None
     status: Status = "complete"
-    model: Annotated[str, Field(max_length=200)] | None = None
+    model: AnswerModel | None = None
     done_reason: Annotated[str, Field(max_length=32)] | None = None
-    error: dict[str, Any] | None = None
+    error: ErrorObject | None = None
     prompt_eval_count: Count | None = None
     eval_count: Count | None = None
-    total_duration: Count | None = None
-    load_duration: Count | None = None
-    prompt_eval_duration: Count | None = None
-    eval_duration: Count | None = None
-    created_at: AwareDatetime
-    completed_at: AwareDatetime | None = None
+    total_duration: Nanoseconds | None = None
+    load_duration: Nanoseconds | None = None
+    prompt_eval_duration: Nanoseconds | None = None
+    eval_duration: Nanoseconds | None = None
+    created_at: Time
+    completed_at: Time | None = None
 
 
 class ExportedConversation(BaseModel):
@@ -65,8 +118,8 @@ class ExportedConversation(BaseModel):
     archived: StrictBool = False
     title_generated: StrictBool = False
     active_leaf_id: ExportId | None = None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime
+    created_at: Time
+    updated_at: Time
 
     @field_serializer("options")
     def _options(self, options: OllamaOptions) -> dict[str, Any]:
@@ -80,10 +133,10 @@ class ConversationExport(BaseModel):
 
     format: Literal["ollama-web.conversation"] = "ollama-web.conversation"
     version: Literal[1] = 1
-    exported_at: AwareDatetime
+    exported_at: Time
     conversation: ExportedConversation
     messages: list[ExportedMessage] = Field(
-        description="Every message of every branch, oldest first."
+        description="Every message of every branch, oldest first, each after its parent."
     )
 
 
@@ -108,15 +161,42 @@ def build_export(conversation: Conversation, messages: Sequence[Message]) -> Con
         ),
         messages=[
             ExportedMessage(id=m.id, **{name: getattr(m, name) for name in _MESSAGE_FIELDS})
-            for m in messages
+            for m in parents_first(messages)
         ],
     )
+
+
+def parents_first(messages: Sequence[Message]) -> list[Message]:
+    """`messages` (oldest first) in that order, except that a message older than its parent
+    (an imported document can hold one) waits until its parent was placed: import reads a
+    parent before its children."""
+    ids = {m.id for m in messages}
+    placed: set[str] = set()
+    waiting: dict[str, list[Message]] = {}
+    ordered: list[Message] = []
+    for message in messages:
+        parent = message.parent_id
+        if parent is not None and parent in ids and parent not in placed:
+            waiting.setdefault(parent, []).append(message)
+            continue
+        stack = [message]
+        while stack:
+            current = stack.pop()
+            ordered.append(current)
+            placed.add(current.id)
+            stack.extend(reversed(waiting.pop(current.id, [])))
+    return ordered
+
+
+def _one_line(text: str) -> str:
+    """A heading or list item stays one line, whatever the text holds."""
+    return " ".join(text.split())
 
 
 def _markdown_heading(message: Message) -> str:
     heading = {"user": "User", "assistant": "Assistant", "system": "System"}[message.role]
     if message.role == "assistant" and message.model:
-        heading += f" ({message.model})"
+        heading += f" ({_one_line(message.model)})"
     if message.status != MessageStatus.COMPLETE.value:
         heading += f" — {message.status}"
     return heading
@@ -125,7 +205,7 @@ def _markdown_heading(message: Message) -> str:
 def to_markdown(conversation: Conversation, messages: Sequence[Message]) -> str:
     """The active branch as Markdown (text is written as stored, not escaped)."""
     tree = Tree(messages)
-    lines = [f"# {conversation.title}", "", f"- Model: {conversation.model}"]
+    lines = [f"# {_one_line(conversation.title)}", "", f"- Model: {conversation.model}"]
     lines += [f"- Created: {conversation.created_at.isoformat()}", ""]
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]

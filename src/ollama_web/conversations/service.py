@@ -20,16 +20,25 @@ from ollama_web.conversations.schemas import (
 )
 from ollama_web.conversations.tree import Tree
 from ollama_web.conversations.writes import NewMessage
+from ollama_web.core.errors import ValidationError
 from ollama_web.core.pagination import Keyset, Page, PageParams
 from ollama_web.db import Conversation, Message
 from ollama_web.ollama.names import validate_model_name
 
 DEFAULT_TITLE = "New conversation"
+MODEL_CHARS = 200  # conversations.model and messages.model
 
 
 def model_display_name(name: str) -> str:
-    """`llama3.2` -> `llama3.2:latest` (422 for a name outside Ollama's grammar)."""
-    return validate_model_name(name).display
+    """`llama3.2` -> `llama3.2:latest` (422 for a name outside Ollama's grammar, or one
+    whose full form is longer than the model columns hold)."""
+    display = validate_model_name(name).display
+    if len(display) > MODEL_CHARS:
+        raise ValidationError(
+            f"The model name is too long: at most {MODEL_CHARS} characters with its tag.",
+            details={"fields": [{"loc": ["model"], "message": "too long", "type": "too_long"}]},
+        )
+    return display
 
 
 def tokens_per_second(message: Message | NewMessage) -> float | None:
