@@ -87,6 +87,25 @@ async def test_invalid_json_is_left_to_the_route(guarded: FastAPI) -> None:
     assert response.json()["error"] == "INVALID_JSON"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+async def test_json_that_is_not_utf8_is_refused(guarded: FastAPI, encoding: str) -> None:
+    """Python's JSON parser also reads UTF-16 and UTF-32, where the escape scan would miss a
+    lone surrogate or a NUL (a 500 when stored); RFC 8259 JSON is UTF-8."""
+    async with asgi_client(guarded) as client:
+        responses = [
+            await client.post(
+                "/probe/echo/abc",
+                content=text.encode(encoding),
+                headers={"content-type": "application/json"},
+            )
+            for text in ('{"text": "\\ud800"}', '{"text": "a\\u0000b"}', '{"text": "fine"}')
+        ]
+    for response in responses:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "INVALID_JSON"
+        assert "UTF-8" in response.json()["message"]
+
+
 async def test_a_chunked_body_is_still_cut_at_the_size_limit(guarded: FastAPI) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"text": "'

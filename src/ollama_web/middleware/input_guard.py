@@ -8,7 +8,9 @@ SQLite and PostgreSQL alike. Everything else (markup, quotes, SQL, `../`) passes
 values are bound as parameters and stored verbatim; escaping happens on output.
 
 Pure ASGI and innermost (inside the body limit, so a body is only ever buffered up to
-MAX_REQUEST_BYTES). Only JSON bodies that contain a `\\u` escape are scanned further.
+MAX_REQUEST_BYTES). Only JSON bodies that contain a `\\u` escape are scanned further. A JSON
+body must be UTF-8 (RFC 8259): one holding a NUL byte is UTF-16 or UTF-32 (UTF-8 JSON never
+holds one), which the escape scan would not read, so it is refused as 400 INVALID_JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollama_web.core.errors import BodyRejected, ValidationError, encode_error
+from ollama_web.core.errors import BodyRejected, InvalidJSONError, ValidationError, encode_error
 
 _ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
 _QUERY_NUL = re.compile(rb"%00|\x00")
@@ -84,18 +86,25 @@ class InputGuardMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        fields = bad_json_fields(bytes(body)) if json_has_bad_escape(bytes(body)) else []
+        refusal = _body_refusal(bytes(body))
 
         async def replay() -> Message:
-            if fields:
+            if refusal is not None:
                 # Raised where the route reads its body, so the caller is authenticated
                 # first (API-CONTRACT: 401 before body validation).
-                raise BodyRejected(
-                    ValidationError(_refusal("the JSON body"), details={"fields": fields})
-                )
+                raise BodyRejected(refusal)
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+def _body_refusal(body: bytes) -> InvalidJSONError | ValidationError | None:
+    if b"\x00" in body:
+        return InvalidJSONError("The request body must be JSON encoded as UTF-8.")
+    fields = bad_json_fields(body) if json_has_bad_escape(body) else []
+    if fields:
+        return ValidationError(_refusal("the JSON body"), details={"fields": fields})
+    return None
 
 
 def _field(loc: list[str | int]) -> dict[str, Any]:
