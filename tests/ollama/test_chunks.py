@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ollama_web.ollama.chunks import ChatChunk, PullProgress
@@ -81,3 +83,35 @@ def test_pull_progress_percent_and_missing_counts() -> None:
     assert PullProgress.from_object({"status": "s", "total": 3, "completed": 1}).percent == 33.3
     with pytest.raises(OllamaStreamError):
         PullProgress.from_object({"error": "pull model manifest: file does not exist"})
+
+
+def test_model_text_that_no_database_can_store_becomes_a_replacement_character() -> None:
+    """NUL (PostgreSQL refuses it) and unpaired surrogates (no UTF-8 encoder takes them)
+    from the model: streamed and stored as U+FFFD, so both stay equal on either database."""
+    line = '{"message": {"content": "a\\u0000b\\ud800c", "thinking": "\\udc00é"}, "done": false}'
+    chunk = ChatChunk.from_object(json.loads(line))
+    assert chunk.content == "a\ufffdb\ufffdc"
+    assert chunk.thinking == "\ufffdé"
+    chunk.content.encode()  # storable
+    fine = ChatChunk.from_object({"message": {"content": "😀 日本 <b>"}, "done": False})
+    assert fine.content == "😀 日本 <b>"
+
+
+def test_metrics_beyond_the_columns_are_dropped() -> None:
+    chunk = ChatChunk.from_object(
+        {
+            "message": {"content": ""},
+            "done": True,
+            "done_reason": "x" * 40,
+            "eval_count": 2**31,
+            "prompt_eval_count": 12,
+            "eval_duration": 2**63,
+            "total_duration": 5,
+            "load_duration": -1,
+            "prompt_eval_duration": float("nan"),
+        }
+    )
+    assert chunk.done_reason == "x" * 32
+    assert (chunk.eval_count, chunk.prompt_eval_count) == (None, 12)
+    assert (chunk.eval_duration, chunk.total_duration) == (None, 5)
+    assert (chunk.load_duration, chunk.prompt_eval_duration) == (None, None)

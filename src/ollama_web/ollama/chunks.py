@@ -3,10 +3,16 @@
 Ollama leaves `omitempty` fields out (metrics, `thinking`, `tool_calls`, `done_reason`), sends
 `done_reason: ""` for an unknown reason, and reports durations in nanoseconds. Every line is
 checked for an `error` key before it is treated as a chunk.
+
+A model can write anything, including U+0000 (which PostgreSQL cannot store) and, through
+JSON escapes, unpaired surrogates (which no UTF-8 encoder accepts): in `content` and
+`thinking` each becomes U+FFFD here, so what is streamed is what can be stored, on either
+database. Metrics outside the columns' range (32-bit counts, 64-bit nanoseconds) are dropped.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +28,28 @@ METRIC_FIELDS = (
 )
 
 
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+DONE_REASON_CHARS = 32  # messages.done_reason
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_METRIC_MAX = {name: 2**31 - 1 if name.endswith("count") else 2**63 - 1 for name in METRIC_FIELDS}
+
+
+def _int_or_none(value: Any, largest: int = 2**63 - 1) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
-    return int(value)
+    return int(value) if 0 <= value <= largest else None
 
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _text(value: Any) -> str:
+    """Model text as it can be stored: NUL and unpaired surrogates become U+FFFD."""
+    if not isinstance(value, str):
+        return ""
+    if value.isascii():
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def raise_if_error(obj: dict[str, Any]) -> None:
@@ -74,18 +94,18 @@ class ChatChunk:
         done = obj.get("done") is True
         if not done:  # a token: the hot path
             return cls(
-                content=_str(message.get("content")),
-                thinking=_str(message.get("thinking")),
-                done_reason=_str(obj.get("done_reason")) or None,
+                content=_text(message.get("content")),
+                thinking=_text(message.get("thinking")),
+                done_reason=_text(obj.get("done_reason"))[:DONE_REASON_CHARS] or None,
                 tool_calls=calls,
                 model=_str(obj.get("model")),
             )
-        metrics = {name: _int_or_none(obj.get(name)) for name in METRIC_FIELDS}
+        metrics = {name: _int_or_none(obj.get(name), _METRIC_MAX[name]) for name in METRIC_FIELDS}
         return cls(
-            content=_str(message.get("content")),
-            thinking=_str(message.get("thinking")),
+            content=_text(message.get("content")),
+            thinking=_text(message.get("thinking")),
             done=done,
-            done_reason=_str(obj.get("done_reason")) or None,
+            done_reason=_text(obj.get("done_reason"))[:DONE_REASON_CHARS] or None,
             tool_calls=calls,
             model=_str(obj.get("model")),
             **metrics,
