@@ -439,3 +439,22 @@ async def test_a_failed_engine_statement_is_timed_and_leaves_no_start_behind(
         raw = await connection.get_raw_connection()
         assert raw.info.get("query_start") == []
     assert recorder.count == 1
+
+
+async def test_one_row_the_database_refuses_fails_alone_in_its_group_commit(
+    database: Database,
+) -> None:
+    """Two answers' writes share a group commit; one carries a value that cannot be stored:
+    the other is still committed, and only the bad one raises."""
+    await database.writes.run(_turn())
+    good = database.writes.update_message("a" * 32, {"content": "kept", "status": "complete"})
+    bad = database.writes.update_message(
+        "q" * 32, {"content": "lost?", "status": "complete", "error": {"x": object()}}
+    )
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], StatementError)
+    key, content = MESSAGES.c.keys().index("id"), MESSAGES.c.keys().index("content")
+    rows = {row[key]: row for row in await _rows(database.engine, MESSAGES)}
+    assert rows["a" * 32][content] == "kept"
+    assert rows["q" * 32][content] != "lost?"

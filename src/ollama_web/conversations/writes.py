@@ -195,13 +195,35 @@ class Writes:
                 groups.setdefault(id(statement), (statement, []))[1].append(params)
             try:
                 await self.run(list(groups.values()))
-            except BaseException as exc:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch, exc)
+                else:  # one row the database refuses must not fail the others
+                    await self._one_by_one(batch)
                 continue
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            except BaseException as exc:
+                _settle(batch, exc)
+                raise
+            _settle(batch, None)
+
+    async def _one_by_one(self, batch: list[Pending]) -> None:
+        for index, (statement, params, _) in enumerate(batch):
+            try:
+                await self.run([(statement, params)])
+            except Exception as exc:
+                _settle(batch[index : index + 1], exc)
+            except BaseException as exc:
+                _settle(batch[index:], exc)
+                raise
+            else:
+                _settle(batch[index : index + 1], None)
+
+
+def _settle(items: list[Pending], exc: BaseException | None) -> None:
+    for _, _, future in items:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
