@@ -157,6 +157,37 @@ async def test_the_owner_stops_forwarding_when_the_remote_follower_leaves(
         await generation.wait()
 
 
+async def test_without_continue_on_disconnect_the_last_remote_client_leaving_stops_it(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """CHAT_CONTINUE_ON_DISCONNECT=false: the first client leaves while another follows
+    through process B (the answer goes on); when that one leaves too, the owner's next
+    forward reaches nobody and the answer is stopped."""
+    ollama_emulator.config.reply_tokens = 300
+    ollama_emulator.config.tokens_per_second = 30
+    async with processes(chat_continue_on_disconnect=False) as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
+            first = EventReader(response)  # kept: a dropped reader closes the stream
+            start = await first.next()
+            answer_id = start.data["assistant_message_id"]
+            async with b.stream(
+                "GET", f"/api/chat/stream/{answer_id}", headers=user.headers
+            ) as resumed:
+                reader = EventReader(resumed)
+                assert (await reader.next()).event == "start"
+                await response.aclose()  # the first client leaves
+                await asyncio.sleep(0.3)
+                generation = _registry(apps[0]).get(answer_id)
+                assert generation is not None
+                assert generation.running  # followed through B
+        deadline = time.monotonic() + 3
+        while generation.running:
+            assert time.monotonic() < deadline, "nobody follows, yet the answer goes on"
+            await asyncio.sleep(0.05)
+        assert generation.status == "stopped"
+
+
 async def test_without_an_owner_the_answer_is_elsewhere(
     processes: Processes,
 ) -> None:

@@ -153,8 +153,12 @@ class GenerationRelay:
         follower = Follower()
         log.attach(follower)
         position = log.position_after(after)
+        # A publish that reached nobody means the remote client is gone: the follower
+        # counts as disconnected, so its leaving can abandon the answer (with
+        # CHAT_CONTINUE_ON_DISCONNECT=false) like a local client's.
         try:
             if not await self._publish(reply, b"A"):
+                follower.disconnected = True
                 return
             while True:
                 frames = log.frames
@@ -163,6 +167,7 @@ class GenerationRelay:
                     position = len(frames)
                     header = b"F%d\n" % (log.base + position)
                     if not await self._publish(reply, header + chunk):
+                        follower.disconnected = True
                         return
                     continue
                 if log.finished:
@@ -172,6 +177,7 @@ class GenerationRelay:
                     await asyncio.wait_for(follower.wait(), self._keepalive)
                 except TimeoutError:
                     if not await self._publish(reply, b"K"):
+                        follower.disconnected = True
                         return
         finally:
             log.detach(follower)
