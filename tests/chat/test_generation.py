@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 from starlette.types import Message as ASGIMessage
 
 from ollama_web.chat.generation import Generation, GenerationSpec
@@ -204,3 +205,31 @@ async def test_a_follower_replays_after_its_last_event_id_and_coalesces_backlog(
     bodies = [m["body"] for m in sent[1:]]
     assert bodies == [log.frames[2] + log.frames[3], b""]
     assert sent[-1]["more_body"] is False
+
+
+async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client is never told `done` when the final write failed: it gets an error event
+    whose details hold the whole answer."""
+    writes = app.state.generations.writes
+    attempts: list[dict[str, Any]] = []
+    update = writes.update_message
+
+    async def refusing(message_id: str, values: dict[str, Any]) -> None:
+        if "completed_at" in values:
+            attempts.append(values)
+            raise OperationalError("UPDATE messages", {}, Exception("disk I/O error"))
+        await update(message_id, values)
+
+    monkeypatch.setattr(writes, "update_message", refusing)
+    gateway = FakeGateway([*_tokens("all", " of it"), ChatChunk(done=True, done_reason="stop")])
+    gateway.gate.set()
+    generation = Generation(await _spec(app), gateway, writes, 1.0)
+    generation.start(lambda _: None)
+    await generation.wait()
+    assert len(attempts) == 2  # tried again once
+    last = parse_events(generation.log.frames[-1])[0]
+    assert (last.event, last.data["error"]) == ("error", "ANSWER_NOT_STORED")
+    assert last.data["details"]["assistant_message"]["content"] == "all of it"
+    assert (await _stored(app, generation.id)).status == "pending"

@@ -10,7 +10,8 @@ the relay path), and stored once more when the job ends:
 - an error line / an end without done /
   a dropped connection / a failure to
   open the stream                      -> the partial text with `error`, an `error` event;
-- server shutdown                      -> the partial text with `interrupted`, `error` event.
+- server shutdown                      -> the partial text with `interrupted`, `error` event;
+- the final write refused, twice       -> an `error` event (ANSWER_NOT_STORED) with the text.
 
 `GenerationRegistry` (one per process, built by the chat lifespan) starts jobs, bounds them
 per user (MAX_CONCURRENT_GENERATIONS_PER_USER), finds them for re-attach and stop, keeps
@@ -93,6 +94,15 @@ def error_body(error: AppError) -> dict[str, Any]:
 class GenerationInterrupted(AppError):
     status_code = 503
     code = "GENERATION_INTERRUPTED"
+
+
+class AnswerNotStored(AppError):
+    """The answer ended but the database refused its final write (twice): the client gets
+    the text in `details.assistant_message` and an error, never a `done` that the database
+    contradicts."""
+
+    status_code = 503
+    code = "ANSWER_NOT_STORED"
 
 
 class Generation:
@@ -337,9 +347,13 @@ class Generation:
                 "eval_duration",
             }
         )
-        await self._write(values)
+        stored = await self._write(values) or await self._write(values)  # one retry
         self.result = message
         payload = message.model_dump(mode="json")
+        if not stored and self.error is None:
+            self.error = AnswerNotStored(
+                "The answer could not be saved; its text is in details.assistant_message."
+            )
         if self.error is not None:
             body = error_body(self.error)
             body["details"] = {**body["details"], "assistant_message": payload}
