@@ -208,7 +208,9 @@ async def get_page_params(
     ] = DEFAULT_LIMIT,
     cursor: Annotated[
         str | None,
-        Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor` of the previous page."),
+        # No max_length here: an over-long cursor is a malformed one (400 INVALID_CURSOR,
+        # refused by its length before any other work), not a 422.
+        Query(description="`next_cursor` of the previous page."),
     ] = None,
 ) -> PageParams:
     secret: str = request.app.state.core.secret_key
