@@ -4,6 +4,7 @@ worth of state) on one database, each served by uvicorn on loopback, the emulato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ollama_web.app import create_app
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
@@ -186,6 +188,53 @@ async def test_without_continue_on_disconnect_the_last_remote_client_leaving_sto
             assert time.monotonic() < deadline, "nobody follows, yet the answer goes on"
             await asyncio.sleep(0.05)
         assert generation.status == "stopped"
+
+
+async def test_a_client_following_through_another_process_gets_the_interrupted_answer(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The owner shuts down while a client follows its answer through process B: the
+    answers end first (interrupted, with their text), then the relay closes, so that last
+    event still reaches B's client."""
+    ollama_emulator.config.reply_tokens = 300
+    ollama_emulator.config.tokens_per_second = 30
+    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3)
+    follower_app = await app_factory(settings)
+    owner_app = create_app(settings)
+    owner_lifespan = owner_app.router.lifespan_context(owner_app)
+    await owner_lifespan.__aenter__()
+    try:
+        user = await create_test_user(owner_app)
+        for app in (owner_app, follower_app):
+            relay = _registry(app).relay
+            assert relay is not None
+            await asyncio.wait_for(relay.listening.wait(), 5)
+        async with (
+            live_server(owner_app) as owner_url,
+            live_server(follower_app) as follower_url,
+            httpx.AsyncClient(base_url=owner_url, timeout=10) as a,
+            httpx.AsyncClient(base_url=follower_url, timeout=10) as b,
+        ):
+            async with new_chat(a, user) as response:
+                reader = EventReader(response)
+                start = await reader.next()
+                await reader.next()
+            answer_id = start.data["assistant_message_id"]
+            path = f"/api/chat/stream/{answer_id}"
+            async with b.stream("GET", path, headers=user.headers) as followed:
+                remote = EventReader(followed)
+                assert (await remote.next()).event == "start"
+                await owner_lifespan.__aexit__(None, None, None)
+                last = (await remote.until("error"))[-1]
+        assert last.data["error"] == "GENERATION_INTERRUPTED"
+        answer = last.data["details"]["assistant_message"]
+        assert (answer["id"], answer["status"]) == (answer_id, "interrupted")
+    finally:
+        with contextlib.suppress(RuntimeError):  # already exited above, unless it failed
+            await owner_lifespan.__aexit__(None, None, None)
 
 
 async def test_without_an_owner_the_answer_is_elsewhere(

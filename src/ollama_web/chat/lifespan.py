@@ -62,9 +62,11 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
+        # The answers end first (interrupted, with their text), so that clients following
+        # them through another process still get that last event before the relay closes.
+        await registry.shutdown()
         if registry.relay is not None:
             await registry.relay.aclose()
-        await registry.shutdown()
         if registry.slots is not None:
             await registry.slots.aclose()
         await titles.aclose()
