@@ -196,3 +196,30 @@ async def test_sqlite_indexes_an_answer_when_it_ends_not_at_each_checkpoint(
     await writes.update_message(answer_id, {"status": "interrupted"})
     assert await found("quagga")
     assert not await found("okapi")
+
+
+async def test_a_message_of_a_megabyte_of_distinct_words_is_stored_and_found(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """On PostgreSQL a tsvector holds at most 1 MiB: the index takes a message's first
+    100 000 characters (migration 0005), so such a message is stored, and found by them."""
+    words = " ".join(f"w{index:06d}" for index in range(150_000))  # 1.2 MB, all distinct
+    at = "2026-01-02T03:04:05+00:00"
+    document = {
+        "exported_at": at,
+        "conversation": {
+            "id": "c", "title": "Long", "model": "llama3.2:latest",
+            "created_at": at, "updated_at": at,
+        },
+        "messages": [
+            {"id": "q", "role": "user", "content": "Say every word.", "created_at": at},
+            {"id": "a", "parent_id": "q", "role": "assistant", "content": words,
+             "created_at": at},
+        ],
+    }  # fmt: skip
+    imported = await client.post(
+        "/api/conversations/import", json=document, headers=regular_user.headers
+    )
+    assert imported.status_code == 201, imported.text[:300]
+    found = await _list(client, regular_user, q="w000007")
+    assert [c["id"] for c in found.json()["items"]] == [imported.json()["id"]]

@@ -1,9 +1,11 @@
 """Full-text search over titles and message text.
 
 SQLite: the FTS5 table `messages_fts` (kept by triggers, see migration 0002). PostgreSQL: a
-GIN index on `to_tsvector('simple', content)`. The user's text never reaches the database as
-query syntax: it is cut into word tokens, and each token is bound as a parameter — quoted as
-an FTS5 string on SQLite, passed to `plainto_tsquery` (which has no syntax) on PostgreSQL.
+GIN index on `to_tsvector('simple', left(content, 100000))` (migration 0005: text past a
+message's first 100 000 characters is not searched there). The user's text never reaches
+the database as query syntax: it is cut into word tokens, and each token is bound as a
+parameter — quoted as an FTS5 string on SQLite, passed to `plainto_tsquery` (which has no
+syntax) on PostgreSQL.
 Every token must occur (AND). Titles match by case-insensitive substring, with LIKE
 wildcards escaped.
 
@@ -57,6 +59,7 @@ _WORD = re.compile(r"\w+")
 
 # The text search configuration; the index expression and the query must use the same one.
 TS_CONFIG = "simple"
+PG_INDEXED_CHARS = 100_000  # migration 0005's index: a tsvector holds at most 1 MiB
 _fts = table("messages_fts", column("rowid"), column("conversation_id"))
 _fts_map = table("messages_fts_map", column("fts_rowid"), column("message_id"))
 _owner = Conversation.__table__.alias("owner")
@@ -79,8 +82,11 @@ def fts5_query(words: list[str]) -> str:
 
 
 def content_tsvector() -> Any:
-    """`to_tsvector('simple', content)`, spelled exactly as the GIN index is."""
-    return func.to_tsvector(literal_column(f"'{TS_CONFIG}'"), Message.content)
+    """`to_tsvector('simple', left(content, 100000))`, spelled exactly as the GIN index is
+    (migration 0005: a tsvector holds at most 1 MiB), the length a literal so that the
+    planner matches the index's expression."""
+    indexed = func.left(Message.content, literal_column(str(PG_INDEXED_CHARS)))
+    return func.to_tsvector(literal_column(f"'{TS_CONFIG}'"), indexed)
 
 
 def _sqlite_message_match(user_id: str, words: list[str]) -> Any:
