@@ -150,19 +150,23 @@ async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_dat
         full = parse_events(
             (await http.get(f"/api/chat/stream/{message_id}", headers=regular_user.headers)).content
         )
-        late = parse_events(
-            (
-                await http.get(
-                    f"/api/chat/stream/{message_id}",
-                    headers={**regular_user.headers, "Last-Event-ID": str(events[-1].id)},
-                )
-            ).content
+        missed_end = await http.get(
+            f"/api/chat/stream/{message_id}",
+            headers={**regular_user.headers, "Last-Event-ID": str(events[-1].id - 1)},
+        )
+        saw_all = await http.get(
+            f"/api/chat/stream/{message_id}",
+            headers={**regular_user.headers, "Last-Event-ID": str(events[-1].id)},
         )
     assert [e.event for e in full] == ["start", "token", "done"]
     assert text_of(full) == text_of(events)
     assert full[-1].data["message"] == events[-1].data["message"]
-    assert [(e.id, e.event) for e in late] == [(events[-1].id + 1, "done")]
+    # The final event under the id it was first sent with; once seen, never again (and 204
+    # tells an EventSource to stop reconnecting).
+    late = parse_events(missed_end.content)
+    assert [(e.id, e.event) for e in late] == [(events[-1].id, "done")]
     assert late[0].data["message"]["content"] == text_of(events)
+    assert (saw_all.status_code, saw_all.content) == (204, b"")
 
 
 async def test_stop_closes_the_upstream_and_every_stream_ends_stopped(

@@ -347,6 +347,7 @@ class Generation:
                 "eval_duration",
             }
         )
+        values["final_event_id"] = self.log.last_id + 1  # the done or error event below
         stored = await self._write(values) or await self._write(values)  # one retry
         self.result = message
         payload = message.model_dump(mode="json")

@@ -31,13 +31,23 @@ class StopResponse(BaseModel):
     message: MessagePublic
 
 
-def stored_log(message: MessagePublic, conversation_id: str, after: int) -> EventLog:
+def stored_log(
+    message: MessagePublic, conversation_id: str, after: int, final_event_id: int | None
+) -> EventLog:
     """Events for an answer that finished and left memory, rebuilt from the database.
 
     Without `Last-Event-ID`: `start`, the text (`thinking`, `token`), then `done` (or
-    `error`). With it, only the final event — its message holds the whole text — numbered
-    after the id the client saw.
+    `error`). With it, only the final event — its message holds the whole text — under the
+    id it had when it was first sent (`final_event_id`), or nothing when the client saw it.
+    An answer stored without that id (older, or ended by the sweep) numbers it after the
+    client's id.
     """
+    if after > 0 and final_event_id is not None:
+        if after >= final_event_id:
+            log = EventLog(base=after)
+            log.finish()
+            return log
+        after = final_event_id - 1
     log = EventLog(base=max(after, 0))
     if after <= 0:
         log.emit(

@@ -153,7 +153,14 @@ def _not_here(message: Message) -> GenerationNotHereError:
     summary="Re-attach to a running or finished answer (SSE), replaying after Last-Event-ID",
     response_class=SSEResponse,
     status_code=200,
-    responses={**_SSE, 404: {"description": "Unknown message"}},
+    responses={
+        **_SSE,
+        204: {
+            "description": "The answer has ended and the client saw its last event: nothing "
+            "to send (an EventSource stops reconnecting)"
+        },
+        404: {"description": "Unknown message"},
+    },
 )
 async def chat_reattach(
     message: OwnedAnswer,
@@ -178,7 +185,12 @@ async def chat_reattach(
             raise _not_here(message)
     else:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
-        log = stored_log(message_public(message, siblings), message.conversation_id, seen)
+        public = message_public(message, siblings)
+        log = stored_log(public, message.conversation_id, seen, message.final_event_id)
+    if log.finished and log.position_after(seen) == len(log.frames):
+        # Nothing the client has not seen, and nothing more to come: 204 tells an
+        # EventSource to stop reconnecting.
+        return Response(status_code=204)
     return SSEResponse(lambda: log, after=seen, keepalive_seconds=settings.sse_keepalive_seconds)
 
 

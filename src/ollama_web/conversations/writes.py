@@ -83,6 +83,7 @@ class NewMessage:
     prompt_eval_duration: int | None = None
     eval_duration: int | None = None
     completed_at: datetime | None = None
+    final_event_id: int | None = None
 
     def row(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in MESSAGE_COLUMNS}

@@ -157,6 +157,8 @@ class Message(IdMixin, TimestampMixin, Base):
     prompt_eval_duration: Mapped[int | None] = mapped_column(BigInteger)
     eval_duration: Mapped[int | None] = mapped_column(BigInteger)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    final_event_id: Mapped[int | None] = mapped_column(Integer)
+    """The SSE id of the answer's `done` or `error` event (replay from the database)."""
 
     conversation: Mapped[Conversation] = relationship(lazy="raise")
 
