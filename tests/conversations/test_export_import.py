@@ -172,6 +172,9 @@ async def test_markdown_export_shows_the_active_branch(
         lambda d: d["conversation"].update(created_at="0001-01-01T00:00:00+05:00"),
         lambda d: d["messages"][1].update(model="x)\n\n# Forged title"),
         lambda d: d["conversation"].update(model="m" * 80 + "/" + "n" * 80 + "/" + "o" * 38),
+        # Images are held to the chat's own limits:
+        lambda d: d["messages"][3].update(images=["not base64!"]),
+        lambda d: d["messages"][3].update(images=["aGVsbG8="] * 50),
     ],
 )
 async def test_an_invalid_import_is_422_and_stores_nothing(

@@ -140,20 +140,23 @@ def check_limits(body: ChatRequest, settings: Settings) -> None:
             )
         if _LONE_SURROGATE.search(value):
             raise _field_error([name], "contains unpaired surrogates", "surrogates")
-    images = body.images or []
+    problem = image_problem(body.images or [], settings)
+    if problem is not None:
+        where, message, kind = problem
+        raise _field_error(["images", *where], message, kind)
+
+
+def image_problem(images: list[str], settings: Settings) -> tuple[list[int], str, str] | None:
+    """What breaks the image limits first (its index under `images`, or [] for the count;
+    the message; the kind), or None. Chat requests and imported messages alike."""
     if len(images) > settings.max_images_per_message:
-        raise _field_error(
-            ["images"],
-            f"at most {settings.max_images_per_message} images (MAX_IMAGES_PER_MESSAGE)",
-            "too_long",
-        )
+        limit = settings.max_images_per_message
+        return [], f"at most {limit} images (MAX_IMAGES_PER_MESSAGE)", "too_long"
     for index, image in enumerate(images):
         size = _decoded_size(image)
         if size < 0:
-            raise _field_error(["images", index], "is not valid base64", "base64")
+            return [index], "is not valid base64", "base64"
         if size > settings.max_image_bytes:
-            raise _field_error(
-                ["images", index],
-                f"is larger than {settings.max_image_bytes} bytes (MAX_IMAGE_BYTES)",
-                "too_large",
-            )
+            limit = settings.max_image_bytes
+            return [index], f"is larger than {limit} bytes (MAX_IMAGE_BYTES)", "too_large"
+    return None

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ollama_web.chat.schemas import OllamaOptions
+from ollama_web.chat.schemas import OllamaOptions, image_problem
 from ollama_web.conversations.schemas import ModelName, SystemPrompt, Title
 from ollama_web.conversations.service import model_display_name
 from ollama_web.conversations.tree import Tree
@@ -230,6 +230,11 @@ def _check_messages(document: ConversationExport, settings: Settings) -> None:
             raise _invalid(f"the parent of {message.id} must come before it")
         if message.role == "user" and len(message.content) > settings.max_message_chars:
             raise _invalid(f"message {message.id} is longer than MAX_MESSAGE_CHARS")
+        problem = image_problem(message.images, settings) if message.images else None
+        if problem is not None:
+            where, text, _ = problem
+            place = f"image {where[0]}" if where else "images"
+            raise _invalid(f"message {message.id}: {place} {text}")
         seen.add(message.id)
     leaf = document.conversation.active_leaf_id
     if leaf is not None and leaf not in seen:
