@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 from starlette.types import Message as ASGIMessage
 
+from ollama_web.chat import registry as registry_module
 from ollama_web.chat.generation import Generation, GenerationSpec
 from ollama_web.chat.sse import EventLog, SSEResponse, encode_text_event
 from ollama_web.conversations.schemas import MessagePublic
@@ -233,3 +234,26 @@ async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
     assert (last.event, last.data["error"]) == ("error", "ANSWER_NOT_STORED")
     assert last.data["details"]["assistant_message"]["content"] == "all of it"
     assert (await _stored(app, generation.id)).status == "pending"
+
+
+async def test_shutdown_cancels_a_job_whose_final_write_hangs(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing outlives the engine: after its grace, a job stuck in its final write is
+    cancelled (the next start's sweep marks its answer interrupted)."""
+    registry = app.state.generations
+    monkeypatch.setattr(registry_module, "SHUTDOWN_GRACE_SECONDS", 0.1)
+    update = registry.writes.update_message
+
+    async def hanging(message_id: str, values: dict[str, Any]) -> None:
+        if "completed_at" in values:
+            await asyncio.Event().wait()
+        await update(message_id, values)
+
+    monkeypatch.setattr(registry.writes, "update_message", hanging)
+    monkeypatch.setattr(registry, "_gateway", FakeGateway(_tokens("partial")))
+    spec = await _spec(app)
+    generation = registry.start(await registry.reserve(spec.user_id), spec)
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(registry.shutdown(), 3)
+    assert not generation.running

@@ -176,6 +176,11 @@ class Generation:
             self._task.cancel()
         return True
 
+    def cancel(self) -> None:
+        """End the job's task outright, wherever it is (shutdown, after its grace)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def abandon(self) -> None:
         """The last attached client left (CHAT_CONTINUE_ON_DISCONNECT=false): stop."""
         self.stop(STOPPED)

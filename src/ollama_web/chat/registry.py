@@ -178,7 +178,10 @@ class GenerationRegistry:
             )
 
     async def shutdown(self) -> None:
-        """Stop every running job; each stores its partial answer as `interrupted`."""
+        """Stop every running job; each stores its partial answer as `interrupted`. A job
+        still running after SHUTDOWN_GRACE_SECONDS (its final write stuck, say) is
+        cancelled, so nothing outlives the engine; the sweep at the next start marks its
+        answer `interrupted` with the last checkpoint."""
         running = list(self._running.values())
         for generation in running:
             generation.stop(INTERRUPTED)
@@ -187,3 +190,8 @@ class GenerationRegistry:
             _, pending = await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_SECONDS)
             for waiter in pending:
                 waiter.cancel()
+            stuck = [g for g in running if g.running]
+            for generation in stuck:
+                generation.cancel()
+            if stuck:
+                await asyncio.wait([asyncio.ensure_future(g.wait()) for g in stuck], timeout=1)
