@@ -47,6 +47,17 @@ def _forge(values: object) -> str:
     return f"{payload}.AAAAAAAAAAAAAAAAAAAAAA"
 
 
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00", "2026-01-01T00:00:00"]
+)
+def test_a_signed_cursor_with_a_time_that_cannot_be_used_is_refused(when: str) -> None:
+    """Only the server signs cursors, but a time with no UTC form (or none at all) must
+    still be a 400, not a 500 where it is compared."""
+    cursor = encode_cursor(SECRET, "scope", [when, "id-1"])
+    with pytest.raises(InvalidCursorError):
+        decode_keyset_cursor(SECRET, "scope", cursor)
+
+
 def test_tampered_foreign_or_malformed_cursors_are_refused() -> None:
     good = encode_keyset_cursor(SECRET, "scope", WHEN, "id-1")
     payload, signature = good.split(".")

@@ -45,7 +45,7 @@ import hmac
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar, cast
 
 from fastapi import Depends, Query, Request
@@ -130,10 +130,11 @@ def decode_keyset_cursor(secret: str, scope: str, cursor: str) -> tuple[datetime
         raise invalid
     try:
         timestamp = datetime.fromisoformat(values[0])
-    except ValueError:
+        if timestamp.tzinfo is None:
+            raise invalid
+        timestamp = timestamp.astimezone(UTC)  # as stored; year 9999 at -05:00 has no UTC
+    except (ValueError, OverflowError):
         raise invalid from None
-    if timestamp.tzinfo is None:
-        raise invalid
     return timestamp, values[1]
 
 
