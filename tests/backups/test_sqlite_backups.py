@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ollama_web.backups import DatabaseBackup, names
-from ollama_web.backups.errors import RestoreRefusedError
+from ollama_web.backups.errors import BackupError, RestoreRefusedError
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.backups.service import _claim_name
 from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
@@ -175,6 +175,54 @@ def test_restore_needs_force_over_a_database_with_users_and_saves_it_first(
     # The safety backup holds what was replaced, and restores like any other.
     service.restore_backup(safety.path, force=True)
     assert usernames_sqlite(service.settings) == {"alice", "bob"}
+
+
+def test_a_restore_never_prunes_the_backup_it_restores(sqlite_settings: SettingsMaker) -> None:
+    """With room for two backups, the safety backup of a restore from the oldest one would
+    have pruned that very archive: the safety backup applies no retention."""
+    settings = sqlite_settings(backup_max_count=2)
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    oldest = service.create_backup()
+    assert oldest is not None
+    add_user_sqlite(settings, "bob")
+    assert service.create_backup() is not None
+    service.restore_backup(oldest.path, force=True)
+    assert usernames_sqlite(settings) == {"alice"}
+    assert oldest.path.exists()
+    assert service.find(oldest.name) is not None
+    assert len(service.list_backups()) == 3  # the next ordinary backup prunes
+
+
+def test_force_restores_over_a_damaged_database_and_sets_it_aside(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    """A damaged database is the usual reason to restore: it cannot be backed up, so with
+    --force it is renamed beside itself (kept as it was) and the restore goes on."""
+    service, backup = _backup_with_alice(sqlite_settings)
+    database = service.database_path
+    for suffix in ("-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    database.write_bytes(os.urandom(4096))
+    with pytest.raises(RestoreRefusedError, match="cannot be read"):
+        service.restore_backup(backup)
+    result = service.restore_backup(backup, force=True)
+    assert usernames_sqlite(service.settings) == {"alice"}
+    kept = Path(result["safety_backup"])
+    assert kept.parent == database.parent
+    assert kept.name.startswith("ollama_web.db.set-aside-")
+    assert len(kept.read_bytes()) == 4096
+
+
+def test_a_backup_directory_that_cannot_be_made_is_a_backup_error(
+    sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    settings = sqlite_settings(backup_dir=blocker)
+    add_user_sqlite(settings, "alice")
+    with pytest.raises(BackupError, match="the backup failed"):
+        DatabaseBackup(settings).create_backup()
 
 
 def _tamper(path: Path) -> None:

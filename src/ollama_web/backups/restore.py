@@ -6,7 +6,10 @@ Order of a restore, nothing replaced until every check passed:
 3. the archive must unpack into a database that passes `PRAGMA integrity_check` and holds
    the users table (PostgreSQL: `pg_restore --list` must read it);
 4. an existing database with users is only replaced with `force=True` (`--force`);
-5. a safety backup of the current database is taken (listed like any other backup);
+5. a safety backup of the current database is taken (listed like any other backup, and
+   without applying the retention, which could delete the backup being restored); with
+   `--force`, a SQLite database that cannot be backed up (damaged) is set aside instead,
+   renamed beside itself with its -wal and -shm;
 6. the file is swapped in (SQLite: WAL folded, old WAL/SHM removed, atomic rename;
    PostgreSQL: `pg_restore --clean --single-transaction`).
 """
@@ -16,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,23 +94,46 @@ def verify_archive(backup: DatabaseBackup, path: Path) -> list[str]:
 def _refuse_if_not_forced(backup: DatabaseBackup, force: bool) -> None:
     if force:
         return
-    if backup.has_users():
+    try:
+        has_users = backup.has_users()
+    except (sqlite3.Error, postgres.PostgresBackupError) as exc:
+        raise RestoreRefusedError(
+            f"the current database cannot be read ({exc}); pass --force (force=True) to set "
+            "it aside and restore"
+        ) from exc
+    if has_users:
         raise RestoreRefusedError(
             "the current database has users; pass --force (force=True) to replace it "
             "(a safety backup of it is taken first)"
         )
 
 
-def _safety_backup(backup: DatabaseBackup) -> str | None:
+def _safety_backup(backup: DatabaseBackup, force: bool) -> str | None:
     if backup.settings.is_sqlite and not backup.database_path.exists():
         return None
     try:
-        info = backup.create_backup("pre-restore safety backup", require_users=False)
+        info = backup.create_backup("pre-restore safety backup", require_users=False, prune=False)
     except (BackupError, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
+        if force and backup.settings.is_sqlite:
+            return _set_aside(backup.database_path, exc)
         raise RestoreRefusedError(
             f"the safety backup of the current database failed: {exc}"
         ) from exc
     return info.name if info else None
+
+
+def _set_aside(database: Path, why: Exception) -> str:
+    """A database that cannot be backed up (a damaged file, the usual reason to restore) is
+    kept as it is, renamed beside itself with its -wal and -shm, so that --force can still
+    restore over it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+    kept = database.with_name(f"{database.name}.set-aside-{stamp}-{uuid.uuid4().hex[:6]}")
+    for suffix in ("", "-wal", "-shm"):
+        source = database.with_name(database.name + suffix)
+        if source.exists():
+            os.replace(source, kept.with_name(kept.name + suffix))
+    logger.warning("the current database could not be backed up (%s); set aside as %s", why, kept)
+    return str(kept)
 
 
 def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any]:
@@ -134,7 +163,7 @@ def _restore_locked(backup: DatabaseBackup, path: Path, force: bool) -> dict[str
             if problems:
                 raise RestoreRefusedError("the backup failed its check: " + "; ".join(problems[:5]))
             _refuse_if_not_forced(backup, force)
-            safety = _safety_backup(backup)
+            safety = _safety_backup(backup, force)
             if backup.settings.is_sqlite:
                 sqlite.replace_database(database, backup.database_path)
             else:

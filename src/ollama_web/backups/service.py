@@ -118,8 +118,11 @@ class DatabaseBackup:
         *,
         require_users: bool = True,
         lock_timeout: float | None = None,
+        prune: bool = True,
     ) -> BackupInfo | None:
-        """Take a backup now; None (nothing written) when the database has no users yet."""
+        """Take a backup now; None (nothing written) when the database has no users yet.
+        Then apply the retention, unless `prune` is False (a restore's safety backup: the
+        retention could delete the very backup being restored)."""
         if self.mode == MODE_EXTERNAL:
             raise BackupsExternalError(
                 "PostgreSQL backups are external: pg_dump is not installed on this host."
@@ -131,14 +134,17 @@ class DatabaseBackup:
         if empty:
             logger.info("no backup (%s): the database has no users yet", reason)
             return None
-        self.directory.mkdir(parents=True, exist_ok=True)
         timeout = BACKUP_LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             with holding(self.directory / BACKUP_LOCK_NAME, timeout=timeout):
                 info = self._create_locked(reason)
-                self._prune_locked(keep=info.name)
+                if prune:
+                    self._prune_locked(keep=info.name)
         except LockBusyError:
             raise BackupError("another backup is in progress; try again shortly") from None
+        except OSError as exc:  # the backup directory, a full disk: said as a backup error
+            raise BackupError(f"the backup failed: {exc}") from exc
         return info
 
     def _create_locked(self, reason: str) -> BackupInfo:
