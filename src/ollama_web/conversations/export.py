@@ -24,7 +24,7 @@ from pydantic import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions, image_problem
-from ollama_web.conversations.schemas import ModelName, SystemPrompt, Title
+from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPrompt, Title
 from ollama_web.conversations.service import model_display_name
 from ollama_web.conversations.tree import Tree
 from ollama_web.core.config import Settings
@@ -79,7 +79,7 @@ def _model_name(value: str) -> str:
 
 
 Time = Annotated[AwareDatetime, AfterValidator(_in_utc)]
-AnswerModel = Annotated[str, Field(max_length=200), AfterValidator(_model_name)]
+AnswerModel = Annotated[str, Field(max_length=MODEL_CHARS), AfterValidator(_model_name)]
 ErrorObject = Annotated[dict[str, Any], AfterValidator(_bounded_error)]
 
 

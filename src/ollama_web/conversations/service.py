@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations import repository
 from ollama_web.conversations.schemas import (
+    MODEL_CHARS,
     ConversationCreate,
     ConversationDetail,
     ConversationPatch,
@@ -26,7 +27,6 @@ from ollama_web.db import Conversation, Message
 from ollama_web.ollama.names import validate_model_name
 
 DEFAULT_TITLE = "New conversation"
-MODEL_CHARS = 200  # conversations.model and messages.model
 
 
 def model_display_name(name: str) -> str:
