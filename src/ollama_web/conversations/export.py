@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,7 +29,7 @@ from ollama_web.conversations.tree import Tree
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import ValidationError
 from ollama_web.db import Conversation, Message
-from ollama_web.db.base import new_id, utcnow
+from ollama_web.db.base import as_utc, new_id, utcnow
 from ollama_web.db.models import MessageStatus
 from ollama_web.ollama.names import parse_model_name
 
@@ -42,15 +41,6 @@ Count = Annotated[int, Field(ge=0, le=2**31 - 1)]  # Integer columns
 Nanoseconds = Annotated[int, Field(ge=0, le=2**63 - 1)]  # BigInteger columns
 MAX_ERROR_DEPTH = 8
 MAX_ERROR_CHARS = 16_384
-
-
-def _in_utc(value: datetime) -> datetime:
-    """Stored in UTC: a time that has no UTC form (year 1 or 9999 with an offset) is refused
-    here rather than failing when it is written."""
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
 
 
 def _depth(value: Any) -> int:
@@ -78,7 +68,7 @@ def _model_name(value: str) -> str:
     return value
 
 
-Time = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Time = Annotated[AwareDatetime, AfterValidator(as_utc)]  # refused here, not when written
 AnswerModel = Annotated[str, Field(max_length=MODEL_CHARS), AfterValidator(_model_name)]
 ErrorObject = Annotated[dict[str, Any], AfterValidator(_bounded_error)]
 

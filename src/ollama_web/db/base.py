@@ -32,6 +32,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """An aware time in UTC, as the columns store it; ValueError for one that has no UTC
+    form (year 9999 at -05:00, year 1 at +05:00) rather than an OverflowError wherever it
+    is converted (a pydantic validator can use it as it is)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores UTC; always returns timezone-aware datetimes (SQLite keeps no zone)."""
 
@@ -43,7 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
+        value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
