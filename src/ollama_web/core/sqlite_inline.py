@@ -295,7 +295,7 @@ class Checkpointer:
 
     async def _run(self) -> None:
         seen = _Commits.count
-        while not self._stop.is_set():
+        while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self._interval)
             if self._stop.is_set():
