@@ -21,6 +21,8 @@ own: see `Placement`), then:
   tokens). A burst's cost per token depends on how many tokens each read brings: with the
   server pinned, the client saw ~1.1 tokens per body chunk and the server spent 47-52 us a
   token; unpinned, 1.8-4 tokens per chunk and 27-30 us (measured on a 2-vCPU VM).
+  bench/relay_floor.py measures the paced regime with no framework at all (uvloop protocols,
+  httptools, json, SSE frames): what any Python relay of Ollama pays per token here.
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
 
 Prints the numbers and writes bench/results/streaming.json.
