@@ -171,6 +171,37 @@ async def test_delete_on_one_node_only(cluster: Cluster) -> None:
     assert cluster.node_b.find_model("llama3.2") is None
 
 
+async def test_delete_when_no_node_answers_is_503_not_404(cluster: Cluster) -> None:
+    await cluster.node_b.stop()
+    headers = cluster.admin.headers
+    on_b = await cluster.client.delete(
+        "/api/models/mistral", params={"node": cluster.node_b.url}, headers=headers
+    )
+    await cluster.node_a.stop()
+    anywhere = await cluster.client.delete("/api/models/llama3.2", headers=headers)
+    for response in (on_b, anywhere):
+        assert (response.status_code, response.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+    assert [n["url"] for n in on_b.json()["details"]["nodes"]] == [cluster.node_b.url]
+    assert [n["status"] for n in anywhere.json()["details"]["nodes"]] == ["down", "down"]
+
+
+async def test_delete_missing_on_a_reachable_node_is_404_even_with_another_down(
+    cluster: Cluster,
+) -> None:
+    await cluster.node_b.stop()
+    response = await cluster.client.delete("/api/models/mistral", headers=cluster.admin.headers)
+    assert (response.status_code, response.json()["error"]) == (404, "MODEL_NOT_FOUND")
+
+
+async def test_delete_on_an_unknown_node_is_422(cluster: Cluster) -> None:
+    response = await cluster.client.delete(
+        "/api/models/llama3.2", params={"node": "http://nope:1"}, headers=cluster.admin.headers
+    )
+    assert (response.status_code, response.json()["error"]) == (422, "VALIDATION_ERROR")
+    assert response.json()["details"]["nodes"] == [cluster.node_a.url, cluster.node_b.url]
+    assert cluster.node_a.find_model("llama3.2") is not None
+
+
 async def test_delete_is_admin_only(cluster: Cluster) -> None:
     response = await cluster.client.delete("/api/models/llama3.2", headers=cluster.user.headers)
     anonymous = await cluster.client.delete("/api/models/bad name")

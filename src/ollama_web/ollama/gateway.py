@@ -218,9 +218,18 @@ class OllamaGateway:
     async def delete_model(self, name: str, *, node_url: str | None = None) -> list[str]:
         """Delete the model from every node holding it (or from `node_url`); the node URLs."""
         parsed = validate_model_name(name)
-        await self.inventory.refresh(force=True)
+        if node_url is not None:
+            self._known_node(node_url)
+        reports = await self.inventory.refresh(force=True)
         holders = [n for n in self.inventory.holders(parsed.key) if node_url in (None, n.url)]
         if not holders:
+            asked = [r for r in reports if node_url in (None, r.url)]
+            if not any(report.status == "up" for report in asked):
+                # Nobody could say whether it is there: not a 404.
+                raise OllamaUnavailableError(
+                    "No Ollama node is reachable.",
+                    details={"nodes": [report.as_dict() for report in asked]},
+                )
             raise ModelNotFoundError(name)
         results = await asyncio.gather(
             *(self._delete_on(node, node.display_name(parsed.key)) for node in holders),
@@ -258,11 +267,7 @@ class OllamaGateway:
         """Start (or join) a pull; returns once the upstream accepted it (see `pull`)."""
         parsed = validate_model_name(name)
         if node_url is not None:
-            node = self.registry.get(node_url)
-            if node is None:
-                raise ValidationError(
-                    "Unknown Ollama node.", details={"node": node_url, "nodes": self.node_urls}
-                )
+            node = self._known_node(node_url)
         else:
             reports = await self.inventory.refresh()
             up = [r.url for r in reports if r.status == "up"]
@@ -271,14 +276,22 @@ class OllamaGateway:
                     "No Ollama node is reachable.",
                     details={"nodes": [report.as_dict() for report in reports]},
                 )
-            node = self.registry.get(up[0])
-            assert node is not None
+            node = self._known_node(up[0])
         return await self.pulls.start(node, parsed, name)
 
     def _pull_finished(self, job: PullJob) -> None:
         self.registry.invalidate(job.node)
 
     # ----------------------------------------------------------------- nodes
+
+    def _known_node(self, node_url: str) -> Node:
+        """The configured node at `node_url`; 422 for any other URL."""
+        node = self.registry.get(node_url)
+        if node is None:
+            raise ValidationError(
+                "Unknown Ollama node.", details={"node": node_url, "nodes": self.node_urls}
+            )
+        return node
 
     @property
     def node_urls(self) -> list[str]:
