@@ -153,6 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[{"name": tag} for tag in TAG_ORDER],
         # Every routed request is rate-limited (after resolving who is calling).
         dependencies=[RateLimitDep],
+        # `/api/conversations/` is an unknown route (404), not a redirect built from the
+        # request's Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

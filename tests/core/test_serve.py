@@ -72,6 +72,7 @@ def test_fresh_server_answers_health_degraded_without_ollama(
         assert components["ollama"]["nodes"][0]["status"] == "down"
         secret = tmp_path / "data" / ".secret_key"
         assert secret.stat().st_mode & 0o777 == 0o600
+        _probes_answer_head_and_slashes_are_not_redirected(port)
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
@@ -79,3 +80,15 @@ def test_fresh_server_answers_health_degraded_without_ollama(
     assert process.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr
     assert "Traceback" not in stderr
+
+
+def _probes_answer_head_and_slashes_are_not_redirected(port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    for path in ("/health", "/health/live", "/health/ready", "/info"):
+        head = httpx.head(base + path, timeout=5.0)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == "application/json"
+    slash = httpx.get(base + "/api/conversations/", headers={"Host": "evil.example"}, timeout=5.0)
+    assert slash.status_code == 404
+    assert "location" not in slash.headers
+    assert slash.json()["error"] == "NOT_FOUND"
