@@ -126,3 +126,32 @@ async def test_admins_see_per_node_state(
     assert gone["consecutive_failures"] >= 1
     assert gone["last_error"].startswith("connection failed")
     assert gone["last_error_at"]
+
+
+async def test_credentials_in_a_node_url_are_sent_and_never_shown(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """A proxy in front of Ollama may want Basic credentials in OLLAMA_URL: they go in the
+    requests, and nowhere a caller (anonymous, for /health) can read them."""
+    host = ollama_emulator.url.removeprefix("http://")
+    async with gateway_app([f"http://ollama:s3cret@{host}"]) as (app, client):
+        admin = await create_test_user(app, "admin")
+        shown = [
+            await client.get("/health"),
+            await client.get("/api/models", headers=admin.headers),
+            await client.get("/api/models/test", headers=admin.headers),
+            await client.get("/api/admin/ollama/nodes", headers=admin.headers),
+            await client.get("/metrics/prometheus", headers=admin.headers),
+        ]
+        by_node = await client.delete(
+            "/api/models/llama3.2",
+            params={"node": f"http://ollama:s3cret@{host}"},
+            headers=admin.headers,
+        )
+    for response in shown:
+        assert response.status_code == 200, response.text
+        assert "s3cret" not in response.text
+    assert shown[0].json()["components"]["ollama"]["nodes"][0]["url"] == ollama_emulator.url
+    assert by_node.status_code == 204  # ?node= names the node with or without them
+    authorizations = {r.headers.get("authorization") for r in ollama_emulator.requests}
+    assert authorizations == {"Basic b2xsYW1hOnMzY3JldA=="}  # ollama:s3cret

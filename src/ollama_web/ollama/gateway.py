@@ -219,7 +219,7 @@ class OllamaGateway:
         """Delete the model from every node holding it (or from `node_url`); the node URLs."""
         parsed = validate_model_name(name)
         if node_url is not None:
-            self._known_node(node_url)
+            node_url = self._known_node(node_url).url
         reports = await self.inventory.refresh(force=True)
         holders = [n for n in self.inventory.holders(parsed.key) if node_url in (None, n.url)]
         if not holders:

@@ -14,10 +14,24 @@ BACKOFF_MAX_SECONDS = 30.0
 NodeStatus = Literal["unknown", "up", "down"]
 
 
+def public_url(url: str) -> str:
+    """`url` without its user info: `http://user:secret@host:11434` -> `http://host:11434`.
+    Credentials for a proxy in front of Ollama stay in the requests, never in what is shown
+    (health, model lists, metrics labels, logs)."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{separator}{host}{slash}{path}"
+
+
 @dataclass
 class Node:
     url: str
+    """The node's URL as shown and as `?node=` names it: without user info."""
     index: int
+    address: str
+    """The URL requests go to: as configured, credentials included (httpx sends them as
+    Basic authentication)."""
     status: NodeStatus = "unknown"
     version: str | None = None
     latency_ms: float | None = None
@@ -56,10 +70,12 @@ class NodeRegistry:
     """The configured nodes, in configuration order."""
 
     def __init__(self, urls: list[str]) -> None:
-        self.nodes = [Node(url=url, index=index) for index, url in enumerate(urls)]
+        self.nodes = [
+            Node(url=public_url(url), index=index, address=url) for index, url in enumerate(urls)
+        ]
 
     def get(self, url: str) -> Node | None:
-        wanted = url.rstrip("/")
+        wanted = public_url(url.rstrip("/"))
         return next((node for node in self.nodes if node.url == wanted), None)
 
     def reachable_first(self) -> list[Node]:

@@ -99,7 +99,7 @@ class Upstream:
     def _build(
         self, node: Node, method: str, path: str, body: Any, timeout: httpx.Timeout, stream: bool
     ) -> httpx.Request:
-        address = node.url + path
+        address = node.address + path
         url = self._urls.get(address)
         if url is None:  # parsing a URL is a third of building a request: once per address
             url = self._urls[address] = httpx.URL(address)
