@@ -131,6 +131,67 @@ async def test_re_attaching_through_another_process_replays_and_follows(
     assert "".join(tokens) == stored["messages"][-1]["content"]
 
 
+async def test_a_redis_blip_under_a_remote_follower_loses_no_event(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Redis drops every subscriber mid-answer (a restart, a failover): the follower
+    through process B asks again from the last event it has, and its client gets every
+    token once, in order, with no error."""
+    import redis.asyncio as aioredis
+
+    ollama_emulator.config.reply_tokens = 60
+    ollama_emulator.config.tokens_per_second = 20
+    async with processes() as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+        answer_id = start.data["assistant_message_id"]
+        async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=user.headers) as r:
+            followed = EventReader(r)
+            head = [await followed.next() for _ in range(5)]
+            async with aioredis.Redis.from_url(require_redis()) as redis:
+                assert await redis.client_kill_filter(_type="pubsub") >= 1
+            rest = await followed.rest()
+        async with asgi_client(apps[1]) as client:
+            stored = await stored_conversation(client, user, start.data["conversation_id"])
+    events = [*head, *rest]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].event == "done"
+    assert (
+        "".join(e.data["content"] for e in events if e.event == "token")
+        == (stored["messages"][-1]["content"])
+    )
+
+
+async def test_the_follower_that_loses_the_owner_ends_under_the_last_id_it_got(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """No owner answers any more (its process vanished without a word): the stream ends
+    with an error event that repeats the last event id, so a reconnect resumes after it."""
+    ollama_emulator.config.reply_tokens = 400
+    ollama_emulator.config.tokens_per_second = 40
+    async with processes() as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
+            start = await EventReader(response).next()
+        answer_id = start.data["assistant_message_id"]
+        async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=user.headers) as r:
+            followed = EventReader(r)
+            head = [await followed.next() for _ in range(3)]
+            owner = _registry(apps[0])
+            assert owner.relay is not None
+            assert owner.relay._listener is not None
+            owner.relay._listener.cancel()  # the owner hears no control message any more
+            for task in list(owner.relay._tasks):
+                task.cancel()  # nor forwards
+            rest = await followed.rest()
+    assert rest[-1].event == "error"
+    assert rest[-1].data["error"] == "GENERATION_INTERRUPTED"
+    previous = rest[-2] if len(rest) > 1 else head[-1]
+    assert rest[-1].id == previous.id
+
+
 async def test_the_owner_stops_forwarding_when_the_remote_follower_leaves(
     processes: Processes,
     ollama_emulator: OllamaEmulator,

@@ -11,9 +11,11 @@ every process listens on one control channel, and the process that holds the job
   `{"op": "follow", "id", "after", "reply"}`; the owner answers `A`, then forwards the
   frames after event `after` as they come (`F<last event id>\\n<frames>`), and `E` at the
   end. A `K` keep-alive goes out when nothing did for SSE_KEEPALIVE_SECONDS: when it reaches
-  no subscriber (the follower left), the owner stops forwarding; when the follower hears
-  nothing for three keep-alive intervals, the owner is gone and the stream ends with an
-  error event.
+  no subscriber (the follower left), the owner stops forwarding. When the follower hears
+  nothing for three keep-alive intervals, or Redis fails under it, it asks again from the
+  last event it has (the owner may be alive: a Redis blip); when no owner answers, the
+  stream ends with an error event under that same last id, so that a client reconnecting
+  with `Last-Event-ID` misses none of the owner's events.
 
 When no process acknowledges within OWNER_WAIT_SECONDS (nobody is generating the answer any
 more, or Redis is down), the caller answers 409 GENERATION_ELSEWHERE as it does without
@@ -29,7 +31,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.generation import Generation, GenerationInterrupted, error_body
-from ollama_web.chat.sse import EventLog, Follower
+from ollama_web.chat.sse import EventLog, Follower, encode_event
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -43,6 +45,7 @@ OWNER_WAIT_SECONDS = 1.0
 STOP_WAIT_SECONDS = 10.0
 RETRY_SECONDS = 1.0
 SILENT_KEEPALIVES = 3
+REFOLLOW_ATTEMPTS = 3
 
 
 class RemoteLog(EventLog):
@@ -60,6 +63,15 @@ class RemoteLog(EventLog):
         self._last_id = last_id
         self.frames.append(frames)
         self._wake_all()
+
+    def lost(self) -> None:
+        """End with an error event under the last id received: the owner's own next event
+        may carry the next id, and a client reconnecting from this one must still get it."""
+        error = GenerationInterrupted(
+            "Lost contact with the server process generating this answer; reconnect to resume."
+        )
+        self.frames.append(encode_event(self._last_id, "error", error_body(error)))
+        self.finish()
 
 
 class GenerationRelay:
@@ -228,7 +240,7 @@ class GenerationRelay:
         if pubsub is None:
             return None
         log = RemoteLog(after)
-        pump = self._spawn(self._pump(pubsub, log))
+        pump = self._spawn(self._pump(pubsub, log, message_id))
 
         def abandoned() -> None:
             pump.cancel()  # the client left: unsubscribe, and the owner stops forwarding
@@ -236,7 +248,21 @@ class GenerationRelay:
         log.on_abandoned = abandoned
         return log
 
-    async def _pump(self, pubsub: Any, log: RemoteLog) -> None:
+    async def _pump(self, pubsub: Any, log: RemoteLog, message_id: str) -> None:
+        while not await self._forwarded(pubsub, log):
+            pubsub = None
+            for _ in range(REFOLLOW_ATTEMPTS):
+                pubsub = await self._ask({"op": "follow", "id": message_id, "after": log.last_id})
+                if pubsub is not None:
+                    break
+                await asyncio.sleep(RETRY_SECONDS)
+            if pubsub is None:
+                log.lost()
+                return
+
+    async def _forwarded(self, pubsub: Any, log: RemoteLog) -> bool:
+        """Copy what the owner forwards into `log`; True once it ended, False when the owner
+        fell silent or Redis failed (closes `pubsub` either way)."""
         from redis.exceptions import RedisError
 
         silence = self._keepalive * SILENT_KEEPALIVES
@@ -244,21 +270,19 @@ class GenerationRelay:
             while True:
                 data = await _next(pubsub, silence)
                 if data is None:
-                    break  # the owner is gone
+                    return False
                 kind = data[:1]
                 if kind == b"F":
                     header, _, frames = data[1:].partition(b"\n")
                     log.extend(int(header), frames)
                 elif kind == b"E":
                     log.finish()
-                    return
+                    return True
         except (RedisError, OSError, ValueError) as exc:
             logger.warning("relayed stream broke off: %s", exc)
+            return False
         finally:
             await pubsub.aclose()
-        error = GenerationInterrupted("The server process generating this answer stopped.")
-        log.emit("error", error_body(error))
-        log.finish()
 
 
 def _reply_channel() -> str:
