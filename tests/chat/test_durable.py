@@ -362,6 +362,40 @@ async def test_startup_marks_abandoned_answers_interrupted_keeping_their_text(
     }
 
 
+async def test_a_swept_answer_ends_once_for_a_client_that_reconnects(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    """A client that followed an answer until its process died reconnects (an EventSource
+    does, with the last id it saw): it gets the final event once, under one id whatever the
+    id it sends, then 204 (nothing more; an EventSource stops). The error is the one a
+    follower got live, GENERATION_INTERRUPTED."""
+    settings = chat_settings()
+    first = await app_factory(settings)
+    user = await create_test_user(first)
+    orphan = "f" * 32
+    await conversation_with_unfinished_answers(first, user, {orphan: 3600.0})
+    second = await app_factory(settings)  # sweeps at startup
+    path = f"/api/chat/stream/{orphan}"
+    async with asgi_client(second) as client:
+        finals = []
+        for seen in (7, 65):
+            headers = {**user.headers, "Last-Event-ID": str(seen)}
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 200
+            (final,) = parse_events(response.content)
+            finals.append(final)
+        after_final = await client.get(
+            path, headers={**user.headers, "Last-Event-ID": str(finals[0].id)}
+        )
+    assert finals[0].id == finals[1].id
+    assert finals[0].event == "error"
+    assert finals[0].data["error"] == "GENERATION_INTERRUPTED"
+    answer = finals[0].data["details"]["assistant_message"]
+    assert (answer["status"], answer["content"]) == ("interrupted", "half an answer f")
+    assert answer["error"]["error"] == "GENERATION_INTERRUPTED"
+    assert after_final.status_code == 204
+
+
 async def test_answers_of_a_process_that_died_are_swept_once_stale(
     app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
 ) -> None:

@@ -34,6 +34,12 @@ logger = logging.getLogger("ollama_web.chat")
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
 UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+ABANDONED = {
+    "error": "GENERATION_INTERRUPTED",
+    "message": "The server process generating this answer stopped.",
+    "details": {},
+}
+"""The error of a swept answer: the code a follower got live, not a generic failure."""
 
 
 def heartbeat_seconds(checkpoint_seconds: float) -> float:
@@ -67,7 +73,12 @@ async def mark_abandoned_interrupted(
             Message.status.in_(UNFINISHED),
             Message.updated_at < cutoff,  # written meanwhile: its process is alive after all
         )
-        .values(status=MessageStatus.INTERRUPTED.value, completed_at=now, updated_at=now)
+        .values(
+            status=MessageStatus.INTERRUPTED.value,
+            error=ABANDONED,
+            completed_at=now,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -31,6 +31,12 @@ class StopResponse(BaseModel):
     message: MessagePublic
 
 
+UNKNOWN_FINAL_EVENT_ID = 2**31 - 1
+"""The final event's id for an answer stored without one (ended by the sweep after its
+process died, imported, or older): after any id a client can have seen, and always the
+same, so that a client that saw it is told there is nothing more."""
+
+
 def stored_log(
     message: MessagePublic, conversation_id: str, after: int, final_event_id: int | None
 ) -> EventLog:
@@ -38,16 +44,16 @@ def stored_log(
 
     Without `Last-Event-ID`: `start`, the text (`thinking`, `token`), then `done` (or
     `error`). With it, only the final event — its message holds the whole text — under the
-    id it had when it was first sent (`final_event_id`), or nothing when the client saw it.
-    An answer stored without that id (older, or ended by the sweep) numbers it after the
-    client's id.
+    id it had when it was first sent (`final_event_id`, else UNKNOWN_FINAL_EVENT_ID), or
+    nothing when the client saw it.
     """
-    if after > 0 and final_event_id is not None:
-        if after >= final_event_id:
+    if after > 0:
+        final = UNKNOWN_FINAL_EVENT_ID if final_event_id is None else final_event_id
+        if after >= final:
             log = EventLog(base=after)
             log.finish()
             return log
-        after = final_event_id - 1
+        after = final - 1
     log = EventLog(base=max(after, 0))
     if after <= 0:
         log.emit(
