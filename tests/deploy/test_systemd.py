@@ -119,3 +119,7 @@ def test_configuration_errors_do_not_restart_in_a_loop() -> None:
 
     assert SERVICE["Restart"] == ["on-failure"]
     assert str(EXIT_CONFIG_ERROR) in SERVICE["RestartPreventExitStatus"]
+    # systemd applies RestartPreventExitStatus to the main process only: a pre-step that
+    # exits 78 would restart the unit every RestartSec. `serve` itself migrates and exits 78.
+    assert "ExecStartPre" not in SERVICE
+    assert SERVICE["ExecStart"] == ["/opt/ollama-web/.venv/bin/ollama-web serve"]
