@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ from ollama_web.emulator import OllamaEmulator
 from ollama_web.ollama.gateway import OllamaGateway
 from tests.fixtures.auth import create_test_user
 from tests.ollama.conftest import AppFactory
-from tests.ollama.faults import closed_port_url, hanging_server
+from tests.ollama.faults import closed_port_url, hanging_server, serving
 
 
 def versions(emulator: OllamaEmulator) -> int:
@@ -155,3 +156,65 @@ async def test_credentials_in_a_node_url_are_sent_and_never_shown(
     assert by_node.status_code == 204  # ?node= names the node with or without them
     authorizations = {r.headers.get("authorization") for r in ollama_emulator.requests}
     assert authorizations == {"Basic b2xsYW1hOnMzY3JldA=="}  # ollama:s3cret
+
+
+async def test_a_full_pool_is_not_a_node_down(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """Generations hold every upstream connection: a listing that cannot get one is our
+    pool's limit, not the node's failure. The node stays up, the list it gave last still
+    holds, and /health stays healthy."""
+    ollama_emulator.config.reply_tokens = 1000
+    ollama_emulator.config.tokens_per_second = 5
+    async with gateway_app([ollama_emulator.url], ollama_max_connections=2) as (app, client):
+        gateway: OllamaGateway = app.state.gateway
+        user = await create_test_user(app)
+        assert (await client.get("/api/models", headers=user.headers)).status_code == 200
+        held = [gateway.open_chat("llama3.2", []) for _ in range(2)]
+        streams = [await opened.__aenter__() for opened in held]
+        try:
+            gateway.registry.invalidate()
+            listed = await client.get("/api/models", headers=user.headers)
+            shown = await client.get("/api/models/llama3.2", headers=user.headers)
+            health = (await client.get("/health")).json()["components"]["ollama"]
+            (node,) = gateway.registry.snapshot()
+        finally:
+            for opened, stream in zip(held, streams, strict=True):
+                await opened.__aexit__(None, None, None)
+                assert stream is not None
+    assert listed.status_code == 200
+    assert [m["name"] for m in listed.json()["models"]] == ["llama3.2:latest"]
+    assert shown.status_code in (200, 503)  # show needs a connection of its own
+    if shown.status_code == 503:
+        assert shown.json()["error"] == "OLLAMA_BUSY"
+    assert node["status"] == "up"
+    assert health["status"] == "healthy"
+
+
+async def test_a_node_that_trickles_its_answer_costs_no_more_than_one_that_is_silent(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """Each byte re-arms the read timeout, so a node that sends one byte at a time never
+    trips it; the whole request is bounded too (pool + connect + read timeouts)."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async with serving(trickle) as port:
+        slow = f"http://127.0.0.1:{port}"
+        settings = {"ollama_list_timeout_seconds": 0.5, "ollama_connect_timeout_seconds": 0.5}
+        async with gateway_app([ollama_emulator.url, slow], **settings) as (app, client):
+            user = await create_test_user(app)
+            started = time.monotonic()
+            listed = await asyncio.wait_for(client.get("/api/models", headers=user.headers), 10)
+            elapsed = time.monotonic() - started
+    assert listed.status_code == 200
+    assert elapsed < 2.5  # 0.5 + 0.5 + 0.5, and some slack
+    assert [m["name"] for m in listed.json()["models"]] == ["llama3.2:latest"]
+    trickling = listed.json()["nodes"][1]
+    assert trickling["status"] == "down"
+    assert "too long" in trickling["error"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_web.core.errors import AppError
-from ollama_web.ollama.errors import OllamaUnavailableError
+from ollama_web.ollama.errors import OllamaBusyError, OllamaUnavailableError
 from ollama_web.ollama.names import model_key
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.transport import Upstream
@@ -72,6 +72,10 @@ class Inventory:
         try:
             response = await self.upstream.request(node, "GET", "/api/tags")
             self.registry.set_models(node, _entries(response.json()))
+        except OllamaBusyError as exc:
+            # Our pool is full (of generations) or the node is busy: it is not down, and
+            # the inventory it gave last still holds.
+            return None if node.models else exc.message
         except AppError as exc:
             node.models_at = None
             return node.last_error or exc.message

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from ollama_web.core.errors import AppError
+from ollama_web.ollama.errors import OllamaBusyError
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.transport import Upstream
 
@@ -40,6 +41,9 @@ class Prober:
                     node, "GET", "/api/version", timeouts=timeouts
                 )
             payload = response.json()
+        except OllamaBusyError as exc:  # our pool is full, or the node is busy: not down
+            status = "up" if node.status == "up" else "down"
+            return {**result, "status": status, "latency_ms": node.latency_ms, "error": exc.message}
         except AppError as exc:
             return {**result, "latency_ms": None, "error": node.last_error or exc.message}
         except TimeoutError:

@@ -8,6 +8,7 @@ and translates failures (see `errors`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -114,6 +115,8 @@ class Upstream:
     def _transport_failure(
         self, node: Node, exc: httpx.TransportError, *, timeout_means_down: bool
     ) -> AppError:
+        if isinstance(exc, httpx.PoolTimeout):
+            return error_from_transport(exc)  # our own pool is full: says nothing of the node
         description = describe_transport_error(exc)
         connect_failed = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
         if connect_failed or (timeout_means_down and isinstance(exc, httpx.TimeoutException)):
@@ -136,15 +139,23 @@ class Upstream:
         """Send and read the whole answer; a 2xx response or a translated error.
 
         With `measure` the round trip becomes the node's latency, and a timeout marks the
-        node down (listing and probe calls, whose timeouts are short).
+        node down (listing and probe calls, whose timeouts are short). The read timeout
+        bounds each wait for bytes; the whole request is bounded too (the pool, connect and
+        read timeouts together), so that a node that trickles its answer a byte at a time
+        costs no more than one that sends nothing.
         """
-        request = self._build(node, method, path, body, timeouts or self.list_timeout, False)
+        timeouts = timeouts or self.list_timeout
+        request = self._build(node, method, path, body, timeouts, False)
         node.requests_total += 1
         started = time.perf_counter()
         try:
-            response = await self.client.send(request)
+            async with asyncio.timeout(_whole(timeouts)):
+                response = await self.client.send(request)
         except httpx.TransportError as exc:
             raise self._transport_failure(node, exc, timeout_means_down=measure) from exc
+        except TimeoutError:
+            slow = httpx.ReadTimeout("the whole answer took too long")
+            raise self._transport_failure(node, slow, timeout_means_down=True) from None
         latency = (time.perf_counter() - started) * 1000 if measure else None
         self.registry.mark_up(node, latency_ms=latency)
         if not response.is_success:
@@ -179,6 +190,12 @@ class Upstream:
         if response.status_code != 404:
             self.registry.note_error(node, f"HTTP {response.status_code}: {error.message}")
         raise error
+
+
+def _whole(timeouts: httpx.Timeout) -> float | None:
+    """A bound on a whole request: its pool, connect and read timeouts together."""
+    parts = (timeouts.pool, timeouts.connect, timeouts.read)
+    return None if None in parts else sum(p for p in parts if p is not None)
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
