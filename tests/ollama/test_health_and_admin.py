@@ -218,3 +218,47 @@ async def test_a_node_that_trickles_its_answer_costs_no_more_than_one_that_is_si
     trickling = listed.json()["nodes"][1]
     assert trickling["status"] == "down"
     assert "too long" in trickling["error"]
+
+
+async def test_a_delete_that_fails_on_one_node_is_not_a_204(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """The model went from one node and stayed on the other: the admin is told both."""
+    answers = {
+        b"GET /api/tags": (200, b'{"models":[{"name":"llama3.2:latest"}]}'),
+        b"GET /api/version": (200, b'{"version":"0.33.0"}'),
+        b"DELETE /api/delete": (500, b'{"error":"disk on fire"}'),
+    }
+
+    async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            length = next(
+                (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")),
+                0,
+            )  # fmt: skip
+            await reader.readexactly(length)
+            status, body = answers[b" ".join(head.split(b" ")[:2])]
+            writer.write(
+                b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (status, len(body), body)
+            )
+
+    async with serving(node) as port:
+        failing = f"http://127.0.0.1:{port}"
+        async with gateway_app([ollama_emulator.url, failing]) as (app, client):
+            admin = await create_test_user(app, "admin")
+            response = await client.delete("/api/models/llama3.2", headers=admin.headers)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["error"] == "OLLAMA_ERROR"
+    assert body["details"]["deleted"] == [ollama_emulator.url]
+    (failed,) = body["details"]["failed"]
+    assert failed["node"] == failing
+    assert failed["error"] == "OLLAMA_ERROR"
+    assert failed["upstream_message"] == "disk on fire"
+    assert ollama_emulator.find_model("llama3.2") is None

@@ -236,12 +236,25 @@ class OllamaGateway:
             return_exceptions=True,
         )
         self.registry.invalidate()
-        outcomes = zip(holders, results, strict=True)
-        deleted = [node.url for node, result in outcomes if result is None]
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if not deleted:
-            raise failures[0]
-        return deleted
+        deleted = [node.url for node, result in zip(holders, results, strict=True) if not result]
+        failed = [
+            (node.url, result)
+            for node, result in zip(holders, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if not failed:
+            return deleted
+        # Not a 204 while a copy is left somewhere: the first node's error, saying where the
+        # model went and where it stayed.
+        error = failed[0][1]
+        if not isinstance(error, AppError):
+            raise error
+        error.details = {
+            **error.details,
+            "deleted": deleted,
+            "failed": [{"node": url, **_described(exc)} for url, exc in failed],
+        }
+        raise error
 
     async def _delete_on(self, node: Node, node_model: str) -> None:
         # 200 with an EMPTY body: never parse it.
@@ -311,3 +324,10 @@ class OllamaGateway:
     async def health_check(self) -> dict[str, Any]:
         """The `ollama` component of `/health` (cached, bounded; never hangs)."""
         return await self.prober.health()
+
+
+def _described(exc: BaseException) -> dict[str, Any]:
+    """An upstream failure as `details` lists it: code, message and the node's own words."""
+    if isinstance(exc, AppError):
+        return {"error": exc.code, "message": exc.message, **exc.details}
+    return {"error": type(exc).__name__, "message": str(exc)}
