@@ -452,6 +452,34 @@ async def test_a_second_response_in_the_same_packet_spoils_the_connection() -> N
     assert await connections_for_two_requests(doubled) == 2
 
 
+async def test_interim_answers_are_skipped_and_the_connection_kept() -> None:
+    """A proxy in front of Ollama may send 100 Continue or 103 Early Hints before the
+    answer: skipped (RFC 9110 15.2), whether they arrive apart or in the packet with it."""
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        apart = True
+        while await reader.readuntil(b"\r\n\r\n"):
+            if apart:
+                writer.write(early)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(final)
+            else:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + early + final)
+            apart = not apart
+            await writer.drain()
+
+    async with one_answer(answer) as url, client() as http:
+        for _ in range(3):
+            response = await http.get(url)
+            assert (response.status_code, response.content) == (200, b"ok")
+            assert response.headers["x-final"] == "yes"
+            assert "link" not in response.headers
+        assert transport_of(http).connection_count == 1
+
+
 async def test_head_and_no_content_answers_end_at_their_headers() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while head := await reader.readuntil(b"\r\n\r\n"):

@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self.interim = False
         self.complete = False
         self.received = False
         self.framed = False
@@ -147,7 +148,13 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints from a proxy): skipped, the
+            # final one follows on the same connection (RFC 9110 15.2).
+            self.interim = True
+            return
+        self.status = status
         # Asked here: once the message is complete the parser has forgotten its headers.
         self.keep = self.keep and self.parser.should_keep_alive()
         if self.status in (204, 304):
@@ -159,6 +166,12 @@ class Connection(asyncio.Protocol):
         self.buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.reason = b""
+            self.headers = []
+            self.framed = False
+            return
         self.complete = True
 
     # -- for requests and responses
