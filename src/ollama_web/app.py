@@ -95,8 +95,11 @@ def _domain_lifespans() -> list[DomainLifespan]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_logging(settings)
-    for directory in (settings.data_dir, settings.log_dir, settings.backup_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+    # The database and its backups hold everything: private to the service's user when we
+    # create them (an existing directory keeps the mode its owner gave it).
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    for directory in (settings.data_dir, settings.backup_dir):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_key = load_or_create_secret(settings)
     # Exited in reverse: the domains, then the database (checkpointer, inline connection,
     # engine), and the server lock last, so a restore never finds this process's handles

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,26 @@ def test_a_backup_is_a_gzipped_sqlite_file_with_its_sha256(sqlite_settings: Sett
     assert connection.execute("SELECT username FROM users").fetchall() == [("alice",)]
     connection.close()
     assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_backups_and_a_restored_database_are_private_whatever_the_umask(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    """They hold everything the database does (SECURITY.md: mode 0600), also when the
+    command line runs under a permissive umask."""
+    previous = os.umask(0o022)
+    try:
+        service, backup = _backup_with_alice(sqlite_settings)
+        result = service.restore_backup(backup, force=True)
+    finally:
+        os.umask(previous)
+    safety = service.find(result["safety_backup"])
+    assert safety is not None
+    for archive in (backup, safety.path):
+        for path in (archive, names.checksum_path(archive), names.metadata_path(archive)):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(service.database_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(service.settings.backup_dir.stat().st_mode) == 0o700
 
 
 def test_names_get_a_suffix_when_two_fall_in_one_second(tmp_path: Path) -> None:

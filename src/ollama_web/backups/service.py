@@ -53,6 +53,7 @@ def sha256_file(path: Path) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f"{names.TEMP_PREFIX}{uuid.uuid4().hex}")
+    sqlite.create_private(temporary)
     temporary.write_text(text, encoding="utf-8")
     sqlite.fsync_file(temporary)
     os.replace(temporary, path)
@@ -136,7 +137,7 @@ class DatabaseBackup:
             return None
         timeout = BACKUP_LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             with holding(self.directory / BACKUP_LOCK_NAME, timeout=timeout):
                 info = self._create_locked(reason)
                 if prune:
@@ -153,6 +154,7 @@ class DatabaseBackup:
         work = self.directory / f"{names.TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             try:
+                sqlite.create_private(work)  # pg_dump writes into it, keeping the mode
                 self._write_archive(work)
             except (sqlite3.Error, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
                 raise BackupError(f"the backup failed: {exc}") from exc

@@ -54,6 +54,7 @@ def online_copy(database: Path, destination: Path) -> None:
     if not database.exists():
         raise SQLiteBackupError(f"database file {database} does not exist")
     source = _connect_readonly(database)
+    create_private(destination)
     target = sqlite3.connect(destination)
     try:
         source.backup(target, pages=-1)
@@ -86,6 +87,7 @@ def tables(database: Path) -> set[str]:
 
 
 def gzip_file(source: Path, destination: Path) -> None:
+    create_private(destination)
     with source.open("rb") as raw, gzip.open(destination, "wb", compresslevel=6) as packed:
         shutil.copyfileobj(raw, packed, COPY_CHUNK)
         packed.flush()
@@ -95,11 +97,19 @@ def gzip_file(source: Path, destination: Path) -> None:
 def gunzip_file(source: Path, destination: Path) -> None:
     """Decompress; a damaged archive raises SQLiteBackupError."""
     try:
+        create_private(destination)
         with gzip.open(source, "rb") as packed, destination.open("wb") as raw:
             shutil.copyfileobj(packed, raw, COPY_CHUNK)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise SQLiteBackupError(f"the archive cannot be decompressed: {exc}") from exc
     fsync_file(destination)
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty (or empty it) with mode 0600, whatever the umask: what is written
+    into it next keeps that mode (a database copy, an archive, its sidecars)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.chmod(path, 0o600)
 
 
 def fsync_file(path: Path) -> None:
