@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -201,3 +202,22 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
         assert (await migration_status(engine)).up_to_date
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_instances_starting_together_on_postgresql_migrate_once(
+    settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
+) -> None:
+    """Three processes' upgrades at once on one new PostgreSQL database: one migrates, the
+    others wait for its lock and find nothing to do; none fails on a half-made schema."""
+    from ollama_web.migrations.runner import script_head, stored_revision
+
+    settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
+    engines = [create_null_pool_engine(settings) for _ in range(3)]
+    try:
+        before = await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
+        assert sorted(status.up_to_date for status in before) == [False, True, True]
+        assert await stored_revision(engines[0]) == script_head()
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ollama_web.migrations")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+LOCK_KEY = 0x6F6C6C616D6177  # "ollamaw": the PostgreSQL advisory lock migrations take
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ async def migration_status(engine: AsyncEngine) -> MigrationStatus:
 async def upgrade(
     engine: AsyncEngine, settings: Settings, revision: str = "head"
 ) -> MigrationStatus:
-    """Upgrade to `revision`; a no-op when already there. Returns the status before."""
+    """Upgrade to `revision`; a no-op when already there. Returns the status before (up to
+    date when another process did the upgrade meanwhile)."""
     status = await migration_status(engine)
     if status.up_to_date:
         return status
@@ -135,6 +137,13 @@ async def upgrade(
         for hook in _before_upgrade_hooks:
             await hook(settings, status)
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Instances starting together on one database: one migrates, the others wait
+            # here (the lock ends with the transaction) and then find nothing to do.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            now = await conn.run_sync(_pending)
+            if now.up_to_date:
+                return now
         await conn.run_sync(_upgrade, revision)
     logger.info("migrated database from %s to %s", status.current or "empty", status.head)
     return status
@@ -168,8 +177,7 @@ async def _upgrade_if_empty(settings: Settings) -> bool:
     try:
         if await stored_revision(engine) is not None:
             return False
-        await upgrade(engine, settings)
-        return True
+        return not (await upgrade(engine, settings)).up_to_date  # False: another process did
     finally:
         await engine.dispose()
 
