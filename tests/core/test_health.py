@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import httpx
+import pytest
+from fastapi import FastAPI
+
+from ollama_web.core.config import Settings
+from ollama_web.health import service
+from tests.conftest import _pg_admin, require_postgres
 
 
 async def test_health_reports_components(client: httpx.AsyncClient) -> None:
@@ -43,3 +59,142 @@ async def test_docs_are_served_offline(client: httpx.AsyncClient) -> None:
         assert len(script.content) > 10_000
     assert (await client.get("/docs/static/../../etc/passwd")).status_code == 404
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "Ollama Web"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unprivileged() -> list[str]:
+    """A prefix that runs a command without the capability that lets root write a file its
+    mode forbids (the server as an ordinary user), or nothing when we are not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.slow
+def test_read_only_database_file_is_unhealthy_and_not_ready(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Reads work on a file SQLite opened read-only (SELECT 1 said healthy), writes do not."""
+    (tmp_path / "data").mkdir()
+    database = tmp_path / "data" / "ollama_web.db"
+    shutil.copyfile(sqlite_template, database)
+    database.chmod(0o444)
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "BACKUP_ENABLED": "false",
+        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+    }
+    command = [sys.executable, "-m", "ollama_web", "serve", "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*_unprivileged(), *command, "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not answer /health"
+                time.sleep(0.05)
+        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5.0)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert health.status_code == 503, stderr
+    body = health.json()
+    assert body["status"] == "unhealthy"
+    assert body["components"]["database"]["status"] == "unhealthy"
+    assert "readonly" in body["components"]["database"]["error"]
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not_ready"
+
+
+def _pretend_free_bytes(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: SimpleNamespace(free=free))
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_almost_no_free_space_is_unhealthy_and_not_ready(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: reads (and SELECT 1) still work, every write fails."""
+    _pretend_free_bytes(monkeypatch, service.CRITICAL_FREE_BYTES - 1)
+    health = await client.get("/health")
+    assert health.status_code == 503
+    components = health.json()["components"]
+    assert components["filesystem"]["status"] == "unhealthy"
+    assert components["database"]["status"] == "unhealthy"
+    assert "no space left" in components["database"]["error"]
+    ready = await client.get("/health/ready")
+    assert (ready.status_code, ready.json()["status"]) == (503, "not_ready")
+
+
+async def test_low_free_space_is_only_degraded(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend_free_bytes(monkeypatch, service.CRITICAL_FREE_BYTES + 1)
+    health = await client.get("/health")
+    assert health.status_code == 200
+    components = health.json()["components"]
+    assert components["filesystem"]["status"] == "degraded"
+    assert components["database"]["status"] == "healthy"
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_database_locked_by_a_writer_is_healthy_without_waiting(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The write probe never waits for the lock, and a held lock is no failure."""
+    writer = sqlite3.connect(settings.data_dir / "ollama_web.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        ready = await client.get("/health/ready")
+        health = await client.get("/health")
+        elapsed = time.monotonic() - started
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+    assert elapsed < 1.0
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert health.json()["components"]["database"]["status"] == "healthy"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_read_only_postgres_is_unhealthy_and_not_ready(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A standby, or default_transaction_read_only: connections work, writes fail."""
+    require_postgres()
+    assert settings.database_url is not None
+    name = settings.database_url.rpartition("/")[2]
+    engine = app.state.core.engine
+    await _pg_admin([f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'])
+    try:
+        await engine.dispose()  # pooled connections keep the default they started with
+        ready = await client.get("/health/ready")
+        health = await client.get("/health")
+    finally:
+        await _pg_admin([f'ALTER DATABASE "{name}" RESET default_transaction_read_only'])
+        await engine.dispose()
+    assert (ready.status_code, ready.json()["status"]) == (503, "not_ready")
+    assert ready.json()["database"]["error"] == "the database is read-only"
+    assert health.status_code == 503

@@ -194,6 +194,30 @@ class InlineSQLite:
             raise
         _Commits.count += 1
 
+    @property
+    def database(self) -> str:
+        return self._database
+
+    def probe_write(self) -> None:
+        """Begin a write and roll it back, for /health. `BEGIN IMMEDIATE` alone succeeds on a
+        file SQLite opened read-only; rewriting the header's user_version with its own value
+        does not, and costs no I/O (the page is dropped by the rollback). InlineUnavailable
+        when another writer holds the lock: that says nothing either way, and it never waits
+        for it. Any other failure is raised as SQLAlchemy raises it."""
+        connection = self._connection
+        sql = "BEGIN IMMEDIATE"
+        try:
+            connection.execute(sql)
+            sql = "PRAGMA user_version"
+            version = int(connection.execute(sql).fetchone()[0])
+            sql = f"PRAGMA user_version = {version}"
+            connection.execute(sql)
+        except sqlite3.Error as exc:
+            raise _failure(exc, sql, None) from None
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+
     def _execute(self, connection: sqlite3.Connection, statement: Executable, values: Any) -> None:
         rows: list[dict[str, Any]] = values if isinstance(values, list) else [values or {}]
         compiled = self._compile(statement, tuple(rows[0]))

@@ -17,13 +17,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ollama_web import __version__
+from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
 from ollama_web.core.state import CoreState
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 CHECK_TIMEOUT_SECONDS = 3.0
-MIN_FREE_BYTES = 100 * 1024 * 1024
+MIN_FREE_BYTES = 100 * 1024 * 1024  # below it, degraded
+CRITICAL_FREE_BYTES = 16 * 1024 * 1024  # below it, unhealthy: writes are about to fail
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -38,11 +42,47 @@ async def check_database(core: CoreState) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         async with core.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            read_only = await _read_only(conn)
+        problem = "the database is read-only" if read_only else _write_problem(core.inline)
     except Exception as exc:  # any driver failure means the database is unusable
         return {"status": UNHEALTHY, "latency_ms": None, "error": type(exc).__name__}
     latency = round((time.perf_counter() - started) * 1000, 2)
-    return {"status": HEALTHY, "latency_ms": latency, "backend": core.engine.dialect.name}
+    report = {"status": HEALTHY, "latency_ms": latency, "backend": core.engine.dialect.name}
+    if problem is not None:
+        report.update(status=UNHEALTHY, error=problem)
+    return report
+
+
+async def _read_only(conn: AsyncConnection) -> bool:
+    """On PostgreSQL, a standby or a read-only default: one statement, as cheap as SELECT 1."""
+    if conn.dialect.name == "postgresql":
+        return (await conn.execute(text("SHOW transaction_read_only"))).scalar() == "on"
+    await conn.execute(text("SELECT 1"))
+    return False
+
+
+def _write_problem(inline: InlineSQLite | None) -> str | None:
+    """Why the SQLite file cannot be written, or None. Reads succeed on a file SQLite opened
+    read-only (permissions, a read-only mount) and on a full disk, and every write fails."""
+    if inline is None:
+        return None
+    free = _free_bytes(Path(inline.database).parent)
+    if free < CRITICAL_FREE_BYTES:
+        return f"no space left for the database ({free} bytes free)"
+    try:
+        inline.probe_write()
+    except InlineUnavailable:
+        return None  # another writer holds the lock (or we are shutting down): no news
+    except DBAPIError as exc:
+        return f"cannot write: {exc.orig}"
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def _directory_state(path: Path) -> dict[str, Any]:
@@ -57,13 +97,10 @@ def check_filesystem(core: CoreState) -> dict[str, Any]:
         "logs": _directory_state(settings.log_dir),
         "backups": _directory_state(settings.backup_dir),
     }
-    try:
-        free = shutil.disk_usage(settings.data_dir).free
-    except OSError:
-        free = 0
+    free = _free_bytes(settings.data_dir)
     all_writable = all(entry["writable"] for entry in directories.values())
     status = HEALTHY
-    if not directories["data"]["writable"]:
+    if not directories["data"]["writable"] or free < CRITICAL_FREE_BYTES:
         status = UNHEALTHY
     elif not all_writable or free < MIN_FREE_BYTES:
         status = DEGRADED
