@@ -39,6 +39,16 @@ def register_check(app: FastAPI, name: str, check: HealthCheck) -> None:
 
 
 async def check_database(core: CoreState) -> dict[str, Any]:
+    """Bounded like the other checks: a server that accepts connections and never answers
+    would otherwise hold /health and /health/ready for the driver's connect timeout (60 s)."""
+    try:
+        return await asyncio.wait_for(_database_state(core), CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        error = f"the database did not answer within {CHECK_TIMEOUT_SECONDS:g} s"
+        return {"status": UNHEALTHY, "latency_ms": None, "error": error}
+
+
+async def _database_state(core: CoreState) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         async with core.engine.connect() as conn:
