@@ -25,7 +25,7 @@ from ollama_web.health import service
 from tests.conftest import _pg_admin, asgi_client, require_postgres
 
 
-async def test_health_reports_components(client: httpx.AsyncClient) -> None:
+async def test_health_reports_components(client: httpx.AsyncClient, settings: Settings) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
     body = response.json()
@@ -35,7 +35,12 @@ async def test_health_reports_components(client: httpx.AsyncClient) -> None:
     filesystem = body["components"]["filesystem"]
     assert filesystem["status"] == "healthy"
     assert filesystem["free_bytes"] > 0
-    assert all(entry["writable"] for entry in filesystem["directories"].values())
+    assert filesystem["directories"] == {
+        "data": {"writable": True},
+        "logs": {"writable": True},
+        "backups": {"writable": True},
+    }
+    assert str(settings.data_dir.parent) not in response.text, "a public page shows no paths"
     assert body["uptime_seconds"] >= 0
 
 

@@ -96,8 +96,8 @@ def _free_bytes(path: Path) -> int:
 
 
 def _directory_state(path: Path) -> dict[str, Any]:
-    writable = path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-    return {"path": str(path), "writable": writable}
+    # No path: /health is public, and the server's layout is nobody else's business.
+    return {"writable": path.is_dir() and os.access(path, os.W_OK | os.X_OK)}
 
 
 def check_filesystem(core: CoreState) -> dict[str, Any]:
