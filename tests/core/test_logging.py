@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from ollama_web.core.config import Settings
 from ollama_web.core.logging import redact
@@ -75,3 +86,89 @@ async def test_structured_logging_writes_json_access_lines(
     assert unmatched["route"] == "<unmatched>"
     for secret in SECRETS:
         assert secret not in "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_workers_share_rotated_log_files_without_losing_lines(tmp_path: Path) -> None:
+    """`serve --workers 2` with a small LOG_MAX_BYTES: each worker had its own handler, and
+    after one rotated, the other wrote into the renamed file until it rotated out."""
+    port, max_bytes, backups, requests = _free_port(), 4096, 3, 1500
+    log_dir = tmp_path / "logs"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(log_dir),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+        "LOG_MAX_BYTES": str(max_bytes),
+        "LOG_BACKUP_COUNT": str(backups),
+        "RATE_LIMIT_ENABLED": "false",
+    }
+    command = ["-m", "ollama_web", "serve", "--workers", "2", "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [sys.executable, *command, "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/health/live", timeout=1.0)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        with httpx.Client(base_url=base) as client, ThreadPoolExecutor(4) as pool:
+            # Numbered requests, four at a time, each on a new connection so that both
+            # workers serve them (the kernel hands each connection to one of them).
+            list(
+                pool.map(
+                    lambda n: client.get("/health/live", headers=_numbered(n)), range(requests)
+                )
+            )
+        # The workers (not multiprocessing's resource tracker) that have written access lines.
+        writers = [pid for pid in _children(process.pid) if _open_logs(pid, log_dir)]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert len(writers) == 2, "both workers served requests"
+    files = [log_dir / "access.log", *(log_dir / f"access.log.{i}" for i in (1, 2, 3))]
+    assert sorted(log_dir.glob("access.log*")) == sorted(files)
+    numbers = [[int(n) for n in re.findall(r"rid=seq-(\d+)", f.read_text())] for f in files]
+    # Every worker writes into the current file: each file holds the requests that came
+    # after those of the next older one (give or take a few concurrent requests finishing
+    # out of order). A worker that kept writing into a renamed file put newer lines there.
+    for newer, older in itertools.pairwise(numbers):
+        assert max(older) < min(newer) + 8, (min(newer), max(older))
+    # No line lost within the kept range, and each file rotated once (not twice, which
+    # leaves a small one): ~60 lines a file.
+    seen = set(itertools.chain(*numbers))
+    assert len(seen) > 150
+    missing = [n for n in range(requests - 100, requests) if n not in seen]
+    assert missing == [], f"{len(missing)} of the last 100 lines lost"
+    for rotated in files[1:]:
+        assert rotated.stat().st_size > max_bytes * 3 // 4, rotated.name
+
+
+def _numbered(n: int) -> dict[str, str]:
+    return {"X-Request-ID": f"seq-{n}", "Connection": "close"}
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def _open_logs(pid: int, log_dir: Path) -> list[str]:
+    targets = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return [target for target in targets if target.startswith(str(log_dir / "access.log"))]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import sys
 from datetime import UTC, datetime
+from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from ollama_web.core.config import Settings
 
 ACCESS_LOGGER = "ollama_web.access"
 _HANDLER_MARK = "_ollama_web_handler"
+ROTATION_LOCK = ".rotation.lock"  # in LOG_DIR: the workers rotate the log files one at a time
 
 # Secrets that might reach a message despite our care: redact them before writing.
 _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -66,14 +70,60 @@ class JsonFormatter(logging.Formatter):
         return redact(line) if self.redacting else line
 
 
+class SharedRotatingFileHandler(RotatingFileHandler):
+    """A RotatingFileHandler that several processes (the workers of `serve --workers N`) can
+    share. Each had its own: after one renamed the file, the others kept writing into the
+    renamed one, and their lines were lost when it rotated out. Before each write this one
+    reopens the file when the one at its path is no longer the one it has open (as
+    WatchedFileHandler does), and it rotates under an exclusive lock beside the logs, only
+    if no other process rotated the file in the meantime."""
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
+        super().__init__(
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True
+        )
+        self._lock_path = path.parent / ROTATION_LOCK
+        self._opened: tuple[int, int] | None = None  # (st_dev, st_ino) of our stream
+
+    def _open(self) -> TextIOWrapper:
+        stream = super()._open()
+        opened = os.fstat(stream.fileno())
+        self._opened = (opened.st_dev, opened.st_ino)
+        return stream
+
+    def _at_path(self) -> os.stat_result | None:
+        try:
+            return os.stat(self.baseFilename)
+        except FileNotFoundError:
+            return None
+
+    def _is_ours(self, found: os.stat_result | None) -> bool:
+        return found is not None and (found.st_dev, found.st_ino) == self._opened
+
+    def _reopen(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None  # opened again by emit
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.stream is not None and not self._is_ours(self._at_path()):
+            self._reopen()
+        return bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:
+        with self._lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            found = self._at_path()
+            # Still our file: nobody rotated it since we decided. Another process's file
+            # over the limit: rotate it. Anything else: write into the file at the path.
+            if found is not None and (self._is_ours(found) or found.st_size >= self.maxBytes):
+                super().doRollover()
+            else:
+                self._reopen()
+
+
 def _handler(path: Path, settings: Settings, level: int) -> RotatingFileHandler:
-    handler = RotatingFileHandler(
-        path,
-        maxBytes=settings.log_max_bytes,
-        backupCount=settings.log_backup_count,
-        encoding="utf-8",
-        delay=True,
-    )
+    handler = SharedRotatingFileHandler(path, settings.log_max_bytes, settings.log_backup_count)
     handler.setLevel(level)
     setattr(handler, _HANDLER_MARK, True)
     return handler
