@@ -171,6 +171,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_options(settings))
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, settings=settings)
     app.add_middleware(SecurityHeadersMiddleware, settings=settings)
     return app

@@ -10,7 +10,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ollama_web.core.config import Settings
 from ollama_web.core.errors import encode_error
+from ollama_web.core.net import client_ip
 
 ACCESS = logging.getLogger("ollama_web.access")
 ERRORS = logging.getLogger("ollama_web.errors")
@@ -35,8 +37,9 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +47,9 @@ class RequestContextMiddleware:
             return
         request_id = pick_request_id(scope.get("headers", []))
         scope.setdefault("state", {})["request_id"] = request_id
+        # Here, not only deeper in: CORS answers preflights before the inner layers run,
+        # and the access line must name the client behind a trusted proxy all the same.
+        client_ip(scope, self.settings)
         header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status = 500
@@ -93,7 +99,7 @@ def _log_access(scope: Scope, status: int, started: float, request_id: str) -> N
     duration_ms = (time.perf_counter() - started) * 1000
     state: dict[str, Any] = scope.get("state") or {}
     principal = state.get("principal_id") or "-"
-    client = state.get("client_ip") or (scope.get("client") or ("-",))[0]
+    client = state.get("client_ip", "-")
     template = route_template(scope)
     ACCESS.info(
         "%s %s %d %.1fms rid=%s principal=%s client=%s",
