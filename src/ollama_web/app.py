@@ -20,6 +20,7 @@ from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
 from ollama_web.core.sqlite_inline import Checkpointer, open_inline
 from ollama_web.core.state import CoreState
+from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
 from ollama_web.middleware.input_guard import InputGuardMiddleware
@@ -163,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     _include_routers(app)
+    install_openapi(app)
     # Added innermost first. Security headers are the outermost layer so that even the
     # request context's last-resort 500 carries them; then the request context.
     app.add_middleware(InputGuardMiddleware)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("ollama_web.errors")
@@ -108,6 +109,47 @@ class ServiceUnavailableError(AppError):
 class InternalError(AppError):
     status_code = 500
     code = "INTERNAL_ERROR"
+
+
+ErrorCode = Annotated[
+    str, Field(description="Machine-readable code: UNAUTHENTICATED, NOT_FOUND, RATE_LIMITED, ...")
+]
+ErrorMessage = Annotated[str, Field(description="For people; the wording may change")]
+RequestId = Annotated[str, Field(description="This request's id, as in the X-Request-ID header")]
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorCode
+    message: ErrorMessage
+    details: dict[str, Any] = Field(description="Facts about this error; `{}` when none")
+    request_id: RequestId
+
+
+class FieldError(BaseModel):
+    loc: list[int | str] = Field(description="Where: body field path, or `query`/`path` + name")
+    message: str
+    type: str = Field(description="pydantic's error type, e.g. `missing`, `string_too_long`")
+
+
+class ValidationErrorDetails(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    fields: list[FieldError] = Field(
+        default_factory=list,
+        description="One entry per invalid field when the payload failed validation; a check "
+        "made by the route itself (e.g. an unknown node) puts its own keys here instead",
+    )
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422 body."""
+
+    error: Literal["VALIDATION_ERROR"]
+    message: ErrorMessage
+    details: ValidationErrorDetails
+    request_id: RequestId
 
 
 class BodyRejected(StarletteHTTPException):

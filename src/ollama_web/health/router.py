@@ -18,7 +18,13 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/health",
     summary="Health of every component",
-    responses={503: {"description": "The server is unhealthy (e.g. the database is down)"}},
+    responses={
+        503: {
+            "description": "The server is unhealthy (e.g. the database is down): the same "
+            "report, with status `unhealthy`",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
 )
 async def health(request: Request, core: CoreDep) -> JSONResponse:
     report = await health_report(request.app, core)
