@@ -1,4 +1,5 @@
-"""The OpenAPI document describes the error bodies the server really sends."""
+"""The OpenAPI document describes the error bodies the server really sends, how to
+authenticate, and which operations need a caller, an admin, a CSRF token, or are rate-limited."""
 
 from __future__ import annotations
 
@@ -8,14 +9,28 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from ollama_web.app import create_app
+from ollama_web.auth.dependencies import AdminPrincipal, CurrentPrincipal
 from ollama_web.core.config import Settings
+from ollama_web.ratelimit.limiter import EXEMPT, rate_limit_group
 from tests.docs.jsonschema_subset import problems
-from tests.fixtures.auth import DEFAULT_TEST_PASSWORD, TestUser
+from tests.fixtures.auth import DEFAULT_TEST_PASSWORD, TestUser, login_session
+from tests.security.registry import ADMIN_ONLY_PREFIXES, PUBLIC_OPERATIONS
 
 DUMMY_ID = "0" * 32
+ANY_CREDENTIAL = [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {"SessionCookie": []}]
+# Admin-only operations outside ADMIN_ONLY_PREFIXES.
+ADMIN_ONLY_OPERATIONS = {
+    ("POST", "/api/models/pull"),
+    ("DELETE", "/api/models/{name}"),
+    ("GET", "/api/admin/ollama/nodes"),
+}
+# Public operations that check a password or key given to them (their own 401 and 403).
+CHECK_CREDENTIALS_THEMSELVES = {"/api/auth/login", "/api/auth/verify"}
+NOT_RATE_LIMITED = {"/health", "/health/live", "/health/ready"}
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 @pytest.fixture
@@ -112,3 +127,119 @@ def test_the_document_is_built_once(settings_factory: Callable[..., Settings]) -
     first = app.openapi()
     assert app.openapi() is first
     assert app.openapi_schema is first
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def description(operation: dict[str, Any], status: int) -> str:
+    return str(operation["responses"].get(str(status), {}).get("description", ""))
+
+
+def test_the_three_ways_in_are_security_schemes(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert {
+        name: (s["type"], s.get("scheme"), s.get("in"), s.get("name"))
+        for name, s in schemes.items()
+    } == {
+        "ApiKeyBearer": ("http", "bearer", None, None),
+        "ApiKeyHeader": ("apiKey", None, "header", "X-API-Key"),
+        "SessionCookie": ("apiKey", None, "cookie", "ow_session"),
+    }
+
+
+def test_every_operation_documents_its_access(document: dict[str, Any]) -> None:
+    wrong: list[str] = []
+    for method, path, operation in operations(document):
+        public = (method, path) in PUBLIC_OPERATIONS
+        admin = path.startswith(ADMIN_ONLY_PREFIXES) or (method, path) in ADMIN_ONLY_OPERATIONS
+        expected = {
+            "security": None if public else ANY_CREDENTIAL,
+            "401": not public or path in CHECK_CREDENTIALS_THEMSELVES,
+            "403 FORBIDDEN": admin,
+            "403 CSRF_TOKEN_INVALID": not public and method in WRITES,
+            "403 ACCOUNT_DISABLED": not public or path in CHECK_CREDENTIALS_THEMSELVES,
+            "429": path not in NOT_RATE_LIMITED,
+            "Retry-After": path not in NOT_RATE_LIMITED,
+        }
+        retry_after = operation["responses"].get("429", {}).get("headers", {})
+        found = {
+            "security": operation.get("security"),
+            "401": "401" in operation["responses"],
+            "403 FORBIDDEN": "FORBIDDEN" in description(operation, 403),
+            "403 CSRF_TOKEN_INVALID": "CSRF_TOKEN_INVALID" in description(operation, 403),
+            "403 ACCOUNT_DISABLED": "ACCOUNT_DISABLED" in description(operation, 403),
+            "429": "429" in operation["responses"],
+            "Retry-After": "Retry-After" in retry_after,
+        }
+        wrong += [
+            f"{method} {path}: {key} is {found[key]}, expected {value}"
+            for key, value in expected.items()
+            if found[key] != value
+        ]
+    assert not wrong, "\n".join(wrong)
+
+
+widgets = APIRouter(prefix="/api/widgets")
+
+
+@widgets.get("")
+async def list_widgets(principal: CurrentPrincipal) -> list[str]:
+    return []
+
+
+@widgets.post("")
+async def make_widget(principal: AdminPrincipal) -> str:
+    return "made"
+
+
+@widgets.get("/open")
+async def open_widgets() -> list[str]:
+    return []
+
+
+@widgets.get("/free")
+@rate_limit_group(EXEMPT)
+async def free_widgets() -> list[str]:
+    return []
+
+
+def test_access_is_derived_from_the_routes_dependencies(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    app = create_app(settings_factory())
+    app.include_router(widgets)
+    paths = app.openapi()["paths"]
+    listing, making = paths["/api/widgets"]["get"], paths["/api/widgets"]["post"]
+    assert listing["security"] == making["security"] == ANY_CREDENTIAL
+    assert "401" in listing["responses"]
+    assert "401" in making["responses"]
+    assert "FORBIDDEN" not in description(listing, 403)
+    assert "CSRF_TOKEN_INVALID" not in description(listing, 403)
+    assert "FORBIDDEN" in description(making, 403)
+    assert "CSRF_TOKEN_INVALID" in description(making, 403)
+    unauthenticated = paths["/api/widgets/open"]["get"]
+    assert "security" not in unauthenticated
+    assert set(unauthenticated["responses"]) == {"200", "429"}
+    assert set(paths["/api/widgets/free"]["get"]["responses"]) == {"200"}
+
+
+async def test_real_access_refusals_match_the_documented_schemas(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    anonymous = await client.get("/api/models")
+    assert_documented(document, anonymous, "/api/models", 401)
+    pull = {"name": "llama3.2"}
+    not_admin = await client.post("/api/models/pull", json=pull, headers=regular_user.headers)
+    assert_documented(document, not_admin, "/api/models/pull", 403)
+    assert not_admin.json()["error"] == "FORBIDDEN"
+    await login_session(client, regular_user)
+    no_csrf = await client.post("/api/keys", json={"name": "k"})
+    assert_documented(document, no_csrf, "/api/keys", 403)
+    assert no_csrf.json()["error"] == "CSRF_TOKEN_INVALID"

@@ -59,6 +59,7 @@ async def test_docs_render_under_the_policy(
     for dom in (swagger, redoc):
         assert "Take a backup now" in dom, "the operations were rendered from /openapi.json"
     assert 'class="opblock' in swagger
+    assert 'class="btn authorize' in swagger, "the security schemes give an Authorize button"
     violations = VIOLATION.findall(swagger_log) + [
         line
         for line in VIOLATION.findall(redoc_log)

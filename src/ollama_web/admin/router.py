@@ -24,14 +24,7 @@ from ollama_web.core.errors import ConflictError
 from ollama_web.core.pagination import Page, PageParamsDep
 from ollama_web.db import UserRole
 
-router = APIRouter(
-    prefix="/api/admin",
-    tags=["admin"],
-    responses={
-        401: {"description": "No valid credentials"},
-        403: {"description": "Not an administrator (FORBIDDEN)"},
-    },
-)
+router = APIRouter(prefix="/api/admin", tags=["admin"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user (NOT_FOUND)"}}
 _LAST_ADMIN: dict[int | str, dict[str, Any]] = {
     409: {"description": "The last active admin cannot go (LAST_ADMIN)"}

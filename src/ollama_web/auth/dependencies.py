@@ -10,13 +10,19 @@ credential and are exempt.
 
 Aliases for routes: `CurrentPrincipal`, `AdminPrincipal` (403 FORBIDDEN unless admin),
 `CurrentUser` and `AdminUser` (the `User` row, loaded by id after a key).
+
+`get_principal` and `require_admin` are marked with `requires(CALLER)` / `requires(ADMIN)`;
+the OpenAPI document (docs/openapi.py) finds the marks among each route's dependencies and
+documents its security, 401 and 403. A dependency that authenticates in its own way (e.g.
+metrics, which also take METRICS_TOKEN) carries the mark too.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +46,29 @@ from ollama_web.keys.service import authenticate_key, record_key_use
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
+API_KEY_HEADER = "X-API-Key"
+
+CALLER, ADMIN = "caller", "admin"
+_REQUIRES_ATTRIBUTE = "__requires_caller__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires(level: str) -> Callable[[F], F]:
+    """Mark a dependency as demanding a caller (`CALLER`) or an administrator (`ADMIN`)."""
+    if level not in (CALLER, ADMIN):
+        raise ValueError(f"unknown level {level!r}")
+
+    def mark(dependency: F) -> F:
+        setattr(dependency, _REQUIRES_ATTRIBUTE, level)
+        return dependency
+
+    return mark
+
+
+def required_level(dependency: object) -> str | None:
+    """`CALLER`, `ADMIN`, or None for a dependency without the mark."""
+    level = getattr(dependency, _REQUIRES_ATTRIBUTE, None)
+    return level if isinstance(level, str) else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +92,7 @@ def presented_api_key(request: Request) -> str | None:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":
             return value.strip()
-    return request.headers.get("x-api-key")
+    return request.headers.get(API_KEY_HEADER)
 
 
 def _require_active(is_active: bool) -> None:
@@ -117,6 +146,7 @@ async def _from_session(request: Request, session: SessionDep, token: str) -> Pr
     return Principal(user.id, user.username, user.role, "session", row.id, None)
 
 
+@requires(CALLER)
 async def get_principal(request: Request, session: SessionDep) -> Principal:
     """Authenticate the request (once; the result is kept on `request.state.principal`)."""
     cached = getattr(request.state, "principal", None)
@@ -141,6 +171,7 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
+@requires(ADMIN)
 async def require_admin(principal: CurrentPrincipal) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("This requires an administrator.")

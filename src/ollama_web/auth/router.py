@@ -52,10 +52,6 @@ from ollama_web.keys.service import authenticate_key
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-_UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No valid credentials (UNAUTHENTICATED)"}
-}
-
 
 @router.post(
     "/setup",
@@ -148,7 +144,6 @@ async def login_with_password(
     "/logout",
     status_code=204,
     summary="End this session (all=true: every session of mine)",
-    responses=_UNAUTHENTICATED,
 )
 async def logout(
     principal: CurrentPrincipal,
@@ -186,7 +181,7 @@ async def logout(
     return response
 
 
-@router.get("/me", summary="Who am I", responses=_UNAUTHENTICATED)
+@router.get("/me", summary="Who am I")
 async def me(principal: CurrentPrincipal, user: CurrentUser) -> MeResponse:
     return MeResponse(
         user=UserPublic.model_validate(user),
@@ -208,7 +203,7 @@ async def csrf_token(request: Request, session: SessionDep, settings: SettingsDe
     return CsrfResponse(csrf_token=found[0].csrf_token, authenticated=True)
 
 
-@router.get("/sessions", summary="My live sessions, newest first", responses=_UNAUTHENTICATED)
+@router.get("/sessions", summary="My live sessions, newest first")
 async def list_sessions(
     principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep, page: PageParamsDep
 ) -> Page[SessionPublic]:
@@ -226,7 +221,7 @@ async def list_sessions(
     "/sessions/{session_id}",
     status_code=204,
     summary="End one of my sessions",
-    responses={**_UNAUTHENTICATED, 404: {"description": "No such session of mine"}},
+    responses={404: {"description": "No such session of mine"}},
 )
 async def end_session(
     session_id: str,
@@ -258,7 +253,6 @@ async def end_session(
     "/password",
     summary="Change my password; ends my other sessions",
     responses={
-        **_UNAUTHENTICATED,
         400: {"description": "Wrong current password (INVALID_CURRENT_PASSWORD)"},
         429: {"description": "Too many wrong attempts (RATE_LIMITED)"},
     },

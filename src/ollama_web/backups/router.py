@@ -26,11 +26,7 @@ from ollama_web.core.errors import InvalidCursorError
 from ollama_web.core.net import client_ip
 from ollama_web.core.pagination import Page, PageParamsDep, decode_cursor, encode_cursor
 
-router = APIRouter(
-    prefix="/backup",
-    tags=["backups"],
-    responses={401: {"description": "No credentials"}, 403: {"description": "Not an admin"}},
-)
+router = APIRouter(prefix="/backup", tags=["backups"])
 
 BackupName = Annotated[
     str, Path(max_length=MAX_NAME_LENGTH, description="A name from GET /backup/list")

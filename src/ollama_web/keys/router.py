@@ -24,11 +24,7 @@ from ollama_web.keys.service import (
     rotate_key,
 )
 
-router = APIRouter(
-    prefix="/api/keys",
-    tags=["keys"],
-    responses={401: {"description": "No valid credentials"}},
-)
+router = APIRouter(prefix="/api/keys", tags=["keys"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such key of yours (NOT_FOUND)"}
 }

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Depends, Request
 
-from ollama_web.auth.dependencies import get_principal
+from ollama_web.auth.dependencies import ADMIN, get_principal, requires
 from ollama_web.core.config import Settings
 from ollama_web.core.dependencies import SessionDep
 from ollama_web.core.errors import ForbiddenError, NotFoundError
@@ -25,6 +25,7 @@ def presents_metrics_token(request: Request, settings: Settings) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+@requires(ADMIN)
 async def require_metrics_access(request: Request, session: SessionDep) -> None:
     """404 when METRICS_ENABLED=false; else the METRICS_TOKEN bearer or an admin (401/403)."""
     settings: Settings = request.app.state.settings

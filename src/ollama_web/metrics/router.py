@@ -21,8 +21,7 @@ router = APIRouter(
     tags=["monitoring"],
     dependencies=[MetricsAccess],
     responses={
-        401: {"description": "No credentials"},
-        403: {"description": "Not an administrator and no METRICS_TOKEN"},
+        403: {"description": "Not an administrator and no METRICS_TOKEN (FORBIDDEN)"},
         404: {"description": "METRICS_ENABLED=false"},
     },
 )
