@@ -10,7 +10,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from ollama_web import __version__
 from ollama_web.core.config import Settings
@@ -23,6 +22,7 @@ from ollama_web.core.state import CoreState
 from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
+from ollama_web.middleware.cors import CORSMiddleware
 from ollama_web.middleware.input_guard import InputGuardMiddleware
 from ollama_web.middleware.request_context import RequestContextMiddleware
 from ollama_web.middleware.security_headers import SecurityHeadersMiddleware, cors_options

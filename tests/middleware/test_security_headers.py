@@ -191,7 +191,8 @@ async def test_cors_allows_listed_origins_with_credentials_never_a_wildcard(
     assert allowed.headers["access-control-allow-credentials"] == "true"
     assert "x-csrf-token" in allowed.headers["access-control-allow-headers"].lower()
     assert_protected(allowed)
-    assert refused.status_code == 400
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "FORBIDDEN"
     assert "access-control-allow-origin" not in refused.headers
     assert simple.headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()

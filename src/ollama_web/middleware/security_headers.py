@@ -109,7 +109,7 @@ CORS_EXPOSE_HEADERS = (
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for Starlette's (pure ASGI) CORSMiddleware.
+    """Keyword arguments for the CORS middleware (middleware/cors.py, Starlette's).
 
     Origins are listed explicitly (the settings refuse `*`), so credentials can be allowed.
     """
