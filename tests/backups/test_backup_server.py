@@ -4,6 +4,7 @@ the server lock, and the pre-migration backup."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import shutil
@@ -108,6 +109,28 @@ async def test_periodic_backups_follow_the_interval(
             if (await client.get("/backup/status", headers=admin.headers)).json()["count"] >= 2:
                 break
     assert "scheduled" in _reasons(settings.backup_dir)
+
+
+async def test_a_failed_automatic_backup_shows_in_health_without_server_paths(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The public /health says the last backup failed and why, in the OS's words, without
+    the file name an OS error carries (the log has it)."""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    full = str(settings.backup_dir / ".tmp-work")
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", full)
+
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    app = await backup_app(backup_enabled=True)
+    await app.state.backups.startup_backup_done()
+    async with asgi_client(app) as client:
+        component = (await client.get("/health")).json()["components"]["backups"]
+    assert component["status"] == "degraded"
+    assert component["error"] == "startup: the backup failed: No space left on device"
+    assert full not in json.dumps(component)
 
 
 async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:

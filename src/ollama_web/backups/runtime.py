@@ -67,7 +67,7 @@ class BackupRuntime:
         try:
             await self.backup(reason)
         except (BackupError, OSError) as exc:
-            self.last_error = f"{reason}: {exc.message if isinstance(exc, BackupError) else exc}"
+            self.last_error = f"{reason}: {_public_reason(exc)}"
             self.last_error_at = datetime.now(UTC)
             self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
             logger.error("automatic backup (%s) failed: %s", reason, exc)
@@ -167,3 +167,12 @@ class BackupRuntime:
         if self.last_error is not None:
             report.update(status=DEGRADED, error=self.last_error)
         return report
+
+
+def _public_reason(exc: BackupError | OSError) -> str:
+    """Why a backup failed, as the public /health shows it: an OS error's words without
+    the file name it carries (the log has the whole error)."""
+    cause = exc.__cause__ if isinstance(exc, BackupError) else exc
+    if isinstance(cause, OSError):
+        return f"the backup failed: {cause.strerror or type(cause).__name__}"
+    return exc.message if isinstance(exc, BackupError) else str(exc)
