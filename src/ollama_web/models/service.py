@@ -6,19 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ollama_web.ollama.fields import as_dict, as_int, as_str, strings
 from ollama_web.ollama.pull import PullEvent, PullSubscription
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _scalar(text: str) -> Any:
@@ -46,49 +35,48 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
 def model_details(name: str, node_url: str, show: dict[str, Any]) -> dict[str, Any]:
     """The `/api/models/{name}` item from an `/api/show` answer (fields may be missing)."""
-    details = _dict(show.get("details"))
-    info = _dict(show.get("model_info"))
-    architecture = info.get("general.architecture")
-    arch = architecture if isinstance(architecture, str) else None
-    context = _int(info.get(f"{arch}.context_length")) if arch else None
-    embedding = _int(info.get(f"{arch}.embedding_length")) if arch else None
+    details = as_dict(show.get("details"))
+    info = as_dict(show.get("model_info"))
+    arch = as_str(info.get("general.architecture"))
+    context = as_int(info.get(f"{arch}.context_length")) if arch else None
+    embedding = as_int(info.get(f"{arch}.embedding_length")) if arch else None
     parameters = show.get("parameters")
     return {
         "name": name,
         "node": node_url,
-        "format": details.get("format") or None,
-        "family": details.get("family") or None,
-        "families": [f for f in _list(details.get("families")) if isinstance(f, str)],
-        "parameter_size": details.get("parameter_size") or None,
-        "quantization_level": details.get("quantization_level") or None,
+        "format": as_str(details.get("format")),
+        "family": as_str(details.get("family")),
+        "families": strings(details.get("families")),
+        "parameter_size": as_str(details.get("parameter_size")),
+        "quantization_level": as_str(details.get("quantization_level")),
         "architecture": arch,
-        "parameter_count": _int(info.get("general.parameter_count")),
-        "context_length": context or _int(details.get("context_length")),
-        "embedding_length": embedding or _int(details.get("embedding_length")),
-        "capabilities": [c for c in _list(show.get("capabilities")) if isinstance(c, str)],
+        "parameter_count": as_int(info.get("general.parameter_count")),
+        "context_length": context or as_int(details.get("context_length")),
+        "embedding_length": embedding or as_int(details.get("embedding_length")),
+        "capabilities": strings(show.get("capabilities")),
         "parameters": parse_parameters(parameters) if isinstance(parameters, str) else {},
-        "template": show.get("template") or None,
-        "system": show.get("system") or None,
-        "license": show.get("license") or None,
-        "modified_at": show.get("modified_at") or None,
+        "template": as_str(show.get("template")),
+        "system": as_str(show.get("system")),
+        "license": as_str(show.get("license")),
+        "modified_at": as_str(show.get("modified_at")),
     }
 
 
 def running_entry(node_url: str, entry: dict[str, Any]) -> dict[str, Any]:
-    details = _dict(entry.get("details"))
-    name = entry.get("name") or entry.get("model") or ""
+    details = as_dict(entry.get("details"))
+    name = as_str(entry.get("name")) or as_str(entry.get("model")) or ""
     return {
         "name": name,
-        "model": entry.get("model") or name,
+        "model": as_str(entry.get("model")) or name,
         "node": node_url,
-        "size": _int(entry.get("size")),
-        "size_vram": _int(entry.get("size_vram")),
-        "expires_at": entry.get("expires_at") or None,
-        "context_length": _int(entry.get("context_length")),
-        "digest": entry.get("digest") or None,
-        "family": details.get("family") or None,
-        "parameter_size": details.get("parameter_size") or None,
-        "quantization_level": details.get("quantization_level") or None,
+        "size": as_int(entry.get("size")),
+        "size_vram": as_int(entry.get("size_vram")),
+        "expires_at": as_str(entry.get("expires_at")),
+        "context_length": as_int(entry.get("context_length")),
+        "digest": as_str(entry.get("digest")),
+        "family": as_str(details.get("family")),
+        "parameter_size": as_str(details.get("parameter_size")),
+        "quantization_level": as_str(details.get("quantization_level")),
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ollama_web.core.errors import AppError
 from ollama_web.ollama.errors import OllamaBusyError, OllamaUnavailableError
+from ollama_web.ollama.fields import as_dict, as_int, as_str, strings
 from ollama_web.ollama.names import model_key
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.transport import Upstream
@@ -148,23 +149,21 @@ class Inventory:
 
 def model_entry(entry: dict[str, Any], nodes: list[str]) -> dict[str, Any]:
     """One merged `/api/models` item; every optional upstream field may be missing."""
-    details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
-    assert isinstance(details, dict)
-    capabilities = entry.get("capabilities")
-    families = details.get("families")
+    details = as_dict(entry.get("details"))
+    name = as_str(entry.get("name")) or as_str(entry.get("model")) or ""
     return {
-        "name": entry.get("name") or entry.get("model"),
-        "model": entry.get("model") or entry.get("name"),
-        "size": entry.get("size"),
-        "digest": entry.get("digest"),
-        "modified_at": entry.get("modified_at"),
-        "format": details.get("format") or None,
-        "family": details.get("family") or None,
-        "families": families if isinstance(families, list) else [],
-        "parameter_size": details.get("parameter_size") or None,
-        "quantization_level": details.get("quantization_level") or None,
-        "context_length": details.get("context_length"),
-        "embedding_length": details.get("embedding_length"),
-        "capabilities": capabilities if isinstance(capabilities, list) else [],
+        "name": name,
+        "model": as_str(entry.get("model")) or name,
+        "size": as_int(entry.get("size")),
+        "digest": as_str(entry.get("digest")),
+        "modified_at": as_str(entry.get("modified_at")),
+        "format": as_str(details.get("format")),
+        "family": as_str(details.get("family")),
+        "families": strings(details.get("families")),
+        "parameter_size": as_str(details.get("parameter_size")),
+        "quantization_level": as_str(details.get("quantization_level")),
+        "context_length": as_int(details.get("context_length")),
+        "embedding_length": as_int(details.get("embedding_length")),
+        "capabilities": strings(entry.get("capabilities")),
         "nodes": nodes,
     }

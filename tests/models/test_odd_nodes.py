@@ -1,0 +1,111 @@
+"""A node whose answers have fields of other types than Ollama documents (a proxy, another
+server on the port, a future version): those fields read as missing, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ollama_web.core.config import Settings
+from tests.conftest import asgi_client
+from tests.fixtures.auth import create_test_user
+from tests.ollama.faults import serving
+
+ODD_DETAILS = {
+    "family": 5,
+    "families": [1, "llama"],
+    "format": [],
+    "parameter_size": 3,
+    "quantization_level": True,
+    "context_length": "long",
+}
+ANSWERS: dict[bytes, Any] = {
+    b"/api/version": {"version": "0.33.0"},
+    b"/api/tags": {
+        "models": [
+            {
+                "name": "odd:latest",
+                "model": ["no"],
+                "size": "big",
+                "digest": 7,
+                "modified_at": {"a": 1},
+                "details": ODD_DETAILS,
+                "capabilities": [1, "completion"],
+            }
+        ]
+    },
+    b"/api/ps": {
+        "models": [
+            {
+                "name": "odd:latest",
+                "model": 3,
+                "size": "big",
+                "size_vram": "x",
+                "expires_at": 5,
+                "digest": [],
+                "details": ODD_DETAILS,
+            }
+        ]
+    },
+    b"/api/show": {
+        "details": ODD_DETAILS,
+        "model_info": {"general.architecture": 9, "general.parameter_count": "many"},
+        "capabilities": "completion",
+        "parameters": 4,
+        "template": [],
+        "license": {},
+        "modified_at": 1,
+    },
+}
+
+
+async def odd_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while not reader.at_eof():
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                await reader.readexactly(int(line.split(b":")[1]))
+        body = json.dumps(ANSWERS[head.split(b" ")[1]]).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+
+async def test_odd_field_types_read_as_missing(
+    app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
+) -> None:
+    async with serving(odd_node) as port:
+        app = await app_factory(settings_factory(ollama_url=[f"http://127.0.0.1:{port}"]))
+        user = await create_test_user(app)
+        async with asgi_client(app) as client:
+            listed = await client.get("/api/models", headers=user.headers)
+            running = await client.get("/api/models/running", headers=user.headers)
+            shown = await client.get("/api/models/odd", headers=user.headers)
+    assert listed.status_code == running.status_code == shown.status_code == 200
+    (model,) = listed.json()["models"]
+    assert (model["name"], model["model"], model["size"], model["digest"]) == (
+        "odd:latest",
+        "odd:latest",
+        None,
+        None,
+    )
+    assert (model["family"], model["families"], model["capabilities"]) == (
+        None,
+        ["llama"],
+        ["completion"],
+    )
+    (loaded,) = running.json()["models"]
+    assert (loaded["model"], loaded["size"], loaded["expires_at"]) == ("odd:latest", None, None)
+    details = shown.json()
+    assert (details["architecture"], details["parameter_count"], details["template"]) == (
+        None,
+        None,
+        None,
+    )
+    assert details["capabilities"] == []
