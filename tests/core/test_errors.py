@@ -32,6 +32,11 @@ async def boom() -> None:
     raise RuntimeError("internal detail: password=hunter2 Authorization: Bearer owk_leakme")
 
 
+@probe.get("/_probe/boom/{anything:path}")
+async def boom_at(anything: str) -> None:
+    raise RuntimeError("boom")
+
+
 @pytest.fixture
 async def probe_client(
     app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
@@ -117,6 +122,19 @@ async def test_unexpected_exception_is_500_without_internals_and_logged(
     assert "Traceback" in error_log
     assert "hunter2" not in error_log
     assert "owk_leakme" not in error_log
+
+
+async def test_a_path_cannot_forge_a_line_of_the_error_log(probe_client: Any) -> None:
+    """The path is the client's: a CR (`%0D`) or an escape sequence in it must not start a
+    line, or rewrite one on a terminal, that looks like ours."""
+    client, settings = probe_client
+    forged = "2026-11-30 00:00:00,000 ERROR ollama_web.auth: admin password is hunter3"
+    response = await client.get("/_probe/boom/x%0D%1B[2K" + forged.replace(" ", "%20"))
+    assert response.status_code == 500
+    lines = (Path(settings.log_dir) / "error.log").read_text().splitlines()
+    assert not [line for line in lines if line.startswith(forged)]
+    (logged,) = [line for line in lines if "unhandled error on GET /_probe/boom/x" in line]
+    assert "/_probe/boom/x\\r\\x1b[2K2026-11-30" in logged
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ollama_web.core.logging import loggable
+
 logger = logging.getLogger("ollama_web.errors")
 
 
@@ -275,7 +277,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error(
         "unhandled error on %s %s [request_id=%s]",
         request.method,
-        request.url.path,
+        loggable(request.url.path),
         request_id_of(request),
         exc_info=exc,
     )

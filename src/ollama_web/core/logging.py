@@ -36,6 +36,12 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+def loggable(text: object, limit: int = 300) -> str:
+    """Text a client chose (a path), for a log line: cut, with control characters and
+    non-ASCII escaped, so that it cannot start a line of its own (`%0A` in a path)."""
+    return str(text)[:limit].encode("unicode_escape").decode("ascii")
+
+
 def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)

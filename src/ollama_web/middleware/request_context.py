@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import encode_error
+from ollama_web.core.logging import loggable
 from ollama_web.core.net import client_ip
 
 ACCESS = logging.getLogger("ollama_web.access")
@@ -69,7 +70,7 @@ class RequestContextMiddleware:
             ERRORS.error(
                 "unhandled error on %s %s [request_id=%s]",
                 scope.get("method"),
-                scope.get("path"),
+                loggable(scope.get("path")),
                 request_id,
                 exc_info=exc,
             )
