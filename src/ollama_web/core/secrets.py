@@ -1,13 +1,26 @@
-"""The server secret: from SECRET_KEY, or generated once into DATA_DIR with mode 0600."""
+"""The server secret: from SECRET_KEY, or generated once into DATA_DIR with mode 0600.
+
+Several workers may start at once on a new DATA_DIR. The file at DATA_DIR/.secret_key is
+only ever a complete key: a new one is written and fsynced under a temporary name, then
+hard-linked into place (the link fails if the name exists, so exactly one worker wins and
+the others read the winner's key). A file holding too little to be a key (left by a crash,
+a full disk, a hand edit) is replaced, under a lock on the directory so that workers
+finding it at once agree on the one replacement.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import secrets
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from ollama_web.core.config import Settings, secret_is_strong
+from ollama_web.core.config import MIN_SECRET_LENGTH, Settings, secret_is_strong
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +43,73 @@ def load_or_create_secret(settings: Settings) -> str:
         logger.warning("SECRET_KEY is a placeholder or too short; using the generated key instead")
     path = secret_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stored = _read_key(path)
+    if stored is None:
+        return _create(path)
+    return stored if _usable(stored) else _replace_corrupt(path)
+
+
+def _usable(stored: str) -> bool:
+    return len(stored) >= MIN_SECRET_LENGTH
+
+
+def _read_key(path: Path) -> str | None:
+    """The stored key (stripped), None when there is no file. Tightens a loose mode."""
     try:
         stored = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        stored = ""
-    if len(stored) >= 32:
-        return stored
+        return None
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        logger.warning("%s was readable by other users; setting its mode to 0600", path)
+        path.chmod(0o600)
+    return stored
+
+
+def _write_temporary(directory: Path) -> tuple[Path, str]:
+    """A new key, complete and on disk, under a temporary name (mkstemp: mode 0600)."""
     value = secrets.token_hex(32)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        # Another worker created it first; use theirs.
-        return path.read_text(encoding="utf-8").strip()
+    fd, name = tempfile.mkstemp(prefix=f"{SECRET_FILE_NAME}.", suffix=".tmp", dir=directory)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(value)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(name), value
+
+
+def _create(path: Path) -> str:
+    temporary, value = _write_temporary(path.parent)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        # Another worker linked its key first: use theirs (complete, as it was linked).
+        stored = _read_key(path)
+        return stored if stored is not None and _usable(stored) else _replace_corrupt(path)
+    finally:
+        temporary.unlink()
     logger.info("generated a new secret key at %s", path)
     return value
+
+
+def _replace_corrupt(path: Path) -> str:
+    with _locked_directory(path.parent):
+        stored = _read_key(path)
+        if stored is not None and _usable(stored):
+            return stored  # another worker replaced it while this one waited
+        temporary, value = _write_temporary(path.parent)
+        os.replace(temporary, path)
+    logger.warning(
+        "%s held %d characters, too few for a key: replaced it with a new key",
+        path,
+        len(stored or ""),
+    )
+    return value
+
+
+@contextlib.contextmanager
+def _locked_directory(directory: Path) -> Iterator[None]:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
