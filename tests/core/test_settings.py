@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from pydantic import SecretStr
 
-from ollama_web.core.config import Settings, normalise_ollama_url
+from ollama_web.core.config import Settings, normalise_ollama_url, secret_is_strong
 from ollama_web.core.secrets import load_or_create_secret, secret_file
 from ollama_web.core.startup import EXIT_CONFIG_ERROR, ConfigurationError, load_settings
 
@@ -61,18 +63,60 @@ def test_invalid_values_are_refused_naming_the_variable(
     [
         None,
         "generate-with-openssl-rand-hex-32",
+        " GENERATE-WITH-OPENSSL-RAND-HEX-32 ",
         "change-me-generate-with-openssl-rand-hex-32",
+        "change-me-generate-with-openssl-rand-hex-32 ",
+        "your-secret-key-here-change-in-production",
+        "an-example-key-0123456789abcdefghijklmnop",
+        "placeholder-0123456789abcdefghijklmnopqrs",
         "short",
+        "a" * 32,
+        "0" * 64,
+        "ab" * 32,
+        "0123456" * 10,
     ],
 )
-def test_production_refuses_missing_or_placeholder_secret(secret: str | None) -> None:
-    with pytest.raises(pydantic.ValidationError, match="SECRET_KEY"):
+def test_production_refuses_missing_weak_or_placeholder_secret(secret: str | None) -> None:
+    with pytest.raises(pydantic.ValidationError, match="SECRET_KEY") as info:
         Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]
+    assert "openssl rand -hex 32" in str(info.value)
 
 
-def test_production_accepts_strong_secret() -> None:
-    settings = Settings(_env_file=None, environment="production", secret_key="x" * 40)  # type: ignore[call-arg]
+@pytest.mark.parametrize(
+    "secret",
+    [secrets.token_hex(32), secrets.token_hex(16), secrets.token_urlsafe(32)],
+)
+def test_production_accepts_strong_secret(secret: str) -> None:
+    settings = Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]
     assert settings.is_production
+
+
+def test_generated_key_passes_the_production_check(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    key = load_or_create_secret(settings_factory(secret_key=None))
+    assert secret_is_strong(SecretStr(key))
+
+
+def test_weak_secret_exits_78_naming_secret_key(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "production",
+        "SECRET_KEY": "a" * 32,
+        "DATA_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "migrate", "--status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "SECRET_KEY has fewer than" in result.stderr
+    assert "openssl rand -hex 32" in result.stderr
 
 
 def test_missing_secret_is_generated_once_with_mode_0600(

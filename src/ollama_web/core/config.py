@@ -11,17 +11,20 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Values that must never protect a production server: the specification's example, the
-# `.env.example` value, and (checked separately) anything shorter than 32 characters.
+# Values that must never protect a production server: the specification's example and the
+# `.env.example` value (compared stripped, case-insensitively); then anything shorter than
+# 32 characters, made of few distinct characters, or holding a placeholder's words.
 PLACEHOLDER_SECRETS = frozenset(
     {
         "generate-with-openssl-rand-hex-32",
         "change-me-generate-with-openssl-rand-hex-32",
-        "changeme",
-        "secret",
     }
 )
+PLACEHOLDER_WORDS = ("change", "example", "your-secret", "placeholder")
 MIN_SECRET_LENGTH = 32
+# `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
+# `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
+MIN_SECRET_DISTINCT_CHARACTERS = 8
 
 
 class Environment(StrEnum):
@@ -167,6 +170,11 @@ class Settings(BaseSettings):
         # `REDIS_URL=` in a .env means "not configured", not an empty URL.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _strip_secret(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
@@ -178,10 +186,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_secret(self) -> Settings:
-        if self.environment is Environment.PRODUCTION and not secret_is_strong(self.secret_key):
+        problem = secret_problem(self.secret_key)
+        if self.environment is Environment.PRODUCTION and problem is not None:
             raise ValueError(
-                "SECRET_KEY is missing or insecure for ENVIRONMENT=production; "
-                "set it to a random value, e.g. `openssl rand -hex 32`"
+                f"SECRET_KEY {problem}, which ENVIRONMENT=production refuses; "
+                "set it to a random value made with `openssl rand -hex 32`"
             )
         return self
 
@@ -215,11 +224,23 @@ class Settings(BaseSettings):
         return self.environment is Environment.PRODUCTION
 
 
-def secret_is_strong(secret: SecretStr | None) -> bool:
+def secret_problem(secret: SecretStr | None) -> str | None:
+    """Why this key must not protect a production server; None when it may."""
     if secret is None:
-        return False
-    value = secret.get_secret_value()
-    return len(value) >= MIN_SECRET_LENGTH and value.lower() not in PLACEHOLDER_SECRETS
+        return "is not set"
+    value = secret.get_secret_value().strip()
+    lowered = value.lower()
+    if lowered in PLACEHOLDER_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    if len(set(value)) < MIN_SECRET_DISTINCT_CHARACTERS:
+        return f"has fewer than {MIN_SECRET_DISTINCT_CHARACTERS} distinct characters"
+    return None
+
+
+def secret_is_strong(secret: SecretStr | None) -> bool:
+    return secret_problem(secret) is None
 
 
 def normalise_ollama_url(url: str) -> str:

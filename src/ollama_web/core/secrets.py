@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ollama_web.core.config import MIN_SECRET_LENGTH, Settings, secret_is_strong
+from ollama_web.core.config import MIN_SECRET_LENGTH, Settings, secret_problem
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,11 @@ def load_or_create_secret(settings: Settings) -> str:
     A strong SECRET_KEY wins. Otherwise (development only: production refuses weak keys at
     validation) the key stored in DATA_DIR is used, created on first start with mode 0600.
     """
-    if settings.secret_key is not None and secret_is_strong(settings.secret_key):
+    problem = secret_problem(settings.secret_key)
+    if settings.secret_key is not None and problem is None:
         return settings.secret_key.get_secret_value()
     if settings.secret_key is not None:
-        logger.warning("SECRET_KEY is a placeholder or too short; using the generated key instead")
+        logger.warning("SECRET_KEY %s; using the generated key instead", problem)
     path = secret_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     stored = _read_key(path)
