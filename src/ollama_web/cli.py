@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from ollama_web import __version__
-from ollama_web.core.startup import load_settings_or_exit
+from ollama_web.core.config import Settings
+from ollama_web.core.startup import load_settings_or_exit, run_database_command
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -51,10 +52,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    settings = load_settings_or_exit()
+    return run_database_command(settings, lambda: _migrate_database(settings, args.status))
+
+
+def _migrate_database(settings: Settings, status_only: bool) -> int:
     from ollama_web.migrations.runner import status_for_settings, upgrade_settings
 
-    settings = load_settings_or_exit()
-    if args.status:
+    if status_only:
         status = asyncio.run(status_for_settings(settings))
         print(f"current: {status.current or '(empty database)'}")
         print(f"head:    {status.head}")

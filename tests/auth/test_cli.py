@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from ollama_web.auth.passwords import passwords_for
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.db import AuditEvent, User
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, require_postgres
 
 PASSWORD = "cli admin password"
 
@@ -162,3 +168,123 @@ def test_users_list_and_enable(
 def test_the_password_is_never_a_command_line_argument() -> None:
     with pytest.raises(SystemExit):
         main(["create-admin", "--username", "boss", "--password", PASSWORD])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["create-admin", "--username", "boss", "--password-stdin"],
+        ["users", "list"],
+        ["users", "disable", "boss"],
+    ],
+)
+def test_an_unreachable_database_is_one_line_and_exit_3(
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    args: list[str],
+) -> None:
+    settings = settings_factory()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
+    url = f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{_free_port()}/ollama_web"
+    monkeypatch.setenv("DATABASE_URL", url)
+
+    assert run(monkeypatch, args, PASSWORD + "\n") == 3
+
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: cannot use the database postgresql://ollama_web:***@")
+    assert "ConnectionRefusedError" in line
+    assert "pw-not-shown" not in line
+
+
+def test_a_wrong_postgres_password_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    admin_url = require_postgres()
+    user = make_url(admin_url).username
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(
+        "DATABASE_URL", make_url(admin_url).set(password="pw-not-shown").render_as_string(False)
+    )
+
+    assert run(monkeypatch, ["users", "list"]) == 3
+
+    line = _one_line(capsys.readouterr().err)
+    assert f'password authentication failed for user "{user}"' in line
+    assert "pw-not-shown" not in line
+
+
+def test_a_locked_database_is_one_line_and_exit_3(
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    settings = settings_factory()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
+    args = ["create-admin", "--username", "boss", "--password-stdin"]
+    assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    monkeypatch.setattr("ollama_web.core.db.SQLITE_BUSY_TIMEOUT_MS", 100)
+    holder = sqlite3.connect(settings.data_dir / "ollama_web.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        capsys.readouterr()
+        code = run(
+            monkeypatch,
+            ["create-admin", "--username", "other", "--password-stdin"],
+            PASSWORD + "\n",
+        )
+        disable = run(monkeypatch, ["users", "disable", "boss"])
+    finally:
+        holder.close()
+
+    assert (code, disable) == (3, 3)
+    for line in capsys.readouterr().err.strip().splitlines():
+        assert line == (
+            f"error: cannot use the database {settings.data_dir / 'ollama_web.db'}: "
+            "OperationalError: database is locked"
+        )
+
+
+def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "create-admin", "--username", "boss"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,  # no controlling terminal, as under cron or CI
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "--password-stdin" in _one_line(result.stderr)

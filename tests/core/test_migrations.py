@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,13 +16,16 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
+from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
+from ollama_web.core.startup import EXIT_DATABASE_ERROR
 from ollama_web.db import Base
 from ollama_web.migrations.filters import include_object
 from ollama_web.migrations.runner import migration_status, upgrade
+from tests.conftest import require_postgres
 
 EXPECTED_TABLES = {
     "users",
@@ -221,3 +226,72 @@ async def test_instances_starting_together_on_postgresql_migrate_once(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unusable_postgres(problem: str) -> str:
+    if problem == "refused":
+        return f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{_free_port()}/ollama_web"
+    url = make_url(require_postgres())
+    if problem == "wrong-password":
+        return url.set(password="pw-not-shown").render_as_string(hide_password=False)
+    return url.set(database="ow_no_such_database").render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["migrate", "--status"]])
+@pytest.mark.parametrize(
+    ("problem", "fragment"),
+    [
+        ("refused", "ConnectionRefusedError"),
+        ("wrong-password", "password authentication failed"),
+        ("missing-database", 'database "ow_no_such_database" does not exist'),
+    ],
+)
+def test_migrate_on_an_unusable_postgres_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: list[str],
+    problem: str,
+    fragment: str,
+) -> None:
+    """Exit 3, so that `migrate --status` exiting 1 still means only "pending"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", _unusable_postgres(problem))
+
+    assert main(command) == EXIT_DATABASE_ERROR
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot use the database postgresql://")
+    assert fragment in lines[0]
+    assert "pw-not-shown" not in lines[0]
+
+
+def test_migrate_on_a_locked_sqlite_database_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    database = tmp_path / "data" / "ollama_web.db"
+    database.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(database.parent))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr("ollama_web.core.db.SQLITE_BUSY_TIMEOUT_MS", 100)
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE other (a)")
+        holder.execute("BEGIN IMMEDIATE")
+        code = main(["migrate"])
+    finally:
+        holder.close()
+
+    assert code == EXIT_DATABASE_ERROR
+    assert capsys.readouterr().err == (
+        f"error: cannot use the database {database}: OperationalError: database is locked\n"
+    )

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -30,11 +31,15 @@ from ollama_web.auth.users import (
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.core.errors import AppError
-from ollama_web.core.startup import load_settings_or_exit
+from ollama_web.core.startup import load_settings_or_exit, run_database_command
 from ollama_web.db import User, UserRole
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+NO_TERMINAL = (
+    "no password given: run this in a terminal, or pass --password-stdin and write the "
+    "password to standard input"
+)
 T = TypeVar("T")
 
 
@@ -71,8 +76,16 @@ def read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat password: ") != password:
+        try:
+            with warnings.catch_warnings():
+                # Without a terminal getpass would read standard input, warning that the
+                # password may be echoed: refuse instead.
+                warnings.simplefilter("error", getpass.GetPassWarning)
+                password = getpass.getpass("Password: ")
+                repeated = getpass.getpass("Repeat password: ")
+        except (getpass.GetPassWarning, EOFError):
+            raise CommandError(NO_TERMINAL) from None
+        if repeated != password:
             raise CommandError("the passwords do not match")
     problem = password_problem(password)
     if problem is not None:
@@ -95,12 +108,16 @@ async def _with_session(settings: Settings, work: Callable[[AsyncSession], Await
 
 def _run(work: Callable[[Settings], Coroutine[Any, Any, str]]) -> int:
     settings = load_settings_or_exit()
-    try:
-        print(asyncio.run(work(settings)))
-    except (CommandError, AppError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+
+    def command() -> int:
+        try:
+            print(asyncio.run(work(settings)))
+        except (CommandError, AppError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    return run_database_command(settings, command)
 
 
 async def _reset_admin(session: AsyncSession, settings: Settings, user: User, password: str) -> str:

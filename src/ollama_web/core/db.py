@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -115,6 +116,13 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """One line for a database failure: the driver's own error (SQLAlchemy's message would
+    add the statement and its parameters, a password hash among them)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,14 +1,22 @@
-"""Load settings for a command, turning invalid configuration into a clear message."""
+"""Load settings for a command, and report a command's everyday failures in one line.
+
+Exit statuses: 78 invalid configuration; 3 the database cannot be reached or used
+(refused, wrong password, missing, locked); 130 interrupted. `migrate --status` keeps 1
+for "migrations are pending".
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pydantic
 
 from ollama_web.core.config import Settings
 
 EXIT_CONFIG_ERROR = 78  # EX_CONFIG from sysexits.h
+EXIT_DATABASE_ERROR = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class ConfigurationError(Exception):
@@ -38,3 +46,33 @@ def load_settings_or_exit() -> Settings:
     except ConfigurationError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def run_database_command(settings: Settings, command: Callable[[], int]) -> int:
+    """Run a command that uses the database; a failure to reach or use it is one line on
+    stderr and exit status 3, not a traceback (which would show SQL and its parameters)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ollama_web.core.db import describe_database_error
+
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SQLAlchemyError, OSError) as exc:
+        print(
+            f"error: cannot use the database {_database_name(settings)}: "
+            f"{describe_database_error(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_DATABASE_ERROR
+
+
+def _database_name(settings: Settings) -> str:
+    embedded = settings.embedded_database_file
+    if embedded is not None:
+        return str(embedded)
+    from sqlalchemy.engine import make_url
+
+    return make_url(str(settings.database_url)).render_as_string(hide_password=True)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_null_pool_engine
+from ollama_web.core.db import create_null_pool_engine, describe_database_error
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -165,11 +165,6 @@ async def status_for_settings(settings: Settings) -> MigrationStatus:
         await engine.dispose()
 
 
-def _describe(exc: BaseException) -> str:
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
-
-
 async def _upgrade_if_empty(settings: Settings) -> bool:
     """Upgrade a database that has no schema yet; leave any other alone (its upgrade needs
     the before-upgrade hooks, which run where the app registered them)."""
@@ -196,7 +191,7 @@ def _upgrade_in_fork(settings: Settings, report: Connection_, only_if_empty: boo
             work = _upgrade_if_empty(settings) if only_if_empty else _upgrade_all(settings)
             outcome[0] = (None, asyncio.run(work))
         except BaseException as exc:  # reported to the parent
-            outcome[0] = (_describe(exc), False)
+            outcome[0] = (describe_database_error(exc), False)
 
     worker = threading.Thread(target=run, name="migrate")
     worker.start()
