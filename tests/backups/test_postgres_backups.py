@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import asyncpg
 import pytest
 
 from ollama_web.backups import DatabaseBackup
 from ollama_web.backups.errors import RestoreRefusedError
-from ollama_web.backups.postgres import tools_available
+from ollama_web.backups.postgres import libpq_environment, tools_available
 from ollama_web.core.config import Settings
 from ollama_web.db.base import new_id
 
@@ -135,3 +136,16 @@ async def test_backup_under_four_writers_restores_everything_committed_before_it
     for writer in range(WRITERS):
         sequences = sorted(key % 10_000_000 for key in restored if key // 10_000_000 == writer)
         assert sequences == list(range(1, len(sequences) + 1))
+
+
+async def test_a_database_url_with_libpq_sslmode_backs_up_with_that_sslmode(
+    settings: Settings, settings_factory: Callable[..., Settings]
+) -> None:
+    """The engine gets asyncpg's `ssl=`, pg_dump gets PGSSLMODE: both from `sslmode=`."""
+    with_sslmode = settings_factory(database_url=f"{_url(settings)}?sslmode=disable")
+    service = DatabaseBackup(with_sslmode)
+    assert libpq_environment(with_sslmode.async_database_url)["PGSSLMODE"] == "disable"
+    await _add_user(settings, "alice")
+    info = await asyncio.to_thread(service.create_backup, "test")
+    assert info is not None
+    assert await asyncio.to_thread(service.verify, info.path) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -15,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
-from ollama_web.core.db import create_engine, create_sessionmaker, session_scope
+from ollama_web.core.db import (
+    create_engine,
+    create_null_pool_engine,
+    create_sessionmaker,
+    session_scope,
+)
+from tests.conftest import require_postgres
 
 
 async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
@@ -239,3 +246,31 @@ async def _insert_then_fail(sessionmaker: Any) -> None:
     async with session_scope(sessionmaker) as session:
         await session.execute(text("INSERT INTO t (x) VALUES ('undone')"))
         raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer"])
+async def test_postgres_url_with_libpq_sslmode_connects(
+    settings_factory: Callable[..., Settings], sslmode: str
+) -> None:
+    """Managed PostgreSQL providers give URLs with `?sslmode=`; asyncpg takes it as `ssl`."""
+    settings = settings_factory(database_url=f"{require_postgres()}?sslmode={sslmode}")
+    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+        try:
+            async with engine.connect() as connection:
+                assert await connection.scalar(text("SELECT 1")) == 1
+        finally:
+            await engine.dispose()
+
+
+async def test_a_sqlite_database_in_a_missing_directory_gets_its_directory(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    database = tmp_path / "elsewhere" / "nested" / "app.db"
+    settings = settings_factory(database_url=f"sqlite:///{database}")
+    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+        finally:
+            await engine.dispose()
+    assert database.is_file()

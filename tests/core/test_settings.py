@@ -45,6 +45,11 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("CORS_ORIGINS", "*", "CORS_ORIGINS"),
         ("TRUSTED_PROXIES", "not-an-ip", "TRUSTED_PROXIES"),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+        ("DATABASE_URL", "postgresql+psycopg://u:p@h/d", "DATABASE_URL"),
+        ("DATABASE_URL", "sqlite+pysqlite:///x.db", "DATABASE_URL"),
+        ("DATABASE_URL", "sqlitefoo://x", "DATABASE_URL"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL"),
+        ("DATABASE_URL", "postgresql://h/d?sslmode=sometimes", "DATABASE_URL"),
         ("OLLAMA_URL", "ftp://x", "OLLAMA_URL"),
     ],
 )
@@ -168,6 +173,25 @@ def test_production_without_secret_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "SECRET_KEY" in result.stderr
     assert "openssl rand -hex 32" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("database_url", "async_url"),
+    [
+        ("postgresql://u:p%40ss@h:5432/d", "postgresql+asyncpg://u:p%40ss@h:5432/d"),
+        ("postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("postgresql+asyncpg://h/d?ssl=require", "postgresql+asyncpg://h/d?ssl=require"),
+        ("postgresql://h/d?sslmode=disable", "postgresql+asyncpg://h/d?ssl=disable"),
+        ("postgresql://h/d?sslmode=verify-full", "postgresql+asyncpg://h/d?ssl=verify-full"),
+        ("sqlite:///rel/x.db", "sqlite+aiosqlite:///rel/x.db"),
+        ("sqlite+aiosqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+    ],
+)
+def test_database_url_is_given_its_async_driver_and_asyncpg_ssl(
+    database_url: str, async_url: str
+) -> None:
+    settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
+    assert settings.async_database_url == async_url
 
 
 def test_blank_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:

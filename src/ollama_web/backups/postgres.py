@@ -18,6 +18,7 @@ TOOLS = ("pg_dump", "pg_restore", "psql")
 TOOL_TIMEOUT_SECONDS = 3600.0
 _QUERY_ENV = {
     "sslmode": "PGSSLMODE",
+    "ssl": "PGSSLMODE",  # the async URL carries DATABASE_URL's sslmode as asyncpg's ssl
     "sslrootcert": "PGSSLROOTCERT",
     "sslcert": "PGSSLCERT",
     "sslkey": "PGSSLKEY",

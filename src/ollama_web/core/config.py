@@ -26,6 +26,15 @@ MIN_SECRET_LENGTH = 32
 # `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
 MIN_SECRET_DISTINCT_CHARACTERS = 8
 
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+DATABASE_URL_FORMS = "use sqlite:///path/to/file.db or postgresql://user:password@host:5432/name"
+# libpq's sslmode words, which asyncpg's `ssl` accepts as they are.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -178,11 +187,10 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+        if value is None or not value.strip():
             return None
-        if not value.startswith(("sqlite", "postgresql", "postgres")):
-            raise ValueError("must start with sqlite:// or postgresql://")
-        return value
+        to_async_database_url(value.strip())  # refuses what the server could not use
+        return value.strip()
 
     @model_validator(mode="after")
     def _production_secret(self) -> Settings:
@@ -203,25 +211,54 @@ class Settings(BaseSettings):
     def async_database_url(self) -> str:
         """The SQLAlchemy URL with an async driver."""
         embedded = self.embedded_database_file
-        url = f"sqlite:///{embedded.as_posix()}" if embedded else str(self.database_url)
-        for prefix, driver in (
-            ("postgresql+asyncpg://", "postgresql+asyncpg://"),
-            ("postgresql://", "postgresql+asyncpg://"),
-            ("postgres://", "postgresql+asyncpg://"),
-            ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
-            ("sqlite://", "sqlite+aiosqlite://"),
-        ):
-            if url.startswith(prefix):
-                return driver + url[len(prefix) :]
-        return url
+        if embedded is not None:
+            return f"sqlite+aiosqlite:///{embedded.as_posix()}"
+        return to_async_database_url(str(self.database_url))
 
     @property
     def is_sqlite(self) -> bool:
         return self.async_database_url.startswith("sqlite")
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file; None for PostgreSQL and an in-memory database."""
+        if not self.is_sqlite:
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(self.async_database_url).database
+        return Path(database) if database and database != ":memory:" else None
+
+    @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION
+
+
+def to_async_database_url(database_url: str) -> str:
+    """DATABASE_URL for SQLAlchemy's async drivers: sqlite -> sqlite+aiosqlite, postgresql
+    or postgres -> postgresql+asyncpg, libpq's `sslmode=` -> asyncpg's `ssl=` (the same
+    words). Any other database or driver is a ValueError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        raise ValueError(f"is not a database URL; {DATABASE_URL_FORMS}") from None
+    backend, _, driver = url.drivername.partition("+")
+    async_driver = ASYNC_DRIVERS.get(backend)
+    if async_driver is None or driver not in ("", async_driver.partition("+")[2]):
+        raise ValueError(f"unsupported database or driver {url.drivername!r}; {DATABASE_URL_FORMS}")
+    if async_driver == "sqlite+aiosqlite":
+        return url.set(drivername=async_driver).render_as_string(hide_password=False)
+    query = dict(url.query)
+    modes = [query.pop(name) for name in ("sslmode", "ssl") if name in query]
+    if modes:
+        if len(modes) > 1 or modes[0] not in SSL_MODES:
+            raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, given once")
+        query["ssl"] = modes[0]
+    url = url.set(drivername=async_driver, query=query)
+    return url.render_as_string(hide_password=False)
 
 
 def secret_problem(secret: SecretStr | None) -> str | None:

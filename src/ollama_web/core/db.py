@@ -81,11 +81,18 @@ class SlowQueryRecorder:
             )
 
 
+def _create_sqlite_directory(settings: Settings) -> None:
+    """SQLite creates a missing database file, not its directory (DATA_DIR by default)."""
+    database = settings.sqlite_file
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     url = settings.async_database_url
     kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_directory(settings)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         kwargs["pool_reset_on_return"] = None  # done by reset_on_return
         # Each connection is a thread and four PRAGMAs to open: the default pool (5 kept,
@@ -113,7 +120,7 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     """An engine for one-off command-line work (no pool left behind)."""
     engine = create_async_engine(settings.async_database_url, poolclass=NullPool)
     if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_directory(settings)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
