@@ -32,6 +32,9 @@ def test_comma_separated_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> No
 def test_ollama_host_rules_match_ollama() -> None:
     assert normalise_ollama_url("localhost") == "http://localhost:11434"
     assert normalise_ollama_url("10.1.2.3:9999") == "http://10.1.2.3:9999"
+    assert normalise_ollama_url("[::1]") == "http://[::1]:11434"
+    assert normalise_ollama_url("[::1]:9999") == "http://[::1]:9999"
+    assert normalise_ollama_url("proxy:secret@gpu1") == "http://proxy:secret@gpu1:11434"
     assert normalise_ollama_url("http://host") == "http://host"
     assert normalise_ollama_url("https://host/prefix/") == "https://host/prefix"
 
@@ -51,6 +54,11 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("DATABASE_URL", "not a url", "DATABASE_URL"),
         ("DATABASE_URL", "postgresql://h/d?sslmode=sometimes", "DATABASE_URL"),
         ("OLLAMA_URL", "ftp://x", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://[::1", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://localhost:99999", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://localhost:0", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://a b", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://ok:11434,http://:80", "OLLAMA_URL"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(
@@ -192,6 +200,14 @@ def test_database_url_is_given_its_async_driver_and_asyncpg_ssl(
 ) -> None:
     settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
     assert settings.async_database_url == async_url
+
+
+def test_ollama_url_credentials_are_kept_and_kept_out_of_errors() -> None:
+    """user:password@ is legitimate (Basic credentials for a proxy in front of Ollama)."""
+    assert normalise_ollama_url("https://proxy:secret@gpu1:443") == "https://proxy:secret@gpu1:443"
+    with pytest.raises(ValueError, match="port must be 1-65535") as info:
+        normalise_ollama_url("http://proxy:secret@gpu1:99999")
+    assert "secret" not in str(info.value)
 
 
 def test_blank_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -285,11 +285,31 @@ def normalise_ollama_url(url: str) -> str:
     was given, then the scheme's default port is implied)."""
     url = url.strip().rstrip("/")
     if "://" not in url:
-        host, _, rest = url.partition("/")
-        if ":" not in host:
-            host = f"{host}:11434"
-        url = f"http://{host}" + (f"/{rest}" if rest else "")
-    scheme = url.split("://", 1)[0]
-    if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported scheme in Ollama URL {url!r}")
+        authority, _, rest = url.partition("/")
+        host = authority.rpartition("@")[2]  # user:password@ may come first
+        if ":" not in host.rpartition("]")[2]:  # `[::1]` has no port, `[::1]:80` has one
+            authority = f"{authority}:11434"
+        url = f"http://{authority}" + (f"/{rest}" if rest else "")
+    _check_ollama_url(url)
     return url
+
+
+def _check_ollama_url(url: str) -> None:
+    """Refuse at start what every request to the node would fail on."""
+    import httpx
+
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    shown = scheme + separator + authority.rpartition("@")[2] + slash + path  # no password
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unsupported scheme in Ollama URL {shown!r}")
+    if any(character.isspace() for character in url):
+        raise ValueError(f"Ollama URL {shown!r} contains whitespace")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"invalid Ollama URL {shown!r}: {exc}") from None
+    if not parsed.host:
+        raise ValueError(f"Ollama URL {shown!r} has no host")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(f"Ollama URL {shown!r}: the port must be 1-65535")
