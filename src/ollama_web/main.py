@@ -12,7 +12,9 @@ def __getattr__(name: str) -> Any:
     if name == "app":
         if _app is None:
             from ollama_web.app import create_app
+            from ollama_web.core.startup import load_settings_or_exit
 
-            _app = create_app()
+            # Invalid configuration: the CLI's one-line message and exit status 78.
+            _app = create_app(load_settings_or_exit())
         return _app
     raise AttributeError(name)

@@ -166,11 +166,16 @@ def test_serve_refuses_invalid_setting_with_message_not_traceback(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
-def test_production_without_secret_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "ollama_web", "serve"], ["-m", "uvicorn", "ollama_web.main:app", "--port", "9"]],
+    ids=["ollama-web-serve", "uvicorn-main-app"],
+)
+def test_production_without_secret_refuses_to_start(tmp_path: Path, command: list[str]) -> None:
     env = {**os.environ, "ENVIRONMENT": "production", "DATA_DIR": str(tmp_path)}
     env.pop("SECRET_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "ollama_web", "serve"],
+        [sys.executable, *command],
         capture_output=True,
         text=True,
         env=env,
@@ -181,6 +186,7 @@ def test_production_without_secret_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "SECRET_KEY" in result.stderr
     assert "openssl rand -hex 32" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ def describe_settings_error(exc: pydantic.ValidationError) -> str:
     for err in exc.errors():
         name = "_".join(str(part) for part in err.get("loc", ()) if isinstance(part, str)).upper()
         message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        lines.append(f"  {name or 'SETTINGS'}: {message}")
+        # A check across settings (SECRET_KEY in production) names its variables itself.
+        lines.append(f"  {name}: {message}" if name else f"  {message}")
     lines.append("Fix the environment variable(s) above (or .env) and start again.")
     return "\n".join(lines)
 
