@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ollama_web import __version__
-from ollama_web.core.config import Settings
+from ollama_web.core.config import MAX_WORKERS, Settings
 from ollama_web.core.startup import load_settings_or_exit, run_database_command
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = load_settings_or_exit()
-    workers = None if args.reload else (args.workers or settings.workers)
+    workers = None if args.reload else _given(args.workers, settings.workers)
     if workers is not None and workers > 1 and settings.migrate_on_startup:
         # Once, here, before the workers start: each would otherwise try it at once.
         from ollama_web.migrations.runner import upgrade_settings
@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "ollama_web.main:app",
         host=args.host or settings.host,
-        port=args.port or settings.port,
+        port=_given(args.port, settings.port),
         workers=workers,
         reload=args.reload,
         loop="auto",
@@ -49,6 +49,25 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _given(flag: int | None, setting: int) -> int:
+    return setting if flag is None else flag
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (the range the setting accepts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -84,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="bind address (default: HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: PORT or 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (default: WORKERS or 1)")
+    serve.add_argument(
+        "--port", type=_int_range(1, 65535), help="port, 1-65535 (default: PORT or 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_int_range(1, MAX_WORKERS),
+        help=f"worker processes, 1-{MAX_WORKERS} (default: WORKERS or 1)",
+    )
     serve.add_argument("--reload", action="store_true", help="reload on code changes (dev)")
     serve.set_defaults(handler=_serve)
 

@@ -22,6 +22,7 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 PLACEHOLDER_WORDS = ("change", "example", "your-secret", "placeholder")
 MIN_SECRET_LENGTH = 32
+MAX_WORKERS = 64
 # `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
 # `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
 MIN_SECRET_DISTINCT_CHARACTERS = 8
@@ -79,7 +80,7 @@ class Settings(BaseSettings):
     # Server (used by `ollama-web serve`)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
 
     # Ollama
     ollama_url: CsvList = Field(default_factory=lambda: ["http://localhost:11434"])
