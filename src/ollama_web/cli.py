@@ -22,7 +22,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ollama_web.metrics.environment import export_multiprocess_dir
+
     settings = load_settings_or_exit()
+    # The workers inherit it; prometheus-client reads it from the environment at import.
+    export_multiprocess_dir(settings)
     workers = None if args.reload else _given(args.workers, settings.workers)
     if workers is not None and workers > 1 and settings.migrate_on_startup:
         # Once, here, before the workers start: each would otherwise try it at once.

@@ -217,9 +217,16 @@ def test_ollama_url_credentials_are_kept_and_kept_out_of_errors() -> None:
 
 
 def test_blank_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("REDIS_URL", "METRICS_TOKEN", "SECRET_KEY", "DATABASE_URL"):
+    for name in (
+        "REDIS_URL",
+        "METRICS_TOKEN",
+        "SECRET_KEY",
+        "DATABASE_URL",
+        "PROMETHEUS_MULTIPROC_DIR",
+    ):
         monkeypatch.setenv(name, "")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.prometheus_multiproc_dir is None
     assert settings.redis_url is None
     assert settings.metrics_token is None
     assert settings.secret_key is None

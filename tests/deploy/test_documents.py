@@ -125,7 +125,7 @@ def test_deployment_md_defaults_are_the_real_defaults() -> None:
 
 
 # Read by a library the server uses rather than by Settings.
-LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR"}
+LIBRARY_VARIABLES: set[str] = set()
 
 
 def test_env_example_has_nothing_the_server_or_compose_does_not_read() -> None:

@@ -26,11 +26,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_every_worker_is_counted_whichever_answers_the_scrape(tmp_path: Path) -> None:
+SERVE = ["-m", "ollama_web", "serve", "--workers", "2"]
+UVICORN = [
+    *("-m", "uvicorn", "ollama_web.main:app", "--workers", "2"),
+    *("--no-proxy-headers", "--log-level", "warning"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "in_dotenv"),
+    [(UVICORN, False), (SERVE, True), (UVICORN, True)],
+    ids=["uvicorn-environment", "serve-dotenv", "uvicorn-dotenv"],
+)
+def test_every_worker_is_counted_whichever_answers_the_scrape(
+    tmp_path: Path, command: list[str], in_dotenv: bool
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR works from the environment and from `.env` (which only the
+    settings read: prometheus-client reads os.environ)."""
     multiproc = tmp_path / "prometheus"
-    multiproc.mkdir()
     env = {
-        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"}
+        },
         "SECRET_KEY": TEST_SECRET,
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_DIR": str(tmp_path / "logs"),
@@ -39,17 +58,17 @@ def test_every_worker_is_counted_whichever_answers_the_scrape(tmp_path: Path) ->
         "BACKUP_ENABLED": "false",
         "RATE_LIMIT_ENABLED": "false",
         "METRICS_TOKEN": METRICS_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
     }
+    if in_dotenv:
+        (tmp_path / ".env").write_text(f"PROMETHEUS_MULTIPROC_DIR={multiproc}\n")
+    else:
+        multiproc.mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     migrate = [sys.executable, "-m", "ollama_web", "migrate"]
     subprocess.run(migrate, env=env, cwd=tmp_path, check=True, capture_output=True)
     port = _free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "ollama_web.main:app", "--workers", "2",
-        "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     token = {"Authorization": f"Bearer {METRICS_TOKEN}"}
     # No keep-alive: every request is a new connection the kernel hands to either worker.
@@ -74,3 +93,4 @@ def test_every_worker_is_counted_whichever_answers_the_scrape(tmp_path: Path) ->
     labels = {"method": "GET", "route": "/info", "status": "200"}
     counts = {sample_value(text, "ollama_web_http_requests_total", **labels) for text in scrapes}
     assert counts == {REQUESTS}, "every scrape sums both workers"
+    assert list(multiproc.glob("*.db")), "the workers wrote their values there"

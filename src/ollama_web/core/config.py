@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # Monitoring and logs
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
+    # Exported to the environment before prometheus-client loads (it reads it there only).
+    prometheus_multiproc_dir: Path | None = None
     slow_request_ms: int = Field(default=1000, ge=1)
     slow_query_ms: int = Field(default=200, ge=1)
     log_level: LogLevel = LogLevel.INFO
@@ -174,7 +176,9 @@ class Settings(BaseSettings):
             raise ValueError("a wildcard origin cannot be used with credentials; list origins")
         return [origin.rstrip("/") for origin in value]
 
-    @field_validator("redis_url", "metrics_token", "secret_key", mode="before")
+    @field_validator(
+        "redis_url", "metrics_token", "secret_key", "prometheus_multiproc_dir", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         # `REDIS_URL=` in a .env means "not configured", not an empty URL.

@@ -3,12 +3,13 @@
 The metric objects are process-wide and built on first use (not at import). Two modes:
 
 - single process (default): `GET /metrics/prometheus` renders this process's metrics;
-- multi-process: when PROMETHEUS_MULTIPROC_DIR is set in the environment *before the server
-  starts*, prometheus-client writes every worker's values to files in that directory and
-  the exposition aggregates all of them, so any worker answers for the whole server.
-  The directory must exist and be emptied before each start (the systemd unit / container
-  entrypoint does `rm -rf "$DIR" && mkdir -p "$DIR"`). Gauges of live values ("active
-  generations") count only live workers; a stopping worker marks itself dead.
+- multi-process: when PROMETHEUS_MULTIPROC_DIR is set (in the environment or `.env`:
+  `environment` puts it where prometheus-client reads it), prometheus-client writes every
+  worker's values to files in that directory and the exposition aggregates all of them, so
+  any worker answers for the whole server. The directory is created if missing; it must
+  be emptied before each start (`ExecStartPre=/bin/rm -rf "$DIR"`, or a tmpfs). Gauges of
+  live values ("active generations") count only live workers; a stopping worker marks
+  itself dead.
 
 Labels are route templates, methods, status codes and configured Ollama node URLs — all
 bounded sets.
@@ -29,7 +30,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from ollama_web.metrics.environment import MULTIPROC_ENV
+
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
