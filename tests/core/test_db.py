@@ -274,3 +274,42 @@ async def test_a_sqlite_database_in_a_missing_directory_gets_its_directory(
         finally:
             await engine.dispose()
     assert database.is_file()
+
+
+@pytest.mark.parametrize("path", ["engine", "inline"])
+async def test_statement_errors_carry_no_parameters(
+    settings_factory: Callable[..., Settings], path: str
+) -> None:
+    """Errors are logged, and a statement's parameters are users' text (a message, an
+    answer) or credentials' hashes: the error names the statement, not the values."""
+    from sqlalchemy import insert as insert_into
+
+    from ollama_web.conversations.writes import MESSAGES, NewMessage
+    from ollama_web.core.sqlite_inline import open_inline
+    from ollama_web.db.base import utcnow
+    from ollama_web.migrations.runner import upgrade
+
+    settings = settings_factory()
+    engine, recorder = create_engine(settings)
+    now = utcnow()
+    # No such conversation: the foreign key refuses the row.
+    row = NewMessage("a" * 32, "b" * 32, None, "user", "my private words", "complete", now, now)
+    statement = insert_into(MESSAGES)
+
+    async def store() -> None:
+        if path == "engine":
+            async with engine.begin() as connection:
+                await connection.execute(statement, row.row())
+        else:
+            inline = open_inline(engine, recorder)
+            assert inline is not None
+            inline.write([(statement, row.row())])
+
+    try:
+        await upgrade(engine, settings)
+        with pytest.raises(IntegrityError) as raised:
+            await store()
+    finally:
+        await engine.dispose()
+    assert "my private words" not in str(raised.value)
+    assert "INSERT INTO messages" in str(raised.value)

@@ -105,7 +105,8 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
         kwargs["module"] = one_trip_dbapi()
     else:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
-    engine = create_async_engine(url, **kwargs)
+    # Statement errors are logged; their parameters are users' text and credentials' hashes.
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine.pool, "reset", reset_on_return)
@@ -118,7 +119,9 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
 def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     """An engine for one-off command-line work (no pool left behind)."""
-    engine = create_async_engine(settings.async_database_url, poolclass=NullPool)
+    engine = create_async_engine(
+        settings.async_database_url, poolclass=NullPool, hide_parameters=True
+    )
     if settings.is_sqlite:
         _create_sqlite_directory(settings)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

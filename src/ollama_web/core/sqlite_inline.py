@@ -71,7 +71,7 @@ def _failure(exc: sqlite3.Error, sql: str, parameters: Any) -> Exception:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF == sqlite3.SQLITE_BUSY and code != 517:
         return InlineUnavailable("the database is locked")
-    return DBAPIError.instance(sql, parameters, exc, sqlite3.Error)
+    return DBAPIError.instance(sql, parameters, exc, sqlite3.Error, hide_parameters=True)
 
 
 @dataclass(frozen=True, slots=True)
