@@ -19,6 +19,14 @@ from ollama_web.core.secrets import load_or_create_secret, secret_file
 from ollama_web.core.startup import EXIT_CONFIG_ERROR, ConfigurationError, load_settings
 
 
+def _python(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python *args` in a process of its own (the command line as an operator runs it)."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
 def test_comma_separated_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_URL", "http://a:11434, b ,https://c.example")
     monkeypatch.setenv("CORS_ORIGINS", "http://x.test,http://y.test/")
@@ -118,15 +126,7 @@ def test_weak_secret_exits_78_naming_secret_key(tmp_path: Path) -> None:
         "SECRET_KEY": "a" * 32,
         "DATA_DIR": str(tmp_path),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "ollama_web", "migrate", "--status"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = _python("-m", "ollama_web", "migrate", "--status", env=env, cwd=tmp_path)
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "SECRET_KEY has fewer than" in result.stderr
     assert "openssl rand -hex 32" in result.stderr
@@ -152,15 +152,7 @@ def test_placeholder_secret_in_development_uses_generated_key(
 
 def test_serve_refuses_invalid_setting_with_message_not_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "PORT": "99999", "DATA_DIR": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "ollama_web", "serve"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = _python("-m", "ollama_web", "serve", env=env, cwd=tmp_path)
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "PORT" in result.stderr
     assert "Traceback" not in result.stderr
@@ -174,15 +166,7 @@ def test_serve_refuses_invalid_setting_with_message_not_traceback(tmp_path: Path
 def test_production_without_secret_refuses_to_start(tmp_path: Path, command: list[str]) -> None:
     env = {**os.environ, "ENVIRONMENT": "production", "DATA_DIR": str(tmp_path)}
     env.pop("SECRET_KEY", None)
-    result = subprocess.run(
-        [sys.executable, *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = _python(*command, env=env, cwd=tmp_path)
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "SECRET_KEY" in result.stderr
     assert "openssl rand -hex 32" in result.stderr

@@ -3,15 +3,13 @@ server on the port, a future version): those fields read as missing, never a 500
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from ollama_web.core.config import Settings
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
-from tests.ollama.faults import serving
+from tests.ollama.faults import json_node, serving
 
 ODD_DETAILS = {
     "family": 5,
@@ -22,8 +20,8 @@ ODD_DETAILS = {
     "context_length": "long",
 }
 ANSWERS: dict[bytes, Any] = {
-    b"/api/version": {"version": "0.33.0"},
-    b"/api/tags": {
+    b"GET /api/version": {"version": "0.33.0"},
+    b"GET /api/tags": {
         "models": [
             {
                 "name": "odd:latest",
@@ -36,7 +34,7 @@ ANSWERS: dict[bytes, Any] = {
             }
         ]
     },
-    b"/api/ps": {
+    b"GET /api/ps": {
         "models": [
             {
                 "name": "odd:latest",
@@ -49,7 +47,7 @@ ANSWERS: dict[bytes, Any] = {
             }
         ]
     },
-    b"/api/show": {
+    b"POST /api/show": {
         "details": ODD_DETAILS,
         "model_info": {"general.architecture": 9, "general.parameter_count": "many"},
         "capabilities": "completion",
@@ -61,26 +59,12 @@ ANSWERS: dict[bytes, Any] = {
 }
 
 
-async def odd_node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while not reader.at_eof():
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                await reader.readexactly(int(line.split(b":")[1]))
-        body = json.dumps(ANSWERS[head.split(b" ")[1]]).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
-
-
 async def test_odd_field_types_read_as_missing(
     app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
 ) -> None:
-    async with serving(odd_node) as port:
+    async with serving(
+        json_node({path: (200, answer) for path, answer in ANSWERS.items()})
+    ) as port:
         app = await app_factory(settings_factory(ollama_url=[f"http://127.0.0.1:{port}"]))
         user = await create_test_user(app)
         async with asgi_client(app) as client:

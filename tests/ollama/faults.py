@@ -5,10 +5,12 @@ never completes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any
 
 
 def closed_port_url() -> str:
@@ -45,6 +47,29 @@ async def serving(
         for writer in writers:
             writer.transport.abort()
         await server.wait_closed()
+
+
+def json_node(answers: Mapping[bytes, tuple[int, Any]]) -> Handler:
+    """A node answering `METHOD /path` (keys like b"GET /api/tags") with (status, JSON) on
+    kept-alive connections; request bodies are read and ignored."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    await reader.readexactly(int(line.split(b":")[1]))
+            status, payload = answers[b" ".join(head.split(b" ")[:2])]
+            body = json.dumps(payload).encode()
+            writer.write(
+                b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"\r\n%s" % (status, len(body), body)
+            )
+
+    return answer
 
 
 class HangingServer:

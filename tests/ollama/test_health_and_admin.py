@@ -12,7 +12,7 @@ from ollama_web.emulator import OllamaEmulator
 from ollama_web.ollama.gateway import OllamaGateway
 from tests.fixtures.auth import create_test_user
 from tests.ollama.conftest import AppFactory
-from tests.ollama.faults import closed_port_url, hanging_server, serving
+from tests.ollama.faults import closed_port_url, hanging_server, json_node, serving
 
 
 def versions(emulator: OllamaEmulator) -> int:
@@ -225,30 +225,12 @@ async def test_a_delete_that_fails_on_one_node_is_not_a_204(
 ) -> None:
     """The model went from one node and stayed on the other: the admin is told both."""
     answers = {
-        b"GET /api/tags": (200, b'{"models":[{"name":"llama3.2:latest"}]}'),
-        b"GET /api/version": (200, b'{"version":"0.33.0"}'),
-        b"DELETE /api/delete": (500, b'{"error":"disk on fire"}'),
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (200, {"version": "0.33.0"}),
+        b"DELETE /api/delete": (500, {"error": "disk on fire"}),
     }
 
-    async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while not reader.at_eof():
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                return
-            length = next(
-                (int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                 if line.lower().startswith(b"content-length:")),
-                0,
-            )  # fmt: skip
-            await reader.readexactly(length)
-            status, body = answers[b" ".join(head.split(b" ")[:2])]
-            writer.write(
-                b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (status, len(body), body)
-            )
-
-    async with serving(node) as port:
+    async with serving(json_node(answers)) as port:
         failing = f"http://127.0.0.1:{port}"
         async with gateway_app([ollama_emulator.url, failing]) as (app, client):
             admin = await create_test_user(app, "admin")
