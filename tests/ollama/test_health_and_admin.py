@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ollama_web.app import create_app
 from ollama_web.core.config import Settings
@@ -244,3 +245,29 @@ async def test_a_delete_that_fails_on_one_node_is_not_a_204(
     assert failed["error"] == "OLLAMA_ERROR"
     assert failed["upstream_message"] == "disk on fire"
     assert ollama_emulator.find_model("llama3.2") is None
+
+
+async def test_a_node_that_answers_503_to_everything_is_down(
+    gateway_app: AppFactory,
+) -> None:
+    """A proxy in front of a dead Ollama answers 503: unlike our own full pool, that is the
+    node failing, even when it listed models before."""
+    answers: dict[bytes, tuple[int, Any]] = {
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (200, {"version": "0.33.0"}),
+    }
+    async with (
+        serving(json_node(answers)) as port,
+        gateway_app([f"http://127.0.0.1:{port}"]) as (app, client),
+    ):
+        user = await create_test_user(app)
+        assert (await client.get("/api/models", headers=user.headers)).status_code == 200
+        for path in list(answers):
+            answers[path] = (503, {"error": "no healthy upstream"})
+        app.state.gateway.registry.invalidate()
+        app.state.gateway.prober._cached_at = 0.0
+        listed = await client.get("/api/models", headers=user.headers)
+        health = (await client.get("/health")).json()["components"]["ollama"]
+    assert (listed.status_code, listed.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+    assert health["status"] == "unhealthy"
+    assert health["nodes"][0]["status"] == "down"

@@ -68,6 +68,11 @@ class OllamaBusyError(AppError):
         self.retry_after = retry_after
 
 
+class PoolBusyError(OllamaBusyError):
+    """Our own pool of connections to Ollama is full (of generations): says nothing about
+    any node, unlike a node's own 429/503."""
+
+
 class ModelNotFoundError(NotFoundError):
     code = "MODEL_NOT_FOUND"
 
@@ -156,7 +161,7 @@ def error_from_response(
 def error_from_transport(exc: httpx.TransportError) -> AppError:
     """Translate a transport failure (no usable HTTP answer)."""
     if isinstance(exc, httpx.PoolTimeout):
-        return OllamaBusyError("Too many requests to Ollama are in progress; try again shortly.")
+        return PoolBusyError("Too many requests to Ollama are in progress; try again shortly.")
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
         return OllamaUnavailableError(details={"reason": describe_transport_error(exc)})
     if isinstance(exc, httpx.TimeoutException):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_web.core.errors import AppError
-from ollama_web.ollama.errors import OllamaBusyError, OllamaUnavailableError
+from ollama_web.ollama.errors import OllamaUnavailableError, PoolBusyError
 from ollama_web.ollama.fields import as_dict, as_int, as_str, strings
 from ollama_web.ollama.names import model_key
 from ollama_web.ollama.nodes import Node, NodeRegistry
@@ -73,9 +73,9 @@ class Inventory:
         try:
             response = await self.upstream.request(node, "GET", "/api/tags")
             self.registry.set_models(node, _entries(response.json()))
-        except OllamaBusyError as exc:
-            # Our pool is full (of generations) or the node is busy: it is not down, and
-            # the inventory it gave last still holds.
+        except PoolBusyError as exc:
+            # Our pool is full (of generations): the node is not down, and the inventory
+            # it gave last still holds.
             return None if node.models else exc.message
         except AppError as exc:
             node.models_at = None

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from ollama_web.core.errors import AppError
-from ollama_web.ollama.errors import OllamaBusyError
+from ollama_web.ollama.errors import PoolBusyError
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.transport import Upstream
 
@@ -41,7 +41,7 @@ class Prober:
                     node, "GET", "/api/version", timeouts=timeouts
                 )
             payload = response.json()
-        except OllamaBusyError as exc:  # our pool is full, or the node is busy: not down
+        except PoolBusyError as exc:  # our pool is full (of generations): says nothing of it
             status = "up" if node.status == "up" else "down"
             return {**result, "status": status, "latency_ms": node.latency_ms, "error": exc.message}
         except AppError as exc:
