@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from ollama_web.app import create_app
 from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.chat.relay import CONTROL_CHANNEL, GenerationRelay
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
@@ -337,3 +339,87 @@ async def test_the_per_user_generation_limit_holds_across_processes(
                 break
             await asyncio.sleep(0.02)
         assert answered.status_code == 200, answered.text
+
+
+class _NoAnswers:
+    """A registry holding no generation: this process owns nothing."""
+
+    def get(self, message_id: str) -> None:
+        return None
+
+
+@asynccontextmanager
+async def _fake_owner(
+    redis: Any, acknowledge_again: bool, answered: list[str]
+) -> AsyncIterator[None]:
+    """An owner on the control channel: acknowledges the first follow (then falls silent);
+    later follows are acknowledged half a second late, or never."""
+
+    async def serve() -> None:
+        async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(CONTROL_CHANNEL)
+            async for message in pubsub.listen():
+                request = json.loads(message["data"])
+                answered.append(request["reply"])
+                if len(answered) == 1:
+                    await redis.publish(request["reply"], b"A")
+                elif acknowledge_again:
+                    await asyncio.sleep(0.5)
+                    await redis.publish(request["reply"], b"A")
+
+    task = asyncio.get_running_loop().create_task(serve())
+    await asyncio.sleep(0.2)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_client_leaving_while_its_follow_is_asked_again_unsubscribes() -> None:
+    """The owner fell silent and the follower asks again; the client leaves meanwhile: the
+    reply channel is unsubscribed all the same, so the owner sees nobody there."""
+    import redis.asyncio as aioredis
+
+    async with aioredis.Redis.from_url(require_redis()) as redis:
+        replies: list[str] = []
+        async with _fake_owner(redis, acknowledge_again=True, answered=replies):
+            follower = GenerationRelay(require_redis(), _NoAnswers(), keepalive_seconds=0.1)  # type: ignore[arg-type]
+            try:
+                log = await follower.follow("m" * 32, 0)
+                assert log is not None
+                while len(replies) < 2:  # silence for 3 keep-alives: it asks again
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.1)  # inside the second ask, waiting for the owner
+                assert log.on_abandoned is not None
+                log.on_abandoned()
+                await asyncio.sleep(0.9)
+                subscribers = dict(await redis.pubsub_numsub(replies[1]))
+            finally:
+                await follower.aclose()
+    assert subscribers[replies[1].encode()] == 0
+
+
+async def test_a_follower_that_got_nothing_before_losing_the_owner_sends_no_id() -> None:
+    """Ids count from 1: an error after no event at all carries no `id:` (a reconnect then
+    replays from the start)."""
+    import redis.asyncio as aioredis
+
+    async with (
+        aioredis.Redis.from_url(require_redis()) as redis,
+        _fake_owner(redis, acknowledge_again=False, answered=[]),
+    ):
+        follower = GenerationRelay(require_redis(), _NoAnswers(), keepalive_seconds=0.1)  # type: ignore[arg-type]
+        try:
+            log = await follower.follow("m" * 32, 0)
+            assert log is not None
+            for _ in range(200):
+                if log.finished:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await follower.aclose()
+    assert log.finished
+    (frame,) = log.frames
+    assert frame.startswith(b"event: error\n")

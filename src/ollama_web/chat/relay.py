@@ -70,7 +70,10 @@ class RemoteLog(EventLog):
         error = GenerationInterrupted(
             "Lost contact with the server process generating this answer; reconnect to resume."
         )
-        self.frames.append(encode_event(self._last_id, "error", error_body(error)))
+        frame = encode_event(self._last_id, "error", error_body(error))
+        if self._last_id == 0:  # nothing came: no id at all (ids count from 1)
+            frame = frame.removeprefix(b"id: 0\n")
+        self.frames.append(frame)
         self.finish()
 
 
@@ -210,6 +213,11 @@ class GenerationRelay:
         except (RedisError, OSError) as exc:
             logger.warning("could not relay %s: %s", request["op"], exc)
             acknowledged = False
+        except BaseException:
+            # Cancelled (the client left while we asked): unsubscribe all the same, or the
+            # owner keeps reaching a subscriber and forwarding to nobody.
+            await asyncio.shield(pubsub.aclose())
+            raise
         if acknowledged:
             return pubsub
         await pubsub.aclose()
