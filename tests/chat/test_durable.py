@@ -377,7 +377,8 @@ async def test_a_swept_answer_ends_once_for_a_client_that_reconnects(
     second = await app_factory(settings)  # sweeps at startup
     path = f"/api/chat/stream/{orphan}"
     async with asgi_client(second) as client:
-        finals = []
+        full = parse_events((await client.get(path, headers=user.headers)).content)
+        finals = [full[-1]]  # a full replay: start, the text, the final event
         for seen in (7, 65):
             headers = {**user.headers, "Last-Event-ID": str(seen)}
             response = await client.get(path, headers=headers)
@@ -387,7 +388,8 @@ async def test_a_swept_answer_ends_once_for_a_client_that_reconnects(
         after_final = await client.get(
             path, headers={**user.headers, "Last-Event-ID": str(finals[0].id)}
         )
-    assert finals[0].id == finals[1].id
+    assert [event.event for event in full] == ["start", "token", "error"]
+    assert finals[0].id == finals[1].id == finals[2].id
     assert finals[0].event == "error"
     assert finals[0].data["error"] == "GENERATION_INTERRUPTED"
     answer = finals[0].data["details"]["assistant_message"]

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ollama_web.chat.generation import Generation, error_body
-from ollama_web.chat.sse import EventLog, Follower, listen_for_disconnect
+from ollama_web.chat.sse import EventLog, Follower, encode_event, listen_for_disconnect
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.core.errors import error_body as http_error_body
 from ollama_web.core.errors import request_id_of
@@ -43,18 +43,16 @@ def stored_log(
     """Events for an answer that finished and left memory, rebuilt from the database.
 
     Without `Last-Event-ID`: `start`, the text (`thinking`, `token`), then `done` (or
-    `error`). With it, only the final event — its message holds the whole text — under the
-    id it had when it was first sent (`final_event_id`, else UNKNOWN_FINAL_EVENT_ID), or
-    nothing when the client saw it.
+    `error`). With it, only the final event — its message holds the whole text. The final
+    event always has the id it had when it was first sent (`final_event_id`, else
+    UNKNOWN_FINAL_EVENT_ID); a client that saw it gets nothing.
     """
-    if after > 0:
-        final = UNKNOWN_FINAL_EVENT_ID if final_event_id is None else final_event_id
-        if after >= final:
-            log = EventLog(base=after)
-            log.finish()
-            return log
-        after = final - 1
-    log = EventLog(base=max(after, 0))
+    final = UNKNOWN_FINAL_EVENT_ID if final_event_id is None else final_event_id
+    if after >= final:
+        log = EventLog(base=after)
+        log.finish()
+        return log
+    log = EventLog()
     if after <= 0:
         log.emit(
             "start",
@@ -69,21 +67,25 @@ def stored_log(
             log.emit_text("thinking", message.thinking)
         if message.content:
             log.emit_text("token", message.content)
-    payload = message.model_dump(mode="json")
-    if message.status in FAILED:
-        error = dict(message.error or {})
-        log.emit(
-            "error",
-            {
-                "error": error.get("error", "GENERATION_FAILED"),
-                "message": error.get("message", "The answer was not completed."),
-                "details": {**dict(error.get("details") or {}), "assistant_message": payload},
-            },
-        )
     else:
-        log.emit("done", {"message": payload})
+        log.base = final - 1
+    # The final event keeps its one id in every replay, full or not: a client reconnecting
+    # with it is told there is nothing more (204), never sent it again under another id.
+    log.frames.append(encode_event(final, *_final_event(message)))
     log.finish()
     return log
+
+
+def _final_event(message: MessagePublic) -> tuple[str, dict[str, Any]]:
+    payload = message.model_dump(mode="json")
+    if message.status not in FAILED:
+        return "done", {"message": payload}
+    error = dict(message.error or {})
+    return "error", {
+        "error": error.get("error", "GENERATION_FAILED"),
+        "message": error.get("message", "The answer was not completed."),
+        "details": {**dict(error.get("details") or {}), "assistant_message": payload},
+    }
 
 
 class GenerationResultResponse(Response):
