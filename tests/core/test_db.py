@@ -262,18 +262,40 @@ async def test_postgres_url_with_libpq_sslmode_connects(
             await engine.dispose()
 
 
-async def test_a_sqlite_database_in_a_missing_directory_gets_its_directory(
-    settings_factory: Callable[..., Settings], tmp_path: Path
+async def test_data_dir_is_created_private_and_a_typed_directory_is_not_created(
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    database = tmp_path / "elsewhere" / "nested" / "app.db"
-    settings = settings_factory(database_url=f"sqlite:///{database}")
-    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
-        try:
-            async with engine.begin() as connection:
-                await connection.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
-        finally:
-            await engine.dispose()
-    assert database.is_file()
+    """The default database's DATA_DIR is made (0700: it holds everything); a DATABASE_URL
+    naming a directory that does not exist is more likely a typo: one line, exit 3, and
+    nothing is created (`migrate --status` must not report a typo as an empty database)."""
+    import os
+    import stat
+
+    from ollama_web.cli import main
+    from ollama_web.core.startup import EXIT_DATABASE_ERROR
+
+    previous = os.umask(0o022)
+    try:
+        settings = settings_factory(data_dir=tmp_path / "fresh" / "data")
+        for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+            try:
+                async with engine.begin() as connection:
+                    await connection.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+            finally:
+                await engine.dispose()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    typo = tmp_path / "typo" / "ollama_web.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{typo}")
+    assert await asyncio.to_thread(main, ["migrate", "--status"]) == EXIT_DATABASE_ERROR
+    assert "unable to open database file" in capsys.readouterr().err
+    assert not typo.parent.exists()
 
 
 @pytest.mark.parametrize("path", ["engine", "inline"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
+import os
 import stat
 from collections.abc import Callable
 from multiprocessing.queues import Queue
@@ -54,6 +56,50 @@ def test_a_key_file_readable_by_others_is_made_0600(
     path.chmod(0o644)
     assert load_or_create_secret(settings) == "k" * 64
     assert _mode(path) == 0o600
+
+
+def test_a_key_that_cannot_be_tightened_is_used_and_a_symlinks_target_left_alone(
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A read-only volume (a mounted secret is often 0644) keeps its key in use; a key file
+    that is a symlink never has its target's mode changed."""
+    settings = settings_factory(secret_key=None)
+    path = secret_file(settings)
+    path.parent.mkdir(parents=True)
+    shared = tmp_path / "shared_key"
+    shared.write_text("s" * 64)
+    shared.chmod(0o644)
+    path.symlink_to(shared)
+    assert load_or_create_secret(settings) == "s" * 64
+    assert _mode(shared) == 0o644
+    path.unlink()
+    path.write_text("k" * 64)
+    path.chmod(0o644)
+
+    def read_only(self: Path, mode: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "chmod", read_only)
+    assert load_or_create_secret(settings) == "k" * 64
+
+
+def test_a_filesystem_without_hard_links_still_gets_one_key(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, destination: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    settings = settings_factory(secret_key=None)
+    key = load_or_create_secret(settings)
+    path = secret_file(settings)
+    assert len(key) == 64
+    assert path.read_text() == key
+    assert _mode(path) == 0o600
+    assert load_or_create_secret(settings) == key
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def _start_worker(data_dir: str, barrier: Barrier, keys: Queue[str]) -> None:

@@ -82,10 +82,11 @@ class SlowQueryRecorder:
 
 
 def _create_sqlite_directory(settings: Settings) -> None:
-    """SQLite creates a missing database file, not its directory (DATA_DIR by default)."""
-    database = settings.sqlite_file
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+    """SQLite creates a missing database file, not its directory: DATA_DIR is created for
+    the default database (private to the service's user). A DATABASE_URL naming a file in a
+    directory that does not exist is more likely a typo than a wish: SQLite says so."""
+    if settings.embedded_database_file is not None:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:

@@ -11,6 +11,7 @@ finding it at once agree on the one replacement.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -43,11 +44,16 @@ def load_or_create_secret(settings: Settings) -> str:
     if settings.secret_key is not None:
         logger.warning("SECRET_KEY %s; using the generated key instead", problem)
     path = secret_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     stored = _read_key(path)
     if stored is None:
         return _create(path)
     return stored if _usable(stored) else _replace_corrupt(path)
+
+
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
+)
 
 
 def _usable(stored: str) -> bool:
@@ -60,10 +66,24 @@ def _read_key(path: Path) -> str | None:
         stored = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        logger.warning("%s was readable by other users; setting its mode to 0600", path)
-        path.chmod(0o600)
+    found = path.lstat()
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        _tighten(path, found)
     return stored
+
+
+def _tighten(path: Path, found: os.stat_result) -> None:
+    """Make a key file others can read 0600: only our own regular file (never a symlink's
+    target elsewhere), and never at the price of the key (a read-only volume keeps it)."""
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+        logger.warning("%s is readable by other users; make it 0600", path)
+        return
+    try:
+        path.chmod(0o600)
+    except OSError as exc:
+        logger.warning("%s is readable by other users and cannot be changed (%s)", path, exc)
+        return
+    logger.warning("%s was readable by other users; its mode is now 0600", path)
 
 
 def _write_temporary(directory: Path) -> tuple[Path, str]:
@@ -85,8 +105,18 @@ def _create(path: Path) -> str:
         # Another worker linked its key first: use theirs (complete, as it was linked).
         stored = _read_key(path)
         return stored if stored is not None and _usable(stored) else _replace_corrupt(path)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A filesystem without hard links (vfat, some network and FUSE mounts): the
+        # directory lock keeps workers from both putting a key in place.
+        with _locked_directory(path.parent):
+            stored = _read_key(path)
+            if stored is not None and _usable(stored):
+                return stored
+            os.replace(temporary, path)
     finally:
-        temporary.unlink()
+        temporary.unlink(missing_ok=True)
     logger.info("generated a new secret key at %s", path)
     return value
 
