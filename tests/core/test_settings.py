@@ -67,6 +67,7 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("OLLAMA_URL", "http://localhost:0", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://a b", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://ok:11434,http://:80", "OLLAMA_URL"),
+        ("DATABASE_URL", "postgresql://u:pw@Leak:Me9/x@127.0.0.1:5432/db", "percent-encode"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(
@@ -77,6 +78,7 @@ def test_invalid_values_are_refused_naming_the_variable(
     with pytest.raises(ConfigurationError) as info:
         load_settings()
     assert fragment in str(info.value)
+    assert "Me9" not in str(info.value)  # no piece of a password
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,14 @@ def test_production_refuses_missing_weak_or_placeholder_secret(secret: str | Non
 
 @pytest.mark.parametrize(
     "secret",
-    [secrets.token_hex(32), secrets.token_hex(16), secrets.token_urlsafe(32)],
+    [
+        secrets.token_hex(32),
+        secrets.token_hex(16),
+        secrets.token_urlsafe(32),
+        secrets.token_hex(32).upper(),
+        "correct-horse-battery-staple-exchange-rate",  # "exchange" is not "change"
+        "tangible-counterexample-quietly-orbit-7",
+    ],
 )
 def test_production_accepts_strong_secret(secret: str) -> None:
     settings = Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]

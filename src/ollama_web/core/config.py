@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +22,8 @@ PLACEHOLDER_SECRETS = frozenset(
         "change-me-generate-with-openssl-rand-hex-32",
     }
 )
-PLACEHOLDER_WORDS = ("change", "example", "your-secret", "placeholder")
+# Whole words (separated by anything but letters and digits): "exchange" is not "change".
+PLACEHOLDER_WORDS = frozenset({"change", "changeme", "example", "placeholder", "yoursecret"})
 MIN_SECRET_LENGTH = 32
 MAX_WORKERS = 64
 # `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
@@ -248,8 +251,11 @@ def to_async_database_url(database_url: str) -> str:
 
     try:
         url = make_url(database_url)
-    except ArgumentError:
-        raise ValueError(f"is not a database URL; {DATABASE_URL_FORMS}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number, often a
+        # password's unencoded ':' or '@': the message must not repeat part of it
+        raise ValueError(
+            f"is not a database URL (percent-encode @ : / # in a password); {DATABASE_URL_FORMS}"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     async_driver = ASYNC_DRIVERS.get(backend)
     if async_driver is None or driver not in ("", async_driver.partition("+")[2]):
@@ -272,7 +278,9 @@ def secret_problem(secret: SecretStr | None) -> str | None:
         return "is not set"
     value = secret.get_secret_value().strip()
     lowered = value.lower()
-    if lowered in PLACEHOLDER_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS):
+    tokens = re.split(r"[^a-z0-9]+", lowered)
+    words = {*tokens, *(first + second for first, second in itertools.pairwise(tokens))}
+    if lowered in PLACEHOLDER_SECRETS or words & PLACEHOLDER_WORDS:
         return "is a placeholder"
     if len(value) < MIN_SECRET_LENGTH:
         return f"is shorter than {MIN_SECRET_LENGTH} characters"
