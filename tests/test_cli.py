@@ -50,3 +50,22 @@ def test_serve_refuses_a_port_or_worker_count_out_of_range(
 def test_serve_flags_win_over_settings(started: dict[str, Any]) -> None:
     assert main(["serve", "--port", "65535", "--workers", "1"]) == 0
     assert (started["port"], started["workers"]) == (65535, 1)
+
+
+def test_serve_with_workers_on_a_database_it_cannot_reach_is_one_line_and_exit_3(
+    started: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Several workers: the migration runs once before they start, and a database it
+    cannot open is said in one line, exit 3 (as `migrate` says it), not a traceback."""
+    from ollama_web.core.startup import EXIT_DATABASE_ERROR
+
+    monkeypatch.setenv("MIGRATE_ON_STARTUP", "true")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'typo' / 'app.db'}")
+    assert main(["serve", "--workers", "2"]) == EXIT_DATABASE_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "cannot use the database" in lines[0]
+    assert started == {}  # uvicorn never started

@@ -29,10 +29,16 @@ def _serve(args: argparse.Namespace) -> int:
     export_multiprocess_dir(settings)
     workers = None if args.reload else _given(args.workers, settings.workers)
     if workers is not None and workers > 1 and settings.migrate_on_startup:
-        # Once, here, before the workers start: each would otherwise try it at once.
+        # Once, here, before the workers start: each would otherwise try it at once. A
+        # database that cannot be reached is one line and exit 3, as for `migrate`.
         from ollama_web.migrations.runner import upgrade_settings
 
-        asyncio.run(upgrade_settings(settings))
+        def migrate() -> int:
+            asyncio.run(upgrade_settings(settings))
+            return 0
+
+        if status := run_database_command(settings, migrate):
+            return status
     elif workers == 1:
         # This process is the server: a new database gets its schema while it starts.
         from ollama_web.migrations.runner import begin_early_migration
