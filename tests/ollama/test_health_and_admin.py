@@ -221,6 +221,26 @@ async def test_a_node_that_trickles_its_answer_costs_no_more_than_one_that_is_si
     assert "too long" in trickling["error"]
 
 
+async def test_a_node_that_no_longer_has_the_model_counts_as_deleted(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """Deleted meanwhile on one node (another admin, another instance): that node says 404,
+    which is what a delete wants; the answer is 204."""
+    answers: dict[bytes, tuple[int, Any]] = {
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (200, {"version": "0.33.0"}),
+        b"DELETE /api/delete": (404, {"error": "model 'llama3.2:latest' not found"}),
+    }
+    async with (
+        serving(json_node(answers)) as port,
+        gateway_app([ollama_emulator.url, f"http://127.0.0.1:{port}"]) as (app, client),
+    ):
+        admin = await create_test_user(app, "admin")
+        response = await client.delete("/api/models/llama3.2", headers=admin.headers)
+    assert response.status_code == 204
+    assert ollama_emulator.find_model("llama3.2") is None
+
+
 async def test_a_delete_that_fails_on_one_node_is_not_a_204(
     gateway_app: AppFactory, ollama_emulator: OllamaEmulator
 ) -> None:

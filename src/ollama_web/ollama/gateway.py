@@ -236,11 +236,13 @@ class OllamaGateway:
             return_exceptions=True,
         )
         self.registry.invalidate()
-        deleted = [node.url for node, result in zip(holders, results, strict=True) if not result]
+        outcomes = list(zip(holders, results, strict=True))
+        # A node that says the model is not there (deleted meanwhile) has it deleted too.
+        deleted = [node.url for node, result in outcomes if _gone(result)]
         failed = [
             (node.url, result)
-            for node, result in zip(holders, results, strict=True)
-            if isinstance(result, BaseException)
+            for node, result in outcomes
+            if isinstance(result, BaseException) and not _gone(result)
         ]
         if not failed:
             return deleted
@@ -324,6 +326,10 @@ class OllamaGateway:
     async def health_check(self) -> dict[str, Any]:
         """The `ollama` component of `/health` (cached, bounded; never hangs)."""
         return await self.prober.health()
+
+
+def _gone(result: BaseException | None) -> bool:
+    return result is None or isinstance(result, ModelNotFoundError)
 
 
 def _described(exc: BaseException) -> dict[str, Any]:
