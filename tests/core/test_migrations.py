@@ -210,6 +210,38 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
 
 
 @pytest.mark.postgres
+async def test_instances_upgrading_together_back_up_once_before_migrating(
+    settings_factory: Callable[..., Settings],
+    empty_pg_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An existing database one revision behind, three instances starting at once: the
+    pre-migration hook (the safety backup) runs once, before the migration, under the same
+    lock; the others find the database migrated and back up nothing."""
+    from ollama_web.migrations import runner
+    from ollama_web.migrations.runner import MigrationStatus, script_head, stored_revision
+
+    settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
+    engines = [create_null_pool_engine(settings) for _ in range(3)]
+    seen: list[str | None] = []
+
+    async def hook(_: Settings, status: MigrationStatus) -> None:
+        seen.append(await stored_revision(engines[0]))
+        await asyncio.sleep(0.2)  # a backup takes a while: the others must wait for it
+
+    try:
+        await upgrade(engines[0], settings, "0005")
+        monkeypatch.setattr(runner, "_before_upgrade_hooks", [hook])
+        await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
+        assert seen == ["0005"]
+        assert await stored_revision(engines[0]) == script_head()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+@pytest.mark.postgres
 async def test_instances_starting_together_on_postgresql_migrate_once(
     settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
 ) -> None:

@@ -130,23 +130,35 @@ async def upgrade(
 ) -> MigrationStatus:
     """Upgrade to `revision`; a no-op when already there. Returns the status before (up to
     date when another process did the upgrade meanwhile)."""
-    status = await migration_status(engine)
-    if status.up_to_date:
-        return status
-    if status.current is not None:
-        for hook in _before_upgrade_hooks:
-            await hook(settings, status)
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Instances starting together on one database: one migrates, the others wait
-            # here (the lock ends with the transaction) and then find nothing to do.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-            now = await conn.run_sync(_pending)
-            if now.up_to_date:
-                return now
-        await conn.run_sync(_upgrade, revision)
+    async with _migration_lock(engine):
+        status = await migration_status(engine)
+        if status.up_to_date:
+            return status
+        if status.current is not None:
+            for hook in _before_upgrade_hooks:
+                await hook(settings, status)
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, revision)
     logger.info("migrated database from %s to %s", status.current or "empty", status.head)
     return status
+
+
+@asynccontextmanager
+async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """On PostgreSQL, instances starting together on one database take turns: one checks,
+    backs up (the hooks) and migrates; the others wait here, then find nothing to do. The
+    session lock is held on a connection of its own, around all three."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        await conn.commit()  # the lock outlives the transaction; the connection holds it
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            await conn.commit()
 
 
 async def upgrade_settings(settings: Settings) -> MigrationStatus:
@@ -282,8 +294,8 @@ async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
         await _finish_early_migration()
         current = await stored_revision(engine)
         if current != script_head():
-            # No pooled connection (nor its driver thread) is carried into the fork.
+            # No pooled connection (nor its driver thread) is carried into the fork; the
+            # child logs what it did (nothing, when another instance migrated first).
             await engine.dispose()
             await upgrade_in_child(settings)
-            logger.info("migrated database from %s to %s", current or "empty", script_head())
     yield
