@@ -68,6 +68,8 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("OLLAMA_URL", "http://a b", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://ok:11434,http://:80", "OLLAMA_URL"),
         ("DATABASE_URL", "postgresql://u:pw@Leak:Me9/x@127.0.0.1:5432/db", "percent-encode"),
+        # Told apart by what is shown of them: the same node twice, whatever the users.
+        ("OLLAMA_URL", "http://a:Me9@gpu1:11434,http://b:Me9@gpu1:11434", "gpu1:11434 more"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(

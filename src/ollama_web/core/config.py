@@ -163,7 +163,13 @@ class Settings(BaseSettings):
     def _ollama_urls(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one Ollama URL is required")
-        return [normalise_ollama_url(url) for url in value]
+        urls = [normalise_ollama_url(url) for url in value]
+        shown = [public_url(url) for url in urls]
+        for url in shown:
+            if shown.count(url) > 1:
+                # Nodes are told apart by what is shown of them, never by credentials.
+                raise ValueError(f"lists the node {url} more than once")
+        return urls
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -307,13 +313,21 @@ def normalise_ollama_url(url: str) -> str:
     return url
 
 
+def public_url(url: str) -> str:
+    """`url` without its user info: `http://user:secret@host:11434` -> `http://host:11434`.
+    Credentials for a proxy in front of Ollama stay in the requests, never in what is shown
+    (health, model lists, metrics labels, logs, configuration errors)."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{separator}{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def _check_ollama_url(url: str) -> None:
     """Refuse at start what every request to the node would fail on."""
     import httpx
 
-    scheme, separator, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    shown = scheme + separator + authority.rpartition("@")[2] + slash + path  # no password
+    scheme = url.partition("://")[0]
+    shown = public_url(url)
     if scheme not in ("http", "https"):
         raise ValueError(f"unsupported scheme in Ollama URL {shown!r}")
     if any(character.isspace() for character in url):

@@ -8,20 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ollama_web.core.config import public_url
+
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 
 NodeStatus = Literal["unknown", "up", "down"]
-
-
-def public_url(url: str) -> str:
-    """`url` without its user info: `http://user:secret@host:11434` -> `http://host:11434`.
-    Credentials for a proxy in front of Ollama stay in the requests, never in what is shown
-    (health, model lists, metrics labels, logs)."""
-    scheme, separator, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{separator}{host}{slash}{path}"
 
 
 @dataclass
