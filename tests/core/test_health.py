@@ -155,6 +155,20 @@ async def test_almost_no_free_space_is_unhealthy_and_not_ready(
     assert (ready.status_code, ready.json()["status"]) == (503, "not_ready")
 
 
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_almost_no_space_in_data_dir_only_degrades_a_postgresql_server(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA_DIR holds only the key and locks then: the database answers, writes work."""
+    _pretend_free_bytes(monkeypatch, service.CRITICAL_FREE_BYTES - 1)
+    health = await client.get("/health")
+    assert health.status_code == 200
+    components = health.json()["components"]
+    assert components["filesystem"]["status"] == "degraded"
+    assert components["database"]["status"] == "healthy"
+    assert (await client.get("/health/ready")).status_code == 200
+
+
 async def test_low_free_space_is_only_degraded(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

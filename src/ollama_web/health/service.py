@@ -110,7 +110,10 @@ def check_filesystem(core: CoreState) -> dict[str, Any]:
     free = _free_bytes(settings.data_dir)
     all_writable = all(entry["writable"] for entry in directories.values())
     status = HEALTHY
-    if not directories["data"]["writable"] or free < CRITICAL_FREE_BYTES:
+    # Almost no space is fatal where the database lives (SQLite); with PostgreSQL, DATA_DIR
+    # holds only the key and locks: logs and backups suffer, requests do not.
+    database_here = settings.is_sqlite
+    if not directories["data"]["writable"] or (database_here and free < CRITICAL_FREE_BYTES):
         status = UNHEALTHY
     elif not all_writable or free < MIN_FREE_BYTES:
         status = DEGRADED
