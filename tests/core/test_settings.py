@@ -66,6 +66,7 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("OLLAMA_URL", "http://localhost:99999", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://localhost:0", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://a b", "OLLAMA_URL"),
+        ("OLLAMA_URL", "http://", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://ok:11434,http://:80", "OLLAMA_URL"),
         ("DATABASE_URL", "postgresql://u:pw@Leak:Me9/x@127.0.0.1:5432/db", "percent-encode"),
         # Told apart by what is shown of them: the same node twice, whatever the users.

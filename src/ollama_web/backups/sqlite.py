@@ -53,8 +53,8 @@ def online_copy(database: Path, destination: Path) -> None:
     """Copy a live database into `destination` (a new file) with the backup API."""
     if not database.exists():
         raise SQLiteBackupError(f"database file {database} does not exist")
-    source = _connect_readonly(database)
     create_private(destination)
+    source = _connect_readonly(database)
     target = sqlite3.connect(destination)
     try:
         source.backup(target, pages=-1)

@@ -302,7 +302,10 @@ def secret_is_strong(secret: SecretStr | None) -> bool:
 def normalise_ollama_url(url: str) -> str:
     """Apply Ollama's OLLAMA_HOST rules: no scheme -> http; no port -> 11434 (unless a scheme
     was given, then the scheme's default port is implied)."""
-    url = url.strip().rstrip("/")
+    url = url.strip()
+    if url.endswith("://"):
+        raise ValueError(f"Ollama URL {url!r} has no host")
+    url = url.rstrip("/")
     if "://" not in url:
         authority, _, rest = url.partition("/")
         host = authority.rpartition("@")[2]  # user:password@ may come first
