@@ -265,16 +265,15 @@ async def test_postgres_url_with_libpq_sslmode_connects(
 async def test_data_dir_is_created_private_and_a_typed_directory_is_not_created(
     settings_factory: Callable[..., Settings],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The default database's DATA_DIR is made (0700: it holds everything); a DATABASE_URL
     naming a directory that does not exist is more likely a typo: one line, exit 3, and
     nothing is created (`migrate --status` must not report a typo as an empty database)."""
     import os
     import stat
+    import subprocess
+    import sys
 
-    from ollama_web.cli import main
     from ollama_web.core.startup import EXIT_DATABASE_ERROR
 
     previous = os.umask(0o022)
@@ -290,11 +289,14 @@ async def test_data_dir_is_created_private_and_a_typed_directory_is_not_created(
         os.umask(previous)
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     typo = tmp_path / "typo" / "ollama_web.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{typo}")
-    assert await asyncio.to_thread(main, ["migrate", "--status"]) == EXIT_DATABASE_ERROR
-    assert "unable to open database file" in capsys.readouterr().err
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{typo}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "migrate", "--status"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_DATABASE_ERROR
+    assert result.stderr.count("\n") == 1
+    assert "unable to open database file" in result.stderr
     assert not typo.parent.exists()
 
 
