@@ -172,3 +172,38 @@ def _children(pid: int) -> list[int]:
 def _open_logs(pid: int, log_dir: Path) -> list[str]:
     targets = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
     return [target for target in targets if target.startswith(str(log_dir / "access.log"))]
+
+
+def test_a_rotation_lock_file_of_another_user_still_serves(tmp_path: Path) -> None:
+    """The CLI run as another user may leave LOG_DIR/.rotation.lock that the service's user
+    may only read: reading is all flock needs, and rotations go on."""
+    import shutil
+
+    from ollama_web.core.logging import ROTATION_LOCK
+
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    lock = log_dir / ROTATION_LOCK
+    lock.write_text("")
+    lock.chmod(0o444)  # ours, but read-only to us: as another user's 0644 file is
+    script = (
+        "import logging\n"
+        "from pathlib import Path\n"
+        "from ollama_web.core.logging import SharedRotatingFileHandler\n"
+        f"handler = SharedRotatingFileHandler(Path({str(log_dir / 'app.log')!r}), 200, 2)\n"
+        "logger = logging.getLogger('t'); logger.addHandler(handler); logger.propagate = False\n"
+        "for i in range(40): logger.warning('line %03d of a log that rotates', i)\n"
+    )
+    command = [sys.executable, "-c", script]
+    if os.geteuid() == 0:  # root may write any file: run without that capability
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is not installed")
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (log_dir / "app.log.1").exists()
+    assert "line 039" in (log_dir / "app.log").read_text()

@@ -117,7 +117,10 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         return bool(super().shouldRollover(record))
 
     def doRollover(self) -> None:
-        with self._lock_path.open("a") as lock:
+        # Read-only is enough for flock: a lock file another user made (the CLI run as
+        # root) still serves the service's user.
+        lock = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             found = self._at_path()
             # Still our file: nobody rotated it since we decided. Another process's file
@@ -126,6 +129,8 @@ class SharedRotatingFileHandler(RotatingFileHandler):
                 super().doRollover()
             else:
                 self._reopen()
+        finally:
+            os.close(lock)
 
 
 def _handler(path: Path, settings: Settings, level: int) -> RotatingFileHandler:
