@@ -26,8 +26,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from ollama_web.backups import names, postgres, sqlite
 from ollama_web.backups.errors import BackupError, BackupsExternalError
 from ollama_web.backups.locks import BACKUP_LOCK_NAME, LockBusyError, holding
@@ -98,10 +96,10 @@ class DatabaseBackup:
     @property
     def database_path(self) -> Path:
         """The SQLite database file."""
-        database = make_url(self.settings.async_database_url).database
-        if not database or database == ":memory:":
+        database = self.settings.sqlite_file
+        if database is None:
             raise BackupError("an in-memory SQLite database cannot be backed up")
-        return Path(database)
+        return database
 
     @property
     def extension(self) -> str:

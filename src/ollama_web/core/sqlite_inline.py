@@ -194,10 +194,6 @@ class InlineSQLite:
             raise
         _Commits.count += 1
 
-    @property
-    def database(self) -> str:
-        return self._database
-
     def probe_write(self) -> None:
         """Begin a write and roll it back, for /health. `BEGIN IMMEDIATE` alone succeeds on a
         file SQLite opened read-only; rewriting the header's user_version with its own value

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ollama_web import __version__
-from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
+from ollama_web.core.sqlite_inline import InlineUnavailable
 from ollama_web.core.state import CoreState
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
@@ -53,7 +53,7 @@ async def _database_state(core: CoreState) -> dict[str, Any]:
     try:
         async with core.engine.connect() as conn:
             read_only = await _read_only(conn)
-        problem = "the database is read-only" if read_only else _write_problem(core.inline)
+        problem = "the database is read-only" if read_only else _write_problem(core)
     except Exception as exc:  # any driver failure means the database is unusable
         return {"status": UNHEALTHY, "latency_ms": None, "error": type(exc).__name__}
     latency = round((time.perf_counter() - started) * 1000, 2)
@@ -71,12 +71,13 @@ async def _read_only(conn: AsyncConnection) -> bool:
     return False
 
 
-def _write_problem(inline: InlineSQLite | None) -> str | None:
+def _write_problem(core: CoreState) -> str | None:
     """Why the SQLite file cannot be written, or None. Reads succeed on a file SQLite opened
     read-only (permissions, a read-only mount) and on a full disk, and every write fails."""
-    if inline is None:
+    inline, database = core.inline, core.settings.sqlite_file
+    if inline is None or database is None:
         return None
-    free = _free_bytes(Path(inline.database).parent)
+    free = _free_bytes(database.parent)
     if free < CRITICAL_FREE_BYTES:
         return f"no space left for the database ({free} bytes free)"
     try:
