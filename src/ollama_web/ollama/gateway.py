@@ -17,8 +17,8 @@ from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError, ValidationError
 from ollama_web.ollama.chat import ChatStream
 from ollama_web.ollama.chunks import ChatChunk
-from ollama_web.ollama.errors import ModelNotFoundError, OllamaError, OllamaUnavailableError
-from ollama_web.ollama.inventory import Inventory, NodeReport
+from ollama_web.ollama.errors import ModelNotFoundError, OllamaError
+from ollama_web.ollama.inventory import Inventory, NodeReport, require_a_node_up
 from ollama_web.ollama.names import validate_model_name
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.probe import Prober
@@ -195,12 +195,8 @@ class OllamaGateway:
     async def running_models(self) -> tuple[list[tuple[str, dict[str, Any]]], list[NodeReport]]:
         """`/api/ps` of every reachable node: (node url, entry) pairs and node reports."""
         reports = await self.inventory.refresh(loaded=True, force=True)
+        require_a_node_up(reports)
         up = {report.url for report in reports if report.status == "up"}
-        if not up:
-            raise OllamaUnavailableError(
-                "No Ollama node is reachable.",
-                details={"nodes": [report.as_dict() for report in reports]},
-            )
         results = await asyncio.gather(
             *(self._ps(node) for node in self.registry.nodes if node.url in up)
         )
@@ -223,13 +219,8 @@ class OllamaGateway:
         reports = await self.inventory.refresh(force=True)
         holders = [n for n in self.inventory.holders(parsed.key) if node_url in (None, n.url)]
         if not holders:
-            asked = [r for r in reports if node_url in (None, r.url)]
-            if not any(report.status == "up" for report in asked):
-                # Nobody could say whether it is there: not a 404.
-                raise OllamaUnavailableError(
-                    "No Ollama node is reachable.",
-                    details={"nodes": [report.as_dict() for report in asked]},
-                )
+            # Nobody could say whether it is there: not a 404.
+            require_a_node_up([r for r in reports if node_url in (None, r.url)])
             raise ModelNotFoundError(name)
         results = await asyncio.gather(
             *(self._delete_on(node, node.display_name(parsed.key)) for node in holders),
@@ -285,13 +276,8 @@ class OllamaGateway:
             node = self._known_node(node_url)
         else:
             reports = await self.inventory.refresh()
-            up = [r.url for r in reports if r.status == "up"]
-            if not up:
-                raise OllamaUnavailableError(
-                    "No Ollama node is reachable.",
-                    details={"nodes": [report.as_dict() for report in reports]},
-                )
-            node = self._known_node(up[0])
+            require_a_node_up(reports)
+            node = self._known_node(next(r.url for r in reports if r.status == "up"))
         return await self.pulls.start(node, parsed, name)
 
     def _pull_finished(self, job: PullJob) -> None:

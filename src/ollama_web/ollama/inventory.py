@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,15 @@ class NodeReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"url": self.url, "status": self.status, "error": self.error}
+
+
+def require_a_node_up(reports: Sequence[NodeReport]) -> None:
+    """OLLAMA_UNAVAILABLE, with every node's report, when none of `reports` is up."""
+    if not any(report.status == "up" for report in reports):
+        raise OllamaUnavailableError(
+            "No Ollama node is reachable.",
+            details={"nodes": [report.as_dict() for report in reports]},
+        )
 
 
 def _entries(payload: Any, field: str = "models") -> dict[str, dict[str, Any]]:
@@ -129,11 +138,7 @@ class Inventory:
     async def merged(self, *, force: bool = False) -> tuple[list[dict[str, Any]], list[NodeReport]]:
         """Models of every reachable node merged by canonical name, and the node reports."""
         reports = await self.refresh(force=force)
-        if not any(report.status == "up" for report in reports):
-            raise OllamaUnavailableError(
-                "No Ollama node is reachable.",
-                details={"nodes": [report.as_dict() for report in reports]},
-            )
+        require_a_node_up(reports)
         merged: dict[str, dict[str, Any]] = {}
         up = {report.url for report in reports if report.status == "up"}
         for node in self.registry.nodes:

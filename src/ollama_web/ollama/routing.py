@@ -18,7 +18,7 @@ from ollama_web.ollama.errors import (
     OllamaBusyError,
     OllamaUnavailableError,
 )
-from ollama_web.ollama.inventory import Inventory
+from ollama_web.ollama.inventory import Inventory, require_a_node_up
 from ollama_web.ollama.names import ModelName
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
@@ -39,11 +39,8 @@ class Router:
             # The cache may predate a pull: ask again before saying "not found".
             reports = await self.inventory.refresh(force=True, loaded=True)
             holders = self.inventory.holders(name.key)
-            if not holders and not any(report.status == "up" for report in reports):
-                raise OllamaUnavailableError(
-                    "No Ollama node is reachable.",
-                    details={"nodes": [report.as_dict() for report in reports]},
-                )
+            if not holders:
+                require_a_node_up(reports)
         if not holders:
             raise ModelNotFoundError(requested)
         return sorted(holders, key=lambda n: (name.key not in n.loaded, n.in_flight, n.index))
