@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ollama_web.chat.generation import GenerationInterrupted, error_body
 from ollama_web.core.db import session_scope
 from ollama_web.db import Message
 from ollama_web.db.base import utcnow
@@ -34,11 +35,7 @@ logger = logging.getLogger("ollama_web.chat")
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
 UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
-ABANDONED = {
-    "error": "GENERATION_INTERRUPTED",
-    "message": "The server process generating this answer stopped.",
-    "details": {},
-}
+ABANDONED = error_body(GenerationInterrupted("The server process generating this answer stopped."))
 """The error of a swept answer: the code a follower got live, not a generic failure."""
 
 
