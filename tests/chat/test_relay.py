@@ -261,7 +261,8 @@ async def test_a_client_following_through_another_process_gets_the_interrupted_a
 ) -> None:
     """The owner shuts down while a client follows its answer through process B: the
     answers end first (interrupted, with their text), then the relay closes, so that last
-    event still reaches B's client."""
+    event still reaches B's client. The owner's publishes are slowed: closing the relay
+    must let its forwards finish, not cancel them as they send the last event."""
     ollama_emulator.config.reply_tokens = 300
     ollama_emulator.config.tokens_per_second = 30
     settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3)
@@ -275,6 +276,15 @@ async def test_a_client_following_through_another_process_gets_the_interrupted_a
             relay = _registry(app).relay
             assert relay is not None
             await asyncio.wait_for(relay.listening.wait(), 5)
+        owner_relay = _registry(owner_app).relay
+        assert owner_relay is not None
+        publish = owner_relay._publish
+
+        async def slow_publish(channel: str, payload: bytes) -> int:
+            await asyncio.sleep(0.05)
+            return await publish(channel, payload)
+
+        owner_relay._publish = slow_publish  # type: ignore[method-assign]
         async with (
             live_server(owner_app) as owner_url,
             live_server(follower_app) as follower_url,

@@ -46,6 +46,7 @@ STOP_WAIT_SECONDS = 10.0
 RETRY_SECONDS = 1.0
 SILENT_KEEPALIVES = 3
 REFOLLOW_ATTEMPTS = 3
+DRAIN_SECONDS = 2.0
 
 
 class RemoteLog(EventLog):
@@ -88,6 +89,7 @@ class GenerationRelay:
         self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()
         self.listening = asyncio.Event()
         """Set while this process is subscribed to the control channel."""
 
@@ -97,16 +99,28 @@ class GenerationRelay:
         )
 
     async def aclose(self) -> None:
-        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        """Stop taking requests, give the forwards and stops under way DRAIN_SECONDS to send
+        what they have (after a shutdown, the answers' last events), then cancel the rest."""
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._serving:
+            await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._redis.aclose()
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
+        """A task of the relay's; `serving` marks the owner side (a forward or a stop for
+        another process), which a closing relay lets finish."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if serving:
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
         return task
 
     # ------------------------------------------------------------- owner side
@@ -140,10 +154,11 @@ class GenerationRelay:
         if generation is None:
             return  # another process's answer (or nobody's)
         if op == "stop":
-            self._spawn(self._stop_for(generation, reply))
+            self._spawn(self._stop_for(generation, reply), serving=True)
         elif op == "follow":
             after = request.get("after")
-            self._spawn(self._forward(generation, after if isinstance(after, int) else 0, reply))
+            after = after if isinstance(after, int) else 0
+            self._spawn(self._forward(generation, after, reply), serving=True)
 
     async def _publish(self, channel: str, payload: bytes) -> int:
         """Subscribers reached; 0 when Redis failed too."""
