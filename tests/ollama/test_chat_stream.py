@@ -320,7 +320,7 @@ async def test_a_node_that_hangs_before_its_headers_times_out_with_504(
         assert "read timed out" in (node.last_error or "")
         assert node.status == "up"  # slow is not unreachable: a cold load may take long
     assert caught.value.status_code == 504
-    assert 0.3 <= elapsed < 1.0
+    assert 0.3 <= elapsed < 1.5  # the read timeout, not the 2 s connect one
 
 
 async def test_closing_the_gateway_mid_stream_leaves_nothing_behind(

@@ -80,7 +80,7 @@ async def test_a_hanging_node_never_hangs_health(
             started = time.monotonic()
             body = (await client.get("/health")).json()
             elapsed = time.monotonic() - started
-    assert elapsed < 0.8
+    assert elapsed < 1.5  # the list timeout, not the 2 s connect or 5 s default
     nodes = body["components"]["ollama"]["nodes"]
     assert nodes[1]["status"] == "down"
     assert "read timed out" in nodes[1]["error"]

@@ -196,8 +196,8 @@ async def test_listing_with_a_node_that_never_answers_costs_the_list_timeout(
     assert [m["name"] for m in models] == ["llama3.2:latest"]
     assert reports[0].status == "down"
     assert "read timed out" in (reports[0].error or "")
-    assert 0.3 <= elapsed < 0.6
-    assert second < 0.1  # in back-off: reported, not waited on
+    assert 0.3 <= elapsed < 1.5  # the list timeout, not the 5 s default or the 300 s one
+    assert second < 0.3  # in back-off: reported, not waited on
 
 
 async def test_listing_with_a_blackholed_node_costs_the_connect_timeout(
@@ -212,4 +212,4 @@ async def test_listing_with_a_blackholed_node_costs_the_connect_timeout(
     assert [m["nodes"] for m in models] == [[ollama_emulator.url]]
     assert reports[0].status == "down"
     assert "connect timed out" in (reports[0].error or "")
-    assert 0.2 <= elapsed < 0.45
+    assert 0.2 <= elapsed < 1.5  # the connect timeout, not the 5 s list timeout
