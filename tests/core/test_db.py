@@ -337,3 +337,26 @@ async def test_statement_errors_carry_no_parameters(
         await engine.dispose()
     assert "my private words" not in str(raised.value)
     assert "INSERT INTO messages" in str(raised.value)
+
+
+async def test_a_failed_sqlite_connect_leaves_no_driver_thread_behind(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """aiosqlite stops its thread after a failed connect with a future nobody awaits; were
+    the thread still running when the event loop closed (a CLI command that exits on the
+    error), it would die on the closed loop with a traceback on stderr."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    settings = settings_factory(database_url=f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    before = set(threading.enumerate())
+    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+        try:
+            for _ in range(10):
+                with pytest.raises(OperationalError, match="unable to open database file"):
+                    async with engine.connect():
+                        pass
+                assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
+        finally:
+            await engine.dispose()

@@ -120,11 +120,16 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
 def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     """An engine for one-off command-line work (no pool left behind)."""
-    engine = create_async_engine(
-        settings.async_database_url, poolclass=NullPool, hide_parameters=True
-    )
+    kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
         _create_sqlite_directory(settings)
+        from ollama_web.core.sqlite_driver import aiosqlite_dbapi
+
+        kwargs["module"] = aiosqlite_dbapi()
+    engine = create_async_engine(
+        settings.async_database_url, poolclass=NullPool, hide_parameters=True, **kwargs
+    )
+    if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 

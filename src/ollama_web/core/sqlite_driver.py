@@ -28,9 +28,11 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.util.concurrency import await_
 
 Description = tuple[tuple[Any, ...], ...] | None
 _COMMIT_NEXT = "_ollama_web_commit_next"
+THREAD_STOP_SECONDS = 1.0
 
 
 def commit_with_next_statement(driver_connection: Any, commit: bool = True) -> None:
@@ -121,7 +123,27 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             super().rollback()
 
 
-class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+class AiosqliteDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """SQLAlchemy's aiosqlite DBAPI, which waits for aiosqlite's thread to end after a
+    failed connect.
+
+    aiosqlite queues its thread's stop with a future nobody awaits; had the event loop
+    closed first (a CLI command exiting on the error), the thread would die posting to it,
+    with a traceback on stderr. The stop is the next item on the thread's queue and needs
+    nothing from the loop, so the join is short."""
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        connection = aiosqlite.connect(*arg, **kw)
+        connection._thread.daemon = True  # as SQLAlchemy's own connect does
+        try:
+            opened: Any = await_(connection)
+        except BaseException:
+            connection._thread.join(timeout=THREAD_STOP_SECONDS)
+            raise
+        return AsyncAdapt_aiosqlite_connection(self, opened)
+
+
+class OneTripDBAPI(AiosqliteDBAPI):
     def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
         adapted = super().connect(*arg, **kw)
         adapted.__class__ = OneTripConnection
@@ -146,3 +168,8 @@ def reset_on_return(dbapi_connection: Any, _record: Any, state: Any) -> None:
 
 def one_trip_dbapi() -> OneTripDBAPI:
     return OneTripDBAPI(aiosqlite, sqlite3)
+
+
+def aiosqlite_dbapi() -> AiosqliteDBAPI:
+    """The plain adapter (SQLAlchemy's own cursors), for one-off command-line engines."""
+    return AiosqliteDBAPI(aiosqlite, sqlite3)
