@@ -61,9 +61,9 @@ def test_fresh_server_answers_health_degraded_without_ollama(
     process = subprocess.Popen(args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         started = time.monotonic()
-        body, _ = _wait_health(port, started + 20)
-        elapsed = time.monotonic() - started
-        assert elapsed < 5, f"took {elapsed:.2f}s (bench/startup.py measures the real budget)"
+        # The start is timed by bench/startup.py; here it only has to come, even on a
+        # loaded machine (the answer of a process that hangs never does).
+        body, _ = _wait_health(port, started + 30)
         assert body["status"] == "degraded"
         components = body["components"]
         assert isinstance(components, dict)
