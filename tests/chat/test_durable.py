@@ -426,7 +426,7 @@ async def test_a_second_process_leaves_the_first_ones_generation_alone(
     settings = chat_settings(generation_checkpoint_seconds=0.05)
     first = await app_factory(settings)
     user = await create_test_user(first)
-    ollama_emulator.config.first_token_delay = 2.0
+    ollama_emulator.config.first_token_delay = 3.5  # a start of the second may take long
     ollama_emulator.config.reply_tokens = 5
     async with streamed_chat(live_server, first, user) as reader:
         start = await reader.next()
@@ -438,6 +438,34 @@ async def test_a_second_process_leaves_the_first_ones_generation_alone(
         events = await reader.rest()
     assert events[-1].event == "done"
     assert (await _statuses(first, [answer_id]))[answer_id][0] == "complete"
+
+
+async def test_a_heartbeat_is_not_skipped_when_the_next_would_come_too_late(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Heartbeats come once an interval. Skipping one because the row was written a little
+    under an interval ago would leave it unwritten for nearly two intervals, against a stale
+    limit of three; a row written more than half an interval ago is written again."""
+    app = await app_factory(chat_settings())  # heartbeat every 5 s: the keeper stays out
+    user = await create_test_user(app)
+    ollama_emulator.config.first_token_delay = 5.0
+    interval = leases.heartbeat_seconds(1.0)
+    async with streamed_chat(live_server, app, user) as reader:
+        answer_id = (await reader.next()).data["assistant_message_id"]
+        generation = app.state.generations.get(answer_id)
+        assert generation is not None
+        loop = asyncio.get_running_loop()
+        generation._last_write = loop.time() - interval * 0.6
+        await generation.heartbeat(interval)
+        written = generation._last_write
+        assert loop.time() - written < interval * 0.5  # written now
+        await generation.heartbeat(interval)
+        assert generation._last_write == written  # just written: not again
+        generation.stop()
+        await generation.wait()
 
 
 async def test_shutdown_stores_running_answers_as_interrupted(

@@ -275,11 +275,14 @@ class Generation:
         await self._write(values)
 
     async def heartbeat(self, interval: float) -> None:
-        """Write `updated_at` when nothing else wrote the row for `interval` seconds (say,
-        while a model loads): it tells other processes this answer is alive (see `leases`)."""
+        """Called once every `interval` seconds: write `updated_at` when nothing else wrote
+        the row for half of it (say, while a model loads), so that no row goes unwritten
+        much longer than `interval`; it tells other processes this answer is alive (see
+        `leases`). Skipping a write made a little under `interval` ago would leave nearly
+        two intervals until the next."""
         if self._finishing or self.finished.is_set():
             return
-        if asyncio.get_running_loop().time() - self._last_write >= interval:
+        if asyncio.get_running_loop().time() - self._last_write >= interval / 2:
             await self._write({})
 
     async def _write(self, values: dict[str, Any]) -> bool:
