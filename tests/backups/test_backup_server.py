@@ -95,7 +95,7 @@ async def test_periodic_backups_follow_the_interval(
 ) -> None:
     settings = sqlite_settings()
     add_user_sqlite(settings, "alice")
-    app = await backup_app(backup_enabled=True, backup_interval_hours=1.5 / 3600)
+    app = await backup_app(backup_enabled=True, backup_interval_hours=3 / 3600)
     await app.state.backups.startup_backup_done()
     admin = await create_test_user(app, role="admin")
     async with asgi_client(app) as client:
@@ -103,7 +103,7 @@ async def test_periodic_backups_follow_the_interval(
         assert status["count"] == 1  # the startup backup
         due = datetime.fromisoformat(status["next_scheduled_at"])
         last = datetime.fromisoformat(status["last_backup"]["created_at"])
-        assert (due - last).total_seconds() == pytest.approx(1.5)
+        assert (due - last).total_seconds() == pytest.approx(3)
         for _ in range(100):
             await asyncio.sleep(0.1)
             if (await client.get("/backup/status", headers=admin.headers)).json()["count"] >= 2:

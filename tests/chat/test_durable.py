@@ -84,7 +84,7 @@ async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_of
     app = await app_factory(chat_settings(chat_continue_on_disconnect=False))
     user = await create_test_user(app)
     ollama_emulator.config.reply_tokens = REPLY_TOKENS
-    ollama_emulator.config.tokens_per_second = 50
+    ollama_emulator.config.tokens_per_second = 10  # 3 s: a slow stop still comes first
     async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
         async with http.stream(
             "POST", "/api/chat/stream", json=chat_body(), headers=user.headers

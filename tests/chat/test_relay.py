@@ -101,7 +101,7 @@ async def test_a_stop_sent_to_another_process_stops_the_generation_at_once(
     message = stopped.json()["message"]
     assert (message["id"], message["status"]) == (answer_id, "stopped")
     assert message["content"].startswith("tok0")
-    assert elapsed < 1.0  # Redis round trips on loopback: milliseconds
+    assert elapsed < 2.0  # Redis round trips on loopback: milliseconds
     assert events[-1].event == "done"
     assert events[-1].data["message"]["content"] == message["content"]
 
@@ -322,7 +322,7 @@ async def test_without_an_owner_the_answer_is_elsewhere(
         elapsed = time.perf_counter() - started
     assert (stop.status_code, stop.json()["error"]) == (409, "GENERATION_ELSEWHERE")
     assert (follow.status_code, follow.json()["error"]) == (409, "GENERATION_ELSEWHERE")
-    assert elapsed < 3.0  # two waits of OWNER_WAIT_SECONDS at most
+    assert elapsed < 6.0  # two waits of OWNER_WAIT_SECONDS, not STOP_WAIT_SECONDS (10)
 
 
 async def test_the_per_user_generation_limit_holds_across_processes(
@@ -365,9 +365,12 @@ async def _fake_owner(
     """An owner on the control channel: acknowledges the first follow (then falls silent);
     later follows are acknowledged half a second late, or never."""
 
+    subscribed = asyncio.Event()
+
     async def serve() -> None:
         async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(CONTROL_CHANNEL)
+            subscribed.set()
             async for message in pubsub.listen():
                 request = json.loads(message["data"])
                 answered.append(request["reply"])
@@ -378,7 +381,7 @@ async def _fake_owner(
                     await redis.publish(request["reply"], b"A")
 
     task = asyncio.get_running_loop().create_task(serve())
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(subscribed.wait(), 10)
     try:
         yield
     finally:

@@ -55,11 +55,11 @@ async def test_a_users_slots_are_counted_across_processes() -> None:
 @pytest.mark.redis
 async def test_slots_of_a_process_that_is_gone_lapse_unless_refreshed() -> None:
     user, kept = new_user(), new_user()
-    async with processes(2, stale_seconds=0.3) as (a, b):
+    async with processes(2, stale_seconds=1.0) as (a, b):
         assert await a.take(user, "crashed", 1) is True
         assert await a.take(kept, "alive", 1) is True
         assert await b.take(user, "x", 1) is False
-        for _ in range(5):  # a keeps its `kept` slot; its `user` slot was never refreshed
+        for _ in range(12):  # a keeps its `kept` slot; its `user` slot was never refreshed
             await asyncio.sleep(0.1)
             await a.refresh([(kept, "alive")])
         assert await b.take(user, "x", 1) is True

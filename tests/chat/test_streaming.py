@@ -137,7 +137,7 @@ async def test_keepalive_comments_flow_while_waiting_for_the_first_token(
 
     app = await app_factory(chat_settings(sse_keepalive_seconds=0.05))
     user = await create_test_user(app)
-    ollama_emulator.config.first_token_delay = 0.4
+    ollama_emulator.config.first_token_delay = 1.0
     async with streamed_chat(live_server, app, user) as reader:
         events = await reader.until("done")
     before_first_token = reader.raw.split(b"event: token")[0]

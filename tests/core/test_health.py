@@ -195,7 +195,7 @@ async def test_database_locked_by_a_writer_is_healthy_without_waiting(
         writer.execute("ROLLBACK")
     finally:
         writer.close()
-    assert elapsed < 1.0
+    assert elapsed < 3.0  # not the 5 s busy timeout
     assert (ready.status_code, ready.json()["status"]) == (200, "ready")
     assert health.json()["components"]["database"]["status"] == "healthy"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sqlite3
@@ -199,8 +200,15 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
     from ollama_web.migrations.runner import begin_early_migration
 
     begin_early_migration(empty_settings)  # what `ollama-web serve` does before the imports
-    with caplog.at_level("INFO", logger="ollama_web.migrations"):
-        await app_factory(empty_settings)
+    # The app's logging setup stops "ollama_web" records at its own handlers, short of the
+    # root logger that caplog listens on: listen on the migrations logger itself.
+    migrations_logger = logging.getLogger("ollama_web.migrations")
+    migrations_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="ollama_web.migrations"):
+            await app_factory(empty_settings)
+    finally:
+        migrations_logger.removeHandler(caplog.handler)
     assert "while the server started" in caplog.text
     engine = create_null_pool_engine(empty_settings)
     try:

@@ -224,7 +224,7 @@ async def test_a_locked_database_is_waited_for_on_the_driver_thread_not_the_loop
         started = time.monotonic()
         with pytest.raises(InlineUnavailable):
             database.inline.write(_turn())
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 1.0  # not the 5 s busy timeout
         # Reads are not blocked by a writer (WAL): a lookup still answers inline.
         assert database.inline.first(_KEY_LOOKUP, {"key_hash": "h"}) is None
 
@@ -235,7 +235,7 @@ async def test_a_locked_database_is_waited_for_on_the_driver_thread_not_the_loop
             await asyncio.sleep(0.01)
             ticks += 1
         await writing
-        assert ticks >= 20  # the loop ran on during the 0.3 s wait
+        assert ticks >= 5  # the loop ran on during the 0.3 s wait (a held loop: 1)
         assert len(await _rows(database.engine, MESSAGES)) == 2
     finally:
         holder.close()

@@ -272,7 +272,7 @@ async def test_leaving_the_stream_early_cancels_the_generation_upstream(
                     break
         started = time.monotonic()
         await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.5  # not the 5 s the reply would take
         assert gateway.registry.nodes[0].in_flight == 0
     assert ollama_emulator.generations_completed == 0
 
@@ -335,6 +335,5 @@ async def test_closing_the_gateway_mid_stream_leaves_nothing_behind(
         await stream.aclose()  # idempotent
         with pytest.raises(RuntimeError):
             stream.__aiter__()
-    await ollama_emulator.wait_until(lambda: ollama_emulator.active_generations == 0)
-    await asyncio.sleep(0)
-    assert ollama_emulator.generations_cancelled == 1
+    await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+    assert ollama_emulator.active_generations == 0

@@ -214,7 +214,7 @@ async def test_a_node_that_trickles_its_answer_costs_no_more_than_one_that_is_si
             listed = await asyncio.wait_for(client.get("/api/models", headers=user.headers), 10)
             elapsed = time.monotonic() - started
     assert listed.status_code == 200
-    assert elapsed < 2.5  # 0.5 + 0.5 + 0.5, and some slack
+    assert elapsed < 5.0  # 0.5 + 0.5 + 0.5, not the 100 s the trickle would take
     assert [m["name"] for m in listed.json()["models"]] == ["llama3.2:latest"]
     trickling = listed.json()["nodes"][1]
     assert trickling["status"] == "down"

@@ -66,10 +66,13 @@ async def test_pulling_an_unknown_model_fails_after_the_200(
 async def test_admins_pulling_the_same_model_share_one_upstream_pull(
     gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
 ) -> None:
-    ollama_emulator.config.pull_delay = 0.01
+    ollama_emulator.config.pull_delay = 0.05
     async with gateway_factory([ollama_emulator.url]) as gateway:
         first = await gateway.pull_model("mistral")
-        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(first.job.events) < 2:  # the second joins a pull under way
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.005)
         second = await gateway.pull_model("Mistral:latest")
         assert second.job is first.job
         assert second.start_index > 0
