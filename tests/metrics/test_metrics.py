@@ -211,9 +211,7 @@ def test_the_token_hook_only_counts_until_the_numbers_are_read() -> None:
     generation ends or the numbers are read, never a counter update per token."""
 
     def exported() -> float:
-        registry = prometheus()._single_process_registry()
-        value = registry.get_sample_value("ollama_web_tokens_relayed_total")
-        return value or 0.0
+        return sample_value(prometheus().render().decode(), "ollama_web_tokens_relayed_total")
 
     before = exported()
     for _ in range(1000):

@@ -69,10 +69,8 @@ async def test_admins_pulling_the_same_model_share_one_upstream_pull(
     ollama_emulator.config.pull_delay = 0.05
     async with gateway_factory([ollama_emulator.url]) as gateway:
         first = await gateway.pull_model("mistral")
-        deadline = asyncio.get_running_loop().time() + 5
-        while len(first.job.events) < 2:  # the second joins a pull under way
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.005)
+        # The second joins a pull under way.
+        await ollama_emulator.wait_until(lambda: len(first.job.events) >= 2, timeout=5)
         second = await gateway.pull_model("Mistral:latest")
         assert second.job is first.job
         assert second.start_index > 0
