@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from ollama_web import __version__
 from ollama_web.core.config import MAX_WORKERS, Settings
-from ollama_web.core.startup import load_settings_or_exit, run_database_command
+from ollama_web.core.startup import (
+    EXIT_BROKEN_PIPE,
+    load_settings_or_exit,
+    run_database_command,
+)
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -137,7 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.handler(args)
+    try:
+        result: int = args.handler(args)
+        sys.stdout.flush()  # a reader that left shows here, while we can still answer it
+    except BrokenPipeError:
+        # `ollama-web users list | head`: stop quietly with a shell's status for SIGPIPE.
+        # Python flushes stdout again at exit; pointed at /dev/null, that flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return result
 
 

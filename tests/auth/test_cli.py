@@ -288,3 +288,44 @@ def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
     )
     assert result.returncode == 1
     assert "--password-stdin" in _one_line(result.stderr)
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> None:
+    """`ollama-web users list | head`: the pipe's reader is gone before the listing is
+    written. Not a database error (it was exit 3, "cannot use the database: BrokenPipeError")
+    and no traceback: silence and a shell's status for SIGPIPE."""
+    env = {
+        **os.environ,
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    env.pop("DATABASE_URL", None)
+    command = [sys.executable, "-m", "ollama_web"]
+    created = subprocess.run(
+        [*command, "create-admin", "--username", "boss", "--password-stdin"],
+        input=PASSWORD,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before anything was written: every write fails
+    try:
+        listing = subprocess.run(
+            [*command, "users", "list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (listing.returncode, listing.stderr) == (141, "")

@@ -1,8 +1,9 @@
 """Load settings for a command, and report a command's everyday failures in one line.
 
 Exit statuses: 78 invalid configuration; 3 the database cannot be reached or used
-(refused, wrong password, missing, locked); 130 interrupted. `migrate --status` keeps 1
-for "migrations are pending".
+(refused, wrong password, missing, locked); 130 interrupted; 141 the reader of the output
+left (`ollama-web users list | head`). `migrate --status` keeps 1 for "migrations are
+pending".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ollama_web.core.config import Settings
 EXIT_CONFIG_ERROR = 78  # EX_CONFIG from sysexits.h
 EXIT_DATABASE_ERROR = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a command the reader left usually dies of
 
 
 class ConfigurationError(Exception):
@@ -61,6 +63,8 @@ def run_database_command(settings: Settings, command: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the output's reader left: not the database's fault (see `cli.main`)
     except (SQLAlchemyError, OSError) as exc:
         print(
             f"error: cannot use the database {_database_name(settings)}: "
