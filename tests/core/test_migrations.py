@@ -268,6 +268,60 @@ async def test_instances_starting_together_on_postgresql_migrate_once(
             await engine.dispose()
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.postgres
+async def test_an_instance_waiting_for_another_migration_says_who_holds_the_lock(
+    settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
+) -> None:
+    """While another session holds the migration lock, an upgrade waits (never fails on a
+    half-made schema) and says so once, naming the holder's backend pid; when the lock is
+    released it migrates."""
+    from sqlalchemy import text
+
+    from ollama_web.migrations.runner import LOCK_KEY, script_head, stored_revision
+
+    settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
+    holder_engine = create_null_pool_engine(settings)
+    engine = create_null_pool_engine(settings)
+    migrations_logger = logging.getLogger("ollama_web.migrations")
+    records = _Records()
+    migrations_logger.addHandler(records)
+    level = migrations_logger.level
+    migrations_logger.setLevel(logging.INFO)
+    try:
+        async with holder_engine.connect() as holder:
+            pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar()
+            await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+            upgrading = asyncio.ensure_future(upgrade(engine, settings))
+            for _ in range(400):
+                if records.messages or upgrading.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert not upgrading.done()
+            assert records.messages == [
+                "waiting for the migration another process is running on this database "
+                f"(PostgreSQL backend pid {pid} holds its lock)"
+            ]
+            await holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            before = await asyncio.wait_for(upgrading, 60)
+        assert not before.up_to_date
+        assert await stored_revision(engine) == script_head()
+        assert records.messages[1] == "the other migration ended; checking the schema again"
+    finally:
+        migrations_logger.removeHandler(records)
+        migrations_logger.setLevel(level)
+        await engine.dispose()
+        await holder_engine.dispose()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

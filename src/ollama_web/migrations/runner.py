@@ -32,6 +32,12 @@ logger = logging.getLogger("ollama_web.migrations")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 LOCK_KEY = 0x6F6C6C616D6177  # "ollamaw": the PostgreSQL advisory lock migrations take
+# pg_locks shows a bigint advisory key as its high and low 32 bits (classid, objid).
+_LOCK_PARTS = {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF}
+_LOCK_HOLDERS = text(
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND classid::bigint = :high AND objid::bigint = :low ORDER BY pid"
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,18 @@ async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         yield
         return
     async with engine.connect() as conn:
-        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        key = {"key": LOCK_KEY}
+        if not (await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key)).scalar():
+            # A migration (or its safety backup) can take minutes: say what we wait for,
+            # and who holds it, rather than hang in silence.
+            holders = (await conn.execute(_LOCK_HOLDERS, _LOCK_PARTS)).scalars().all()
+            logger.warning(
+                "waiting for the migration another process is running on this database "
+                "(PostgreSQL backend pid %s holds its lock)",
+                ", ".join(map(str, holders)) or "unknown",
+            )
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
+            logger.warning("the other migration ended; checking the schema again")
         await conn.commit()  # the lock outlives the transaction; the connection holds it
         try:
             yield
