@@ -81,7 +81,9 @@ async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_of
     live_server: Callable[[FastAPI], Any],
     ollama_emulator: OllamaEmulator,
 ) -> None:
-    app = await app_factory(chat_settings(chat_continue_on_disconnect=False))
+    app = await app_factory(
+        chat_settings(chat_continue_on_disconnect=False, chat_disconnect_grace_seconds=0)
+    )
     user = await create_test_user(app)
     ollama_emulator.config.reply_tokens = REPLY_TOKENS
     ollama_emulator.config.tokens_per_second = 10  # 3 s: a slow stop still comes first
@@ -97,6 +99,77 @@ async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_of
     assert answer["status"] == "stopped"
     assert FULL_REPLY.startswith(answer["content"])
     assert len(answer["content"]) < len(FULL_REPLY)
+
+
+async def test_without_continue_on_disconnect_a_reload_within_the_grace_keeps_the_answer(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """CHAT_CONTINUE_ON_DISCONNECT=false with a grace: the client leaves (a page reload)
+    and re-attaches before the grace ends; the answer runs on to its end, whole."""
+    app = await app_factory(
+        chat_settings(chat_continue_on_disconnect=False, chat_disconnect_grace_seconds=30)
+    )
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 20
+    registry = app.state.generations
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            seen = (await reader.next()).id
+        answer_id = start.data["assistant_message_id"]
+        generation = registry.get(answer_id)
+        await ollama_emulator.wait_until(lambda: generation.log.followers == 0)
+        headers = {**user.headers, "Last-Event-ID": str(seen)}
+        async with http.stream("GET", f"/api/chat/stream/{answer_id}", headers=headers) as again:
+            events = await EventReader(again).rest()
+    assert events[-1].event == "done"
+    assert events[-1].data["message"]["status"] == "complete"
+    assert events[-1].data["message"]["content"] == FULL_REPLY
+    assert ollama_emulator.generations_cancelled == 0
+
+
+async def test_without_continue_on_disconnect_the_answer_stops_when_the_grace_ends(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Nobody comes back: the answer runs through the grace, then is stopped (upstream
+    closed) with the text it had."""
+    grace = 1.5
+    app = await app_factory(
+        chat_settings(chat_continue_on_disconnect=False, chat_disconnect_grace_seconds=grace)
+    )
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS * 10
+    ollama_emulator.config.tokens_per_second = 20  # 15 s: far longer than the grace
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            await reader.next()
+        generation = app.state.generations.get(start.data["assistant_message_id"])
+        await ollama_emulator.wait_until(lambda: generation.log.followers == 0)
+        left = time.monotonic()
+        assert generation.running
+        await ollama_emulator.wait_until(
+            lambda: ollama_emulator.generations_cancelled == 1, timeout=grace + 10
+        )
+        assert time.monotonic() - left >= grace * 0.9  # not before the grace (timer slack)
+        answer = await _wait_for_status(app, user, start.data["conversation_id"], "stopped")
+    whole = "".join(f"tok{i}" if i == 0 else f" tok{i}" for i in range(REPLY_TOKENS * 10))
+    assert answer["content"]
+    assert whole.startswith(answer["content"])
+    assert len(answer["content"]) < len(whole)
 
 
 async def test_reattach_replays_after_last_event_id_then_follows_live(

@@ -231,7 +231,8 @@ async def test_without_continue_on_disconnect_the_last_remote_client_leaving_sto
     forward reaches nobody and the answer is stopped."""
     ollama_emulator.config.reply_tokens = 300
     ollama_emulator.config.tokens_per_second = 30
-    async with processes(chat_continue_on_disconnect=False) as (user, apps, (a, b)):
+    off = {"chat_continue_on_disconnect": False, "chat_disconnect_grace_seconds": 0}
+    async with processes(**off) as (user, apps, (a, b)):
         async with new_chat(a, user) as response:
             first = EventReader(response)  # kept: a dropped reader closes the stream
             start = await first.next()

@@ -134,6 +134,7 @@ class Generation:
         self._finishing = False
         self._task: asyncio.Task[None] | None = None
         self._checkpoint: asyncio.Task[None] | None = None
+        self._abandon_timer: asyncio.TimerHandle | None = None
         self._next_checkpoint = 0.0
         self._last_write = asyncio.get_running_loop().time()
         """When the row was last written (it was committed just before the job started)."""
@@ -181,9 +182,23 @@ class Generation:
         if self._task is not None:
             self._task.cancel()
 
-    def abandon(self) -> None:
-        """The last attached client left (CHAT_CONTINUE_ON_DISCONNECT=false): stop."""
-        self.stop(STOPPED)
+    def abandon(self, grace: float = 0.0) -> None:
+        """The last attached client left (CHAT_CONTINUE_ON_DISCONNECT=false): stop, unless
+        a client is attached again `grace` seconds later (a page reload re-attaches; so does
+        a follower in another process after a Redis blip)."""
+        if self._abandon_timer is not None:
+            self._abandon_timer.cancel()
+            self._abandon_timer = None
+        if grace <= 0:
+            self.stop(STOPPED)
+            return
+        loop = asyncio.get_running_loop()
+        self._abandon_timer = loop.call_later(grace, self._stop_if_unfollowed)
+
+    def _stop_if_unfollowed(self) -> None:
+        self._abandon_timer = None
+        if not self.log.followers:
+            self.stop(STOPPED)
 
     async def wait(self) -> None:
         await self.finished.wait()
@@ -196,6 +211,8 @@ class Generation:
             self._finishing = True
             await self._finish()
         finally:
+            if self._abandon_timer is not None:
+                self._abandon_timer.cancel()
             if not self.finished.is_set():  # never leave a follower waiting
                 self.log.finish()
                 self.finished.set()

@@ -113,7 +113,8 @@ class GenerationRegistry:
         reservation.active = True
         self._running[generation.id] = generation
         if not self.settings.chat_continue_on_disconnect:
-            generation.log.on_abandoned = generation.abandon
+            grace = self.settings.chat_disconnect_grace_seconds
+            generation.log.on_abandoned = lambda: generation.abandon(grace)
         self._awaiting_output.add(generation.id)
         self._quiet.clear()
         generation.start(lambda finished: self._finished(finished, reservation), self._output)

@@ -123,6 +123,7 @@ class Settings(BaseSettings):
 
     # Chat
     chat_continue_on_disconnect: bool = True
+    chat_disconnect_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     max_message_chars: int = Field(default=100_000, ge=1)
     max_images_per_message: int = Field(default=4, ge=0, le=64)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)

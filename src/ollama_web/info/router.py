@@ -36,6 +36,7 @@ def public_settings(settings: Settings) -> dict[str, Any]:
         "rate_limit_auth_per_minute": settings.rate_limit_auth_per_minute,
         "rate_limit_chat_per_minute": settings.rate_limit_chat_per_minute,
         "max_message_chars": settings.max_message_chars,
+        "chat_disconnect_grace_seconds": settings.chat_disconnect_grace_seconds,
         "max_request_bytes": settings.max_request_bytes,
         "backup_retention_days": settings.backup_retention_days,
     }
