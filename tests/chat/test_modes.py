@@ -136,3 +136,29 @@ async def test_without_a_model_title_the_first_words_stay(
     conversation = await stored_conversation(client, regular_user, conversation_id)
     assert conversation["title"] == "Why is the sky blue during the day and red at sunset?"
     assert conversation["title_generated"] is False
+
+
+async def test_first_words_of_control_characters_are_cleaned_as_any_title(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    """The title made of a message's first words gets the cleaning every title gets (it
+    kept control characters, and one made of them alone broke the JSON export); the model's
+    title, made of control characters too here, is not used."""
+    ollama_emulator.config.reply = "\x01\x07"
+    headers = regular_user.headers
+    for content, title in (
+        ("\x01\x07", "New conversation"),
+        ("\x1b[31m\u202e hi\x07", "[31m\u202e hi"),
+    ):
+        response = await client.post(
+            "/api/chat/message", json=chat_body(content=content), headers=headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["user_message"]["content"] == content  # stored verbatim
+        conversation_id = response.json()["conversation_id"]
+        await asyncio.sleep(0.2)  # the title request has come and gone
+        conversation = await stored_conversation(client, regular_user, conversation_id)
+        assert (conversation["title"], conversation["title_generated"]) == (title, False)
+        export = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
+        assert export.status_code == 200, export.text
+        assert export.json()["conversation"]["title"] == title

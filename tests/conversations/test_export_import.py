@@ -257,3 +257,21 @@ async def test_a_model_name_too_long_with_its_tag_is_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["error"] == "VALIDATION_ERROR"
+
+
+async def test_a_stored_title_of_control_characters_still_exports(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """A title an older version stored from a message's first words, control characters
+    included: the JSON export cleans it (it was a 500: the export's own title check failed),
+    and what it writes imports again."""
+    headers = regular_user.headers
+    for stored, exported in (("\x01\x07", "New conversation"), ("\x1b[31m hi\x7f", "[31m hi")):
+        conversation_id = await seed(regular_user.id, title=stored)
+        response = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["conversation"]["title"] == exported
+        again = await client.post(
+            "/api/conversations/import", json=response.json(), headers=headers
+        )
+        assert again.status_code == 201, again.text

@@ -25,9 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ollama_web.chat.schemas import OllamaOptions, image_problem
 from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPrompt, Title
 from ollama_web.conversations.service import model_display_name
-from ollama_web.conversations.tree import Tree
+from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import ValidationError
+from ollama_web.core.validation import clean_text
 from ollama_web.db import Conversation, Message
 from ollama_web.db.base import as_utc, new_id, utcnow
 from ollama_web.db.models import MessageStatus
@@ -138,7 +139,8 @@ def build_export(conversation: Conversation, messages: Sequence[Message]) -> Con
         exported_at=utcnow(),
         conversation=ExportedConversation(
             id=conversation.id,
-            title=conversation.title,
+            # Cleaned again: a title stored by an older version may hold control characters.
+            title=clean_text(conversation.title) or DEFAULT_TITLE,
             model=conversation.model,
             system_prompt=conversation.system_prompt,
             options=OllamaOptions.model_validate(conversation.options or {}),

@@ -19,14 +19,12 @@ from ollama_web.conversations.schemas import (
     ConversationReplace,
     MessagePublic,
 )
-from ollama_web.conversations.tree import Tree
+from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
 from ollama_web.conversations.writes import NewMessage
 from ollama_web.core.errors import ValidationError
 from ollama_web.core.pagination import Keyset, Page, PageParams
 from ollama_web.db import Conversation, Message
 from ollama_web.ollama.names import validate_model_name
-
-DEFAULT_TITLE = "New conversation"
 
 
 def model_display_name(name: str) -> str:

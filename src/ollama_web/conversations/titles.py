@@ -76,7 +76,7 @@ def clean_title(text: str) -> str | None:
         if candidate:
             if len(candidate) > MAX_TITLE_CHARS:
                 candidate = candidate[: MAX_TITLE_CHARS - 1].rstrip() + "…"
-            return sanitize_string(candidate, "title", MAX_TITLE_CHARS)
+            return sanitize_string(candidate, "title", MAX_TITLE_CHARS) or None
     return None
 
 

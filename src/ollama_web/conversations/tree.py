@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
+from ollama_web.core.validation import clean_text
+
+DEFAULT_TITLE = "New conversation"
+
 
 class Node(Protocol):
     @property
@@ -70,8 +74,9 @@ class Tree(Generic[N]):
 
 
 def first_words(text: str, max_chars: int = 60) -> str:
-    """A fallback title: the first words of `text`, cut at a word boundary."""
-    words: Iterable[str] = text.split()
+    """A fallback title: the first words of `text`, cleaned as every title is (a message of
+    control characters alone gives DEFAULT_TITLE), cut at a word boundary."""
+    words: Iterable[str] = clean_text(text).split()
     title = ""
     for word in words:
         candidate = f"{title} {word}" if title else word
@@ -80,4 +85,4 @@ def first_words(text: str, max_chars: int = 60) -> str:
                 title = word[: max_chars - 1] + "…"
             break
         title = candidate
-    return title or "New conversation"
+    return title or DEFAULT_TITLE

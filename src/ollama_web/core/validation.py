@@ -52,6 +52,13 @@ def _clean(value: str) -> str:
     return _REMOVED_CONTROLS.sub("", unicodedata.normalize("NFC", value))
 
 
+def clean_text(value: str) -> str:
+    """`value` as a title is stored: NFC, control characters (but tab and newline) and
+    unpaired surrogates removed. For text derived from user content (a title made of a
+    message's first words), where refusing is not an option."""
+    return _clean(_LONE_SURROGATE.sub("", value))
+
+
 def _sanitize(value: object, max_length: int | None, min_length: int) -> str:
     if not isinstance(value, str):
         raise _Refused("must be a string", {"type": type(value).__name__})
