@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -106,3 +107,32 @@ async def test_a_failed_login_is_recorded_although_the_request_fails(
     assert len(failures) == 1
     assert failures[0]["actor_user_id"] is None
     assert failures[0]["details"] == {"username": "ghost", "reason": "unknown_user"}
+
+
+async def test_audit_since_takes_any_offset_and_refuses_a_time_without_a_utc_form(
+    client: httpx.AsyncClient,
+) -> None:
+    setup = (await client.post("/api/auth/setup", json=ADMIN)).json()
+    admin = {"Authorization": f"Bearer {setup['api_key']}"}
+    await client.post("/api/keys", json={"name": "k"}, headers=admin)
+    events = await all_events(client, admin)
+    newest = datetime.fromisoformat(events[0]["created_at"])
+
+    def at(moment: datetime) -> list[Any]:
+        return [e["action"] for e in events if datetime.fromisoformat(e["created_at"]) >= moment]
+
+    tokyo = newest.astimezone(timezone(timedelta(hours=9)))
+    assert [e["action"] for e in await all_events(client, admin, since=tokyo.isoformat())] == at(
+        newest
+    )
+    naive_utc = newest.astimezone(UTC).replace(tzinfo=None).isoformat()  # read as UTC
+    assert [e["action"] for e in await all_events(client, admin, since=naive_utc)] == at(newest)
+    later = (newest + timedelta(seconds=1)).isoformat()
+    assert await all_events(client, admin, since=later) == []
+
+    for value in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "yesterday"):
+        response = await client.get("/api/admin/audit", params={"since": value}, headers=admin)
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["error"] == "VALIDATION_ERROR"
+        assert body["details"]["fields"][0]["loc"] == ["query", "since"]

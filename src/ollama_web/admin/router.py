@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from pydantic import AfterValidator
 
 from ollama_web.admin.schemas import (
     AdminUserCreate,
@@ -23,6 +24,7 @@ from ollama_web.core.dependencies import SessionDep
 from ollama_web.core.errors import ConflictError
 from ollama_web.core.pagination import Page, PageParamsDep
 from ollama_web.db import UserRole
+from ollama_web.db.base import as_utc
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user (NOT_FOUND)"}}
@@ -150,6 +152,15 @@ async def delete_account(
     return Response(status_code=204)
 
 
+def _as_utc_filter(value: datetime) -> datetime:
+    """A filter's time: without an offset it is read as UTC; one that has no UTC form
+    (year 9999 at -14:00) is refused with a 422 rather than failing in the query."""
+    return as_utc(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+
+
+UTCTime = Annotated[datetime, AfterValidator(_as_utc_filter)]
+
+
 @router.get("/audit", summary="Audit events, newest first")
 async def audit_events(
     principal: AdminPrincipal,
@@ -159,7 +170,10 @@ async def audit_events(
     actor_user_id: Annotated[
         str | None, Query(max_length=32, description="Only events by this user.")
     ] = None,
-    since: Annotated[datetime | None, Query(description="Only events at or after this.")] = None,
+    since: Annotated[
+        UTCTime | None,
+        Query(description="Only events at or after this (ISO 8601; without an offset, UTC)."),
+    ] = None,
 ) -> Page[AuditEventPublic]:
     result = await list_events(
         session, page, action=action, actor_user_id=actor_user_id, since=since
