@@ -7,7 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from ollama_web.core.db import session_scope
+from ollama_web.db import Conversation
 from tests.conversations.conftest import Seeder
 from tests.fixtures.auth import TestUser, UserFactory
 
@@ -275,3 +278,31 @@ async def test_a_stored_title_of_control_characters_still_exports(
             "/api/conversations/import", json=response.json(), headers=headers
         )
         assert again.status_code == 201, again.text
+
+
+async def test_options_beyond_64_bits_are_refused_and_a_stored_one_is_left_out_of_the_export(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """Ollama's integer options are 64-bit: a larger one is a 422 (it was stored and sent
+    with every turn). One an older version stored does not fail the export."""
+    headers = regular_user.headers
+    for options in ({"seed": 2**70}, {"num_predict": 10**30}, {"top_k": 2**63}):
+        response = await client.post(
+            "/api/conversations", json={"model": "llama3.2", "options": options}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+    largest = {"seed": 2**63 - 1, "num_keep": -1}
+    response = await client.post(
+        "/api/conversations", json={"model": "llama3.2", "options": largest}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["options"] == largest
+
+    conversation_id = await seed(regular_user.id)
+    async with session_scope(app.state.core.sessionmaker) as session:
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+        conversation.options = {"seed": 2**70, "temperature": 0.5}
+    response = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["conversation"]["options"] == {"temperature": 0.5}

@@ -21,7 +21,10 @@ from ollama_web.core.validation import Identifier
 # Strict numbers: JSON `true` is not 1, and "0.7" is not 0.7. Floats accept integers.
 Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Probability = Annotated[float, Field(strict=True, ge=0, le=1)]
-NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+# Ollama's integer options are Go `int`s (64-bit): a larger number is refused here, not
+# stored with the conversation and sent again with every turn.
+Int = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MAX_STOP_SEQUENCES = 16
@@ -34,23 +37,23 @@ class OllamaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Runner
-    num_ctx: Annotated[StrictInt, Field(ge=1, le=4_194_304)] | None = None
-    num_batch: Annotated[StrictInt, Field(ge=1)] | None = None
-    num_gpu: Annotated[StrictInt, Field(ge=-1)] | None = None
+    num_ctx: Annotated[Int, Field(ge=1, le=4_194_304)] | None = None
+    num_batch: Annotated[Int, Field(ge=1)] | None = None
+    num_gpu: Annotated[Int, Field(ge=-1)] | None = None
     main_gpu: NonNegativeInt | None = None
     num_thread: NonNegativeInt | None = None
     use_mmap: StrictBool | None = None
     numa: StrictBool | None = None
     low_vram: StrictBool | None = None
     # Sampling and prediction
-    num_keep: Annotated[StrictInt, Field(ge=-1)] | None = None
-    seed: StrictInt | None = None
-    num_predict: Annotated[StrictInt, Field(ge=-2)] | None = None
+    num_keep: Annotated[Int, Field(ge=-1)] | None = None
+    seed: Int | None = None
+    num_predict: Annotated[Int, Field(ge=-2)] | None = None
     top_k: NonNegativeInt | None = None
     top_p: Probability | None = None
     min_p: Probability | None = None
     typical_p: Probability | None = None
-    repeat_last_n: Annotated[StrictInt, Field(ge=-1)] | None = None
+    repeat_last_n: Annotated[Int, Field(ge=-1)] | None = None
     temperature: Annotated[float, Field(strict=True, ge=0, le=100)] | None = None
     repeat_penalty: Float | None = None
     presence_penalty: Float | None = None

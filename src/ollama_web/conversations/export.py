@@ -20,6 +20,7 @@ from pydantic import (
     StrictBool,
     field_serializer,
 )
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions, image_problem
@@ -134,6 +135,16 @@ class ConversationExport(BaseModel):
 _MESSAGE_FIELDS = tuple(name for name in ExportedMessage.model_fields if name != "id")
 
 
+def _stored_options(stored: dict[str, Any]) -> OllamaOptions:
+    """The conversation's options; one an older version accepted and this one refuses (an
+    integer beyond Ollama's 64 bits) is left out rather than failing the export."""
+    try:
+        return OllamaOptions.model_validate(stored)
+    except PydanticValidationError as exc:
+        refused = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        return OllamaOptions.model_validate({k: v for k, v in stored.items() if k not in refused})
+
+
 def build_export(conversation: Conversation, messages: Sequence[Message]) -> ConversationExport:
     return ConversationExport(
         exported_at=utcnow(),
@@ -143,7 +154,7 @@ def build_export(conversation: Conversation, messages: Sequence[Message]) -> Con
             title=clean_text(conversation.title) or DEFAULT_TITLE,
             model=conversation.model,
             system_prompt=conversation.system_prompt,
-            options=OllamaOptions.model_validate(conversation.options or {}),
+            options=_stored_options(conversation.options or {}),
             pinned=conversation.pinned,
             archived=conversation.archived,
             title_generated=conversation.title_generated,
