@@ -205,6 +205,39 @@ async def test_reattach_replays_after_last_event_id_then_follows_live(
         assert [(e.id, e.event, e.data) for e in replay] == [(e.id, e.event, e.data) for e in rest]
 
 
+async def test_a_last_event_id_ahead_of_a_running_answer_gets_only_later_events(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    """`Last-Event-ID: N` replays the events after N, also when N is an event the running
+    answer has not sent yet (it sent ids 7, 8... before); beyond its last event, a finished
+    answer then has nothing to send (204)."""
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 30  # 1 s: re-attached well before its end
+    ahead = 10
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            assert (await reader.next()).id == 2
+            message_id = start.data["assistant_message_id"]
+            path = f"/api/chat/stream/{message_id}"
+            headers = {**regular_user.headers, "Last-Event-ID": str(ahead)}
+            async with http.stream("GET", path, headers=headers) as resumed:
+                assert resumed.status_code == 200
+                rest = await EventReader(resumed).rest()
+            await reader.rest()
+            everything = reader.seen
+        assert [e.id for e in rest] == [e.id for e in everything if e.id > ahead]
+        assert rest[-1].event == "done"
+        beyond = {**regular_user.headers, "Last-Event-ID": str(everything[-1].id + 5)}
+        assert (await http.get(path, headers=beyond)).status_code == 204
+
+
 async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_database(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],

@@ -187,7 +187,7 @@ async def chat_reattach(
         siblings = await repository.sibling_ids(session, principal.user_id, message)
         public = message_public(message, siblings)
         log = stored_log(public, message.conversation_id, seen, message.final_event_id)
-    if log.finished and log.position_after(seen) == len(log.frames):
+    if log.finished and log.position_after(seen) >= len(log.frames):
         # Nothing the client has not seen, and nothing more to come: 204 tells an
         # EventSource to stop reconnecting.
         return Response(status_code=204)

@@ -83,8 +83,9 @@ class EventLog:
         return self.base + len(self.frames)
 
     def position_after(self, event_id: int) -> int:
-        """Index of the first frame a client that saw `event_id` has not seen."""
-        return min(max(event_id - self.base, 0), len(self.frames))
+        """Index of the first frame after event `event_id`. It may lie past the frames: a
+        client that names an event not sent yet is sent only the events after it."""
+        return max(event_id - self.base, 0)
 
     @property
     def followers(self) -> int:
