@@ -162,3 +162,18 @@ async def test_first_words_of_control_characters_are_cleaned_as_any_title(
         export = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
         assert export.status_code == 200, export.text
         assert export.json()["conversation"]["title"] == title
+
+
+async def test_a_mode_given_the_other_role_s_message_says_which_it_needs(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    first = await _send(client, regular_user, ollama_emulator, "A1", model="llama3.2", content="Q")
+    question, answer = first["user_message"]["id"], first["assistant_message"]["id"]
+    for body, field, message in (
+        ({"regenerate_message_id": question}, "regenerate_message_id", "an assistant message"),
+        ({"edit_message_id": answer, "content": "Q'"}, "edit_message_id", "a user message"),
+    ):
+        response = await client.post("/api/chat/message", json=body, headers=regular_user.headers)
+        assert response.status_code == 422, response.text
+        (problem,) = response.json()["details"]["fields"]
+        assert (problem["loc"], problem["message"]) == ([field], f"must be the id of {message}")

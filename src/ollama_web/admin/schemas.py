@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ollama_web.auth.schemas import Email, NewPassword, Username, UserPublic
 
@@ -27,7 +27,7 @@ class AdminUserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
     password: NewPassword | None = None
     email: Email | None = Field(
         default=None, description="null clears it; omit it to keep the address."

@@ -159,6 +159,8 @@ def image_problem(images: list[str], settings: Settings) -> tuple[list[int], str
         size = _decoded_size(image)
         if size < 0:
             return [index], "is not valid base64", "base64"
+        if size == 0:
+            return [index], "is empty", "empty"
         if size > settings.max_image_bytes:
             limit = settings.max_image_bytes
             return [index], f"is larger than {limit} bytes (MAX_IMAGE_BYTES)", "too_large"

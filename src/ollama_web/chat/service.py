@@ -111,7 +111,8 @@ async def _target(
         raise repository.message_not_found()
     if message.role != role:
         name = "edit_message_id" if role == USER else "regenerate_message_id"
-        raise _invalid(name, f"must be the id of a {role} message")
+        article = "an" if role == ASSISTANT else "a"
+        raise _invalid(name, f"must be the id of {article} {role} message")
     conversation = await repository.get_conversation(session, user_id, message.conversation_id)
     return conversation, message
 

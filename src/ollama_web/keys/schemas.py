@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 MAX_GRACE_MINUTES = 60 * 24 * 90
 
@@ -14,7 +14,7 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, examples=["laptop"])
-    expires_in_days: int | None = Field(
+    expires_in_days: StrictInt | None = Field(
         default=None,
         ge=1,
         le=3650,
@@ -26,7 +26,7 @@ class KeyCreate(BaseModel):
 class KeyRotate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_period_minutes: int | None = Field(
+    grace_period_minutes: StrictInt | None = Field(
         default=None,
         ge=0,
         le=MAX_GRACE_MINUTES,

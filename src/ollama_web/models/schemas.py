@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ollama_web.ollama.names import MAX_NAME_CHARS
 
@@ -95,6 +95,8 @@ class ModelDetails(BaseModel):
 
 
 class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, examples=["llama3.2:1b"])
     node: str | None = Field(
         None, description="URL of the node to pull onto; default: the first reachable node"
