@@ -226,3 +226,28 @@ async def test_another_users_conversation_and_message_ids_are_404(
 async def test_chat_requires_authentication_before_validation(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/chat/stream", json={"options": {"bad": 1}})
     assert response.status_code == 401
+
+
+async def test_think_on_a_model_that_does_not_think_is_422_and_stores_nothing(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    """Ollama answers a truthy `think` for a model without the thinking capability with a
+    400 once the stream has started (a failed answer, stored, and a 502): the capabilities
+    the node lists make it the client's 422 before anything is stored."""
+    headers = regular_user.headers
+    for path in ("/api/chat/message", "/api/chat/stream"):
+        refused = await client.post(
+            path, json=chat_body(model="llama3.2", think=True), headers=headers
+        )
+        assert refused.status_code == 422, refused.text
+        (problem,) = refused.json()["details"]["fields"]
+        assert problem["loc"] == ["think"]
+    listing = await client.get("/api/conversations", headers=headers)
+    assert listing.json()["items"] == []
+    assert not [r for r in ollama_emulator.requests if r.path == "/api/chat"]
+
+    for model, think in (("llama3.2", False), ("qwen3", True)):
+        answered = await client.post(
+            "/api/chat/message", json=chat_body(model=model, think=think), headers=headers
+        )
+        assert answered.status_code == 200, answered.text

@@ -91,7 +91,9 @@ class ChatRequest(BaseModel):
     options: OllamaOptions | None = None
     system_prompt: str | None = None
     think: StrictBool | None = Field(
-        default=None, description="Ask a thinking model to think (or not); unset = its default."
+        default=None,
+        description="Ask a thinking model to think (or not); unset = its default. true for a "
+        "model its nodes list without the thinking capability: 422, nothing stored.",
     )
     edit_message_id: Identifier | None = None
     regenerate_message_id: Identifier | None = None

@@ -278,6 +278,10 @@ async def _prepare(
         _set_leaf(stored, question.id)
         await _store(writes, stored)
         raise StoredBeforeFailure(exc, stored.conversation_id, question.id) from None
+    if body.think and gateway.lacks_capability(model, "thinking"):
+        # Ollama would answer 400 after the stream started (a stored failed answer, a 502):
+        # the client's mistake is a 422 now, with nothing stored.
+        raise _invalid("think", f"{model} is not a thinking model; leave think unset or false")
     stored = _conversation_changes(turn, user_id, body, model)
     question = _question(turn, stored, body)
     answer = _new_message(stored.conversation_id, question.id, ASSISTANT, "", PENDING)

@@ -18,6 +18,7 @@ from ollama_web.core.errors import AppError, ValidationError
 from ollama_web.ollama.chat import ChatStream
 from ollama_web.ollama.chunks import ChatChunk
 from ollama_web.ollama.errors import ModelNotFoundError, OllamaError
+from ollama_web.ollama.fields import strings
 from ollama_web.ollama.inventory import Inventory, NodeReport, require_a_node_up
 from ollama_web.ollama.names import validate_model_name
 from ollama_web.ollama.nodes import Node, NodeRegistry
@@ -164,6 +165,14 @@ class OllamaGateway:
         parsed = validate_model_name(name)
         nodes = await self.router.candidates(parsed, name)
         return nodes[0].display_name(parsed.key)
+
+    def lacks_capability(self, name: str, capability: str) -> bool:
+        """True when every node holding `name` lists its capabilities (from the cached
+        `/api/tags`; older Ollama leaves them out) and none lists `capability`."""
+        key = validate_model_name(name).key
+        holders = self.inventory.holders(key)
+        listed = [strings(node.models[key].get("capabilities")) for node in holders]
+        return bool(listed) and all(listed) and not any(capability in c for c in listed)
 
     # ---------------------------------------------------------------- models
 
