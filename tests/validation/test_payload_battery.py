@@ -44,6 +44,9 @@ WRONG_TYPES: dict[str, Any] = {
 VERBATIM_FIELDS = frozenset({"title", "content", "system_prompt", "name"})
 SKIPPED_PREFIXES = ("/health", "/docs", "/redoc", "/openapi.json", "/metrics")
 ALLOWED_5XX = frozenset({"OLLAMA_UNAVAILABLE", "OLLAMA_TIMEOUT", "OLLAMA_BUSY", "OLLAMA_ERROR"})
+# The codes of an HTTPException no handler gave a contract code (e.g. FastAPI's "There was an
+# error parsing the body").
+FRAMEWORK_CODES = frozenset({"BAD_REQUEST", "HTTP_ERROR"})
 
 
 @dataclass
@@ -131,6 +134,8 @@ class Case:
     url: str
     content: bytes | None
     sent: dict[str, Any] | None = None
+    # When given, the request must be refused with one of these codes.
+    refusals: frozenset[str] = frozenset()
 
 
 def _url(operation: Operation, path_values: dict[str, str], query: dict[str, str]) -> str:
@@ -175,13 +180,19 @@ def cases(operation: Operation, sampler: SchemaSampler, real_ids: dict[str, str]
             body = {**(base_body if isinstance(base_body, dict) else {}), name: payload}
             yield Case(f"body {name}: {label}", operation.method, url, _encode(body), body)
     for label, raw in {
-        "not json": b"{'nope",
         "array body": b"[]",
         "string body": b'"x"',
         "null body": b"null",
-        "deep nesting": b"[" * 5000 + b"]" * 5000,
     }.items():
         yield Case(f"body: {label}", operation.method, url, raw)
+    # The body is read before anything else is looked at (even an unknown id in the path).
+    invalid_json = frozenset({"INVALID_JSON"})
+    for label, raw in {
+        "not json": b"{'nope",
+        "deep nesting": b"[" * 5000 + b"]" * 5000,
+        "not UTF-8": b'{"x": "caf\xe9"}',
+    }.items():
+        yield Case(f"body: {label}", operation.method, url, raw, refusals=invalid_json)
 
 
 def check(case: Case, response: httpx.Response) -> str | None:
@@ -196,7 +207,13 @@ def check(case: Case, response: httpx.Response) -> str | None:
             return f"{status} unstructured error {body!r:.200}"
         if status >= 500 and body["error"] not in ALLOWED_5XX:
             return f"{status} {body['error']}: {body['message']}"
+        if body["error"] in FRAMEWORK_CODES:
+            return f"{status} {body['error']} (no contract code): {body['message']}"
+        if case.refusals and body["error"] not in case.refusals:
+            return f"{status} {body['error']}, expected {sorted(case.refusals)}"
         return None
+    if case.refusals:
+        return f"{status}, expected a refusal ({sorted(case.refusals)})"
     if "text/event-stream" in response.headers.get("content-type", ""):
         return "INTERNAL_ERROR event in the stream" if "INTERNAL_ERROR" in response.text else None
     if case.sent and response.headers.get("content-type", "").startswith("application/json"):

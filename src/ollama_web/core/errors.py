@@ -238,10 +238,30 @@ _HTTP_CODES = {
 }
 
 
+NOT_UTF8_JSON = "The request body must be JSON encoded as UTF-8."
+
+
+def _unreadable_json(exc: StarletteHTTPException) -> InvalidJSONError | None:
+    """The error for a body FastAPI's JSON parsing gave up on for another reason than its
+    syntax (that one is a RequestValidationError). FastAPI answers it with
+    `HTTPException(400, "There was an error parsing the body")` raised from the cause: the
+    RecursionError of a body nested too deeply for the parser, the UnicodeDecodeError of one
+    that is not UTF-8. No other 400 HTTPException of ours carries a cause."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return InvalidJSONError("The request body is JSON nested too deeply to be read.")
+    if isinstance(cause, UnicodeError):
+        return InvalidJSONError(NOT_UTF8_JSON)
+    return InvalidJSONError("The request body is not valid JSON.")
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    if isinstance(exc, BodyRejected):
-        return await authenticate_before(request) or await _app_error(request, exc.error)
+    body_error = exc.error if isinstance(exc, BodyRejected) else _unreadable_json(exc)
+    if body_error is not None:
+        return await authenticate_before(request) or await _app_error(request, body_error)
     code, message = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", "The request failed."))
     if exc.status_code not in (404, 405) and isinstance(exc.detail, str) and exc.detail:
         message = exc.detail

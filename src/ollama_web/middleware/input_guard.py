@@ -22,7 +22,13 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollama_web.core.errors import BodyRejected, InvalidJSONError, ValidationError, encode_error
+from ollama_web.core.errors import (
+    NOT_UTF8_JSON,
+    BodyRejected,
+    InvalidJSONError,
+    ValidationError,
+    encode_error,
+)
 
 _ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
 _QUERY_NUL = re.compile(rb"%00|\x00")
@@ -100,7 +106,7 @@ class InputGuardMiddleware:
 
 def _body_refusal(body: bytes) -> InvalidJSONError | ValidationError | None:
     if b"\x00" in body:
-        return InvalidJSONError("The request body must be JSON encoded as UTF-8.")
+        return InvalidJSONError(NOT_UTF8_JSON)
     fields = bad_json_fields(body) if json_has_bad_escape(body) else []
     if fields:
         return ValidationError(_refusal("the JSON body"), details={"fields": fields})

@@ -1,0 +1,86 @@
+"""A body the server cannot read as JSON is refused for what it is, once the caller is known:
+400 INVALID_JSON when it is not JSON (malformed, not UTF-8, nested deeper than the parser
+follows). Never FastAPI's BAD_REQUEST.
+
+Callers without credentials: tests/security/test_auth_before_body.py.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.fixtures.auth import TestUser, login_session
+from tests.security.test_auth_before_body import (
+    DEEP_ARRAYS,
+    DEEP_OBJECTS,
+    JSON_BODY_ENDPOINTS,
+    refusal_answers,
+)
+
+INVALID_JSON = (400, "INVALID_JSON")
+# What a caller gets for each of the refused bodies (REFUSED_BODIES there).
+EXPECTED = {
+    "arrays nested too deeply": INVALID_JSON,
+    "objects nested too deeply": INVALID_JSON,
+    "not UTF-8": INVALID_JSON,
+}
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("path", JSON_BODY_ENDPOINTS)
+async def test_a_caller_with_a_key_gets_the_refusal_of_the_body(
+    client: httpx.AsyncClient, regular_user: TestUser, path: str
+) -> None:
+    assert await refusal_answers(client, path, regular_user.headers) == EXPECTED
+
+
+async def test_a_caller_with_a_session_and_its_csrf_token_gets_the_refusal_of_the_body(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    csrf_token = await login_session(client, regular_user)
+    answers = await refusal_answers(client, "/api/keys", {"X-CSRF-Token": csrf_token})
+    assert answers == EXPECTED
+
+
+async def test_a_public_route_refuses_the_body_itself(client: httpx.AsyncClient) -> None:
+    assert await refusal_answers(client, "/api/auth/login") == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP_ARRAYS,
+        DEEP_OBJECTS,
+        b'{"model": "m", "options": {"stop": ' + DEEP_ARRAYS + b"}}",
+        # A \u escape makes the input guard parse the body too (middleware/input_guard.py).
+        b'{"model": "a\\u0000b", "x": ' + DEEP_ARRAYS + b"}",
+    ],
+    ids=["arrays", "objects", "inside a valid body", "with an escape"],
+)
+async def test_json_nested_too_deeply_is_400_invalid_json(
+    client: httpx.AsyncClient, regular_user: TestUser, body: bytes
+) -> None:
+    response = await client.post(
+        "/api/conversations", content=body, headers={**JSON_HEADERS, **regular_user.headers}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "INVALID_JSON",
+        "message": "The request body is JSON nested too deeply to be read.",
+        "details": {},
+        "request_id": response.headers["x-request-id"],
+    }
+
+
+async def test_json_that_is_not_utf8_is_400_invalid_json(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    response = await client.post(
+        "/api/conversations",
+        content='{"model": "café"}'.encode("latin-1"),
+        headers={**JSON_HEADERS, **regular_user.headers},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "INVALID_JSON"
+    assert "UTF-8" in response.json()["message"]
