@@ -65,11 +65,16 @@ async def test_nul_in_body_with_credentials_is_422(
 # Deeper than any JSON parser's recursion limit, far below MAX_REQUEST_BYTES (200 kB).
 DEEP_ARRAYS = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECTS = b'{"a": ' * 50_000 + b"1" + b"}" * 50_000
-# Bodies refused for what they are (bad JSON): label -> (body, type).
+A_VALID_BODY = b'{"name": "k", "model": "m", "content": "hi"}'
+# Bodies refused for what they are (bad JSON or not sent as JSON): label -> (body, type).
 REFUSED_BODIES: dict[str, tuple[bytes, str | None]] = {
     "arrays nested too deeply": (DEEP_ARRAYS, "application/json"),
     "objects nested too deeply": (DEEP_OBJECTS, "application/json"),
     "not UTF-8": (b'{"name": "caf\xe9"}', "application/json"),
+    "text/plain": (A_VALID_BODY, "text/plain"),
+    "a form (curl -d)": (A_VALID_BODY, "application/x-www-form-urlencoded"),
+    "multipart": (A_VALID_BODY, "multipart/form-data; boundary=x"),
+    "no content type": (A_VALID_BODY, None),
 }
 JSON_BODY_ENDPOINTS = ("/api/conversations", "/api/chat/stream", "/api/keys")
 

@@ -134,6 +134,7 @@ class Case:
     url: str
     content: bytes | None
     sent: dict[str, Any] | None = None
+    content_type: str = "application/json"
     # When given, the request must be refused with one of these codes.
     refusals: frozenset[str] = frozenset()
 
@@ -193,6 +194,17 @@ def cases(operation: Operation, sampler: SchemaSampler, real_ids: dict[str, str]
         "not UTF-8": b'{"x": "caf\xe9"}',
     }.items():
         yield Case(f"body: {label}", operation.method, url, raw, refusals=invalid_json)
+    # A payload error, so after the route's dependencies (a made-up id's 404 comes first).
+    not_json = {"UNSUPPORTED_MEDIA_TYPE", *(["NOT_FOUND"] if operation.path_params else [])}
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        yield Case(
+            f"body sent as {content_type}",
+            operation.method,
+            url,
+            content,
+            content_type=content_type,
+            refusals=frozenset(not_json),
+        )
 
 
 def check(case: Case, response: httpx.Response) -> str | None:
@@ -260,7 +272,7 @@ async def test_hostile_payloads_never_cause_a_500(
                     case.method,
                     case.url,
                     content=case.content,
-                    headers={"content-type": "application/json"} if case.content else {},
+                    headers={"content-type": case.content_type} if case.content else {},
                 )
                 sent += 1
                 problem = check(case, response)

@@ -93,6 +93,11 @@ class PayloadTooLargeError(AppError):
     code = "PAYLOAD_TOO_LARGE"
 
 
+class UnsupportedMediaTypeError(AppError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
 class ValidationError(AppError):
     status_code = 422
     code = "VALIDATION_ERROR"
@@ -273,6 +278,22 @@ def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [part for part in loc if part != "body" or len(loc) == 1]
 
 
+def _unread_body(request: Request, exc: RequestValidationError) -> AppError | None:
+    """FastAPI parses a body as JSON only under a JSON Content-Type (`application/json`,
+    `application/*+json`); under any other, or none (its `strict_content_type`, which
+    keeps a cross-site form from posting JSON), the route's model gets the raw bytes and
+    fails with a misleading "Input should be a valid dictionary" at `body`."""
+    body_failed = any(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors())
+    if not (isinstance(exc.body, bytes | bytearray) and exc.body and body_failed):
+        return None
+    content_type = request.headers.get("content-type")
+    media_type = content_type.split(";", 1)[0].strip().lower()[:100] if content_type else None
+    return UnsupportedMediaTypeError(
+        "This endpoint takes a JSON body: send it with Content-Type: application/json.",
+        details={"content_type": media_type},
+    )
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -280,6 +301,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return await authenticate_before(request) or error_response(
             request, 400, "INVALID_JSON", "The request body is not valid JSON."
         )
+    unread = _unread_body(request, exc)
+    if unread is not None:
+        # After the caller is known, like every body error (API-CONTRACT: 401 first).
+        return await authenticate_before(request) or await _app_error(request, unread)
     fields = [
         {
             "loc": _clean_loc(tuple(err.get("loc", ()))),
