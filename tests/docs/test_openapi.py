@@ -185,6 +185,23 @@ def test_every_operation_documents_its_access(document: dict[str, Any]) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_every_operation_with_a_json_body_documents_its_refusals(
+    document: dict[str, Any],
+) -> None:
+    refusals = {400: "INVALID_JSON", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
+    wrong: list[str] = []
+    for method, path, operation in operations(document):
+        takes_json = "application/json" in operation.get("requestBody", {}).get("content", {})
+        wrong += [
+            f"{method} {path}: {status} {code} documented is {not takes_json}"
+            for status, code in refusals.items()
+            if (code in description(operation, status)) != takes_json
+        ]
+    assert not wrong, "\n".join(wrong)
+    password = document["paths"]["/api/auth/password"]["post"]
+    assert "INVALID_CURRENT_PASSWORD" in description(password, 400), "a route's own 400 stays"
+
+
 widgets = APIRouter(prefix="/api/widgets")
 
 
@@ -243,3 +260,18 @@ async def test_real_access_refusals_match_the_documented_schemas(
     no_csrf = await client.post("/api/keys", json={"name": "k"})
     assert_documented(document, no_csrf, "/api/keys", 403)
     assert no_csrf.json()["error"] == "CSRF_TOKEN_INVALID"
+
+
+async def test_real_body_refusals_match_the_documented_schemas(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    user = regular_user.headers
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for content, content_type, status in [
+        (deep, "application/json", 400),
+        (b'{"name": "k"}', "text/plain", 415),
+    ]:
+        headers = {"content-type": content_type, **user}
+        response = await client.post("/api/keys", content=content, headers=headers)
+        assert_documented(document, response, "/api/keys", status)

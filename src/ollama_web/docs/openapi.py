@@ -4,9 +4,11 @@ The three ways in (Bearer key, X-API-Key, session cookie) are security schemes. 
 dependencies say the rest, so a new route needs no list edited: one marked `requires(CALLER)`
 or `requires(ADMIN)` (auth.dependencies) gives `security` (any one scheme), 401 and 403
 (disabled account; not an admin; a cookie write without its CSRF token); the app-wide
-rate-limit dependency gives 429 unless the route's group is exempt. Every error response
-(4xx/5xx) then shows the one error envelope (`ErrorResponse`; `ValidationErrorResponse` for
-422) in place of FastAPI's `HTTPValidationError`, a shape this server never sends.
+rate-limit dependency gives 429 unless the route's group is exempt. An operation that takes a
+JSON body also gets the refusals of its body: 400 INVALID_JSON, 413 PAYLOAD_TOO_LARGE and
+415 UNSUPPORTED_MEDIA_TYPE. Every error response (4xx/5xx) then shows the one error envelope
+(`ErrorResponse`; `ValidationErrorResponse` for 422) in place of FastAPI's
+`HTTPValidationError`, a shape this server never sends.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ CSRF: Reason = (
 )
 DISABLED: Reason = ("ACCOUNT_DISABLED", "the account is disabled (ACCOUNT_DISABLED)")
 RATE_LIMITED: Reason = ("RATE_LIMITED", "too many requests (RATE_LIMITED)")
+# Status -> the reasons any operation taking a JSON body may be refused for its body alone.
+BODY_REFUSALS: dict[str, tuple[Reason, ...]] = {
+    "400": (
+        (
+            "INVALID_JSON",
+            "the body is not JSON: malformed, nested too deeply or not UTF-8 (INVALID_JSON)",
+        ),
+    ),
+    "413": (("PAYLOAD_TOO_LARGE", "the body is over MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE)"),),
+    "415": (
+        (
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"the body was not sent as `Content-Type: {JSON}` (UNSUPPORTED_MEDIA_TYPE)",
+        ),
+    ),
+}
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
@@ -168,6 +186,16 @@ def document_access(operation: dict[str, Any], route: Any, method: str) -> None:
         responses["429"].setdefault("headers", deepcopy(RETRY_AFTER))
 
 
+def document_body_refusals(operation: dict[str, Any]) -> None:
+    """400, 413 and 415 for an operation that takes a JSON body. (Authentication comes
+    first: a caller without credentials gets its 401 even for such a body.)"""
+    if JSON not in operation.get("requestBody", {}).get("content", {}):
+        return
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    for status, reasons in BODY_REFUSALS.items():
+        _add_reasons(responses, status, reasons)
+
+
 def _served_routes(app: FastAPI) -> list[Any]:
     """Every API route as served: path with its prefix, dependencies with the app's.
 
@@ -210,6 +238,7 @@ def complete_document(app: FastAPI, document: Document) -> Document:
         document_access(operation, route, method)
     for item in document.get("paths", {}).values():
         for operation in item.values():
+            document_body_refusals(operation)
             document_error_envelope(operation)
             responses = operation.get("responses", {})
             operation["responses"] = dict(sorted(responses.items(), key=_status_order))
