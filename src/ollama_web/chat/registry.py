@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.errors import TooManyGenerationsError
 from ollama_web.chat.generation import INTERRUPTED, ChatOpener, Generation, GenerationSpec
+from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
 
 if TYPE_CHECKING:
     from ollama_web.chat.relay import GenerationRelay
     from ollama_web.chat.slots import SharedSlots
+
+logger = logging.getLogger("ollama_web.chat")
 
 RETAIN_SECONDS = 120.0
 """How long a finished generation stays replayable from memory (later: from the database)."""
@@ -158,6 +162,34 @@ class GenerationRegistry:
         self._prune(time.monotonic())
         entry = self._retained.get(message_id)
         return entry[1] if entry is not None else None
+
+    async def stop(self, message_id: str) -> MessagePublic | dict[str, Any] | None:
+        """Stop the answer wherever it is generated: here (its upstream is closed at once),
+        else (with REDIS_URL) through the process generating it. The message as stored
+        when it ended (as JSON when it came from another process); None when no process
+        claims it."""
+        generation = self.get(message_id)
+        if generation is not None:
+            generation.stop()
+            await generation.wait()
+            return generation.result
+        if self.relay is not None:
+            return await self.relay.stop(message_id)
+        return None
+
+    async def stop_each(self, message_ids: Collection[str]) -> None:
+        """Stop these answers, all at once, wherever they are generated (their conversation
+        or their user is being deleted). Never raises: the deletion goes on whatever
+        happened to a stop."""
+        if not message_ids:
+            return
+        ids = list(message_ids)
+        outcomes = await asyncio.gather(*(self.stop(i) for i in ids), return_exceptions=True)
+        for message_id, outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                logger.warning("could not stop the answer %s", message_id, exc_info=outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     @property
     def running_ids(self) -> frozenset[str]:

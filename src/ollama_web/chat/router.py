@@ -14,7 +14,6 @@ from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import GenerationNotHereError
-from ollama_web.chat.generation import Generation
 from ollama_web.chat.responses import (
     ChatMessageResponse,
     GenerationResultResponse,
@@ -206,17 +205,10 @@ async def chat_stop(
     session: SessionDep,
     registry: RegistryDep,
 ) -> StopResponse:
-    generation: Generation | None = registry.get(message.id)
-    if generation is not None:
-        generation.stop()
-        await generation.wait()
-        assert generation.result is not None
-        return StopResponse(message=generation.result)
-    if message.status in UNFINISHED:
-        relay = registry.relay
-        stored = await relay.stop(message.id) if relay is not None else None
-        if stored is None:
+    if message.status in UNFINISHED or registry.get(message.id) is not None:
+        stopped = await registry.stop(message.id)
+        if stopped is None:
             raise _not_here(message)
-        return StopResponse.model_validate({"message": stored})
+        return StopResponse.model_validate({"message": stopped})
     siblings = await repository.sibling_ids(session, principal.user_id, message)
     return StopResponse(message=message_public(message, siblings))
