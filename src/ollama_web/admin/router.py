@@ -20,6 +20,8 @@ from ollama_web.audit.service import AuditAction, list_events, record_event
 from ollama_web.auth.context import ClientInfoDep, PasswordsDep
 from ollama_web.auth.dependencies import AdminPrincipal
 from ollama_web.auth.users import create_user
+from ollama_web.chat import deletions as chat_deletions
+from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.core.dependencies import SessionDep
 from ollama_web.core.errors import ConflictError
 from ollama_web.core.pagination import Page, PageParamsDep
@@ -127,18 +129,27 @@ async def update_account(
     "/users/{user_id}",
     status_code=204,
     summary="Delete a user with their keys, sessions and conversations",
+    description="The user's answers still being generated are stopped first, as "
+    "`POST /api/chat/{assistant_message_id}/stop` stops them: the model stops at once and "
+    "every stream attached to one ends with a `done` event whose message has status "
+    "`stopped`. A stop that fails does not fail the deletion.",
     responses={
         **_NOT_FOUND,
         409: {"description": "LAST_ADMIN, or CANNOT_DELETE_SELF"},
     },
 )
 async def delete_account(
-    user_id: str, principal: AdminPrincipal, session: SessionDep, client: ClientInfoDep
+    user_id: str,
+    principal: AdminPrincipal,
+    session: SessionDep,
+    client: ClientInfoDep,
+    registry: RegistryDep,
 ) -> Response:
     if user_id == principal.user_id:
         raise ConflictError("You cannot delete your own account.", code="CANNOT_DELETE_SELF")
     user = await get_user_or_404(session, user_id)
     username = user.username
+    await chat_deletions.stop_answers(session, registry, user.id)
     await delete_user(session, user)
     await record_event(
         session,

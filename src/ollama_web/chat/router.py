@@ -48,8 +48,9 @@ _SSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`text/event-stream`. Events (each with an integer `id:` counting from "
         "1): `start` {conversation_id, user_message_id, assistant_message_id, model}; `token` "
-        "{content}; `thinking` {content}; then `done` {message} (also for a stopped answer, "
-        "whose message has status `stopped`) or `error` {error, message, details} (the "
+        "{content}; `thinking` {content}; then `done` {message} (also for an answer stopped "
+        "by its stop or by deleting its conversation or user: its message has status "
+        "`stopped`) or `error` {error, message, details} (the "
         "partial answer is stored with status `error`; `details.assistant_message` holds it). "
         "A `: keep-alive` comment is sent every SSE_KEEPALIVE_SECONDS.",
         "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},

@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ollama_web.conversations import search
 from ollama_web.core.errors import NotFoundError
 from ollama_web.db import Conversation, Message
+from ollama_web.db.models import MessageRole, MessageStatus
 
 _MESSAGES = Message.__table__
+_UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 
 
 def owned(user_id: str | BindParameter[str], *columns: Any) -> Select[Any]:
@@ -78,6 +80,19 @@ async def sibling_ids(session: AsyncSession, user_id: str, message: Message) -> 
         )
         .order_by(Message.created_at, Message.id)
     )
+    return list((await session.scalars(stmt)).all())
+
+
+async def unfinished_answer_ids(
+    session: AsyncSession, user_id: str, conversation_id: str | None = None
+) -> list[str]:
+    """The answers still being generated (`pending` or `streaming`) in the conversation, or
+    (no conversation given) in every conversation of the user."""
+    stmt = owned(user_id, Message.id).where(
+        Message.role == MessageRole.ASSISTANT.value, Message.status.in_(_UNFINISHED)
+    )
+    if conversation_id is not None:
+        stmt = stmt.where(Message.conversation_id == conversation_id)
     return list((await session.scalars(stmt)).all())
 
 

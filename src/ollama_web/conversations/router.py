@@ -8,6 +8,8 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from ollama_web.auth.dependencies import CurrentPrincipal
+from ollama_web.chat import deletions as chat_deletions
+from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.conversations import export as conversation_export
 from ollama_web.conversations import repository
 from ollama_web.conversations import service as conversation_service
@@ -112,9 +114,19 @@ async def patch_conversation(
     "/{conversation_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a conversation and its messages",
+    description="Answers still being generated in it are stopped first, as "
+    "`POST /api/chat/{assistant_message_id}/stop` stops them: the model stops at once and "
+    "every stream attached to one ends with a `done` event whose message has status "
+    "`stopped`. A stop that fails does not fail the deletion.",
     responses=_NOT_FOUND,
 )
-async def delete_conversation(conversation: OwnedConversation, session: SessionDep) -> Response:
+async def delete_conversation(
+    conversation: OwnedConversation,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    registry: RegistryDep,
+) -> Response:
+    await chat_deletions.stop_answers(session, registry, principal.user_id, conversation.id)
     await conversation_service.delete(session, conversation)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,0 +1,30 @@
+"""What deleting a conversation or a user does to its answers still being generated.
+
+Each is stopped as a user's stop would stop it (see `GenerationRegistry.stop`), before the
+rows go: its upstream is closed at once, its job ends and gives back its slot and its
+node's in-flight count, it stores its partial text as `stopped`, and every attached stream
+ends with the `done` event of a stopped answer. Stopping first, not after the delete, keeps
+the request's transaction free of writes while it waits (on SQLite a pending write would
+hold the lock the job's final write needs; on PostgreSQL a deleted row would hold its).
+
+A stop that fails (Redis unreachable, say) never fails the deletion.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.conversations import repository
+
+
+async def stop_answers(
+    session: AsyncSession,
+    registry: GenerationRegistry,
+    user_id: str,
+    conversation_id: str | None = None,
+) -> None:
+    """Stop the answers being generated in the conversation, or (none given) in every
+    conversation of the user; returns once each has ended or no process claimed it."""
+    ids = await repository.unfinished_answer_ids(session, user_id, conversation_id)
+    await registry.stop_each(ids)

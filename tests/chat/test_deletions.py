@@ -1,0 +1,220 @@
+"""Deleting a conversation or a user stops its answers being generated (see
+`ollama_web.chat.deletions`): the upstream is closed, the job ends, its slot and its node's
+in-flight count are given back, and every attached stream ends with the `done` event of a
+stopped answer. Real uvicorn on loopback, the emulator as Ollama."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from typing import Any, cast
+
+import httpx
+from fastapi import FastAPI
+
+from ollama_web.chat.registry import GenerationRegistry
+from ollama_web.core.config import Settings
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import (
+    EventReader,
+    chat_body,
+    conversation_with_unfinished_answers,
+    text_of,
+)
+from tests.fixtures.auth import TestUser, create_test_user
+from tests.ollama.faults import closed_port_url
+
+LONG_REPLY = {"reply_tokens": 500, "tokens_per_second": 40}  # 12.5 s: never ends by itself
+
+
+def _registry(app: FastAPI) -> GenerationRegistry:
+    registry: GenerationRegistry = app.state.generations
+    return registry
+
+
+def _in_flight(app: FastAPI) -> int:
+    return sum(node.in_flight for node in app.state.gateway.registry.nodes)
+
+
+def _long_replies(emulator: OllamaEmulator) -> None:
+    for name, value in LONG_REPLY.items():
+        setattr(emulator.config, name, value)
+
+
+def _short_replies(emulator: OllamaEmulator) -> None:
+    emulator.config.reply_tokens = 3
+    emulator.config.tokens_per_second = 0
+
+
+@contextmanager
+def app_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings and errors the app logs meanwhile (its loggers do not propagate)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ollama_web")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+async def _started(stack: AsyncExitStack, http: httpx.AsyncClient, user: TestUser) -> EventReader:
+    """A chat in a new conversation, its response kept open on `stack`, read up to its
+    first token."""
+    response = await stack.enter_async_context(
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers)
+    )
+    reader = EventReader(response)
+    assert (await reader.next()).event == "start"
+    assert (await reader.next()).event == "token"
+    return reader
+
+
+async def _attached(
+    stack: AsyncExitStack, http: httpx.AsyncClient, user: TestUser, answer_id: str
+) -> EventReader:
+    """Another client following the answer."""
+    response = await stack.enter_async_context(
+        http.stream("GET", f"/api/chat/stream/{answer_id}", headers=user.headers)
+    )
+    reader = EventReader(response)
+    assert (await reader.next()).event == "start"
+    return reader
+
+
+def _ended_stopped(events: list[Any]) -> dict[str, Any]:
+    """The message of the `done` event ending `events`, which must be a stopped answer."""
+    assert events[-1].event == "done", events[-1]
+    message: dict[str, Any] = events[-1].data["message"]
+    assert message["status"] == "stopped"
+    return message
+
+
+async def test_deleting_a_conversation_stops_its_answer_and_gives_back_the_slot(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    app = await app_factory(chat_settings(max_concurrent_generations_per_user=1))
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+            AsyncExitStack() as stack,
+        ):
+            reader = await _started(stack, http, user)
+            start = reader.seen[0].data
+            other = await _attached(stack, http, user, start["assistant_message_id"])
+            deleted = await http.delete(
+                f"/api/conversations/{start['conversation_id']}", headers=user.headers
+            )
+            assert deleted.status_code == 204, deleted.text
+            # Ended before the 204: the node is free, and so is the user's only slot.
+            assert _registry(app).running_ids == frozenset()
+            assert _in_flight(app) == 0
+            _short_replies(ollama_emulator)
+            again = await http.post("/api/chat/message", json=chat_body(), headers=user.headers)
+            assert again.status_code == 200, again.text
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+            events, other_events = await reader.rest(), await other.rest()
+            gone = await http.get(
+                f"/api/conversations/{start['conversation_id']}", headers=user.headers
+            )
+    message = _ended_stopped(reader.seen)
+    assert _ended_stopped(other.seen) == message
+    assert message["id"] == start["assistant_message_id"]
+    assert message["content"] == text_of(reader.seen)
+    assert len(events) < 100  # stopped, not run to its 500 tokens
+    assert other_events[-1] == events[-1]
+    assert gone.status_code == 404
+    assert warnings == []
+
+
+async def test_deleting_a_user_stops_every_answer_of_theirs_and_no_other(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    app = await app_factory(chat_settings(max_concurrent_generations_per_user=2))
+    admin = await create_test_user(app, "admin")
+    user, bystander = await create_test_user(app), await create_test_user(app)
+    _long_replies(ollama_emulator)
+    registry = _registry(app)
+    with app_warnings() as warnings:
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+            AsyncExitStack() as stack,
+        ):
+            readers = [await _started(stack, http, user) for _ in range(2)]
+            theirs = await _started(stack, http, bystander)
+            deleted = await http.delete(f"/api/admin/users/{user.id}", headers=admin.headers)
+            assert deleted.status_code == 204, deleted.text
+            kept = theirs.seen[0].data["assistant_message_id"]
+            assert registry.running_ids == {kept}
+            assert user.id not in registry._reservations  # both slots given back
+            assert _in_flight(app) == 1
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 2)
+            for reader in readers:
+                await reader.rest()
+            assert (await theirs.next()).event == "token"  # the bystander's goes on
+            assert (await http.post(f"/api/chat/{kept}/stop", headers=bystander.headers)).is_success
+    for reader in readers:
+        assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
+    assert warnings == []
+
+
+async def test_a_deletion_succeeds_when_its_answers_cannot_be_reached(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Redis is down: an answer another process would be generating cannot be asked to
+    stop; the user's deletion goes on all the same (204, not 500), and the answer this
+    process generates is stopped."""
+    redis_down = closed_port_url().replace("http://", "redis://")
+    app = await app_factory(chat_settings(redis_url=redis_down))
+    admin = await create_test_user(app, "admin")
+    user = await create_test_user(app)
+    orphan = await conversation_with_unfinished_answers(app, user, {"e" * 32: 0.0})
+    _long_replies(ollama_emulator)
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+        AsyncExitStack() as stack,
+    ):
+        reader = await _started(stack, http, user)
+        deleted = await http.delete(f"/api/admin/users/{user.id}", headers=admin.headers)
+        assert deleted.status_code == 204, deleted.text
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        await reader.rest()
+        gone = await http.get(f"/api/conversations/{orphan}", headers=admin.headers)
+    _ended_stopped(reader.seen)
+    assert gone.status_code == 404
+
+
+class _BrokenRelay:
+    async def stop(self, message_id: str) -> None:
+        raise RuntimeError("a bug in the relay")
+
+
+async def test_stopping_for_a_deletion_never_raises(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    registry = GenerationRegistry(settings_factory(), cast(Any, None), cast(Any, None))
+    registry.relay = cast(Any, _BrokenRelay())
+    with app_warnings() as warnings:
+        await registry.stop_each(["a" * 32, "b" * 32])
+    assert [r.getMessage() for r in warnings] == [
+        f"could not stop the answer {'a' * 32}",
+        f"could not stop the answer {'b' * 32}",
+    ]
+    assert warnings[0].exc_info is not None
