@@ -352,6 +352,67 @@ async def test_the_per_user_generation_limit_holds_across_processes(
         assert answered.status_code == 200, answered.text
 
 
+async def _chat_until_not_refused(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
+    """A chat through `client`, asked again while 429: a slot held through Redis is given
+    back in the background, just after its answer ends."""
+    for _ in range(50):
+        answered = await client.post("/api/chat/message", json=chat_body(), headers=user.headers)
+        if answered.status_code != 429:
+            break
+        await asyncio.sleep(0.02)
+    return answered
+
+
+async def test_deleting_a_conversation_through_another_process_stops_its_answer(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with processes(max_concurrent_generations_per_user=1) as (user, apps, (a, b)):
+        async with new_chat(a, user) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            assert (await reader.next()).event == "token"
+            path = f"/api/conversations/{start.data['conversation_id']}"
+            deleted = await b.delete(path, headers=user.headers)
+            assert deleted.status_code == 204, deleted.text
+            assert _registry(apps[0]).running_ids == frozenset()  # ended before the 204
+            assert apps[0].state.gateway.registry.nodes[0].in_flight == 0
+            events = await reader.rest()
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        ollama_emulator.config.reply_tokens = 3
+        ollama_emulator.config.tokens_per_second = 0
+        answered = await _chat_until_not_refused(b, user)
+        assert answered.status_code == 200, answered.text
+        assert (await a.get(path, headers=user.headers)).status_code == 404
+    assert events[-1].event == "done"
+    message = events[-1].data["message"]
+    assert (message["id"], message["status"]) == (start.data["assistant_message_id"], "stopped")
+    assert message["content"].startswith("tok0")
+
+
+async def test_deleting_a_user_through_another_process_stops_their_answers(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with processes() as (user, apps, (a, b)):
+        admin = await create_test_user(apps[1], "admin")
+        async with new_chat(a, user) as response:
+            reader = EventReader(response)
+            assert (await reader.next()).event == "start"
+            assert (await reader.next()).event == "token"
+            deleted = await b.delete(f"/api/admin/users/{user.id}", headers=admin.headers)
+            assert deleted.status_code == 204, deleted.text
+            assert _registry(apps[0]).running_ids == frozenset()
+            events = await reader.rest()
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+    assert events[-1].event == "done"
+    assert events[-1].data["message"]["status"] == "stopped"
+
+
 class _NoAnswers:
     """A registry holding no generation: this process owns nothing."""
 
