@@ -12,17 +12,20 @@ from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import delete
 
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.config import Settings
+from ollama_web.db import Conversation
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
     chat_body,
     conversation_with_unfinished_answers,
+    streamed_chat,
     text_of,
 )
-from tests.fixtures.auth import TestUser, create_test_user
+from tests.fixtures.auth import TestUser, create_test_user, execute_sql
 from tests.ollama.faults import closed_port_url
 
 LONG_REPLY = {"reply_tokens": 500, "tokens_per_second": 40}  # 12.5 s: never ends by itself
@@ -218,3 +221,32 @@ async def test_stopping_for_a_deletion_never_raises(
         f"could not stop the answer {'b' * 32}",
     ]
     assert warnings[0].exc_info is not None
+
+
+async def test_an_answer_whose_rows_are_deleted_behind_its_back_is_stopped_quietly(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The conversation goes without its answer being stopped first (a chat started while
+    it was deleted; a stop that could not reach this process): the lease keeper finds the
+    row gone at its next heartbeat and stops the answer. Its checkpoints and its final
+    write meet no row, and nothing is logged as a failure."""
+    app = await app_factory(chat_settings(generation_checkpoint_seconds=0.05))  # beats: 0.25 s
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with streamed_chat(live_server, app, user) as reader:
+            start = (await reader.next()).data
+            assert (await reader.next()).event == "token"
+            await execute_sql(
+                app, delete(Conversation).where(Conversation.id == start["conversation_id"])
+            )
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+            await reader.rest()
+    message = _ended_stopped(reader.seen)
+    assert message["content"] == text_of(reader.seen)
+    assert _registry(app).running_ids == frozenset()
+    assert _in_flight(app) == 0
+    assert warnings == []

@@ -7,7 +7,9 @@ ends with the `done` event of a stopped answer. Stopping first, not after the de
 the request's transaction free of writes while it waits (on SQLite a pending write would
 hold the lock the job's final write needs; on PostgreSQL a deleted row would hold its).
 
-A stop that fails (Redis unreachable, say) never fails the deletion.
+A stop that fails (Redis unreachable, say) never fails the deletion; nor does a chat that
+starts while its conversation is deleted outlive it: the lease keeper of the process
+generating an answer whose row is gone stops it (see `leases`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ unfinished answer whose row was not written for three heartbeats belongs to a pr
 gone, and the sweep marks it `interrupted`, keeping its checkpointed text. Every process
 sweeps at startup and then once per stale interval, so a crashed process's answers are marked
 by whichever process runs next, within seconds.
+
+At each heartbeat the keeper also looks for this process's running answers whose row is
+gone: deleting a conversation or a user stops its answers first (see `chat.deletions`), but
+a chat can start in a conversation while it is deleted, and a stop cannot reach another
+process while Redis is down. Such an answer is stopped then, within a heartbeat interval,
+instead of generating for nobody to its end.
 """
 
 from __future__ import annotations
@@ -95,14 +101,26 @@ async def sweep(
     return swept
 
 
+async def deleted_answers(
+    sessionmaker: async_sessionmaker[AsyncSession], message_ids: Collection[str]
+) -> set[str]:
+    """Of `message_ids`, those whose row is gone (its conversation or its user deleted)."""
+    ids = set(message_ids)
+    async with session_scope(sessionmaker) as session:
+        present = await session.scalars(select(Message.id).where(Message.id.in_(ids)))
+        return ids.difference(present)
+
+
 async def keep_leases(
     sessionmaker: async_sessionmaker[AsyncSession],
     checkpoint_seconds: float,
     heartbeat: Callable[[float], Awaitable[None]],
     running: Callable[[], Collection[str]],
+    stop_deleted: Callable[[Collection[str]], None],
 ) -> None:
-    """Run for the process's lifetime: heartbeat this process's generations, and sweep the
-    answers of processes that are gone once per stale interval."""
+    """Run for the process's lifetime: heartbeat this process's generations (and stop those
+    whose row is gone), and sweep the answers of processes that are gone once per stale
+    interval."""
     loop = asyncio.get_running_loop()
     interval = heartbeat_seconds(checkpoint_seconds)
     stale = stale_seconds(checkpoint_seconds)
@@ -110,6 +128,14 @@ async def keep_leases(
     while True:
         await asyncio.sleep(interval)
         await heartbeat(interval)
+        if ids := running():
+            try:
+                gone = await deleted_answers(sessionmaker, ids)
+            except (SQLAlchemyError, OSError):
+                logger.exception("could not look for deleted answers; looking again later")
+            else:
+                if gone:
+                    stop_deleted(gone)
         if loop.time() < next_sweep:
             continue
         next_sweep = loop.time() + stale

@@ -180,7 +180,7 @@ class GenerationRegistry:
     async def stop_each(self, message_ids: Collection[str]) -> None:
         """Stop these answers, all at once, wherever they are generated (their conversation
         or their user is being deleted). Never raises: the deletion goes on whatever
-        happened to a stop."""
+        happened to a stop (and the lease keeper stops an answer whose row is gone)."""
         if not message_ids:
             return
         ids = list(message_ids)
@@ -190,6 +190,13 @@ class GenerationRegistry:
                 logger.warning("could not stop the answer %s", message_id, exc_info=outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
+
+    def stop_deleted(self, message_ids: Collection[str]) -> None:
+        """Stop these running answers of this process: their rows are gone (see `leases`)."""
+        for message_id in message_ids:
+            generation = self._running.get(message_id)
+            if generation is not None and generation.stop():
+                logger.info("answer %s was deleted while it was generated: stopped", message_id)
 
     @property
     def running_ids(self) -> frozenset[str]:
