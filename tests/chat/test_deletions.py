@@ -6,17 +6,20 @@ stopped answer. Real uvicorn on loopback, the emulator as Ollama."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.config import Settings
-from ollama_web.db import Conversation
+from ollama_web.db import Conversation, UserSession
+from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
@@ -25,7 +28,7 @@ from tests.chat.conftest import (
     streamed_chat,
     text_of,
 )
-from tests.fixtures.auth import TestUser, create_test_user, execute_sql
+from tests.fixtures.auth import TestUser, create_test_user, execute_sql, login_session
 from tests.ollama.faults import closed_port_url
 
 LONG_REPLY = {"reply_tokens": 500, "tokens_per_second": 40}  # 12.5 s: never ends by itself
@@ -136,6 +139,45 @@ async def test_deleting_a_conversation_stops_its_answer_and_gives_back_the_slot(
     assert len(events) < 100  # stopped, not run to its 500 tokens
     assert other_events[-1] == events[-1]
     assert gone.status_code == 404
+    assert warnings == []
+
+
+async def test_a_deletion_whose_session_records_activity_lets_the_answer_be_stored(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """A browser session's activity is written in the request's transaction (at most once a
+    minute). On SQLite that write holds the database lock until the request ends: were it
+    held while the stopped answer stores its text, that final write would wait out the busy
+    timeout twice (10 s) and fail. The answer ends stopped and stored, at once."""
+    app = await app_factory(chat_settings())
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+        ):
+            csrf = {"X-CSRF-Token": await login_session(http, user)}
+            async with http.stream(
+                "POST", "/api/chat/stream", json=chat_body(), headers=csrf
+            ) as response:
+                reader = EventReader(response)
+                start = (await reader.next()).data
+                assert (await reader.next()).event == "token"
+                a_while_ago = utcnow() - timedelta(minutes=5)
+                await execute_sql(app, update(UserSession).values(last_seen_at=a_while_ago))
+                sent = time.monotonic()
+                deleted = await http.delete(
+                    f"/api/conversations/{start['conversation_id']}", headers=csrf
+                )
+                elapsed = time.monotonic() - sent
+                await reader.rest()
+    assert deleted.status_code == 204, deleted.text
+    assert elapsed < 2.0
+    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
     assert warnings == []
 
 

@@ -3,9 +3,13 @@
 Each is stopped as a user's stop would stop it (see `GenerationRegistry.stop`), before the
 rows go: its upstream is closed at once, its job ends and gives back its slot and its
 node's in-flight count, it stores its partial text as `stopped`, and every attached stream
-ends with the `done` event of a stopped answer. Stopping first, not after the delete, keeps
-the request's transaction free of writes while it waits (on SQLite a pending write would
-hold the lock the job's final write needs; on PostgreSQL a deleted row would hold its).
+ends with the `done` event of a stopped answer.
+
+The request's transaction must hold no write while the jobs' final writes run: on SQLite
+its lock would keep them waiting out the busy timeout, twice, and the answers would end
+unsaved; on PostgreSQL a deleted row would hold them until the request ends, which waits
+for them. So the stops come before the delete, and the request's reads are committed first
+(keeping the authentication's throttled activity write, the one write it may hold).
 
 A stop that fails (Redis unreachable, say) never fails the deletion; nor does a chat that
 starts while its conversation is deleted outlive it: the lease keeper of the process
@@ -29,4 +33,6 @@ async def stop_answers(
     """Stop the answers being generated in the conversation, or (none given) in every
     conversation of the user; returns once each has ended or no process claimed it."""
     ids = await repository.unfinished_answer_ids(session, user_id, conversation_id)
-    await registry.stop_each(ids)
+    if ids:
+        await session.commit()  # loaded objects stay usable (expire_on_commit=False)
+        await registry.stop_each(ids)
