@@ -22,6 +22,7 @@ from ollama_web.db import Conversation, UserSession
 from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
+    Event,
     EventReader,
     chat_body,
     conversation_with_unfinished_answers,
@@ -30,8 +31,6 @@ from tests.chat.conftest import (
 )
 from tests.fixtures.auth import TestUser, create_test_user, execute_sql, login_session
 from tests.ollama.faults import closed_port_url
-
-LONG_REPLY = {"reply_tokens": 500, "tokens_per_second": 40}  # 12.5 s: never ends by itself
 
 
 def _registry(app: FastAPI) -> GenerationRegistry:
@@ -44,8 +43,8 @@ def _in_flight(app: FastAPI) -> int:
 
 
 def _long_replies(emulator: OllamaEmulator) -> None:
-    for name, value in LONG_REPLY.items():
-        setattr(emulator.config, name, value)
+    emulator.config.reply_tokens = 500
+    emulator.config.tokens_per_second = 40  # 12.5 s: never ends by itself in a test
 
 
 def _short_replies(emulator: OllamaEmulator) -> None:
@@ -91,7 +90,7 @@ async def _attached(
     return reader
 
 
-def _ended_stopped(events: list[Any]) -> dict[str, Any]:
+def _ended_stopped(events: list[Event]) -> dict[str, Any]:
     """The message of the `done` event ending `events`, which must be a stopped answer."""
     assert events[-1].event == "done", events[-1]
     message: dict[str, Any] = events[-1].data["message"]

@@ -50,8 +50,8 @@ _SSE: dict[int | str, dict[str, Any]] = {
         "1): `start` {conversation_id, user_message_id, assistant_message_id, model}; `token` "
         "{content}; `thinking` {content}; then `done` {message} (also for an answer stopped "
         "by its stop or by deleting its conversation or user: its message has status "
-        "`stopped`) or `error` {error, message, details} (the "
-        "partial answer is stored with status `error`; `details.assistant_message` holds it). "
+        "`stopped`) or `error` {error, message, details} (the partial answer is stored with "
+        "status `error`; `details.assistant_message` holds it). "
         "A `: keep-alive` comment is sent every SSE_KEEPALIVE_SECONDS.",
         "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
     }
