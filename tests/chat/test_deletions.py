@@ -180,6 +180,44 @@ async def test_a_deletion_whose_session_records_activity_lets_the_answer_be_stor
     assert warnings == []
 
 
+async def test_a_stop_whose_session_records_activity_lets_the_answer_be_stored(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The same for the stop button: a browser session whose activity write is due stops
+    its answer at once, stored `stopped` with its text (it took 10 s and ended unsaved)."""
+    app = await app_factory(chat_settings())
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+        ):
+            csrf = {"X-CSRF-Token": await login_session(http, user)}
+            async with http.stream(
+                "POST", "/api/chat/stream", json=chat_body(), headers=csrf
+            ) as response:
+                reader = EventReader(response)
+                start = (await reader.next()).data
+                assert (await reader.next()).event == "token"
+                a_while_ago = utcnow() - timedelta(minutes=5)
+                await execute_sql(app, update(UserSession).values(last_seen_at=a_while_ago))
+                sent = time.monotonic()
+                stopped = await http.post(
+                    f"/api/chat/{start['assistant_message_id']}/stop", headers=csrf
+                )
+                elapsed = time.monotonic() - sent
+                await reader.rest()
+    assert stopped.status_code == 200, stopped.text
+    assert elapsed < 2.0
+    assert stopped.json()["message"]["status"] == "stopped"
+    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
+    assert warnings == []
+
+
 async def test_deleting_a_user_stops_every_answer_of_theirs_and_no_other(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Settings],

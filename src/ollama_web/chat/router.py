@@ -207,6 +207,9 @@ async def chat_stop(
     registry: RegistryDep,
 ) -> StopResponse:
     if message.status in UNFINISHED or registry.get(message.id) is not None:
+        # The request's reads end here: a browser session's activity write, held until the
+        # request ends, would hold SQLite's lock while the stopped answer stores its text.
+        await session.commit()  # loaded objects stay usable (expire_on_commit=False)
         stopped = await registry.stop(message.id)
         if stopped is None:
             raise _not_here(message)
