@@ -18,6 +18,7 @@ from ollama_web.core.db import session_scope
 from ollama_web.db import Message
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
+    Event,
     EventReader,
     chat_body,
     conversation_with_unfinished_answers,
@@ -51,6 +52,15 @@ async def _wait_for_status(
         await asyncio.sleep(0.05)
 
 
+async def _leave_after_first_token(http: httpx.AsyncClient, user: TestUser) -> tuple[Event, Event]:
+    """Start a chat, read its `start` and first token, and leave: (start, token)."""
+    async with http.stream(
+        "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+    ) as response:
+        reader = EventReader(response)
+        return await reader.next(), await reader.next()
+
+
 async def test_the_answer_completes_and_is_stored_after_the_client_disconnects(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],
@@ -60,12 +70,8 @@ async def test_the_answer_completes_and_is_stored_after_the_client_disconnects(
     ollama_emulator.config.reply_tokens = REPLY_TOKENS
     ollama_emulator.config.tokens_per_second = 100
     async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
-        async with http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
-        ) as response:
-            reader = EventReader(response)
-            start = await reader.next()
-            assert (await reader.next()).event == "token"
+        start, token = await _leave_after_first_token(http, regular_user)
+        assert token.event == "token"
         conversation_id = start.data["conversation_id"]
         answer = await _wait_for_status(app, regular_user, conversation_id, "complete")
     assert answer["content"] == FULL_REPLY
@@ -88,12 +94,7 @@ async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_of
     ollama_emulator.config.reply_tokens = REPLY_TOKENS
     ollama_emulator.config.tokens_per_second = 10  # 3 s: a slow stop still comes first
     async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
-        async with http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
-            reader = EventReader(response)
-            start = await reader.next()
-            await reader.next()
+        start, _ = await _leave_after_first_token(http, user)
         await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
         answer = await _wait_for_status(app, user, start.data["conversation_id"], "stopped")
     assert answer["status"] == "stopped"
@@ -117,12 +118,8 @@ async def test_without_continue_on_disconnect_a_reload_within_the_grace_keeps_th
     ollama_emulator.config.tokens_per_second = 20
     registry = app.state.generations
     async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
-        async with http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
-            reader = EventReader(response)
-            start = await reader.next()
-            seen = (await reader.next()).id
+        start, token = await _leave_after_first_token(http, user)
+        seen = token.id
         answer_id = start.data["assistant_message_id"]
         generation = registry.get(answer_id)
         await ollama_emulator.wait_until(lambda: generation.log.followers == 0)
@@ -151,12 +148,7 @@ async def test_without_continue_on_disconnect_the_answer_stops_when_the_grace_en
     ollama_emulator.config.reply_tokens = REPLY_TOKENS * 10
     ollama_emulator.config.tokens_per_second = 20  # 15 s: far longer than the grace
     async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
-        async with http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-        ) as response:
-            reader = EventReader(response)
-            start = await reader.next()
-            await reader.next()
+        start, _ = await _leave_after_first_token(http, user)
         generation = app.state.generations.get(start.data["assistant_message_id"])
         await ollama_emulator.wait_until(lambda: generation.log.followers == 0)
         left = time.monotonic()

@@ -326,6 +326,17 @@ async def test_without_an_owner_the_answer_is_elsewhere(
     assert elapsed < 6.0  # two waits of OWNER_WAIT_SECONDS, not STOP_WAIT_SECONDS (10)
 
 
+async def _chat_until_not_refused(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
+    """A chat through `client`, asked again while 429: a slot held through Redis is given
+    back in the background, just after its answer ends."""
+    for _ in range(50):
+        answered = await client.post("/api/chat/message", json=chat_body(), headers=user.headers)
+        if answered.status_code != 429:
+            break
+        await asyncio.sleep(0.02)
+    return answered
+
+
 async def test_the_per_user_generation_limit_holds_across_processes(
     processes: Processes,
     ollama_emulator: OllamaEmulator,
@@ -344,23 +355,8 @@ async def test_the_per_user_generation_limit_holds_across_processes(
             await reader.rest()
         ollama_emulator.config.reply_tokens = 3
         ollama_emulator.config.tokens_per_second = 0
-        for _ in range(50):  # the slot is given back in the background, just after the end
-            answered = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
-            if answered.status_code != 429:
-                break
-            await asyncio.sleep(0.02)
+        answered = await _chat_until_not_refused(b, user)
         assert answered.status_code == 200, answered.text
-
-
-async def _chat_until_not_refused(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
-    """A chat through `client`, asked again while 429: a slot held through Redis is given
-    back in the background, just after its answer ends."""
-    for _ in range(50):
-        answered = await client.post("/api/chat/message", json=chat_body(), headers=user.headers)
-        if answered.status_code != 429:
-            break
-        await asyncio.sleep(0.02)
-    return answered
 
 
 async def test_deleting_a_conversation_through_another_process_stops_its_answer(
