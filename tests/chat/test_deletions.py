@@ -19,7 +19,7 @@ from sqlalchemy import delete, update
 
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.config import Settings
-from ollama_web.db import Conversation, UserSession
+from ollama_web.db import Conversation, User, UserSession
 from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
@@ -300,4 +300,56 @@ async def test_an_answer_whose_rows_are_deleted_behind_its_back_is_stopped_quiet
     assert message["content"] == text_of(reader.seen)
     assert _registry(app).running_ids == frozenset()
     assert _in_flight(app) == 0
+    assert warnings == []
+
+
+async def test_disabling_a_user_stops_their_answers(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Disabling ends a user's sessions; their answers being generated end too, stored
+    `stopped` with their text, before the PATCH answers."""
+    app = await app_factory(chat_settings())
+    admin = await create_test_user(app, "admin")
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+            AsyncExitStack() as stack,
+        ):
+            reader = await _started(stack, http, user)
+            disabled = await http.patch(
+                f"/api/admin/users/{user.id}", json={"is_active": False}, headers=admin.headers
+            )
+            assert disabled.status_code == 200, disabled.text
+            assert _registry(app).running_ids == frozenset()
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+            await reader.rest()
+    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
+    assert warnings == []
+
+
+async def test_an_answer_whose_user_is_disabled_behind_its_back_is_stopped(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Settings],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """`ollama-web users disable` writes the database and reaches no server: the lease
+    keeper finds the answer's user disabled at its next heartbeat and stops it."""
+    app = await app_factory(chat_settings(generation_checkpoint_seconds=0.05))  # beats: 0.25 s
+    user = await create_test_user(app)
+    _long_replies(ollama_emulator)
+    with app_warnings() as warnings:
+        async with streamed_chat(live_server, app, user) as reader:
+            assert (await reader.next()).event == "start"
+            assert (await reader.next()).event == "token"
+            await execute_sql(app, update(User).where(User.id == user.id).values(is_active=False))
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+            await reader.rest()
+    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
     assert warnings == []

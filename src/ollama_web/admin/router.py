@@ -90,6 +90,8 @@ async def get_account(
 @router.patch(
     "/users/{user_id}",
     summary="Change role, enable/disable, reset password, change email",
+    description="Disabling a user ends their sessions and stops their answers still being "
+    "generated, as `POST /api/chat/{assistant_message_id}/stop` stops them.",
     responses={**_NOT_FOUND, **_LAST_ADMIN},
 )
 async def update_account(
@@ -99,6 +101,7 @@ async def update_account(
     session: SessionDep,
     passwords: PasswordsDep,
     client: ClientInfoDep,
+    registry: RegistryDep,
 ) -> AdminUserPublic:
     user = await get_user_or_404(session, user_id)
     email: Any = body.email if "email" in body.model_fields_set else UNSET
@@ -121,6 +124,9 @@ async def update_account(
             ip_address=client.ip_address,
             details={"username": user.username, **changes},
         )
+    if body.is_active is False:
+        # Disabled: its sessions have ended; so do the answers it still has generating.
+        await chat_deletions.stop_answers(session, registry, user.id)
     await session.refresh(user)
     return AdminUserPublic.model_validate(user)
 

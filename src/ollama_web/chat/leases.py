@@ -13,10 +13,11 @@ sweeps at startup and then once per stale interval, so a crashed process's answe
 by whichever process runs next, within seconds.
 
 At each heartbeat the keeper also looks for this process's running answers whose row is
-gone: deleting a conversation or a user stops its answers first (see `chat.deletions`), but
-a chat can start in a conversation while it is deleted, and a stop cannot reach another
-process while Redis is down. Such an answer is stopped then, within a heartbeat interval,
-instead of generating for nobody to its end.
+gone or whose user is disabled: deleting a conversation or a user, or disabling a user
+through the API, stops its answers first (see `chat.deletions`), but a chat can start in a
+conversation while it is deleted, a stop cannot reach another process while Redis is down,
+and `ollama-web users disable` reaches no server at all. Such an answer is stopped then,
+within a heartbeat interval, instead of generating for nobody to its end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ollama_web.chat.generation import GenerationInterrupted, error_body
 from ollama_web.core.db import session_scope
-from ollama_web.db import Message
+from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import MessageStatus
 
@@ -101,14 +102,20 @@ async def sweep(
     return swept
 
 
-async def deleted_answers(
+async def ownerless_answers(
     sessionmaker: async_sessionmaker[AsyncSession], message_ids: Collection[str]
 ) -> set[str]:
-    """Of `message_ids`, those whose row is gone (its conversation or its user deleted)."""
+    """Of `message_ids`, those whose row is gone (its conversation or its user deleted) or
+    whose user is disabled (from the command line, say, which cannot reach this process)."""
     ids = set(message_ids)
+    owned = (
+        select(Message.id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .join(User, User.id == Conversation.user_id)
+        .where(Message.id.in_(ids), User.is_active.is_(True))
+    )
     async with session_scope(sessionmaker) as session:
-        present = await session.scalars(select(Message.id).where(Message.id.in_(ids)))
-        return ids.difference(present)
+        return ids.difference(await session.scalars(owned))
 
 
 async def keep_leases(
@@ -116,11 +123,11 @@ async def keep_leases(
     checkpoint_seconds: float,
     heartbeat: Callable[[float], Awaitable[None]],
     running: Callable[[], Collection[str]],
-    stop_deleted: Callable[[Collection[str]], None],
+    stop_ownerless: Callable[[Collection[str]], None],
 ) -> None:
     """Run for the process's lifetime: heartbeat this process's generations (and stop those
-    whose row is gone), and sweep the answers of processes that are gone once per stale
-    interval."""
+    whose row is gone or whose user is disabled), and sweep the answers of processes that
+    are gone once per stale interval."""
     loop = asyncio.get_running_loop()
     interval = heartbeat_seconds(checkpoint_seconds)
     stale = stale_seconds(checkpoint_seconds)
@@ -130,12 +137,12 @@ async def keep_leases(
         await heartbeat(interval)
         if ids := running():
             try:
-                gone = await deleted_answers(sessionmaker, ids)
+                gone = await ownerless_answers(sessionmaker, ids)
             except (SQLAlchemyError, OSError):
-                logger.exception("could not look for deleted answers; looking again later")
+                logger.exception("could not look for ownerless answers; looking again later")
             else:
                 if gone:
-                    stop_deleted(gone)
+                    stop_ownerless(gone)
         if loop.time() < next_sweep:
             continue
         next_sweep = loop.time() + stale

@@ -54,7 +54,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
             checkpoint_seconds,
             registry.heartbeat,
             lambda: registry.running_ids,
-            registry.stop_deleted,
+            registry.stop_ownerless,
         ),
         name="generation-leases",
     )

@@ -191,12 +191,16 @@ class GenerationRegistry:
             elif isinstance(outcome, BaseException):
                 raise outcome
 
-    def stop_deleted(self, message_ids: Collection[str]) -> None:
-        """Stop these running answers of this process: their rows are gone (see `leases`)."""
+    def stop_ownerless(self, message_ids: Collection[str]) -> None:
+        """Stop these running answers of this process: their rows are gone or their user is
+        disabled (see `leases`)."""
         for message_id in message_ids:
             generation = self._running.get(message_id)
             if generation is not None and generation.stop():
-                logger.info("answer %s was deleted while it was generated: stopped", message_id)
+                logger.info(
+                    "answer %s was deleted or its user disabled while it was generated: stopped",
+                    message_id,
+                )
 
     @property
     def running_ids(self) -> frozenset[str]:
