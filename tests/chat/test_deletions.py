@@ -190,11 +190,19 @@ async def test_a_stop_whose_session_records_activity_lets_the_answer_be_stored(
     assert warnings == []
 
 
-async def test_deleting_a_user_stops_every_answer_of_theirs_and_no_other(
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [("DELETE", None, 204), ("PATCH", {"is_active": False}, 200)],
+    ids=["deleted", "disabled"],
+)
+async def test_deleting_or_disabling_a_user_stops_every_answer_of_theirs_and_no_other(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Settings],
     live_server: Callable[[FastAPI], Any],
     ollama_emulator: OllamaEmulator,
+    method: str,
+    body: dict[str, Any] | None,
+    status: int,
 ) -> None:
     app = await app_factory(chat_settings(max_concurrent_generations_per_user=2))
     admin = await create_test_user(app, "admin")
@@ -209,8 +217,9 @@ async def test_deleting_a_user_stops_every_answer_of_theirs_and_no_other(
         ):
             readers = [await _started(stack, http, user) for _ in range(2)]
             theirs = await _started(stack, http, bystander)
-            deleted = await http.delete(f"/api/admin/users/{user.id}", headers=admin.headers)
-            assert deleted.status_code == 204, deleted.text
+            path = f"/api/admin/users/{user.id}"
+            ended = await http.request(method, path, json=body, headers=admin.headers)
+            assert ended.status_code == status, ended.text
             kept = theirs.seen[0].data["assistant_message_id"]
             assert registry.running_ids == {kept}
             assert user.id not in registry._reservations  # both slots given back
@@ -300,36 +309,6 @@ async def test_an_answer_whose_rows_are_deleted_behind_its_back_is_stopped_quiet
     assert message["content"] == text_of(reader.seen)
     assert _registry(app).running_ids == frozenset()
     assert _in_flight(app) == 0
-    assert warnings == []
-
-
-async def test_disabling_a_user_stops_their_answers(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Settings],
-    live_server: Callable[[FastAPI], Any],
-    ollama_emulator: OllamaEmulator,
-) -> None:
-    """Disabling ends a user's sessions; their answers being generated end too, stored
-    `stopped` with their text, before the PATCH answers."""
-    app = await app_factory(chat_settings())
-    admin = await create_test_user(app, "admin")
-    user = await create_test_user(app)
-    _long_replies(ollama_emulator)
-    with app_warnings() as warnings:
-        async with (
-            live_server(app) as base_url,
-            httpx.AsyncClient(base_url=base_url, timeout=10) as http,
-            AsyncExitStack() as stack,
-        ):
-            reader = await _started(stack, http, user)
-            disabled = await http.patch(
-                f"/api/admin/users/{user.id}", json={"is_active": False}, headers=admin.headers
-            )
-            assert disabled.status_code == 200, disabled.text
-            assert _registry(app).running_ids == frozenset()
-            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
-            await reader.rest()
-    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
     assert warnings == []
 
 
