@@ -181,8 +181,6 @@ class GenerationRegistry:
         """Stop these answers, all at once, wherever they are generated (their conversation
         or their user is being deleted). Never raises: the deletion goes on whatever
         happened to a stop (and the lease keeper stops an answer whose row is gone)."""
-        if not message_ids:
-            return
         ids = list(message_ids)
         outcomes = await asyncio.gather(*(self.stop(i) for i in ids), return_exceptions=True)
         for message_id, outcome in zip(ids, outcomes, strict=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
@@ -244,6 +244,7 @@ _HTTP_CODES = {
 
 
 NOT_UTF8_JSON = "The request body must be JSON encoded as UTF-8."
+NOT_JSON = "The request body is not valid JSON."
 
 
 def _unreadable_json(exc: StarletteHTTPException) -> InvalidJSONError | None:
@@ -259,7 +260,7 @@ def _unreadable_json(exc: StarletteHTTPException) -> InvalidJSONError | None:
         return InvalidJSONError("The request body is JSON nested too deeply to be read.")
     if isinstance(cause, UnicodeError):
         return InvalidJSONError(NOT_UTF8_JSON)
-    return InvalidJSONError("The request body is not valid JSON.")
+    return InvalidJSONError(NOT_JSON)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -278,13 +279,19 @@ def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [part for part in loc if part != "body" or len(loc) == 1]
 
 
-def _unread_body(request: Request, exc: RequestValidationError) -> AppError | None:
-    """FastAPI parses a body as JSON only under a JSON Content-Type (`application/json`,
-    `application/*+json`); under any other, or none (its `strict_content_type`, which
-    keeps a cross-site form from posting JSON), the route's model gets the raw bytes and
-    fails with a misleading "Input should be a valid dictionary" at `body`."""
-    body_failed = any(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors())
-    if not (isinstance(exc.body, bytes | bytearray) and exc.body and body_failed):
+def _body_error(
+    request: Request, body: Any, errors: Sequence[Mapping[str, Any]]
+) -> AppError | None:
+    """The refusal of a body that could not be read as JSON, or None: a syntax error is
+    INVALID_JSON. FastAPI parses a body as JSON only under a JSON Content-Type
+    (`application/json`, `application/*+json`); under any other, or none (its
+    `strict_content_type`, which keeps a cross-site form from posting JSON), the route's
+    model gets the raw bytes and fails with a misleading "Input should be a valid
+    dictionary" at `body`: that is UNSUPPORTED_MEDIA_TYPE."""
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return InvalidJSONError(NOT_JSON)
+    body_failed = any(tuple(err.get("loc", ()))[:1] == ("body",) for err in errors)
+    if not (isinstance(body, bytes | bytearray) and body and body_failed):
         return None
     content_type = request.headers.get("content-type")
     media_type = content_type.split(";", 1)[0].strip().lower()[:100] if content_type else None
@@ -297,14 +304,10 @@ def _unread_body(request: Request, exc: RequestValidationError) -> AppError | No
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    if any(err.get("type") == "json_invalid" for err in errors):
-        return await authenticate_before(request) or error_response(
-            request, 400, "INVALID_JSON", "The request body is not valid JSON."
-        )
-    unread = _unread_body(request, exc)
-    if unread is not None:
+    body_error = _body_error(request, exc.body, errors)
+    if body_error is not None:
         # After the caller is known, like every body error (API-CONTRACT: 401 first).
-        return await authenticate_before(request) or await _app_error(request, unread)
+        return await authenticate_before(request) or await _app_error(request, body_error)
     fields = [
         {
             "loc": _clean_loc(tuple(err.get("loc", ()))),
