@@ -265,9 +265,8 @@ def test_a_locked_database_is_one_line_and_exit_3(
         )
 
 
-def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
-    tmp_path: Path,
-) -> None:
+def _command_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a command run as a process, on a SQLite database in tmp_path."""
     env = {
         **os.environ,
         "SECRET_KEY": TEST_SECRET,
@@ -275,6 +274,13 @@ def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
         "LOG_DIR": str(tmp_path / "logs"),
     }
     env.pop("DATABASE_URL", None)
+    return env
+
+
+def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = _command_env(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "ollama_web", "create-admin", "--username", "boss"],
         stdin=subprocess.DEVNULL,
@@ -294,13 +300,7 @@ def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> 
     """`ollama-web users list | head`: the pipe's reader is gone before the listing is
     written. Not a database error (it was exit 3, "cannot use the database: BrokenPipeError")
     and no traceback: silence and a shell's status for SIGPIPE."""
-    env = {
-        **os.environ,
-        "SECRET_KEY": TEST_SECRET,
-        "DATA_DIR": str(tmp_path / "data"),
-        "LOG_DIR": str(tmp_path / "logs"),
-    }
-    env.pop("DATABASE_URL", None)
+    env = _command_env(tmp_path)
     command = [sys.executable, "-m", "ollama_web"]
     created = subprocess.run(
         [*command, "create-admin", "--username", "boss", "--password-stdin"],

@@ -15,7 +15,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, update
+from sqlalchemy import Executable, delete, update
 
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.config import Settings
@@ -283,52 +283,42 @@ async def test_stopping_for_a_deletion_never_raises(
     assert warnings[0].exc_info is not None
 
 
-async def test_an_answer_whose_rows_are_deleted_behind_its_back_is_stopped_quietly(
+def _delete_its_conversation(start: dict[str, Any], user: TestUser) -> Executable:
+    return delete(Conversation).where(Conversation.id == start["conversation_id"])
+
+
+def _disable_its_user(start: dict[str, Any], user: TestUser) -> Executable:
+    return update(User).where(User.id == user.id).values(is_active=False)
+
+
+@pytest.mark.parametrize(
+    "behind_its_back", [_delete_its_conversation, _disable_its_user], ids=["deleted", "disabled"]
+)
+async def test_an_answer_whose_rows_go_or_user_is_disabled_behind_its_back_is_stopped(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Settings],
     live_server: Callable[[FastAPI], Any],
     ollama_emulator: OllamaEmulator,
+    behind_its_back: Callable[[dict[str, Any], TestUser], Executable],
 ) -> None:
     """The conversation goes without its answer being stopped first (a chat started while
-    it was deleted; a stop that could not reach this process): the lease keeper finds the
-    row gone at its next heartbeat and stops the answer. Its checkpoints and its final
-    write meet no row, and nothing is logged as a failure."""
+    it was deleted; a stop that could not reach this process), or its user is disabled by
+    `ollama-web users disable`, which reaches no server: the lease keeper finds it at its
+    next heartbeat and stops the answer. A write that meets no row is no failure: nothing
+    is logged as one."""
     app = await app_factory(chat_settings(generation_checkpoint_seconds=0.05))  # beats: 0.25 s
     user = await create_test_user(app)
     _long_replies(ollama_emulator)
     with app_warnings() as warnings:
         async with streamed_chat(live_server, app, user) as reader:
-            start = (await reader.next()).data
+            start = await reader.next()
+            assert start.event == "start"
             assert (await reader.next()).event == "token"
-            await execute_sql(
-                app, delete(Conversation).where(Conversation.id == start["conversation_id"])
-            )
+            await execute_sql(app, behind_its_back(start.data, user))
             await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
             await reader.rest()
     message = _ended_stopped(reader.seen)
     assert message["content"] == text_of(reader.seen)
     assert _registry(app).running_ids == frozenset()
     assert _in_flight(app) == 0
-    assert warnings == []
-
-
-async def test_an_answer_whose_user_is_disabled_behind_its_back_is_stopped(
-    app_factory: Callable[..., Any],
-    chat_settings: Callable[..., Settings],
-    live_server: Callable[[FastAPI], Any],
-    ollama_emulator: OllamaEmulator,
-) -> None:
-    """`ollama-web users disable` writes the database and reaches no server: the lease
-    keeper finds the answer's user disabled at its next heartbeat and stops it."""
-    app = await app_factory(chat_settings(generation_checkpoint_seconds=0.05))  # beats: 0.25 s
-    user = await create_test_user(app)
-    _long_replies(ollama_emulator)
-    with app_warnings() as warnings:
-        async with streamed_chat(live_server, app, user) as reader:
-            assert (await reader.next()).event == "start"
-            assert (await reader.next()).event == "token"
-            await execute_sql(app, update(User).where(User.id == user.id).values(is_active=False))
-            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
-            await reader.rest()
-    assert _ended_stopped(reader.seen)["content"] == text_of(reader.seen)
     assert warnings == []
