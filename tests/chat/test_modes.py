@@ -177,3 +177,27 @@ async def test_a_mode_given_the_other_role_s_message_says_which_it_needs(
         assert response.status_code == 422, response.text
         (problem,) = response.json()["details"]["fields"]
         assert (problem["loc"], problem["message"]) == ([field], f"must be the id of {message}")
+
+
+async def test_an_empty_system_prompt_clears_it_and_is_stored_as_given(
+    client: httpx.AsyncClient, ollama_emulator: OllamaEmulator, regular_user: TestUser
+) -> None:
+    user, emu = regular_user, ollama_emulator
+    first = await _send(client, user, emu, "A1", model="llama3.2", content="Q1", system_prompt="S")
+    conversation_id = first["conversation_id"]
+    assert streamed_chats(emu)[-1]["messages"][0] == {"role": "system", "content": "S"}
+    await _send(
+        client, user, emu, "A2", conversation_id=conversation_id, content="Q2", system_prompt=""
+    )
+    assert [m["role"] for m in streamed_chats(emu)[-1]["messages"]] == ["user", "assistant", "user"]
+    # As the conversation endpoints keep it: "" (no system prompt), not null.
+    conversation = await stored_conversation(client, user, conversation_id)
+    assert conversation["system_prompt"] == ""
+    fresh = await _send(client, user, emu, "B1", model="llama3.2", content="Q", system_prompt="")
+    assert (await stored_conversation(client, user, fresh["conversation_id"]))[
+        "system_prompt"
+    ] == ""
+    patched = await client.patch(
+        f"/api/conversations/{conversation_id}", json={"system_prompt": ""}, headers=user.headers
+    )
+    assert patched.json()["system_prompt"] == ""

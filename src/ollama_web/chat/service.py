@@ -175,13 +175,13 @@ def _conversation_changes(turn: Turn, user_id: str, body: ChatRequest, model: st
             model=model,
             created_at=now,
             updated_at=now,
-            system_prompt=body.system_prompt or None,
+            system_prompt=body.system_prompt,
             options=body.options.as_dict() if body.options else {},
         )
         return Stored(conversation.id, new_conversation=conversation)
     changes: dict[str, Any] = {"model": model, "updated_at": now}
     if body.system_prompt is not None:
-        changes["system_prompt"] = body.system_prompt or None
+        changes["system_prompt"] = body.system_prompt
     if body.options is not None:
         changes["options"] = {**current.options, **body.options.as_dict()}
     if not turn.messages and not current.title_generated and body.content:
