@@ -8,7 +8,9 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from ollama_web.db import ApiKey
+from ollama_web.admin import service as admin_service
+from ollama_web.core.db import session_scope
+from ollama_web.db import ApiKey, User
 from tests.conftest import asgi_client
 from tests.fixtures.auth import TestUser, UserFactory, execute_sql, login_session
 
@@ -226,6 +228,21 @@ async def test_delete_user_removes_their_keys(
         app, select(func.count()).select_from(ApiKey).where(ApiKey.user_id == regular_user.id)
     )
     assert count.scalar_one() == 0
+
+
+async def test_a_user_delete_that_finds_the_row_already_gone_succeeds_without_a_warning(
+    app: FastAPI, regular_user: TestUser
+) -> None:
+    """As for conversations (tests/conversations/test_crud.py): two deletes at once."""
+    sessionmaker = app.state.core.sessionmaker
+    async with session_scope(sessionmaker) as first, session_scope(sessionmaker) as second:
+        mine = await first.get_one(User, regular_user.id)
+        late = await second.get_one(User, regular_user.id)
+        await admin_service.delete_user(first, mine)
+        await first.commit()
+        await admin_service.delete_user(second, late)
+    async with session_scope(sessionmaker) as session:
+        assert await session.get(User, regular_user.id) is None
 
 
 async def test_an_admin_cannot_delete_themselves(

@@ -7,8 +7,10 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from ollama_web.conversations import repository
+from ollama_web.conversations import service as conversation_service
 from ollama_web.core.db import session_scope
-from ollama_web.db import Message
+from ollama_web.db import Conversation, Message
 from tests.conversations.conftest import Seeder
 from tests.fixtures.auth import TestUser, UserFactory
 
@@ -120,6 +122,24 @@ async def test_delete_removes_the_conversation_and_its_messages(
             .where(Message.conversation_id == conversation_id)
         )
     assert count == 0
+
+
+async def test_a_delete_that_finds_the_row_already_gone_succeeds_without_a_warning(
+    app: FastAPI, regular_user: TestUser, seed: Seeder
+) -> None:
+    """Two DELETEs at once: the second loaded the row before the first removed it. It
+    deletes nothing, without SQLAlchemy's "expected to delete 1 row" warning (an error in
+    this suite, a log line in production)."""
+    conversation_id = await seed(regular_user.id, "one", "two")
+    sessionmaker = app.state.core.sessionmaker
+    async with session_scope(sessionmaker) as first, session_scope(sessionmaker) as second:
+        mine = await repository.get_conversation(first, regular_user.id, conversation_id)
+        late = await repository.get_conversation(second, regular_user.id, conversation_id)
+        await conversation_service.delete(first, mine)
+        await first.commit()
+        await conversation_service.delete(second, late)
+    async with session_scope(sessionmaker) as session:
+        assert await session.get(Conversation, conversation_id) is None
 
 
 async def test_another_users_conversation_is_404_for_every_operation(

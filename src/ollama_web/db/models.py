@@ -43,6 +43,9 @@ class MessageStatus(StrEnum):
 
 class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
+    # Two deletes at once: the later one, which loaded the row before the first removed it,
+    # deletes nothing, and that is the outcome asked for (no "expected 1 row" warning).
+    __mapper_args__ = {"confirm_deleted_rows": False}
 
     username: Mapped[str] = mapped_column(String(64), nullable=False)
     # Lower-cased copy: usernames are unique regardless of case.
@@ -109,6 +112,7 @@ class Conversation(IdMixin, TimestampMixin, Base):
         Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),
         Index("ix_conversations_user_archived_updated", "user_id", "archived", "updated_at"),
     )
+    __mapper_args__ = {"confirm_deleted_rows": False}  # as for User
 
     user_id: Mapped[str] = mapped_column(
         String(ID_LENGTH), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
