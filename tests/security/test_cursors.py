@@ -70,6 +70,11 @@ def test_tampered_foreign_or_malformed_cursors_are_refused() -> None:
         (SECRET, "scope", "!!!.???"),
         (SECRET, "scope", ""),
         (SECRET, "scope", good + "A" * 600),
+        # Only the encoding the server writes: no padding, no characters a lenient
+        # base64 decoder would skip, no lone surrogate from a query string.
+        (SECRET, "scope", good + "=="),
+        (SECRET, "scope", f"{payload}.{signature[:4]}!{signature[4:]}"),
+        (SECRET, "scope", f"{payload}.{signature}\udcff"),
     ]
     for secret, scope, cursor in refused:
         with pytest.raises(InvalidCursorError):
