@@ -39,6 +39,29 @@ as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE r
   | grep -q 1 || as_root su postgres -c \
   "psql -q -p $PG_PORT -c \"CREATE ROLE ollama_web LOGIN SUPERUSER PASSWORD 'ollama_web'\"" >&2
 
+# TLS, so the suite proves DATABASE_URL's sslmode/sslrootcert against a real server: a
+# self-signed certificate for 127.0.0.1 (its own CA), made once; `ssl` needs only a reload.
+PG_TLS_DIR=/var/lib/postgresql/ollama-web-test-tls
+if ! as_root test -s "$PG_TLS_DIR/server.key"; then
+  as_root mkdir -p "$PG_TLS_DIR"
+  as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$PG_TLS_DIR/server.key" -out "$PG_TLS_DIR/server.crt" 2>/dev/null
+  as_root chown -R postgres:postgres "$PG_TLS_DIR"
+  as_root chmod 755 "$PG_TLS_DIR" && as_root chmod 644 "$PG_TLS_DIR/server.crt"
+  as_root chmod 600 "$PG_TLS_DIR/server.key"
+fi
+if [ "$(as_root su postgres -c "psql -q -p $PG_PORT -tAc 'SHOW ssl'")" != on ]; then
+  as_root su postgres -c "psql -q -p $PG_PORT \
+    -c \"ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.crt'\" \
+    -c \"ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key'\" \
+    -c 'ALTER SYSTEM SET ssl = on' -c 'SELECT pg_reload_conf()'" >/dev/null
+  for _ in $(seq 1 50); do
+    [ "$(as_root su postgres -c "psql -q -p $PG_PORT -tAc 'SHOW ssl'")" = on ] && break
+    sleep 0.1
+  done
+fi
+
 # Redis: a daemon on loopback only, no persistence.
 if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -51,3 +74,4 @@ fi
 
 echo "export OLLAMA_WEB_TEST_PG_URL=postgresql://ollama_web:ollama_web@127.0.0.1:${PG_PORT}/postgres"
 echo "export OLLAMA_WEB_TEST_REDIS_URL=redis://127.0.0.1:${REDIS_PORT}/0"
+echo "export OLLAMA_WEB_TEST_PG_CA=${PG_TLS_DIR}/server.crt"

@@ -31,6 +31,8 @@ pytest_plugins = [
 
 PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
 REDIS_URL = os.environ.get("OLLAMA_WEB_TEST_REDIS_URL")
+# The CA of the test PostgreSQL's TLS certificate (scripts/services.sh makes it).
+PG_CA = os.environ.get("OLLAMA_WEB_TEST_PG_CA")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
@@ -41,6 +43,16 @@ def require_postgres() -> str:
     if IN_CI:
         pytest.fail("CI=true but OLLAMA_WEB_TEST_PG_URL is not set: PostgreSQL is required")
     pytest.skip("PostgreSQL not configured (set OLLAMA_WEB_TEST_PG_URL; scripts/test.sh does)")
+
+
+def require_postgres_ca() -> str:
+    """The CA file that verifies the test PostgreSQL's certificate (127.0.0.1)."""
+    require_postgres()
+    if PG_CA:
+        return PG_CA
+    if IN_CI:
+        pytest.fail("CI=true but OLLAMA_WEB_TEST_PG_CA is not set: PostgreSQL TLS is required")
+    pytest.skip("PostgreSQL TLS not configured (set OLLAMA_WEB_TEST_PG_CA; scripts/test.sh does)")
 
 
 def require_redis() -> str:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import certifi
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -21,7 +22,7 @@ from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.db import AuditEvent, User
-from tests.conftest import TEST_SECRET, require_postgres
+from tests.conftest import TEST_SECRET, require_postgres, require_postgres_ca
 
 PASSWORD = "cli admin password"
 
@@ -229,6 +230,35 @@ def test_a_wrong_postgres_password_is_one_line_and_exit_3(
     line = _one_line(capsys.readouterr().err)
     assert f'password authentication failed for user "{user}"' in line
     assert "pw-not-shown" not in line
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        # The public CAs (httpx's bundle) do not vouch for the test server's own certificate.
+        (f"sslmode=verify-full&sslrootcert={certifi.where()}", "verify failed"),
+        ("sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem", "No such file or directory"),
+    ],
+)
+def test_a_server_certificate_that_cannot_be_verified_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    query: str,
+    said: str,
+) -> None:
+    admin_url = require_postgres()
+    require_postgres_ca()  # the server speaks TLS
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", f"{admin_url}?{query}")
+
+    assert run(monkeypatch, ["users", "list"]) == 3
+
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: cannot use the database postgresql://")
+    assert said in line
 
 
 def test_a_locked_database_is_one_line_and_exit_3(

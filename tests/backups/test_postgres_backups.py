@@ -14,6 +14,7 @@ from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.postgres import libpq_environment, tools_available
 from ollama_web.core.config import Settings
 from ollama_web.db.base import new_id
+from tests.conftest import require_postgres_ca
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
 
@@ -138,13 +139,22 @@ async def test_backup_under_four_writers_restores_everything_committed_before_it
         assert sequences == list(range(1, len(sequences) + 1))
 
 
+@pytest.mark.parametrize("verified", [False, True])
 async def test_a_database_url_with_libpq_sslmode_backs_up_with_that_sslmode(
-    settings: Settings, settings_factory: Callable[..., Settings]
+    settings: Settings, settings_factory: Callable[..., Settings], verified: bool
 ) -> None:
-    """The engine gets asyncpg's `ssl=`, pg_dump gets PGSSLMODE: both from `sslmode=`."""
-    with_sslmode = settings_factory(database_url=f"{_url(settings)}?sslmode=disable")
+    """The engine gets asyncpg's `ssl=`, pg_dump gets PGSSLMODE: both from `sslmode=`; and
+    the server's CA (`sslrootcert`) reaches both."""
+    query = "sslmode=disable"
+    if verified:
+        query = f"sslmode=verify-full&sslrootcert={require_postgres_ca()}&connect_timeout=5"
+    with_sslmode = settings_factory(database_url=f"{_url(settings)}?{query}")
     service = DatabaseBackup(with_sslmode)
-    assert libpq_environment(with_sslmode.async_database_url)["PGSSLMODE"] == "disable"
+    environment = libpq_environment(with_sslmode.async_database_url)
+    assert environment["PGSSLMODE"] == ("verify-full" if verified else "disable")
+    if verified:
+        assert environment["PGSSLROOTCERT"] == require_postgres_ca()
+        assert environment["PGCONNECT_TIMEOUT"] == "5"
     await _add_user(settings, "alice")
     info = await asyncio.to_thread(service.create_backup, "test")
     assert info is not None

@@ -22,7 +22,7 @@ from ollama_web.core.db import (
     create_sessionmaker,
     session_scope,
 )
-from tests.conftest import require_postgres
+from tests.conftest import require_postgres, require_postgres_ca
 
 
 async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
@@ -258,6 +258,24 @@ async def test_postgres_url_with_libpq_sslmode_connects(
         try:
             async with engine.connect() as connection:
                 assert await connection.scalar(text("SELECT 1")) == 1
+        finally:
+            await engine.dispose()
+
+
+async def test_postgres_url_with_libpq_tls_parameters_verifies_the_server(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A managed server's CA (`sslrootcert`) with `sslmode=verify-full`, and the libpq
+    parameters asyncpg reads only from a DSN: the connection is TLS, verified, named."""
+    url, ca = require_postgres(), require_postgres_ca()
+    query = f"sslmode=verify-full&sslrootcert={ca}&application_name=ow-tls&connect_timeout=5"
+    settings = settings_factory(database_url=f"{url}?{query}")
+    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+        try:
+            async with engine.connect() as connection:
+                ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                assert await connection.scalar(text(ssl)) is True
+                assert await connection.scalar(text("SHOW application_name")) == "ow-tls"
         finally:
             await engine.dispose()
 

@@ -61,6 +61,12 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("DATABASE_URL", "sqlitefoo://x", "DATABASE_URL"),
         ("DATABASE_URL", "not a url", "DATABASE_URL"),
         ("DATABASE_URL", "postgresql://h/d?sslmode=sometimes", "DATABASE_URL"),
+        # asyncpg would fail every connection on these (a traceback, before): named at start.
+        ("DATABASE_URL", "postgresql://h/d?options=-cx", "'options' is not understood"),
+        ("DATABASE_URL", "postgresql://h/d?sslrootcert=a&sslrootcert=b", "more than once"),
+        ("DATABASE_URL", "postgresql://h/d?connect_timeout=soon", "connect_timeout must"),
+        ("DATABASE_URL", "postgresql://h/d?connect_timeout=0", "connect_timeout must"),
+        ("DATABASE_URL", "postgresql://h/d?prepared_statement_cache_size=-1", "whole number"),
         ("OLLAMA_URL", "ftp://x", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://[::1", "OLLAMA_URL"),
         ("OLLAMA_URL", "http://localhost:99999", "OLLAMA_URL"),
@@ -193,6 +199,14 @@ def test_production_without_secret_refuses_to_start(tmp_path: Path, command: lis
         ("postgresql+asyncpg://h/d?ssl=require", "postgresql+asyncpg://h/d?ssl=require"),
         ("postgresql://h/d?sslmode=disable", "postgresql+asyncpg://h/d?ssl=disable"),
         ("postgresql://h/d?sslmode=verify-full", "postgresql+asyncpg://h/d?ssl=verify-full"),
+        (
+            "postgresql://h/d?sslmode=verify-ca&sslrootcert=/ca.pem&connect_timeout=5",
+            "postgresql+asyncpg://h/d?connect_timeout=5&ssl=verify-ca&sslrootcert=%2Fca.pem",
+        ),
+        (
+            "postgresql://u@/d?host=/run/postgresql",
+            "postgresql+asyncpg://u@/d?host=%2Frun%2Fpostgresql",
+        ),
         ("sqlite:///rel/x.db", "sqlite+aiosqlite:///rel/x.db"),
         ("sqlite+aiosqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
     ],

@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
+from sqlalchemy.engine import URL, Connection, ExceptionContext, ExecutionContext, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from ollama_web.core.config import Settings
+from ollama_web.core.config import LIBPQ_DSN_PARAMETERS, Settings
 
 logger = logging.getLogger("ollama_web.db")
 slow_query_logger = logging.getLogger("ollama_web.db.slow")
@@ -89,8 +90,25 @@ def _create_sqlite_directory(settings: Settings) -> None:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+def _asyncpg_url_and_arguments(async_url: str) -> tuple[URL, dict[str, Any]]:
+    """asyncpg reads libpq's parameters other than sslmode (the CA of a managed server's
+    certificate, a client certificate, ...) only from a DSN, and takes connect_timeout as
+    `timeout`: as keyword arguments they would fail every connection. They go to it as a
+    DSN of their own, which its keyword arguments (the rest of the URL) complete."""
+    url = make_url(async_url)
+    query = dict(url.query)
+    in_dsn = {name: query.pop(name) for name in LIBPQ_DSN_PARAMETERS if name in query}
+    connect_args: dict[str, Any] = {}
+    if in_dsn:
+        connect_args["dsn"] = f"postgresql://?{urlencode(in_dsn)}"
+    timeout = query.pop("connect_timeout", None)
+    if timeout is not None:
+        connect_args["timeout"] = float(str(timeout))
+    return url.set(query=query), connect_args
+
+
 def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
-    url = settings.async_database_url
+    url: str | URL = settings.async_database_url
     kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
         _create_sqlite_directory(settings)
@@ -105,6 +123,7 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
         kwargs["module"] = one_trip_dbapi()
     else:
+        url, kwargs["connect_args"] = _asyncpg_url_and_arguments(settings.async_database_url)
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
     # Statement errors are logged; their parameters are users' text and credentials' hashes.
     engine = create_async_engine(url, hide_parameters=True, **kwargs)
@@ -120,15 +139,16 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
 def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     """An engine for one-off command-line work (no pool left behind)."""
+    url: str | URL = settings.async_database_url
     kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
         _create_sqlite_directory(settings)
         from ollama_web.core.sqlite_driver import aiosqlite_dbapi
 
         kwargs["module"] = aiosqlite_dbapi()
-    engine = create_async_engine(
-        settings.async_database_url, poolclass=NullPool, hide_parameters=True, **kwargs
-    )
+    else:
+        url, kwargs["connect_args"] = _asyncpg_url_and_arguments(settings.async_database_url)
+    engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
