@@ -51,13 +51,17 @@ if ! as_root test -s "$PG_TLS_DIR/server.key"; then
   as_root chmod 755 "$PG_TLS_DIR" && as_root chmod 644 "$PG_TLS_DIR/server.crt"
   as_root chmod 600 "$PG_TLS_DIR/server.key"
 fi
-if [ "$(as_root su postgres -c "psql -q -p $PG_PORT -tAc 'SHOW ssl'")" != on ]; then
+pg_tls() {
+  echo "SELECT current_setting('ssl') || ' ' || current_setting('ssl_cert_file')" \
+    | as_root su postgres -c "psql -q -p $PG_PORT -tA"
+}
+if [ "$(pg_tls)" != "on $PG_TLS_DIR/server.crt" ]; then  # off, or another certificate
   as_root su postgres -c "psql -q -p $PG_PORT \
     -c \"ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.crt'\" \
     -c \"ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key'\" \
     -c 'ALTER SYSTEM SET ssl = on' -c 'SELECT pg_reload_conf()'" >/dev/null
   for _ in $(seq 1 50); do
-    [ "$(as_root su postgres -c "psql -q -p $PG_PORT -tAc 'SHOW ssl'")" = on ] && break
+    [ "$(pg_tls)" = "on $PG_TLS_DIR/server.crt" ] && break
     sleep 0.1
   done
 fi
