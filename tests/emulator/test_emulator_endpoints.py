@@ -7,6 +7,7 @@ import math
 import re
 
 import httpx
+import pytest
 
 from ollama_web.emulator import EmulatorConfig, ModelSpec, OllamaEmulator
 from ollama_web.emulator.config import BUSY_ERROR, DEFAULT_REPLY
@@ -59,6 +60,39 @@ async def test_unknown_path_and_wrong_method(client: httpx.AsyncClient) -> None:
     assert resp.status_code == 405
     assert resp.headers["content-type"] == "text/plain"
     assert resp.text == "405 method not allowed"
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({"Host": "evil.example.com"}, True),
+        ({"Host": "evil.example.com:11434"}, True),
+        ({"Host": "8.8.8.8"}, True),
+        ({"Host": "localhost:11434"}, False),
+        ({"Host": "[::1]:11434"}, False),
+        ({"Host": "10.1.2.3"}, False),
+        ({"Host": "gpu1.local"}, False),
+        ({"Host": "ollama.internal:8080"}, False),
+        ({"Origin": "https://evil.example.com"}, True),
+        ({"Origin": "null"}, True),
+        ({"Origin": "http://localhost:3000"}, False),
+        ({"Origin": "https://127.0.0.1"}, False),
+        ({"Origin": "chrome-extension://abcdef"}, False),
+        ({"Origin": "vscode-webview://x"}, False),
+        ({"Host": "gpu1.local:11434", "Origin": "http://gpu1.local:11434"}, False),
+    ],
+)
+async def test_host_and_origin_guards_answer_an_empty_403(
+    client: httpx.AsyncClient, headers: dict[str, str], refused: bool
+) -> None:
+    """ollama-api.md §0: bound to loopback, Ollama refuses a foreign Host (DNS rebinding)
+    and any disallowed Origin, with 403 and no body, on every route."""
+    for path in ("/api/version", "/api/nope"):
+        response = await client.get(path, headers=headers)
+        if refused:
+            assert (response.status_code, response.content) == (403, b"")
+        else:
+            assert response.status_code in (200, 404)
 
 
 async def test_tags_shape_newest_first(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:

@@ -49,9 +49,10 @@ async def serving(
         await server.wait_closed()
 
 
-def json_node(answers: Mapping[bytes, tuple[int, Any]]) -> Handler:
+def json_node(answers: Mapping[bytes, tuple[int, Any]], headers: bytes = b"") -> Handler:
     """A node answering `METHOD /path` (keys like b"GET /api/tags") with (status, JSON) on
-    kept-alive connections; request bodies are read and ignored."""
+    kept-alive connections, with `headers` (CRLF-terminated lines) added; request bodies
+    are read and ignored."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while not reader.at_eof():
@@ -66,7 +67,7 @@ def json_node(answers: Mapping[bytes, tuple[int, Any]]) -> Handler:
             body = json.dumps(payload).encode()
             writer.write(
                 b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                b"\r\n%s" % (status, len(body), body)
+                b"%s\r\n%s" % (status, len(body), headers, body)
             )
 
     return answer

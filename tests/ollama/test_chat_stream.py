@@ -13,7 +13,7 @@ import pytest
 from ollama_web.core.errors import ValidationError
 from ollama_web.emulator import ModelSpec, OllamaEmulator
 from ollama_web.emulator.config import BUSY_ERROR, DEFAULT_ERROR, DEFAULT_REPLY, DEFAULT_THINKING
-from ollama_web.ollama.chat import ChatStream
+from ollama_web.ollama.chat import DRAIN_SECONDS, ChatStream
 from ollama_web.ollama.chunks import ChatChunk
 from ollama_web.ollama.errors import (
     MODEL_SUGGESTION,
@@ -25,30 +25,38 @@ from ollama_web.ollama.errors import (
 )
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from tests.ollama.conftest import GatewayFactory
-from tests.ollama.faults import serving
+from tests.ollama.faults import Handler, serving
 from tests.ollama.streams import HI, collect, drain
 
+LINES = (
+    b'{"message":{"role":"assistant","content":"Gr\xc3\xbc"},"done":false}\n'
+    b'{"message":{"role":"assistant","content":"\xc3\x9fe"},"done":false}\n'
+    b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n'
+)
 
-async def test_a_compressed_stream_is_still_decoded() -> None:
-    """Streams ask for `identity`; a node that compresses anyway is decoded by httpx."""
-    lines = (
-        b'{"message":{"role":"assistant","content":"Gr\xc3\xbc"},"done":false}\n'
-        b'{"message":{"role":"assistant","content":"\xc3\x9fe"},"done":false}\n'
-        b'{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n'
-    )
-    packed = gzip.compress(lines)
 
-    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def chunked_node(pieces: list[bytes], headers: bytes = b"", end: bool = True) -> Handler:
+    """A node answering one request with `pieces` as chunks (then the last chunk, unless
+    not `end`: the connection then stays open)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
-        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
-        for piece in (packed[:10], packed[10:]):
+        writer.write(b"HTTP/1.1 200 OK\r\n%sTransfer-Encoding: chunked\r\n\r\n" % headers)
+        for piece in pieces:
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        if end:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        else:
+            await reader.read()  # until the client closes
 
-    async with serving(gzipped) as port, httpx.AsyncClient() as client:
+    return answer
+
+
+async def stream_from(node_handler: Handler) -> list[ChatChunk]:
+    """Every chunk a ChatStream reads from `node_handler` (raises what it raises)."""
+    async with serving(node_handler) as port, httpx.AsyncClient() as client:
         node = NodeRegistry([f"http://127.0.0.1:{port}"]).nodes[0]
 
         async def opener() -> tuple[Node, httpx.Response]:
@@ -56,9 +64,35 @@ async def test_a_compressed_stream_is_still_decoded() -> None:
             return node, await client.send(request, stream=True)
 
         async with ChatStream(opener, lambda _: None, lambda *_: None) as stream:
-            chunks = await collect(stream)
+            return await collect(stream)
+
+
+async def test_a_compressed_stream_is_still_decoded() -> None:
+    """Streams ask for `identity`; a node that compresses anyway is decoded by httpx."""
+    packed = gzip.compress(LINES)
+    gzipped = chunked_node([packed[:10], packed[10:]], b"Content-Encoding: gzip\r\n")
+    chunks = await stream_from(gzipped)
     assert "".join(c.content for c in chunks) == "Grüße"
     assert chunks[-1].done
+
+
+async def test_a_stream_not_in_its_content_encoding_is_a_stream_error() -> None:
+    """Plain lines labelled gzip (a misconfigured proxy): an upstream error that says so,
+    not an unexpected failure."""
+    with pytest.raises(OllamaStreamError) as caught:
+        await stream_from(chunked_node([LINES], b"Content-Encoding: gzip\r\n"))
+    assert caught.value.kind == "upstream_error"
+    assert caught.value.upstream_message.startswith("an answer that could not be decoded")
+
+
+async def test_the_done_chunk_is_not_held_back_by_a_body_left_open() -> None:
+    """Ollama ends the body with the done chunk; a node or proxy that keeps it open costs
+    at most DRAIN_SECONDS, not the generation read timeout (300 s by default)."""
+    started = time.monotonic()
+    chunks = await stream_from(chunked_node([LINES], end=False))
+    assert "".join(c.content for c in chunks) == "Grüße"
+    assert chunks[-1].done
+    assert time.monotonic() - started < DRAIN_SECONDS + 1.0
 
 
 def chat_requests(emulator: OllamaEmulator) -> list[dict[str, object]]:

@@ -60,11 +60,22 @@ def test_wrong_types_are_tolerated() -> None:
     assert chunk == ChatChunk()
 
 
-def test_an_error_line_raises_instead_of_becoming_a_chunk() -> None:
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ("model runner has unexpectedly stopped", "model runner has unexpectedly stopped"),
+        # Not Ollama's shape, but a proxy's: the message, or JSON (never Python's repr).
+        ({"message": "nested", "code": 7}, "nested"),
+        ({"code": 7}, '{"code": 7}'),
+        (["a", 1], '["a", 1]'),
+        (False, "false"),
+    ],
+)
+def test_an_error_line_raises_instead_of_becoming_a_chunk(error: object, message: str) -> None:
     with pytest.raises(OllamaStreamError) as caught:
-        ChatChunk.from_object({"error": "model runner has unexpectedly stopped"})
+        ChatChunk.from_object({"error": error})
     assert caught.value.kind == "upstream_error"
-    assert caught.value.details["upstream_message"] == "model runner has unexpectedly stopped"
+    assert caught.value.details["upstream_message"] == message
 
 
 def test_pull_progress_percent_and_missing_counts() -> None:

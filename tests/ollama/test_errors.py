@@ -71,6 +71,7 @@ def test_busy_gives_503_with_retry_after() -> None:
         (404, b"404 page not found", "404 page not found"),
         (405, b"405 method not allowed", "405 method not allowed"),
         (502, b"<html>bad gateway</html>", "<html>bad gateway</html>"),
+        (500, b'{"error":{"message":"nested"}}', "nested"),
     ],
 )
 def test_anything_else_is_a_502_with_the_upstream_message(

@@ -291,3 +291,58 @@ async def test_a_node_that_answers_503_to_everything_is_down(
     assert (listed.status_code, listed.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
     assert health["status"] == "unhealthy"
     assert health["nodes"][0]["status"] == "down"
+
+
+async def test_a_node_whose_answers_are_not_in_their_content_encoding_fails_alone(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """A proxy that labels plain JSON `Content-Encoding: gzip`: httpx cannot decode it.
+    That node is down, saying why (health, listing, show, chat), never a 500, and the other
+    node goes on serving."""
+    answers: dict[bytes, tuple[int, Any]] = {
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (200, {"version": "0.33.0"}),
+        b"POST /api/show": (200, {"details": {}}),
+    }
+    async with serving(json_node(answers, b"Content-Encoding: gzip\r\n")) as port:
+        broken = f"http://127.0.0.1:{port}"
+        async with gateway_app([broken]) as (app, client):
+            user = await create_test_user(app)
+            health = await client.get("/health")
+            listed = await client.get("/api/models", headers=user.headers)
+            shown = await client.get("/api/models/llama3.2", headers=user.headers)
+            chat = await client.post(
+                "/api/chat/message",
+                json={"model": "llama3.2", "content": "hi"},
+                headers=user.headers,
+            )
+        assert health.status_code == 200
+        (node,) = health.json()["components"]["ollama"]["nodes"]
+        assert node["error"].startswith("an answer that could not be decoded")
+        for response in (listed, shown, chat):
+            assert (response.status_code, response.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+            assert response.json()["details"]["nodes"][0]["error"] == node["error"]
+        async with gateway_app([ollama_emulator.url, broken]) as (app, client):
+            user = await create_test_user(app)
+            health = await client.get("/health")
+            listed = await client.get("/api/models", headers=user.headers)
+    assert health.json()["components"]["ollama"]["status"] == "degraded"
+    assert listed.status_code == 200
+    assert "llama3.2:latest" in [model["name"] for model in listed.json()["models"]]
+
+
+async def test_a_node_answering_404_to_its_version_says_so(gateway_app: AppFactory) -> None:
+    """A wrong OLLAMA_URL path or a proxy that lacks the route: the node's error is that
+    404, not an older one nor "model not found" (no model was asked for)."""
+    answers: dict[bytes, tuple[int, Any]] = {
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (404, {"error": "no such route"}),
+    }
+    async with (
+        serving(json_node(answers)) as port,
+        gateway_app([f"http://127.0.0.1:{port}"]) as (app, client),
+    ):
+        node = app.state.gateway.registry.nodes[0]
+        node.last_error = "read timed out"  # an earlier failure
+        health = (await client.get("/health")).json()["components"]["ollama"]
+    assert health["nodes"][0]["error"] == "HTTP 404: no such route"

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollama_web.emulator import generation, handlers, pull
+from ollama_web.emulator import generation, guard, handlers, pull
 from ollama_web.emulator.catalog import find_model
 from ollama_web.emulator.config import EmulatorConfig, ModelSpec
 from ollama_web.emulator.http11 import (
@@ -262,6 +262,9 @@ class OllamaEmulator:
             conn.abort()
 
     async def _route(self, req: HttpRequest, resp: Responder) -> None:
+        if guard.refuses(self.host, req.headers):
+            await resp.send(403)
+            return
         methods = ROUTES.get(req.path)
         if methods is None:
             await resp.text(404, "404 page not found", "text/plain")

@@ -12,6 +12,7 @@ was read to its end: that is Ollama's only cancel signal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -22,12 +23,14 @@ from ollama_web.ollama.chunks import ChatChunk
 from ollama_web.ollama.errors import (
     OllamaStreamError,
     StreamFailure,
+    describe_decoding_error,
     describe_transport_error,
 )
 from ollama_web.ollama.ndjson import NDJSONDecoder
 from ollama_web.ollama.nodes import Node
 
 Opener = Callable[[], Awaitable[tuple[Node, httpx.Response]]]
+DRAIN_SECONDS = 1.0
 Releaser = Callable[[Node], None]
 
 
@@ -94,6 +97,8 @@ class ChatStream:
                 yield chunk
                 if chunk.done:
                     return
+        except httpx.DecodingError as exc:
+            raise self._failed("upstream_error", describe_decoding_error(exc)) from exc
         except (httpx.TransportError, httpx.StreamError) as exc:
             if self._closed:
                 return
@@ -113,11 +118,14 @@ class ChatStream:
 
     @staticmethod
     async def _drain(body: AsyncIterator[bytes]) -> None:
-        """Read the (empty) rest of the body so the connection can go back to the pool."""
+        """Read the (empty) rest of the body so the connection can go back to the pool.
+        Ollama ends it with the done chunk; a node or proxy that holds it open must not
+        hold the answer back: after DRAIN_SECONDS the connection is dropped instead."""
         try:
-            async for _ in body:
-                pass
-        except (httpx.TransportError, httpx.StreamError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for _ in body:
+                    pass
+        except (httpx.TransportError, httpx.StreamError, httpx.DecodingError, TimeoutError):
             return
 
     def _failed(self, kind: StreamFailure, message: str) -> OllamaStreamError:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ollama_web.ollama.errors import OllamaStreamError
+from ollama_web.ollama.errors import OllamaStreamError, error_text
 
 METRIC_FIELDS = (
     "prompt_eval_count",
@@ -56,7 +56,7 @@ def raise_if_error(obj: dict[str, Any]) -> None:
     """An `{"error": ...}` line after the 200 (the status can no longer change)."""
     error = obj.get("error")
     if error is not None:
-        raise OllamaStreamError("upstream_error", str(error)[:500])
+        raise OllamaStreamError("upstream_error", error_text(error)[:500])
 
 
 @dataclass(slots=True)

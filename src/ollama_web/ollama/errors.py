@@ -131,9 +131,19 @@ def upstream_message(body: bytes) -> str:
         parsed = json.loads(text) if text else None
     except ValueError:
         parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        text = parsed["error"]
+    if isinstance(parsed, dict) and parsed.get("error") is not None:
+        text = error_text(parsed["error"])
     return text[:MAX_UPSTREAM_MESSAGE_CHARS]
+
+
+def error_text(error: Any) -> str:
+    """An `error` value as text: a string as it is, an object's `message` when it has one,
+    any other value as JSON (not Python's repr)."""
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return json.dumps(error, ensure_ascii=False, default=str)
 
 
 def _retry_after(headers: httpx.Headers) -> int:
@@ -167,6 +177,12 @@ def error_from_transport(exc: httpx.TransportError) -> AppError:
     if isinstance(exc, httpx.TimeoutException):
         return OllamaTimeoutError(details={"reason": describe_transport_error(exc)})
     return OllamaUnavailableError(details={"reason": describe_transport_error(exc)})
+
+
+def describe_decoding_error(exc: httpx.DecodingError) -> str:
+    """A body labelled with a Content-Encoding it is not in (a proxy's gzip, say)."""
+    detail = str(exc).strip()
+    return f"an answer that could not be decoded: {detail}"[:200]
 
 
 def describe_transport_error(exc: httpx.TransportError) -> str:

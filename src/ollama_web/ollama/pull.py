@@ -22,6 +22,7 @@ from ollama_web.ollama.errors import (
     ModelNotFoundError,
     OllamaStreamError,
     OllamaUnavailableError,
+    describe_decoding_error,
     describe_transport_error,
 )
 from ollama_web.ollama.names import ModelName
@@ -118,6 +119,10 @@ class PullJob:
             return
         except httpx.TransportError as exc:
             failure = OllamaStreamError("disconnected", describe_transport_error(exc))
+            self._publish(_error_event(failure))
+            return
+        except httpx.DecodingError as exc:
+            failure = OllamaStreamError("upstream_error", describe_decoding_error(exc))
             self._publish(_error_event(failure))
             return
         self._publish(_error_event(OllamaStreamError("incomplete", "no success line")))

@@ -18,6 +18,8 @@ from ollama_web import __version__
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError
 from ollama_web.ollama.errors import (
+    OllamaError,
+    describe_decoding_error,
     describe_transport_error,
     error_from_response,
     error_from_transport,
@@ -153,6 +155,8 @@ class Upstream:
                 response = await self.client.send(request)
         except httpx.TransportError as exc:
             raise self._transport_failure(node, exc, timeout_means_down=measure) from exc
+        except httpx.DecodingError as exc:
+            raise self._undecodable(node, exc) from exc
         except TimeoutError:
             slow = httpx.ReadTimeout("the whole answer took too long")
             raise self._transport_failure(node, slow, timeout_means_down=True) from None
@@ -162,10 +166,15 @@ class Upstream:
             error = error_from_response(
                 response.status_code, response.headers, response.content, model=model
             )
-            if response.status_code != 404:
-                self.registry.note_error(node, f"HTTP {response.status_code}: {error.message}")
+            if response.status_code != 404 or model is None:  # not a model it lacks
+                self._note_answer(node, response.status_code, error)
             raise error
         return response
+
+    def _undecodable(self, node: Node, exc: httpx.DecodingError) -> AppError:
+        description = describe_decoding_error(exc)
+        self.registry.note_error(node, description)
+        return OllamaError(upstream_message=description)
 
     async def open_stream(
         self, node: Node, path: str, body: Any, *, model: str | None = None
@@ -182,14 +191,19 @@ class Upstream:
             return response
         try:
             content = await _read_capped(response)
-        except httpx.TransportError:
+        except (httpx.TransportError, httpx.DecodingError):
             content = b""
         finally:
             await response.aclose()
         error = error_from_response(response.status_code, response.headers, content, model=model)
         if response.status_code != 404:
-            self.registry.note_error(node, f"HTTP {response.status_code}: {error.message}")
+            self._note_answer(node, response.status_code, error)
         raise error
+
+    def _note_answer(self, node: Node, status: int, error: AppError) -> None:
+        """The node's own words when it gave any (ours say only "Ollama returned an error")."""
+        said = error.details.get("upstream_message") if error.details else None
+        self.registry.note_error(node, f"HTTP {status}: {said or error.message}")
 
 
 def _whole(timeouts: httpx.Timeout) -> float | None:
