@@ -15,10 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from ollama_web.app import create_app
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import CONTROL_CHANNEL, GenerationRelay
+from ollama_web.db import Message
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
@@ -27,7 +29,7 @@ from tests.chat.conftest import (
     stored_conversation,
 )
 from tests.conftest import asgi_client, require_redis
-from tests.fixtures.auth import TestUser, create_test_user
+from tests.fixtures.auth import TestUser, create_test_user, execute_sql
 
 pytestmark = pytest.mark.redis
 
@@ -324,6 +326,55 @@ async def test_without_an_owner_the_answer_is_elsewhere(
     assert (stop.status_code, stop.json()["error"]) == (409, "GENERATION_ELSEWHERE")
     assert (follow.status_code, follow.json()["error"]) == (409, "GENERATION_ELSEWHERE")
     assert elapsed < 6.0  # two waits of OWNER_WAIT_SECONDS, not STOP_WAIT_SECONDS (10)
+
+
+@pytest.mark.parametrize("request_kind", ["stop", "follow"])
+async def test_an_answer_swept_as_interrupted_while_its_owner_generates_is_reached(
+    processes: Processes, ollama_emulator: OllamaEmulator, request_kind: str
+) -> None:
+    """The owner lost the database longer than the lease (a partition): another process
+    swept its answer as interrupted. A stop must still stop it (not answer 200 from the
+    stored row while it runs on), and a re-attach follow it, through the relay."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with (
+        processes() as (user, apps, (a, b)),
+        new_chat(a, user) as response,
+    ):
+        reader = EventReader(response)
+        answer_id = (await reader.next()).data["assistant_message_id"]
+        assert (await reader.next()).event == "token"
+        swept = update(Message).where(Message.id == answer_id).values(status="interrupted")
+        await execute_sql(apps[1], swept)
+        if request_kind == "stop":
+            stopped = await b.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+            await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+            assert stopped.status_code == 200, stopped.text
+            assert stopped.json()["message"]["status"] == "stopped"
+        else:
+            path = f"/api/chat/stream/{answer_id}"
+            async with b.stream("GET", path, headers=user.headers) as followed:
+                remote = EventReader(followed)
+                assert (await remote.next()).event == "start"
+                assert (await remote.next()).event == "token"  # live, not the stored row
+            await a.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+        assert (await reader.rest())[-1].data["message"]["status"] == "stopped"
+
+
+async def test_an_interrupted_answer_no_process_claims_is_answered_from_storage(
+    processes: Processes,
+) -> None:
+    """The usual interrupted answer (its process died): stop and re-attach answer what is
+    stored, after the relay's short wait for an owner (not 409)."""
+    async with processes() as (user, apps, (_, b)):
+        await conversation_with_unfinished_answers(apps[1], user, {"d" * 32: 0.0})
+        swept = update(Message).where(Message.id == "d" * 32).values(status="interrupted")
+        await execute_sql(apps[1], swept)
+        stop = await b.post(f"/api/chat/{'d' * 32}/stop", headers=user.headers)
+        follow = await b.get(f"/api/chat/stream/{'d' * 32}", headers=user.headers)
+    assert (stop.status_code, stop.json()["message"]["status"]) == (200, "interrupted")
+    assert follow.status_code == 200
+    assert "half an answer d" in follow.text
 
 
 async def _chat_until_not_refused(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:

@@ -14,6 +14,7 @@ from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import GenerationNotHereError
+from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.responses import (
     ChatMessageResponse,
     GenerationResultResponse,
@@ -34,6 +35,9 @@ from ollama_web.ollama.dependencies import GatewayDep
 router = APIRouter(prefix="/api/chat", tags=["chat"])
 
 UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
+# Swept as interrupted because its row went unwritten: its process may only have lost the
+# database for a while, and still be generating it (asked through the relay first).
+INTERRUPTED = MessageStatus.INTERRUPTED.value
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown conversation or message, or MODEL_NOT_FOUND (nothing stored)"},
@@ -148,6 +152,21 @@ def _not_here(message: Message) -> GenerationNotHereError:
     )
 
 
+async def _follow_elsewhere(
+    message: Message, relay: GenerationRelay | None, seen: int
+) -> EventLog | None:
+    """The events of the process generating the answer, through the relay; None to replay
+    the stored answer. An unfinished answer that no process claims is elsewhere (409)."""
+    if message.status in UNFINISHED:
+        log = await relay.follow(message.id, seen) if relay is not None else None
+        if log is None:
+            raise _not_here(message)
+        return log
+    if message.status == INTERRUPTED and relay is not None:
+        return await relay.follow(message.id, seen)
+    return None
+
+
 @router.get(
     "/stream/{assistant_message_id}",
     summary="Re-attach to a running or finished answer (SSE), replaying after Last-Event-ID",
@@ -178,12 +197,9 @@ async def chat_reattach(
     log: EventLog | None
     if generation is not None:
         log = generation.log
-    elif message.status in UNFINISHED:
-        relay = registry.relay
-        log = await relay.follow(message.id, seen) if relay is not None else None
-        if log is None:
-            raise _not_here(message)
     else:
+        log = await _follow_elsewhere(message, registry.relay, seen)
+    if log is None:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
         public = message_public(message, siblings)
         log = stored_log(public, message.conversation_id, seen, message.final_event_id)
@@ -206,13 +222,15 @@ async def chat_stop(
     session: SessionDep,
     registry: RegistryDep,
 ) -> StopResponse:
-    if message.status in UNFINISHED or registry.get(message.id) is not None:
+    may_run = message.status == INTERRUPTED and registry.relay is not None
+    if message.status in UNFINISHED or may_run or registry.get(message.id) is not None:
         # The request's reads end here: a browser session's activity write, held until the
         # request ends, would hold SQLite's lock while the stopped answer stores its text.
         await session.commit()  # loaded objects stay usable (expire_on_commit=False)
         stopped = await registry.stop(message.id)
-        if stopped is None:
+        if stopped is not None:
+            return StopResponse.model_validate({"message": stopped})
+        if not may_run:
             raise _not_here(message)
-        return StopResponse.model_validate({"message": stopped})
     siblings = await repository.sibling_ids(session, principal.user_id, message)
     return StopResponse(message=message_public(message, siblings))
