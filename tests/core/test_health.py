@@ -23,6 +23,7 @@ from sqlalchemy import make_url
 from ollama_web.core.config import Settings
 from ollama_web.health import service
 from tests.conftest import _pg_admin, asgi_client, require_postgres
+from tests.fixtures.forwarder import Forwarder
 
 
 async def test_health_reports_components(client: httpx.AsyncClient, settings: Settings) -> None:
@@ -223,56 +224,6 @@ async def test_read_only_postgres_is_unhealthy_and_not_ready(
     assert health.status_code == 503
 
 
-class _Forwarder:
-    """A TCP forwarder on loopback that can go dark: then it accepts and never answers (a
-    hung host, dropped packets), and the connections it carried are cut."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.dark = False
-        self.sockets: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.sockets.add(writer)
-        if self.dark:
-            return  # held open, never answered
-        upstream_reader, upstream_writer = await asyncio.open_connection(
-            "127.0.0.1", self.target_port
-        )
-        self.sockets.add(upstream_writer)
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    def cut(self, *, dark: bool) -> None:
-        self.dark = dark
-        for writer in self.sockets:
-            writer.close()
-        self.sockets.clear()
-
-    async def close(self) -> None:
-        self.cut(dark=False)
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_backend", ["postgres"])
 async def test_database_that_never_answers_is_unhealthy_within_the_bound(
@@ -285,14 +236,14 @@ async def test_database_that_never_answers_is_unhealthy_within_the_bound(
     assert database_url is not None
     monkeypatch.setattr(service, "CHECK_TIMEOUT_SECONDS", 0.5)
     real = make_url(database_url)
-    forwarder = _Forwarder(real.port or 5432)
+    forwarder = Forwarder(real.port or 5432)
     try:
         through = real.set(host="127.0.0.1", port=await forwarder.start())
         settings = settings_factory(database_url=through.render_as_string(hide_password=False))
         app = await app_factory(settings)
         async with asgi_client(app) as client:
             assert (await client.get("/health/ready")).status_code == 200
-            forwarder.cut(dark=True)
+            forwarder.cut("dark")
             started = time.monotonic()
             ready = await asyncio.wait_for(client.get("/health/ready"), 10)
             health = await asyncio.wait_for(client.get("/health"), 10)

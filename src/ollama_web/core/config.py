@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     log_dir: Path = Path("./logs")
     backup_dir: Path = Path("./backups")
     database_url: str | None = None
+    # PostgreSQL: the longest a connection or one statement of a request may take; then
+    # the request answers 503 DATABASE_UNAVAILABLE instead of waiting on a lost server.
+    database_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     redis_url: str | None = None
     migrate_on_startup: bool = True
 

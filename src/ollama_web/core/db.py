@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from traceback import walk_tb
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, ExecutionContext, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -123,7 +125,14 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
         kwargs["module"] = one_trip_dbapi()
     else:
-        url, kwargs["connect_args"] = _asyncpg_url_and_arguments(settings.async_database_url)
+        url, connect_args = _asyncpg_url_and_arguments(settings.async_database_url)
+        # A server that stops answering (a partition, a stuck host) must fail requests
+        # within the bound, not hold them until TCP gives up: connecting, each statement
+        # (asyncpg cancels it) and the wait for a pooled connection.
+        bound = settings.database_timeout_seconds
+        connect_args.setdefault("timeout", bound)
+        connect_args["command_timeout"] = bound
+        kwargs.update(connect_args=connect_args, pool_timeout=bound)
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
     # Statement errors are logged; their parameters are users' text and credentials' hashes.
     engine = create_async_engine(url, hide_parameters=True, **kwargs)
@@ -152,6 +161,26 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+_DATABASE_STACK = ("sqlalchemy.", "asyncpg.", "aiosqlite.", "ollama_web.core.sqlite")
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or used for now (refused,
+    reset, timed out, locked, shutting down), not that a statement was wrong. The driver
+    raises some of these as they are (`ConnectionResetError`, `TimeoutError`, asyncpg's
+    connection errors): those are told by where they were raised."""
+    if isinstance(exc, SATimeoutError):  # the pool had no connection to give in time
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    if type(exc).__module__.startswith("asyncpg"):  # only connecting raises asyncpg's own
+        return True
+    if isinstance(exc, OSError):  # TimeoutError and ConnectionError among them
+        modules = (frame.f_globals.get("__name__", "") for frame, _ in walk_tb(exc.__traceback__))
+        return any(module.startswith(_DATABASE_STACK) for module in modules)
+    return False
 
 
 def describe_database_error(exc: BaseException) -> str:

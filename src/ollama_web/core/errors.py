@@ -103,6 +103,20 @@ class ValidationError(AppError):
     code = "VALIDATION_ERROR"
 
 
+class DatabaseUnavailableError(AppError):
+    """The database could not be reached or used for now: try again shortly."""
+
+    status_code = 503
+    code = "DATABASE_UNAVAILABLE"
+    retry_after_seconds = 5
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database is unavailable; try again shortly.",
+            headers={"Retry-After": str(self.retry_after_seconds)},
+        )
+
+
 class RateLimitedError(AppError):
     status_code = 429
     code = "RATE_LIMITED"

@@ -11,7 +11,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.config import Settings
-from ollama_web.core.errors import encode_error
+from ollama_web.core.db import describe_database_error, is_database_outage
+from ollama_web.core.errors import AppError, DatabaseUnavailableError, InternalError, encode_error
 from ollama_web.core.logging import loggable
 from ollama_web.core.net import client_ip
 
@@ -67,29 +68,43 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            ERRORS.error(
-                "unhandled error on %s %s [request_id=%s]",
-                scope.get("method"),
-                loggable(scope.get("path")),
-                request_id,
-                exc_info=exc,
-            )
+            error = _rendered(exc, scope, request_id)
             if not response_started:
-                await _send_internal_error(send_wrapper, request_id)
-            status = 500
+                await _send_error(send_wrapper, request_id, error)
+            status = error.status_code
         finally:
             _log_access(scope, status, started, request_id)
 
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = encode_error("INTERNAL_ERROR", "An unexpected error occurred.", {}, request_id)
+def _rendered(exc: Exception, scope: Scope, request_id: str) -> AppError:
+    """What a request that failed unexpectedly answers, logged: the database out of reach
+    is a 503 the client may retry (one line: the driver's words); anything else, a bug,
+    is a 500 with its traceback in the log."""
+    method, path = scope.get("method"), loggable(scope.get("path"))
+    if is_database_outage(exc):
+        ERRORS.error(
+            "database unavailable on %s %s [request_id=%s]: %s",
+            method,
+            path,
+            request_id,
+            describe_database_error(exc),
+        )
+        return DatabaseUnavailableError()
+    ERRORS.error("unhandled error on %s %s [request_id=%s]", method, path, request_id, exc_info=exc)
+    return InternalError("An unexpected error occurred.")
+
+
+async def _send_error(send: Send, request_id: str, error: AppError) -> None:
+    body = encode_error(error.code, error.message, error.details, request_id)
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send(
         {
             "type": "http.response.start",
-            "status": 500,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
