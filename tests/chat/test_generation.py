@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 from starlette.types import Message as ASGIMessage
 
+from ollama_web.chat import generation as generation_module
 from ollama_web.chat import registry as registry_module
 from ollama_web.chat.generation import Generation, GenerationSpec
 from ollama_web.chat.sse import EventLog, SSEResponse, encode_text_event
@@ -211,8 +212,10 @@ async def test_a_follower_replays_after_its_last_event_id_and_coalesces_backlog(
 async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The client is never told `done` when the final write failed: it gets an error event
-    whose details hold the whole answer."""
+    """The client is never told `done` when the final write failed, tried again for
+    FINAL_WRITE_RETRY_SECONDS: it gets an error event whose details hold the whole answer."""
+    monkeypatch.setattr(generation_module, "FINAL_WRITE_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(generation_module, "FINAL_WRITE_FIRST_WAIT", 0.05)
     writes = app.state.generations.writes
     attempts: list[dict[str, Any]] = []
     update = writes.update_message
@@ -229,11 +232,41 @@ async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
     generation = Generation(await _spec(app), gateway, writes, 1.0)
     generation.start(lambda _: None)
     await generation.wait()
-    assert len(attempts) == 2  # tried again once
+    assert len(attempts) >= 3  # at once, then 0.05, 0.1 and 0.2 s later while within 0.5 s
     last = parse_events(generation.log.frames[-1])[0]
     assert (last.event, last.data["error"]) == ("error", "ANSWER_NOT_STORED")
     assert last.data["details"]["assistant_message"]["content"] == "all of it"
     assert (await _stored(app, generation.id)).status == "pending"
+
+
+async def test_an_answer_the_database_refused_for_a_while_is_stored_and_done(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is back within FINAL_WRITE_RETRY_SECONDS (a restart, a failover): the
+    whole answer is stored, and only then is `done` sent."""
+    monkeypatch.setattr(generation_module, "FINAL_WRITE_FIRST_WAIT", 0.05)
+    writes = app.state.generations.writes
+    refusals = 3
+    update = writes.update_message
+
+    async def refusing_for_a_while(message_id: str, values: dict[str, Any]) -> None:
+        nonlocal refusals
+        if "completed_at" in values and refusals:
+            refusals -= 1
+            raise OperationalError("UPDATE messages", {}, Exception("database is locked"))
+        await update(message_id, values)
+
+    monkeypatch.setattr(writes, "update_message", refusing_for_a_while)
+    gateway = FakeGateway([*_tokens("all", " of it"), ChatChunk(done=True, done_reason="stop")])
+    gateway.gate.set()
+    generation = Generation(await _spec(app), gateway, writes, 1.0)
+    generation.start(lambda _: None)
+    await generation.wait()
+    last = parse_events(generation.log.frames[-1])[0]
+    assert last.event == "done"
+    assert last.data["message"]["content"] == "all of it"
+    stored = await _stored(app, generation.id)
+    assert (stored.status, stored.content) == ("complete", "all of it")
 
 
 async def test_shutdown_cancels_a_job_whose_final_write_hangs(

@@ -4,16 +4,21 @@ nor an endless wait, and the server recovers by itself when the database is back
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import is_database_outage
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import EventReader, chat_body, stored_conversation, text_of
 from tests.conftest import asgi_client, require_postgres
 from tests.fixtures.auth import create_test_user
 from tests.fixtures.forwarder import Forwarder, Mode
@@ -63,6 +68,59 @@ async def test_requests_answer_503_while_postgres_is_out_of_reach_then_recover(
         in errors
     )
     assert "Traceback" not in errors
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_an_answer_that_ends_while_postgres_is_away_is_stored_when_it_returns(
+    app_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The database goes away after the first token and comes back after the answer ended
+    (a restart, a failover): the whole answer is stored, not its last checkpoint, and the
+    client's `done` comes once it is."""
+    require_postgres()
+    assert database_url is not None
+    ollama_emulator.config.reply_tokens = 30
+    ollama_emulator.config.tokens_per_second = 30
+    real = make_url(database_url)
+    forwarder = Forwarder(real.port or 5432)
+    try:
+        through = real.set(host="127.0.0.1", port=await forwarder.start())
+        settings = settings_factory(
+            database_url=through.render_as_string(hide_password=False),
+            database_timeout_seconds=1.0,
+            ollama_url=[ollama_emulator.url],
+        )
+        app = await app_factory(settings)
+        user = await create_test_user(app)
+        async with (
+            live_server(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+            client.stream(
+                "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+            ) as response,
+        ):
+            reader = EventReader(response)
+            start, first = await reader.next(), await reader.next()
+            assert first.event == "token"
+            forwarder.cut("refusing")
+            loop = asyncio.get_running_loop()
+            loop.call_later(2.0, forwarder.cut, "open")  # after the answer's last token
+            events = [start, first, *(await reader.rest())]
+            async with asgi_client(app) as api:
+                conversation_id = start.data["conversation_id"]
+                stored = await stored_conversation(api, user, conversation_id)
+    finally:
+        await forwarder.close()
+    assert events[-1].event == "done", events[-1]
+    answer = stored["messages"][-1]
+    assert answer["status"] == "complete"
+    assert answer["content"] == text_of(events) == events[-1].data["message"]["content"]
+    assert len(text_of(events)) > 0
 
 
 def test_an_os_error_outside_the_database_is_no_outage() -> None:

@@ -11,7 +11,10 @@ the relay path), and stored once more when the job ends:
   a dropped connection / a failure to
   open the stream                      -> the partial text with `error`, an `error` event;
 - server shutdown                      -> the partial text with `interrupted`, `error` event;
-- the final write refused, twice       -> an `error` event (ANSWER_NOT_STORED) with the text.
+- the final write refused              -> tried again for FINAL_WRITE_RETRY_SECONDS (the database
+                                          may be back in a moment: the answer is stored and
+                                          the `done` event sent then), at last an `error`
+                                          event (ANSWER_NOT_STORED) with the text.
 
 `GenerationRegistry` (one per process, built by the chat lifespan) starts jobs, bounds them
 per user (MAX_CONCURRENT_GENERATIONS_PER_USER), finds them for re-attach and stop, keeps
@@ -27,11 +30,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from ollama_web.chat.sse import EventLog
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
+from ollama_web.core.db import describe_database_error
 from ollama_web.core.errors import AppError, InternalError
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import MessageStatus
@@ -45,6 +47,12 @@ COMPLETE = MessageStatus.COMPLETE.value
 STOPPED = MessageStatus.STOPPED.value
 ERROR = MessageStatus.ERROR.value
 INTERRUPTED = MessageStatus.INTERRUPTED.value
+# How long the final write of an answer is tried again while the database refuses it (a
+# restart, a failover, a network blip), with waits doubling from FINAL_WRITE_FIRST_WAIT
+# to FINAL_WRITE_LONGEST_WAIT seconds between tries.
+FINAL_WRITE_RETRY_SECONDS = 30.0
+FINAL_WRITE_FIRST_WAIT = 0.25
+FINAL_WRITE_LONGEST_WAIT = 4.0
 
 
 class ChatStreamLike(Protocol):
@@ -302,15 +310,38 @@ class Generation:
         if asyncio.get_running_loop().time() - self._last_write >= interval / 2:
             await self._write({})
 
-    async def _write(self, values: dict[str, Any]) -> bool:
+    async def _write(self, values: dict[str, Any], *, again: bool = False) -> bool:
+        """Store `values` in the answer's row; False (logged) when the database refused.
+        A write tried `again` logs one line, not the same traceback once more."""
         values["updated_at"] = utcnow()
         try:
             await self._writes.update_message(self.id, values)
-        except (SQLAlchemyError, OSError):
-            logger.exception("could not store the answer %s", self.id)
+        except Exception as exc:  # SQLAlchemy's errors, and the driver's own (asyncpg's)
+            if again:
+                reason = describe_database_error(exc)
+                logger.warning("could not store the answer %s, again: %s", self.id, reason)
+            else:
+                logger.exception("could not store the answer %s", self.id)
             return False
         self._last_write = asyncio.get_running_loop().time()
         return True
+
+    async def _write_final(self, values: dict[str, Any]) -> bool:
+        """The final write, tried again while the database refuses it, for up to
+        FINAL_WRITE_RETRY_SECONDS: the whole answer is in memory, and the `done` event
+        waits for it to be stored (attached clients get keep-alives meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINAL_WRITE_RETRY_SECONDS
+        wait = FINAL_WRITE_FIRST_WAIT
+        if await self._write(values):
+            return True
+        while loop.time() + wait <= deadline:
+            await asyncio.sleep(wait)
+            if await self._write(values, again=True):
+                logger.info("the answer %s was stored after the database came back", self.id)
+                return True
+            wait = min(wait * 2, FINAL_WRITE_LONGEST_WAIT)
+        return False
 
     def _final_status(self) -> str:
         if self._stop_status is not None:
@@ -373,7 +404,7 @@ class Generation:
             }
         )
         values["final_event_id"] = self.log.last_id + 1  # the done or error event below
-        stored = await self._write(values) or await self._write(values)  # one retry
+        stored = await self._write_final(values)
         self.result = message
         payload = message.model_dump(mode="json")
         if not stored and self.error is None:
