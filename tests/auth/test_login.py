@@ -3,8 +3,11 @@ failed-login throttling, rehashing, and the audit of it all."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -164,6 +167,85 @@ async def test_repeated_failures_from_an_address_are_throttled(strict_app: FastA
 
     assert refused.status_code == 429
     assert allowed.status_code == 200
+
+
+@contextlib.asynccontextmanager
+async def gated_password_checks() -> AsyncIterator[tuple[list[str], asyncio.Event]]:
+    """Every password check waits for the yielded event (set it to let them finish); the
+    list holds the passwords being checked."""
+    checking: list[str] = []
+    gate = asyncio.Event()
+    original = Passwords.verify_async
+
+    async def gated(self: Passwords, password_hash: str | None, password: str) -> bool:
+        checking.append(password)
+        await gate.wait()
+        return await original(self, password_hash, password)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Passwords, "verify_async", gated)
+        yield checking, gate
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"not within 5 s: {what}")
+
+
+async def test_guesses_sent_all_at_once_get_no_more_checks_than_one_by_one(
+    strict_app: FastAPI,
+) -> None:
+    """Three failures allowed: ten guesses at once (from ten addresses) get three password
+    checks, the rest 429 before any check, as they would one after another."""
+    user = await create_test_user(strict_app)
+    async with AsyncExitStack() as stack, gated_password_checks() as (checking, gate):
+        clients = [
+            await stack.enter_async_context(client_at(strict_app, f"10.0.2.{n}")) for n in range(10)
+        ]
+        guesses = [
+            asyncio.ensure_future(http.post("/api/auth/login", json=login_body(user, f"no{n}!!!")))
+            for n, http in enumerate(clients)
+        ]
+
+        def refused() -> int:
+            return sum(guess.done() for guess in guesses)
+
+        await _until(lambda: refused() == 7 and len(checking) == 3, "3 checked, 7 refused")
+        await asyncio.sleep(0.1)
+        assert (refused(), len(checking)) == (7, 3)  # and no more
+        gate.set()
+        statuses = sorted(response.status_code for response in await asyncio.gather(*guesses))
+        right = await clients[0].post("/api/auth/login", json=login_body(user))
+    assert statuses == [401] * 3 + [429] * 7
+    assert right.status_code == 429  # three failures: locked out
+
+
+async def test_failed_logins_hold_no_connection_while_their_password_is_checked(
+    app: FastAPI,
+) -> None:
+    """A burst of failed logins larger than the pool (each from its own address, for
+    unknown users) waited 30 s for connections: each held one through its password check
+    and wanted a second for its audit event. Now none is held during the check."""
+    pool = app.state.core.engine.sync_engine.pool
+    burst = 40  # more than either pool holds (SQLite 16 + 16, PostgreSQL 10 + 20)
+    async with AsyncExitStack() as stack, gated_password_checks() as (checking, gate):
+        clients = [
+            await stack.enter_async_context(client_at(app, f"10.0.3.{n}")) for n in range(burst)
+        ]
+        attempts = [
+            asyncio.ensure_future(
+                http.post("/api/auth/login", json={"username": f"ghost{n}", "password": "x" * 12})
+            )
+            for n, http in enumerate(clients)
+        ]
+        await _until(lambda: len(checking) == burst, "every password being checked")
+        assert pool.checkedout() == 0
+        gate.set()
+        responses = await asyncio.wait_for(asyncio.gather(*attempts), 10)
+    assert {response.status_code for response in responses} == {401}
 
 
 async def test_a_successful_login_clears_the_username_failures(strict_app: FastAPI) -> None:

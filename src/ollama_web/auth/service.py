@@ -134,10 +134,14 @@ async def login(
     password: str,
     client: ClientInfo,
 ) -> LoginResult:
-    await throttle.check(username_key(username), client.ip_address)
-    user = await find_by_username(session, username)
-    if not await passwords.verify_async(user.password_hash if user else None, password):
-        raise await _login_failed(sessionmaker, throttle, user, username, client)
+    async with throttle.attempt(username_key(username), client.ip_address):
+        user = await find_by_username(session, username)
+        # End the read: the password check takes a while, and a failure writes its audit
+        # event on a connection of its own. Holding this one meanwhile ran the pool dry
+        # under a burst of failed logins (each waiting for a second connection).
+        await session.commit()  # `user` stays usable (expire_on_commit=False)
+        if not await passwords.verify_async(user.password_hash if user else None, password):
+            raise await _login_failed(sessionmaker, throttle, user, username, client)
     assert user is not None
     if not user.is_active:
         await record_event_detached(
@@ -184,12 +188,12 @@ async def change_password(
     A wrong current password counts as a failed login for the throttle, so a stolen
     session cannot be used to guess the password.
     """
-    await throttle.check(user.username_key, client.ip_address)
-    if not await passwords.verify_async(user.password_hash, current_password):
-        await throttle.record_failure(user.username_key, client.ip_address)
-        raise InvalidCurrentPasswordError(
-            "The current password is incorrect.", details={"field": "current_password"}
-        )
+    async with throttle.attempt(user.username_key, client.ip_address):
+        if not await passwords.verify_async(user.password_hash, current_password):
+            await throttle.record_failure(user.username_key, client.ip_address)
+            raise InvalidCurrentPasswordError(
+                "The current password is incorrect.", details={"field": "current_password"}
+            )
     await set_password(passwords, user, new_password)
     ended = await revoke_user_sessions(session, user.id, except_session_id=keep_session_id)
     await record_event(

@@ -8,6 +8,12 @@ failures within LOGIN_FAILURE_WINDOW_MINUTES lock out further attempts for that 
 separately for that address, until the oldest failure leaves the moving window; a locked-out
 attempt is refused before any password is checked, with 429 RATE_LIMITED and Retry-After.
 A successful login clears the username's failures.
+
+Attempts whose password is being checked count too (`attempt`): the failures in the window
+plus the checks in progress may not pass LOGIN_MAX_FAILURES, so guesses sent all at once get
+no more checks than guesses sent one after another. A check in progress is counted in the
+storage (atomically, across workers with Redis) until it ends, or CHECK_EXPIRY_SECONDS if
+its process died.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
@@ -27,6 +34,10 @@ from ollama_web.core.net import rate_limit_address
 
 _USERNAME = "login-failures-username"
 _ADDRESS = "login-failures-address"
+_CHECKING = "login-checks"
+CHECK_EXPIRY_SECONDS = 60
+# Refused because the other attempts in progress may still succeed: ask again shortly.
+BUSY_RETRY_SECONDS = 1
 
 
 class LoginThrottle:
@@ -44,20 +55,48 @@ class LoginThrottle:
             keys.append((_ADDRESS, rate_limit_address(address)))
         return keys
 
-    async def check(self, username_key: str, address: str | None) -> None:
-        """Raise 429 when this username or this address has too many recent failures."""
+    @contextlib.asynccontextmanager
+    async def attempt(self, username_key: str, address: str | None) -> AsyncIterator[None]:
+        """Check a password inside: raises 429 first when this username or this address
+        has no attempt left (recent failures plus the checks in progress). A failure must
+        be recorded (`record_failure`) before the block ends."""
+        taken = await self._take(self._keys(username_key, address))
+        try:
+            yield
+        finally:
+            await self._give_back(taken)
+
+    async def _take(self, keys: list[tuple[str, str]]) -> list[str]:
+        taken: list[str] = []
         retry_after = 0.0
-        for namespace, identifier in self._keys(username_key, address):
-            if not await self._limiter.test(self._item, namespace, identifier):
+        try:
+            for namespace, identifier in keys:
+                key = f"{_CHECKING}/{namespace}/{identifier}"
+                # Atomic: attempts arriving together each see a different count.
+                checking = max(1, await self.storage.incr(key, CHECK_EXPIRY_SECONDS))
+                taken.append(key)
                 stats = await self._limiter.get_window_stats(self._item, namespace, identifier)
-                retry_after = max(retry_after, stats.reset_time - time.time())
+                failures = self._item.amount - stats.remaining
+                if failures + checking > self._item.amount:
+                    locked = failures >= self._item.amount
+                    wait = stats.reset_time - time.time() if locked else BUSY_RETRY_SECONDS
+                    retry_after = max(retry_after, wait)
+        except BaseException:
+            await self._give_back(taken)
+            raise
         if retry_after > 0:
+            await self._give_back(taken)
             seconds = max(1, math.ceil(retry_after))
             raise RateLimitedError(
                 "Too many failed login attempts. Try again later.",
                 details={"retry_after_seconds": seconds},
                 headers={"Retry-After": str(seconds)},
             )
+        return taken
+
+    async def _give_back(self, keys: list[str]) -> None:
+        for key in keys:
+            await self.storage.incr(key, CHECK_EXPIRY_SECONDS, amount=-1)
 
     async def record_failure(self, username_key: str, address: str | None) -> None:
         for namespace, identifier in self._keys(username_key, address):
