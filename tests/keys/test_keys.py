@@ -373,3 +373,23 @@ async def test_on_sqlite_a_key_is_checked_inline_or_through_the_engine_when_lock
         assert utcnow() - used < timedelta(seconds=10)
     finally:
         core.inline.trace(None)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # the inline connection is SQLite's
+async def test_a_database_that_refuses_writes_does_not_fail_a_key_s_reads(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """A full disk (or a read-only file) refuses the write that records a key's use: the
+    request that only reads still answers; the use is recorded by a later request."""
+    core = app.state.core
+    assert core.inline is not None
+    created = await new_key(client, regular_user)
+    await set_key(app, created["id"], last_used_at=utcnow() - timedelta(minutes=2))
+    core.inline._connection.execute("PRAGMA query_only = ON")  # writes refused, as when full
+    try:
+        response = await client.get("/api/auth/me", headers=bearer(created["key"]))
+    finally:
+        core.inline._connection.execute("PRAGMA query_only = OFF")
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["username"] == regular_user.username
+    assert utcnow() - (await key_row(app, created["id"])).last_used_at > timedelta(minutes=1)

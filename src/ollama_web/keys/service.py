@@ -7,12 +7,13 @@ A key is `owk_` + base64url(32 random bytes); the database keeps its sha256 and 
 
 from __future__ import annotations
 
-from contextlib import suppress
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from sqlalchemy import Select, Table, bindparam, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
@@ -24,11 +25,14 @@ from ollama_web.auth.tokens import (
     sha256_hex,
 )
 from ollama_web.core.config import Settings
+from ollama_web.core.db import describe_database_error
 from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
 from ollama_web.db import ApiKey, User
 from ollama_web.db.base import utcnow
+
+logger = logging.getLogger("ollama_web.keys")
 
 
 class ApiKeyNotActiveError(ConflictError):
@@ -229,7 +233,18 @@ async def record_key_use(
         return
     values = {"_id": holder.key_id, "threshold": now - ACTIVITY_WRITE_INTERVAL, "now": now}
     if inline is not None:
-        with suppress(InlineUnavailable):
+        try:
             inline.write([(_RECORD_USE, values)])
+            return
+        except InlineUnavailable:
+            pass  # locked: through the request's transaction, which waits its turn
+        except SQLAlchemyError as exc:
+            # A database that refuses writes (a full disk, a read-only file) must not fail
+            # a request that only reads: the use is recorded by a later one.
+            logger.warning(
+                "could not record the use of API key %s: %s",
+                holder.key_id,
+                describe_database_error(exc),
+            )
             return
     await session.execute(_RECORD_USE, values)
