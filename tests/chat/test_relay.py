@@ -30,6 +30,7 @@ from tests.chat.conftest import (
 )
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import TestUser, create_test_user, execute_sql
+from tests.fixtures.servers import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -46,7 +47,9 @@ async def two_processes(
     live_server: Callable[[FastAPI], Any],
     **overrides: Any,
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
-    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3, **overrides)
+    if "redis_url" not in overrides:
+        overrides["redis_url"] = require_redis()
+    settings = chat_settings(sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
     user = await create_test_user(apps[0])
     for app in apps:
@@ -166,6 +169,62 @@ async def test_a_redis_blip_under_a_remote_follower_loses_no_event(
         "".join(e.data["content"] for e in events if e.event == "token")
         == (stored["messages"][-1]["content"])
     )
+
+
+async def _restart_redis(redis_server: RedisServer, apps: tuple[FastAPI, ...]) -> None:
+    """kill -9 Redis and start it again (empty); return once every process listens again.
+    The connections each process pooled before are dead, and nothing has told it yet."""
+    relays = [_registry(app).relay for app in apps]
+    redis_server.kill()
+    deadline = time.monotonic() + 5
+    while any(relay is not None and relay.listening.is_set() for relay in relays):
+        assert time.monotonic() < deadline, "a relay did not notice Redis was gone"
+        await asyncio.sleep(0.01)
+    redis_server.start()
+    for relay in relays:
+        assert relay is not None
+        await asyncio.wait_for(relay.listening.wait(), 5)
+
+
+async def _follow_a_while(
+    client: httpx.AsyncClient, user: TestUser, answer_id: str, events: int
+) -> list[Any]:
+    """Re-attach through `client`'s process, read `events` events and leave."""
+    path = f"/api/chat/stream/{answer_id}"
+    async with client.stream("GET", path, headers=user.headers) as response:
+        assert response.status_code == 200, await response.aread()
+        reader = EventReader(response)
+        return [await reader.next() for _ in range(events)]
+
+
+async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_the_owner(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+    redis_server: RedisServer,
+) -> None:
+    """Both processes relayed before Redis was restarted, so each pools a connection that
+    died with it: the first re-attach and the first stop through B after each restart
+    still reach the owner (A), which still answers through its own dead connection."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with (
+        processes(redis_url=redis_server.url) as (user, apps, (a, b)),
+        new_chat(a, user) as response,
+    ):
+        reader = EventReader(response)
+        answer_id = (await reader.next()).data["assistant_message_id"]
+        await _follow_a_while(b, user, answer_id, 3)
+
+        await _restart_redis(redis_server, apps)
+        head = await _follow_a_while(b, user, answer_id, 3)
+        assert [event.event for event in head] == ["start", "token", "token"]
+
+        await _restart_redis(redis_server, apps)
+        stopped = await b.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["message"]["status"] == "stopped"
+        events = await reader.rest()
+    assert events[-1].event == "done"
 
 
 async def test_the_follower_that_loses_the_owner_ends_under_the_last_id_it_got(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_SECRET, asgi_client, require_redis
+from tests.fixtures.servers import RedisServer
 from tests.ratelimit.conftest import LimitedApp
 
 pytestmark = pytest.mark.redis
@@ -117,58 +117,52 @@ async def test_two_server_processes_sharing_redis_let_exactly_5_of_200_through(
 
 
 async def test_unreachable_redis_falls_back_to_in_process_limits_and_recovers(
-    limited_app: LimitedApp, tmp_path: Path
+    limited_app: LimitedApp, redis_server: RedisServer
 ) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        require_redis()
-        pytest.skip("redis-server binary not installed")
-    port = _free_port()
+    app = await limited_app(redis_url=redis_server.url, rate_limit_per_minute=3)
+    storage = app.state.rate_limit_storage
+    async with asgi_client(app) as client:
+        shared = [(await client.get("/info")).status_code for _ in range(2)]
+        assert shared == [200, 200]
+        assert not storage.using_fallback
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return process
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
+        redis_server.stop()
+        started = time.monotonic()
+        during_outage = [(await client.get("/info")).status_code for _ in range(4)]
+        assert time.monotonic() - started < 3, "an outage must not stall requests"
+        assert during_outage == [200, 200, 200, 429], "limits still apply, from memory"
+        assert storage.using_fallback
+        health = (await client.get("/health")).json()
+        assert health["status"] == "degraded"
+        assert health["components"]["redis"]["status"] == "unhealthy"
+        assert health["components"]["redis"]["rate_limits"] == "in-process fallback"
 
-    redis_process = start_redis()
-    try:
-        app = await limited_app(redis_url=f"redis://127.0.0.1:{port}/0", rate_limit_per_minute=3)
-        storage = app.state.rate_limit_storage
-        async with asgi_client(app) as client:
-            shared = [(await client.get("/info")).status_code for _ in range(2)]
-            assert shared == [200, 200]
-            assert not storage.using_fallback
+        redis_server.start()
+        health = (await client.get("/health")).json()
+        assert health["components"]["redis"]["status"] == "healthy"
+        assert not storage.using_fallback
+        # Back on Redis, which restarted empty: a fresh shared budget.
+        assert (await client.get("/info")).status_code == 200
 
-            redis_process.terminate()
-            redis_process.wait(timeout=10)
-            started = time.monotonic()
-            during_outage = [(await client.get("/info")).status_code for _ in range(4)]
-            assert time.monotonic() - started < 3, "an outage must not stall requests"
-            assert during_outage == [200, 200, 200, 429], "limits still apply, from memory"
-            assert storage.using_fallback
-            health = (await client.get("/health")).json()
-            assert health["status"] == "degraded"
-            assert health["components"]["redis"]["status"] == "unhealthy"
-            assert health["components"]["redis"]["rate_limits"] == "in-process fallback"
 
-            redis_process = start_redis()
-            health = (await client.get("/health")).json()
-            assert health["components"]["redis"]["status"] == "healthy"
-            assert not storage.using_fallback
-            # Back on Redis, which restarted empty: a fresh shared budget.
-            assert (await client.get("/info")).status_code == 200
-    finally:
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+async def test_after_a_redis_restart_the_first_probe_and_request_use_redis(
+    limited_app: LimitedApp, redis_server: RedisServer
+) -> None:
+    """Redis is killed and started again (empty) while nothing asks it anything: the
+    connections pooled before are dead, yet the first health probe finds Redis healthy and
+    the first rate-limited request is counted in Redis, not in memory."""
+    app = await limited_app(redis_url=redis_server.url, rate_limit_per_minute=100)
+    storage = app.state.rate_limit_storage
+    async with asgi_client(app) as client:
+        assert (await client.get("/info")).status_code == 200  # a connection is pooled
+        redis_server.restart()
+        health = (await client.get("/health")).json()
+        assert health["components"]["redis"]["status"] == "healthy", health
+        assert not storage.using_fallback
+
+        redis_server.restart()
+        assert (await client.get("/info")).status_code == 200
+        assert not storage.using_fallback, storage.last_error
 
 
 async def test_redis_unreachable_at_startup_still_serves(limited_app: LimitedApp) -> None:

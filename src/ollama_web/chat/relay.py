@@ -20,6 +20,11 @@ every process listens on one control channel, and the process that holds the job
 When no process acknowledges within OWNER_WAIT_SECONDS (nobody is generating the answer any
 more, or Redis is down), the caller answers 409 GENERATION_ELSEWHERE as it does without
 Redis. Redis failures never reach the generation itself.
+
+Publishes and the control channel's listener go through a client that replaces a dead
+connection at once (see `core.redis_client`), so the first relay after a Redis restart
+works. A reply channel's subscription does not: a follower must learn that its connection
+dropped (the owner's forwards meanwhile reached nobody, and it stopped) to ask again at once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.generation import Generation, GenerationInterrupted, error_body
 from ollama_web.chat.sse import EventLog, Follower, encode_event
+from ollama_web.core.redis_client import connection_options
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -84,7 +90,12 @@ class GenerationRelay:
     ) -> None:
         import redis.asyncio as aioredis
 
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0)
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, **connection_options())
+        self._replies: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url, **connection_options(retry=False)
+        )
+        """For reply channels only. A closed pub/sub disconnects its connection before it
+        goes back to the pool, so none here is ever reused, dead or alive."""
         self._registry = registry
         self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
@@ -111,6 +122,7 @@ class GenerationRelay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._redis.aclose()
+        await self._replies.aclose()
 
     def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
         """A task of the relay's; `serving` marks the owner side (a forward or a stop for
@@ -220,7 +232,7 @@ class GenerationRelay:
         from redis.exceptions import RedisError
 
         reply = _reply_channel()
-        pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub: Any = self._replies.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(reply)
             await self._redis.publish(CONTROL_CHANNEL, json.dumps({**request, "reply": reply}))
@@ -297,7 +309,9 @@ class GenerationRelay:
                 kind = data[:1]
                 if kind == b"F":
                     header, _, frames = data[1:].partition(b"\n")
-                    log.extend(int(header), frames)
+                    last_id = int(header)
+                    if last_id > log.last_id:  # else a publish redis-py sent again
+                        log.extend(last_id, frames)
                 elif kind == b"E":
                     log.finish()
                     return True

@@ -22,6 +22,8 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ollama_web.core.redis_client import connection_options
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
@@ -57,9 +59,7 @@ class SharedSlots:
     def __init__(self, redis_url: str, stale_seconds: float) -> None:
         import redis.asyncio as aioredis
 
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=2.0, socket_timeout=2.0
-        )
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, **connection_options())
         self._stale = stale_seconds
         self._take = self._redis.register_script(_TAKE)
         self._refresh = self._redis.register_script(_REFRESH)

@@ -4,11 +4,11 @@ with an in-process fallback that takes over while Redis is unreachable.
 `FallbackStorage` is itself a `limits` async storage (moving-window capable), so any
 `limits` strategy can use it — the request rate limiter and the accounts engineer's
 failed-login throttle alike. Redis is reached through redis-py's asyncio client
-(`implementation="redispy"`; coredis is not needed). Every Redis call is bounded by short
-socket timeouts; on a Redis error the call is answered from memory, the outage is logged
-once, and Redis is tried again after RETRY_SECONDS (or as soon as the /health probe
-succeeds). While Redis is down each process counts on its own, so a client may get up to
-one budget per process.
+(`implementation="redispy"`; coredis is not needed), connected as every Redis client of
+the app is (`core.redis_client`: short timeouts, a dead pooled connection replaced at once).
+On a Redis error the call is answered from memory, the outage is logged once, and Redis is
+tried again after RETRY_SECONDS (or as soon as the /health probe succeeds). While Redis is
+down each process counts on its own, so a client may get up to one budget per process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 
+from ollama_web.core.redis_client import connection_options
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
@@ -30,7 +32,6 @@ logger = logging.getLogger("ollama_web.ratelimit")
 T = TypeVar("T")
 
 RETRY_SECONDS = 5.0
-SOCKET_TIMEOUT_SECONDS = 2.0
 POOL_MAX_CONNECTIONS = 50
 POOL_WAIT_SECONDS = 5.0
 KEY_PREFIX = "ollama_web"
@@ -169,8 +170,7 @@ def build_storage(redis_url: str | None) -> FallbackStorage:
         redis_url,
         max_connections=POOL_MAX_CONNECTIONS,
         timeout=POOL_WAIT_SECONDS,
-        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        **connection_options(),
     )
     # The pool carries the real URL (any scheme redis-py knows, unix sockets included); the
     # storage's own URI only selects the Redis flavour.
