@@ -42,6 +42,10 @@ class Reservation:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     shared: bool = False
     """Also held in Redis (see `slots`), to give back when released."""
+    taking: bool = False
+    """Its slot is being taken in Redis: a heartbeat must not add it first, or the take
+    would find it there and not count it against the limit."""
+    released: bool = False
 
     def held(self, now: float) -> bool:
         return self.active or now - self.created_at < RESERVATION_TTL_SECONDS
@@ -85,18 +89,22 @@ class GenerationRegistry:
         held.append(reservation)
         self._reservations[user_id] = held
         if self.slots is not None:
+            reservation.taking = True
             try:
                 taken = await self.slots.take(user_id, reservation.id, limit)
             except BaseException:  # cancelled: a slot taken in Redis lapses unrefreshed
                 self.release(reservation)
                 raise
+            finally:
+                reservation.taking = False
             if taken is False:
                 self.release(reservation)
                 raise TooManyGenerationsError(limit)
-            reservation.shared = bool(taken)
+            reservation.shared = bool(taken)  # None: Redis failed; the next heartbeat adds it
         return reservation
 
     def release(self, reservation: Reservation) -> None:
+        reservation.released = True
         if reservation.shared and self.slots is not None:
             reservation.shared = False
             self.slots.give_back(reservation.user_id, reservation.id)
@@ -211,13 +219,28 @@ class GenerationRegistry:
         if running:
             await asyncio.gather(*(generation.heartbeat(interval) for generation in running))
         if self.slots is not None:
-            now = time.monotonic()
-            await self.slots.refresh(
-                (r.user_id, r.id)
-                for held in self._reservations.values()
-                for r in held
-                if r.shared and r.held(now)
-            )
+            await self._refresh_slots(self.slots)
+
+    async def _refresh_slots(self, slots: SharedSlots) -> None:
+        """Write every slot this process holds to Redis: those it lost (it restarted empty)
+        and those taken while it was unreachable are counted across processes again."""
+        now = time.monotonic()
+        held = [
+            reservation
+            for reservations in self._reservations.values()
+            for reservation in reservations
+            if reservation.held(now) and not reservation.taking
+        ]
+        if not held:
+            return
+        written = await slots.refresh((r.user_id, r.id) for r in held)
+        for reservation in held:
+            if reservation.released:
+                # Released while the refresh ran: its slot, given back before the refresh
+                # reached Redis, may be there again. Given back after it, it is gone.
+                slots.give_back(reservation.user_id, reservation.id)
+            elif written:
+                reservation.shared = True
 
     async def shutdown(self) -> None:
         """Stop every running job; each stores its partial answer as `interrupted`. A job

@@ -6,12 +6,16 @@ run that many in each. With Redis, every slot is also a member of the user's sor
 `ollama-web:slots:<user id>`, scored with Redis's own clock (hosts' clocks may differ):
 
 - taking one is one script: drop the members not refreshed for `stale_seconds` (their
-  process is gone), count the rest, add this one if there is room;
-- the process holding a slot refreshes it at every lease heartbeat (see `leases`), and gives
-  it back when its answer ends.
+  process is gone), count the rest, add this one if there is room (or if it is there
+  already: redis-py sent the take again, its connection having dropped before the answer);
+- at every lease heartbeat (see `leases`) the process writes every slot it holds, anew: a
+  Redis that restarted empty gets them back, and so does one that was unreachable when the
+  slot was taken; the process gives a slot back when its answer ends.
 
 While Redis is unreachable each process counts on its own (logged once), as the rate limiter
-does: a Redis outage never stops chats.
+does: a Redis outage never stops chats. Within a heartbeat of Redis answering again, the
+count is shared again; it may then exceed the limit (those answers are running), and takes
+are refused until it drops.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local stale = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - stale)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+if not redis.call('ZSCORE', KEYS[1], ARGV[3])
+    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], now, ARGV[3])
@@ -48,7 +53,7 @@ _REFRESH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now, ARGV[i + 1])
+  redis.call('ZADD', key, now, ARGV[i + 1])
   redis.call('EXPIRE', key, ARGV[1])
 end
 return #KEYS
@@ -104,21 +109,23 @@ class SharedSlots:
         except (RedisError, OSError) as exc:
             self._failed(exc)  # the slot lapses after `stale_seconds` anyway
 
-    async def refresh(self, held: Iterable[tuple[str, str]]) -> None:
-        """Keep the (user id, slot id) slots this process holds."""
+    async def refresh(self, held: Iterable[tuple[str, str]]) -> bool:
+        """Write the (user id, slot id) slots this process holds, adding those Redis lacks;
+        True once Redis has them."""
         from redis.exceptions import RedisError
 
         pairs = list(held)
         if not pairs:
-            return
+            return True
         keys = [KEY_PREFIX + user_id for user_id, _ in pairs]
         args: list[Any] = [math.ceil(self._stale) + 1, *(slot for _, slot in pairs)]
         try:
             await self._refresh(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return
+            return False
         self._ok()
+        return True
 
     async def aclose(self) -> None:
         if self._tasks:
