@@ -59,6 +59,11 @@ async def get_conversation(
     return conversation
 
 
+async def conversation_exists(session: AsyncSession, user_id: str, conversation_id: str) -> bool:
+    stmt = owned(user_id, Conversation.id).where(Conversation.id == conversation_id)
+    return (await session.scalar(stmt)) is not None
+
+
 async def get_message(session: AsyncSession, user_id: str, message_id: str) -> Message:
     stmt = owned(user_id, Message).where(Message.id == message_id)
     message: Message | None = (await session.scalars(stmt)).one_or_none()

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_json
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from ollama_web.conversations import repository
 from ollama_web.conversations.schemas import (
@@ -153,6 +154,16 @@ async def create(session: AsyncSession, user_id: str, body: ConversationCreate) 
     return conversation
 
 
+async def _flush_changes(session: AsyncSession) -> None:
+    """Write the changes of a conversation loaded by this request. Deleted meanwhile by
+    another request, its UPDATE matches no row: it is not found, as it is for a request
+    that comes a moment later."""
+    try:
+        await session.flush()
+    except StaleDataError:
+        raise repository.conversation_not_found() from None
+
+
 async def replace(
     session: AsyncSession, conversation: Conversation, body: ConversationReplace
 ) -> Conversation:
@@ -163,7 +174,7 @@ async def replace(
     conversation.options = body.options.as_dict() if body.options else {}
     conversation.pinned = body.pinned
     conversation.archived = body.archived
-    await session.flush()
+    await _flush_changes(session)
     return conversation
 
 
@@ -184,7 +195,7 @@ async def patch(
         conversation.pinned = body.pinned
     if "archived" in given and body.archived is not None:
         conversation.archived = body.archived
-    await session.flush()
+    await _flush_changes(session)
     return conversation
 
 
@@ -201,9 +212,11 @@ async def activate(
     messages = await repository.conversation_messages(session, user_id, conversation.id)
     tree = Tree(messages)
     if message_id not in tree.by_id:
+        if not await repository.conversation_exists(session, user_id, conversation.id):
+            raise repository.conversation_not_found()  # deleted since it was loaded
         raise repository.message_not_found()
     conversation.active_leaf_id = tree.newest_leaf_below(message_id)
-    await session.flush()
+    await _flush_changes(session)
     return detail_of(conversation, messages)
 
 
