@@ -1,25 +1,28 @@
-"""Requests racing a deletion: the conversation deleted by another request after this one
-read it. The answer is the one the same request gets a moment later (404), never a 500.
-The deletion is made, in a transaction of its own, right after the request's own read (the
-function it awaits is wrapped), so the race is hit every time."""
+"""Requests racing a deletion: the conversation, or the caller's account, deleted by another
+request after this one read it. The answer is the one the same request gets a moment later
+(404 for the conversation, 401 for the account), never a 500. The deletion is made, in a
+transaction of its own, right after the request's own read (the function it awaits is
+wrapped), so the race is hit every time."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
+from ollama_web.conversations import export as conversation_export
 from ollama_web.conversations import repository
 from ollama_web.conversations import service as conversation_service
 from ollama_web.conversations.schemas import ConversationPatch, ConversationReplace
 from ollama_web.core.db import session_scope
 from ollama_web.core.errors import NotFoundError
-from ollama_web.db import Conversation
+from ollama_web.db import Conversation, User
 from tests.conversations.conftest import Seeder
 from tests.fixtures.auth import TestUser, execute_sql
 from tests.fixtures.races import (
     delete_right_after,
+    delete_right_before,
     used_once,
     without_request_id,
 )
@@ -113,3 +116,53 @@ async def test_changing_a_conversation_another_session_deleted_raises_not_found(
             await written
         assert raised.value.message == "Conversation not found."
         await session.rollback()
+
+
+async def test_creating_a_conversation_for_an_account_deleted_meanwhile_is_401(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Authenticated, then the account is deleted before the row is written: the foreign
+    key to it fails (an IntegrityError was a 500); the caller is no more, as its next
+    request is told."""
+    await used_once(client, regular_user)
+    gone = delete(User).where(User.id == regular_user.id)
+    with monkeypatch.context() as patched:
+        delete_right_before(patched, app, conversation_service, "create", gone)
+        raced = await client.post(
+            "/api/conversations", json={"model": "llama3.2"}, headers=regular_user.headers
+        )
+    assert raced.status_code == 401, raced.text
+    assert raced.json()["error"] == "UNAUTHENTICATED"
+    assert raced.json()["message"] == "This account no longer exists."
+    later = await client.post(
+        "/api/conversations", json={"model": "llama3.2"}, headers=regular_user.headers
+    )
+    assert later.status_code == 401
+    count = await execute_sql(app, select(func.count()).select_from(Conversation))
+    assert count.scalar_one() == 0
+
+
+async def test_importing_for_an_account_deleted_meanwhile_is_401(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    regular_user: TestUser,
+    seed: Seeder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conversation_id = await seed(regular_user.id, "one", "two")
+    exported = await client.get(
+        f"/api/conversations/{conversation_id}/export", headers=regular_user.headers
+    )
+    gone = delete(User).where(User.id == regular_user.id)
+    with monkeypatch.context() as patched:
+        delete_right_before(patched, app, conversation_export, "import_conversation", gone)
+        raced = await client.post(
+            "/api/conversations/import", json=exported.json(), headers=regular_user.headers
+        )
+    assert raced.status_code == 401, raced.text
+    assert raced.json()["error"] == "UNAUTHENTICATED"
+    count = await execute_sql(app, select(func.count()).select_from(Conversation))
+    assert count.scalar_one() == 0

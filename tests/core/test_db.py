@@ -10,6 +10,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,9 +21,15 @@ from ollama_web.core.db import (
     create_engine,
     create_null_pool_engine,
     create_sessionmaker,
+    flush_owned,
+    is_foreign_key_violation,
     session_scope,
 )
+from ollama_web.core.errors import AccountGoneError
+from ollama_web.db import Conversation, User
+from ollama_web.db.base import new_id
 from tests.conftest import require_postgres, require_postgres_ca
+from tests.fixtures.auth import TestUser
 
 
 async def test_sqlite_connections_are_rolled_back_on_return_only_when_needed(
@@ -378,3 +385,32 @@ async def test_a_failed_sqlite_connect_leaves_no_driver_thread_behind(
                 assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
         finally:
             await engine.dispose()
+
+
+async def test_only_a_missing_owner_is_the_caller_s_account_gone(
+    app: FastAPI, regular_user: TestUser
+) -> None:
+    """A row whose owner does not exist is a foreign-key violation (SQLite's error names no
+    constraint; PostgreSQL's SQLSTATE is 23503), which `flush_owned` answers 401. A
+    duplicate is not one: a bug, raised as it is (a 500)."""
+    sessionmaker = app.state.core.sessionmaker
+    async with sessionmaker() as session:
+        session.add(Conversation(id=new_id(), user_id=new_id(), title="orphan", model="m"))
+        with pytest.raises(IntegrityError) as missing_owner:
+            await session.flush()
+        assert is_foreign_key_violation(missing_owner.value)
+        await session.rollback()
+        session.add(Conversation(id=new_id(), user_id=new_id(), title="orphan", model="m"))
+        with pytest.raises(AccountGoneError):
+            await flush_owned(session)
+        await session.rollback()
+        twin = User(
+            username=regular_user.username,
+            username_key=regular_user.username.lower(),
+            password_hash="x",
+        )
+        session.add(twin)
+        with pytest.raises(IntegrityError) as duplicate:
+            await flush_owned(session)
+        assert not is_foreign_key_violation(duplicate.value)
+        await session.rollback()

@@ -14,13 +14,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select, text, update
+from sqlalchemy import delete, event, select, text, update
 
 from ollama_web.core.config import Settings
-from ollama_web.db import ApiKey
+from ollama_web.db import ApiKey, User
 from ollama_web.db.base import utcnow
+from ollama_web.keys import router as keys_router
 from tests.conftest import asgi_client
 from tests.fixtures.auth import TestUser, create_test_user, execute_sql
+from tests.fixtures.races import delete_right_before, used_once
 
 KEY_FORMAT = re.compile(r"^owk_[A-Za-z0-9_-]{43}$")
 
@@ -393,3 +395,36 @@ async def test_a_database_that_refuses_writes_does_not_fail_a_key_s_reads(
     assert response.status_code == 200, response.text
     assert response.json()["user"]["username"] == regular_user.username
     assert utcnow() - (await key_row(app, created["id"])).last_used_at > timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("operation", ["create", "rotate"])
+async def test_a_key_for_an_account_deleted_meanwhile_is_401_and_not_stored(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+) -> None:
+    """Authenticated, then the account is deleted (by an administrator) before the new key
+    is written: its foreign key fails (an IntegrityError was a 500), and the caller, gone,
+    is told so as on its next request."""
+    await used_once(client, regular_user)
+    listed = await client.get("/api/keys", headers=regular_user.headers)
+    key_id = listed.json()["items"][0]["id"]
+    gone = delete(User).where(User.id == regular_user.id)
+    with monkeypatch.context() as patched:
+        if operation == "create":
+            delete_right_before(patched, app, keys_router, "create_key", gone)
+            raced = await client.post(
+                "/api/keys", json={"name": "late"}, headers=regular_user.headers
+            )
+        else:
+            delete_right_before(patched, app, keys_router, "rotate_key", gone)
+            raced = await client.post(f"/api/keys/{key_id}/rotate", headers=regular_user.headers)
+    assert raced.status_code == 401, raced.text
+    assert raced.json()["error"] == "UNAUTHENTICATED"
+    assert raced.json()["message"] == "This account no longer exists."
+    later = await client.get("/api/keys", headers=regular_user.headers)
+    assert later.status_code == 401
+    keys = await execute_sql(app, select(ApiKey.id))
+    assert keys.scalars().all() == []

@@ -28,6 +28,7 @@ from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPromp
 from ollama_web.conversations.service import model_display_name
 from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
 from ollama_web.core.config import Settings
+from ollama_web.core.db import flush_owned
 from ollama_web.core.errors import ValidationError
 from ollama_web.core.validation import clean_text
 from ollama_web.db import Conversation, Message
@@ -283,7 +284,7 @@ async def import_conversation(
         updated_at=utcnow(),
     )
     session.add(conversation)
-    await session.flush()
+    await flush_owned(session)  # the caller's account deleted meanwhile: 401
     session.add_all(_imported_message(m, new_ids, conversation.id) for m in document.messages)
     await session.flush()
     return conversation

@@ -22,6 +22,7 @@ from ollama_web.conversations.schemas import (
 )
 from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
 from ollama_web.conversations.writes import NewMessage
+from ollama_web.core.db import flush_owned
 from ollama_web.core.errors import ValidationError
 from ollama_web.core.pagination import Keyset, Page, PageParams
 from ollama_web.db import Conversation, Message
@@ -150,7 +151,7 @@ async def create(session: AsyncSession, user_id: str, body: ConversationCreate) 
         archived=False,
     )
     session.add(conversation)
-    await session.flush()
+    await flush_owned(session)
     return conversation
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, ExecutionContext, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ollama_web.core.config import LIBPQ_DSN_PARAMETERS, Settings
+from ollama_web.core.errors import AccountGoneError
 
 logger = logging.getLogger("ollama_web.db")
 slow_query_logger = logging.getLogger("ollama_web.db.slow")
@@ -181,6 +182,37 @@ def is_database_outage(exc: BaseException) -> bool:
         modules = (frame.f_globals.get("__name__", "") for frame, _ in walk_tb(exc.__traceback__))
         return any(module.startswith(_DATABASE_STACK) for module in modules)
     return False
+
+
+POSTGRES_FOREIGN_KEY_VIOLATION = "23503"
+SQLITE_FOREIGN_KEY_VIOLATION = "SQLITE_CONSTRAINT_FOREIGNKEY"
+
+
+def is_foreign_key_violation(exc: BaseException) -> bool:
+    """Whether the database refused a row because a row it references does not exist (a
+    unique or NOT NULL violation is not one). PostgreSQL names the constraint; SQLite says
+    only "FOREIGN KEY constraint failed": which row was missing is for the caller to tell
+    from what it wrote."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    cause = exc.orig
+    return (
+        getattr(cause, "sqlstate", None) == POSTGRES_FOREIGN_KEY_VIOLATION
+        or getattr(cause, "sqlite_errorname", None) == SQLITE_FOREIGN_KEY_VIOLATION
+    )
+
+
+async def flush_owned(session: AsyncSession) -> None:
+    """Flush new rows whose one foreign key is their owner's `user_id`, the caller's. The
+    only row such a flush can miss is the caller's account, deleted since the request was
+    authenticated: 401, as the caller's next request gets, rather than the database's
+    error. Any other refusal (a duplicate, say) is raised as it is."""
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if is_foreign_key_violation(exc):
+            raise AccountGoneError() from exc
+        raise
 
 
 def describe_database_error(exc: BaseException) -> str:

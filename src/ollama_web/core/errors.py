@@ -68,6 +68,14 @@ class UnauthenticatedError(AppError):
     code = "UNAUTHENTICATED"
 
 
+class AccountGoneError(UnauthenticatedError):
+    """The caller's account was deleted while its request ran (its rows could not be
+    written): its credentials went with it, as the next request would be told."""
+
+    def __init__(self) -> None:
+        super().__init__("This account no longer exists.")
+
+
 class ForbiddenError(AppError):
     status_code = 403
     code = "FORBIDDEN"

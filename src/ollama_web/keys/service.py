@@ -25,7 +25,7 @@ from ollama_web.auth.tokens import (
     sha256_hex,
 )
 from ollama_web.core.config import Settings
-from ollama_web.core.db import describe_database_error
+from ollama_web.core.db import describe_database_error, flush_owned
 from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
@@ -95,7 +95,7 @@ async def create_key(
         expires_at=expires_at,
     )
     session.add(key)
-    await session.flush()
+    await flush_owned(session)
     return key, secret
 
 
