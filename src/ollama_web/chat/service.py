@@ -6,7 +6,8 @@ message found (404) -> model resolved (unknown: 404 with nothing stored; no node
 the user's message is stored, then 503 with its id) -> the user message and an empty
 `pending` answer committed in one short transaction of their own (Core statements, see
 `conversations.writes`); the request's transaction only reads, and is committed first. The
-job starts as soon as this returns.
+job starts as soon as this returns. A conversation or account deleted between the read and
+the write answers 404 or 401, as a later request would (`_store_turn`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.generation import COMPLETE, GenerationSpec
@@ -35,9 +37,9 @@ from ollama_web.conversations.writes import (
     conversation_update,
 )
 from ollama_web.core.config import Settings
-from ollama_web.core.db import end_session
-from ollama_web.core.errors import AppError, ValidationError
-from ollama_web.db import Conversation, Message
+from ollama_web.core.db import end_session, is_foreign_key_violation
+from ollama_web.core.errors import AccountGoneError, AppError, ValidationError
+from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import new_id, utcnow
 from ollama_web.db.models import MessageRole, MessageStatus
 from ollama_web.ollama.errors import OllamaUnavailableError
@@ -201,8 +203,34 @@ _INSERT_CONVERSATION = insert(CONVERSATIONS)
 _INSERT_MESSAGES = insert(MESSAGES)
 
 
+async def _store_turn(
+    session: AsyncSession, user_id: str, body: ChatRequest, writes: Writes, stored: Stored
+) -> None:
+    """Commit the turn (before Ollama is called).
+
+    The turn was read in the request's transaction, ended since: what another request
+    deleted meanwhile (the conversation, or the caller's account and everything of it)
+    makes the database refuse the turn's rows. The answer is then the one the same request
+    gets a moment later: 401 for the account, 404 for the conversation (or the message the
+    request names). A refusal with both still there is a bug, raised as it is."""
+    try:
+        await _store(writes, stored)
+    except IntegrityError as exc:
+        if not is_foreign_key_violation(exc):
+            raise
+        if await session.scalar(select(User.id).where(User.id == user_id)) is None:
+            raise AccountGoneError() from exc
+        if stored.new_conversation is None and not await repository.conversation_exists(
+            session, user_id, stored.conversation_id
+        ):
+            if body.edit_message_id is not None or body.regenerate_message_id is not None:
+                raise repository.message_not_found() from exc
+            raise repository.conversation_not_found() from exc
+        raise
+
+
 async def _store(writes: Writes, stored: Stored) -> None:
-    """Commit the turn (before Ollama is called)."""
+    """The turn's rows, in one transaction."""
     steps: list[tuple[Any, Any]] = []
     if stored.new_conversation is not None:
         steps.append((_INSERT_CONVERSATION, [stored.new_conversation.row()]))
@@ -276,7 +304,7 @@ async def _prepare(
         stored = _conversation_changes(turn, user_id, body, model_display_name(name))
         question = _question(turn, stored, body)
         _set_leaf(stored, question.id)
-        await _store(writes, stored)
+        await _store_turn(session, user_id, body, writes, stored)
         raise StoredBeforeFailure(exc, stored.conversation_id, question.id) from None
     if body.think and gateway.lacks_capability(model, "thinking"):
         # Ollama would answer 400 after the stream started (a stored failed answer, a 502):
@@ -288,7 +316,7 @@ async def _prepare(
     answer.model = model
     stored.messages.append(answer)
     _set_leaf(stored, answer.id)
-    await _store(writes, stored)
+    await _store_turn(session, user_id, body, writes, stored)
     tree = Tree(turn.messages)
     path: list[BranchMessage | Message | NewMessage]
     path = [tree.by_id[i] for i in tree.path_to(turn.parent_id)]
