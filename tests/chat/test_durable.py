@@ -230,6 +230,40 @@ async def test_a_last_event_id_ahead_of_a_running_answer_gets_only_later_events(
         assert (await http.get(path, headers=beyond)).status_code == 204
 
 
+async def test_a_last_event_id_past_a_running_answer_s_end_still_ends_with_its_final_event(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    """Re-attached while the answer runs, with an id it never reaches: a 200 (what the
+    answer will still send is not known yet) that, when the answer ends, is sent its final
+    event under that event's own id, as every attached stream ends (it used to close with
+    no event at all). Once the answer has ended, the same request is a 204."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 40  # never ends by itself here: stopped
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        async with http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response:
+            reader = EventReader(response)
+            start = await reader.next()
+            assert (await reader.next()).event == "token"
+            message_id = start.data["assistant_message_id"]
+            path = f"/api/chat/stream/{message_id}"
+            past = {**regular_user.headers, "Last-Event-ID": "100000"}
+            async with http.stream("GET", path, headers=past) as resumed:
+                assert resumed.status_code == 200
+                stop = f"/api/chat/{message_id}/stop"
+                assert (await http.post(stop, headers=regular_user.headers)).status_code == 200
+                rest = await EventReader(resumed).rest()
+            final = (await reader.rest())[-1]
+        assert final.event == "done"
+        assert final.data["message"]["status"] == "stopped"
+        assert [(e.id, e.event, e.data) for e in rest] == [(final.id, final.event, final.data)]
+        assert (await http.get(path, headers=past)).status_code == 204
+
+
 async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_database(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],

@@ -170,6 +170,10 @@ async def _follow_elsewhere(
 @router.get(
     "/stream/{assistant_message_id}",
     summary="Re-attach to a running or finished answer (SSE), replaying after Last-Event-ID",
+    description="The events after `Last-Event-ID` (or `after`), then the answer's new ones "
+    "as they come, ending with its `done` or `error` event. An id past the answer's last "
+    "event: 204 once the answer has ended; while it runs, the stream waits for its end and "
+    "is then sent that final event, under its own (lower) id.",
     response_class=SSEResponse,
     status_code=200,
     responses={

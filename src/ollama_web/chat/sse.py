@@ -3,8 +3,10 @@
 An `EventLog` holds one generation's events as ready-to-send frames; event ids are integers
 counting from 1 (the frame at index i has id i + 1). Any number of `SSEResponse`s follow a
 log: each replays the frames after its `Last-Event-ID`, then sends new ones as they come,
-coalescing whatever accumulated while it was writing into one body chunk. A keep-alive
-comment goes out when nothing was written for SSE_KEEPALIVE_SECONDS.
+coalescing whatever accumulated while it was writing into one body chunk, and ends with
+the log's `done` or `error` event (one placed past it by its `Last-Event-ID` is sent that
+event when the log finishes). A keep-alive comment goes out when nothing was written for
+SSE_KEEPALIVE_SECONDS.
 
 The response is a plain ASGI callable (no task group, no per-event allocation beyond the
 frame): one task listens for the client's disconnect, one timer handles keep-alives.
@@ -22,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 KEEPALIVE_FRAME = b": keep-alive\n\n"
+FINAL_EVENTS = frozenset({"done", "error"})
 MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -74,6 +77,8 @@ class EventLog:
         numbering the client already saw)."""
         self.frames: list[bytes] = []
         self.finished = False
+        self.final_frame: bytes | None = None
+        """The `done` or `error` event, once emitted."""
         self._followers: set[Follower] = set()
         self.on_abandoned: Callable[[], None] | None = None
         """Called when the last follower disconnects before the log finished."""
@@ -96,7 +101,10 @@ class EventLog:
             follower.wake()
 
     def emit(self, event: str, data: Mapping[str, Any]) -> None:
-        self.frames.append(encode_event(self.last_id + 1, event, data))
+        frame = encode_event(self.last_id + 1, event, data)
+        if event in FINAL_EVENTS:
+            self.final_frame = frame
+        self.frames.append(frame)
         self._wake_all()
 
     def emit_text(self, event: str, text: str) -> None:
@@ -179,6 +187,11 @@ class SSEResponse(Response):
                     last_write = loop.time()
                     continue
                 if log.finished:
+                    if position > len(frames) and log.final_frame is not None:
+                        # Placed past the end by a Last-Event-ID the answer never reached:
+                        # its final event all the same (under its own id), so that this
+                        # stream too ends with `done` or `error`.
+                        follower.disconnected = not await _send_body(send, log.final_frame)
                     return
                 if follower.ticked:
                     follower.ticked = False
