@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from ollama_web.core.config import Settings, normalise_ollama_url, secret_is_strong
 from ollama_web.core.secrets import load_or_create_secret, secret_file
 from ollama_web.core.startup import EXIT_CONFIG_ERROR, ConfigurationError, load_settings
+from tests.conftest import asgi_client
 
 
 def _python(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -77,6 +79,13 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("DATABASE_URL", "postgresql://u:pw@Leak:Me9/x@127.0.0.1:5432/db", "percent-encode"),
         # Told apart by what is shown of them: the same node twice, whatever the users.
         ("OLLAMA_URL", "http://a:Me9@gpu1:11434,http://b:Me9@gpu1:11434", "gpu1:11434 more"),
+        # Accepted before, then a timedelta overflow (a traceback) once the server started.
+        ("BACKUP_INTERVAL_HOURS", "inf", "BACKUP_INTERVAL_HOURS"),
+        ("BACKUP_INTERVAL_HOURS", "1e300", "BACKUP_INTERVAL_HOURS"),
+        ("BACKUP_INTERVAL_HOURS", "1e11", "BACKUP_INTERVAL_HOURS"),
+        ("GENERATION_CHECKPOINT_SECONDS", "inf", "GENERATION_CHECKPOINT_SECONDS"),
+        ("BACKUP_RETENTION_DAYS", str(10**12), "BACKUP_RETENTION_DAYS"),
+        ("LOG_BACKUP_COUNT", str(10**12), "LOG_BACKUP_COUNT"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(
@@ -168,12 +177,61 @@ def test_placeholder_secret_in_development_uses_generated_key(
     assert load_or_create_secret(settings) != "generate-with-openssl-rand-hex-32"
 
 
-def test_serve_refuses_invalid_setting_with_message_not_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "PORT": "99999", "DATA_DIR": str(tmp_path)}
+@pytest.mark.parametrize(
+    ("variable", "value"), [("PORT", "99999"), ("BACKUP_INTERVAL_HOURS", "inf")]
+)
+def test_serve_refuses_invalid_setting_with_message_not_traceback(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    env = {**os.environ, variable: value, "DATA_DIR": str(tmp_path)}
     result = _python("-m", "ollama_web", "serve", env=env, cwd=tmp_path)
     assert result.returncode == EXIT_CONFIG_ERROR
-    assert "PORT" in result.stderr
+    assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _numbers() -> dict[str, tuple[type, float | None]]:
+    """Every numeric setting: its type and its upper bound (None when it has none)."""
+    found: dict[str, tuple[type, float | None]] = {}
+    for name, field in Settings.model_fields.items():
+        if field.annotation in (int, float):
+            bounds = [getattr(rule, "le", None) for rule in field.metadata]
+            found[name] = (field.annotation, next((b for b in bounds if b is not None), None))
+    return found
+
+
+def test_every_number_has_an_upper_bound_and_refuses_infinity() -> None:
+    """An unbounded number took `inf` or 10**12 and failed once the server ran."""
+    numbers = _numbers()
+    assert "backup_interval_hours" in numbers
+    assert [name for name, (_, bound) in numbers.items() if bound is None] == []
+    for name, (kind, bound) in numbers.items():
+        assert bound is not None
+        for value in ("inf", "1e300", str(int(bound) + 1)) if kind is float else (10**12,):
+            with pytest.raises(pydantic.ValidationError, match=name):
+                Settings(_env_file=None, **{name: value})
+
+
+async def test_the_server_runs_with_every_number_at_its_upper_bound(
+    settings_factory: Callable[..., Settings],
+    app_factory: Callable[[Settings], Any],
+) -> None:
+    """The bounds are values the server works with: it starts, takes its startup backup
+    (pruned by BACKUP_RETENTION_DAYS), schedules the next (BACKUP_INTERVAL_HOURS), sweeps
+    answers (GENERATION_CHECKPOINT_SECONDS) and answers, all at the largest values."""
+    # The argon2 cost is not used here (no password is hashed): 4 GiB a hash is for none.
+    unused = {"password_hash_memory_kib", "password_hash_time_cost"}
+    largest = {name: bound for name, (_, bound) in _numbers().items() if name not in unused}
+    settings = settings_factory(**largest, backup_enabled=True, rate_limit_enabled=True)
+    app = await app_factory(settings)
+    async with asgi_client(app) as client:
+        health = await client.get("/health")
+        assert health.status_code == 200, health.text
+        login = await client.post("/api/auth/login", json={"username": "x", "password": "y"})
+        assert login.status_code == 401, login.text
+    runtime = app.state.backups
+    await runtime.startup_backup_done()
+    assert runtime.last_error is None
 
 
 @pytest.mark.parametrize(

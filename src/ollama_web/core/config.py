@@ -26,6 +26,15 @@ PLACEHOLDER_SECRETS = frozenset(
 PLACEHOLDER_WORDS = frozenset({"change", "changeme", "example", "placeholder", "yoursecret"})
 MIN_SECRET_LENGTH = 32
 MAX_WORKERS = 64
+# Every number has an upper bound, far above any sensible value. Without one, a float took
+# `inf` or `1e300` and an integer any size, and the server failed after validation instead
+# of being refused, naming the variable: a timedelta overflow at start (BACKUP_INTERVAL_HOURS,
+# GENERATION_CHECKPOINT_SECONDS) or in every backup's pruning (BACKUP_RETENTION_DAYS), a
+# rotation that would check 10**12 file names (LOG_BACKUP_COUNT).
+GIB = 1024**3
+HOUR_MS = 3_600_000
+# Each request counted in a moving window is kept until it leaves the window.
+MAX_PER_MINUTE = 100_000
 # `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
 # `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
 MIN_SECRET_DISTINCT_CHARACTERS = 8
@@ -114,7 +123,7 @@ class Settings(BaseSettings):
     # HTTP
     cors_origins: CsvList = Field(default_factory=lambda: ["http://localhost:5173"])
     trusted_proxies: CsvList = Field(default_factory=list)
-    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=GIB)
 
     # Sessions and keys
     session_timeout_minutes: int = Field(default=60, ge=1, le=60 * 24 * 365)
@@ -128,11 +137,11 @@ class Settings(BaseSettings):
 
     # Rate limiting
     rate_limit_enabled: bool = True
-    rate_limit_per_minute: int = Field(default=100, ge=1)
-    rate_limit_auth_per_minute: int = Field(default=5, ge=1)
-    rate_limit_chat_per_minute: int = Field(default=20, ge=1)
-    login_max_failures: int = Field(default=5, ge=1)
-    login_failure_window_minutes: int = Field(default=15, ge=1)
+    rate_limit_per_minute: int = Field(default=100, ge=1, le=MAX_PER_MINUTE)
+    rate_limit_auth_per_minute: int = Field(default=5, ge=1, le=MAX_PER_MINUTE)
+    rate_limit_chat_per_minute: int = Field(default=20, ge=1, le=MAX_PER_MINUTE)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_failure_window_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)
 
     # Protection
     csrf_protection_enabled: bool = True
@@ -142,30 +151,30 @@ class Settings(BaseSettings):
     # Chat
     chat_continue_on_disconnect: bool = True
     chat_disconnect_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
-    max_message_chars: int = Field(default=100_000, ge=1)
+    max_message_chars: int = Field(default=100_000, ge=1, le=10_000_000)
     max_images_per_message: int = Field(default=4, ge=0, le=64)
-    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
-    max_concurrent_generations_per_user: int = Field(default=3, ge=1)
-    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
-    generation_checkpoint_seconds: float = Field(default=1.0, gt=0)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1, le=GIB)
+    max_concurrent_generations_per_user: int = Field(default=3, ge=1, le=1000)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
+    generation_checkpoint_seconds: float = Field(default=1.0, gt=0, le=300)
 
     # Backups
     backup_enabled: bool = True
-    backup_retention_days: int = Field(default=30, ge=0)
-    backup_max_count: int = Field(default=50, ge=1)
-    backup_interval_hours: float = Field(default=24.0, ge=0)
+    backup_retention_days: int = Field(default=30, ge=0, le=36500)
+    backup_max_count: int = Field(default=50, ge=1, le=100_000)
+    backup_interval_hours: float = Field(default=24.0, ge=0, le=24 * 365)
 
     # Monitoring and logs
     metrics_enabled: bool = True
     metrics_token: SecretStr | None = None
     # Exported to the environment before prometheus-client loads (it reads it there only).
     prometheus_multiproc_dir: Path | None = None
-    slow_request_ms: int = Field(default=1000, ge=1)
-    slow_query_ms: int = Field(default=200, ge=1)
+    slow_request_ms: int = Field(default=1000, ge=1, le=HOUR_MS)
+    slow_query_ms: int = Field(default=200, ge=1, le=HOUR_MS)
     log_level: LogLevel = LogLevel.INFO
     structured_logging: bool = False
-    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    log_backup_count: int = Field(default=10, ge=0)
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * GIB)
+    log_backup_count: int = Field(default=10, ge=0, le=1000)
 
     @field_validator("ollama_url", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
