@@ -414,3 +414,36 @@ async def test_only_a_missing_owner_is_the_caller_s_account_gone(
             await flush_owned(session)
         assert not is_foreign_key_violation(duplicate.value)
         await session.rollback()
+
+
+@pytest.mark.parametrize("name", ["a?b", "a%20b", "a#b", "dätä dir/ü?x#y%20", "file:x"])
+async def test_the_database_is_in_data_dir_whatever_its_name_holds(
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """DATA_DIR is a path, not a piece of URL: with `?` in it the database was a file `a`
+    beside it, with `%20` one in `a b/`, away from the secret key, the server lock, and the
+    file the backups copy."""
+    from sqlalchemy.engine import make_url
+
+    from ollama_web.backups.service import DatabaseBackup
+
+    monkeypatch.chdir(tmp_path)  # relative, as `DATA_DIR=./a?b` is
+    settings = settings_factory(data_dir=Path(name))
+    database = tmp_path / name / "ollama_web.db"
+    assert Path(str(make_url(settings.async_database_url).database)).resolve() == database
+    assert settings.sqlite_file == Path(name) / "ollama_web.db"
+    assert DatabaseBackup(settings).database_path.resolve() == database
+    for engine in (create_engine(settings)[0], create_null_pool_engine(settings)):
+        # What the inline connection opens, and what SQLite does not read as a URI.
+        assert Path(str(engine.url.database)).resolve() == database
+        assert not str(engine.url.database).startswith("file:")
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+        finally:
+            await engine.dispose()
+    assert database.stat().st_size > 0
+    assert [path.name for path in tmp_path.iterdir()] == [name.split("/")[0]]

@@ -254,7 +254,14 @@ class Settings(BaseSettings):
         """The SQLAlchemy URL with an async driver."""
         embedded = self.embedded_database_file
         if embedded is not None:
-            return f"sqlite+aiosqlite:///{embedded.as_posix()}"
+            from sqlalchemy.engine import URL
+
+            # Built, not pasted: DATA_DIR is a path, not a piece of URL. `?`, `#` or `%20`
+            # in it are escaped here, and SQLAlchemy reads back the same path. A relative
+            # `file:...` would be a URI to SQLite (built with SQLITE_USE_URI): `./` first.
+            path = embedded.as_posix()
+            path = f"./{path}" if path.startswith("file:") else path
+            return URL.create("sqlite+aiosqlite", database=path).render_as_string()
         return to_async_database_url(str(self.database_url))
 
     @property
@@ -266,6 +273,8 @@ class Settings(BaseSettings):
         """The SQLite database file; None for PostgreSQL and an in-memory database."""
         if not self.is_sqlite:
             return None
+        if self.embedded_database_file is not None:
+            return self.embedded_database_file
         from sqlalchemy.engine import make_url
 
         database = make_url(self.async_database_url).database
