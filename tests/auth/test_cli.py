@@ -359,3 +359,31 @@ def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> 
     finally:
         os.close(write_end)
     assert (listing.returncode, listing.stderr) == (141, "")
+
+
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["create-admin", "--username", "boss", "--password-stdin"]]
+)
+def test_a_database_the_command_creates_is_0600(tmp_path: Path, command: list[str]) -> None:
+    """`mkdir -m 755 data` (or a Docker volume), then the first command: the database it
+    created, with every password hash in it, was 0644."""
+    import stat
+
+    env = _command_env(tmp_path)
+    (tmp_path / "data").mkdir(mode=0o755)
+    previous = os.umask(0o022)  # inherited by the command
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ollama_web", *command],
+            input=PASSWORD,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "data" / "ollama_web.db").stat().st_mode) == 0o600

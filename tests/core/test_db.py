@@ -4,7 +4,9 @@ are reset."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -447,3 +449,59 @@ async def test_the_database_is_in_data_dir_whatever_its_name_holds(
             await engine.dispose()
     assert database.stat().st_size > 0
     assert [path.name for path in tmp_path.iterdir()] == [name.split("/")[0]]
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common umask, under which SQLite made new files 0644."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_022")
+async def test_a_new_database_and_its_wal_and_shm_are_0600_in_an_existing_data_dir(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A DATA_DIR made beforehand (a Docker volume, `install -d`) is 0755: the database,
+    password and key hashes and every conversation in it, was 0644 there, as were -wal and
+    -shm (SQLite gives them the database's mode)."""
+    for name, engine_for in (
+        ("pooled", lambda s: create_engine(s)[0]),
+        ("cli", create_null_pool_engine),
+    ):
+        data_dir = tmp_path / name
+        data_dir.mkdir(mode=0o755)
+        settings = settings_factory(data_dir=data_dir)
+        engine = engine_for(settings)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+            async with engine.connect() as connection:  # open: -wal and -shm exist
+                await connection.execute(text("SELECT * FROM t"))
+                files = ["ollama_web.db", "ollama_web.db-wal", "ollama_web.db-shm"]
+                assert {file: _mode(data_dir / file) for file in files} == dict.fromkeys(
+                    files, 0o600
+                )
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.usefixtures("umask_022")
+async def test_an_existing_database_keeps_the_mode_its_owner_gave_it(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """0640 for a backup agent's group, say: not ours to change."""
+    settings = settings_factory(database_url=f"sqlite:///{tmp_path / 'chosen.db'}")
+    (tmp_path / "chosen.db").touch(mode=0o640)
+    engine = create_engine(settings)[0]
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+    finally:
+        await engine.dispose()
+    assert _mode(tmp_path / "chosen.db") == 0o640

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,12 +87,25 @@ class SlowQueryRecorder:
             )
 
 
-def _create_sqlite_directory(settings: Settings) -> None:
+def _prepare_sqlite_file(settings: Settings) -> None:
     """SQLite creates a missing database file, not its directory: DATA_DIR is created for
     the default database (private to the service's user). A DATABASE_URL naming a file in a
-    directory that does not exist is more likely a typo than a wish: SQLite says so."""
+    directory that does not exist is more likely a typo than a wish: SQLite says so.
+
+    A new database file is created here, empty and 0600, before SQLite opens it: SQLite
+    would make it with the umask's mode (0644: password and key hashes, every conversation,
+    readable by all in a DATA_DIR the operator made 0755), and gives its -wal and -shm the
+    database's mode. An existing file keeps the mode it has: its owner may have chosen it
+    (0640 for a backup agent's group)."""
     if settings.embedded_database_file is not None:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    database = settings.sqlite_file
+    url = make_url(settings.async_database_url)
+    if database is None or str(url.database).startswith("file:") or "uri" in url.query:
+        return  # in memory, or a `file:` URI whose parameters only the driver reads
+    # Already there; or no directory, which SQLite reports when connecting.
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def _asyncpg_url_and_arguments(async_url: str) -> tuple[URL, dict[str, Any]]:
@@ -114,7 +129,7 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     url: str | URL = settings.async_database_url
     kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
-        _create_sqlite_directory(settings)
+        _prepare_sqlite_file(settings)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         kwargs["pool_reset_on_return"] = None  # done by reset_on_return
         # Each connection is a thread and four PRAGMAs to open: the default pool (5 kept,
@@ -152,7 +167,7 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
     url: str | URL = settings.async_database_url
     kwargs: dict[str, Any] = {}
     if settings.is_sqlite:
-        _create_sqlite_directory(settings)
+        _prepare_sqlite_file(settings)
         from ollama_web.core.sqlite_driver import aiosqlite_dbapi
 
         kwargs["module"] = aiosqlite_dbapi()
