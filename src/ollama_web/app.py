@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from ollama_web import __version__
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_engine, create_sessionmaker
+from ollama_web.core.directories import prepare_directories
 from ollama_web.core.errors import install_error_handlers
 from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
@@ -95,12 +96,10 @@ def _domain_lifespans() -> list[DomainLifespan]:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # The commands that start the server (`serve`, `ollama_web.main:app`) checked them
+    # first, to say what is wrong in one line; this is for an app built otherwise.
+    prepare_directories(settings)
     configure_logging(settings)
-    # The database and its backups hold everything: private to the service's user when we
-    # create them (an existing directory keeps the mode its owner gave it).
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    for directory in (settings.data_dir, settings.backup_dir):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_key = load_or_create_secret(settings)
     # Exited in reverse: the domains, then the database (checkpointer, inline connection,
     # engine), and the server lock last, so a restore never finds this process's handles

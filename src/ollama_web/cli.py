@@ -27,9 +27,13 @@ COMMAND_MODULES: tuple[str, ...] = (
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ollama_web.core.directories import prepare_directories_or_exit
     from ollama_web.metrics.environment import export_multiprocess_dir
 
     settings = load_settings_or_exit()
+    # Before anything starts (the migration, the workers): a DATA_DIR or LOG_DIR that
+    # cannot be used is one line and exit 78.
+    prepare_directories_or_exit(settings)
     # The workers inherit it; prometheus-client reads it from the environment at import.
     export_multiprocess_dir(settings)
     workers = None if args.reload else _given(args.workers, settings.workers)

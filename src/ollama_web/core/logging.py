@@ -17,6 +17,8 @@ from typing import Any
 from ollama_web.core.config import Settings
 
 ACCESS_LOGGER = "ollama_web.access"
+APP_LOG, ERROR_LOG, ACCESS_LOG = "app.log", "error.log", "access.log"
+LOG_FILES = (APP_LOG, ERROR_LOG, ACCESS_LOG)  # in LOG_DIR
 _HANDLER_MARK = "_ollama_web_handler"
 ROTATION_LOCK = ".rotation.lock"  # in LOG_DIR: the workers rotate the log files one at a time
 
@@ -164,8 +166,8 @@ def configure_logging(settings: Settings) -> None:
     app_logger.setLevel(level)
     app_logger.propagate = False
     for path, handler_level in (
-        (settings.log_dir / "app.log", level),
-        (settings.log_dir / "error.log", logging.ERROR),
+        (settings.log_dir / APP_LOG, level),
+        (settings.log_dir / ERROR_LOG, logging.ERROR),
     ):
         handler = _handler(path, settings, handler_level)
         handler.setFormatter(formatter)
@@ -180,7 +182,7 @@ def configure_logging(settings: Settings) -> None:
     _remove_ours(access_logger)
     access_logger.setLevel(logging.INFO)
     access_logger.propagate = False
-    access_handler = _handler(settings.log_dir / "access.log", settings, logging.INFO)
+    access_handler = _handler(settings.log_dir / ACCESS_LOG, settings, logging.INFO)
     # Access lines hold only what the server chose: method, route template (never the raw
     # path or query), status, duration, a validated request id, principal id and client
     # address, so they skip the redaction pass (a quarter of the cost of each line).

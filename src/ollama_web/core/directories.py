@@ -1,0 +1,83 @@
+"""DATA_DIR, LOG_DIR and BACKUP_DIR: created when missing, and proved usable before the
+server starts.
+
+A path that is a regular file, on a read-only filesystem or immutable failed deep inside
+the start with a traceback (the secret key's temporary file, the first log handler), or,
+for a read-only LOG_DIR, not at all: the server ran and every log record printed a
+"Logging error" traceback. Checked first, each is one line naming the variable and exit
+status 78: configuration the server cannot use, as an invalid setting is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ollama_web.core.config import Settings
+from ollama_web.core.logging import LOG_FILES
+
+WRITE_CHECK_PREFIX = ".write-check-"
+
+
+class DirectoryError(Exception):
+    """A directory the server needs cannot be used; the message names its variable."""
+
+
+def prepare_directories(settings: Settings) -> None:
+    """Create the missing directories (DATA_DIR and BACKUP_DIR private to the service's user,
+    0700; an existing one keeps the mode its owner gave it) and check that DATA_DIR (the
+    database, the secret key, the server lock) and LOG_DIR, with its log files, can be
+    written. BACKUP_DIR only has to be a directory: a backup that cannot be written fails on
+    its own, /health's `backups` component says so, and the server serves without it."""
+    _prepare("DATA_DIR", settings.data_dir, mode=0o700, writable=True)
+    _prepare("LOG_DIR", settings.log_dir, mode=0o777, writable=True)
+    for name in LOG_FILES:
+        path = settings.log_dir / name
+        try:
+            # Only one that exists: the check above proved a missing one can be created.
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _error("LOG_DIR", settings.log_dir, exc, path) from None
+    _prepare("BACKUP_DIR", settings.backup_dir, mode=0o700, writable=False)
+
+
+def prepare_directories_or_exit(settings: Settings) -> None:
+    """`prepare_directories` for a command that starts the server: one line on stderr and
+    exit status 78 (EX_CONFIG) instead of a traceback."""
+    from ollama_web.core.startup import EXIT_CONFIG_ERROR
+
+    try:
+        prepare_directories(settings)
+    except DirectoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def _prepare(variable: str, directory: Path, *, mode: int, writable: bool) -> None:
+    try:
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+        if writable:
+            fd, name = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=directory)
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise _error(variable, directory, exc) from None
+
+
+def _error(
+    variable: str, directory: Path, exc: OSError, file: Path | None = None
+) -> DirectoryError:
+    code = errno.errorcode.get(exc.errno or 0)
+    reason = f"{exc.strerror or exc} ({code})" if code else str(exc)
+    if isinstance(exc, FileExistsError) and file is None:
+        reason += ": it is not a directory"
+    where = f"{directory}" if file is None else f"{directory} ({file.name})"
+    return DirectoryError(
+        f"cannot use {variable} {where}: {reason}; "
+        f"{variable} must be a directory this user can write"
+    )

@@ -1,0 +1,146 @@
+"""DATA_DIR, LOG_DIR and BACKUP_DIR that cannot be used: one line naming the variable and
+exit 78 before the server starts, not a traceback from inside the start, nor (a read-only
+LOG_DIR) a server that prints a "Logging error" traceback for every record."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ollama_web.core.config import Settings
+from ollama_web.core.directories import DirectoryError, prepare_directories
+from ollama_web.core.startup import EXIT_CONFIG_ERROR
+
+# Each makes one directory unusable under tmp_path: (variable, its value, what to make).
+Breakage = Callable[[Path], None]
+
+
+def _regular_file(path: Path) -> None:
+    path.write_text("not a directory")
+
+
+def _under_a_regular_file(path: Path) -> None:
+    path.parent.write_text("not a directory")
+
+
+def _read_only(path: Path) -> None:
+    # 0500 stops a write only without CAP_DAC_OVERRIDE: as root the commands run through
+    # `_unprivileged`, and the in-process checks skip this case.
+    path.mkdir()
+    path.chmod(0o500)
+
+
+def _log_file_taken_by_a_directory(path: Path) -> None:
+    (path / "app.log").mkdir(parents=True)
+
+
+CASES: dict[str, tuple[str, str, Breakage]] = {
+    "data-dir-is-a-file": ("DATA_DIR", "data", _regular_file),
+    "data-dir-under-a-file": ("DATA_DIR", "afile/data", _under_a_regular_file),
+    "data-dir-read-only": ("DATA_DIR", "data", _read_only),
+    "log-dir-is-a-file": ("LOG_DIR", "logs", _regular_file),
+    "log-dir-read-only": ("LOG_DIR", "logs", _read_only),
+    "log-file-is-a-directory": ("LOG_DIR", "logs", _log_file_taken_by_a_directory),
+    "backup-dir-is-a-file": ("BACKUP_DIR", "backups", _regular_file),
+}
+
+
+def _directories(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "DATA_DIR": tmp_path / "data",
+        "LOG_DIR": tmp_path / "logs",
+        "BACKUP_DIR": tmp_path / "backups",
+    }
+
+
+def _break(tmp_path: Path, case: str) -> tuple[str, Path]:
+    variable, value, breakage = CASES[case]
+    path = tmp_path / value
+    breakage(path)
+    return variable, path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_unusable_directory_is_named_with_the_os_error(
+    settings_factory: Callable[..., Settings], tmp_path: Path, case: str
+) -> None:
+    if case.endswith("read-only") and os.geteuid() == 0:
+        pytest.skip("root writes into a 0500 directory; the command test covers it unprivileged")
+    variable, path = _break(tmp_path, case)
+    settings = settings_factory(**{variable.lower(): path})
+    with pytest.raises(DirectoryError) as info:
+        prepare_directories(settings)
+    message = str(info.value)
+    assert message.startswith(f"cannot use {variable} {path}")
+    assert "(E" in message  # the OS error's name: EEXIST, ENOTDIR, EACCES, EISDIR
+    assert "\n" not in message
+
+
+def test_missing_directories_are_created_and_nothing_is_left_in_them(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_factory()
+    prepare_directories(settings)
+    prepare_directories(settings)  # an existing one is fine
+    for variable, path in _directories(tmp_path).items():
+        assert list(path.iterdir()) == [], variable
+    # What holds the database and the backups is private to the service's user.
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.backup_dir.stat().st_mode) == 0o700
+
+
+def _unprivileged() -> list[str]:
+    """A prefix that runs a command without the capability that lets root write where a
+    mode forbids it (the service's user), or nothing when we are not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+COMMANDS = {
+    "serve": ["-m", "ollama_web", "serve", "--port", "9"],
+    "uvicorn": ["-m", "uvicorn", "ollama_web.main:app", "--port", "9"],
+    "serve-2-workers": ["-m", "ollama_web", "serve", "--workers", "2", "--port", "9"],
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [
+        ("data-dir-is-a-file", "serve"),
+        ("data-dir-read-only", "serve"),
+        ("log-dir-is-a-file", "serve"),
+        ("log-dir-read-only", "serve"),
+        ("data-dir-is-a-file", "uvicorn"),
+        ("log-dir-read-only", "uvicorn"),
+        ("data-dir-read-only", "serve-2-workers"),
+    ],
+)
+def test_the_server_refuses_an_unusable_directory_in_one_line_with_exit_78(
+    tmp_path: Path, case: str, command: str
+) -> None:
+    """It was a traceback and uvicorn's exit 3 (a read-only LOG_DIR: a running server that
+    printed a traceback for every log record). Port 9 is never bound: the check comes first."""
+    variable, path = _break(tmp_path, case)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        **{name: str(value) for name, value in _directories(tmp_path).items()},
+        variable: str(path),
+    }
+    result = subprocess.run(
+        [*_unprivileged(), sys.executable, *COMMANDS[command]],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
+    assert result.stderr.startswith(f"error: cannot use {variable} {path}"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
