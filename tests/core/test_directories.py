@@ -1,9 +1,11 @@
 """DATA_DIR, LOG_DIR and BACKUP_DIR that cannot be used: one line naming the variable and
 exit 78 before the server starts, not a traceback from inside the start, nor (a read-only
-LOG_DIR) a server that prints a "Logging error" traceback for every record."""
+LOG_DIR) a server that prints a "Logging error" traceback for every record; and a log file
+that fails once the server runs is said once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -16,6 +18,7 @@ import pytest
 
 from ollama_web.core.config import Settings
 from ollama_web.core.directories import DirectoryError, prepare_directories
+from ollama_web.core.logging import SharedRotatingFileHandler
 from ollama_web.core.startup import EXIT_CONFIG_ERROR
 
 # Each makes one directory unusable under tmp_path: (variable, its value, what to make).
@@ -144,3 +147,29 @@ def test_the_server_refuses_an_unusable_directory_in_one_line_with_exit_78(
     assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
     assert result.stderr.startswith(f"error: cannot use {variable} {path}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_log_file_that_fails_after_the_start_is_said_once_not_per_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its filesystem full or remounted read-only once the server runs: one line, then
+    silence until a record is written again (was a 10-line traceback per record)."""
+    path = tmp_path / "app.log"
+    path.mkdir()  # every open fails, as root too
+    handler = SharedRotatingFileHandler(path, 1024 * 1024, 2)
+    logger = logging.getLogger("tests.core.test_directories")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for number in range(50):
+            logger.warning("record %d", number)
+        failing = capsys.readouterr().err.splitlines()
+        path.rmdir()
+        logger.warning("written")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert len(failing) == 1, failing
+    assert failing[0].startswith(f"ollama-web: cannot write the log file {path}")
+    assert capsys.readouterr().err == f"ollama-web: writing the log file {path} again\n"
+    assert path.read_text() == "written\n"

@@ -92,6 +92,29 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         )
         self._lock_path = path.parent / ROTATION_LOCK
         self._opened: tuple[int, int] | None = None  # (st_dev, st_ino) of our stream
+        self._failing = False  # a record could not be written, and that was said
+        self._failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        super().emit(record)
+        if self._failing and not self._failed_now:
+            self._failing = False
+            sys.stderr.write(f"ollama-web: writing the log file {self.baseFilename} again\n")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A log file that stops taking records after the start checked it (its filesystem
+        full, or remounted read-only): one line on stderr, not a traceback for every record
+        (hundreds a minute), until a record is written again. The console handler still
+        shows warnings and errors."""
+        self._failed_now = True
+        if self._failing:
+            return
+        self._failing = True
+        sys.stderr.write(
+            f"ollama-web: cannot write the log file {self.baseFilename} ({sys.exc_info()[1]}); "
+            "its records are lost until it can be written again\n"
+        )
 
     def _open(self) -> TextIOWrapper:
         stream = super()._open()
