@@ -387,3 +387,44 @@ def test_a_database_the_command_creates_is_0600(tmp_path: Path, command: list[st
         os.umask(previous)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE((tmp_path / "data" / "ollama_web.db").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "locale",
+    [
+        {"LC_ALL": "C"},  # Python decodes the bytes to lone surrogates (surrogateescape)
+        {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"},  # decoding fails instead
+    ],
+    ids=["surrogateescape", "strict"],
+)
+def test_a_password_that_is_not_utf8_is_one_line_and_creates_nothing(
+    tmp_path: Path, locale: dict[str, str]
+) -> None:
+    """It was a UnicodeEncodeError traceback from argon2, after the database was migrated."""
+    env = {**_command_env(tmp_path), **locale}
+    command = ["create-admin", "--username", "admin1", "--password-stdin"]
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", *command],
+        input=b"\xff\xfe bad utf8 password long enough here\n",
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert _one_line(stderr) == "error: The password is not valid UTF-8."
+    assert not (tmp_path / "data" / "ollama_web.db").exists()
+
+
+def test_a_prompted_password_that_is_not_utf8_is_refused(
+    cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def undecodable(prompt: str = "") -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr("getpass.getpass", undecodable)
+    assert run(monkeypatch, ["create-admin", "--username", "boss"]) == 1
+    assert capsys.readouterr().err == "error: The password is not valid UTF-8.\n"
+    assert "boss" not in users(cli_settings)

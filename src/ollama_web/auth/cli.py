@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.audit.service import AuditAction, record_event
-from ollama_web.auth.passwords import password_problem, passwords_for
+from ollama_web.auth.passwords import PASSWORD_NOT_UTF8, password_problem, passwords_for
 from ollama_web.auth.sessions import revoke_user_sessions
 from ollama_web.auth.users import (
     check_email,
@@ -73,23 +73,32 @@ def register(subparsers: Any) -> None:
 
 
 def read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        try:
-            with warnings.catch_warnings():
-                # Without a terminal getpass would read standard input, warning that the
-                # password may be echoed: refuse instead.
-                warnings.simplefilter("error", getpass.GetPassWarning)
-                password = getpass.getpass("Password: ")
-                repeated = getpass.getpass("Repeat password: ")
-        except (getpass.GetPassWarning, EOFError):
-            raise CommandError(NO_TERMINAL) from None
-        if repeated != password:
-            raise CommandError("the passwords do not match")
+    try:
+        password = _read_password(from_stdin)
+    except UnicodeDecodeError:
+        # Bytes that are not UTF-8 under a strict UTF-8 locale; under the C locale Python
+        # decodes them to lone surrogates instead, which `password_problem` refuses alike.
+        raise CommandError(PASSWORD_NOT_UTF8) from None
     problem = password_problem(password)
     if problem is not None:
         raise CommandError(problem)
+    return password
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    try:
+        with warnings.catch_warnings():
+            # Without a terminal getpass would read standard input, warning that the
+            # password may be echoed: refuse instead.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            password = getpass.getpass("Password: ")
+            repeated = getpass.getpass("Repeat password: ")
+    except (getpass.GetPassWarning, EOFError):
+        raise CommandError(NO_TERMINAL) from None
+    if repeated != password:
+        raise CommandError("the passwords do not match")
     return password
 
 

@@ -12,6 +12,7 @@ from ollama_web.core.config import Settings
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
+PASSWORD_NOT_UTF8 = "The password is not valid UTF-8."  # noqa: S105 - a message
 PARALLELISM = 4
 # Verified against when the username is unknown, so both paths cost one argon2 verification.
 _DUMMY_PASSWORD = "dummy password that matches no account"  # noqa: S105
@@ -73,6 +74,11 @@ def passwords_for(settings: Settings) -> Passwords:
 
 def password_problem(password: str) -> str | None:
     """Why a new password is refused, or None when it is acceptable."""
+    if not password.isascii() and any(0xD800 <= ord(char) <= 0xDFFF for char in password):
+        # A lone surrogate: what Python makes of bytes that are not UTF-8 (a password piped
+        # to the command line), or a JSON "\ud800". No hash can be made of it (argon2 hashes
+        # the UTF-8 bytes): it was a traceback, or a 500 without the input guard.
+        return PASSWORD_NOT_UTF8
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"The password must be at least {MIN_PASSWORD_LENGTH} characters long."
     if len(password) > MAX_PASSWORD_LENGTH:

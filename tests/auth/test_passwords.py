@@ -1,0 +1,69 @@
+"""A password that is no valid text (a lone surrogate) is refused, never hashed: argon2
+hashes its UTF-8 bytes, and a surrogate has none (a UnicodeEncodeError: a traceback on the
+command line, a 500 over HTTP)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ollama_web.auth.passwords import PASSWORD_NOT_UTF8, password_problem
+from ollama_web.core.errors import ValidationError
+from tests.fixtures.auth import TestUser
+
+# As JSON carries it: the escape, not the character (which no UTF-8 encoder accepts).
+LONE_SURROGATE = "\\ud800 and enough other characters"
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "\udcff\udcfe bad utf8 password long enough here",  # bytes \xff\xfe, decoded by Python
+        "a long enough password ending high \ud83d",
+        "\udc80",  # not "too short": the reason that applies first
+    ],
+)
+def test_a_password_with_a_lone_surrogate_is_refused(password: str) -> None:
+    from ollama_web.auth.users import check_password
+
+    assert password_problem(password) == PASSWORD_NOT_UTF8
+    with pytest.raises(ValidationError):
+        check_password(password)
+
+
+def test_a_surrogate_pair_written_as_one_character_is_fine() -> None:
+    assert password_problem("an emoji \U0001f600 in a password") is None
+
+
+async def _post_raw(
+    client: httpx.AsyncClient, method: str, path: str, body: str, headers: dict[str, str]
+) -> httpx.Response:
+    return await client.request(
+        method,
+        path,
+        content=body.encode("ascii"),
+        headers={**headers, "content-type": "application/json"},
+    )
+
+
+async def test_every_password_field_over_http_answers_422_for_a_lone_surrogate(
+    client: httpx.AsyncClient, admin_user: TestUser
+) -> None:
+    """The input guard refuses it where the route reads its body, before the route runs
+    (setup answers 422, not 409, though users exist): setup, login, password change, and an
+    admin creating a user or resetting a password. A 500 would say the guard missed one."""
+    requests = [
+        ("POST", "/api/auth/setup", f'{{"username": "root", "password": "{LONE_SURROGATE}"}}'),
+        ("POST", "/api/auth/login", f'{{"username": "root", "password": "{LONE_SURROGATE}"}}'),
+        (
+            "POST",
+            "/api/auth/password",
+            f'{{"current_password": "{LONE_SURROGATE}", "new_password": "{LONE_SURROGATE}"}}',
+        ),
+        ("POST", "/api/admin/users", f'{{"username": "bob", "password": "{LONE_SURROGATE}"}}'),
+        ("PATCH", f"/api/admin/users/{admin_user.id}", f'{{"password": "{LONE_SURROGATE}"}}'),
+    ]
+    for method, path, body in requests:
+        response = await _post_raw(client, method, path, body, admin_user.headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"] == "VALIDATION_ERROR", path
