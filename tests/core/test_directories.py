@@ -52,6 +52,7 @@ CASES: dict[str, tuple[str, str, Breakage]] = {
     "log-dir-read-only": ("LOG_DIR", "logs", _read_only),
     "log-file-is-a-directory": ("LOG_DIR", "logs", _log_file_taken_by_a_directory),
     "backup-dir-is-a-file": ("BACKUP_DIR", "backups", _regular_file),
+    "prometheus-dir-is-a-file": ("PROMETHEUS_MULTIPROC_DIR", "prometheus", _regular_file),
 }
 
 
@@ -124,6 +125,7 @@ COMMANDS = {
         ("data-dir-read-only", "serve"),
         ("log-dir-is-a-file", "serve"),
         ("log-dir-read-only", "serve"),
+        ("prometheus-dir-is-a-file", "serve"),
         ("data-dir-is-a-file", "uvicorn"),
         ("log-dir-read-only", "uvicorn"),
         ("data-dir-read-only", "serve-2-workers"),

@@ -1,5 +1,5 @@
-"""DATA_DIR, LOG_DIR and BACKUP_DIR: created when missing, and proved usable before the
-server starts.
+"""DATA_DIR, LOG_DIR, BACKUP_DIR (and PROMETHEUS_MULTIPROC_DIR): created when missing, and
+proved usable before the server starts.
 
 A path that is a regular file, on a read-only filesystem or immutable failed deep inside
 the start with a traceback (the secret key's temporary file, the first log handler), or,
@@ -31,7 +31,8 @@ def prepare_directories(settings: Settings) -> None:
     0700; an existing one keeps the mode its owner gave it) and check that DATA_DIR (the
     database, the secret key, the server lock) and LOG_DIR, with its log files, can be
     written. BACKUP_DIR only has to be a directory: a backup that cannot be written fails on
-    its own, /health's `backups` component says so, and the server serves without it."""
+    its own, /health's `backups` component says so, and the server serves without it.
+    PROMETHEUS_MULTIPROC_DIR, when set, must be writable too."""
     _prepare("DATA_DIR", settings.data_dir, mode=0o700, writable=True)
     _prepare("LOG_DIR", settings.log_dir, mode=0o777, writable=True)
     for name in LOG_FILES:
@@ -44,6 +45,10 @@ def prepare_directories(settings: Settings) -> None:
         except OSError as exc:
             raise _error("LOG_DIR", settings.log_dir, exc, path) from None
     _prepare("BACKUP_DIR", settings.backup_dir, mode=0o700, writable=False)
+    if settings.prometheus_multiproc_dir is not None:  # every worker writes its values there
+        _prepare(
+            "PROMETHEUS_MULTIPROC_DIR", settings.prometheus_multiproc_dir, mode=0o777, writable=True
+        )
 
 
 def prepare_directories_or_exit(settings: Settings) -> None:
