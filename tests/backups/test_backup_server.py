@@ -20,7 +20,13 @@ from fastapi import FastAPI
 from ollama_web.backups import DatabaseBackup, names
 from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.lifespan import RestoreInProgressError
-from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.backups.locks import (
+    FileLock,
+    database_lock_path,
+    holding,
+    server_lock_path,
+    server_lock_paths,
+)
 from ollama_web.core.config import Settings
 from ollama_web.keys.service import _KEY_LOOKUP
 from ollama_web.migrations.runner import upgrade_settings
@@ -238,6 +244,46 @@ async def test_a_running_server_blocks_restore(
         DatabaseBackup(settings).restore_backup(info.path, force=True)
 
 
+async def test_a_running_server_blocks_a_restore_given_another_data_dir(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    """The restore names the server's database through DATABASE_URL, from another DATA_DIR
+    and through another spelling of its path (a linked directory): it still refuses, since
+    the server also holds a lock beside the database file itself."""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    await backup_app()
+    (tmp_path / "link").symlink_to(settings.data_dir)
+    elsewhere = sqlite_settings(
+        data_dir=tmp_path / "other-data-dir",
+        database_url=f"sqlite:///{tmp_path / 'link' / 'ollama_web.db'}",
+    )
+    with pytest.raises(RestoreRefusedError, match="a server is using this database"):
+        DatabaseBackup(elsewhere).restore_backup(info.path, force=True)
+
+
+async def test_a_server_will_not_start_during_a_restore_from_another_data_dir(
+    sqlite_settings: SettingsMaker,
+) -> None:
+    from ollama_web.app import create_app
+
+    settings = sqlite_settings()
+    database = DatabaseBackup(settings).database_path
+    restore_lock = FileLock(database_lock_path(database))
+    restore_lock.acquire()  # what a restore given DATABASE_URL and another DATA_DIR holds
+    try:
+        app = create_app(settings)
+        with pytest.raises(RestoreInProgressError, match=r"ollama_web\.db\.server\.lock"):
+            async with app.router.lifespan_context(app):
+                pass
+    finally:
+        restore_lock.release()
+    with holding(server_lock_path(settings.data_dir)):  # the one taken first was let go
+        pass
+
+
 async def test_a_server_will_not_start_during_a_restore(sqlite_settings: SettingsMaker) -> None:
     from ollama_web.app import create_app
 
@@ -256,7 +302,7 @@ async def test_a_server_will_not_start_during_a_restore(sqlite_settings: Setting
 async def test_the_server_lock_is_released_after_the_database_is_closed(
     sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restore may start the moment the lock is free: by then this process holds no
+    """A restore may start the moment the locks are free: by then this process holds no
     handle on the database (engine pool and inline connection closed)."""
     from ollama_web.app import create_app
 
@@ -265,7 +311,7 @@ async def test_the_server_lock_is_released_after_the_database_is_closed(
     release = FileLock.release
 
     def recording_release(lock: FileLock) -> None:
-        if lock.path == server_lock_path(settings.data_dir):
+        if lock.path in server_lock_paths(settings):
             core = app.state.core
             seen.append((core.engine.pool.checkedin(), core.inline._opened is None))
         release(lock)
@@ -275,7 +321,7 @@ async def test_the_server_lock_is_released_after_the_database_is_closed(
         await create_test_user(app, role="admin")  # the engine's connections used
         app.state.core.inline.first(_KEY_LOOKUP, {"key_hash": "h"})  # and the inline one
         assert app.state.core.inline._opened is not None
-    assert seen == [(0, True)]
+    assert seen == [(0, True), (0, True)]  # the lock beside the database, then DATA_DIR's
     assert not Path(f"{settings.data_dir / 'ollama_web.db'}-wal").exists()
 
 

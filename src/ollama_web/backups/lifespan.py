@@ -1,7 +1,8 @@
 """The backup domain inside the server, in two lifespans.
 
-`server_lock_lifespan` (entered before migrations): hold the server lock shared for the
-server's life — `ollama-web restore` refuses while it is held — and register the
+`server_lock_lifespan` (entered before migrations): hold the server locks shared for the
+server's life (the one in DATA_DIR and, for SQLite, the one beside the database file) —
+`ollama-web restore` refuses while either is held — and register the
 pre-migration backup hook. `backup_lifespan` (after migrations): the startup backup, the
 periodic scheduler, the shutdown backup, and the `backups` component of /health.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ollama_web.backups.errors import BackupError
-from ollama_web.backups.locks import FileLock, LockBusyError, server_lock_path
+from ollama_web.backups.locks import FileLock, LockBusyError, server_lock_paths
 from ollama_web.backups.runtime import BackupRuntime
 from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
 from ollama_web.core.config import Settings
@@ -52,18 +53,20 @@ def install_migration_hook() -> None:
 @asynccontextmanager
 async def server_lock_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    lock = FileLock(server_lock_path(settings.data_dir))
+    locks = [FileLock(path) for path in server_lock_paths(settings)]
     try:
-        lock.acquire(shared=True, timeout=0)
-    except LockBusyError:
-        raise RestoreInProgressError(
-            f"a restore holds {lock.path}; start the server after it finished"
-        ) from None
-    install_migration_hook()
-    try:
+        for lock in locks:
+            try:
+                lock.acquire(shared=True, timeout=0)
+            except LockBusyError:
+                raise RestoreInProgressError(
+                    f"a restore holds {lock.path}; start the server after it finished"
+                ) from None
+        install_migration_hook()
         yield
     finally:
-        lock.release()
+        for lock in reversed(locks):
+            lock.release()
 
 
 @asynccontextmanager

@@ -3,6 +3,10 @@
 - The server lock, `DATA_DIR/ollama-web.lock`: every running server process holds it
   *shared* for its whole life; `restore` takes it *exclusive* without waiting, so it refuses
   while any server uses the data directory, and a server cannot start during a restore.
+- The database lock, `<database file>.server.lock` beside a SQLite file (its real path,
+  links resolved): held the same way, so a restore that names the file through
+  `DATABASE_URL` with another `DATA_DIR` (or another spelling of the path) still finds the
+  server that uses it.
 - The backup lock, `BACKUP_DIR/.backup.lock`: exclusive around taking a backup and pruning,
   so workers, the CLI and the scheduler never write backups at the same time.
 - The scheduler lock, `BACKUP_DIR/.scheduler.lock`: held by one worker, the one that takes
@@ -21,10 +25,15 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ollama_web.core.config import Settings
 
 SERVER_LOCK_NAME = "ollama-web.lock"
 BACKUP_LOCK_NAME = ".backup.lock"
 SCHEDULER_LOCK_NAME = ".scheduler.lock"
+DATABASE_LOCK_SUFFIX = ".server.lock"
 
 
 class LockBusyError(Exception):
@@ -79,3 +88,17 @@ def holding(path: Path, *, shared: bool = False, timeout: float = 0.0) -> Iterat
 
 def server_lock_path(data_dir: Path) -> Path:
     return data_dir / SERVER_LOCK_NAME
+
+
+def database_lock_path(database: Path) -> Path:
+    """The lock keyed on a SQLite database file itself: beside its real path."""
+    real = database.resolve()
+    return real.with_name(real.name + DATABASE_LOCK_SUFFIX)
+
+
+def server_lock_paths(settings: Settings) -> list[Path]:
+    """Every lock a server holds shared (and a restore takes exclusive) for `settings`."""
+    paths = [server_lock_path(settings.data_dir)]
+    if settings.sqlite_file is not None:
+        paths.append(database_lock_path(settings.sqlite_file))
+    return paths

@@ -1,7 +1,8 @@
 """Verify a backup and restore it — from the command line only, with the server stopped.
 
 Order of a restore, nothing replaced until every check passed:
-1. take the server lock exclusively (refuse if any server process holds it: it is running);
+1. take the server locks exclusively, the one in DATA_DIR and (SQLite) the one beside the
+   database file (refuse if any server process holds either: it is running);
 2. the archive's sha256 must equal its sidecar `<name>.sha256` (tampering, truncation);
 3. the archive must unpack into a database that passes `PRAGMA integrity_check` and holds
    the users table (PostgreSQL: `pg_restore --list` must read it);
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_web.backups import names, postgres, sqlite
 from ollama_web.backups.errors import BackupError, RestoreRefusedError
-from ollama_web.backups.locks import LockBusyError, holding, server_lock_path
+from ollama_web.backups.locks import LockBusyError, holding, server_lock_paths
 from ollama_web.backups.service import sha256_file
 
 if TYPE_CHECKING:
@@ -140,15 +141,16 @@ def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any
     """Restore `path` over the configured database; RestoreRefusedError changes nothing."""
     if backup.mode == "external":
         raise RestoreRefusedError("PostgreSQL backups are external: pg_restore is not installed")
-    lock = server_lock_path(backup.settings.data_dir)
-    try:
-        with holding(lock, shared=False, timeout=0):
-            return _restore_locked(backup, path, force)
-    except LockBusyError:
-        raise RestoreRefusedError(
-            f"a server is using this database (it holds {lock}); stop every server process "
-            "and run the restore again"
-        ) from None
+    with contextlib.ExitStack() as locks:
+        for lock in server_lock_paths(backup.settings):
+            try:
+                locks.enter_context(holding(lock, shared=False, timeout=0))
+            except LockBusyError:
+                raise RestoreRefusedError(
+                    f"a server is using this database (it holds {lock}); stop every server "
+                    "process and run the restore again"
+                ) from None
+        return _restore_locked(backup, path, force)
 
 
 def _restore_locked(backup: DatabaseBackup, path: Path, force: bool) -> dict[str, Any]:
