@@ -48,11 +48,21 @@ def _serve(args: argparse.Namespace) -> int:
 
         if status := run_database_command(settings, migrate):
             return status
-    elif workers == 1:
-        # This process is the server: a new database gets its schema while it starts.
-        from ollama_web.migrations.runner import begin_early_migration
+    elif settings.migrate_on_startup:
+        from ollama_web.migrations.runner import (
+            begin_early_migration,
+            refuse_unknown_revision_before_serving,
+        )
 
-        begin_early_migration(settings)
+        def check() -> int:  # a newer version's schema: one line and exit 3, as `migrate`
+            refuse_unknown_revision_before_serving(settings)
+            return 0
+
+        if status := run_database_command(settings, check):
+            return status
+        if workers == 1:
+            # This process is the server: a new database gets its schema while it starts.
+            begin_early_migration(settings)
     uvicorn.run(
         "ollama_web.main:app",
         host=args.host or settings.host,

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from ollama_web.cli import main
@@ -26,7 +27,7 @@ from ollama_web.core.startup import EXIT_DATABASE_ERROR
 from ollama_web.db import Base
 from ollama_web.migrations.filters import include_object
 from ollama_web.migrations.runner import migration_status, upgrade
-from tests.conftest import require_postgres
+from tests.conftest import TEST_SECRET, _sync, require_postgres
 
 EXPECTED_TABLES = {
     "users",
@@ -122,12 +123,14 @@ def test_migrate_cli_status_exit_codes_and_idempotence(tmp_path: Path) -> None:
     assert "already up to date" in wrapper.stdout
 
 
-def test_fast_head_matches_alembic_head() -> None:
+def test_fast_head_and_revisions_match_alembic() -> None:
     from alembic.script import ScriptDirectory
 
-    from ollama_web.migrations.runner import alembic_config, script_head
+    from ollama_web.migrations.runner import alembic_config, known_revisions, script_head
 
-    assert script_head() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script_head() == script.get_current_head()
+    assert known_revisions() == {revision.revision for revision in script.walk_revisions()}
 
 
 async def test_stored_revision_is_none_on_empty_and_head_after_upgrade(
@@ -389,3 +392,126 @@ def test_migrate_on_a_locked_sqlite_database_is_one_line_and_exit_3(
     assert capsys.readouterr().err == (
         f"error: cannot use the database {database}: OperationalError: database is locked\n"
     )
+
+
+def _set_revisions(settings: Settings, *revisions: str) -> None:
+    async def write() -> None:
+        engine = create_null_pool_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("DELETE FROM alembic_version"))
+                for revision in revisions:
+                    await conn.execute(
+                        text("INSERT INTO alembic_version VALUES (:revision)"),
+                        {"revision": revision},
+                    )
+        finally:
+            await engine.dispose()
+
+    _sync(write())
+
+
+@pytest.fixture
+def newer_database(
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Settings]:
+    """The migrated test database as a newer version left it (revision 9999: restored from
+    its backup, or the package downgraded), and the command line's environment on it."""
+    from ollama_web.migrations.runner import script_head
+
+    settings = settings_factory(database_url=database_url, migrate_on_startup=True)
+    _set_revisions(settings, "9999")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": settings.data_dir,
+        "LOG_DIR": settings.log_dir,
+        "BACKUP_DIR": settings.backup_dir,
+        "MIGRATE_ON_STARTUP": "true",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    if database_url is None:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+    yield settings
+    _set_revisions(settings, script_head())  # the shared PostgreSQL database outlives us
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["migrate", "--status"],
+        ["migrate"],
+        ["users", "list"],
+        ["create-admin", "--username", "root", "--password-stdin"],
+        ["serve", "--workers", "1"],
+        ["serve", "--workers", "2"],
+    ],
+)
+def test_a_database_of_a_newer_version_is_one_line_and_exit_3(
+    newer_database: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Not Alembic's traceback, and not `migrate --status`'s 1 ("pending"): the line says
+    which revision, this version's newest, and what to do; nothing is started or changed."""
+    from ollama_web.migrations.runner import script_head, stored_revision
+
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append(options))
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long passphrase indeed 123\n"))
+
+    assert main(command) == EXIT_DATABASE_ERROR
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: the database ")
+    assert lines[0].endswith(
+        f" is at revision 9999, which this version of ollama-web does not know (its newest "
+        f"is {script_head()}): it was made by a newer version; upgrade, or restore a backup "
+        "made by this one"
+    )
+    database = newer_database.sqlite_file or make_url(newer_database.database_url or "")
+    if isinstance(database, Path):
+        assert f" {database} " in lines[0]
+    else:
+        assert f":{database.password}@" not in lines[0]
+        assert ":***@" in lines[0]
+    assert started == []
+
+    async def revision() -> str | None:
+        engine = create_null_pool_engine(newer_database)
+        try:
+            return await stored_revision(engine)
+        finally:
+            await engine.dispose()
+
+    assert _sync(revision()) == "9999"
+
+
+async def test_a_server_refuses_a_database_of_a_newer_version_before_any_migration(
+    app_factory: Callable[[Settings], Any], newer_database: Settings
+) -> None:
+    """`uvicorn ollama_web.main:app`, without the command's check: the lifespan says the
+    same, without forking a migration that could only fail."""
+    from ollama_web.migrations.runner import UnknownRevisionError
+
+    with pytest.raises(UnknownRevisionError, match="is at revision 9999, which this version"):
+        await app_factory(newer_database)
+
+
+def test_a_database_with_two_revisions_is_one_line_and_exit_3(
+    newer_database: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ollama_web.migrations.runner import script_head
+
+    _set_revisions(newer_database, script_head(), "0001")
+    assert main(["migrate", "--status"]) == EXIT_DATABASE_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"records 2 schema revisions ({script_head()}, 0001)" in lines[0]

@@ -1,9 +1,9 @@
 """Load settings for a command, and report a command's everyday failures in one line.
 
 Exit statuses: 78 invalid configuration; 3 the database cannot be reached or used
-(refused, wrong password, missing, locked); 130 interrupted; 141 the reader of the output
-left (`ollama-web users list | head`). `migrate --status` keeps 1 for "migrations are
-pending".
+(refused, wrong password, missing, locked, at a schema revision this version does not
+know); 130 interrupted; 141 the reader of the output left (`ollama-web users list | head`).
+`migrate --status` keeps 1 for "migrations are pending".
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a command the reader left usually 
 
 class ConfigurationError(Exception):
     pass
+
+
+class DatabaseUnusableError(Exception):
+    """The database answers, but this version cannot use it as it is (a schema revision it
+    does not know); the message names the database, says why and what to do."""
 
 
 def describe_settings_error(exc: pydantic.ValidationError) -> str:
@@ -65,6 +70,9 @@ def run_database_command(settings: Settings, command: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise  # the output's reader left: not the database's fault (see `cli.main`)
+    except DatabaseUnusableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_ERROR
     except (SQLAlchemyError, OSError) as exc:
         print(
             f"error: cannot use the database {_database_name(settings)}: "

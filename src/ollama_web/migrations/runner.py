@@ -7,7 +7,7 @@ import logging
 import multiprocessing
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, describe_database_error
+from ollama_web.core.startup import DatabaseUnusableError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -67,24 +68,65 @@ _DOWN = re.compile(r"^down_revision(?:: [^=]+)? = ['\"]([^'\"]+)['\"]", re.MULTI
 
 
 @cache
-def script_head() -> str:
-    """The head revision, read from the version files without importing Alembic.
+def known_revisions() -> frozenset[str]:
+    """Every revision of this version's scripts, read from the version files without
+    importing Alembic.
 
     Alembic costs ~10 MB and ~100 ms to import; a server starting on an up-to-date database
     only needs to know that the stored revision is the head.
     """
     revisions: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        if match := _REVISION.search(path.read_text(encoding="utf-8")):
+            revisions.add(match.group(1))
+    return frozenset(revisions)
+
+
+@cache
+def script_head() -> str:
+    """The head revision (the one no other revision follows), read as `known_revisions`."""
     parents: set[str] = set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        source = path.read_text(encoding="utf-8")
-        if match := _REVISION.search(source):
-            revisions.add(match.group(1))
-        if match := _DOWN.search(source):
+        if match := _DOWN.search(path.read_text(encoding="utf-8")):
             parents.add(match.group(1))
-    heads = revisions - parents
+    heads = known_revisions() - parents
     if len(heads) != 1:
         raise RuntimeError(f"expected one migration head, found {sorted(heads)}")
-    return heads.pop()
+    return next(iter(heads))
+
+
+class UnknownRevisionError(DatabaseUnusableError):
+    """The database is at a revision none of this version's scripts knows: a newer version
+    made it (or it was restored from a newer version's backup, or the package downgraded).
+    Alembic would fail on it with a ResolutionError and a traceback."""
+
+    def __init__(self, database: str, revision: str) -> None:
+        self.revision = revision
+        super().__init__(
+            f"the database {database} is at revision {revision}, which this version of "
+            f"ollama-web does not know (its newest is {script_head()}): it was made by a "
+            "newer version; upgrade, or restore a backup made by this one"
+        )
+
+
+def _describe(url: URL) -> str:
+    """The database as a message names it: a SQLite file's path, a URL without password."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string(hide_password=True)
+
+
+def refuse_unknown_revisions(url: URL, revisions: Sequence[str]) -> None:
+    """Raise DatabaseUnusableError unless the stored revisions are none or one known one."""
+    if len(revisions) > 1:
+        raise DatabaseUnusableError(
+            f"the database {_describe(url)} records {len(revisions)} schema revisions "
+            f"({', '.join(revisions)}) where ollama-web keeps one: it was changed by hand or "
+            "by another program; restore a backup"
+        )
+    for revision in revisions:
+        if revision not in known_revisions():
+            raise UnknownRevisionError(_describe(url), revision)
 
 
 async def stored_revision(engine: AsyncEngine) -> str | None:
@@ -109,10 +151,12 @@ def _pending(connection: Connection) -> MigrationStatus:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    stored = MigrationContext.configure(connection).get_current_heads()
+    refuse_unknown_revisions(connection.engine.url, stored)
+    current = stored[0] if stored else None
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     assert head is not None
-    current = MigrationContext.configure(connection).get_current_revision()
     pending = [rev.revision for rev in script.iterate_revisions(head, current)]
     pending.reverse()
     return MigrationStatus(current=current, head=head, pending=pending)
@@ -192,6 +236,25 @@ async def status_for_settings(settings: Settings) -> MigrationStatus:
         return await migration_status(engine)
     finally:
         await engine.dispose()
+
+
+async def _refuse_unknown_revision(settings: Settings) -> None:
+    engine = create_null_pool_engine(settings)
+    try:
+        current = await stored_revision(engine)
+        refuse_unknown_revisions(engine.url, [] if current is None else [current])
+    finally:
+        await engine.dispose()
+
+
+def refuse_unknown_revision_before_serving(settings: Settings) -> None:
+    """`ollama-web serve` in one process: a database at a revision this version does not
+    know is refused here, where the command says it in one line (exit 3), rather than in
+    the lifespan, where uvicorn would print a traceback. One query (~20 ms), no Alembic."""
+    database = settings.sqlite_file
+    if database is not None and not (database.exists() and database.stat().st_size):
+        return  # a new database: nothing stored to check (and no file to create here)
+    asyncio.run(_refuse_unknown_revision(settings))
 
 
 async def _upgrade_if_empty(settings: Settings) -> bool:
@@ -310,6 +373,8 @@ async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
     if settings.migrate_on_startup:
         await _finish_early_migration()
         current = await stored_revision(engine)
+        # A newer version's schema: said here, without forking a migration that would fail.
+        refuse_unknown_revisions(engine.url, [] if current is None else [current])
         if current != script_head():
             # No pooled connection (nor its driver thread) is carried into the fork; the
             # child logs what it did (nothing, when another instance migrated first).
