@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,9 @@ import pytest
 from ollama_web.backups import DatabaseBackup
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.cli import main
+from ollama_web.core.config import Settings
+from ollama_web.core.db import create_null_pool_engine
+from ollama_web.migrations.runner import script_head, upgrade
 from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
 from tests.conftest import TEST_SECRET
 
@@ -79,6 +84,63 @@ def test_restore_refuses_while_a_server_runs_and_unknown_names(
     assert main(["backup", "--verify", "ollama_web_backup_20000101_000000.db.gz"]) == 2
     # An operator may name a backup file anywhere (its .sha256 must be next to it).
     assert main(["restore", str(info.path), "--force"]) == 0
+
+
+def _set_revision(settings: Settings, revision: str) -> None:
+    with sqlite3.connect(DatabaseBackup(settings).database_path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    connection.close()
+
+
+def test_a_newer_versions_backup_is_refused_by_verify_and_restore(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real backup, with a valid sidecar, of a database a newer version made: nothing
+    here would start on it, so it is refused before anything is replaced."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    _set_revision(settings, "9999")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    _set_revision(settings, script_head())
+    add_user_sqlite(settings, "bob")
+    capsys.readouterr()
+
+    assert main(["backup", "--verify", info.name]) == 1
+    assert main(["restore", info.name, "--force"]) == 1
+
+    err = capsys.readouterr().err.splitlines()
+    newer = (
+        "the backup is at schema revision 9999, which this version of ollama-web does not "
+        f"know (its newest is {script_head()})"
+    )
+    assert len(err) == 2
+    assert err[0].startswith(f"{info.name}: {newer}")
+    assert err[1].startswith(
+        f"restore refused, nothing was changed: the backup failed its check: {newer}"
+    )
+    assert usernames_sqlite(settings) == {"alice", "bob"}
+
+
+def test_an_older_versions_backup_is_restored_then_migrated(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    settings = environment()
+    older = environment(data_dir=tmp_path / "older")
+    engine = create_null_pool_engine(older)
+    try:
+        asyncio.run(upgrade(engine, older, "0005"))
+    finally:
+        asyncio.run(engine.dispose())
+    add_user_sqlite(older, "alice")
+    info = DatabaseBackup(older).create_backup()
+    assert info is not None
+
+    assert main(["backup", "--verify", info.name]) == 0
+    assert main(["restore", info.name, "--force"]) == 0
+    assert main(["migrate"]) == 0
+    assert f"upgraded 0005 -> {script_head()}" in capsys.readouterr().out
+    assert usernames_sqlite(settings) == {"alice"}
 
 
 def test_a_tampered_file_is_refused_by_the_command(

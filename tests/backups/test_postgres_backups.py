@@ -14,6 +14,7 @@ from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.postgres import libpq_environment, tools_available
 from ollama_web.core.config import Settings
 from ollama_web.db.base import new_id
+from ollama_web.migrations.runner import script_head
 from tests.conftest import require_postgres_ca
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
@@ -85,6 +86,35 @@ async def test_a_tampered_dump_is_refused(settings: Settings) -> None:
     with pytest.raises(RestoreRefusedError, match="sha256 mismatch"):
         await asyncio.to_thread(service.restore_backup, info.path, True)
     assert await _usernames(settings) == {"alice"}
+
+
+async def _set_revision(settings: Settings, revision: str) -> None:
+    connection = await asyncpg.connect(_url(settings))
+    try:
+        await connection.execute("UPDATE alembic_version SET version_num = $1", revision)
+    finally:
+        await connection.close()
+
+
+async def test_a_newer_versions_dump_is_refused(settings: Settings) -> None:
+    """A pg_dump of a database a newer version made (revision 9999): verify says so, and
+    the restore refuses it before pg_restore changes anything."""
+    service = DatabaseBackup(settings)
+    await _add_user(settings, "alice")
+    await _set_revision(settings, "9999")
+    try:
+        info = await asyncio.to_thread(service.create_backup)
+    finally:
+        await _set_revision(settings, script_head())  # the shared database outlives the test
+    assert info is not None
+    newer = "the backup is at schema revision 9999, which this version of ollama-web does not"
+    problems = await asyncio.to_thread(service.verify, info.path)
+    assert len(problems) == 1
+    assert problems[0].startswith(newer)
+    await _add_user(settings, "bob")
+    with pytest.raises(RestoreRefusedError, match=newer):
+        await asyncio.to_thread(service.restore_backup, info.path, True)
+    assert await _usernames(settings) == {"alice", "bob"}
 
 
 async def _writer(url: str, writer: int, stop: asyncio.Event, log: list[tuple[int, float]]) -> None:

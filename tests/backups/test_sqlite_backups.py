@@ -258,6 +258,17 @@ def _resign(path: Path) -> None:
     names.checksum_path(path).write_text(f"{digest}  {path.name}\n")
 
 
+def _rewrite(path: Path, statement: str, work: Path) -> None:
+    """Change the database inside a backup, and re-sign it (a valid backup of that database)."""
+    database = work / "rewritten.db"
+    database.write_bytes(gzip.decompress(path.read_bytes()))
+    with sqlite3.connect(database) as connection:
+        connection.execute(statement)
+    connection.close()
+    path.write_bytes(gzip.compress(database.read_bytes()))
+    _resign(path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -266,6 +277,13 @@ def _resign(path: Path) -> None:
         ("not sqlite, re-signed", "not a usable SQLite database"),
         ("corrupt pages, re-signed", "failed its check"),
         ("other database, re-signed", "no users table"),
+        ("only a users table, re-signed", "no alembic_version table"),
+        ("no revision, re-signed", "records 0 schema revisions"),
+        (
+            "a newer version's, re-signed",
+            r"at schema revision 9999, which this version of ollama-web does not know \(its "
+            r"newest is 00\d\d\): it was made by a newer version",
+        ),
         ("no checksum file", "no checksum file"),
     ],
 )
@@ -294,6 +312,17 @@ def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
         connection.close()
         backup.write_bytes(gzip.compress(other.read_bytes()))
         _resign(backup)
+    elif damage == "only a users table, re-signed":
+        other = tmp_path / "other.db"
+        with sqlite3.connect(other) as connection:
+            connection.execute("CREATE TABLE users (id)")
+        connection.close()
+        backup.write_bytes(gzip.compress(other.read_bytes()))
+        _resign(backup)
+    elif damage == "no revision, re-signed":
+        _rewrite(backup, "DELETE FROM alembic_version", tmp_path)
+    elif damage == "a newer version's, re-signed":
+        _rewrite(backup, "UPDATE alembic_version SET version_num = '9999'", tmp_path)
     else:
         names.checksum_path(backup).unlink()
     before = service.database_path.read_bytes()

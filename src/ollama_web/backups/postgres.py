@@ -121,6 +121,26 @@ def archive_problems(archive: Path) -> list[str]:
     return []
 
 
+def archive_revisions(archive: Path) -> list[str] | None:
+    """The rows of the archive's alembic_version (its schema revision); None without the
+    table. pg_restore prints them as the data of a COPY, ended by a line `\\.`."""
+    process = _run(
+        ["pg_restore", "--data-only", "--table=alembic_version", "--file=-", str(archive)], None
+    )
+    if process.returncode != 0:
+        raise _fail(process, "pg_restore")
+    rows: list[str] | None = None
+    for line in process.stdout.splitlines():
+        if rows is None:
+            if line.startswith("COPY ") and ".alembic_version " in line:
+                rows = []
+        elif line == "\\.":
+            break
+        else:
+            rows.append(line)
+    return rows
+
+
 def restore(database_url: str, archive: Path) -> None:
     """Replace the database's objects with the archive's, all in one transaction."""
     process = _run(

@@ -5,7 +5,8 @@ Order of a restore, nothing replaced until every check passed:
    database file (refuse if any server process holds either: it is running);
 2. the archive's sha256 must equal its sidecar `<name>.sha256` (tampering, truncation);
 3. the archive must unpack into a database that passes `PRAGMA integrity_check` and holds
-   the users table (PostgreSQL: `pg_restore --list` must read it);
+   the users table (PostgreSQL: `pg_restore --list` must read it), at one schema revision
+   this version knows (an older one is upgraded by `migrate`; a newer one is refused);
 4. an existing database with users is only replaced with `force=True` (`--force`);
 5. a safety backup of the current database is taken (listed like any other backup, and
    without applying the retention, which could delete the backup being restored); with
@@ -32,6 +33,7 @@ from ollama_web.backups import names, postgres, sqlite
 from ollama_web.backups.errors import BackupError, RestoreRefusedError
 from ollama_web.backups.locks import LockBusyError, holding, server_lock_paths
 from ollama_web.backups.service import sha256_file
+from ollama_web.migrations.runner import known_revisions, script_head
 
 if TYPE_CHECKING:
     from ollama_web.backups.service import DatabaseBackup
@@ -71,11 +73,31 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
 
 def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
     if not backup.settings.is_sqlite:
-        return postgres.archive_problems(database)
+        problems = postgres.archive_problems(database)
+        return problems or revision_problems(postgres.archive_revisions(database))
     problems = sqlite.integrity_problems(database)
     if not problems and "users" not in sqlite.tables(database):
         problems = ["the backup does not hold an ollama-web database (no users table)"]
-    return problems
+    return problems or revision_problems(sqlite.stored_revisions(database))
+
+
+def revision_problems(revisions: list[str] | None) -> list[str]:
+    """A backup must be at one schema revision this version knows: an older one is upgraded
+    by `migrate`; nothing here would start on a newer one (nor on a database without one)."""
+    if revisions is None:
+        return ["the backup does not hold an ollama-web database (no alembic_version table)"]
+    if len(revisions) != 1:
+        return [
+            f"the backup records {len(revisions)} schema revisions in alembic_version "
+            f"({', '.join(revisions)}) where ollama-web keeps one"
+        ]
+    if revisions[0] not in known_revisions():
+        return [
+            f"the backup is at schema revision {revisions[0]}, which this version of "
+            f"ollama-web does not know (its newest is {script_head()}): it was made by a "
+            "newer version; restore it with that version, or choose a backup made by this one"
+        ]
+    return []
 
 
 def verify_archive(backup: DatabaseBackup, path: Path) -> list[str]:
@@ -88,7 +110,7 @@ def verify_archive(backup: DatabaseBackup, path: Path) -> list[str]:
     try:
         with unpacked(backup, path) as database:
             return content_problems(backup, database)
-    except sqlite.SQLiteBackupError as exc:
+    except (sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
         return [str(exc)]
 
 

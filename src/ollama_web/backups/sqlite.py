@@ -86,6 +86,20 @@ def tables(database: Path) -> set[str]:
         connection.close()
 
 
+def stored_revisions(database: Path) -> list[str] | None:
+    """The rows of a copy's alembic_version (its schema revision); None without the table."""
+    connection = _connect_private(database)
+    try:
+        rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise SQLiteBackupError(f"the schema revision cannot be read: {exc}") from exc
+    finally:
+        connection.close()
+    return [str(row[0]) for row in rows]
+
+
 def gzip_file(source: Path, destination: Path) -> None:
     create_private(destination)
     with source.open("rb") as raw, gzip.open(destination, "wb", compresslevel=6) as packed:
