@@ -80,10 +80,30 @@ def test_restore_refuses_while_a_server_runs_and_unknown_names(
         assert "a server is using this database" in capsys.readouterr().err
     finally:
         server.release()
-    assert main(["restore", "../../etc/shadow-does-not-exist"]) == 2
-    assert main(["backup", "--verify", "ollama_web_backup_20000101_000000.db.gz"]) == 2
+    capsys.readouterr()
+    # README: 1 for "an unknown backup name", as for an unknown user.
+    assert main(["restore", "../../etc/shadow-does-not-exist"]) == 1
+    assert main(["backup", "--verify", "ollama_web_backup_20000101_000000.db.gz"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "no such backup: ../../etc/shadow-does-not-exist (a listed name or an existing file)",
+        "no such backup: ollama_web_backup_20000101_000000.db.gz",
+    ]
     # An operator may name a backup file anywhere (its .sha256 must be next to it).
     assert main(["restore", str(info.path), "--force"]) == 0
+
+
+def test_a_backup_on_postgresql_without_pg_dump_fails_with_status_1(
+    environment: SettingsMaker, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ollama_web.backups import postgres
+
+    environment()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.setattr(postgres.shutil, "which", lambda _name: None)
+    assert main(["backup"]) == 1
+    assert capsys.readouterr().err == (
+        "PostgreSQL backups are external: pg_dump is not installed on this host.\n"
+    )
 
 
 def _set_revision(settings: Settings, revision: str) -> None:

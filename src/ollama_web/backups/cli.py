@@ -6,8 +6,9 @@
     ollama-web restore FILE [--force] restore (stop the server first)
 
 FILE (and NAME) is one of the listed backup names in BACKUP_DIR, or the path of a backup file
-the operator names (its `.sha256` sidecar must be next to it). Exit codes: 0 done, 1 refused
-or failed (nothing changed), 2 bad usage or nothing to act on, 78 invalid configuration.
+the operator names (its `.sha256` sidecar must be next to it). Exit codes, as README lists
+them: 0 done; 1 refused or failed, nothing changed (also: no such backup, no pg_dump);
+2 a malformed command line; 78 invalid configuration.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from ollama_web.backups.service import DatabaseBackup
 from ollama_web.core.startup import load_settings_or_exit
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _resolve(service: DatabaseBackup, given: str) -> Path | None:
@@ -48,7 +48,7 @@ def _verify(service: DatabaseBackup, given: str) -> int:
     path = _resolve(service, given)
     if path is None:
         print(f"no such backup: {given}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     problems = service.verify(path)
     for problem in problems:
         print(f"{path.name}: {problem}", file=sys.stderr)
@@ -67,7 +67,7 @@ def _backup(args: argparse.Namespace) -> int:
         info = service.create_backup(args.reason)
     except BackupsExternalError as exc:
         print(exc.message, file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     except BackupError as exc:
         print(f"backup failed: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -83,7 +83,7 @@ def _restore(args: argparse.Namespace) -> int:
     path = _resolve(service, args.file)
     if path is None:
         print(f"no such backup: {args.file} (a listed name or an existing file)", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     try:
         result: dict[str, Any] = service.restore_backup(path, force=args.force)
     except RestoreRefusedError as exc:
