@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from ollama_web.app import create_app
 from ollama_web.cli import build_parser
 from ollama_web.core.config import Environment, Settings, secret_is_strong
+from ollama_web.core.startup import describe_settings_error
 from tests.deploy.tools import ROOT, describe, read, run
 
 pytestmark = pytest.mark.tools
@@ -147,6 +148,19 @@ def test_secret_placeholder_is_refused_in_production() -> None:
     assert not secret_is_strong(SecretStr(placeholder))
     with pytest.raises(pydantic.ValidationError, match="SECRET_KEY"):
         Settings(_env_file=None, environment=Environment.PRODUCTION, secret_key=placeholder)
+
+
+def test_deployment_md_shows_the_invalid_configuration_message_as_it_is(
+    clean_environment: None,
+) -> None:
+    """Troubleshooting quotes the message a production start without SECRET_KEY prints,
+    every line of it (its heading, one line per variable, and the hint)."""
+    with pytest.raises(pydantic.ValidationError) as refused:
+        Settings(_env_file=None, environment=Environment.PRODUCTION)
+    message = describe_settings_error(refused.value)
+    assert len(message.splitlines()) == 3
+    quoted = "\n".join(f"  {line}" for line in message.splitlines())
+    assert f"  ```text\n{quoted}\n  ```" in read("DEPLOYMENT.md")
 
 
 def _subcommands() -> set[str]:
