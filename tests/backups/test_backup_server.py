@@ -139,6 +139,34 @@ async def test_a_failed_automatic_backup_shows_in_health_without_server_paths(
     assert full not in json.dumps(component)
 
 
+async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last attempt's state, whatever took it: a backup through the API that fails
+    turns the component degraded (a scheduled one did already), the next success clears it."""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    write_archive = DatabaseBackup._write_archive
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work))
+
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+        failed = await client.post("/backup", headers=admin.headers)
+        degraded = (await client.get("/health")).json()["components"]["backups"]
+        monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
+        taken = await client.post("/backup", headers=admin.headers)
+        healthy = (await client.get("/health")).json()["components"]["backups"]
+    assert (failed.status_code, failed.json()["error"]) == (503, "BACKUP_FAILED")
+    assert degraded["status"] == "degraded"
+    assert degraded["error"] == "manual (API): the backup failed: No space left on device"
+    assert taken.status_code == 201, taken.text
+    assert healthy["status"] == "healthy"
+
+
 async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:
     app = await backup_app()
     admin = await create_test_user(app, role="admin")

@@ -12,6 +12,10 @@ class BackupError(AppError):
     code = "BACKUP_FAILED"
 
 
+class BackupBusyError(BackupError):
+    """Another backup holds the lock: nothing failed, try again shortly."""
+
+
 class BackupsExternalError(ConflictError):
     """PostgreSQL without pg_dump on this host: backups are the operator's job."""
 

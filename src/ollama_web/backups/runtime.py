@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ollama_web.backups.errors import BackupError
+from ollama_web.backups.errors import BackupBusyError, BackupError
 from ollama_web.backups.locks import SCHEDULER_LOCK_NAME, FileLock, LockBusyError
 from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
@@ -56,9 +56,18 @@ class BackupRuntime:
         return self.scheduler_lock.held
 
     async def backup(self, reason: str, *, lock_timeout: float | None = None) -> BackupInfo | None:
-        info = await asyncio.to_thread(
-            self.service.create_backup, reason, lock_timeout=lock_timeout
-        )
+        """Take one; a failure (not a backup already in progress) is the last attempt's
+        state /health reports, whatever took it (a schedule, the API)."""
+        try:
+            info = await asyncio.to_thread(
+                self.service.create_backup, reason, lock_timeout=lock_timeout
+            )
+        except BackupBusyError:
+            raise
+        except (BackupError, OSError) as exc:
+            self.last_error = f"{reason}: {_public_reason(exc)}"
+            self.last_error_at = datetime.now(UTC)
+            raise
         self.last_error = None
         return info
 
@@ -67,8 +76,6 @@ class BackupRuntime:
         try:
             await self.backup(reason)
         except (BackupError, OSError) as exc:
-            self.last_error = f"{reason}: {_public_reason(exc)}"
-            self.last_error_at = datetime.now(UTC)
             self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
             logger.error("automatic backup (%s) failed: %s", reason, exc)
 
@@ -144,13 +151,17 @@ class BackupRuntime:
         }
 
     def health(self) -> dict[str, Any]:
-        """The `backups` component of /health: freshness and the last failure."""
+        """The `backups` component of /health: freshness and the last failure (of any
+        backup: a scheduled one, or one asked for when automatic backups are off)."""
         if not self.automatic:
-            mode = self.service.mode
-            return {"status": HEALTHY, "enabled": False, "mode": mode}
+            report: dict[str, Any] = {"status": HEALTHY, "enabled": False}
+            report["mode"] = self.service.mode
+            if self.last_error is not None:
+                report.update(status=DEGRADED, error=self.last_error)
+            return report
         backups = self.service.list_backups()
         newest = backups[0] if backups else None
-        report: dict[str, Any] = {
+        report = {
             "status": HEALTHY,
             "enabled": True,
             "mode": self.service.mode,

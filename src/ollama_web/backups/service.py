@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_web.backups import names, postgres, sqlite
-from ollama_web.backups.errors import BackupError, BackupsExternalError
+from ollama_web.backups.errors import BackupBusyError, BackupError, BackupsExternalError
 from ollama_web.backups.locks import BACKUP_LOCK_NAME, LockBusyError, holding
 from ollama_web.backups.models import BackupInfo
 from ollama_web.core.config import Settings
@@ -141,7 +141,7 @@ class DatabaseBackup:
                 if prune:
                     self._prune_locked(keep=info.name)
         except LockBusyError:
-            raise BackupError("another backup is in progress; try again shortly") from None
+            raise BackupBusyError("another backup is in progress; try again shortly") from None
         except OSError as exc:  # the backup directory, a full disk: said as a backup error
             raise BackupError(f"the backup failed: {exc}") from exc
         return info
