@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=100_000, ge=1, le=10_000_000)
     max_images_per_message: int = Field(default=4, ge=0, le=64)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1, le=GIB)
-    max_concurrent_generations_per_user: int = Field(default=3, ge=1, le=1000)
+    max_concurrent_generations_per_user: int = Field(default=3, ge=1, le=100_000)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
     generation_checkpoint_seconds: float = Field(default=1.0, gt=0, le=300)
 
