@@ -209,21 +209,22 @@ async def test_a_follower_replays_after_its_last_event_id_and_coalesces_backlog(
     assert sent[-1]["more_body"] is False
 
 
-async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
-    app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The client is never told `done` when the final write failed, tried again for
-    FINAL_WRITE_RETRY_SECONDS: it gets an error event whose details hold the whole answer."""
-    monkeypatch.setattr(generation_module, "FINAL_WRITE_RETRY_SECONDS", 0.5)
+async def _answer_with_final_writes_refused(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, refusals: int
+) -> tuple[Generation, int]:
+    """An answer ("all of it") whose final write the database refuses `refusals` times,
+    then takes: the ended generation, and how many final writes were tried."""
     monkeypatch.setattr(generation_module, "FINAL_WRITE_FIRST_WAIT", 0.05)
     writes = app.state.generations.writes
-    attempts: list[dict[str, Any]] = []
     update = writes.update_message
+    tried = 0
 
     async def refusing(message_id: str, values: dict[str, Any]) -> None:
+        nonlocal tried
         if "completed_at" in values:
-            attempts.append(values)
-            raise OperationalError("UPDATE messages", {}, Exception("disk I/O error"))
+            tried += 1
+            if tried <= refusals:
+                raise OperationalError("UPDATE messages", {}, Exception("disk I/O error"))
         await update(message_id, values)
 
     monkeypatch.setattr(writes, "update_message", refusing)
@@ -232,7 +233,17 @@ async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
     generation = Generation(await _spec(app), gateway, writes, 1.0)
     generation.start(lambda _: None)
     await generation.wait()
-    assert len(attempts) >= 3  # at once, then 0.05, 0.1 and 0.2 s later while within 0.5 s
+    return generation, tried
+
+
+async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client is never told `done` when the final write failed, tried again for
+    FINAL_WRITE_RETRY_SECONDS: it gets an error event whose details hold the whole answer."""
+    monkeypatch.setattr(generation_module, "FINAL_WRITE_RETRY_SECONDS", 0.5)
+    generation, tried = await _answer_with_final_writes_refused(app, monkeypatch, 10**6)
+    assert tried >= 3  # at once, then 0.05, 0.1 and 0.2 s later while within 0.5 s
     last = parse_events(generation.log.frames[-1])[0]
     assert (last.event, last.data["error"]) == ("error", "ANSWER_NOT_STORED")
     assert last.data["details"]["assistant_message"]["content"] == "all of it"
@@ -244,24 +255,8 @@ async def test_an_answer_the_database_refused_for_a_while_is_stored_and_done(
 ) -> None:
     """The database is back within FINAL_WRITE_RETRY_SECONDS (a restart, a failover): the
     whole answer is stored, and only then is `done` sent."""
-    monkeypatch.setattr(generation_module, "FINAL_WRITE_FIRST_WAIT", 0.05)
-    writes = app.state.generations.writes
-    refusals = 3
-    update = writes.update_message
-
-    async def refusing_for_a_while(message_id: str, values: dict[str, Any]) -> None:
-        nonlocal refusals
-        if "completed_at" in values and refusals:
-            refusals -= 1
-            raise OperationalError("UPDATE messages", {}, Exception("database is locked"))
-        await update(message_id, values)
-
-    monkeypatch.setattr(writes, "update_message", refusing_for_a_while)
-    gateway = FakeGateway([*_tokens("all", " of it"), ChatChunk(done=True, done_reason="stop")])
-    gateway.gate.set()
-    generation = Generation(await _spec(app), gateway, writes, 1.0)
-    generation.start(lambda _: None)
-    await generation.wait()
+    generation, tried = await _answer_with_final_writes_refused(app, monkeypatch, 3)
+    assert tried == 4
     last = parse_events(generation.log.frames[-1])[0]
     assert last.event == "done"
     assert last.data["message"]["content"] == "all of it"

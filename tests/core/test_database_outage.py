@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +24,42 @@ from tests.fixtures.auth import create_test_user
 from tests.fixtures.forwarder import Forwarder, Mode
 
 
+@pytest.fixture
+async def forwarded(database_url: str | None) -> AsyncIterator[tuple[Forwarder, str]]:
+    """The test's PostgreSQL database reached through a Forwarder that can cut the way to
+    it: the forwarder and the DATABASE_URL that goes through it."""
+    require_postgres()
+    assert database_url is not None
+    real = make_url(database_url)
+    forwarder = Forwarder(real.port or 5432)
+    through = real.set(host="127.0.0.1", port=await forwarder.start())
+    try:
+        yield forwarder, through.render_as_string(hide_password=False)
+    finally:
+        await forwarder.close()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_backend", ["postgres"])
 @pytest.mark.parametrize("mode", ["refusing", "dark", "stalled"])
 async def test_requests_answer_503_while_postgres_is_out_of_reach_then_recover(
     app_factory: Callable[[Settings], Any],
     settings_factory: Callable[..., Settings],
-    database_url: str | None,
+    forwarded: tuple[Forwarder, str],
     mode: Mode,
 ) -> None:
-    require_postgres()
-    assert database_url is not None
-    real = make_url(database_url)
-    forwarder = Forwarder(real.port or 5432)
-    try:
-        through = real.set(host="127.0.0.1", port=await forwarder.start())
-        settings = settings_factory(
-            database_url=through.render_as_string(hide_password=False),
-            database_timeout_seconds=1.0,
-        )
-        app = await app_factory(settings)
-        user = await create_test_user(app)
-        async with asgi_client(app) as client:
-            assert (await client.get("/api/conversations", headers=user.headers)).is_success
-            forwarder.cut(mode)
-            started = time.monotonic()
-            refused = await client.get("/api/conversations", headers=user.headers)
-            elapsed = time.monotonic() - started
-            forwarder.cut("open")
-            recovered = await client.get("/api/conversations", headers=user.headers)
-    finally:
-        await forwarder.close()
+    forwarder, url = forwarded
+    settings = settings_factory(database_url=url, database_timeout_seconds=1.0)
+    app = await app_factory(settings)
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        assert (await client.get("/api/conversations", headers=user.headers)).is_success
+        forwarder.cut(mode)
+        started = time.monotonic()
+        refused = await client.get("/api/conversations", headers=user.headers)
+        elapsed = time.monotonic() - started
+        forwarder.cut("open")
+        recovered = await client.get("/api/conversations", headers=user.headers)
     assert refused.status_code == 503, refused.text
     body = refused.json()
     assert set(body) == {"error", "message", "details", "request_id"}
@@ -75,47 +80,37 @@ async def test_requests_answer_503_while_postgres_is_out_of_reach_then_recover(
 async def test_an_answer_that_ends_while_postgres_is_away_is_stored_when_it_returns(
     app_factory: Callable[[Settings], Any],
     settings_factory: Callable[..., Settings],
-    database_url: str | None,
+    forwarded: tuple[Forwarder, str],
     live_server: Callable[[FastAPI], Any],
     ollama_emulator: OllamaEmulator,
 ) -> None:
     """The database goes away after the first token and comes back after the answer ended
     (a restart, a failover): the whole answer is stored, not its last checkpoint, and the
     client's `done` comes once it is."""
-    require_postgres()
-    assert database_url is not None
+    forwarder, url = forwarded
     ollama_emulator.config.reply_tokens = 30
     ollama_emulator.config.tokens_per_second = 30
-    real = make_url(database_url)
-    forwarder = Forwarder(real.port or 5432)
-    try:
-        through = real.set(host="127.0.0.1", port=await forwarder.start())
-        settings = settings_factory(
-            database_url=through.render_as_string(hide_password=False),
-            database_timeout_seconds=1.0,
-            ollama_url=[ollama_emulator.url],
-        )
-        app = await app_factory(settings)
-        user = await create_test_user(app)
-        async with (
-            live_server(app) as base_url,
-            httpx.AsyncClient(base_url=base_url, timeout=30) as client,
-            client.stream(
-                "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
-            ) as response,
-        ):
-            reader = EventReader(response)
-            start, first = await reader.next(), await reader.next()
-            assert first.event == "token"
-            forwarder.cut("refusing")
-            loop = asyncio.get_running_loop()
-            loop.call_later(2.0, forwarder.cut, "open")  # after the answer's last token
-            events = [start, first, *(await reader.rest())]
-            async with asgi_client(app) as api:
-                conversation_id = start.data["conversation_id"]
-                stored = await stored_conversation(api, user, conversation_id)
-    finally:
-        await forwarder.close()
+    settings = settings_factory(
+        database_url=url, database_timeout_seconds=1.0, ollama_url=[ollama_emulator.url]
+    )
+    app = await app_factory(settings)
+    user = await create_test_user(app)
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+        client.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
+        ) as response,
+    ):
+        reader = EventReader(response)
+        start, first = await reader.next(), await reader.next()
+        assert first.event == "token"
+        forwarder.cut("refusing")
+        loop = asyncio.get_running_loop()
+        loop.call_later(2.0, forwarder.cut, "open")  # after the answer's last token
+        events = [start, first, *(await reader.rest())]
+        async with asgi_client(app) as api:
+            stored = await stored_conversation(api, user, start.data["conversation_id"])
     assert events[-1].event == "done", events[-1]
     answer = stored["messages"][-1]
     assert answer["status"] == "complete"
