@@ -132,8 +132,12 @@ class Scenario:
     async def __aenter__(self) -> tuple[Side, Side, Server]:
         self.emulator, url = start_emulator("--models", MODEL, *self.emulator_args)
         self.server = Server(url)
-        self.server.start()
-        api_key, _ = await setup_user(self.server.base)
+        try:
+            self.server.start()
+            api_key, _ = await setup_user(self.server.base)
+        except BaseException:  # a server that would not start leaves no emulator behind
+            await self.__aexit__()
+            raise
         return Side("direct", url), Side("backend", self.server.base, api_key), self.server
 
     async def __aexit__(self, *exc: object) -> None:
@@ -238,8 +242,8 @@ async def floor(seconds: float) -> dict[str, Any]:
 async def _floor(*emulator_args: str) -> AsyncIterator[tuple[Side, Side, Server]]:
     emulator, url = start_emulator("--models", MODEL, *emulator_args)
     server = Server(url, app="floor_app:app")
-    server.start()
     try:
+        server.start()
         yield Side("direct", url), Side("floor", server.base, sse=True), server
     finally:
         server.stop()
