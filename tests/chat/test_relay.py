@@ -436,6 +436,28 @@ async def test_an_interrupted_answer_no_process_claims_is_answered_from_storage(
     assert "half an answer d" in follow.text
 
 
+async def test_a_remote_follower_past_a_running_answer_s_end_gets_its_final_event(
+    processes: Processes, ollama_emulator: OllamaEmulator
+) -> None:
+    """As a local one does (tests/chat/test_durable.py): re-attached through another
+    process with an id the answer never reaches, the stream ends with the final event."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 40  # never ends by itself here: stopped
+    async with processes() as (user, _, (a, b)), new_chat(a, user) as response:
+        reader = EventReader(response)
+        answer_id = (await reader.next()).data["assistant_message_id"]
+        assert (await reader.next()).event == "token"
+        past = {**user.headers, "Last-Event-ID": "100000"}
+        async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=past) as resumed:
+            assert resumed.status_code == 200
+            stopped = await a.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+            assert stopped.status_code == 200
+            rest = await EventReader(resumed).rest()
+        final = (await reader.rest())[-1]
+    assert (final.event, final.data["message"]["status"]) == ("done", "stopped")
+    assert [(e.id, e.event, e.data) for e in rest] == [(final.id, final.event, final.data)]
+
+
 async def _chat_until_not_refused(client: httpx.AsyncClient, user: TestUser) -> httpx.Response:
     """A chat through `client`, asked again while 429: a slot held through Redis is given
     back in the background, just after its answer ends."""

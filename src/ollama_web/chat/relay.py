@@ -10,12 +10,13 @@ every process listens on one control channel, and the process that holds the job
 - follow: the asking process subscribes to a fresh reply channel, then publishes
   `{"op": "follow", "id", "after", "reply"}`; the owner answers `A`, then forwards the
   frames after event `after` as they come (`F<last event id>\\n<frames>`), and `E` at the
-  end. A `K` keep-alive goes out when nothing did for SSE_KEEPALIVE_SECONDS: when it reaches
-  no subscriber (the follower left), the owner stops forwarding. When the follower hears
-  nothing for three keep-alive intervals, or Redis fails under it, it asks again from the
-  last event it has (the owner may be alive: a Redis blip); when no owner answers, the
-  stream ends with an error event under that same last id, so that a client reconnecting
-  with `Last-Event-ID` misses none of the owner's events.
+  end (preceded by `L<the final event>` when `after` lies past the answer's end, so that
+  this follower too ends with it). A `K` keep-alive goes out when nothing did for
+  SSE_KEEPALIVE_SECONDS: when it reaches no subscriber (the follower left), the owner stops
+  forwarding. When the follower hears nothing for three keep-alive intervals, or Redis fails
+  under it, it asks again from the last event it has (the owner may be alive: a Redis blip);
+  when no owner answers, the stream ends with an error event under that same last id, so
+  that a client reconnecting with `Last-Event-ID` misses none of the owner's events.
 
 When no process acknowledges within OWNER_WAIT_SECONDS (nobody is generating the answer any
 more, or Redis is down), the caller answers 409 GENERATION_ELSEWHERE as it does without
@@ -213,6 +214,10 @@ class GenerationRelay:
                         return
                     continue
                 if log.finished:
+                    if position > len(frames) and log.final_frame is not None:
+                        # A follower placed past the end: the final event all the same,
+                        # under its own id, as a local one gets it (sse.SSEResponse).
+                        await self._publish(reply, b"L" + log.final_frame)
                     await self._publish(reply, b"E")
                     return
                 try:
@@ -312,6 +317,8 @@ class GenerationRelay:
                     last_id = int(header)
                     if last_id > log.last_id:  # else a publish redis-py sent again
                         log.extend(last_id, frames)
+                elif kind == b"L":  # past the answer's end: its final event, own id
+                    log.extend(log.last_id, data[1:])
                 elif kind == b"E":
                     log.finish()
                     return True
