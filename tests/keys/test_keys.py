@@ -428,3 +428,20 @@ async def test_a_key_for_an_account_deleted_meanwhile_is_401_and_not_stored(
     assert later.status_code == 401
     keys = await execute_sql(app, select(ApiKey.id))
     assert keys.scalars().all() == []
+
+
+async def test_a_key_deleted_while_it_is_revoked_is_not_found(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its row goes (its account deleted, say) between the route's read and its write: the
+    write matches no row. Not found, as a moment later; it was a 500."""
+    created = await new_key(client, regular_user)
+    gone = delete(ApiKey).where(ApiKey.id == created["id"])
+    with monkeypatch.context() as patched:
+        delete_right_before(patched, app, keys_router, "revoke_key", gone)
+        raced = await client.delete(f"/api/keys/{created['id']}", headers=regular_user.headers)
+    assert raced.status_code == 404, raced.text
+    assert raced.json()["error"] == "NOT_FOUND"

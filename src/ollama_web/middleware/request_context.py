@@ -8,11 +8,18 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import describe_database_error, is_database_outage
-from ollama_web.core.errors import AppError, DatabaseUnavailableError, InternalError, encode_error
+from ollama_web.core.errors import (
+    AppError,
+    DatabaseUnavailableError,
+    InternalError,
+    NotFoundError,
+    encode_error,
+)
 from ollama_web.core.logging import loggable
 from ollama_web.core.net import client_ip
 
@@ -81,6 +88,14 @@ def _rendered(exc: Exception, scope: Scope, request_id: str) -> AppError:
     is a 503 the client may retry (one line: the driver's words); anything else, a bug,
     is a 500 with its traceback in the log."""
     method, path = scope.get("method"), loggable(scope.get("path"))
+    if isinstance(exc, StaleDataError):
+        # A row this request loaded and changed was deleted by another meanwhile (a key
+        # revoked while its account is deleted, a user edited while another admin deletes
+        # it): not found, as it is for a request that comes a moment later.
+        ERRORS.warning(
+            "%s %s [request_id=%s]: its row was deleted meanwhile", method, path, request_id
+        )
+        return NotFoundError("Not found: it was deleted while this request ran.")
     if is_database_outage(exc):
         ERRORS.error(
             "database unavailable on %s %s [request_id=%s]: %s",
