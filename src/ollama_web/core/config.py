@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ollama_web.core.database_url import to_async_database_url
+
 # Values that must never protect a production server: the specification's example and the
 # `.env.example` value (compared stripped, case-insensitively); then anything shorter than
 # 32 characters, made of few distinct characters, or holding a placeholder's words.
@@ -38,30 +40,6 @@ MAX_PER_MINUTE = 100_000
 # `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
 # `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
 MIN_SECRET_DISTINCT_CHARACTERS = 8
-
-ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-}
-DATABASE_URL_FORMS = "use sqlite:///path/to/file.db or postgresql://user:password@host:5432/name"
-# libpq's sslmode words, which asyncpg's `ssl` accepts as they are.
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# DATABASE_URL's other libpq parameters that are understood: asyncpg reads these from a
-# DSN only (core/db.py hands them to it as one), and connect_timeout is its `timeout`.
-LIBPQ_DSN_PARAMETERS = (
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "sslcrl",
-    "ssl_min_protocol_version",
-    "target_session_attrs",
-    "application_name",
-)
-LIBPQ_PARAMETERS = ("sslmode", *LIBPQ_DSN_PARAMETERS, "connect_timeout")
-# SQLAlchemy's asyncpg dialect reads these itself: host (a Unix socket's directory, or
-# hosts to try in turn), port, and the statement cache (0 behind PgBouncer's transaction mode).
-URL_PARAMETERS = (*LIBPQ_PARAMETERS, "host", "port", "prepared_statement_cache_size")
 
 
 class Environment(StrEnum):
@@ -283,63 +261,6 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment is Environment.PRODUCTION
-
-
-def to_async_database_url(database_url: str) -> str:
-    """DATABASE_URL for SQLAlchemy's async drivers: sqlite -> sqlite+aiosqlite, postgresql
-    or postgres -> postgresql+asyncpg, libpq's `sslmode=` -> asyncpg's `ssl=` (the same
-    words); the other libpq parameters in LIBPQ_PARAMETERS are kept for core/db.py. Any
-    other database, driver or parameter is a ValueError."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(database_url)
-    except (ArgumentError, ValueError):  # ValueError: a port that is no number, often a
-        # password's unencoded ':' or '@': the message must not repeat part of it
-        raise ValueError(
-            f"is not a database URL (percent-encode @ : / # in a password); {DATABASE_URL_FORMS}"
-        ) from None
-    backend, _, driver = url.drivername.partition("+")
-    async_driver = ASYNC_DRIVERS.get(backend)
-    if async_driver is None or driver not in ("", async_driver.partition("+")[2]):
-        raise ValueError(f"unsupported database or driver {url.drivername!r}; {DATABASE_URL_FORMS}")
-    if async_driver == "sqlite+aiosqlite":
-        return url.set(drivername=async_driver).render_as_string(hide_password=False)
-    query = dict(url.query)
-    modes = [query.pop(name) for name in ("sslmode", "ssl") if name in query]
-    if modes:
-        if len(modes) > 1 or modes[0] not in SSL_MODES:
-            raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}, given once")
-        query["ssl"] = modes[0]
-    _check_libpq_parameters(query)
-    url = url.set(drivername=async_driver, query=query)
-    return url.render_as_string(hide_password=False)
-
-
-def _check_libpq_parameters(query: dict[str, str | tuple[str, ...]]) -> None:
-    """Refuse what asyncpg would fail on when connecting (an unknown keyword, a parameter
-    given twice, a timeout that is no number), naming only the parameter."""
-    for name, value in query.items():
-        if name == "ssl":
-            continue
-        if name not in URL_PARAMETERS:
-            raise ValueError(
-                f"parameter {name!r} is not understood; use {', '.join(URL_PARAMETERS)}"
-            )
-        if not isinstance(value, str) and name not in ("host", "port"):
-            raise ValueError(f"parameter {name!r} is given more than once")
-    cache_size = query.get("prepared_statement_cache_size")
-    if cache_size is not None and not (str(cache_size).isdigit() and str(cache_size).isascii()):
-        raise ValueError("prepared_statement_cache_size must be a whole number, 0 or more")
-    timeout = query.get("connect_timeout")
-    if timeout is not None:
-        try:
-            seconds = float(str(timeout))
-        except ValueError:
-            seconds = -1.0
-        if not 0 < seconds < float("inf"):
-            raise ValueError("connect_timeout must be a number of seconds above 0")
 
 
 def secret_problem(secret: SecretStr | None) -> str | None:

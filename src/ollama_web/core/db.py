@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from traceback import walk_tb
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, ExecutionContext, make_url
@@ -25,7 +24,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from ollama_web.core.config import LIBPQ_DSN_PARAMETERS, Settings
+from ollama_web.core.config import Settings
+from ollama_web.core.database_url import asyncpg_url_and_arguments
 from ollama_web.core.errors import AccountGoneError
 
 logger = logging.getLogger("ollama_web.db")
@@ -108,23 +108,6 @@ def _prepare_sqlite_file(settings: Settings) -> None:
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
-def _asyncpg_url_and_arguments(async_url: str) -> tuple[URL, dict[str, Any]]:
-    """asyncpg reads libpq's parameters other than sslmode (the CA of a managed server's
-    certificate, a client certificate, ...) only from a DSN, and takes connect_timeout as
-    `timeout`: as keyword arguments they would fail every connection. They go to it as a
-    DSN of their own, which its keyword arguments (the rest of the URL) complete."""
-    url = make_url(async_url)
-    query = dict(url.query)
-    in_dsn = {name: query.pop(name) for name in LIBPQ_DSN_PARAMETERS if name in query}
-    connect_args: dict[str, Any] = {}
-    if in_dsn:
-        connect_args["dsn"] = f"postgresql://?{urlencode(in_dsn)}"
-    timeout = query.pop("connect_timeout", None)
-    if timeout is not None:
-        connect_args["timeout"] = float(str(timeout))
-    return url.set(query=query), connect_args
-
-
 def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
     url: str | URL = settings.async_database_url
     kwargs: dict[str, Any] = {}
@@ -141,7 +124,7 @@ def create_engine(settings: Settings) -> tuple[AsyncEngine, SlowQueryRecorder]:
 
         kwargs["module"] = one_trip_dbapi()
     else:
-        url, connect_args = _asyncpg_url_and_arguments(settings.async_database_url)
+        url, connect_args = asyncpg_url_and_arguments(settings.async_database_url)
         # A server that stops answering (a partition, a stuck host) must fail requests
         # within the bound, not hold them until TCP gives up: connecting, each statement
         # (asyncpg cancels it) and the wait for a pooled connection.
@@ -172,7 +155,7 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
 
         kwargs["module"] = aiosqlite_dbapi()
     else:
-        url, kwargs["connect_args"] = _asyncpg_url_and_arguments(settings.async_database_url)
+        url, kwargs["connect_args"] = asyncpg_url_and_arguments(settings.async_database_url)
     engine = create_async_engine(url, poolclass=NullPool, hide_parameters=True, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
