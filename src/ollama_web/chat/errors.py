@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ollama_web.core.errors import ConflictError, RateLimitedError
+from typing import Any
+
+from ollama_web.core.errors import AppError, ConflictError, RateLimitedError
 
 RETRY_AFTER_SECONDS = 5
 
@@ -24,3 +26,21 @@ class GenerationNotHereError(ConflictError):
     """The answer is still being generated, but by another server process."""
 
     code = "GENERATION_ELSEWHERE"
+
+
+def error_body(error: AppError) -> dict[str, Any]:
+    return {"error": error.code, "message": error.message, "details": error.details}
+
+
+class GenerationInterrupted(AppError):
+    status_code = 503
+    code = "GENERATION_INTERRUPTED"
+
+
+class AnswerNotStored(AppError):
+    """The answer ended but the database refused its final write, tried again for
+    FINAL_WRITE_RETRY_SECONDS (see `generation`): the client gets the text in
+    `details.assistant_message` and an error, never a `done` that the database contradicts."""
+
+    status_code = 503
+    code = "ANSWER_NOT_STORED"

@@ -11,9 +11,7 @@ the relay path), and stored once more when the job ends:
   a dropped connection / a failure to
   open the stream                      -> the partial text with `error`, an `error` event;
 - server shutdown                      -> the partial text with `interrupted`, `error` event;
-- the final write refused              -> tried again for FINAL_WRITE_RETRY_SECONDS (the database
-                                          may be back in a moment: the answer is stored and
-                                          the `done` event sent then), at last an `error`
+- the final write refused              -> tried again (`done` once stored), at last an `error`
                                           event (ANSWER_NOT_STORED) with the text.
 
 `GenerationRegistry` (one per process, built by the chat lifespan) starts jobs, bounds them
@@ -30,6 +28,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ollama_web.chat.errors import AnswerNotStored, GenerationInterrupted, error_body
 from ollama_web.chat.sse import EventLog
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
@@ -47,9 +46,8 @@ COMPLETE = MessageStatus.COMPLETE.value
 STOPPED = MessageStatus.STOPPED.value
 ERROR = MessageStatus.ERROR.value
 INTERRUPTED = MessageStatus.INTERRUPTED.value
-# How long the final write of an answer is tried again while the database refuses it (a
-# restart, a failover, a network blip), with waits doubling from FINAL_WRITE_FIRST_WAIT
-# to FINAL_WRITE_LONGEST_WAIT seconds between tries.
+# The final write is tried again for this long while the database refuses it (a restart, a
+# failover), waits doubling from FINAL_WRITE_FIRST_WAIT to FINAL_WRITE_LONGEST_WAIT seconds.
 FINAL_WRITE_RETRY_SECONDS = 30.0
 FINAL_WRITE_FIRST_WAIT = 0.25
 FINAL_WRITE_LONGEST_WAIT = 4.0
@@ -93,24 +91,6 @@ class GenerationSpec:
     @property
     def message_id(self) -> str:
         return self.message.id
-
-
-def error_body(error: AppError) -> dict[str, Any]:
-    return {"error": error.code, "message": error.message, "details": error.details}
-
-
-class GenerationInterrupted(AppError):
-    status_code = 503
-    code = "GENERATION_INTERRUPTED"
-
-
-class AnswerNotStored(AppError):
-    """The answer ended but the database refused its final write (twice): the client gets
-    the text in `details.assistant_message` and an error, never a `done` that the database
-    contradicts."""
-
-    status_code = 503
-    code = "ANSWER_NOT_STORED"
 
 
 class Generation:
@@ -327,9 +307,8 @@ class Generation:
         return True
 
     async def _write_final(self, values: dict[str, Any]) -> bool:
-        """The final write, tried again while the database refuses it, for up to
-        FINAL_WRITE_RETRY_SECONDS: the whole answer is in memory, and the `done` event
-        waits for it to be stored (attached clients get keep-alives meanwhile)."""
+        """The final write, tried again for FINAL_WRITE_RETRY_SECONDS while the database
+        refuses it; `done` waits for it (attached clients get keep-alives meanwhile)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINAL_WRITE_RETRY_SECONDS
         wait = FINAL_WRITE_FIRST_WAIT

@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ollama_web.chat.generation import GenerationInterrupted, error_body
+from ollama_web.chat.errors import GenerationInterrupted, error_body
 from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow

@@ -36,7 +36,8 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ollama_web.chat.generation import Generation, GenerationInterrupted, error_body
+from ollama_web.chat.errors import GenerationInterrupted, error_body
+from ollama_web.chat.generation import Generation
 from ollama_web.chat.sse import EventLog, Follower, encode_event
 from ollama_web.core.redis_client import connection_options
 

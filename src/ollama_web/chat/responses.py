@@ -11,7 +11,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ollama_web.chat.generation import Generation, error_body
+from ollama_web.chat.errors import error_body
+from ollama_web.chat.generation import Generation
 from ollama_web.chat.sse import EventLog, Follower, encode_event, listen_for_disconnect
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.core.errors import error_body as http_error_body
