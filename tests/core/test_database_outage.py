@@ -5,6 +5,7 @@ nor an endless wait, and the server recovers by itself when the database is back
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import is_database_outage
@@ -124,3 +127,27 @@ def test_an_os_error_outside_the_database_is_no_outage() -> None:
     with pytest.raises(FileNotFoundError) as caught:
         (Path("/nonexistent") / "file").read_text()
     assert not is_database_outage(caught.value)
+
+
+def test_on_sqlite_only_a_file_it_cannot_use_now_is_an_outage(tmp_path: Path) -> None:
+    """SQLite raises OperationalError for a wrong statement too: a bug stays a 500, a
+    locked (or full, read-only) file is the 503."""
+    from sqlalchemy import create_engine as create_sync_engine
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_sync_engine(
+        f"sqlite:///{tmp_path / 'x.db'}", connect_args={"timeout": 0}, poolclass=NullPool
+    )
+    holder = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        with engine.connect() as connection, pytest.raises(OperationalError) as wrong:
+            connection.execute(text("SELECT * FROM no_such_table"))
+        assert not is_database_outage(wrong.value)
+        holder.execute("BEGIN EXCLUSIVE")
+        with engine.connect() as connection, pytest.raises(OperationalError) as locked:
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        assert "locked" in str(locked.value)
+        assert is_database_outage(locked.value)
+    finally:
+        holder.close()
+        engine.dispose()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -163,6 +164,20 @@ def create_null_pool_engine(settings: Settings) -> AsyncEngine:
 
 
 _DATABASE_STACK = ("sqlalchemy.", "asyncpg.", "aiosqlite.", "ollama_web.core.sqlite")
+# SQLite raises OperationalError for a statement that is wrong ("no such table", a syntax
+# error) too: only these primary result codes say the file could not be used for now.
+_SQLITE_OUTAGES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
 
 
 def is_database_outage(exc: BaseException) -> bool:
@@ -173,6 +188,9 @@ def is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, SATimeoutError):  # the pool had no connection to give in time
         return True
     if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if code is not None and not exc.connection_invalidated:
+            return code & 0xFF in _SQLITE_OUTAGES
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
     if type(exc).__module__.startswith("asyncpg"):  # only connecting raises asyncpg's own
         return True
