@@ -26,6 +26,11 @@ class DirectoryError(Exception):
     """A directory the server needs cannot be used; the message names its variable."""
 
 
+# The directories this process proved usable. `ollama-web serve` checks them, then uvicorn
+# imports `ollama_web.main:app` and the app starts, in the same process: once is enough.
+_PREPARED: set[tuple[Path | None, ...]] = set()
+
+
 def prepare_directories(settings: Settings) -> None:
     """Create the missing directories (DATA_DIR and BACKUP_DIR private to the service's user,
     0700; an existing one keeps the mode its owner gave it) and check that DATA_DIR (the
@@ -33,6 +38,14 @@ def prepare_directories(settings: Settings) -> None:
     written. BACKUP_DIR only has to be a directory: a backup that cannot be written fails on
     its own, /health's `backups` component says so, and the server serves without it.
     PROMETHEUS_MULTIPROC_DIR, when set, must be writable too."""
+    key = (
+        settings.data_dir,
+        settings.log_dir,
+        settings.backup_dir,
+        settings.prometheus_multiproc_dir,
+    )
+    if key in _PREPARED:
+        return
     _prepare("DATA_DIR", settings.data_dir, mode=0o700, writable=True)
     _prepare("LOG_DIR", settings.log_dir, mode=0o777, writable=True)
     for name in LOG_FILES:
@@ -49,6 +62,7 @@ def prepare_directories(settings: Settings) -> None:
         _prepare(
             "PROMETHEUS_MULTIPROC_DIR", settings.prometheus_multiproc_dir, mode=0o777, writable=True
         )
+    _PREPARED.add(key)
 
 
 def prepare_directories_or_exit(settings: Settings) -> None:
