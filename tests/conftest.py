@@ -211,8 +211,12 @@ def settings(settings_factory: Callable[..., Settings], database_url: str | None
 
 
 @pytest.fixture
-async def app_factory() -> AsyncIterator[Callable[[Settings], Any]]:
+async def app_factory(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[Settings], Any]]:
     """Build an app and run its lifespan; everything is shut down at teardown."""
+    if "database_url" in request.fixturenames:
+        # Set up first, so that it ends last: the apps' lifespans end (their title writes,
+        # say) before the database is emptied for the next test, not during it.
+        request.getfixturevalue("database_url")
     stacks: list[Any] = []
 
     async def start(settings: Settings) -> FastAPI:
