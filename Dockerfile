@@ -47,8 +47,8 @@ EXPOSE 8000
 # The slim image has no curl: probe liveness with the interpreter that is already there.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8000'), timeout=4)"]
-# SIGTERM lets uvicorn finish open requests (up to 30 s), then running answers are stored
-# and the shutdown backup taken: give `docker stop` 60 s (`--stop-timeout 60`; Compose sets
+# SIGTERM gives running answers SHUTDOWN_GRACE_SECONDS (25 s) to end, then stores them and
+# takes the shutdown backup: give `docker stop` 60 s (`--stop-timeout 60`; Compose sets
 # stop_grace_period).
 STOPSIGNAL SIGTERM
 # HOST is forced to all interfaces inside the container; PORT and WORKERS come from the env.

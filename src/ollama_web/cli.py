@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from ollama_web.core.startup import (
     load_settings_or_exit,
     run_database_command,
 )
+
+SHUTDOWN_MARGIN_SECONDS = 5
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -63,6 +66,9 @@ def _serve(args: argparse.Namespace) -> int:
         if workers == 1:
             # This process is the server: a new database gets its schema while it starts.
             begin_early_migration(settings)
+    # Open streams end by SHUTDOWN_GRACE_SECONDS (their answers stored interrupted); a
+    # little more for those final writes before uvicorn cancels what is left.
+    grace = math.ceil(settings.shutdown_grace_seconds) + SHUTDOWN_MARGIN_SECONDS
     uvicorn.run(
         "ollama_web.main:app",
         host=args.host or settings.host,
@@ -75,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=grace,
     )
     return 0
 

@@ -19,6 +19,7 @@ from ollama_web.chat.slots import SharedSlots
 from ollama_web.conversations.titles import TITLE_DEFER_SECONDS, TitleWriter
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.state import CoreState
+from ollama_web.core.stop_signals import on_stop_signal
 from ollama_web.ollama.gateway import OllamaGateway
 
 
@@ -48,6 +49,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.slots = SharedSlots(
             core.settings.redis_url, leases.stale_seconds(checkpoint_seconds)
         )
+    forget_stop_signal = on_stop_signal(registry.stop_signal)
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(
             core.sessionmaker,
@@ -61,6 +63,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        forget_stop_signal()
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
         # The answers end first (interrupted, with their text), so that clients following

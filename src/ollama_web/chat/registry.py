@@ -73,6 +73,8 @@ class GenerationRegistry:
         """Set with REDIS_URL: stop and re-attach for answers of other processes."""
         self.slots: SharedSlots | None = None
         """Set with REDIS_URL: the per-user limit counted across processes."""
+        self._interrupt_timer: asyncio.TimerHandle | None = None
+        self._interrupting = False
 
     # ------------------------------------------------------------- slots
 
@@ -130,6 +132,8 @@ class GenerationRegistry:
         self._awaiting_output.add(generation.id)
         self._quiet.clear()
         generation.start(lambda finished: self._finished(finished, reservation), self._output)
+        if self._interrupting:  # its request came in before the stop, and ran past its grace
+            generation.stop(INTERRUPTED)
         return generation
 
     def _output(self, generation: Generation) -> None:
@@ -242,11 +246,38 @@ class GenerationRegistry:
             elif written:
                 reservation.shared = True
 
+    def stop_signal(self, received: int) -> None:
+        """The server was asked to stop (see `core.stop_signals`) and waits for open streams.
+        Streams following answers of other processes end at once (their clients reconnect,
+        to a process that stays). Answers generated here get SHUTDOWN_GRACE_SECONDS to end;
+        then each still running is stored `interrupted` and its streams end with that
+        event, so the server stops waiting then, not when it gives up on them. A second
+        signal ends them at once."""
+        if self.relay is not None:
+            self.relay.end_follows("This server is stopping; reconnect to resume.")
+        grace = self.settings.shutdown_grace_seconds if received == 1 else 0.0
+        if self._interrupt_timer is not None:
+            self._interrupt_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._interrupt_timer = loop.call_later(grace, self._interrupt_all)
+
+    def _interrupt_all(self) -> None:
+        self._interrupt_timer = None
+        self._interrupting = True
+        running = list(self._running.values())
+        if running:
+            logger.info("stopping: %d answer(s) still running stored as interrupted", len(running))
+        for generation in running:
+            generation.stop(INTERRUPTED)
+
     async def shutdown(self) -> None:
         """Stop every running job; each stores its partial answer as `interrupted`. A job
         still running after SHUTDOWN_GRACE_SECONDS (its final write stuck, say) is
         cancelled, so nothing outlives the engine; the sweep at the next start marks its
         answer `interrupted` with the last checkpoint."""
+        if self._interrupt_timer is not None:
+            self._interrupt_timer.cancel()
+            self._interrupt_timer = None
         running = list(self._running.values())
         for generation in running:
             generation.stop(INTERRUPTED)

@@ -73,12 +73,14 @@ class RemoteLog(EventLog):
         self.frames.append(frames)
         self._wake_all()
 
-    def lost(self) -> None:
+    def lost(
+        self,
+        message: str = "Lost contact with the server process generating this answer; "
+        "reconnect to resume.",
+    ) -> None:
         """End with an error event under the last id received: the owner's own next event
         may carry the next id, and a client reconnecting from this one must still get it."""
-        error = GenerationInterrupted(
-            "Lost contact with the server process generating this answer; reconnect to resume."
-        )
+        error = GenerationInterrupted(message)
         frame = encode_event(self._last_id, "error", error_body(error))
         if self._last_id == 0:  # nothing came: no id at all (ids count from 1)
             frame = frame.removeprefix(b"id: 0\n")
@@ -103,6 +105,8 @@ class GenerationRelay:
         self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[Any]] = set()
+        self._follows: dict[RemoteLog, asyncio.Task[None]] = {}
+        """The answers of other processes this one relays to its clients, and their pumps."""
         self.listening = asyncio.Event()
         """Set while this process is subscribed to the control channel."""
 
@@ -287,7 +291,17 @@ class GenerationRelay:
             pump.cancel()  # the client left: unsubscribe, and the owner stops forwarding
 
         log.on_abandoned = abandoned
+        self._follows[log] = pump
+        pump.add_done_callback(lambda _: self._follows.pop(log, None))
         return log
+
+    def end_follows(self, message: str) -> None:
+        """End every stream following another process's answer, with an error event under
+        the last id it got (`RemoteLog.lost`): its client can resume elsewhere."""
+        for log, pump in list(self._follows.items()):
+            pump.cancel()
+            if not log.finished:
+                log.lost(message)
 
     async def _pump(self, pubsub: Any, log: RemoteLog, message_id: str) -> None:
         while not await self._forwarded(pubsub, log):

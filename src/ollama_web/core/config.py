@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+    # After SIGTERM: how long running answers may go on before they are stored interrupted.
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
 
     # Ollama
     ollama_url: CsvList = Field(default_factory=lambda: ["http://localhost:11434"])

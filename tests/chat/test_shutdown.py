@@ -1,0 +1,173 @@
+"""A stop signal with answers streaming: `ollama-web serve` in a process of its own, the
+emulator in this one. Answers get SHUTDOWN_GRACE_SECONDS to end; then they are stored
+`interrupted` and their streams end with that event, and the server exits then, without
+waiting out uvicorn's own grace or cancelling anything (no traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_web.emulator import OllamaEmulator
+from tests.chat.conftest import Event, EventReader
+from tests.deploy.tools import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Served:
+    process: asyncio.subprocess.Process
+    client: httpx.AsyncClient
+    headers: dict[str, str]
+    database: Path
+
+    async def exit_status(self, limit: float) -> tuple[int, str]:
+        _, stderr = await asyncio.wait_for(self.process.communicate(), limit)
+        assert self.process.returncode is not None
+        return self.process.returncode, stderr.decode()
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, emulator: OllamaEmulator, grace: float) -> AsyncIterator[Served]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BACKUP_ENABLED": "false",
+        "OLLAMA_URL": emulator.url,
+        "PASSWORD_HASH_TIME_COST": "1",
+        "PASSWORD_HASH_MEMORY_KIB": "64",
+        "SHUTDOWN_GRACE_SECONDS": str(grace),
+    }
+    command = ["-m", "ollama_web", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    setup = await client.post(
+                        "/api/auth/setup", json={"username": "admin", "password": "p" * 12}
+                    )
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the server did not start"
+                    await asyncio.sleep(0.05)
+            assert setup.status_code == 201, setup.text
+            headers = {"Authorization": f"Bearer {setup.json()['api_key']}"}
+            yield Served(process, client, headers, tmp_path / "data" / "ollama_web.db")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _stored(database: Path, message_id: str) -> tuple[str, str]:
+    with sqlite3.connect(database) as connection:
+        row = connection.execute(
+            "SELECT status, content FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+    return row[0], row[1]
+
+
+def _text(events: list[Event]) -> str:
+    return "".join(e.data["content"] for e in events if e.event == "token")
+
+
+async def _stream_until_tokens(served: Served, reader_out: list[EventReader], count: int) -> Any:
+    """Open a chat stream, read `count` tokens; returns the response's context manager."""
+    stream = served.client.stream(
+        "POST",
+        "/api/chat/stream",
+        json={"model": "llama3.2", "content": "Tell me a long story."},
+        headers=served.headers,
+    )
+    response = await stream.__aenter__()
+    assert response.status_code == 200, await response.aread()
+    reader = EventReader(response)
+    reader_out.append(reader)
+    for _ in range(count):
+        await reader.until("token")
+    return stream
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["after-the-grace", "second-signal-at-once"])
+async def test_a_stop_signal_ends_running_answers_as_interrupted_with_their_text(
+    tmp_path: Path, ollama_emulator: OllamaEmulator, signals: int
+) -> None:
+    ollama_emulator.config.reply_tokens = 1000
+    ollama_emulator.config.tokens_per_second = 20
+    grace = 1.0 if signals == 1 else 60.0
+    async with serving(tmp_path, ollama_emulator, grace) as served:
+        readers: list[EventReader] = []
+        stream = await _stream_until_tokens(served, readers, 3)
+        reader = readers[0]
+        signalled = time.monotonic()
+        for _ in range(signals):
+            served.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+        rest = await asyncio.wait_for(reader.rest(), 10)
+        ended = time.monotonic() - signalled
+        await stream.__aexit__(None, None, None)
+        status, stderr = await served.exit_status(10)
+        exited = time.monotonic() - signalled
+
+    events = reader.seen
+    final = events[-1]
+    assert final.event == "error", rest
+    assert final.data["error"] == "GENERATION_INTERRUPTED"
+    answer = final.data["details"]["assistant_message"]
+    assert answer["status"] == "interrupted"
+    assert answer["content"] == _text(events) != ""
+    assert _stored(served.database, answer["id"]) == ("interrupted", answer["content"])
+    # The grace, not uvicorn's (grace + 5 s), and never 60 s on a second signal.
+    assert grace - 0.1 <= ended < grace + 3 if signals == 1 else ended < 3, ended
+    assert exited < ended + 4, (ended, exited)
+    # uvicorn re-raises SIGTERM after a clean shutdown, so -SIGTERM is a graceful exit too.
+    assert status in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr, stderr
+    assert "Cancel" not in stderr, stderr
+
+
+async def test_an_answer_that_ends_within_the_grace_is_complete_and_the_server_exits_then(
+    tmp_path: Path, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.reply_tokens = 12
+    ollama_emulator.config.tokens_per_second = 10
+    async with serving(tmp_path, ollama_emulator, grace=30) as served:
+        readers: list[EventReader] = []
+        stream = await _stream_until_tokens(served, readers, 1)
+        reader = readers[0]
+        signalled = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(reader.rest(), 10)
+        await stream.__aexit__(None, None, None)
+        status, stderr = await served.exit_status(10)
+        exited = time.monotonic() - signalled
+
+    events = reader.seen
+    assert events[-1].event == "done"
+    answer = events[-1].data["message"]
+    assert answer["status"] == "complete"
+    assert answer["content"] == _text(events)
+    assert len([e for e in events if e.event == "token"]) == 12
+    assert _stored(served.database, answer["id"]) == ("complete", answer["content"])
+    assert exited < 5, exited  # when the answer ended, not after the 30 s grace
+    assert status in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr, stderr
