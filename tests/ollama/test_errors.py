@@ -45,6 +45,17 @@ def test_unknown_model_gives_the_specified_details() -> None:
     assert MODEL_SUGGESTION == "Check available models using /api/models endpoint"
 
 
+@pytest.mark.parametrize("body", [b"404 page not found", b"", b"<html>Not Found</html>"])
+def test_a_404_that_is_not_ollamas_json_is_no_missing_model(body: bytes) -> None:
+    """Ollama's model 404s are JSON; a plain one is a path the node does not have (a wrong
+    OLLAMA_URL): telling the user the model is missing would send them the wrong way."""
+    error = error_from_response(404, headers(), body, model="llama3.2")
+    assert isinstance(error, OllamaError)
+    assert (error.status_code, error.code) == (502, "OLLAMA_ERROR")
+    assert error.details["upstream_message"].endswith("no such API path here; check OLLAMA_URL")
+    assert error.details["upstream_status"] == 404
+
+
 def test_busy_gives_503_with_retry_after() -> None:
     body = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
     error = error_from_response(503, headers(), body)
@@ -68,7 +79,7 @@ def test_busy_gives_503_with_retry_after() -> None:
             "model runner has unexpectedly stopped",
         ),
         (400, b'{"error":"\\"m\\" does not support thinking"}', '"m" does not support thinking'),
-        (404, b"404 page not found", "404 page not found"),
+        (404, b"404 page not found", "404 page not found: no such API path here; check OLLAMA_URL"),
         (405, b"405 method not allowed", "405 method not allowed"),
         (502, b"<html>bad gateway</html>", "<html>bad gateway</html>"),
         (500, b'{"error":{"message":"nested"}}', "nested"),

@@ -346,3 +346,20 @@ async def test_a_node_answering_404_to_its_version_says_so(gateway_app: AppFacto
         node.last_error = "read timed out"  # an earlier failure
         health = (await client.get("/health")).json()["components"]["ollama"]
     assert health["nodes"][0]["error"] == "HTTP 404: no such route"
+
+
+async def test_an_ollama_url_with_a_path_of_its_own_says_check_ollama_url(
+    gateway_app: AppFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """Ollama answers a path it lacks with a plain "404 page not found": the node's error
+    says so, and neither the listing nor a chat calls the model missing."""
+    async with gateway_app([f"{ollama_emulator.url}/ollama"]) as (app, client):
+        user = await create_test_user(app)
+        health = (await client.get("/health")).json()["components"]["ollama"]
+        chat = await client.post(
+            "/api/chat/message", json={"model": "llama3.2", "content": "hi"}, headers=user.headers
+        )
+    said = "HTTP 404: 404 page not found: no such API path here; check OLLAMA_URL"
+    assert health["nodes"][0]["error"] == said
+    assert (chat.status_code, chat.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+    assert chat.json()["details"]["nodes"][0]["error"] == said

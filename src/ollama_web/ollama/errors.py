@@ -127,13 +127,19 @@ class OllamaStreamError(AppError):
 def upstream_message(body: bytes) -> str:
     """The `error` of a JSON error body, else the (trimmed) text; never raises."""
     text = body.decode("utf-8", "replace").strip()
+    error = _json_error(text)
+    if error is not None:
+        text = error_text(error)
+    return text[:MAX_UPSTREAM_MESSAGE_CHARS]
+
+
+def _json_error(text: str) -> Any:
+    """The `error` value of Ollama's JSON error body `{"error": ...}`, else None."""
     try:
         parsed = json.loads(text) if text else None
     except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and parsed.get("error") is not None:
-        text = error_text(parsed["error"])
-    return text[:MAX_UPSTREAM_MESSAGE_CHARS]
+        return None
+    return parsed.get("error") if isinstance(parsed, dict) else None
 
 
 def error_text(error: Any) -> str:
@@ -156,8 +162,13 @@ def error_from_response(
 ) -> AppError:
     """Translate a non-2xx upstream answer. `model` is the model the request was about."""
     message = upstream_message(body)
-    if status == 404 and model is not None:
-        return ModelNotFoundError(model)
+    if status == 404:
+        if _json_error(body.decode("utf-8", "replace").strip()) is None:
+            # Not Ollama's JSON but a plain "404 page not found": a path the server does not
+            # have (a base URL that is not an Ollama server's, or has a path of its own).
+            message = f"{message or 'an empty 404'}: no such API path here; check OLLAMA_URL"
+        elif model is not None:
+            return ModelNotFoundError(model)  # Ollama's own, whatever its words
     if status in (429, 503):
         retry_after = _retry_after(headers)
         return OllamaBusyError(retry_after=retry_after, details={"upstream_message": message})

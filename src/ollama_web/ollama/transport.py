@@ -18,6 +18,7 @@ from ollama_web import __version__
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError
 from ollama_web.ollama.errors import (
+    ModelNotFoundError,
     OllamaError,
     describe_decoding_error,
     describe_transport_error,
@@ -166,7 +167,7 @@ class Upstream:
             error = error_from_response(
                 response.status_code, response.headers, response.content, model=model
             )
-            if response.status_code != 404 or model is None:  # not a model it lacks
+            if not isinstance(error, ModelNotFoundError):  # not a model it lacks
                 self._note_answer(node, response.status_code, error)
             raise error
         return response
@@ -196,7 +197,7 @@ class Upstream:
         finally:
             await response.aclose()
         error = error_from_response(response.status_code, response.headers, content, model=model)
-        if response.status_code != 404:
+        if not isinstance(error, ModelNotFoundError):
             self._note_answer(node, response.status_code, error)
         raise error
 
