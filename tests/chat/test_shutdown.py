@@ -1,7 +1,7 @@
-"""A stop signal with answers streaming: `ollama-web serve` in a process of its own, the
-emulator in this one. Answers get SHUTDOWN_GRACE_SECONDS to end; then they are stored
-`interrupted` and their streams end with that event, and the server exits then, without
-waiting out uvicorn's own grace or cancelling anything (no traceback)."""
+"""A stop signal with answers (or a model pull) streaming: `ollama-web serve` in a process of
+its own, the emulator in this one. Answers and pulls get SHUTDOWN_GRACE_SECONDS to end; then
+answers are stored `interrupted`, every stream ends with an error event, and the server
+exits then, without waiting out uvicorn's own grace or cancelling anything (no traceback)."""
 
 from __future__ import annotations
 
@@ -169,5 +169,30 @@ async def test_an_answer_that_ends_within_the_grace_is_complete_and_the_server_e
     assert len([e for e in events if e.event == "token"]) == 12
     assert _stored(served.database, answer["id"]) == ("complete", answer["content"])
     assert exited < 5, exited  # when the answer ended, not after the 30 s grace
+    assert status in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr, stderr
+
+
+async def test_a_pull_running_when_the_grace_ends_ends_its_stream_with_an_error_event(
+    tmp_path: Path, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_delay = 2.0  # per step: several seconds in all
+    async with serving(tmp_path, ollama_emulator, grace=1) as served:
+        async with served.client.stream(
+            "POST", "/api/models/pull", json={"name": "mistral"}, headers=served.headers
+        ) as response:
+            assert response.status_code == 200, await response.aread()
+            reader = EventReader(response)
+            await reader.until("progress")
+            signalled = time.monotonic()
+            served.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(reader.rest(), 10)
+            ended = time.monotonic() - signalled
+        status, stderr = await served.exit_status(10)
+
+    final = reader.seen[-1]
+    assert (final.event, final.data["error"]) == ("error", "PULL_INTERRUPTED")
+    assert "pull again" in final.data["message"]
+    assert 0.9 <= ended < 4, ended
     assert status in (0, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr, stderr

@@ -68,3 +68,16 @@ async def test_off_the_main_thread_nothing_is_installed(server: FakeServer) -> N
         return asyncio.run(install())
 
     assert await loop.run_in_executor(None, in_thread) == server.handle_exit
+
+
+async def test_apps_parts_chain_one_after_another(server: FakeServer) -> None:
+    heard: list[str] = []
+    remove_first = on_stop_signal(lambda n: heard.append(f"first {n}"))
+    remove_second = on_stop_signal(lambda n: heard.append(f"second {n}"))
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    assert server.signals == [signal.SIGTERM]
+    assert sorted(heard) == ["first 1", "second 1"]
+    remove_second()
+    remove_first()
+    assert signal.getsignal(signal.SIGTERM) == server.handle_exit

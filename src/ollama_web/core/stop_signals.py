@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CHAINED = "_ollama_web_stop_signal"
 
 
 def on_stop_signal(callback: Callable[[int], None]) -> Callable[[], None]:
@@ -38,13 +39,16 @@ def on_stop_signal(callback: Callable[[int], None]) -> Callable[[], None]:
         previous[signum](signum, frame)
         loop.call_soon_threadsafe(callback, received)
 
+    setattr(handle, CHAINED, True)
     for signum in STOP_SIGNALS:
         handler = signal.getsignal(signum)
-        if inspect.ismethod(handler):  # a server's (uvicorn.Server.handle_exit)
+        # A server's (uvicorn.Server.handle_exit), or one of ours chained onto it.
+        if inspect.ismethod(handler) or getattr(handler, CHAINED, False):
             previous[signum] = handler
             signal.signal(signum, handle)
 
     def remove() -> None:
+        """Lifespans end in the reverse order they started: each finds its own in place."""
         for signum, handler in previous.items():
             if signal.getsignal(signum) is handle:
                 signal.signal(signum, handler)

@@ -9,7 +9,8 @@ Upstream status codes and bodies never reach our clients raw: `error_from_respon
     ├── OllamaBusyError         503 OLLAMA_BUSY         the node's queue is full (Retry-After)
     ├── ModelNotFoundError      404 MODEL_NOT_FOUND     no reachable node has the model
     ├── OllamaError             502 OLLAMA_ERROR        anything else the node refused or broke
-    └── OllamaStreamError       502 OLLAMA_STREAM_ERROR a stream failed after its 200
+    ├── OllamaStreamError       502 OLLAMA_STREAM_ERROR a stream failed after its 200
+    └── PullInterruptedError    503 PULL_INTERRUPTED    the server stopped during a pull
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ class OllamaError(AppError):
         merged.update(details or {})
         super().__init__(message, details=merged)
         self.upstream_message = upstream_message
+
+
+class PullInterruptedError(AppError):
+    """The server stopped during a pull (its streams end with this)."""
+
+    status_code = 503
+    code = "PULL_INTERRUPTED"
 
 
 class OllamaStreamError(AppError):

@@ -3,7 +3,8 @@ upstream `/api/pull` stream.
 
 A `PullJob` runs as a background task owned by the `PullManager`; subscribers replay from the
 latest event and then follow. A job keeps running when its subscribers leave (a pull is a
-long admin operation: pulling again re-attaches) and is cancelled when the gateway closes.
+long admin operation: pulling again re-attaches) and is cancelled when the gateway closes,
+or SHUTDOWN_GRACE_SECONDS after a stop signal (`interrupt_all`), so that its streams end.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class PullJob:
         self._changed = asyncio.Event()
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
+        self._interruption: AppError | None = None
+
+    def interrupt(self, error: AppError) -> None:
+        """End the pull now with `error`: its upstream closes, which cancels it in Ollama
+        (what it downloaded stays there; pulling again resumes)."""
+        if not self.finished and self.task is not None:
+            self._interruption = error
+            self.task.cancel()
 
     def _publish(self, event: PullEvent) -> None:
         if event.kind != "progress":
@@ -96,7 +105,8 @@ class PullJob:
             self._fail_start(exc)
             return
         except asyncio.CancelledError:
-            self._fail_start(OllamaUnavailableError("The pull was cancelled."))
+            cancelled = OllamaUnavailableError("The pull was cancelled.")
+            self._fail_start(self._interruption or cancelled)
             raise
         self._started.set_result(None)
         try:
@@ -104,7 +114,8 @@ class PullJob:
         finally:
             await response.aclose()
             if not self.finished:
-                self._publish(_error_event(OllamaStreamError("disconnected", "pull cancelled")))
+                error = self._interruption or OllamaStreamError("disconnected", "pull cancelled")
+                self._publish(_error_event(error))
 
     async def _relay(self, response: httpx.Response) -> None:
         try:
@@ -185,6 +196,10 @@ class PullManager:
             start_index = max(0, len(job.events) - 1)
         await job.started()
         return PullSubscription(job, start_index)
+
+    def interrupt_all(self, error: AppError) -> None:
+        for job in list(self.jobs.values()):
+            job.interrupt(error)
 
     def _finished(self, job: PullJob) -> None:
         key = (job.node.url, job.name.key)
