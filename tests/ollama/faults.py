@@ -49,10 +49,15 @@ async def serving(
         await server.wait_closed()
 
 
-def json_node(answers: Mapping[bytes, tuple[int, Any]], headers: bytes = b"") -> Handler:
+def json_node(
+    answers: Mapping[bytes, tuple[int, Any]],
+    headers: bytes = b"",
+    stall_on: tuple[bytes, bytes] | None = None,
+) -> Handler:
     """A node answering `METHOD /path` (keys like b"GET /api/tags") with (status, JSON) on
     kept-alive connections, with `headers` (CRLF-terminated lines) added; request bodies
-    are read and ignored."""
+    are read and ignored. `stall_on=(request, raw)`: that request is answered `raw` bytes,
+    then nothing more, ever."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while not reader.at_eof():
@@ -63,7 +68,12 @@ def json_node(answers: Mapping[bytes, tuple[int, Any]], headers: bytes = b"") ->
             for line in head.lower().split(b"\r\n"):
                 if line.startswith(b"content-length:"):
                     await reader.readexactly(int(line.split(b":")[1]))
-            status, payload = answers[b" ".join(head.split(b" ")[:2])]
+            request = b" ".join(head.split(b" ")[:2])
+            if stall_on is not None and request == stall_on[0]:
+                writer.write(stall_on[1])
+                await reader.read()  # until the client leaves
+                return
+            status, payload = answers[request]
             body = json.dumps(payload).encode()
             writer.write(
                 b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"

@@ -363,3 +363,32 @@ async def test_an_ollama_url_with_a_path_of_its_own_says_check_ollama_url(
     assert health["nodes"][0]["error"] == said
     assert (chat.status_code, chat.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
     assert chat.json()["details"]["nodes"][0]["error"] == said
+
+
+async def test_an_error_whose_body_never_ends_costs_the_list_timeout_not_the_read_timeout(
+    gateway_app: AppFactory,
+) -> None:
+    """A node's 500 that announces a body and stalls: the chat is a 502 in about the list
+    timeout (an error body is short), not after the generation's read timeout."""
+    answers: dict[bytes, tuple[int, Any]] = {
+        b"GET /api/tags": (200, {"models": [{"name": "llama3.2:latest"}]}),
+        b"GET /api/version": (200, {"version": "0.33.0"}),
+    }
+    stall = b'HTTP/1.1 500 X\r\nContent-Length: 1000\r\n\r\n{"error":"bo'
+    async with serving(json_node(answers, stall_on=(b"POST /api/chat", stall))) as port:
+        timeouts = {"ollama_list_timeout_seconds": 0.5, "ollama_timeout_seconds": 60}
+        async with gateway_app([f"http://127.0.0.1:{port}"], **timeouts) as (app, client):
+            user = await create_test_user(app)
+            started = time.monotonic()
+            chat = await asyncio.wait_for(
+                client.post(
+                    "/api/chat/message",
+                    json={"model": "llama3.2", "content": "hi"},
+                    headers=user.headers,
+                ),
+                20,
+            )
+            elapsed = time.monotonic() - started
+    assert chat.status_code == 502, chat.text
+    assert chat.json()["error"] == "OLLAMA_ERROR"
+    assert elapsed < 5, elapsed

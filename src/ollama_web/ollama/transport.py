@@ -191,8 +191,11 @@ class Upstream:
         if response.is_success:
             return response
         try:
-            content = await _read_capped(response)
-        except (httpx.TransportError, httpx.DecodingError):
+            # An error body is short: read it as a listing's answer, not a generation's (a
+            # node that never ends a 500's body must not hold the chat for the read timeout).
+            async with asyncio.timeout(self.list_timeout.read):
+                content = await _read_capped(response)
+        except (httpx.TransportError, httpx.DecodingError, TimeoutError):
             content = b""
         finally:
             await response.aclose()
