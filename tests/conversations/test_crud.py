@@ -124,6 +124,43 @@ async def test_delete_removes_the_conversation_and_its_messages(
     assert count == 0
 
 
+async def _messages_of(app: FastAPI, conversation_id: str) -> int:
+    async with session_scope(app.state.core.sessionmaker) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.conversation_id == conversation_id)
+        )
+    return int(count or 0)
+
+
+# SQLite ran a cascade through `parent_id` one trigger level per message, and gave up past
+# 1000 levels: a 500-exchange conversation could not be deleted, nor its owner's account.
+LONG_BRANCH = [f"turn {index}" for index in range(1200)]
+
+
+async def test_a_conversation_with_a_branch_of_over_a_thousand_messages_is_deleted(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    conversation_id = await seed(regular_user.id, *LONG_BRANCH)
+    response = await client.delete(
+        f"/api/conversations/{conversation_id}", headers=regular_user.headers
+    )
+    assert response.status_code == 204, response.text
+    assert await _messages_of(app, conversation_id) == 0
+
+
+async def test_the_owner_of_a_branch_of_over_a_thousand_messages_can_be_deleted(
+    app: FastAPI, client: httpx.AsyncClient, user_factory: UserFactory, seed: Seeder
+) -> None:
+    admin = await user_factory(role="admin")
+    owner = await user_factory()
+    conversation_id = await seed(owner.id, *LONG_BRANCH)
+    response = await client.delete(f"/api/admin/users/{owner.id}", headers=admin.headers)
+    assert response.status_code == 204, response.text
+    assert await _messages_of(app, conversation_id) == 0
+
+
 async def test_a_delete_that_finds_the_row_already_gone_succeeds_without_a_warning(
     app: FastAPI, regular_user: TestUser, seed: Seeder
 ) -> None:
