@@ -114,6 +114,28 @@ async def test_search_finds_words_in_messages_and_titles(
 
 
 @pytest.mark.parametrize(
+    "word",
+    [
+        "नमस्ते",  # Devanagari: vowel signs and virama are combining marks
+        "สวัสดีครับ",  # Thai
+        "مُحَمَّد",  # Arabic with its vowel points
+        "שָׁלוֹם",  # Hebrew with niqqud
+        "e\u0301cole",  # an accent typed as its own character (NFD)
+    ],
+)
+async def test_search_finds_a_word_written_with_combining_marks(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder, word: str
+) -> None:
+    """The query was cut into words at each combining mark, and the pieces never matched
+    the whole word the databases index (PostgreSQL found none of these)."""
+    await seed(regular_user.id, f"{word} and more", "ok", title="Found")
+    await seed(regular_user.id, "something else", "ok", title="Other")
+    response = await _list(client, regular_user, q=word)
+    assert response.status_code == 200, response.text
+    assert [item["title"] for item in response.json()["items"]] == ["Found"]
+
+
+@pytest.mark.parametrize(
     "query",
     [
         '"',

@@ -5,7 +5,9 @@ GIN index on `to_tsvector('simple', left(content, 100000))` (migration 0005: tex
 message's first 100 000 characters is not searched there). The user's text never reaches
 the database as query syntax: it is cut into word tokens, and each token is bound as a
 parameter — quoted as an FTS5 string on SQLite, passed to `plainto_tsquery` (which has no
-syntax) on PostgreSQL.
+syntax) on PostgreSQL. A word keeps its combining marks (Devanagari and Thai vowel signs,
+Arabic and Hebrew vowel points, accents typed as separate characters): both databases'
+tokenizers read such a word as one, so cut at its marks it matched nothing on PostgreSQL.
 Every token must occur (AND). Titles match by case-insensitive substring, with LIKE
 wildcards escaped.
 
@@ -34,7 +36,7 @@ word sits only in old conversations, that is ~0.7 µs a message of the caller's 
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from typing import Any
 
 from sqlalchemy import (
@@ -55,7 +57,6 @@ from ollama_web.db import Conversation, Message
 
 MAX_QUERY_CHARS = 200
 MAX_TOKENS = 16
-_WORD = re.compile(r"\w+")
 
 # The text search configuration; the index expression and the query must use the same one.
 TS_CONFIG = "simple"
@@ -71,9 +72,15 @@ DENSE_SAMPLE = 2_000
 DENSE_MATCHES = 500
 
 
+def _in_word(char: str) -> bool:
+    """A word character (`\\w`: letter, digit, underscore) or a combining mark."""
+    return char.isalnum() or char == "_" or unicodedata.category(char).startswith("M")
+
+
 def tokens(query: str) -> list[str]:
-    """The words of `query` (Unicode letters, digits, underscore), at most MAX_TOKENS."""
-    return _WORD.findall(query)[:MAX_TOKENS]
+    """The words of `query` (Unicode letters, digits, underscore, and the combining marks
+    written with them), at most MAX_TOKENS."""
+    return "".join(char if _in_word(char) else " " for char in query).split()[:MAX_TOKENS]
 
 
 def fts5_query(words: list[str]) -> str:
