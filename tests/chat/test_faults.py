@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ollama_web.chat.schemas import SYSTEM_PROMPT_CHARS
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import EventReader, chat_body, parse_events, stored_conversation
 from tests.conftest import asgi_client
@@ -152,6 +153,24 @@ async def test_limits_from_settings_are_422(
             )
             assert response.status_code == 422, (raw, response.text)
             assert response.json()["details"]["fields"][0]["loc"] == location
+        assert await _conversation_count(client, user) == 0
+
+
+async def test_a_system_prompt_longer_than_a_conversation_holds_is_422_whatever_the_limit(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    """With MAX_MESSAGE_CHARS above 100 000 a chat stored a system prompt that PUT, PATCH
+    and import refuse, and the conversation's export failed (500) on it."""
+    app = await app_factory(chat_settings(max_message_chars=300_000))
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        response = await client.post(
+            "/api/chat/message",
+            json=chat_body(system_prompt="s" * (SYSTEM_PROMPT_CHARS + 1)),
+            headers=user.headers,
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["details"]["fields"][0]["loc"] == ["system_prompt"]
         assert await _conversation_count(client, user) == 0
 
 

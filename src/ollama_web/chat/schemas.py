@@ -29,6 +29,9 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 200
+# A conversation's system prompt, however it is set (chat, PUT/PATCH, import): what a chat
+# stores must export and import again.
+SYSTEM_PROMPT_CHARS = 100_000
 
 
 class OllamaOptions(BaseModel):
@@ -89,7 +92,10 @@ class ChatRequest(BaseModel):
         "at most MAX_IMAGE_BYTES once decoded.",
     )
     options: OllamaOptions | None = None
-    system_prompt: str | None = None
+    system_prompt: Annotated[str, Field(max_length=SYSTEM_PROMPT_CHARS)] | None = Field(
+        default=None,
+        description=f"At most {SYSTEM_PROMPT_CHARS} characters (and MAX_MESSAGE_CHARS).",
+    )
     think: StrictBool | None = Field(
         default=None,
         description="Ask a thinking model to think (or not); unset = its default. true for a "

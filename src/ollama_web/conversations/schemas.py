@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from ollama_web.chat.schemas import OllamaOptions
+from ollama_web.chat.schemas import SYSTEM_PROMPT_CHARS, OllamaOptions
 from ollama_web.core.validation import Identifier, Sanitized
 
 MODEL_CHARS = 200  # conversations.model and messages.model
 Title = Annotated[str, Sanitized(max_length=200, min_length=1)]
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_CHARS)]
-SystemPrompt = Annotated[str, Field(max_length=100_000)]
+SystemPrompt = Annotated[str, Field(max_length=SYSTEM_PROMPT_CHARS)]
 
 
 class ConversationCreate(BaseModel):
