@@ -96,16 +96,16 @@ async def revoke_my_key(
     key_id: str, principal: CurrentPrincipal, session: SessionDep, client: ClientInfoDep
 ) -> Response:
     key = await get_owned_key(session, principal.user_id, key_id)
-    await revoke_key(session, key)
-    await record_event(
-        session,
-        AuditAction.KEY_REVOKED,
-        actor_user_id=principal.user_id,
-        target_type="api_key",
-        target_id=key.id,
-        ip_address=client.ip_address,
-        details={"name": key.name, "prefix": key.prefix},
-    )
+    if await revoke_key(session, key):  # recorded once, by the request that revoked it
+        await record_event(
+            session,
+            AuditAction.KEY_REVOKED,
+            actor_user_id=principal.user_id,
+            target_type="api_key",
+            target_id=key.id,
+            ip_address=client.ip_address,
+            details={"name": key.name, "prefix": key.prefix},
+        )
     return Response(status_code=204)
 
 

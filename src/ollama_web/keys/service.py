@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 from sqlalchemy import Select, Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
 from ollama_web.auth.sessions import ACTIVITY_WRITE_INTERVAL
@@ -124,11 +125,24 @@ async def get_owned_key(session: AsyncSession, user_id: str, key_id: str) -> Api
     return key
 
 
-async def revoke_key(session: AsyncSession, key: ApiKey) -> None:
-    """Idempotent: revoking a revoked key changes nothing."""
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        await session.flush()
+async def revoke_key(session: AsyncSession, key: ApiKey) -> bool:
+    """Idempotent: revoking a revoked key changes nothing and returns False (as it does for
+    the later of two revocations at once: the conditional UPDATE lets one through)."""
+    if key.revoked_at is not None:
+        return False
+    now = utcnow()
+    stmt = (
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(await session.execute(stmt), "rowcount", 0):
+        if await session.get(ApiKey, key.id, populate_existing=True) is None:
+            raise ApiKeyNotFoundError("API key not found.")  # deleted meanwhile
+        return False
+    set_committed_value(key, "revoked_at", now)
+    return True
 
 
 async def rotate_key(
@@ -151,10 +165,25 @@ async def rotate_key(
     valid_until = now + timedelta(minutes=grace_minutes)
     if key.expires_at is not None:
         valid_until = min(valid_until, key.expires_at)
-    key.rotated_at = now
-    key.grace_until = valid_until
-    key.replaced_by_id = new_key.id
-    await session.flush()
+    # Only if it is still active: a rotation or a revocation that committed since the key
+    # was loaded wins, and this one (with the new key) rolls back; two rotations at once
+    # would otherwise leave two live replacements, a revocation one live successor.
+    values = {"rotated_at": now, "grace_until": valid_until, "replaced_by_id": new_key.id}
+    stmt = (
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None), ApiKey.grace_until.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(await session.execute(stmt), "rowcount", 0):
+        current = await session.get(ApiKey, key.id, populate_existing=True)
+        if current is None:
+            raise ApiKeyNotFoundError("API key not found.")
+        raise ApiKeyNotActiveError(
+            "Only an active key can be rotated.", details={"status": key_status(current, now)}
+        )
+    for name, value in values.items():
+        set_committed_value(key, name, value)
     return new_key, secret, valid_until
 
 
