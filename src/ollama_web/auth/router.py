@@ -234,15 +234,15 @@ async def end_session(
     row = await get_owned_session(session, principal.user_id, session_id)
     if row is None:
         raise NotFoundError("Session not found.")
-    await revoke_session(session, row)
-    await record_event(
-        session,
-        AuditAction.SESSION_REVOKED,
-        actor_user_id=principal.user_id,
-        target_type="session",
-        target_id=row.id,
-        ip_address=client.ip_address,
-    )
+    if await revoke_session(session, row):  # recorded once, by the request that ended it
+        await record_event(
+            session,
+            AuditAction.SESSION_REVOKED,
+            actor_user_id=principal.user_id,
+            target_type="session",
+            target_id=row.id,
+            ip_address=client.ip_address,
+        )
     response = Response(status_code=204)
     if row.id == principal.session_id:
         clear_session_cookie(response, settings, secure=request_is_https(request, settings))

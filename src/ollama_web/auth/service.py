@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.audit.service import AuditAction, record_event, record_event_detached
 from ollama_web.auth.errors import (
@@ -25,7 +27,7 @@ from ollama_web.auth.users import (
     create_user,
     find_by_username,
     lock_setup,
-    set_password,
+    set_password_if_unchanged,
     username_key,
 )
 from ollama_web.core.config import Settings
@@ -123,6 +125,40 @@ async def _login_failed(
     return InvalidCredentialsError("The username or password is incorrect.")
 
 
+async def _claim_login(
+    session: AsyncSession, user: User, new_hash: str | None
+) -> tuple[bool, User | None]:
+    """Stamp the login on the user's row only if the password checked is still the one
+    stored and the account still enabled. The check took a while: a password change, an
+    admin's reset or a disable may have committed meanwhile, and each ends the sessions that
+    exist when it runs, so one created now from the old password would outlive it. The
+    conditional UPDATE locks the row: such a change waits for this login to commit, and
+    then ends its session too.
+
+    Returns whether it did, and the row: otherwise as it is now (None if deleted), with the
+    transaction ended, so the failure's audit event can be written beside it."""
+    values: dict[str, object] = {"last_login_at": utcnow()}
+    if new_hash is not None:
+        values["password_hash"] = new_hash
+    stmt = (
+        update(User)
+        .where(
+            User.id == user.id,
+            User.password_hash == user.password_hash,
+            User.is_active.is_(True),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(await session.execute(stmt), "rowcount", 0):
+        for name, value in values.items():
+            set_committed_value(user, name, value)
+        return True, user
+    current = await session.get(User, user.id, populate_existing=True)
+    await session.commit()  # nothing was written; `current` stays usable
+    return False, current
+
+
 async def login(
     session: AsyncSession,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -143,6 +179,15 @@ async def login(
         if not await passwords.verify_async(user.password_hash if user else None, password):
             raise await _login_failed(sessionmaker, throttle, user, username, client)
     assert user is not None
+    if user.is_active:
+        new_hash = None
+        if passwords.needs_rehash(user.password_hash):
+            new_hash = await passwords.hash_async(password)
+        claimed, current = await _claim_login(session, user, new_hash)
+        if not claimed:
+            if current is None or current.is_active:  # deleted, or its password changed
+                raise await _login_failed(sessionmaker, throttle, current, username, client)
+            user = current  # disabled meanwhile
     if not user.is_active:
         await record_event_detached(
             sessionmaker,
@@ -155,9 +200,6 @@ async def login(
         )
         raise AccountDisabledError("This account is disabled.")
     await throttle.record_success(user.username_key)
-    if passwords.needs_rehash(user.password_hash):
-        user.password_hash = await passwords.hash_async(password)
-    user.last_login_at = utcnow()
     row, token = await create_session(
         session, user, settings, ip_address=client.ip_address, user_agent=client.user_agent
     )
@@ -194,7 +236,13 @@ async def change_password(
             raise InvalidCurrentPasswordError(
                 "The current password is incorrect.", details={"field": "current_password"}
             )
-    await set_password(passwords, user, new_password)
+    if not await set_password_if_unchanged(
+        session, passwords, user, new_password, expected_hash=user.password_hash
+    ):
+        raise InvalidCurrentPasswordError(
+            "The password was changed meanwhile; the current password given is no longer it.",
+            details={"field": "current_password"},
+        )
     ended = await revoke_user_sessions(session, user.id, except_session_id=keep_session_id)
     await record_event(
         session,

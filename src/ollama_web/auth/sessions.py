@@ -110,10 +110,22 @@ async def get_owned_session(
     return (await session.scalars(stmt)).first()
 
 
-async def revoke_session(session: AsyncSession, row: UserSession) -> None:
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        await session.flush()
+async def revoke_session(session: AsyncSession, row: UserSession) -> bool:
+    """End a session; False if it had ended already (perhaps by a request running at the
+    same time: the conditional UPDATE lets only one of them end it, and record it)."""
+    if row.revoked_at is not None:
+        return False
+    now = utcnow()
+    stmt = (
+        update(UserSession)
+        .where(UserSession.id == row.id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(await session.execute(stmt), "rowcount", 0):
+        return False
+    set_committed_value(row, "revoked_at", now)
+    return True
 
 
 async def revoke_user_sessions(

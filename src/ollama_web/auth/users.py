@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.auth.errors import LastAdminError, UsernameTakenError
 from ollama_web.auth.passwords import Passwords, password_problem
@@ -113,6 +114,28 @@ async def set_password(passwords: Passwords, user: User, password: str) -> None:
     check_password(password)
     user.password_hash = await passwords.hash_async(password)
     user.password_changed_at = utcnow()
+
+
+async def set_password_if_unchanged(
+    session: AsyncSession, passwords: Passwords, user: User, password: str, *, expected_hash: str
+) -> bool:
+    """Set a new password only if the stored hash is still `expected_hash` (the one the
+    current password was checked against); False if another change came first. One
+    conditional UPDATE: a concurrent change, reset or login waits for it or it for them."""
+    check_password(password)
+    new_hash = await passwords.hash_async(password)
+    now = utcnow()
+    stmt = (
+        update(User)
+        .where(User.id == user.id, User.password_hash == expected_hash)
+        .values(password_hash=new_hash, password_changed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(await session.execute(stmt), "rowcount", 0):
+        return False
+    set_committed_value(user, "password_hash", new_hash)
+    set_committed_value(user, "password_changed_at", now)
+    return True
 
 
 async def count_active_admins(session: AsyncSession) -> int:
