@@ -9,14 +9,17 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import certifi
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Executable, case, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from ollama_web.auth import cli as auth_cli
 from ollama_web.auth.passwords import passwords_for
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
@@ -164,6 +167,46 @@ def test_users_list_and_enable(
     assert run(monkeypatch, ["users", "enable", "helper"]) == 0
     assert users(cli_settings)["helper"].is_active is True
     assert run(monkeypatch, ["users", "disable", "ghost"]) == 1
+
+
+def _execute(settings: Settings, statement: Executable) -> Coroutine[Any, Any, None]:
+    async def execute() -> None:
+        engine = create_null_pool_engine(settings)
+        try:
+            async with session_scope(create_sessionmaker(engine)) as session:
+                await session.execute(statement)
+        finally:
+            await engine.dispose()
+
+    return execute()
+
+
+def test_disabling_a_user_promoted_meanwhile_keeps_an_active_admin(
+    cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command read a plain user; the server then made it the only admin before the
+    command wrote: the disable was not checked as an admin's and left none."""
+    for name in ("boss", "helper"):
+        args = ["create-admin", "--username", name, "--password-stdin"]
+        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    asyncio.run(
+        _execute(cli_settings, update(User).where(User.username == "helper").values(role="user"))
+    )
+    only_helper = update(User).values(role=case((User.username == "helper", "admin"), else_="user"))
+    original = auth_cli.find_by_username
+
+    async def then_promote(session: AsyncSession, username: str) -> User | None:
+        found = await original(session, username)
+        await _execute(cli_settings, only_helper)
+        return found
+
+    monkeypatch.setattr(auth_cli, "find_by_username", then_promote)
+    capsys.readouterr()
+
+    assert run(monkeypatch, ["users", "disable", "helper"]) == 1
+    assert "last active admin" in capsys.readouterr().err
+    helper = users(cli_settings)["helper"]
+    assert (helper.role, helper.is_active) == ("admin", True)
 
 
 def test_the_password_is_never_a_command_line_argument() -> None:

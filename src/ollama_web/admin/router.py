@@ -156,16 +156,16 @@ async def delete_account(
     user = await get_user_or_404(session, user_id)
     username = user.username
     await chat_deletions.stop_answers(session, registry, user.id)
-    await delete_user(session, user)
-    await record_event(
-        session,
-        AuditAction.USER_DELETED,
-        actor_user_id=principal.user_id,
-        target_type="user",
-        target_id=user_id,
-        ip_address=client.ip_address,
-        details={"username": username},
-    )
+    if await delete_user(session, user):
+        await record_event(
+            session,
+            AuditAction.USER_DELETED,
+            actor_user_id=principal.user_id,
+            target_type="user",
+            target_id=user_id,
+            ip_address=client.ip_address,
+            details={"username": username},
+        )
     return Response(status_code=204)
 
 

@@ -2,7 +2,9 @@
 
 Every change that could remove the last active admin runs under `lock_admins` and is
 checked after it is flushed (`require_an_active_admin`), so it is refused with 409
-LAST_ADMIN even when two admins act at the same moment.
+LAST_ADMIN even when two admins act at the same moment. The user is then locked and
+reloaded (`lock_user`): what it is now, not what it was when the request loaded it, decides
+(a user promoted meanwhile is an admin). Locks are taken in that order, admins first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ollama_web.auth.users import (
     check_email,
     get_user,
     lock_admins,
+    lock_user,
     require_an_active_admin,
     set_password,
 )
@@ -65,9 +68,11 @@ async def update_user(
 ) -> dict[str, Any]:
     """Apply the given changes; returns what changed (for the audit record)."""
     changes: dict[str, Any] = {}
-    removing_admin = _removes_admin(user, role, is_active)
-    if removing_admin:
+    if (role is not None and role != UserRole.ADMIN.value) or is_active is False:
         await lock_admins(session)
+    if not await lock_user(session, user):
+        raise NotFoundError("User not found.")
+    removing_admin = _removes_admin(user, role, is_active)
     if role is not None and role != user.role:
         changes["role"] = {"from": user.role, "to": role}
         user.role = role
@@ -84,16 +89,21 @@ async def update_user(
     if removing_admin:
         await require_an_active_admin(session, user.id)
     if is_active is False or password is not None:
-        changes["sessions_ended"] = await revoke_user_sessions(session, user.id)
+        ended = await revoke_user_sessions(session, user.id)
+        if changes or ended:  # a repeated disable changes nothing: nothing to record
+            changes["sessions_ended"] = ended
     return changes
 
 
-async def delete_user(session: AsyncSession, user: User) -> None:
-    """Delete the account; its keys, sessions and conversations go with it."""
+async def delete_user(session: AsyncSession, user: User) -> bool:
+    """Delete the account; its keys, sessions and conversations go with it. False if it was
+    gone already (deleted meanwhile): nothing to do, and nothing to record."""
+    await lock_admins(session)
+    if not await lock_user(session, user):
+        return False
     removing_admin = user.is_admin and user.is_active
-    if removing_admin:
-        await lock_admins(session)
     await session.delete(user)
     await session.flush()
     if removing_admin:
         await require_an_active_admin(session, user.id)
+    return True

@@ -25,6 +25,7 @@ from ollama_web.auth.users import (
     create_user,
     find_by_username,
     lock_admins,
+    lock_user,
     require_an_active_admin,
     set_password,
 )
@@ -203,9 +204,11 @@ def _set_active(args: argparse.Namespace) -> int:
             user = await find_by_username(session, args.username)
             if user is None:
                 raise CommandError(f"no user named {args.username!r}")
-            removing_admin = not args.active and user.is_admin and user.is_active
-            if removing_admin:
+            if not args.active:
                 await lock_admins(session)
+            if not await lock_user(session, user):  # reloaded: the server may have changed it
+                raise CommandError(f"no user named {args.username!r}")
+            removing_admin = not args.active and user.is_admin and user.is_active
             user.is_active = args.active
             await session.flush()
             if removing_admin:

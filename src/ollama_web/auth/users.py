@@ -138,6 +138,20 @@ async def set_password_if_unchanged(
     return True
 
 
+async def lock_user(session: AsyncSession, user: User) -> bool:
+    """Lock the user's row for the rest of the transaction (a row lock on PostgreSQL, the
+    write lock on SQLite) and reload it: another request may have changed it since it was
+    loaded, and a decision (last admin, what changed) must be taken on what is there now.
+    False if the row is gone."""
+    touched = await session.execute(
+        text("UPDATE users SET role = role WHERE id = :id"), {"id": user.id}
+    )
+    if not getattr(touched, "rowcount", 0):
+        return False
+    await session.refresh(user)
+    return True
+
+
 async def count_active_admins(session: AsyncSession) -> int:
     stmt = (
         select(func.count())
@@ -149,11 +163,15 @@ async def count_active_admins(session: AsyncSession) -> int:
 
 async def lock_admins(session: AsyncSession) -> None:
     """Lock the active admin rows (PostgreSQL) before a change that may remove an admin, so
-    two admins demoting each other at once cannot both succeed; SQLite serialises writers."""
+    two admins demoting each other at once cannot both succeed; SQLite serialises writers.
+
+    FOR NO KEY UPDATE: the rows are not deleted here, and a plain FOR UPDATE would also
+    block the foreign-key checks of rows naming an admin (the audit event an admin's own
+    request writes), deadlocking with a request that holds the user it edits meanwhile."""
     stmt = (
         select(User.id)
         .where(User.role == UserRole.ADMIN.value, User.is_active.is_(True))
-        .with_for_update()
+        .with_for_update(key_share=True)
     )
     await session.execute(stmt)
 
