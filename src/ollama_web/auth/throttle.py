@@ -25,12 +25,13 @@ import time
 from collections.abc import AsyncIterator
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import RateLimitedError
 from ollama_web.core.net import rate_limit_address
+from ollama_web.ratelimit.storage import LocalStorage
 
 _USERNAME = "login-failures-username"
 _ADDRESS = "login-failures-address"
@@ -43,7 +44,7 @@ BUSY_RETRY_SECONDS = 1
 class LoginThrottle:
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
         self._own_storage = storage is None
-        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.storage: Storage = storage if storage is not None else LocalStorage()
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._item = RateLimitItemPerMinute(
             settings.login_max_failures, settings.login_failure_window_minutes

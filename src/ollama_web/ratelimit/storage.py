@@ -155,13 +155,28 @@ class FallbackStorage(Storage, MovingWindowSupport):
                 await timer
 
 
+class LocalStorage(MemoryStorage):
+    """limits' in-memory storage with one race closed. Its expiry pass (a task, started by
+    the next hit once the last pass ended) lists the keys, then for each awaits a thread and
+    reads `events[key]`; a `clear` meanwhile (a successful login resets its failures)
+    removed the key, so a KeyError ended the pass, logged with a traceback as a task
+    exception nobody retrieved. A cleared key's events are emptied instead, its lock kept:
+    the next pass drops both."""
+
+    async def clear(self, key: str) -> None:
+        self.storage.pop(key, None)
+        self.expirations.pop(key, None)
+        if key in self.events:
+            self.events[key] = []
+
+
 def build_storage(redis_url: str | None) -> FallbackStorage:
     """The shared storage: memory only, or Redis (redis-py asyncio) with memory fallback.
 
     Nothing connects here; the first rate-limit check (or health probe) does.
     """
     if not redis_url:
-        return FallbackStorage(None, MemoryStorage())
+        return FallbackStorage(None, LocalStorage())
     # Imported only when configured: redis-py costs ~6 MB of memory at import.
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
@@ -180,6 +195,4 @@ def build_storage(redis_url: str | None) -> FallbackStorage:
         key_prefix=KEY_PREFIX,
         connection_pool=pool,  # type: ignore[arg-type]  # passed through to redis-py
     )
-    return FallbackStorage(
-        primary, MemoryStorage(), pool=pool, primary_errors=(RedisError, OSError)
-    )
+    return FallbackStorage(primary, LocalStorage(), pool=pool, primary_errors=(RedisError, OSError))
