@@ -19,6 +19,7 @@ from ollama_web.core.startup import (
 )
 
 SHUTDOWN_MARGIN_SECONDS = 5
+HTTP_PROTOCOL = "ollama_web.core.http_guard:GuardedHttpToolsProtocol"
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -76,7 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=workers,
         reload=args.reload,
         loop="auto",
-        http="auto",
+        # httptools with limits on the request head's size and the time clients take.
+        http=HTTP_PROTOCOL,
         # The app itself believes X-Forwarded-For only from TRUSTED_PROXIES.
         proxy_headers=False,
         server_header=False,

@@ -1,0 +1,202 @@
+"""uvicorn's httptools protocol with the limits a server facing clients needs.
+
+uvicorn reads a request's head (request line and headers) with no limit of size, count or
+time: one client could send a header of hundreds of MiB (all kept in memory, then answered
+200), a million tiny headers (~100 bytes of memory each), or open connections and send
+nothing, or a byte of header a second, holding them forever. `ollama-web serve` runs this
+protocol instead (uvicorn's `http` option; `--http` on its command line), which
+
+- answers 431 `REQUEST_HEADERS_TOO_LARGE` and closes once the request line and headers
+  exceed MAX_HEAD_BYTES, or the headers number more than MAX_HEADERS (nginx allows 32 KiB;
+  Apache 100 headers);
+- closes a connection whose request head is not complete HEAD_TIMEOUT_SECONDS after its
+  first byte, or after the connection opened (or the previous answer ended): silently when
+  nothing of a request came, else with 408 `REQUEST_TIMEOUT`;
+- closes, with 408, a request whose body stops arriving for BODY_IDLE_TIMEOUT_SECONDS
+  (a body trickling in still progresses; one held back after most of MAX_REQUEST_BYTES
+  does not), as nginx's `client_body_timeout`.
+
+Answers are the API's error shape. The request id is new: no application saw the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ollama_web.core.errors import encode_error
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+HEAD_TIMEOUT_SECONDS = 30.0
+BODY_IDLE_TIMEOUT_SECONDS = 60.0
+LINGER_SECONDS = 2.0
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a request that was answered."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    max_head_bytes = MAX_HEAD_BYTES
+    max_headers = MAX_HEADERS
+    head_timeout_seconds = HEAD_TIMEOUT_SECONDS
+    body_idle_timeout_seconds = BODY_IDLE_TIMEOUT_SECONDS
+
+    _timer: asyncio.TimerHandle | None = None
+    _refused = False
+    _head_bytes = 0
+    _header_count = 0
+    _in_request = False
+    """A byte of the current request has come (a timeout then deserves an answer)."""
+    _in_body = False
+    _heads_read = 0
+    _head_bytes_received = 0
+    """Bytes received since the last request head ended (none ended in them)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.head_timeout_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, except that a request refused by a callback is not a parse error."""
+        if self._refused:
+            return
+        if self._in_body:
+            self._arm(self.body_idle_timeout_seconds)
+        self._unset_keepalive_if_required()
+        heads_before = self._heads_read
+        try:
+            self.parser.feed_data(data)
+            if self._heads_read != heads_before:
+                self._head_bytes_received = 0
+            elif not self._in_body:
+                # httptools hands over a header only once its line ends: count what came.
+                self._head_bytes_received += len(data)
+                if self._head_bytes_received > self.max_head_bytes:
+                    self._refuse_head()
+        except httptools.HttpParserError:
+            if not self._refused:  # a HeadRefused comes out of httptools wrapped as one
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    # ----------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._header_count = 0
+        self._in_request = True
+        if self._timer is None:  # a pipelined request: the clock runs from its first byte
+            self._arm(self.head_timeout_seconds)
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), headers=0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, headers=1)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._heads_read += 1
+        self._disarm()
+        self._in_body = True
+        self._arm(self.body_idle_timeout_seconds)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_body = False
+        self._in_request = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # uvicorn's keep-alive timer closes an idle connection, but any byte cancels it:
+        # the head must still be complete in time.
+        if not self.transport.is_closing() and self.cycle.response_complete:
+            self._arm(self.head_timeout_seconds)
+
+    # ----------------------------------------------------------- limits
+
+    def _count(self, size: int, headers: int) -> None:
+        self._head_bytes += size
+        self._header_count += headers
+        if self._head_bytes > self.max_head_bytes or self._header_count > self.max_headers:
+            self._refuse_head()
+            raise HeadRefused
+
+    def _refuse_head(self) -> None:
+        self._refuse(
+            431,
+            "REQUEST_HEADERS_TOO_LARGE",
+            "The request line and headers are too large.",
+            {"max_bytes": self.max_head_bytes, "max_headers": self.max_headers},
+        )
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self._refused:
+            return
+        cycle = self.cycle
+        if self._in_body:
+            if self.flow.read_paused:
+                # Not the client's doing: the application has not read what came yet.
+                self._arm(self.body_idle_timeout_seconds)
+                return
+            if cycle.response_started:
+                # Answered before the body was read: end the connection after the answer.
+                cycle.keep_alive = False
+                return
+            cycle.disconnected = True  # the application's receive() ends
+            cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:
+            # An answer is still being sent; a request pipelined behind it is late: the
+            # connection ends after that answer.
+            cycle.keep_alive = False
+            return
+        elif not self._in_request:
+            self._refused = True
+            self.transport.close()
+            return
+        self._refuse(408, "REQUEST_TIMEOUT", "The request was not received in time.", {})
+
+    def _refuse(self, status: int, code: str, message: str, details: dict[str, int]) -> None:
+        self._refused = True
+        self._disarm()
+        body = encode_error(code, message, details, uuid.uuid4().hex)
+        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+        head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+        head += b"connection: close\r\n\r\n"
+        self.transport.write(head + body)
+        # Closing with unread input would reset the connection, and the client might never
+        # read the answer: stop sending, discard what still comes for a moment, then close.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()

@@ -1,0 +1,198 @@
+"""The HTTP protocol `ollama-web serve` runs: a request head has a size, a header count and
+a time limit, and a body may not stall (slowloris), on a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from ollama_web.cli import HTTP_PROTOCOL
+from ollama_web.core.config import Settings
+from ollama_web.core.http_guard import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
+from ollama_web.emulator import EmulatorConfig, ModelSpec
+from ollama_web.emulator.testing import running_emulator
+from tests.fixtures.auth import create_test_user
+
+
+class QuickTimeouts(GuardedHttpToolsProtocol):
+    head_timeout_seconds = 0.5
+    body_idle_timeout_seconds = 0.5
+
+
+AppFactory = Callable[[Settings], Any]
+
+
+@asynccontextmanager
+async def guarded_server(app: FastAPI) -> AsyncIterator[tuple[str, int]]:
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", http=QuickTimeouts
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def address(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> AsyncIterator[tuple[str, int]]:
+    app = await app_factory(settings_factory())
+    async with guarded_server(app) as where:
+        yield where
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the answer; the connection must then be closed."""
+    raw = await asyncio.wait_for(reader.read(), 10)  # read() returns once the server closes
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+async def _live(host: str, port: int) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"http://{host}:{port}/health/live")).status_code
+
+
+def test_serve_runs_the_guarded_protocol() -> None:
+    module, _, name = HTTP_PROTOCOL.partition(":")
+    assert (module, name) == (GuardedHttpToolsProtocol.__module__, "GuardedHttpToolsProtocol")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n",  # one huge header
+        b"".join(b"X-%d: y\r\n" % n for n in range(101)),  # too many headers
+        b"Cookie: " + b"a" * (1024 * 1024),  # never ends: refused while it streams in
+    ],
+)
+async def test_a_head_too_large_is_431_and_the_server_carries_on(
+    address: tuple[str, int], headers: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    status, body = await _answer(reader)
+    writer.close()
+    assert status == 431
+    assert body["error"] == "REQUEST_HEADERS_TOO_LARGE"
+    assert body["details"] == {"max_bytes": MAX_HEAD_BYTES, "max_headers": 100}
+    assert await _live(*address) == 200
+
+
+async def test_a_large_but_allowed_head_is_served(address: tuple[str, int]) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(
+            f"http://{address[0]}:{address[1]}/health/live",
+            headers={"Cookie": "c=" + "a" * 16_000, **{f"X-{n}": "y" for n in range(90)}},
+        )
+    assert response.status_code == 200
+
+
+async def test_a_connection_that_sends_nothing_is_closed(address: tuple[str, int]) -> None:
+    reader, writer = await asyncio.open_connection(*address)
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing said
+    writer.close()
+
+
+async def test_a_head_trickling_in_is_408(address: tuple[str, int]) -> None:
+    """Each byte comes well within the timeout, but the head is not done in time."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+
+    async def trickle() -> None:
+        while True:
+            writer.write(b"X-A: b\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    trickling = asyncio.create_task(trickle())
+    status, body = await _answer(reader)
+    trickling.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await trickling
+    writer.close()
+    assert (status, body["error"]) == (408, "REQUEST_TIMEOUT")
+    assert time.monotonic() - started < 5
+
+
+async def test_a_keep_alive_connection_gets_the_same_head_limit(
+    address: tuple[str, int],
+) -> None:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = await asyncio.wait_for(reader.readuntil(b'{"status":"alive"}'), 10)
+    assert first.startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")  # never finished
+    status, body = await _answer(reader)
+    writer.close()
+    assert (status, body["error"]) == (408, "REQUEST_TIMEOUT")
+
+
+async def test_a_body_that_stops_coming_is_408(address: tuple[str, int]) -> None:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b"{" + b" " * 50_000
+    )
+    status, body = await _answer(reader)
+    writer.close()
+    assert (status, body["error"]) == (408, "REQUEST_TIMEOUT")
+    assert await _live(*address) == 200
+
+
+async def test_a_body_trickling_in_is_read(address: tuple[str, int]) -> None:
+    """A slow client is not refused while its body progresses (here for ~3 body timeouts)."""
+    document = json.dumps({"username": "nobody", "password": "not the password"}).encode()
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(document)
+    )
+    for start in range(0, len(document), len(document) // 5 + 1):
+        writer.write(document[start : start + len(document) // 5 + 1])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+    status, body = await _answer(reader)
+    writer.close()
+    assert (status, body["error"]) == (401, "INVALID_CREDENTIALS")
+
+
+async def test_a_long_answer_is_not_cut_by_the_limits(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    """A stream lasting several times both timeouts ends with its `done` event."""
+    config = EmulatorConfig(
+        models=[ModelSpec.preset("llama3.2")], reply_tokens=15, tokens_per_second=8
+    )
+    async with running_emulator(config) as emulator:
+        app = await app_factory(settings_factory(ollama_url=[emulator.url]))
+        user = await create_test_user(app)
+        async with guarded_server(app) as (host, port), httpx.AsyncClient() as client:
+            response = await client.post(
+                f"http://{host}:{port}/api/chat/stream",
+                json={"model": "llama3.2", "content": "hi"},
+                headers=user.headers,
+                timeout=30,
+            )
+    assert response.status_code == 200
+    assert "event: done" in response.text
