@@ -107,6 +107,20 @@ async def test_a_large_but_allowed_head_is_served(address: tuple[str, int]) -> N
     assert response.status_code == 200
 
 
+async def test_large_bodies_are_not_counted_as_heads(address: tuple[str, int]) -> None:
+    """Bodies of 1 MiB, one after the other on a connection (the end of a body and the
+    start of the next request share a read)."""
+    document = json.dumps({"username": "nobody", "password": "p" * (1024 * 1024)})
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            response = await client.post(
+                f"http://{address[0]}:{address[1]}/api/auth/login",
+                content=document,
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.json()["error"] == "VALIDATION_ERROR"
+
+
 async def test_a_connection_that_sends_nothing_is_closed(address: tuple[str, int]) -> None:
     reader, writer = await asyncio.open_connection(*address)
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing said

@@ -55,9 +55,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _in_request = False
     """A byte of the current request has come (a timeout then deserves an answer)."""
     _in_body = False
-    _heads_read = 0
+    _ends = 0
+    """Heads and messages that ended: the bytes after them may start a new head."""
     _head_bytes_received = 0
-    """Bytes received since the last request head ended (none ended in them)."""
+    """Bytes received since the last head or message ended (none ended in them)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -74,10 +75,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_body:
             self._arm(self.body_idle_timeout_seconds)
         self._unset_keepalive_if_required()
-        heads_before = self._heads_read
+        ends_before = self._ends
         try:
             self.parser.feed_data(data)
-            if self._heads_read != heads_before:
+            if self._ends != ends_before:
                 self._head_bytes_received = 0
             elif not self._in_body:
                 # httptools hands over a header only once its line ends: count what came.
@@ -113,13 +114,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._heads_read += 1
+        self._ends += 1
         self._disarm()
         self._in_body = True
         self._arm(self.body_idle_timeout_seconds)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._ends += 1
         self._disarm()
         self._in_body = False
         self._in_request = False
