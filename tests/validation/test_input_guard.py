@@ -10,7 +10,11 @@ import pytest
 from fastapi import APIRouter, FastAPI
 
 from ollama_web.core.config import Settings
-from ollama_web.middleware.input_guard import json_has_bad_escape
+from ollama_web.middleware.input_guard import (
+    MAX_JSON_VALUES,
+    json_has_bad_escape,
+    json_values_exceed,
+)
 from tests.conftest import asgi_client
 
 echo_router = APIRouter()
@@ -119,3 +123,50 @@ async def test_a_chunked_body_is_still_cut_at_the_size_limit(guarded: FastAPI) -
         )
     assert response.status_code == 413
     assert response.json()["error"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b"{}," * MAX_JSON_VALUES + b"{}]",  # ~200 MB of dicts once parsed
+        b'{"a":[' + b'"ab",' * MAX_JSON_VALUES + b'"ab"]}',
+        b"{" + b"".join(b'"k%d":0,' % n for n in range(MAX_JSON_VALUES)) + b'"k":0}',
+    ],
+)
+async def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(
+    app_factory: Callable[[Settings], Awaitable[FastAPI]],
+    settings_factory: Callable[..., Settings],
+    body: bytes,
+) -> None:
+    """Before authentication too: the body is refused where the route reads it, so the
+    caller gets 401 first, and the parser never builds the objects."""
+    app = await app_factory(settings_factory())
+    async with asgi_client(app) as client:
+        anonymous = await client.post("/api/conversations/import", content=body)
+        refused = await client.post(
+            "/api/auth/login", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert anonymous.status_code == 401
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["error"] == "PAYLOAD_TOO_LARGE"
+    assert refused.json()["details"] == {"max_json_values": MAX_JSON_VALUES}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Structure inside strings is text: commas, brackets, escaped quotes and backslashes.
+        json.dumps({"content": ',[{"' * MAX_JSON_VALUES}),
+        json.dumps(["\\", ',"[{' * 10, 'x\\\\",,,'] * (MAX_JSON_VALUES // 4)),
+    ],
+)
+def test_values_inside_strings_are_not_counted(text: str) -> None:
+    assert not json_values_exceed(text.encode(), MAX_JSON_VALUES)
+    assert json_values_exceed(text.encode() + b"," * MAX_JSON_VALUES, MAX_JSON_VALUES)
+
+
+def test_a_body_just_under_the_values_limit_passes() -> None:
+    values = MAX_JSON_VALUES - 1
+    body = b"[" + b"0," * (values - 2) + b"0]"  # the array and values - 1 numbers
+    assert not json_values_exceed(body, MAX_JSON_VALUES)
+    assert len(json.loads(body)) + 1 == values

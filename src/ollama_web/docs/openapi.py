@@ -97,7 +97,13 @@ BODY_REFUSALS: dict[str, tuple[Reason, ...]] = {
             "the body is not JSON: malformed, nested too deeply or not UTF-8 (INVALID_JSON)",
         ),
     ),
-    "413": (("PAYLOAD_TOO_LARGE", "the body is over MAX_REQUEST_BYTES (PAYLOAD_TOO_LARGE)"),),
+    "413": (
+        (
+            "PAYLOAD_TOO_LARGE",
+            "the body is over MAX_REQUEST_BYTES, or its JSON holds over 300 000 values "
+            "(PAYLOAD_TOO_LARGE)",
+        ),
+    ),
     "415": (
         (
             "UNSUPPORTED_MEDIA_TYPE",

@@ -24,8 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.errors import (
     NOT_UTF8_JSON,
+    AppError,
     BodyRejected,
     InvalidJSONError,
+    PayloadTooLargeError,
     ValidationError,
     encode_error,
 )
@@ -34,6 +36,12 @@ _ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
 _QUERY_NUL = re.compile(rb"%00|\x00")
 _MESSAGE = "Text may not contain NUL characters or unpaired surrogates"
 MAX_REPORTED_FIELDS = 20
+MAX_JSON_VALUES = 300_000
+"""Values (objects, arrays, strings, numbers...) a JSON body may hold. Parsed, each is a
+Python object: 10 MiB of `[{},{},...]` would be 3.5 million dicts, ~200 MB of memory before
+anyone is authenticated. An import of 10 000 messages (the most it takes) holds ~230 000."""
+_STRING = re.compile(rb'"[^"]*"')  # a JSON string once escaped quotes are taken out
+_SCAN_SLICE = 256 * 1024
 
 
 def _has_bad_char(text: str) -> bool:
@@ -84,17 +92,26 @@ class InputGuardMiddleware:
         if not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        body = bytearray()
+        chunks: list[bytes] = []
+        last: Message | None = None  # what ended the body, if not its last chunk
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
+                last = message
                 break
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        refusal = _body_refusal(bytes(body))
+        # One copy of the body, replayed as one message (the route's join keeps it as is).
+        body = b"".join(chunks)
+        del chunks
+        refusal = _body_refusal(body)
+        messages: list[Message] = [
+            {"type": "http.request", "body": body, "more_body": last is not None}
+        ]
+        if last is not None:
+            messages.append(last)
+        del body
 
         async def replay() -> Message:
             if refusal is not None:
@@ -106,9 +123,42 @@ class InputGuardMiddleware:
         await self.app(scope, replay, send)
 
 
-def _body_refusal(body: bytes) -> InvalidJSONError | ValidationError | None:
+def json_values_exceed(body: bytes, limit: int) -> bool:
+    """True when the JSON text holds `limit` values or more: each after the first in an
+    array or object follows a comma, and each array or object opens with a bracket (those
+    inside strings are not counted). Scanned a slice at a time, to stop early."""
+    if _structure_count(body) < limit:
+        return False  # an upper bound (commas inside strings count too): nothing to scan
+    # Without its escaped backslashes and quotes, a string runs from a quote to the next.
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    count, in_string = 0, False
+    for start in range(0, len(text), _SCAN_SLICE):
+        piece = text[start : start + _SCAN_SLICE]
+        if in_string:
+            end = piece.find(b'"')
+            if end < 0:
+                continue
+            piece, in_string = piece[end + 1 :], False
+        if piece.count(b'"') % 2:
+            piece, in_string = piece[: piece.rfind(b'"')], True
+        count += _structure_count(_STRING.sub(b"", piece))
+        if count >= limit:
+            return True
+    return False
+
+
+def _structure_count(text: bytes) -> int:
+    return text.count(b",") + text.count(b"[") + text.count(b"{")
+
+
+def _body_refusal(body: bytes) -> AppError | None:
     if b"\x00" in body:
         return InvalidJSONError(NOT_UTF8_JSON)
+    if json_values_exceed(body, MAX_JSON_VALUES):
+        return PayloadTooLargeError(
+            f"The JSON body holds more than {MAX_JSON_VALUES} values.",
+            details={"max_json_values": MAX_JSON_VALUES},
+        )
     fields = bad_json_fields(body) if json_has_bad_escape(body) else []
     if fields:
         return ValidationError(_refusal("the JSON body"), details={"fields": fields})
