@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ollama_web.conversations.export import MAX_IMPORT_MESSAGES
 from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation
 from tests.conversations.conftest import Seeder
@@ -191,6 +192,24 @@ async def test_an_invalid_import_is_422_and_stores_nothing(
     assert response.status_code == 422, response.text
     listed = await client.get("/api/conversations", headers=regular_user.headers)
     assert listed.json()["items"] == []
+
+
+async def test_an_import_of_over_10_000_messages_is_422(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """Imported in one request, 100 000 messages held the server's loop for seconds (every
+    other request waited) and took ~500 MB; 10 000 is far beyond any conversation."""
+    document = _branched_document()
+    created_at = document["messages"][0]["created_at"]
+    document["messages"] += [
+        {"id": f"x{n}", "role": "user", "content": "", "created_at": created_at}
+        for n in range(MAX_IMPORT_MESSAGES + 1 - len(document["messages"]))
+    ]
+    response = await client.post(
+        "/api/conversations/import", json=document, headers=regular_user.headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["details"] == {"reason": "at most 10000 messages"}
 
 
 async def test_import_belongs_to_the_importer_only(

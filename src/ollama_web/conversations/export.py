@@ -36,7 +36,9 @@ from ollama_web.db.base import as_utc, new_id, utcnow
 from ollama_web.db.models import MessageStatus
 from ollama_web.ollama.names import parse_model_name
 
-MAX_IMPORT_MESSAGES = 100_000
+MAX_IMPORT_MESSAGES = 10_000
+"""Imported in one request and one transaction: 100 000 held the event loop for ~7 s and
+took ~500 MB; 10 000 (~1 MiB of JSON at the least) is beyond any real conversation."""
 UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
 ExportId = Annotated[str, Field(min_length=1, max_length=64)]
 Status = Literal["pending", "streaming", "complete", "stopped", "error", "interrupted"]

@@ -68,6 +68,8 @@ async def create_conversation(
     "/import",
     status_code=status.HTTP_201_CREATED,
     summary="Import a conversation from its JSON export (new ids)",
+    description="At most 10 000 messages (`MAX_IMPORT_MESSAGES`; 422 above), each user "
+    "message at most MAX_MESSAGE_CHARS characters.",
 )
 async def import_conversation(
     body: conversation_export.ConversationExport,
