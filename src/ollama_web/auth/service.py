@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.audit.service import AuditAction, record_event, record_event_detached
 from ollama_web.auth.errors import (
@@ -31,6 +29,7 @@ from ollama_web.auth.users import (
     username_key,
 )
 from ollama_web.core.config import Settings
+from ollama_web.core.db import update_if
 from ollama_web.db import ApiKey, User, UserRole, UserSession
 from ollama_web.db.base import utcnow
 from ollama_web.keys.service import create_key, default_expiry
@@ -140,19 +139,8 @@ async def _claim_login(
     values: dict[str, object] = {"last_login_at": utcnow()}
     if new_hash is not None:
         values["password_hash"] = new_hash
-    stmt = (
-        update(User)
-        .where(
-            User.id == user.id,
-            User.password_hash == user.password_hash,
-            User.is_active.is_(True),
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(await session.execute(stmt), "rowcount", 0):
-        for name, value in values.items():
-            set_committed_value(user, name, value)
+    checked = User.password_hash == user.password_hash
+    if await update_if(session, user, checked, User.is_active.is_(True), **values):
         return True, user
     current = await session.get(User, user.id, populate_existing=True)
     await session.commit()  # nothing was written; `current` stays usable

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ollama_web.auth.tokens import generate_csrf_token, generate_session_token, sha256_hex
 from ollama_web.core.config import Settings
+from ollama_web.core.db import update_if
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.db import User, UserSession
 from ollama_web.db.base import utcnow
@@ -115,17 +116,7 @@ async def revoke_session(session: AsyncSession, row: UserSession) -> bool:
     same time: the conditional UPDATE lets only one of them end it, and record it)."""
     if row.revoked_at is not None:
         return False
-    now = utcnow()
-    stmt = (
-        update(UserSession)
-        .where(UserSession.id == row.id, UserSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(await session.execute(stmt), "rowcount", 0):
-        return False
-    set_committed_value(row, "revoked_at", now)
-    return True
+    return await update_if(session, row, UserSession.revoked_at.is_(None), revoked_at=utcnow())
 
 
 async def revoke_user_sessions(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.auth.errors import LastAdminError, UsernameTakenError
 from ollama_web.auth.passwords import Passwords, password_problem
+from ollama_web.core.db import update_if
 from ollama_web.core.errors import ValidationError
 from ollama_web.db import User, UserRole
 from ollama_web.db.base import utcnow
@@ -124,18 +124,13 @@ async def set_password_if_unchanged(
     conditional UPDATE: a concurrent change, reset or login waits for it or it for them."""
     check_password(password)
     new_hash = await passwords.hash_async(password)
-    now = utcnow()
-    stmt = (
-        update(User)
-        .where(User.id == user.id, User.password_hash == expected_hash)
-        .values(password_hash=new_hash, password_changed_at=now)
-        .execution_options(synchronize_session=False)
+    return await update_if(
+        session,
+        user,
+        User.password_hash == expected_hash,
+        password_hash=new_hash,
+        password_changed_at=utcnow(),
     )
-    if not getattr(await session.execute(stmt), "rowcount", 0):
-        return False
-    set_committed_value(user, "password_hash", new_hash)
-    set_committed_value(user, "password_changed_at", now)
-    return True
 
 
 async def lock_user(session: AsyncSession, user: User) -> bool:

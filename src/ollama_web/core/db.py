@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from traceback import walk_tb
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, event, update
 from sqlalchemy.engine import URL, Connection, ExceptionContext, ExecutionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import NullPool
 
 from ollama_web.core.config import Settings
@@ -216,6 +217,27 @@ def is_foreign_key_violation(exc: BaseException) -> bool:
         getattr(cause, "sqlstate", None) == POSTGRES_FOREIGN_KEY_VIOLATION
         or getattr(cause, "sqlite_errorname", None) == SQLITE_FOREIGN_KEY_VIOLATION
     )
+
+
+async def update_if(
+    session: AsyncSession, row: Any, *conditions: ColumnElement[bool], **values: Any
+) -> bool:
+    """Write `values` to `row` (by its id) only where `conditions` still hold, in one
+    UPDATE: of two requests that read the row and then both change it, one wins, and the
+    other learns it lost (False) instead of writing over it. On success the row carries
+    the values as written, with nothing left for the session to flush."""
+    model = type(row)
+    stmt = (
+        update(model)
+        .where(model.id == row.id, *conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(await session.execute(stmt), "rowcount", 0):
+        return False
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+    return True
 
 
 async def flush_owned(session: AsyncSession) -> None:

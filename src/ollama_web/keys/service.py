@@ -15,7 +15,6 @@ from typing import Literal, Protocol
 from sqlalchemy import Select, Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
 from ollama_web.auth.sessions import ACTIVITY_WRITE_INTERVAL
@@ -26,7 +25,7 @@ from ollama_web.auth.tokens import (
     sha256_hex,
 )
 from ollama_web.core.config import Settings
-from ollama_web.core.db import describe_database_error, flush_owned
+from ollama_web.core.db import describe_database_error, flush_owned, update_if
 from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
@@ -130,19 +129,11 @@ async def revoke_key(session: AsyncSession, key: ApiKey) -> bool:
     the later of two revocations at once: the conditional UPDATE lets one through)."""
     if key.revoked_at is not None:
         return False
-    now = utcnow()
-    stmt = (
-        update(ApiKey)
-        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(await session.execute(stmt), "rowcount", 0):
-        if await session.get(ApiKey, key.id, populate_existing=True) is None:
-            raise ApiKeyNotFoundError("API key not found.")  # deleted meanwhile
-        return False
-    set_committed_value(key, "revoked_at", now)
-    return True
+    if await update_if(session, key, ApiKey.revoked_at.is_(None), revoked_at=utcnow()):
+        return True
+    if await session.get(ApiKey, key.id, populate_existing=True) is None:
+        raise ApiKeyNotFoundError("API key not found.")  # deleted meanwhile
+    return False
 
 
 async def rotate_key(
@@ -168,22 +159,22 @@ async def rotate_key(
     # Only if it is still active: a rotation or a revocation that committed since the key
     # was loaded wins, and this one (with the new key) rolls back; two rotations at once
     # would otherwise leave two live replacements, a revocation one live successor.
-    values = {"rotated_at": now, "grace_until": valid_until, "replaced_by_id": new_key.id}
-    stmt = (
-        update(ApiKey)
-        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None), ApiKey.grace_until.is_(None))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    rotated = await update_if(
+        session,
+        key,
+        ApiKey.revoked_at.is_(None),
+        ApiKey.grace_until.is_(None),
+        rotated_at=now,
+        grace_until=valid_until,
+        replaced_by_id=new_key.id,
     )
-    if not getattr(await session.execute(stmt), "rowcount", 0):
+    if not rotated:
         current = await session.get(ApiKey, key.id, populate_existing=True)
         if current is None:
             raise ApiKeyNotFoundError("API key not found.")
         raise ApiKeyNotActiveError(
             "Only an active key can be rotated.", details={"status": key_status(current, now)}
         )
-    for name, value in values.items():
-        set_committed_value(key, name, value)
     return new_key, secret, valid_until
 
 
