@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from ollama_web.cli import HTTP_PROTOCOL
@@ -22,6 +21,7 @@ from ollama_web.core.http_guard import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 from ollama_web.emulator import EmulatorConfig, ModelSpec
 from ollama_web.emulator.testing import running_emulator
 from tests.fixtures.auth import create_test_user
+from tests.fixtures.servers import serve_app
 
 
 class QuickTimeouts(GuardedHttpToolsProtocol):
@@ -34,21 +34,9 @@ AppFactory = Callable[[Settings], Any]
 
 @asynccontextmanager
 async def guarded_server(app: FastAPI) -> AsyncIterator[tuple[str, int]]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", http=QuickTimeouts
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with serve_app(app, http=QuickTimeouts) as base_url:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        yield host, int(port)
 
 
 @pytest.fixture
