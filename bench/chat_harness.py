@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ollama_web.cli import HTTP_PROTOCOL
+
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 APP = "ollama_web.main:app"
@@ -194,9 +196,12 @@ class Server:
         return Path(self.env["DATA_DIR"])
 
     def start(self) -> None:
+        # The app under the HTTP protocol `ollama-web serve` runs (httptools with limits);
+        # the floor app under plain httptools.
+        http = HTTP_PROTOCOL if self.app == APP else "httptools"
         command = [
             sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
-            "--port", str(self.port), "--loop", "uvloop", "--http", "httptools",
+            "--port", str(self.port), "--loop", "uvloop", "--http", http,
             "--no-access-log", "--log-level", "warning", "--no-server-header",
         ]  # fmt: skip
         if self.app != APP:  # a bench/ module (floor_app)
