@@ -8,6 +8,7 @@ A name is `[host/][namespace/]model[:tag]`; missing parts default to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ollama_web.core.errors import ValidationError
 
@@ -55,6 +56,7 @@ def _valid_part(kind: str, value: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=1024)  # a chat parses its model's name 4 times; the result is immutable
 def parse_model_name(text: str) -> ModelName | None:
     """Parse a name the way Ollama does; `None` when it is invalid."""
     if not text or len(text) > MAX_NAME_CHARS:
