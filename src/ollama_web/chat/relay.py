@@ -55,6 +55,11 @@ RETRY_SECONDS = 1.0
 SILENT_KEEPALIVES = 3
 REFOLLOW_ATTEMPTS = 3
 DRAIN_SECONDS = 2.0
+PUBLISH_CONNECTIONS = 50
+"""Publishes in flight at once (plus the control channel's listener); more wait their turn."""
+PUBLISH_WAIT_SECONDS = 5.0
+REPLY_CONNECTIONS = 100_000
+"""No cap of the client's own: each follow and stop in flight subscribes on a connection."""
 
 
 class RemoteLog(EventLog):
@@ -94,12 +99,22 @@ class GenerationRelay:
     ) -> None:
         import redis.asyncio as aioredis
 
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, **connection_options())
-        self._replies: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, **connection_options(retry=False)
+        # redis-py caps a pool at 100 connections and fails past that, which a storm of
+        # re-attaches or stops reached: publishes wait for a connection instead, and
+        # reply channels are capped only by Redis (its maxclients).
+        commands = aioredis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=PUBLISH_CONNECTIONS,
+            timeout=PUBLISH_WAIT_SECONDS,
+            **connection_options(),
         )
-        """For reply channels only. A closed pub/sub disconnects its connection before it
-        goes back to the pool, so none here is ever reused, dead or alive."""
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(commands)
+        self._replies: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url, max_connections=REPLY_CONNECTIONS, **connection_options(retry=False)
+        )
+        """For reply channels only, one connection each (a follow holds it while the answer
+        runs). A closed pub/sub disconnects its connection before it goes back to the pool,
+        so none here is ever reused, dead or alive."""
         self._registry = registry
         self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
