@@ -135,15 +135,19 @@ class GenerationRelay:
         what they have (after a shutdown, the answers' last events), then cancel the rest."""
         if self._listener is not None:
             self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await _ended([self._listener], "the control channel's listener")
         if self._serving:
             await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._redis.aclose()
-        await self._replies.aclose()
+        await _ended(tasks, "relay tasks")
+        for client in (self._redis, self._replies):
+            try:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await client.aclose()
+            except TimeoutError:
+                logger.warning("a Redis client of the relay did not close in time; left")
 
     def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
         """A task of the relay's; `serving` marks the owner side (a forward or a stop for
@@ -357,6 +361,21 @@ class GenerationRelay:
             return False
         finally:
             await pubsub.aclose()
+
+
+async def _ended(tasks: list[asyncio.Task[Any]], what: str) -> None:
+    """Wait DRAIN_SECONDS at most for cancelled tasks to end. redis-py can leave one stuck
+    for good when it is cancelled at the wrong moment (a listener cancelled while it
+    subscribes, right after the start: a server whose port was taken hung at shutdown, and
+    SIGTERM could not end it); the shutdown goes on without it."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: nothing to log for a task that ended either way
+    if pending:
+        logger.warning("%s did not end within %.0f s of shutdown; left", what, DRAIN_SECONDS)
 
 
 def _reply_channel() -> str:
