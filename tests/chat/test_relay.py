@@ -4,7 +4,6 @@ worth of state) on one database, each served by uvicorn on loopback, the emulato
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import json
@@ -659,27 +658,3 @@ async def test_a_follower_that_got_nothing_before_losing_the_owner_sends_no_id()
     assert log.finished
     (frame,) = log.frames
     assert frame.startswith(b"event: error\n")
-
-
-def test_a_process_stopped_right_after_its_start_shuts_down(
-    chat_settings: Callable[..., Any],
-) -> None:
-    """A server whose port was taken stops right after its start: under uvloop (as the
-    server runs) the relay's listener, cancelled while it subscribed, never ended, and the
-    shutdown waited for it for good (SIGTERM could not end it either). The shutdown now
-    goes on without it."""
-    import uvloop
-
-    settings = chat_settings(redis_url=require_redis())
-
-    async def start_and_stop() -> float:
-        app = create_app(settings)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        started = time.monotonic()
-        await asyncio.wait_for(lifespan.__aexit__(None, None, None), 15)
-        return time.monotonic() - started
-
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:  # a loop of its own
-        took = thread.submit(uvloop.run, start_and_stop()).result()
-    assert took < 10, took
