@@ -134,20 +134,20 @@ class OllamaStreamError(AppError):
 
 def upstream_message(body: bytes) -> str:
     """The `error` of a JSON error body, else the (trimmed) text; never raises."""
+    return _read_error_body(body)[0]
+
+
+def _read_error_body(body: bytes) -> tuple[str, bool]:
+    """(`upstream_message`, whether the body is Ollama's JSON error `{"error": ...}`)."""
     text = body.decode("utf-8", "replace").strip()
-    error = _json_error(text)
-    if error is not None:
-        text = error_text(error)
-    return text[:MAX_UPSTREAM_MESSAGE_CHARS]
-
-
-def _json_error(text: str) -> Any:
-    """The `error` value of Ollama's JSON error body `{"error": ...}`, else None."""
     try:
         parsed = json.loads(text) if text else None
     except ValueError:
-        return None
-    return parsed.get("error") if isinstance(parsed, dict) else None
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if error is not None:
+        text = error_text(error)
+    return text[:MAX_UPSTREAM_MESSAGE_CHARS], error is not None
 
 
 def error_text(error: Any) -> str:
@@ -169,9 +169,9 @@ def error_from_response(
     status: int, headers: httpx.Headers, body: bytes, *, model: str | None = None
 ) -> AppError:
     """Translate a non-2xx upstream answer. `model` is the model the request was about."""
-    message = upstream_message(body)
+    message, ollama_json = _read_error_body(body)
     if status == 404:
-        if _json_error(body.decode("utf-8", "replace").strip()) is None:
+        if not ollama_json:
             # Not Ollama's JSON but a plain "404 page not found": a path the server does not
             # have (a base URL that is not an Ollama server's, or has a path of its own).
             message = f"{message or 'an empty 404'}: no such API path here; check OLLAMA_URL"
