@@ -5,7 +5,7 @@ The database is real (SQLite here; the end-to-end tests run both backends)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,15 +41,12 @@ class FakeStream:
         self.gate = gate
         self.fail = fail
 
-    async def _iterate(self) -> AsyncIterator[ChatChunk]:
+    async def relay(self, on_chunk: Callable[[ChatChunk], None]) -> None:
         for chunk in self.chunks:
-            yield chunk
+            on_chunk(chunk)
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-
-    def __aiter__(self) -> AsyncIterator[ChatChunk]:
-        return self._iterate()
 
 
 class FakeGateway:

@@ -6,6 +6,7 @@ import pytest
 
 from ollama_web.emulator import ModelSpec, OllamaEmulator
 from tests.models.conftest import Cluster
+from tests.ollama.streams import collect
 
 
 def tags_calls(emulator: OllamaEmulator) -> int:
@@ -136,8 +137,7 @@ async def test_unknown_model_details_are_404(cluster: Cluster) -> None:
 
 async def test_running_models_per_node(cluster: Cluster) -> None:
     async with cluster.app.state.gateway.open_chat("mistral", []) as stream:
-        async for _chunk in stream:
-            pass
+        await collect(stream)
     response = await cluster.client.get("/api/models/running", headers=cluster.user.headers)
     assert response.status_code == 200
     (running,) = response.json()["models"]

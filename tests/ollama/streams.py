@@ -9,10 +9,11 @@ HI = [{"role": "user", "content": "Hi"}]
 
 
 async def collect(stream: ChatStream) -> list[ChatChunk]:
-    return [chunk async for chunk in stream]
+    chunks: list[ChatChunk] = []
+    await stream.relay(chunks.append)
+    return chunks
 
 
 async def drain(stream: ChatStream, into: list[ChatChunk]) -> None:
-    """Iterate to the end (or the error), keeping what arrived before it."""
-    async for chunk in stream:
-        into.append(chunk)
+    """Relay to the end (or the error), keeping what arrived before it."""
+    await stream.relay(into.append)

@@ -28,6 +28,11 @@ from tests.ollama.conftest import GatewayFactory
 from tests.ollama.faults import Handler, serving
 from tests.ollama.streams import HI, collect, drain
 
+
+class Enough(Exception):
+    """Raised by an `on_chunk` to end a relay early."""
+
+
 LINES = (
     b'{"message":{"role":"assistant","content":"Gr\xc3\xbc"},"done":false}\n'
     b'{"message":{"role":"assistant","content":"\xc3\x9fe"},"done":false}\n'
@@ -300,10 +305,14 @@ async def test_leaving_the_stream_early_cancels_the_generation_upstream(
     ollama_emulator.config.reply_tokens = 1000
     ollama_emulator.config.tokens_per_second = 200
     async with gateway_factory([ollama_emulator.url]) as gateway:
+
+        def until_tok2(chunk: ChatChunk) -> None:
+            if chunk.content == " tok2":
+                raise Enough
+
         async with gateway.open_chat("llama3.2", HI) as stream:
-            async for chunk in stream:
-                if chunk.content == " tok2":
-                    break
+            with pytest.raises(Enough):  # what `on_chunk` raises ends the relay
+                await stream.relay(until_tok2)
         started = time.monotonic()
         await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
         assert time.monotonic() - started < 1.5  # not the 5 s the reply would take
@@ -368,6 +377,6 @@ async def test_closing_the_gateway_mid_stream_leaves_nothing_behind(
         await stream.aclose()
         await stream.aclose()  # idempotent
         with pytest.raises(RuntimeError):
-            stream.__aiter__()
+            await collect(stream)
     await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
     assert ollama_emulator.active_generations == 0

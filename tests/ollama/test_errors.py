@@ -26,7 +26,7 @@ from ollama_web.ollama.errors import (
 from ollama_web.ollama.gateway import OllamaGateway
 from ollama_web.ollama.http11 import Http11Transport
 from ollama_web.ollama.transport import build_client
-from tests.ollama.streams import drain
+from tests.ollama.streams import collect, drain
 
 NODE = "http://ollama.internal:11434"
 TAGS = {"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]}
@@ -172,7 +172,7 @@ async def test_a_single_object_reply_without_newline_is_one_done_chunk(
         mocked_gateway(mock_settings, handler) as gateway,
         gateway.open_chat("llama3.2", []) as stream,
     ):
-        chunks = [chunk async for chunk in stream]
+        chunks = await collect(stream)
     assert len(chunks) == 1
     assert chunks[0].done
     assert chunks[0].done_reason == "load"
@@ -189,7 +189,7 @@ async def test_requests_carry_only_our_headers(mock_settings: Settings) -> None:
         mocked_gateway(mock_settings, chat_handler(chat)) as gateway,
         gateway.open_chat("llama3.2", [{"role": "user", "content": "hi"}]) as stream,
     ):
-        assert [c.done async for c in stream] == [True]
+        assert [c.done for c in await collect(stream)] == [True]
     (request,) = seen
     assert request.headers["host"] == "ollama.internal:11434"
     assert "origin" not in request.headers

@@ -14,6 +14,7 @@ from ollama_web.ollama.gateway import OllamaGateway
 from tests.fixtures.auth import create_test_user
 from tests.ollama.conftest import AppFactory
 from tests.ollama.faults import closed_port_url, hanging_server, json_node, serving
+from tests.ollama.streams import collect
 
 
 def versions(emulator: OllamaEmulator) -> int:
@@ -106,8 +107,7 @@ async def test_admins_see_per_node_state(
         admin = await create_test_user(app, "admin")
         user = await create_test_user(app, "user")
         async with app.state.gateway.open_chat("llama3.2", []) as stream:
-            async for _chunk in stream:
-                pass
+            await collect(stream)
         response = await client.get("/api/admin/ollama/nodes", headers=admin.headers)
         forbidden = await client.get("/api/admin/ollama/nodes", headers=user.headers)
         anonymous = await client.get("/api/admin/ollama/nodes")

@@ -18,8 +18,8 @@ import pytest
 import uvloop
 
 from ollama_web.core.config import Settings
-from ollama_web.ollama.connection import HIGH_WATER
-from ollama_web.ollama.http11 import Http11Transport
+from ollama_web.ollama.connection import HIGH_WATER, ResponseStream
+from ollama_web.ollama.http11 import BODY_EXTENSION, Http11Transport
 from ollama_web.ollama.transport import build_client
 from tests.ollama.faults import Handler, blackhole, closed_port_url, serving
 
@@ -572,3 +572,99 @@ async def test_a_streamed_request_body_is_sent_chunked() -> None:
         assert server.requests[0].endswith(b'\r\n\r\n{"a":1}')
         assert (await http.get(server.url)).content == b"ok"  # the connection is still sound
         assert server.connections == 1
+
+
+def pumped(response: httpx.Response) -> ResponseStream:
+    stream = response.extensions[BODY_EXTENSION]
+    assert isinstance(stream, ResponseStream)
+    return stream
+
+
+def trickle(pieces: list[bytes], gap: float, then: Callable[[], Any] | None = None) -> Handler:
+    """A chunked 200 whose body chunks come `gap` seconds apart; then the end, or `then()`
+    (awaited) instead."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            await asyncio.sleep(gap)
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        if then is None:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+        else:
+            await then()
+
+    return handler
+
+
+async def test_a_pumped_body_reaches_the_sink_whole_from_the_connection_s_callback() -> None:
+    pieces = [b"line %d\n" % i for i in range(20)]
+    async with one_answer(trickle(pieces, 0.01)) as url, client() as http:
+        received: list[bytes] = []
+        outside_tasks = 0
+
+        def sink(data: bytes) -> bool:
+            nonlocal outside_tasks
+            received.append(data)
+            outside_tasks += asyncio.current_task() is None
+            return False
+
+        async with http.stream("GET", url) as response:
+            assert await pumped(response).pump(sink) is False  # the body ended
+        assert b"".join(received) == b"".join(pieces)
+        # Pieces that came while the pump waited went to the sink from `data_received`,
+        # with no task woken for them.
+        assert outside_tasks >= len(pieces) // 2
+        assert transport_of(http)._idle_count == 1  # back in the pool, reusable
+
+
+async def test_a_pump_s_read_timeout_runs_from_the_last_piece() -> None:
+    forever = asyncio.Event()
+    pieces = [b"x"] * 8  # 8 x 0.1 s: longer than the 0.3 s read timeout all together
+    async with one_answer(trickle(pieces, 0.1, forever.wait)) as url, client() as http:
+        received: list[bytes] = []
+        async with http.stream("GET", url, timeout=httpx.Timeout(5.0, read=0.3)) as response:
+            started = time.perf_counter()
+            with pytest.raises(httpx.ReadTimeout):
+                await pumped(response).pump(lambda data: received.append(data) is not None)
+            elapsed = time.perf_counter() - started
+        assert b"".join(received) == b"x" * 8
+        assert 0.8 + 0.3 - 0.05 <= elapsed < 3.0  # 0.3 s after the last piece
+
+
+async def test_a_sink_that_wants_no_more_leaves_the_rest_to_read() -> None:
+    pieces = [b"a", b"DONE", b"tail"]
+    async with one_answer(trickle(pieces, 0.05)) as url, client() as http:
+        received: list[bytes] = []
+
+        def sink(data: bytes) -> bool:
+            received.append(data)
+            return data == b"DONE"
+
+        async with http.stream("GET", url) as response:
+            stream = pumped(response)
+            assert await stream.pump(sink) is True
+            assert received == [b"a", b"DONE"]
+            assert b"".join([data async for data in stream]) == b"tail"
+
+
+async def test_what_a_sink_raises_ends_the_pump_in_its_task() -> None:
+    pieces = [b"a", b"bad", b"never seen"]
+    async with one_answer(trickle(pieces, 0.05)) as url, client() as http:
+        received: list[bytes] = []
+
+        def sink(data: bytes) -> bool:
+            received.append(data)
+            if data == b"bad":
+                raise ValueError("a bad piece")
+            return False
+
+        async with http.stream("GET", url) as response:
+            with pytest.raises(ValueError, match="a bad piece"):
+                await pumped(response).pump(sink)
+            await asyncio.sleep(0.15)  # the last piece arrives: the sink is not called again
+        assert received == [b"a", b"bad"]

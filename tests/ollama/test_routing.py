@@ -15,7 +15,7 @@ from ollama_web.ollama.errors import (
 )
 from tests.ollama.conftest import GatewayFactory
 from tests.ollama.faults import blackhole, closed_port_url, hanging_server
-from tests.ollama.streams import HI
+from tests.ollama.streams import HI, collect
 
 
 def chats(emulator: OllamaEmulator) -> int:
@@ -41,8 +41,7 @@ async def test_a_node_with_the_model_loaded_is_preferred(
         for _ in range(3):
             async with gateway.open_chat("llama3.2", HI) as stream:
                 assert stream.node_url == second_emulator.url
-                async for _chunk in stream:
-                    pass
+                await collect(stream)
     assert (chats(ollama_emulator), chats(second_emulator)) == (0, 3)
 
 
@@ -96,7 +95,7 @@ async def test_a_refused_node_is_marked_down_and_the_chat_fails_over(
         await second_emulator.stop()  # B now refuses connections
         async with gateway.open_chat("llama3.2", HI) as stream:
             assert stream.node_url == ollama_emulator.url
-            assert [chunk async for chunk in stream][-1].done
+            assert (await collect(stream))[-1].done
         down = gateway.registry.nodes[1]
         assert down.status == "down"
         assert down.in_flight == 0
@@ -151,8 +150,7 @@ async def test_no_retry_once_the_stream_has_started(
     ):
         assert stream.node_url == second_emulator.url
         with pytest.raises(OllamaStreamError) as caught:
-            async for _chunk in stream:
-                pass
+            await collect(stream)
     assert caught.value.kind == "disconnected"
     assert chats(ollama_emulator) == 0
     assert chats(second_emulator) == 1

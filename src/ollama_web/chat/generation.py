@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,7 +56,7 @@ FINAL_WRITE_LONGEST_WAIT = 4.0
 class ChatStreamLike(Protocol):
     @property
     def node_url(self) -> str | None: ...
-    def __aiter__(self) -> AsyncIterator[ChatChunk]: ...
+    async def relay(self, on_chunk: Callable[[ChatChunk], None]) -> None: ...
 
 
 class ChatOpener(Protocol):
@@ -234,23 +234,29 @@ class Generation:
         opened = self._gateway.open_chat(
             spec.model, spec.messages, options=spec.options, think=spec.think
         )
+        log = self.log
+
+        def on_chunk(chunk: ChatChunk) -> None:
+            # Called as each chunk arrives, from the upstream connection's callback.
+            if self._stop_status is not None:
+                return  # stopped: nothing more is relayed while this task is cancelled
+            if chunk.thinking:
+                self._thinking.append(chunk.thinking)
+                log.emit_text("thinking", chunk.thinking)
+                self._relayed(loop, started)
+            if chunk.content:
+                self._content.append(chunk.content)
+                log.emit_text("token", chunk.content)
+                self._relayed(loop, started)
+            if chunk.done:
+                self._done = chunk
+            if loop.time() >= self._next_checkpoint:
+                self._schedule_checkpoint(loop)
+
         async with opened as stream:
             self._node_url = stream.node_url
             self.status = STREAMING
-            log = self.log
-            async for chunk in stream:
-                if chunk.thinking:
-                    self._thinking.append(chunk.thinking)
-                    log.emit_text("thinking", chunk.thinking)
-                    self._relayed(loop, started)
-                if chunk.content:
-                    self._content.append(chunk.content)
-                    log.emit_text("token", chunk.content)
-                    self._relayed(loop, started)
-                if chunk.done:
-                    self._done = chunk
-                if loop.time() >= self._next_checkpoint:
-                    self._schedule_checkpoint(loop)
+            await stream.relay(on_chunk)
 
     def _relayed(self, loop: asyncio.AbstractEventLoop, started: float) -> None:
         if not self._tokens:

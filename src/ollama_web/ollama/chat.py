@@ -1,10 +1,9 @@
 """`ChatStream`: one streamed `/api/chat` on the node the router picked.
 
     async with gateway.open_chat(model, messages) as stream:   # node picked, headers received
-        async for chunk in stream:                             # ChatChunk; the done chunk last
-            ...
+        await stream.relay(on_chunk)                           # ChatChunk; the done chunk last
 
-Entering raises the translated errors (not found, unreachable, busy, timeout...). Iterating
+Entering raises the translated errors (not found, unreachable, busy, timeout...). Relaying
 raises `OllamaStreamError` for an error line after the 200, an end without `done`, or a lost
 connection. Leaving (or `aclose()`) closes the upstream connection at once unless the body
 was read to its end: that is Ollama's only cancel signal.
@@ -20,12 +19,14 @@ from typing import Any
 import httpx
 
 from ollama_web.ollama.chunks import ChatChunk
+from ollama_web.ollama.connection import ResponseStream
 from ollama_web.ollama.errors import (
     OllamaStreamError,
     StreamFailure,
     describe_decoding_error,
     describe_transport_error,
 )
+from ollama_web.ollama.http11 import BODY_EXTENSION
 from ollama_web.ollama.ndjson import NDJSONDecoder
 from ollama_web.ollama.nodes import Node
 
@@ -34,13 +35,13 @@ DRAIN_SECONDS = 1.0
 Releaser = Callable[[Node], None]
 
 
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body as it arrives. Uncompressed (streams ask for `identity`), the response's own
-    stream is read directly, without httpx's decoder and chunker layers on every line."""
-    stream = response.stream
-    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
-        return response.aiter_bytes()
-    return stream.__aiter__()
+def _pump(response: httpx.Response) -> ResponseStream | None:
+    """Our transport's own body stream, to be pumped, if the body is read as it arrives:
+    uncompressed (streams ask for `identity`), without httpx's decoder and chunker layers."""
+    stream = response.extensions.get(BODY_EXTENSION)
+    if "content-encoding" in response.headers or not isinstance(stream, ResponseStream):
+        return None
+    return stream
 
 
 class ChatStream:
@@ -50,7 +51,7 @@ class ChatStream:
         self._on_failure = on_failure
         self._node: Node | None = None
         self._response: httpx.Response | None = None
-        self._iterating = False
+        self._relaying = False
         self._closed = False
         self.done_chunk: ChatChunk | None = None
         """The final chunk (with the metrics) once it arrived."""
@@ -72,29 +73,45 @@ class ChatStream:
     ) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+    async def relay(self, on_chunk: Callable[[ChatChunk], None]) -> None:
+        """Hand each chunk to `on_chunk` as it arrives, the done chunk last. With our
+        transport `on_chunk` is called from the connection's callback, not from this task:
+        it must not block, and what it raises ends the relay."""
         if self._response is None or self._closed:
-            raise RuntimeError("enter the ChatStream (async with) before iterating it")
-        if self._iterating:
-            raise RuntimeError("a ChatStream can be iterated only once")
-        self._iterating = True
-        return self._chunks(self._response)
-
-    async def _chunks(self, response: httpx.Response) -> AsyncIterator[ChatChunk]:
+            raise RuntimeError("enter the ChatStream (async with) before relaying it")
+        if self._relaying:
+            raise RuntimeError("a ChatStream can be relayed only once")
+        self._relaying = True
+        response = self._response
         decoder = NDJSONDecoder()
-        body = _body(response)
+
+        def sink(data: bytes) -> bool:
+            """True once the done chunk came."""
+            for obj in decoder.feed(data):
+                chunk = self._parse(obj)
+                on_chunk(chunk)
+                if chunk.done:
+                    return True
+            return False
+
         try:
-            async for data in body:
-                for obj in decoder.feed(data):
-                    chunk = self._parse(obj)
-                    if chunk.done:
-                        await self._drain(body)
-                    yield chunk
-                    if chunk.done:
-                        return
+            stream = _pump(response)
+            if stream is not None:
+                done = await stream.pump(sink)
+                rest: AsyncIterator[bytes] = aiter(stream)
+            else:
+                done = False
+                rest = response.aiter_bytes()
+                async for data in rest:
+                    if sink(data):
+                        done = True
+                        break
+            if done:
+                await self._drain(rest)
+                return
             for obj in decoder.close():
                 chunk = self._parse(obj)
-                yield chunk
+                on_chunk(chunk)
                 if chunk.done:
                     return
         except httpx.DecodingError as exc:

@@ -2,7 +2,9 @@
 that feeds received bytes straight into httptools' parser, and the response body as it
 arrives.
 
-- Body chunks wait in a queue; a reader only waits (on one future) when it is empty.
+- Body chunks wait in a queue; a reader only waits (on one future) when it is empty. Or a
+  `sink` takes them as they arrive, inside `data_received` (`ResponseStream.pump`): a
+  streamed answer then costs no task wake per piece, only one at its end.
 - The read timeout is one lazily re-armed timer per connection: a deadline is set per wait,
   and the timer is rescheduled only when it fires early.
 - Reading pauses while the reader is more than `HIGH_WATER` bytes behind; writing waits
@@ -46,6 +48,7 @@ class Connection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.reading_paused = False
+        self._wait_seconds: float | None = None
         self._begin()
 
     def _begin(self) -> None:
@@ -62,6 +65,11 @@ class Connection(asyncio.Protocol):
         """False: close the connection after this response, whatever the server said."""
         self.body: deque[bytes] = deque()
         self.buffered = 0
+        self.sink: Callable[[bytes], bool] | None = None
+        """While set, body bytes go to it as they arrive instead of into `body`; it returns
+        True when it wants no more (see `ResponseStream.pump`)."""
+        self.sink_ended: bool | Exception = False
+        """What the sink last said from `data_received`: True (no more), or what it raised."""
 
     def start(self) -> None:
         """Expect a new response (the connection is taken for a request)."""
@@ -89,6 +97,13 @@ class Connection(asyncio.Protocol):
             else:
                 self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
             return
+        if self.sink is not None:
+            if self.body:
+                self._to_sink(self.sink)
+            if self.sink is not None and not self.complete:
+                if self._wait_seconds is not None:  # the read timeout counts from now on
+                    self.deadline = self.loop.time() + self._wait_seconds
+                return  # the pump sleeps on
         if (
             self.buffered > HIGH_WATER
             and not self.reading_paused
@@ -98,6 +113,15 @@ class Connection(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _to_sink(self, sink: Callable[[bytes], bool]) -> None:
+        try:
+            ended: bool | Exception = sink(self.take())
+        except Exception as exc:  # raised again by the pump, in its task
+            ended = exc
+        if ended is not False:
+            self.sink = None
+            self.sink_ended = ended
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself; connection_lost follows
@@ -230,6 +254,7 @@ class Connection(asyncio.Protocol):
     async def wait(self, seconds: float | None) -> None:
         """Wait for more of the response; `httpx.ReadTimeout` after `seconds`."""
         waiter = self.waiter = self.loop.create_future()
+        self._wait_seconds = seconds
         if seconds is not None:
             self.deadline = self.loop.time() + seconds
             timer = self.timer
@@ -291,6 +316,31 @@ class ResponseStream(httpx.AsyncByteStream):
             else:
                 await connection.more(self._timeout)
         self._release()
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
+        """Hand the body to `sink` as it arrives, called from the connection's own callback
+        (no task wakes up per piece). True when `sink` returned True (it wants no more; the
+        rest of the body is left to read), False once the body ended. Raises what reading
+        would, and what `sink` raised; the read timeout applies between pieces."""
+        connection = self._connection
+        while True:
+            if connection.body:
+                if sink(connection.take()):
+                    return True
+            elif connection.complete:
+                self._release()
+                return False
+            else:
+                connection.sink = sink
+                try:
+                    await connection.more(self._timeout)
+                finally:
+                    connection.sink = None
+                ended, connection.sink_ended = connection.sink_ended, False
+                if isinstance(ended, Exception):
+                    raise ended
+                if ended:
+                    return True
 
     async def aclose(self) -> None:
         self._release()

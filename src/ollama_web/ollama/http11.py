@@ -31,6 +31,9 @@ import httpx
 
 from ollama_web.ollama.connection import Connection, Origin, ResponseStream
 
+BODY_EXTENSION = "ollama_web.body"
+"""A response's extension holding its `ResponseStream`, for `ResponseStream.pump`."""
+
 
 class Http11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive and httpx's pool limits (see the module docstring)."""
@@ -87,11 +90,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection.close()
             self._release(connection)
             raise
+        stream = ResponseStream(connection, read_timeout, self._release)
         return httpx.Response(
             connection.status,
             headers=connection.headers,
-            stream=ResponseStream(connection, read_timeout, self._release),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            stream=stream,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": connection.reason,
+                BODY_EXTENSION: stream,
+            },
         )
 
     # -- the pool
