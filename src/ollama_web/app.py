@@ -10,8 +10,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from ollama_web import __version__
+from ollama_web.chat.sse import SERVER_SEND
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_engine, create_sessionmaker
 from ollama_web.core.directories import prepare_directories
@@ -138,6 +140,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("ollama-web stopped")
 
 
+class OllamaWebApp(FastAPI):
+    """FastAPI, with the server's own `send` in each request's scope (`sse.SERVER_SEND`):
+    a streamed answer's tokens go straight to it. Every middleware here looks only at a
+    response's start (headers, status), never at its body chunks; one that would must not
+    be used with that shortcut."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def _include_routers(app: FastAPI) -> None:
     for module_name in ROUTER_MODULES:
         app.include_router(_load(module_name).router)
@@ -146,7 +159,7 @@ def _include_routers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application. No I/O happens here; the lifespan does it."""
     settings = settings or Settings()
-    app = FastAPI(
+    app = OllamaWebApp(
         title="Ollama Web",
         version=__version__,
         summary="A secure multi-user web backend for Ollama.",

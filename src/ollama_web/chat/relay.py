@@ -76,7 +76,7 @@ class RemoteLog(EventLog):
     def extend(self, last_id: int, frames: bytes) -> None:
         self._last_id = last_id
         self.frames.append(frames)
-        self._wake_all()
+        self._notify_all()
 
     def lost(
         self,

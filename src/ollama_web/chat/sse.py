@@ -9,14 +9,21 @@ event when the log finishes). A keep-alive comment goes out when nothing was wri
 SSE_KEEPALIVE_SECONDS.
 
 The response is a plain ASGI callable (no task group, no per-event allocation beyond the
-frame): one task listens for the client's disconnect, one timer handles keep-alives.
+frame): one task listens for the client's disconnect, one timer handles keep-alives, one
+task follows the log. New frames do not wake that task: while it is idle, they are written
+at once from the code that emitted them (`_Stream.push`, from the upstream connection's
+callback for a generation's tokens), and the task only takes over what must wait (the
+client's socket is full) or end. Body chunks go straight to the server's own `send`
+(`SERVER_SEND`): every layer between only looks at a response's start, and the end of the
+body still goes through them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from types import CoroutineType
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -27,6 +34,9 @@ KEEPALIVE_FRAME = b": keep-alive\n\n"
 FINAL_EVENTS = frozenset({"done", "error"})
 MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SERVER_SEND = "ollama_web.server_send"
+"""A scope key: the ASGI server's own `send`, put there by the app before any middleware
+wraps it (`app.OllamaWebApp`)."""
 
 
 def encode_event(event_id: int, event: str, data: Mapping[str, Any]) -> bytes:
@@ -44,12 +54,27 @@ def encode_text_event(event_id: int, event: str, text: str) -> bytes:
 class Follower:
     """One attached stream: woken by new events, its keep-alive timer, or a disconnect."""
 
-    __slots__ = ("_future", "disconnected", "ticked")
+    __slots__ = ("_future", "disconnected", "idle", "ticked")
 
     def __init__(self) -> None:
         self._future: asyncio.Future[None] | None = None
         self.disconnected = False
         self.ticked = False
+        self.idle = False
+        """True while the follower's task waits with nothing under way (see `push`)."""
+
+    def push(self) -> bool:
+        """Write the new frames now, from the emitter's stack, if that can be done without
+        waiting; False: the follower's task must be woken to do it."""
+        return False
+
+    def notify(self) -> None:
+        """New frames in the log."""
+        if self.idle:
+            if self.push():
+                return
+            self.idle = False  # what `push` left is the task's now
+        self.wake()
 
     def wake(self) -> None:
         future = self._future
@@ -100,16 +125,20 @@ class EventLog:
         for follower in self._followers:
             follower.wake()
 
+    def _notify_all(self) -> None:
+        for follower in self._followers:
+            follower.notify()
+
     def emit(self, event: str, data: Mapping[str, Any]) -> None:
         frame = encode_event(self.last_id + 1, event, data)
         if event in FINAL_EVENTS:
             self.final_frame = frame
         self.frames.append(frame)
-        self._wake_all()
+        self._notify_all()
 
     def emit_text(self, event: str, text: str) -> None:
         self.frames.append(encode_text_event(self.last_id + 1, event, text))
-        self._wake_all()
+        self._notify_all()
 
     def finish(self) -> None:
         self.finished = True
@@ -161,12 +190,13 @@ class SSEResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        follower = Follower()
-        listener = asyncio.get_running_loop().create_task(listen_for_disconnect(receive, follower))
-        log.attach(follower)
-        # Followed in a task of its own: woken once per event, it resumes two frames, not
-        # the ~25 of every middleware and router between uvicorn and this response.
-        follow = asyncio.get_running_loop().create_task(self._follow(log, follower, send))
+        loop = asyncio.get_running_loop()
+        stream = _Stream(log, log.position_after(self._after), scope.get(SERVER_SEND, send), loop)
+        listener = loop.create_task(listen_for_disconnect(receive, stream))
+        log.attach(stream)
+        # Followed in a task of its own: woken when a frame must wait or the log ends, it
+        # resumes two frames, not the ~25 of every middleware and router in between.
+        follow = loop.create_task(self._follow(stream))
         try:
             await follow
         except asyncio.CancelledError:
@@ -174,41 +204,140 @@ class SSEResponse(Response):
             raise
         finally:
             listener.cancel()
-            log.detach(follower)
-        if not follower.disconnected:
+            log.detach(stream)
+        if not stream.disconnected:
             await _send_body(send, b"", more=False)
 
-    async def _follow(self, log: EventLog, follower: Follower, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        position = log.position_after(self._after)
-        last_write = loop.time()
-        timer = loop.call_at(last_write + self._keepalive, follower.tick)
+    async def _follow(self, stream: _Stream) -> None:
+        log, loop = stream.log, stream.loop
+        stream.last_write = loop.time()
+        timer = loop.call_at(stream.last_write + self._keepalive, stream.tick)
         try:
-            while not follower.disconnected:
+            while not stream.disconnected:
+                if stream.sending is not None:  # a push the client's socket made wait
+                    sending, stream.sending = stream.sending, None
+                    stream.disconnected = not await _completed(sending)
+                    continue
                 frames = log.frames
-                if position < len(frames):
-                    chunk = b"".join(frames[position:])
-                    position = len(frames)
-                    follower.disconnected = not await _send_body(send, chunk)
-                    last_write = loop.time()
+                if stream.position < len(frames):
+                    chunk = b"".join(frames[stream.position :])
+                    stream.position = len(frames)
+                    stream.disconnected = not await _send_body(stream.send, chunk)
+                    stream.last_write = loop.time()
                     continue
                 if log.finished:
-                    if position > len(frames) and log.final_frame is not None:
+                    if stream.position > len(frames) and log.final_frame is not None:
                         # Placed past the end by a Last-Event-ID the answer never reached:
                         # its final event all the same (under its own id), so that this
                         # stream too ends with `done` or `error`.
-                        follower.disconnected = not await _send_body(send, log.final_frame)
+                        stream.disconnected = not await _send_body(stream.send, log.final_frame)
                     return
-                if follower.ticked:
-                    follower.ticked = False
-                    if loop.time() - last_write >= self._keepalive:
-                        follower.disconnected = not await _send_body(send, KEEPALIVE_FRAME)
-                        last_write = loop.time()
-                    timer = loop.call_at(last_write + self._keepalive, follower.tick)
+                if stream.ticked:
+                    stream.ticked = False
+                    if loop.time() - stream.last_write >= self._keepalive:
+                        stream.disconnected = not await _send_body(stream.send, KEEPALIVE_FRAME)
+                        stream.last_write = loop.time()
+                    timer = loop.call_at(stream.last_write + self._keepalive, stream.tick)
                     continue
-                await follower.wait()
+                stream.idle = True
+                try:
+                    await stream.wait()
+                finally:
+                    stream.idle = False
         finally:
             timer.cancel()
+
+
+class _Stream(Follower):
+    """An `SSEResponse` following its log: where it is, and how it writes."""
+
+    __slots__ = ("last_write", "log", "loop", "position", "send", "sending")
+
+    def __init__(
+        self, log: EventLog, position: int, send: Send, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__()
+        self.log = log
+        self.position = position
+        """Index of the next frame to send (it may lie past the frames)."""
+        self.send = send
+        self.loop = loop
+        self.last_write = 0.0
+        self.sending: Awaitable[None] | None = None
+        """A push that could not complete at once, for the task to finish first."""
+
+    def push(self) -> bool:
+        frames = self.log.frames
+        position = self.position
+        if position >= len(frames):
+            return True
+        if self.disconnected:
+            return False
+        chunk = frames[position] if position + 1 == len(frames) else b"".join(frames[position:])
+        self.position = len(frames)
+        message: Message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        sending = self.send(message)
+        if not isinstance(sending, CoroutineType):  # an awaitable of another kind
+            self.sending = sending
+            return False
+        try:
+            awaited = sending.send(None)
+        except StopIteration:
+            self.last_write = self.loop.time()
+            return True
+        except OSError:  # the client is gone
+            self.disconnected = True
+            return False
+        except Exception as exc:  # raised in the task, as an awaited send would be
+            self.sending = _raise(exc)
+            return False
+        # It waits (the socket is full, say): the task goes on with it from there.
+        self.sending = _Resumed(sending, awaited)
+        return False
+
+
+class _Resumed:
+    """A coroutine started outside any task that suspended on `awaited`: awaiting this goes
+    on with it from there, as if it had been awaited from its start (PEP 380's `yield
+    from`, by hand)."""
+
+    __slots__ = ("_awaited", "_coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self._coroutine = coroutine
+        self._awaited = awaited
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, value = self._coroutine, self._awaited
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancellation)
+                try:
+                    value = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc
+
+
+async def _completed(sending: Awaitable[None]) -> bool:
+    """Wait for a send under way; False when the client is gone."""
+    try:
+        await sending
+    except OSError:
+        return False
+    return True
 
 
 async def _send_body(send: Send, body: bytes, *, more: bool = True) -> bool:

@@ -1,0 +1,204 @@
+"""How an SSE response writes a log's new frames: at once from the emitter while it is idle,
+through the server's own `send`; by its task when a write must wait, fails, or ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as ASGIMessage
+
+from ollama_web.chat.sse import SERVER_SEND, EventLog, SSEResponse, encode_text_event
+from tests.chat.conftest import chat_body, parse_events, text_of
+from tests.fixtures.auth import TestUser
+
+
+class Client:
+    """An SSEResponse run as a task, with a server `send` and a wrapped one (what the
+    middleware would pass down) recorded apart, each with the task that called it."""
+
+    def __init__(self, log: EventLog, server_send: Send | None = None) -> None:
+        self.log = log
+        self.server: list[tuple[ASGIMessage, asyncio.Task[Any] | None]] = []
+        self.wrapped: list[ASGIMessage] = []
+        self.gone = asyncio.Event()
+        scope: dict[str, Any] = {"type": "http", SERVER_SEND: server_send or self.server_send}
+        self.task = asyncio.create_task(
+            SSEResponse(lambda: log, keepalive_seconds=60)(scope, self.receive, self.send)
+        )
+
+    async def receive(self) -> ASGIMessage:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: ASGIMessage) -> None:
+        self.wrapped.append(message)
+
+    async def server_send(self, message: ASGIMessage) -> None:
+        self.server.append((message, asyncio.current_task()))
+
+    def bodies(self) -> list[bytes]:
+        return [message["body"] for message, _ in self.server]
+
+
+def new_log() -> EventLog:
+    """A log with its `start` event, which a response replays from its task."""
+    log = EventLog()
+    log.emit("start", {"assistant_message_id": "m"})
+    return log
+
+
+async def idle(client: Client) -> None:
+    """Until the response has started, replayed the log, and waits for frames."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert client.wrapped[0]["type"] == "http.response.start"
+
+
+async def test_a_frame_is_written_at_once_by_its_emitter_while_the_stream_is_idle() -> None:
+    log = new_log()
+    client = Client(log)
+    await idle(client)
+    for text in ("a", "b", "c"):
+        log.emit_text("token", text)
+        # Written before emit_text returned, by this very task, through the server's send.
+        assert client.server[-1] == (
+            {"type": "http.response.body", "body": encode_text_event(log.last_id, "token", text),
+             "more_body": True},
+            asyncio.current_task(),
+        )  # fmt: skip
+    log.finish()
+    await client.task
+    assert client.bodies() == log.frames
+    # The start and the end go through the layers; the tokens did not.
+    assert [m["type"] for m in client.wrapped] == ["http.response.start", "http.response.body"]
+    assert (client.wrapped[1]["body"], client.wrapped[1]["more_body"]) == (b"", False)
+
+
+async def test_a_write_that_must_wait_is_finished_by_the_task_in_order() -> None:
+    log = new_log()
+    gate = asyncio.Event()
+    written: list[bytes] = []
+    waited: list[bool] = []
+
+    async def server_send(message: ASGIMessage) -> None:
+        if len(written) == 2 and not gate.is_set():  # the socket is full at the 2nd token
+            waited.append(True)
+            await gate.wait()
+        written.append(message["body"])
+
+    client = Client(log, server_send)
+    await idle(client)
+    log.emit_text("token", "1")
+    log.emit_text("token", "2")  # waits for the gate
+    log.emit_text("token", "3")
+    log.emit_text("token", "4")
+    await asyncio.sleep(0.02)
+    assert written == log.frames[:2]  # the start and 1; nothing passed the waiting 2
+    gate.set()
+    await asyncio.sleep(0.02)
+    log.emit_text("token", "5")  # idle again: pushed at once
+    assert written[-1] == log.frames[5]
+    log.finish()
+    await client.task
+    assert waited == [True]
+    # Every frame once, in order: 3 and 4 went together once 2 was written.
+    assert b"".join(written) == b"".join(log.frames)
+    frames = log.frames
+    assert written == [frames[0], frames[1], frames[2], frames[3] + frames[4], frames[5]]
+
+
+async def test_a_client_gone_during_a_write_ends_its_stream() -> None:
+    log = new_log()
+    abandoned: list[bool] = []
+    log.on_abandoned = lambda: abandoned.append(True)
+
+    async def server_send(message: ASGIMessage) -> None:
+        if message["body"] != log.frames[0]:
+            raise ConnectionResetError("the client hung up")
+
+    client = Client(log, server_send)
+    await idle(client)
+    log.emit_text("token", "lost")
+    await asyncio.wait_for(client.task, 2.0)
+    assert log.followers == 0
+    assert abandoned == [True]  # it counts as a client that left
+    assert len(client.wrapped) == 1  # no end of body sent to a gone client
+
+
+async def test_an_unexpected_failure_of_a_write_fails_the_response() -> None:
+    log = new_log()
+
+    async def server_send(message: ASGIMessage) -> None:
+        if message["body"] != log.frames[0]:
+            raise RuntimeError("a bug below")
+
+    client = Client(log, server_send)
+    await idle(client)
+    log.emit_text("token", "x")
+    with pytest.raises(RuntimeError, match="a bug below"):
+        await asyncio.wait_for(client.task, 2.0)
+
+
+async def test_cancelling_the_response_while_a_write_waits_reaches_that_write() -> None:
+    log = new_log()
+    cancelled: list[bool] = []
+
+    async def server_send(message: ASGIMessage) -> None:
+        if message["body"] != log.frames[0]:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    client = Client(log, server_send)
+    await idle(client)
+    log.emit_text("token", "x")
+    await asyncio.sleep(0.02)
+    client.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await client.task
+    assert cancelled == [True]
+
+
+def recording(seen: list[ASGIMessage]) -> Callable[[ASGIApp], ASGIApp]:
+    """A pure ASGI middleware that records every message sent through it."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def call(scope: Scope, receive: Receive, send: Send) -> None:
+            async def recorded(message: ASGIMessage) -> None:
+                seen.append(message)
+                await send(message)
+
+            await app(scope, receive, recorded if scope["type"] == "http" else send)
+
+        return call
+
+    return middleware
+
+
+async def test_a_streamed_answer_s_tokens_skip_the_middleware_but_not_its_start_and_end(
+    app: FastAPI, live_server: Callable[[FastAPI], Any], regular_user: TestUser
+) -> None:
+    seen: list[ASGIMessage] = []
+    app.add_middleware(recording(seen))  # type: ignore[arg-type]
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response,
+    ):
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    events = parse_events(raw)
+    assert events[-1].event == "done"
+    assert text_of(events)
+    assert len(events) > 3
+    assert [m["type"] for m in seen] == ["http.response.start", "http.response.body"]
+    assert seen[1]["more_body"] is False
