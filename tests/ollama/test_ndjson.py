@@ -73,3 +73,33 @@ async def test_iter_ndjson_over_an_async_byte_stream() -> None:
             yield BODY[start : start + 3]
 
     assert [obj async for obj in iter_ndjson(pieces())] == LINES
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"a":1}\n',
+        b' \t{"a":[1,2]}\r\n',
+        b'{"a":1} \n',
+        b'{"a":1}x\n',
+        b'{"a":1}{"b":2}\n',
+        b'{"a":1}\xc2\xa0\n',  # a no-break space is not JSON whitespace
+        b'{"a":NaN}\n',
+        b'{"a"\n',
+        b"[1]\n",
+        b'"s"\n',
+        b"\xff\n",
+    ],
+)
+def test_a_line_is_decoded_exactly_as_json_loads_would(line: bytes) -> None:
+    """The C scanner's shortcut changes nothing: what json.loads takes as an object is that
+    object, and anything else is an upstream error."""
+    try:
+        expected = json.loads(line.decode())
+    except ValueError:
+        expected = None
+    if isinstance(expected, dict):
+        assert NDJSONDecoder().feed(line) == [expected]
+    else:
+        with pytest.raises(OllamaStreamError):
+            NDJSONDecoder().feed(line)

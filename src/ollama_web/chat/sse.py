@@ -34,6 +34,7 @@ KEEPALIVE_FRAME = b": keep-alive\n\n"
 FINAL_EVENTS = frozenset({"done", "error"})
 MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_json_string = json.encoder.encode_basestring_ascii
 SERVER_SEND = "ollama_web.server_send"
 """A scope key: the ASGI server's own `send`, put there by the app before any middleware
 wraps it (`app.OllamaWebApp`)."""
@@ -47,8 +48,9 @@ def encode_event(event_id: int, event: str, data: Mapping[str, Any]) -> bytes:
 
 
 def encode_text_event(event_id: int, event: str, text: str) -> bytes:
-    """`{"content": text}` events (tokens, thinking): the hot path, formatted directly."""
-    return f'id: {event_id}\nevent: {event}\ndata: {{"content":{json.dumps(text)}}}\n\n'.encode()
+    """`{"content": text}` events (tokens, thinking): the hot path, formatted directly (the
+    string as `json.dumps` writes it, by the C function it calls)."""
+    return f'id: {event_id}\nevent: {event}\ndata: {{"content":{_json_string(text)}}}\n\n'.encode()
 
 
 class Follower:

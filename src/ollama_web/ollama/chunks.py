@@ -83,7 +83,8 @@ class ChatChunk:
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ChatChunk:
-        raise_if_error(obj)
+        if obj.get("error") is not None:
+            raise_if_error(obj)
         message = obj.get("message")
         if not isinstance(message, dict):
             message = {}
@@ -91,25 +92,20 @@ class ChatChunk:
         calls = None
         if isinstance(tool_calls, list):
             calls = [call for call in tool_calls if isinstance(call, dict)] or None
-        done = obj.get("done") is True
-        if not done:  # a token: the hot path
-            return cls(
-                content=_text(message.get("content")),
-                thinking=_text(message.get("thinking")),
-                done_reason=_text(obj.get("done_reason"))[:DONE_REASON_CHARS] or None,
-                tool_calls=calls,
-                model=_str(obj.get("model")),
-            )
+        # A token is the hot path: ASCII content and nothing else, checked inline.
+        content = message.get("content")
+        if not (type(content) is str and content.isascii() and "\x00" not in content):
+            content = _text(content)
+        thinking = message.get("thinking")
+        thinking = "" if thinking is None else _text(thinking)
+        reason = obj.get("done_reason")
+        done_reason = None if reason is None else _text(reason)[:DONE_REASON_CHARS] or None
+        model = obj.get("model")
+        model = model if type(model) is str else ""
+        if obj.get("done") is not True:
+            return cls(content, thinking, False, done_reason, calls, model=model)
         metrics = {name: _int_or_none(obj.get(name), _METRIC_MAX[name]) for name in METRIC_FIELDS}
-        return cls(
-            content=_text(message.get("content")),
-            thinking=_text(message.get("thinking")),
-            done=done,
-            done_reason=_text(obj.get("done_reason"))[:DONE_REASON_CHARS] or None,
-            tool_calls=calls,
-            model=_str(obj.get("model")),
-            **metrics,
-        )
+        return cls(content, thinking, True, done_reason, calls, model=model, **metrics)
 
 
 @dataclass(frozen=True, slots=True)

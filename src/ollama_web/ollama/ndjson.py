@@ -8,12 +8,17 @@ generate `context` array, big tool-call arguments); the cap is far above Ollama'
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from ollama_web.ollama.errors import OllamaStreamError
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
+JSON_WHITESPACE = " \t\n\r"
+_scan: Callable[[str, int], tuple[Any, int]]
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""json's C scanner (typeshed does not list the attribute): the value at an index, and where
+it ends."""
 
 
 class NDJSONDecoder:
@@ -56,7 +61,13 @@ class NDJSONDecoder:
 
 def _decode_line(line: bytes) -> dict[str, Any]:
     try:  # decoded first: json.loads(bytes) also sniffs for UTF-16/32, ~0.7 µs a line
-        value = json.loads(line.decode())
+        text = line.decode()
+        try:  # json's C scanner straight away: one line, one object, no whitespace before it
+            value, end = _scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text) and (end < 0 or text[end:].strip(JSON_WHITESPACE)):
+            value = json.loads(text)  # whitespace first, or an error: json's own message
     except ValueError as exc:  # includes UnicodeDecodeError
         raise OllamaStreamError("upstream_error", f"invalid JSON line: {exc}") from None
     if not isinstance(value, dict):
