@@ -658,3 +658,34 @@ async def test_a_follower_that_got_nothing_before_losing_the_owner_sends_no_id()
     assert log.finished
     (frame,) = log.frames
     assert frame.startswith(b"event: error\n")
+
+
+async def test_a_relay_closed_at_any_point_of_its_subscribe_ends_its_listener() -> None:
+    """A server whose port was taken stops right after its start, its relay's listener still
+    subscribing. Under Python 3.11 a cancel landing as redis-py's send completes was lost
+    (asyncio.wait_for): the listener listened for good and the shutdown waited for it.
+    Closed after each count of loop turns through the subscribe, the relay ends its listener
+    every time (never a task left to the loop's own shutdown)."""
+    left: list[tuple[int, str]] = []
+    listening_at_close, turns = 0, 0
+    while listening_at_close < 5 and turns < 200 and not left:
+        relay = GenerationRelay(require_redis(), _NoAnswers(), keepalive_seconds=1)  # type: ignore[arg-type]
+        relay.start()
+        (listener,) = [t for t in asyncio.all_tasks() if t.get_name() == "generation-relay"]
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        listening_at_close = listening_at_close + 1 if relay.listening.is_set() else 0
+        try:
+            async with asyncio.timeout(5):
+                await relay.aclose()
+            if not listener.done():
+                left.append((turns, "left running"))
+        except TimeoutError:
+            left.append((turns, "the close waited for it for good"))
+        finally:
+            while not listener.done():  # this test never leaves it to the loop's teardown
+                listener.cancel()
+                await asyncio.wait([listener], timeout=0.1)
+        turns += 1
+    assert left == []
+    assert listening_at_close == 5, turns  # the sweep went through the whole subscribe

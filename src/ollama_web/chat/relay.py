@@ -55,6 +55,8 @@ RETRY_SECONDS = 1.0
 SILENT_KEEPALIVES = 3
 REFOLLOW_ATTEMPTS = 3
 DRAIN_SECONDS = 2.0
+RECANCEL_SECONDS = 0.1
+"""A cancelled task of the relay's that has not ended by then is cancelled again."""
 PUBLISH_CONNECTIONS = 50
 """Publishes in flight at once (plus the control channel's listener); more wait their turn."""
 PUBLISH_WAIT_SECONDS = 5.0
@@ -134,14 +136,10 @@ class GenerationRelay:
         """Stop taking requests, give the forwards and stops under way DRAIN_SECONDS to send
         what they have (after a shutdown, the answers' last events), then cancel the rest."""
         if self._listener is not None:
-            self._listener.cancel()
-            await _ended([self._listener], "the control channel's listener")
+            await _cancelled([self._listener], "the control channel's listener")
         if self._serving:
             await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await _ended(tasks, "relay tasks")
+        await _cancelled(list(self._tasks), "relay tasks")
         for client in (self._redis, self._replies):
             try:
                 async with asyncio.timeout(DRAIN_SECONDS):
@@ -363,14 +361,24 @@ class GenerationRelay:
             await pubsub.aclose()
 
 
-async def _ended(tasks: list[asyncio.Task[Any]], what: str) -> None:
-    """Wait DRAIN_SECONDS at most for cancelled tasks to end. redis-py can leave one stuck
-    for good when it is cancelled at the wrong moment (a listener cancelled while it
-    subscribes, right after the start: a server whose port was taken hung at shutdown, and
-    SIGTERM could not end it); the shutdown goes on without it."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+async def _cancelled(tasks: list[asyncio.Task[Any]], what: str) -> None:
+    """Cancel `tasks`, again every RECANCEL_SECONDS until they end (DRAIN_SECONDS at most).
+
+    Once is not enough under Python 3.11: its asyncio.wait_for drops a cancel that lands as
+    the call it waits for completes (fixed in 3.12), and redis-py sends every command through
+    it (`Connection.send_packed_command`, with a socket timeout set). The task goes on as if
+    never cancelled: a listener cancelled as it subscribed, right after the start, then
+    listened for good, and the shutdown waited for it (a server whose port was taken hung,
+    and SIGTERM could not end it). A task still running after DRAIN_SECONDS is left, said in
+    the log.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
+    pending = set(tasks)
+    while pending and (remaining := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_SECONDS, remaining))
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: nothing to log for a task that ended either way
