@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import Event, EventReader
+from tests.conftest import require_redis
 from tests.deploy.tools import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,22 +44,33 @@ class Served:
         return self.process.returncode, stderr.decode()
 
 
-@asynccontextmanager
-async def serving(tmp_path: Path, emulator: OllamaEmulator, grace: float) -> AsyncIterator[Served]:
-    port = free_port()
-    env = {
+def _server_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This environment with a fresh DATA_DIR and LOG_DIR (its own database), plus `settings`."""
+    return {
         **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_DIR": str(tmp_path / "logs"),
         "BACKUP_ENABLED": "false",
-        "OLLAMA_URL": emulator.url,
-        "PASSWORD_HASH_TIME_COST": "1",
-        "PASSWORD_HASH_MEMORY_KIB": "64",
-        "SHUTDOWN_GRACE_SECONDS": str(grace),
+        **settings,
     }
-    command = ["-m", "ollama_web", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _serve_command(port: int) -> list[str]:
+    return ["-m", "ollama_web", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, emulator: OllamaEmulator, grace: float) -> AsyncIterator[Served]:
+    port = free_port()
+    env = _server_env(
+        tmp_path,
+        OLLAMA_URL=emulator.url,
+        PASSWORD_HASH_TIME_COST="1",
+        PASSWORD_HASH_MEMORY_KIB="64",
+        SHUTDOWN_GRACE_SECONDS=str(grace),
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+        sys.executable, *_serve_command(port), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -196,3 +211,28 @@ async def test_a_pull_running_when_the_grace_ends_ends_its_stream_with_an_error_
     assert 0.9 <= ended < 4, ended
     assert status in (0, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.redis
+def test_a_server_whose_port_is_taken_exits_at_once_with_redis(tmp_path: Path) -> None:
+    """uvicorn cannot bind, so the app stops right after its start, its relay's listener
+    still subscribing: the server exits at once with uvicorn's startup failure code, its
+    listener ended (it hung for good at "Waiting for application shutdown." before)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = _server_env(tmp_path, REDIS_URL=require_redis())
+        command = _serve_command(taken.getsockname()[1])
+        process = subprocess.Popen(
+            [sys.executable, *command], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            _, stderr = process.communicate(timeout=15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == STARTUP_FAILURE, stderr
+    assert "address already in use" in stderr, stderr
+    assert "Application shutdown complete." in stderr, stderr  # it started, then stopped
+    assert "did not end" not in stderr, stderr
