@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -689,3 +690,24 @@ async def test_a_relay_closed_at_any_point_of_its_subscribe_ends_its_listener() 
         turns += 1
     assert left == []
     assert listening_at_close == 5, turns  # the sweep went through the whole subscribe
+
+
+async def test_a_redis_client_failing_to_close_does_not_fail_the_relay_s_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py's own TimeoutError is no builtin TimeoutError: it must not escape a shutdown."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    relay = GenerationRelay(require_redis(), _NoAnswers(), keepalive_seconds=1)  # type: ignore[arg-type]
+    relay.start()
+    await asyncio.wait_for(relay.listening.wait(), 5)
+    closed = relay._replies.aclose
+
+    async def failing_close() -> None:
+        await closed()
+        raise RedisTimeout("Timeout closing connection")
+
+    relay._replies.aclose = failing_close  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="ollama_web.chat.relay"):
+        await relay.aclose()
+    assert "failed to close: Timeout closing connection" in caplog.text

@@ -140,12 +140,16 @@ class GenerationRelay:
         if self._serving:
             await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
         await _cancelled(list(self._tasks), "relay tasks")
+        from redis.exceptions import RedisError
+
         for client in (self._redis, self._replies):
             try:
                 async with asyncio.timeout(DRAIN_SECONDS):
                     await client.aclose()
             except TimeoutError:
                 logger.warning("a Redis client of the relay did not close in time; left")
+            except (RedisError, OSError) as exc:  # redis-py's own TimeoutError is one
+                logger.warning("a Redis client of the relay failed to close: %s", exc)
 
     def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
         """A task of the relay's; `serving` marks the owner side (a forward or a stop for
