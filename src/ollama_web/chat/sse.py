@@ -291,7 +291,7 @@ class _Stream(Follower):
             self.disconnected = True
             return False
         except Exception as exc:  # raised in the task, as an awaited send would be
-            self.sending = _raise(exc)
+            self.sending = _Raise(exc)
             return False
         # It waits (the socket is full, say): the task goes on with it from there.
         self.sending = _Resumed(sending, awaited)
@@ -329,8 +329,17 @@ class _Resumed:
                     return
 
 
-async def _raise(exc: Exception) -> None:
-    raise exc
+class _Raise:
+    """Awaiting this raises `exc` (and, never awaited, it leaves no warning behind)."""
+
+    __slots__ = ("_exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self._exc = exc
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        raise self._exc
+        yield  # a generator: it raises when awaited, not when built
 
 
 async def _completed(sending: Awaitable[None]) -> bool:
