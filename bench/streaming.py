@@ -18,9 +18,8 @@ own: see `Placement`), then:
 - cpu: server process CPU time (utime + stime from /proc) / tokens relayed, at a paced
   rate (100 streams x 50 tokens/s: each token comes in a read of its own and leaves in a
   write of its own, as from a real Ollama) and in bursts (8 streams at full speed, 2000
-  tokens). A burst's cost per token depends on how many tokens each read brings: with the
-  server pinned, the client saw ~1.1 tokens per body chunk and the server spent 47-52 us a
-  token; unpinned, 1.8-4 tokens per chunk and 27-30 us (measured on a 2-vCPU VM).
+  tokens). A burst's cost per token depends on how many tokens each read brings (with the
+  server pinned to a CPU of its own, about one: close to the paced cost; unpinned, several).
   bench/relay_floor.py measures the paced regime with no framework at all (uvloop protocols,
   httptools, json, SSE frames): what any Python relay of Ollama pays per token here.
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
