@@ -4,6 +4,7 @@ through the server's own `send`; by its task when a write must wait, fails, or e
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from ollama_web.chat import sse as sse_module
 from ollama_web.chat.sse import SERVER_SEND, EventLog, SSEResponse, encode_text_event
+from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import chat_body, parse_events, text_of
 from tests.fixtures.auth import TestUser
 
@@ -202,3 +205,59 @@ async def test_a_streamed_answer_s_tokens_skip_the_middleware_but_not_its_start_
     assert len(events) > 3
     assert [m["type"] for m in seen] == ["http.response.start", "http.response.body"]
     assert seen[1]["more_body"] is False
+
+
+async def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real server, a client that reads nothing for a while: its socket fills up, the
+    server's sends must wait, and the pushes are finished by the response's task."""
+    reply = "".join(f" {i:05d}{'w' * 250}" for i in range(16_000))  # ~5 MB of frames
+    ollama_emulator.config.reply = reply
+    resumed: list[bool] = []
+
+    class Counted(sse_module._Resumed):
+        def __init__(self, *args: Any) -> None:
+            resumed.append(True)
+            super().__init__(*args)
+
+    monkeypatch.setattr(sse_module, "_Resumed", Counted)
+    async with live_server(app) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps(chat_body()).encode()
+        head = (
+            f"POST /api/chat/stream HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in regular_user.headers.items())
+            + "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await reader.readuntil(b"\r\n\r\n")
+        for _ in range(100):  # reads nothing until the server had to wait
+            if resumed:
+                break
+            await asyncio.sleep(0.05)
+        raw = await asyncio.wait_for(reader.read(), 60)  # then everything, to the end
+        writer.close()
+    assert resumed, "the server never had to wait for this client"
+    events = parse_events(_unchunked(raw))
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].event == "done"
+    assert text_of(events) == reply
+
+
+def _unchunked(raw: bytes) -> bytes:
+    """A chunked HTTP/1.1 body, decoded."""
+    body, position = bytearray(), 0
+    while True:
+        end = raw.index(b"\r\n", position)
+        size = int(raw[position:end], 16)
+        if size == 0:
+            return bytes(body)
+        body += raw[end + 2 : end + 2 + size]
+        position = end + 2 + size + 2
