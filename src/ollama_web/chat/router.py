@@ -202,6 +202,10 @@ async def chat_reattach(
     if generation is not None:
         log = generation.log
     else:
+        if registry.relay is not None:
+            # The request's reads end here: it may wait for another process's answer, and
+            # a storm of re-attaches must not hold the database's connections meanwhile.
+            await session.commit()  # loaded objects stay usable (expire_on_commit=False)
         log = await _follow_elsewhere(message, registry.relay, seen)
     if log is None:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
