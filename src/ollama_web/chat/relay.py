@@ -58,7 +58,7 @@ DRAIN_SECONDS = 2.0
 RECANCEL_SECONDS = 0.1
 """A cancelled task of the relay's that has not ended by then is cancelled again."""
 PUBLISH_CONNECTIONS = 50
-"""Publishes in flight at once (plus the control channel's listener); more wait their turn."""
+"""Publishes in flight at once; more wait their turn, in order (see `_send`)."""
 PUBLISH_WAIT_SECONDS = 5.0
 REPLY_CONNECTIONS = 100_000
 """No cap of the client's own: each follow and stop in flight subscribes on a connection."""
@@ -102,14 +102,15 @@ class GenerationRelay:
         import redis.asyncio as aioredis
 
         # redis-py caps a pool at 100 connections and fails past that, which a storm of
-        # re-attaches or stops reached: publishes wait for a connection instead, and
-        # reply channels are capped only by Redis (its maxclients).
+        # re-attaches or stops reached: publishes wait for their turn instead, and reply
+        # channels are capped only by Redis (its maxclients).
         commands = aioredis.BlockingConnectionPool.from_url(
             redis_url,
-            max_connections=PUBLISH_CONNECTIONS,
+            max_connections=PUBLISH_CONNECTIONS + 1,  # and the control channel's listener
             timeout=PUBLISH_WAIT_SECONDS,
             **connection_options(),
         )
+        self._turns = asyncio.Semaphore(PUBLISH_CONNECTIONS)
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(commands)
         self._replies: aioredis.Redis = aioredis.Redis.from_url(
             redis_url, max_connections=REPLY_CONNECTIONS, **connection_options(retry=False)
@@ -204,10 +205,24 @@ class GenerationRelay:
         from redis.exceptions import RedisError
 
         try:
-            return int(await self._redis.publish(channel, payload))
+            return await self._send(channel, payload)
         except (RedisError, OSError) as exc:
             logger.warning("generation relay could not publish: %s", exc)
             return 0
+
+    async def _send(self, channel: str, payload: bytes) -> int:
+        """PUBLISH, in turn: redis-py's blocking pool lets a task that gives a connection
+        back take it again at once, ahead of those waiting. Owners forwarding to a storm
+        of followers, each publishing again at once, kept the pool to themselves, and
+        their own acknowledgements failed after the pool's wait ("No connection
+        available"): refused 409 while the answer ran. An asyncio semaphore serves in
+        order."""
+        async with asyncio.timeout(PUBLISH_WAIT_SECONDS):
+            await self._turns.acquire()
+        try:
+            return int(await self._redis.publish(channel, payload))
+        finally:
+            self._turns.release()
 
     async def _stop_for(self, generation: Generation, reply: str) -> None:
         await self._publish(reply, b"A")
@@ -266,7 +281,7 @@ class GenerationRelay:
         pubsub: Any = self._replies.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(reply)
-            await self._redis.publish(CONTROL_CHANNEL, json.dumps({**request, "reply": reply}))
+            await self._send(CONTROL_CHANNEL, json.dumps({**request, "reply": reply}).encode())
             acknowledged = await _next(pubsub, OWNER_WAIT_SECONDS) == b"A"
         except (RedisError, OSError) as exc:
             logger.warning("could not relay %s: %s", request["op"], exc)
