@@ -2,25 +2,45 @@
 
 A running answer is a job inside the one process generating it (see `generation`). With
 several workers or instances, a stop or a re-attach can reach another process. With Redis,
-every process listens on one control channel, and the process that holds the job acts:
+every process listens on one control channel, and the process that holds the job acts. The
+asking process subscribes to a fresh reply channel, then publishes its request on the
+control channel:
 
-- stop: the asking process publishes `{"op": "stop", "id", "reply"}`; the owner answers `A`
-  (acknowledged) on the reply channel, stops the job (its upstream is closed at once) and
-  answers `D` + the stored message as JSON;
-- follow: the asking process subscribes to a fresh reply channel, then publishes
-  `{"op": "follow", "id", "after", "reply"}`; the owner answers `A`, then forwards the
-  frames after event `after` as they come (`F<last event id>\\n<frames>`), and `E` at the
-  end (preceded by `L<the final event>` when `after` lies past the answer's end, so that
+- stop: `{"op": "stop", "id", "reply"}`; the owner answers `A` (acknowledged) on the reply
+  channel, stops the job (its upstream is closed at once) and answers `D` + the stored
+  message as JSON;
+- follow: `{"op": "follow", "id", "after", "reply"}`; the owner answers `A`, then forwards
+  the frames after event `after` as they come (`F<last event id>\\n<frames>`), and `E` at
+  the end (preceded by `L<the final event>` when `after` lies past the answer's end, so that
   this follower too ends with it). A `K` keep-alive goes out when nothing did for
   SSE_KEEPALIVE_SECONDS: when it reaches no subscriber (the follower left), the owner stops
   forwarding. When the follower hears nothing for three keep-alive intervals, or Redis fails
-  under it, it asks again from the last event it has (the owner may be alive: a Redis blip);
-  when no owner answers, the stream ends with an error event under that same last id, so
-  that a client reconnecting with `Last-Event-ID` misses none of the owner's events.
+  under it, it asks again from the last event it has (the owner may be alive: a Redis blip),
+  for REFOLLOW_SECONDS; when no owner answers, the stream ends with an error event under
+  that same last id, so that a client reconnecting with `Last-Event-ID` misses none of the
+  owner's events.
 
-When no process acknowledges within OWNER_WAIT_SECONDS (nobody is generating the answer any
-more, or Redis is down), the caller answers 409 GENERATION_ELSEWHERE as it does without
-Redis. Redis failures never reach the generation itself.
+Every other listening process, the asker's own included, answers `N<its relay id>` (no
+such answer here), so that the asker knows there is no owner as soon as they all did: it
+counts them from PUBLISH's answer, which is the number of processes subscribed to the
+control channel (a process whose listener is not subscribed at that moment, in a Redis
+blip, is not counted, and cannot hear the request either). The asker waits until it has an
+`A`, or an `N` from each of them (no owner: at once), or LISTENERS_WAIT_SECONDS: a live
+owner is never taken for absent however long its `A` takes under load, and only a listener
+that never answers (a process that died after PUBLISH reached it, or shut down while the
+request was on its way) costs that wait. The ids make a request that redis-py sent twice (a
+retried publish) count each process once.
+
+With no owner (nobody is generating the answer any more, or Redis is down), the caller
+answers 409 GENERATION_ELSEWHERE as it does without Redis, or the answer as stored (see
+the callers in `router`). A finished answer still in its process's memory (see
+`registry`) counts as held there: its owner acknowledges and forwards it to its end.
+Redis failures never reach the generation itself.
+
+Pub/sub ignores Redis's database number: the control channel is named after the database
+of REDIS_URL, so that deployments on different databases of one Redis neither count nor
+hear each other. (Its name changed with the `N` answers: a process of the version before,
+whose asker took any first answer for the owner's, is not reached, as without Redis.)
 
 Publishes and the control channel's listener go through a client that replaces a dead
 connection at once (see `core.redis_client`), so the first relay after a Redis restart
@@ -48,18 +68,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ollama_web.chat.relay")
 
-CONTROL_CHANNEL = "ollama-web:generations"
-OWNER_WAIT_SECONDS = 1.0
+LISTENERS_WAIT_SECONDS = 10.0
+"""The longest wait for the listeners' answers to a request (see the module docstring)."""
 STOP_WAIT_SECONDS = 10.0
 RETRY_SECONDS = 1.0
 SILENT_KEEPALIVES = 3
-REFOLLOW_ATTEMPTS = 3
+REFOLLOW_SECONDS = 5.0
+"""How long a follower that lost the owner asks again, every RETRY_SECONDS: a listener
+that lost Redis subscribes again RETRY_SECONDS after."""
 DRAIN_SECONDS = 2.0
 RECANCEL_SECONDS = 0.1
 """A cancelled task of the relay's that has not ended by then is cancelled again."""
 PUBLISH_CONNECTIONS = 50
 """Publishes in flight at once; more wait their turn, in order (see `_send`)."""
-PUBLISH_WAIT_SECONDS = 5.0
+PUBLISH_WAIT_SECONDS = LISTENERS_WAIT_SECONDS
+"""The longest wait for a publish's turn: an `A` later than that finds no asker waiting."""
 REPLY_CONNECTIONS = 100_000
 """No cap of the client's own: each follow and stop in flight subscribes on a connection."""
 
@@ -118,6 +141,9 @@ class GenerationRelay:
         """For reply channels only, one connection each (a follow holds it while the answer
         runs). A closed pub/sub disconnects its connection before it goes back to the pool,
         so none here is ever reused, dead or alive."""
+        self.control_channel = control_channel(commands.connection_kwargs.get("db", 0))
+        self._id = uuid.uuid4().hex.encode()
+        """Signs this process's `N` answers."""
         self._registry = registry
         self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
@@ -171,7 +197,7 @@ class GenerationRelay:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CONTROL_CHANNEL)
+                    await pubsub.subscribe(self.control_channel)
                     self.listening.set()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -191,8 +217,9 @@ class GenerationRelay:
             logger.warning("ignored a malformed relay request")
             return
         generation = self._registry.get(message_id)
-        if generation is None:
-            return  # another process's answer (or nobody's)
+        if generation is None:  # another process's answer (or nobody's)
+            self._spawn(self._publish(reply, b"N" + self._id), serving=True)
+            return
         if op == "stop":
             self._spawn(self._stop_for(generation, reply), serving=True)
         elif op == "follow":
@@ -274,15 +301,17 @@ class GenerationRelay:
 
     async def _ask(self, request: dict[str, Any]) -> Any | None:
         """Publish `request` with a fresh reply channel; the subscribed pubsub once an owner
-        acknowledged it, else None (no owner within OWNER_WAIT_SECONDS, or Redis failed)."""
+        acknowledged it, else None (every listener said it is not the owner, or some were
+        silent for LISTENERS_WAIT_SECONDS, or Redis failed)."""
         from redis.exceptions import RedisError
 
         reply = _reply_channel()
-        pubsub: Any = self._replies.pubsub(ignore_subscribe_messages=True)
+        pubsub: Any = self._replies.pubsub()
         try:
             await pubsub.subscribe(reply)
-            await self._send(CONTROL_CHANNEL, json.dumps({**request, "reply": reply}).encode())
-            acknowledged = await _next(pubsub, OWNER_WAIT_SECONDS) == b"A"
+            body = json.dumps({**request, "reply": reply})
+            listeners = await self._send(self.control_channel, body.encode())
+            acknowledged = await _acknowledged(pubsub, listeners, request["op"])
         except (RedisError, OSError) as exc:
             logger.warning("could not relay %s: %s", request["op"], exc)
             acknowledged = False
@@ -303,8 +332,12 @@ class GenerationRelay:
         pubsub = await self._ask({"op": "stop", "id": message_id})
         if pubsub is None:
             return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_SECONDS
         try:
             answer = await _next(pubsub, STOP_WAIT_SECONDS)
+            while answer is not None and answer.startswith(b"N"):  # another listener's, late
+                answer = await _next(pubsub, deadline - loop.time())
         except (RedisError, OSError) as exc:
             logger.warning("could not relay stop: %s", exc)
             return None
@@ -340,16 +373,17 @@ class GenerationRelay:
                 log.lost(message)
 
     async def _pump(self, pubsub: Any, log: RemoteLog, message_id: str) -> None:
+        loop = asyncio.get_running_loop()
         while not await self._forwarded(pubsub, log):
-            pubsub = None
-            for _ in range(REFOLLOW_ATTEMPTS):
+            give_up = loop.time() + REFOLLOW_SECONDS
+            while True:
                 pubsub = await self._ask({"op": "follow", "id": message_id, "after": log.last_id})
                 if pubsub is not None:
                     break
+                if loop.time() >= give_up:
+                    log.lost()
+                    return
                 await asyncio.sleep(RETRY_SECONDS)
-            if pubsub is None:
-                log.lost()
-                return
 
     async def _forwarded(self, pubsub: Any, log: RemoteLog) -> bool:
         """Copy what the owner forwards into `log`; True once it ended, False when the owner
@@ -405,17 +439,52 @@ async def _cancelled(tasks: list[asyncio.Task[Any]], what: str) -> None:
         logger.warning("%s did not end within %.0f s of shutdown; left", what, DRAIN_SECONDS)
 
 
+def control_channel(db: int) -> str:
+    """The control channel of the processes using Redis database `db`."""
+    return f"ollama-web:generations:db{db}"
+
+
 def _reply_channel() -> str:
-    return f"{CONTROL_CHANNEL}:reply:{uuid.uuid4().hex}"
+    return f"ollama-web:generations:reply:{uuid.uuid4().hex}"
+
+
+async def _acknowledged(pubsub: Any, listeners: int, op: str) -> bool:
+    """True once the owner answered `A` on `pubsub`; False once each of the `listeners`
+    PUBLISH reached answered `N`, or after LISTENERS_WAIT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LISTENERS_WAIT_SECONDS
+    declined: set[bytes] = set()
+    while len(declined) < listeners:
+        data = await _next(pubsub, deadline - loop.time())
+        if data is None:
+            logger.warning(
+                "%d of %d processes did not answer a relayed %s within %.0f s",
+                listeners - len(declined),
+                listeners,
+                op,
+                LISTENERS_WAIT_SECONDS,
+            )
+            return False
+        if data == b"A":
+            return True
+        if data.startswith(b"N"):
+            declined.add(data[1:])
+    return False
 
 
 async def _next(pubsub: Any, seconds: float) -> bytes | None:
-    """The next published message on `pubsub` within `seconds`, or None."""
+    """The next message published on `pubsub` within `seconds`, or None. What arrived by
+    the deadline still counts: a busy process may only come back here after it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while (remaining := deadline - loop.time()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-        if message is not None and message.get("type") == "message":
+    while True:
+        remaining = max(deadline - loop.time(), 0.0)
+        # Subscribe confirmations come through here (not ignored by redis-py), so that
+        # None means nothing was there.
+        message = await pubsub.get_message(timeout=remaining)
+        if message is None:
+            if remaining == 0.0:
+                return None
+        elif message.get("type") == "message":
             data: bytes = message["data"]
             return data
-    return None
