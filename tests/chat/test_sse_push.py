@@ -56,6 +56,16 @@ def new_log() -> EventLog:
     return log
 
 
+def failing_after_the_start(log: EventLog, error: Exception) -> Send:
+    """A server `send` that raises `error` for every frame after the log's first."""
+
+    async def server_send(message: ASGIMessage) -> None:
+        if message["body"] != log.frames[0]:
+            raise error
+
+    return server_send
+
+
 async def idle(client: Client) -> None:
     """Until the response has started, replayed the log, and waits for frames."""
     for _ in range(100):
@@ -121,11 +131,7 @@ async def test_a_client_gone_during_a_write_ends_its_stream() -> None:
     abandoned: list[bool] = []
     log.on_abandoned = lambda: abandoned.append(True)
 
-    async def server_send(message: ASGIMessage) -> None:
-        if message["body"] != log.frames[0]:
-            raise ConnectionResetError("the client hung up")
-
-    client = Client(log, server_send)
+    client = Client(log, failing_after_the_start(log, ConnectionResetError("hung up")))
     await idle(client)
     log.emit_text("token", "lost")
     await asyncio.wait_for(client.task, 2.0)
@@ -137,11 +143,7 @@ async def test_a_client_gone_during_a_write_ends_its_stream() -> None:
 async def test_an_unexpected_failure_of_a_write_fails_the_response() -> None:
     log = new_log()
 
-    async def server_send(message: ASGIMessage) -> None:
-        if message["body"] != log.frames[0]:
-            raise RuntimeError("a bug below")
-
-    client = Client(log, server_send)
+    client = Client(log, failing_after_the_start(log, RuntimeError("a bug below")))
     await idle(client)
     log.emit_text("token", "x")
     with pytest.raises(RuntimeError, match="a bug below"):
