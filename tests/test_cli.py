@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,15 @@ from ollama_web.cli import main
 
 
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
-    """What `serve` would have started uvicorn with (nothing is started)."""
+def started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_template: Path
+) -> dict[str, Any]:
+    """What `serve` would have started uvicorn with (nothing is started), on a migrated
+    database (MIGRATE_ON_STARTUP is false: the server does not upgrade it)."""
     options: dict[str, Any] = {}
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    shutil.copyfile(sqlite_template, tmp_path / "data" / "ollama_web.db")
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MIGRATE_ON_STARTUP", "false")
     monkeypatch.setenv("PORT", "29105")

@@ -67,6 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
         if workers == 1:
             # This process is the server: a new database gets its schema while it starts.
             begin_early_migration(settings)
+    else:
+        from ollama_web.migrations.runner import refuse_unmigrated_before_serving
+
+        def migrated() -> int:  # nothing upgrades it here: one line and exit 3 if behind
+            refuse_unmigrated_before_serving(settings)
+            return 0
+
+        if status := run_database_command(settings, migrated):
+            return status
     # Open streams end by SHUTDOWN_GRACE_SECONDS (their answers stored interrupted); a
     # little more for those final writes before uvicorn cancels what is left.
     grace = math.ceil(settings.shutdown_grace_seconds) + SHUTDOWN_MARGIN_SECONDS

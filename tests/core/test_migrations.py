@@ -422,23 +422,127 @@ def newer_database(
     its backup, or the package downgraded), and the command line's environment on it."""
     from ollama_web.migrations.runner import script_head
 
-    settings = settings_factory(database_url=database_url, migrate_on_startup=True)
+    settings = _command_environment(settings_factory, database_url, tmp_path, monkeypatch)
     _set_revisions(settings, "9999")
+    yield settings
+    _set_revisions(settings, script_head())  # the shared PostgreSQL database outlives us
+
+
+def _command_environment(
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    migrate_on_startup: bool = True,
+) -> Settings:
+    """Settings on the test database, and the command line's environment set to match."""
+    settings = settings_factory(database_url=database_url, migrate_on_startup=migrate_on_startup)
     monkeypatch.chdir(tmp_path)
     for name, value in {
         "SECRET_KEY": TEST_SECRET,
         "DATA_DIR": settings.data_dir,
         "LOG_DIR": settings.log_dir,
         "BACKUP_DIR": settings.backup_dir,
-        "MIGRATE_ON_STARTUP": "true",
+        "MIGRATE_ON_STARTUP": str(migrate_on_startup).lower(),
     }.items():
         monkeypatch.setenv(name, str(value))
     if database_url is None:
         monkeypatch.delenv("DATABASE_URL", raising=False)
     else:
         monkeypatch.setenv("DATABASE_URL", database_url)
-    yield settings
-    _set_revisions(settings, script_head())  # the shared PostgreSQL database outlives us
+    return settings
+
+
+@pytest.fixture
+def unmigrated_setup(
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Settings]:
+    """The test database and the command line's environment, with MIGRATE_ON_STARTUP=false."""
+    from ollama_web.migrations.runner import script_head
+
+    yield _command_environment(
+        settings_factory, database_url, tmp_path, monkeypatch, migrate_on_startup=False
+    )
+    if database_url is not None:  # the shared PostgreSQL database outlives us
+        _set_revisions(settings_factory(database_url=database_url), script_head())
+
+
+@pytest.mark.parametrize(
+    ("stored", "says"),
+    [
+        ((), "has no schema, and this version of ollama-web needs revision "),
+        (("0006",), "is at revision 0006, and this version of ollama-web needs revision "),
+        (("9999",), "is at revision 9999, which this version of ollama-web does not know"),
+    ],
+)
+def test_serve_without_migrate_on_startup_refuses_a_schema_it_cannot_use_as_it_is(
+    unmigrated_setup: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stored: tuple[str, ...],
+    says: str,
+) -> None:
+    """Nothing upgrades the schema when MIGRATE_ON_STARTUP is false: a server on a database
+    behind this version would answer 500 at the first missing column. One line, exit 3,
+    and what to run; nothing is started or changed."""
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append(options))
+    _set_revisions(unmigrated_setup, *stored)
+
+    assert main(["serve", "--workers", "2"]) == EXIT_DATABASE_ERROR
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: the database ")
+    assert says in lines[0]
+    if "9999" not in says:
+        assert lines[0].endswith("MIGRATE_ON_STARTUP is false, so run `ollama-web migrate` first")
+    assert started == []
+
+
+def test_serve_without_migrate_on_startup_starts_on_a_migrated_database(
+    unmigrated_setup: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append(options))
+    assert main(["serve", "--workers", "1"]) == 0
+    assert len(started) == 1
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_serve_without_migrate_on_startup_and_no_database_file_creates_none(
+    unmigrated_setup: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = unmigrated_setup.sqlite_file
+    assert database is not None
+    database.unlink()
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: None)
+    assert main(["serve"]) == EXIT_DATABASE_ERROR
+    assert f"the database {database} has no schema" in capsys.readouterr().err
+    assert not database.exists()
+
+
+async def test_a_server_without_migrate_on_startup_refuses_a_schema_behind_this_version(
+    app_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+) -> None:
+    """`uvicorn ollama_web.main:app`, without the command's check: the lifespan says it."""
+    from ollama_web.core.startup import DatabaseUnusableError
+    from ollama_web.migrations.runner import script_head
+
+    settings = settings_factory(database_url=database_url, migrate_on_startup=False)
+    _set_revisions(settings, "0006")
+    try:
+        with pytest.raises(DatabaseUnusableError, match="is at revision 0006, and this version"):
+            await app_factory(settings)
+    finally:
+        _set_revisions(settings, script_head())
 
 
 @pytest.mark.parametrize(

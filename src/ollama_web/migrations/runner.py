@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -127,6 +127,20 @@ def refuse_unknown_revisions(url: URL, revisions: Sequence[str]) -> None:
     for revision in revisions:
         if revision not in known_revisions():
             raise UnknownRevisionError(_describe(url), revision)
+
+
+def refuse_unmigrated(url: URL, current: str | None) -> None:
+    """With MIGRATE_ON_STARTUP=false nothing upgrades the schema when the server starts: a
+    database with no schema, or one behind this version's, is refused with what to run
+    (it would otherwise answer 500 at the first query that meets a missing column)."""
+    refuse_unknown_revisions(url, [] if current is None else [current])
+    head = script_head()
+    if current != head:
+        state = "has no schema" if current is None else f"is at revision {current}"
+        raise DatabaseUnusableError(
+            f"the database {_describe(url)} {state}, and this version of ollama-web needs "
+            f"revision {head}: MIGRATE_ON_STARTUP is false, so run `ollama-web migrate` first"
+        )
 
 
 async def stored_revision(engine: AsyncEngine) -> str | None:
@@ -245,6 +259,24 @@ async def _refuse_unknown_revision(settings: Settings) -> None:
         refuse_unknown_revisions(engine.url, [] if current is None else [current])
     finally:
         await engine.dispose()
+
+
+async def _refuse_unmigrated(settings: Settings) -> None:
+    engine = create_null_pool_engine(settings)
+    try:
+        refuse_unmigrated(engine.url, await stored_revision(engine))
+    finally:
+        await engine.dispose()
+
+
+def refuse_unmigrated_before_serving(settings: Settings) -> None:
+    """`ollama-web serve` with MIGRATE_ON_STARTUP=false: a database this version cannot use
+    as it is, refused in one line (exit 3) before any worker starts (`refuse_unmigrated`)."""
+    database = settings.sqlite_file
+    if database is not None and not (database.exists() and database.stat().st_size):
+        # No schema, and no file to create here.
+        refuse_unmigrated(make_url(f"sqlite:///{database}"), None)
+    asyncio.run(_refuse_unmigrated(settings))
 
 
 def refuse_unknown_revision_before_serving(settings: Settings) -> None:
@@ -380,4 +412,6 @@ async def migrate_on_startup(app: FastAPI) -> AsyncIterator[None]:
             # child logs what it did (nothing, when another instance migrated first).
             await engine.dispose()
             await upgrade_in_child(settings)
+    else:
+        refuse_unmigrated(engine.url, await stored_revision(engine))
     yield
