@@ -27,6 +27,8 @@ from tests.fixtures.servers import serve_app
 class QuickTimeouts(GuardedHttpToolsProtocol):
     head_timeout_seconds = 0.5
     body_idle_timeout_seconds = 0.5
+    body_timeout_seconds = 1.0
+    body_min_rate = 100
 
 
 AppFactory = Callable[[Settings], Any]
@@ -163,8 +165,10 @@ async def test_a_body_that_stops_coming_is_408(address: tuple[str, int]) -> None
 
 
 async def test_a_body_trickling_in_is_read(address: tuple[str, int]) -> None:
-    """A slow client is not refused while its body progresses (here for ~3 body timeouts)."""
+    """A slow client is not refused while its body progresses (here for ~3 idle timeouts,
+    at ~500 bytes a second: above the least rate)."""
     document = json.dumps({"username": "nobody", "password": "not the password"}).encode()
+    document += b" " * (800 - len(document))
     reader, writer = await asyncio.open_connection(*address)
     writer.write(
         b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -177,6 +181,32 @@ async def test_a_body_trickling_in_is_read(address: tuple[str, int]) -> None:
     status, body = await _answer(reader)
     writer.close()
     assert (status, body["error"]) == (401, "INVALID_CREDENTIALS")
+
+
+async def test_a_body_trickling_slower_than_the_least_rate_is_408(
+    address: tuple[str, int],
+) -> None:
+    """A byte every 0.2 s is never idle for the 0.5 s idle timeout, but 5 bytes a second is
+    far below the least rate (100 here): refused once the first second is spent."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    started = time.perf_counter()
+    answer = asyncio.ensure_future(_answer(reader))
+    for _ in range(100):
+        if answer.done():
+            break
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    status, body = await answer
+    elapsed = time.perf_counter() - started
+    writer.close()
+    assert (status, body["error"]) == (408, "REQUEST_TIMEOUT")
+    assert 0.9 <= elapsed < 5.0
+    assert await _live(*address) == 200
 
 
 async def test_a_long_answer_is_not_cut_by_the_limits(

@@ -12,9 +12,12 @@ protocol instead (uvicorn's `http` option; `--http` on its command line), which
 - closes a connection whose request head is not complete HEAD_TIMEOUT_SECONDS after its
   first byte, or after the connection opened (or the previous answer ended): silently when
   nothing of a request came, else with 408 `REQUEST_TIMEOUT`;
-- closes, with 408, a request whose body stops arriving for BODY_IDLE_TIMEOUT_SECONDS
-  (a body trickling in still progresses; one held back after most of MAX_REQUEST_BYTES
-  does not), as nginx's `client_body_timeout`.
+- closes, with 408, a request whose body stops arriving for BODY_IDLE_TIMEOUT_SECONDS,
+  as nginx's `client_body_timeout`, or arrives slower than BODY_MIN_RATE bytes a second
+  once its first BODY_TIMEOUT_SECONDS are spent (each BODY_MIN_RATE bytes received buy
+  one more second, as Apache's mod_reqtimeout `body=60,MinRate=500`): a byte every 59 s
+  would otherwise hold a connection for days. Time the application leaves the body
+  unread does not count.
 
 Answers are the API's error shape. The request id is new: no application saw the request.
 """
@@ -33,6 +36,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT_SECONDS = 30.0
 BODY_IDLE_TIMEOUT_SECONDS = 60.0
+BODY_TIMEOUT_SECONDS = 60.0
+BODY_MIN_RATE = 500
 LINGER_SECONDS = 2.0
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
@@ -47,6 +52,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_headers = MAX_HEADERS
     head_timeout_seconds = HEAD_TIMEOUT_SECONDS
     body_idle_timeout_seconds = BODY_IDLE_TIMEOUT_SECONDS
+    body_timeout_seconds = BODY_TIMEOUT_SECONDS
+    body_min_rate = BODY_MIN_RATE
+
+    _body_deadline = 0.0
+    """When the body must have ended at the least rate (moved on by what arrives)."""
 
     _timer: asyncio.TimerHandle | None = None
     _refused = False
@@ -73,7 +83,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._in_body:
-            self._arm(self.body_idle_timeout_seconds)
+            self._body_deadline += len(data) / self.body_min_rate
+            self._arm_body()
         self._unset_keepalive_if_required()
         ends_before = self._ends
         try:
@@ -117,7 +128,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._ends += 1
         self._disarm()
         self._in_body = True
-        self._arm(self.body_idle_timeout_seconds)
+        self._body_deadline = self.loop.time() + self.body_timeout_seconds
+        self._arm_body()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -155,6 +167,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._timer = self.loop.call_later(seconds, self._timed_out)
 
+    def _arm_body(self) -> None:
+        """The body's timer: idle for too long, or behind its least rate, whichever first."""
+        remaining = self._body_deadline - self.loop.time()
+        self._arm(max(0.0, min(self.body_idle_timeout_seconds, remaining)))
+
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -168,7 +185,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_body:
             if self.flow.read_paused:
                 # Not the client's doing: the application has not read what came yet.
-                self._arm(self.body_idle_timeout_seconds)
+                self._body_deadline = self.loop.time() + self.body_timeout_seconds
+                self._arm_body()
                 return
             if cycle.response_started:
                 # Answered before the body was read: end the connection after the answer.
