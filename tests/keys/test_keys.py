@@ -406,15 +406,16 @@ async def test_a_key_for_an_account_deleted_meanwhile_is_401_and_not_stored(
     operation: str,
 ) -> None:
     """Authenticated, then the account is deleted (by an administrator) before the new key
-    is written: its foreign key fails (an IntegrityError was a 500), and the caller, gone,
-    is told so as on its next request."""
+    is written: the creation's lock on the user's row finds none, a rotation's foreign key
+    fails (an IntegrityError was a 500), and the caller, gone, is told so as on its next
+    request."""
     await used_once(client, regular_user)
     listed = await client.get("/api/keys", headers=regular_user.headers)
     key_id = listed.json()["items"][0]["id"]
     gone = delete(User).where(User.id == regular_user.id)
     with monkeypatch.context() as patched:
-        if operation == "create":
-            delete_right_before(patched, app, keys_router, "create_key", gone)
+        if operation == "create":  # before the first write: the user's row is locked
+            delete_right_before(patched, app, keys_router, "check_key_room", gone)
             raced = await client.post(
                 "/api/keys", json={"name": "late"}, headers=regular_user.headers
             )
@@ -445,3 +446,58 @@ async def test_a_key_deleted_while_it_is_revoked_is_not_found(
         raced = await client.delete(f"/api/keys/{created['id']}", headers=regular_user.headers)
     assert raced.status_code == 404, raced.text
     assert raced.json()["error"] == "NOT_FOUND"
+
+
+async def test_a_user_holds_at_most_max_api_keys_per_user_usable_keys(
+    settings_factory: Callable[..., Settings],
+    app_factory: Callable[[Settings], Any],
+    database_url: str | None,
+) -> None:
+    """Revoked and expired keys do not count; a key rotated and still in its grace does."""
+    app = await app_factory(settings_factory(database_url=database_url, max_api_keys_per_user=3))
+    user = await create_test_user(app)  # holds one key: its credentials here
+    async with asgi_client(app) as http:
+        first, second = await new_key(http, user), await new_key(http, user)
+        refused = await http.post("/api/keys", json={"name": "k"}, headers=user.headers)
+        assert (refused.status_code, refused.json()["error"]) == (409, "CONFLICT")
+        assert refused.json()["details"] == {"max_keys": 3}
+
+        revoked = await http.delete(f"/api/keys/{first['id']}", headers=user.headers)
+        assert revoked.status_code in (200, 204)
+        third = await new_key(http, user)
+        await set_key(app, third["id"], expires_at=utcnow() - timedelta(seconds=1))
+        fourth = await new_key(http, user)
+        rotated = await http.post(
+            f"/api/keys/{second['id']}/rotate",
+            json={"grace_period_minutes": 5},
+            headers=user.headers,
+        )
+        assert rotated.status_code == 201  # a rotation replaces a key: never refused
+        refused_again = await http.post("/api/keys", json={"name": "k"}, headers=user.headers)
+    assert fourth["id"]
+    assert refused_again.status_code == 409
+
+
+async def test_keys_created_at_once_stop_at_the_limit(
+    settings_factory: Callable[..., Settings],
+    app_factory: Callable[[Settings], Any],
+    database_url: str | None,
+) -> None:
+    """The user's row is locked before the keys are counted: twenty creations at once with
+    room for two create two."""
+    app = await app_factory(settings_factory(database_url=database_url, max_api_keys_per_user=3))
+    user = await create_test_user(app)
+    async with asgi_client(app) as http:
+        answers = await asyncio.gather(
+            *(
+                http.post("/api/keys", json={"name": f"k{i}"}, headers=user.headers)
+                for i in range(20)
+            )
+        )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses.count(201) == 2, statuses
+    assert set(statuses) <= {201, 409, 503}, statuses
+    usable = await execute_sql(
+        app, select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+    )
+    assert len(usable.scalars().all()) == 3

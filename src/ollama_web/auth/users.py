@@ -138,13 +138,19 @@ async def lock_user(session: AsyncSession, user: User) -> bool:
     write lock on SQLite) and reload it: another request may have changed it since it was
     loaded, and a decision (last admin, what changed) must be taken on what is there now.
     False if the row is gone."""
-    touched = await session.execute(
-        text("UPDATE users SET role = role WHERE id = :id"), {"id": user.id}
-    )
-    if not getattr(touched, "rowcount", 0):
+    if not await lock_user_row(session, user.id):
         return False
     await session.refresh(user)
     return True
+
+
+async def lock_user_row(session: AsyncSession, user_id: str) -> bool:
+    """Lock a user's row for the rest of the transaction (see `lock_user`), without loading
+    it; False if it is gone."""
+    touched = await session.execute(
+        text("UPDATE users SET role = role WHERE id = :id"), {"id": user_id}
+    )
+    return bool(getattr(touched, "rowcount", 0))
 
 
 async def count_active_admins(session: AsyncSession) -> int:

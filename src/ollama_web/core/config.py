@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     api_key_expiry_days: int = Field(default=0, ge=0, le=3650)
     api_key_rotation_grace_minutes: int = Field(default=60, ge=0, le=60 * 24 * 90)
+    max_api_keys_per_user: int = Field(default=100, ge=1, le=100_000)
     # argon2id cost (argon2-cffi's RFC 9106 low-memory profile by default); tests lower it.
     password_hash_time_cost: int = Field(default=3, ge=1, le=20)
     password_hash_memory_kib: int = Field(default=65536, ge=64, le=4 * 1024 * 1024)

@@ -15,6 +15,7 @@ from ollama_web.db import ApiKey
 from ollama_web.db.base import utcnow
 from ollama_web.keys.schemas import KeyCreate, KeyCreated, KeyPublic, KeyRotate, KeyRotated
 from ollama_web.keys.service import (
+    check_key_room,
     create_key,
     default_expiry,
     get_owned_key,
@@ -57,7 +58,14 @@ async def list_my_keys(
     return result.to_page(_public)
 
 
-@router.post("", status_code=201, summary="Create an API key (the key is shown once)")
+@router.post(
+    "",
+    status_code=201,
+    summary="Create an API key (the key is shown once)",
+    responses={
+        409: {"description": "You hold MAX_API_KEYS_PER_USER usable keys already (CONFLICT)"}
+    },
+)
 async def create_my_key(
     body: KeyCreate,
     principal: CurrentPrincipal,
@@ -66,6 +74,7 @@ async def create_my_key(
     client: ClientInfoDep,
 ) -> KeyCreated:
     expires_at = default_expiry(settings, utcnow(), body.expires_in_days)
+    await check_key_room(session, principal.user_id, settings.max_api_keys_per_user)
     key, secret = await create_key(session, principal.user_id, body.name, expires_at=expires_at)
     await record_event(
         session,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from sqlalchemy import Select, Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +24,10 @@ from ollama_web.auth.tokens import (
     looks_like_api_key,
     sha256_hex,
 )
+from ollama_web.auth.users import lock_user_row
 from ollama_web.core.config import Settings
 from ollama_web.core.db import describe_database_error, flush_owned, update_if
-from ollama_web.core.errors import ConflictError, NotFoundError, ValidationError
+from ollama_web.core.errors import AccountGoneError, ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
 from ollama_web.db import ApiKey, User
@@ -37,6 +38,10 @@ logger = logging.getLogger("ollama_web.keys")
 
 class ApiKeyNotActiveError(ConflictError):
     code = "API_KEY_NOT_ACTIVE"
+
+
+class ApiKeyLimitError(ConflictError):
+    """The user holds MAX_API_KEYS_PER_USER usable keys already."""
 
 
 class ApiKeyNotFoundError(NotFoundError):
@@ -97,6 +102,32 @@ async def create_key(
     session.add(key)
     await flush_owned(session)
     return key, secret
+
+
+async def check_key_room(session: AsyncSession, user_id: str, limit: int) -> None:
+    """Raise ApiKeyLimitError when the user already holds `limit` usable keys (neither
+    revoked nor expired; a rotated key still in its grace counts). The user's row is
+    locked first, so that creations racing each other count one another; gone (deleted
+    since the request was authenticated), the caller is told so, as on its next request."""
+    if not await lock_user_row(session, user_id):
+        raise AccountGoneError()
+    now = utcnow()
+    usable = await session.scalar(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.user_id == user_id,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            or_(ApiKey.grace_until.is_(None), ApiKey.grace_until > now),
+        )
+    )
+    if int(usable or 0) >= limit:
+        raise ApiKeyLimitError(
+            f"You have {limit} API keys already, the most this server allows: revoke one "
+            "you no longer use first.",
+            details={"max_keys": limit},
+        )
 
 
 def _owned(user_id: str) -> Select[ApiKey]:
