@@ -87,19 +87,27 @@ class EventReader:
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.raw = b""
+        self._raw = bytearray()
+        self._unparsed = b""
         self._chunks = response.aiter_raw()
         self._pending: list[Event] = []
         self.seen: list[Event] = []
 
+    @property
+    def raw(self) -> bytes:
+        """Everything read so far."""
+        return bytes(self._raw)
+
     async def next(self) -> Event:
         while not self._pending:
             chunk = await anext(self._chunks)
-            self.raw += chunk
-            complete, _, _ = self.raw.rpartition(b"\n\n")
-            events = parse_events(complete + b"\n\n")
-            self._pending = events[len(self.seen) :]
-            self.seen.extend(self._pending)
+            self._raw += chunk
+            # Only what came since the last complete event is parsed (a storm of readers
+            # re-parsing whole streams at every chunk was quadratic).
+            complete, separator, self._unparsed = (self._unparsed + chunk).rpartition(b"\n\n")
+            if separator:
+                self._pending = parse_events(complete + separator)
+                self.seen.extend(self._pending)
         return self._pending.pop(0)
 
     async def until(self, kind: str) -> list[Event]:
