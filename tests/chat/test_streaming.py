@@ -143,3 +143,29 @@ async def test_keepalive_comments_flow_while_waiting_for_the_first_token(
     before_first_token = reader.raw.split(b"event: token")[0]
     assert before_first_token.count(b": keep-alive\n\n") >= 3
     assert text_of(events) == DEFAULT_REPLY
+
+
+async def test_a_done_reason_ollama_sends_empty_is_stored_as_none(
+    app: FastAPI,
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    """Ollama sends `done_reason: ""` for a reason it has no name for: no reason, not ""."""
+    ollama_emulator.config.done_reason = ""
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream(
+            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
+        ) as response,
+    ):
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    done = parse_events(raw)[-1]
+    assert done.event == "done"
+    assert done.data["message"]["status"] == "complete"
+    assert done.data["message"]["done_reason"] is None
+    async with asgi_client(app) as client:
+        conversation_id = done.data["message"]["conversation_id"]
+        stored = await stored_conversation(client, regular_user, conversation_id)
+    assert stored["messages"][-1]["done_reason"] is None

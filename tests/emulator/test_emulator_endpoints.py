@@ -95,6 +95,19 @@ async def test_host_and_origin_guards_answer_an_empty_403(
             assert response.status_code in (200, 404)
 
 
+async def test_the_optional_traps_ollama_sends_can_be_sent(
+    emu: OllamaEmulator, client: httpx.AsyncClient
+) -> None:
+    """`details.families: null` (a Go nil slice) and `done_reason: ""` (ollama-api.md, 12)."""
+    emu.config.models = [ModelSpec("nil:latest", families_null=True)]
+    emu.config.done_reason = ""
+    (listed,) = (await client.get("/api/tags")).json()["models"]
+    assert listed["details"]["families"] is None
+    body = {"model": "nil", "messages": USER_HI, "stream": False}
+    answer = (await client.post("/api/chat", json=body)).json()
+    assert (answer["done"], answer["done_reason"]) == (True, "")
+
+
 async def test_tags_shape_newest_first(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:
     emu.config.models = [ModelSpec("old:latest", modified_at=1000.0), ModelSpec.preset("qwen3")]
     body = (await client.get("/api/tags")).json()

@@ -37,6 +37,18 @@ async def test_models_of_both_nodes_are_merged_by_canonical_name(cluster: Cluste
     ]
 
 
+async def test_a_model_whose_families_ollama_sends_as_null_lists_none(cluster: Cluster) -> None:
+    """Ollama sends `details.families: null` for some models (a Go nil slice)."""
+    for node in (cluster.node_a, cluster.node_b):
+        for spec in node.config.models:
+            spec.families_null = True
+    response = await cluster.client.get("/api/models", headers=cluster.user.headers)
+    assert response.status_code == 200
+    by_name = {m["name"]: m for m in response.json()["models"]}
+    assert by_name["qwen3:latest"]["families"] == []
+    assert by_name["qwen3:latest"]["family"] == "qwen3"
+
+
 async def test_one_node_down_still_lists_the_other_and_reports_it(cluster: Cluster) -> None:
     await cluster.node_b.stop()
     response = await cluster.client.get("/api/models", headers=cluster.user.headers)

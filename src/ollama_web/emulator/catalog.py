@@ -53,7 +53,7 @@ def details(spec: ModelSpec) -> dict[str, Any]:
         "parent_model": "",
         "format": "gguf",
         "family": spec.family,
-        "families": [spec.family],
+        "families": None if spec.families_null else [spec.family],
         "parameter_size": spec.parameter_size,
         "quantization_level": spec.quantization_level,
     }

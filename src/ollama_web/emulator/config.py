@@ -49,6 +49,8 @@ class ModelSpec:
     embedding_length: int = 3072
     modified_at: float | None = None
     """Unix seconds; ``None`` lets the emulator assign one (first listed = newest)."""
+    families_null: bool = False
+    """``details.families`` sent as ``null`` (a Go nil slice), as Ollama does for some models."""
 
     def __post_init__(self) -> None:
         self.name = canonical_name(self.name)
@@ -135,6 +137,9 @@ class EmulatorConfig:
     """Answer chat/generate with 503 ``server busy ...``."""
     done_text: str = ""
     """Extra text carried by the ``done:true`` chunk."""
+    done_reason: str | None = None
+    """The done chunk's reason instead of ``stop``/``length``: ``""`` is sent as Ollama
+    sends it for a reason it has no name for."""
     tool_calls: list[dict[str, Any]] | None = None
     """``[{"name": ..., "arguments": {...}}]`` sent as one chunk when a chat request has tools."""
     num_parallel: int = 0

@@ -84,8 +84,7 @@ def final(
             message["tool_calls"] = tool_calls
         out["message"] = message
     out["done"] = True
-    if plan.done_reason:
-        out["done_reason"] = plan.done_reason
+    out["done_reason"] = plan.done_reason
     if plan.api == "generate" and not plan.raw:
         size = plan.prompt_tokens + metrics.get("eval_count", 0)
         out["context"] = [(i * 7919 + 128000) % 128256 for i in range(size)]

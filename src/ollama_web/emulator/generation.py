@@ -130,8 +130,8 @@ def plan_events(
         events.append(_tool_event(cfg.tool_calls))
     limit = _int_option(options, "num_predict")
     if limit is not None and 0 < limit < len(events):
-        return events[:limit], "length"
-    return events, "stop"
+        return events[:limit], "length" if cfg.done_reason is None else cfg.done_reason
+    return events, "stop" if cfg.done_reason is None else cfg.done_reason
 
 
 def _context_length(options: dict[str, Any], spec: ModelSpec) -> int:
