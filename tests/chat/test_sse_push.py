@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,7 +16,7 @@ from starlette.types import Message as ASGIMessage
 from ollama_web.chat import sse as sse_module
 from ollama_web.chat.sse import SERVER_SEND, EventLog, SSEResponse, encode_text_event
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import chat_body, parse_events, text_of
+from tests.chat.conftest import chat_body, parse_events, streamed_chat, text_of
 from tests.fixtures.auth import TestUser
 
 
@@ -193,15 +192,8 @@ async def test_a_streamed_answer_s_tokens_skip_the_middleware_but_not_its_start_
 ) -> None:
     seen: list[ASGIMessage] = []
     app.add_middleware(recording(seen))  # type: ignore[arg-type]
-    async with (
-        live_server(app) as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
-        http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
-        ) as response,
-    ):
-        raw = b"".join([chunk async for chunk in response.aiter_raw()])
-    events = parse_events(raw)
+    async with streamed_chat(live_server, app, regular_user) as reader:
+        events = await reader.rest()
     assert events[-1].event == "done"
     assert text_of(events)
     assert len(events) > 3

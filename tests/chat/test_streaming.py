@@ -153,15 +153,8 @@ async def test_a_done_reason_ollama_sends_empty_is_stored_as_none(
 ) -> None:
     """Ollama sends `done_reason: ""` for a reason it has no name for: no reason, not ""."""
     ollama_emulator.config.done_reason = ""
-    async with (
-        live_server(app) as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
-        http.stream(
-            "POST", "/api/chat/stream", json=chat_body(), headers=regular_user.headers
-        ) as response,
-    ):
-        raw = b"".join([chunk async for chunk in response.aiter_raw()])
-    done = parse_events(raw)[-1]
+    async with streamed_chat(live_server, app, regular_user) as reader:
+        done = (await reader.rest())[-1]
     assert done.event == "done"
     assert done.data["message"]["status"] == "complete"
     assert done.data["message"]["done_reason"] is None
