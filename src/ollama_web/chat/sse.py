@@ -56,26 +56,15 @@ def encode_text_event(event_id: int, event: str, text: str) -> bytes:
 class Follower:
     """One attached stream: woken by new events, its keep-alive timer, or a disconnect."""
 
-    __slots__ = ("_future", "disconnected", "idle", "ticked")
+    __slots__ = ("_future", "disconnected", "ticked")
 
     def __init__(self) -> None:
         self._future: asyncio.Future[None] | None = None
         self.disconnected = False
         self.ticked = False
-        self.idle = False
-        """True while the follower's task waits with nothing under way (see `push`)."""
-
-    def push(self) -> bool:
-        """Write the new frames now, from the emitter's stack, if that can be done without
-        waiting; False: the follower's task must be woken to do it."""
-        return False
 
     def notify(self) -> None:
         """New frames in the log."""
-        if self.idle:
-            if self.push():
-                return
-            self.idle = False  # what `push` left is the task's now
         self.wake()
 
     def wake(self) -> None:
@@ -222,9 +211,7 @@ class SSEResponse(Response):
                     continue
                 frames = log.frames
                 if stream.position < len(frames):
-                    chunk = b"".join(frames[stream.position :])
-                    stream.position = len(frames)
-                    stream.disconnected = not await _send_body(stream.send, chunk)
+                    stream.disconnected = not await _send_body(stream.send, stream.take())
                     stream.last_write = loop.time()
                     continue
                 if log.finished:
@@ -253,7 +240,7 @@ class SSEResponse(Response):
 class _Stream(Follower):
     """An `SSEResponse` following its log: where it is, and how it writes."""
 
-    __slots__ = ("last_write", "log", "loop", "position", "send", "sending")
+    __slots__ = ("idle", "last_write", "log", "loop", "position", "send", "sending")
 
     def __init__(
         self, log: EventLog, position: int, send: Send, loop: asyncio.AbstractEventLoop
@@ -267,17 +254,30 @@ class _Stream(Follower):
         self.last_write = 0.0
         self.sending: Awaitable[None] | None = None
         """A push that could not complete at once, for the task to finish first."""
+        self.idle = False
+        """True while the response's task waits with nothing under way (see `push`)."""
+
+    def notify(self) -> None:
+        if self.idle:
+            if self.push():
+                return
+            self.idle = False  # what `push` left is the task's now
+        self.wake()
+
+    def take(self) -> bytes:
+        """The frames not sent yet, as one body chunk (the caller checked there are some)."""
+        frames, position = self.log.frames, self.position
+        self.position = len(frames)
+        return frames[position] if position + 1 == len(frames) else b"".join(frames[position:])
 
     def push(self) -> bool:
-        frames = self.log.frames
-        position = self.position
-        if position >= len(frames):
+        """Write the new frames now, from the emitter's stack, if that can be done without
+        waiting; False: the response's task must be woken to do it."""
+        if self.position >= len(self.log.frames):
             return True
         if self.disconnected:
             return False
-        chunk = frames[position] if position + 1 == len(frames) else b"".join(frames[position:])
-        self.position = len(frames)
-        message: Message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        message: Message = {"type": "http.response.body", "body": self.take(), "more_body": True}
         sending = self.send(message)
         if not isinstance(sending, CoroutineType):  # an awaitable of another kind
             self.sending = sending
@@ -353,9 +353,4 @@ async def _completed(sending: Awaitable[None]) -> bool:
 
 async def _send_body(send: Send, body: bytes, *, more: bool = True) -> bool:
     """Send a body chunk; False when the client is gone."""
-    message: Message = {"type": "http.response.body", "body": body, "more_body": more}
-    try:
-        await send(message)
-    except OSError:
-        return False
-    return True
+    return await _completed(send({"type": "http.response.body", "body": body, "more_body": more}))

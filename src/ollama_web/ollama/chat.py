@@ -35,7 +35,7 @@ DRAIN_SECONDS = 1.0
 Releaser = Callable[[Node], None]
 
 
-def _pump(response: httpx.Response) -> ResponseStream | None:
+def _pumpable(response: httpx.Response) -> ResponseStream | None:
     """Our transport's own body stream, to be pumped, if the body is read as it arrives:
     uncompressed (streams ask for `identity`), without httpx's decoder and chunker layers."""
     stream = response.extensions.get(BODY_EXTENSION)
@@ -95,7 +95,7 @@ class ChatStream:
             return False
 
         try:
-            stream = _pump(response)
+            stream = _pumpable(response)
             if stream is not None:
                 done = await stream.pump(sink)
                 rest: AsyncIterator[bytes] = aiter(stream)
