@@ -52,30 +52,18 @@ def _serve(args: argparse.Namespace) -> int:
 
         if status := run_database_command(settings, migrate):
             return status
-    elif settings.migrate_on_startup:
-        from ollama_web.migrations.runner import (
-            begin_early_migration,
-            refuse_unknown_revision_before_serving,
-        )
+    else:
+        from ollama_web.migrations.runner import begin_early_migration, check_schema_before_serving
 
-        def check() -> int:  # a newer version's schema: one line and exit 3, as `migrate`
-            refuse_unknown_revision_before_serving(settings)
+        def check() -> int:  # a schema this version cannot use: one line and exit 3
+            check_schema_before_serving(settings)
             return 0
 
         if status := run_database_command(settings, check):
             return status
-        if workers == 1:
+        if workers == 1 and settings.migrate_on_startup:
             # This process is the server: a new database gets its schema while it starts.
             begin_early_migration(settings)
-    else:
-        from ollama_web.migrations.runner import refuse_unmigrated_before_serving
-
-        def migrated() -> int:  # nothing upgrades it here: one line and exit 3 if behind
-            refuse_unmigrated_before_serving(settings)
-            return 0
-
-        if status := run_database_command(settings, migrated):
-            return status
     # Open streams end by SHUTDOWN_GRACE_SECONDS (their answers stored interrupted); a
     # little more for those final writes before uvicorn cancels what is left.
     grace = math.ceil(settings.shutdown_grace_seconds) + SHUTDOWN_MARGIN_SECONDS

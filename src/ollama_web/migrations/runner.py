@@ -252,41 +252,31 @@ async def status_for_settings(settings: Settings) -> MigrationStatus:
         await engine.dispose()
 
 
-async def _refuse_unknown_revision(settings: Settings) -> None:
+async def _check_stored_schema(settings: Settings) -> None:
     engine = create_null_pool_engine(settings)
     try:
         current = await stored_revision(engine)
+    finally:
+        await engine.dispose()
+    if settings.migrate_on_startup:  # an older schema is upgraded; a newer one cannot be
         refuse_unknown_revisions(engine.url, [] if current is None else [current])
-    finally:
-        await engine.dispose()
+    else:
+        refuse_unmigrated(engine.url, current)
 
 
-async def _refuse_unmigrated(settings: Settings) -> None:
-    engine = create_null_pool_engine(settings)
-    try:
-        refuse_unmigrated(engine.url, await stored_revision(engine))
-    finally:
-        await engine.dispose()
-
-
-def refuse_unmigrated_before_serving(settings: Settings) -> None:
-    """`ollama-web serve` with MIGRATE_ON_STARTUP=false: a database this version cannot use
-    as it is, refused in one line (exit 3) before any worker starts (`refuse_unmigrated`)."""
+def check_schema_before_serving(settings: Settings) -> None:
+    """`ollama-web serve`: a database this version cannot use is refused here, where the
+    command says it in one line (exit 3), rather than in the lifespan, where uvicorn would
+    print a traceback. One query (~20 ms), no Alembic. With MIGRATE_ON_STARTUP, only a
+    revision this version does not know; without it, any schema but its own
+    (`refuse_unmigrated`)."""
     database = settings.sqlite_file
     if database is not None and not (database.exists() and database.stat().st_size):
-        # No schema, and no file to create here.
-        refuse_unmigrated(make_url(f"sqlite:///{database}"), None)
-    asyncio.run(_refuse_unmigrated(settings))
-
-
-def refuse_unknown_revision_before_serving(settings: Settings) -> None:
-    """`ollama-web serve` in one process: a database at a revision this version does not
-    know is refused here, where the command says it in one line (exit 3), rather than in
-    the lifespan, where uvicorn would print a traceback. One query (~20 ms), no Alembic."""
-    database = settings.sqlite_file
-    if database is not None and not (database.exists() and database.stat().st_size):
-        return  # a new database: nothing stored to check (and no file to create here)
-    asyncio.run(_refuse_unknown_revision(settings))
+        # A new database: nothing stored to check, and no file to create here.
+        if not settings.migrate_on_startup:
+            refuse_unmigrated(make_url(f"sqlite:///{database}"), None)
+        return
+    asyncio.run(_check_stored_schema(settings))
 
 
 async def _upgrade_if_empty(settings: Settings) -> bool:
