@@ -590,12 +590,12 @@ async def test_a_heartbeat_is_not_skipped_when_the_next_would_come_too_late(
         generation = app.state.generations.get(answer_id)
         assert generation is not None
         loop = asyncio.get_running_loop()
-        generation._last_write = loop.time() - interval * 0.6
+        generation._row.last_write = loop.time() - interval * 0.6
         await generation.heartbeat(interval)
-        written = generation._last_write
+        written = generation._row.last_write
         assert loop.time() - written < interval * 0.5  # written now
         await generation.heartbeat(interval)
-        assert generation._last_write == written  # just written: not again
+        assert generation._row.last_write == written  # just written: not again
         generation.stop()
         await generation.wait()
 

@@ -69,6 +69,43 @@ async def test_ollama_down_is_503_and_the_user_message_is_kept(
     assert stored["title"] == "Hello there"
 
 
+async def test_a_node_down_since_the_health_cache_saw_it_is_503_and_no_answer_is_kept(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The node died after the health cache saw it up: the model resolves from the cache,
+    but no connection can be made. Still the 503 of API-CONTRACT "Chat" (not a 200 with an
+    error event), the user's message kept, no answer row left behind."""
+    app = await app_factory(chat_settings(ollama_health_cache_seconds=300.0))
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        first = await client.post("/api/chat/message", json=chat_body(), headers=user.headers)
+        assert first.status_code == 200, first.text
+        conversation_id = first.json()["conversation_id"]
+        await ollama_emulator.stop()
+        for path in ("/api/chat/stream", "/api/chat/message"):
+            body = chat_body(conversation_id=conversation_id, content=f"to {path}")
+            response = await client.post(path, json=body, headers=user.headers)
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/json"
+            error = response.json()
+            assert error["error"] == "OLLAMA_UNAVAILABLE"
+            assert error["details"]["conversation_id"] == conversation_id
+            stored = await stored_conversation(client, user, conversation_id)
+            last = stored["messages"][-1]  # the active branch ends at the new question
+            assert last["id"] == error["details"]["user_message_id"]
+            assert (last["role"], last["content"]) == ("user", f"to {path}")
+        roles = [m["role"] for m in stored["messages"]]
+        assert roles == ["user", "assistant", "user", "user"]  # each kept question is the leaf
+        listed = await client.get(
+            f"/api/conversations/{conversation_id}/export?format=json", headers=user.headers
+        )
+    exported = listed.json()
+    answers = [m for m in exported["messages"] if m["role"] == "assistant"]
+    assert [a["status"] for a in answers] == ["complete"]
+
+
 async def test_upstream_busy_is_an_ollama_busy_error_event_and_a_503_when_not_streamed(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 from starlette.types import Message as ASGIMessage
 
-from ollama_web.chat import generation as generation_module
+from ollama_web.chat import answer_row
 from ollama_web.chat import registry as registry_module
 from ollama_web.chat.generation import Generation, GenerationSpec
 from ollama_web.chat.sse import EventLog, SSEResponse, encode_text_event
@@ -23,7 +23,7 @@ from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation, Message
 from ollama_web.db.base import new_id, utcnow
 from ollama_web.ollama.chunks import ChatChunk
-from ollama_web.ollama.errors import OllamaStreamError
+from ollama_web.ollama.errors import OllamaStreamError, OllamaUnavailableError
 from tests.chat.conftest import parse_events
 from tests.fixtures.auth import create_test_user
 
@@ -161,6 +161,77 @@ async def test_a_failure_stores_the_partial_text_with_status_error(
     assert (last.event, last.data["error"]) == ("error", code)
 
 
+class UnreachableGateway:
+    """Every node refuses: the request is never written, or (`sent`) written and then lost."""
+
+    def __init__(self, *, sent: bool) -> None:
+        self.sent = sent
+
+    @asynccontextmanager
+    async def _open(self, on_sent: Callable[[], None] | None) -> AsyncIterator[FakeStream]:
+        if self.sent and on_sent is not None:
+            on_sent()
+        raise OllamaUnavailableError(details={"reason": "connection failed"})
+        yield  # pragma: no cover - an async generator that never yields
+
+    def open_chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        on_sent: Callable[[], None] | None = None,
+        **_: Any,
+    ) -> Any:
+        return self._open(on_sent)
+
+
+async def test_an_answer_no_node_took_is_withdrawn_and_not_reached(app: FastAPI) -> None:
+    """No node was reachable before the request was written (one died within the health
+    cache): the answer's row is deleted, nothing follows `start`, `reached()` is False."""
+    writes = app.state.generations.writes
+    generation = Generation(await _spec(app), UnreachableGateway(sent=False), writes, 1.0)
+    generation.start(lambda _: None)
+    assert await asyncio.wait_for(generation.reached(), 3) is False
+    await generation.wait()
+    assert generation.withdrawn
+    assert isinstance(generation.error, OllamaUnavailableError)
+    assert generation.result is None
+    assert [e.event for e in parse_events(b"".join(generation.log.frames))] == ["start"]
+    async with session_scope(app.state.core.sessionmaker) as session:
+        assert await session.get(Message, generation.id) is None
+
+
+async def test_an_answer_lost_after_its_request_was_sent_is_an_error_event(
+    app: FastAPI,
+) -> None:
+    """Once the request is written the answer has started: a failure is stored with it."""
+    writes = app.state.generations.writes
+    generation = Generation(await _spec(app), UnreachableGateway(sent=True), writes, 1.0)
+    generation.start(lambda _: None)
+    assert await asyncio.wait_for(generation.reached(), 3) is True
+    await generation.wait()
+    assert not generation.withdrawn
+    assert (await _stored(app, generation.id)).status == "error"
+    last = parse_events(generation.log.frames[-1])[0]
+    assert (last.event, last.data["error"]) == ("error", "OLLAMA_UNAVAILABLE")
+
+
+async def test_an_unreached_answer_the_database_will_not_delete_is_stored_as_an_error(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    writes = app.state.generations.writes
+
+    async def refused(*_: Any) -> None:
+        raise OperationalError("DELETE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(writes, "withdraw_answer", refused)
+    generation = Generation(await _spec(app), UnreachableGateway(sent=False), writes, 1.0)
+    generation.start(lambda _: None)
+    assert await asyncio.wait_for(generation.reached(), 3) is True
+    await generation.wait()
+    assert (await _stored(app, generation.id)).status == "error"
+    assert "could not delete the unstarted answer" in caplog.text
+
+
 async def test_the_last_follower_leaving_abandons_only_when_asked() -> None:
     log = EventLog()
     abandoned: list[bool] = []
@@ -211,7 +282,7 @@ async def _answer_with_final_writes_refused(
 ) -> tuple[Generation, int]:
     """An answer ("all of it") whose final write the database refuses `refusals` times,
     then takes: the ended generation, and how many final writes were tried."""
-    monkeypatch.setattr(generation_module, "FINAL_WRITE_FIRST_WAIT", 0.05)
+    monkeypatch.setattr(answer_row, "FINAL_WRITE_FIRST_WAIT", 0.05)
     writes = app.state.generations.writes
     update = writes.update_message
     tried = 0
@@ -238,7 +309,7 @@ async def test_an_answer_the_database_refuses_ends_in_an_error_not_done(
 ) -> None:
     """The client is never told `done` when the final write failed, tried again for
     FINAL_WRITE_RETRY_SECONDS: it gets an error event whose details hold the whole answer."""
-    monkeypatch.setattr(generation_module, "FINAL_WRITE_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(answer_row, "FINAL_WRITE_RETRY_SECONDS", 0.5)
     generation, tried = await _answer_with_final_writes_refused(app, monkeypatch, 10**6)
     assert tried >= 3  # at once, then 0.05, 0.1 and 0.2 s later while within 0.5 s
     last = parse_events(generation.log.frames[-1])[0]

@@ -12,7 +12,11 @@ the relay path), and stored once more when the job ends:
   open the stream                      -> the partial text with `error`, an `error` event;
 - server shutdown                      -> the partial text with `interrupted`, `error` event;
 - the final write refused              -> tried again (`done` once stored), at last an `error`
-                                          event (ANSWER_NOT_STORED) with the text.
+                                          event (ANSWER_NOT_STORED) with the text;
+- no node reachable before the request
+  was written (a node that died within
+  the health cache)                     -> the answer's row is deleted, nothing emitted:
+                                          `reached()` is False, the request answers 503.
 
 `GenerationRegistry` (one per process, built by the chat lifespan) starts jobs, bounds them
 per user (MAX_CONCURRENT_GENERATIONS_PER_USER), finds them for re-attach and stop, keeps
@@ -28,16 +32,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ollama_web.chat.answer_row import AnswerRow, done_metrics
 from ollama_web.chat.errors import AnswerNotStored, GenerationInterrupted, error_body
 from ollama_web.chat.sse import EventLog
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
-from ollama_web.core.db import describe_database_error
 from ollama_web.core.errors import AppError, InternalError
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import MessageStatus
 from ollama_web.metrics import chat as chat_metrics
 from ollama_web.ollama.chunks import ChatChunk
+from ollama_web.ollama.errors import OllamaUnavailableError
 
 logger = logging.getLogger("ollama_web.chat")
 
@@ -46,11 +51,6 @@ COMPLETE = MessageStatus.COMPLETE.value
 STOPPED = MessageStatus.STOPPED.value
 ERROR = MessageStatus.ERROR.value
 INTERRUPTED = MessageStatus.INTERRUPTED.value
-# The final write is tried again for this long while the database refuses it (a restart, a
-# failover), waits doubling from FINAL_WRITE_FIRST_WAIT to FINAL_WRITE_LONGEST_WAIT seconds.
-FINAL_WRITE_RETRY_SECONDS = 30.0
-FINAL_WRITE_FIRST_WAIT = 0.25
-FINAL_WRITE_LONGEST_WAIT = 4.0
 
 
 class ChatStreamLike(Protocol):
@@ -69,6 +69,7 @@ class ChatOpener(Protocol):
         *,
         options: dict[str, Any] | None = None,
         think: bool | str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> AbstractAsyncContextManager[ChatStreamLike]: ...
 
 
@@ -109,8 +110,11 @@ class Generation:
         self.result: MessagePublic | None = None
         self.error: AppError | None = None
         self.finished = asyncio.Event()
+        self.withdrawn = False
+        """No node was reachable: the answer's row is deleted (see `reached`)."""
+        self._reached: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._gateway = gateway
-        self._writes = writes
+        self._row = AnswerRow(writes, spec.message_id)
         self._checkpoint_seconds = checkpoint_seconds
         self._content: list[str] = []
         self._thinking: list[str] = []
@@ -124,8 +128,6 @@ class Generation:
         self._checkpoint: asyncio.Task[None] | None = None
         self._abandon_timer: asyncio.TimerHandle | None = None
         self._next_checkpoint = 0.0
-        self._last_write = asyncio.get_running_loop().time()
-        """When the row was last written (it was committed just before the job started)."""
         self._on_first_output: Callable[[Generation], None] | None = None
         self.log.emit(
             "start",
@@ -191,14 +193,28 @@ class Generation:
     async def wait(self) -> None:
         await self.finished.wait()
 
+    async def reached(self) -> bool:
+        """Whether the answer has started: True once its request is written to a node (or
+        the job ended any other way). False when no node could be reached before that: the
+        answer's row is deleted, `error` says why, and the request answers 503 with the
+        user's message kept (API-CONTRACT "Chat"), as when the health cache knew."""
+        return await asyncio.shield(self._reached)
+
+    def _mark_reached(self) -> None:
+        if not self._reached.done():
+            self._reached.set_result(True)
+
     async def _run(self, on_finished: Callable[[Generation], None]) -> None:
         chat_metrics.generation_started()
         try:
             if self._stop_status is None:
                 await self._relay_until_stopped()
             self._finishing = True
-            await self._finish()
+            if not (self._unreached() and await self._withdraw()):
+                self._mark_reached()
+                await self._finish()
         finally:
+            self._mark_reached()
             if self._abandon_timer is not None:
                 self._abandon_timer.cancel()
             if not self.finished.is_set():  # never leave a follower waiting
@@ -232,7 +248,11 @@ class Generation:
         loop = asyncio.get_running_loop()
         started = loop.time()
         opened = self._gateway.open_chat(
-            spec.model, spec.messages, options=spec.options, think=spec.think
+            spec.model,
+            spec.messages,
+            options=spec.options,
+            think=spec.think,
+            on_sent=self._mark_reached,
         )
         log = self.log
 
@@ -254,6 +274,7 @@ class Generation:
                 self._schedule_checkpoint(loop)
 
         async with opened as stream:
+            self._mark_reached()  # another transport than ours: its answer's head came
             self._node_url = stream.node_url
             self.status = STREAMING
             await stream.relay(on_chunk)
@@ -267,6 +288,22 @@ class Generation:
         chat_metrics.tokens_relayed(1)
 
     # ------------------------------------------------------------ persistence
+
+    def _unreached(self) -> bool:
+        return (
+            not self._reached.done()
+            and self._stop_status is None
+            and isinstance(self.error, OllamaUnavailableError)
+        )
+
+    async def _withdraw(self) -> bool:
+        """Delete the answer no one has seen; False (logged) when the database refused: it
+        is then stored as an error, as a failure after the start is."""
+        if not await self._row.withdraw(self.spec.conversation_id, self.spec.user_message_id):
+            return False
+        self.withdrawn = True
+        self._reached.set_result(False)
+        return True
 
     def _text(self) -> tuple[str, str | None]:
         content = "".join(self._content)
@@ -283,7 +320,7 @@ class Generation:
     async def _write_checkpoint(self) -> None:
         content, thinking = self._text()
         values = {"content": content, "thinking": thinking, "status": STREAMING}
-        await self._write(values)
+        await self._row.write(values)
 
     async def heartbeat(self, interval: float) -> None:
         """Called once every `interval` seconds: write `updated_at` when nothing else wrote
@@ -293,40 +330,8 @@ class Generation:
         two intervals until the next."""
         if self._finishing or self.finished.is_set():
             return
-        if asyncio.get_running_loop().time() - self._last_write >= interval / 2:
-            await self._write({})
-
-    async def _write(self, values: dict[str, Any], *, again: bool = False) -> bool:
-        """Store `values` in the answer's row; False (logged) when the database refused.
-        A write tried `again` logs one line, not the same traceback once more."""
-        values["updated_at"] = utcnow()
-        try:
-            await self._writes.update_message(self.id, values)
-        except Exception as exc:  # SQLAlchemy's errors, and the driver's own (asyncpg's)
-            if again:
-                reason = describe_database_error(exc)
-                logger.warning("could not store the answer %s, again: %s", self.id, reason)
-            else:
-                logger.exception("could not store the answer %s", self.id)
-            return False
-        self._last_write = asyncio.get_running_loop().time()
-        return True
-
-    async def _write_final(self, values: dict[str, Any]) -> bool:
-        """The final write, tried again for FINAL_WRITE_RETRY_SECONDS while the database
-        refuses it; `done` waits for it (attached clients get keep-alives meanwhile)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FINAL_WRITE_RETRY_SECONDS
-        wait = FINAL_WRITE_FIRST_WAIT
-        if await self._write(values):
-            return True
-        while loop.time() + wait <= deadline:
-            await asyncio.sleep(wait)
-            if await self._write(values, again=True):
-                logger.info("the answer %s was stored after the database came back", self.id)
-                return True
-            wait = min(wait * 2, FINAL_WRITE_LONGEST_WAIT)
-        return False
+        if asyncio.get_running_loop().time() - self._row.last_write >= interval / 2:
+            await self._row.write({})
 
     def _final_status(self) -> str:
         if self._stop_status is not None:
@@ -342,19 +347,7 @@ class Generation:
         if status == INTERRUPTED:
             error = GenerationInterrupted("The server stopped while the answer was generated.")
             self.error = error
-        metrics: dict[str, Any] = {}
-        if done is not None:
-            metrics = {
-                "done_reason": done.done_reason,
-                "prompt_eval_count": done.prompt_eval_count,
-                "eval_count": done.eval_count,
-                "total_duration": done.total_duration,
-                "load_duration": done.load_duration,
-                "prompt_eval_duration": done.prompt_eval_duration,
-                "eval_duration": done.eval_duration,
-            }
-            if done.eval_count and done.eval_duration:
-                metrics["tokens_per_second"] = round(done.eval_count / done.eval_duration * 1e9, 2)
+        metrics = done_metrics(done) if done is not None else {}
         return self.spec.message.model_copy(
             update={
                 "content": content,
@@ -372,24 +365,8 @@ class Generation:
         status = self._final_status()
         message = self._final_message(status)
         self.status = status
-        values = message.model_dump(
-            include={
-                "content",
-                "thinking",
-                "status",
-                "error",
-                "completed_at",
-                "done_reason",
-                "prompt_eval_count",
-                "eval_count",
-                "total_duration",
-                "load_duration",
-                "prompt_eval_duration",
-                "eval_duration",
-            }
-        )
-        values["final_event_id"] = self.log.last_id + 1  # the done or error event below
-        stored = await self._write_final(values)
+        # Its final event (done or error, below) is the log's next one.
+        stored = await self._row.write_final(message, self.log.last_id + 1)
         self.result = message
         payload = message.model_dump(mode="json")
         if not stored and self.error is None:

@@ -152,6 +152,8 @@ class GenerationRegistry:
         self._output(generation)
         self.release(reservation)
         self._running.pop(generation.id, None)
+        if generation.withdrawn:  # its row is gone; no client knows its id
+            return
         now = time.monotonic()
         self._retained[generation.id] = (now, generation)
         self._prune(now)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -14,6 +13,7 @@ from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import GenerationNotHereError
+from ollama_web.chat.generation import Generation
 from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.responses import (
     ChatMessageResponse,
@@ -79,15 +79,13 @@ async def _prepare_or_fail(
             session, principal.user_id, body, settings, gateway, registry
         )
     except chat_service.StoredBeforeFailure as failure:
-        # Answered, not raised: the request's transaction commits the stored user message.
-        return error_response(
-            request,
-            failure.status_code,
-            failure.code,
-            failure.message,
-            failure.details,
-            failure.headers,
-        )
+        return _stored_before(request, failure)
+
+
+def _stored_before(request: Request, failure: chat_service.StoredBeforeFailure) -> Response:
+    # Answered, not raised: the request's transaction commits the stored user message.
+    status, code, message = failure.status_code, failure.code, failure.message
+    return error_response(request, status, code, message, failure.details, failure.headers)
 
 
 @router.post(
@@ -111,10 +109,11 @@ async def chat_stream(
     )
     if isinstance(prepared, Response):
         return prepared
-    # Started now, not when the response starts, and given the loop first: its request to
-    # Ollama goes out before the response's headers (~0.4 ms of work on the way to them).
+    # Started now, not when the response starts: its request to Ollama goes out before the
+    # response's headers (~0.4 ms of work on the way to them).
     generation = registry.start(prepared.reservation, prepared.spec)
-    await asyncio.sleep(0)
+    if not await generation.reached():
+        return _unreached(request, generation, prepared)
     return SSEResponse(lambda: generation.log, keepalive_seconds=settings.sse_keepalive_seconds)
 
 
@@ -138,11 +137,25 @@ async def chat_message(
     )
     if isinstance(prepared, Response):
         return prepared
+    generation = registry.start(prepared.reservation, prepared.spec)
+    if not await generation.reached():
+        return _unreached(request, generation, prepared)
     return GenerationResultResponse(
-        registry.start(prepared.reservation, prepared.spec),
-        prepared.spec.conversation_id,
-        prepared.user_message,
+        generation, prepared.spec.conversation_id, prepared.user_message
     )
+
+
+def _unreached(
+    request: Request, generation: Generation, prepared: chat_service.PreparedChat
+) -> Response:
+    """No node took the request (one died since the health cache saw it up): the same 503,
+    with the user's message kept, as when the model could not be resolved."""
+    assert generation.error is not None
+    spec = prepared.spec
+    failure = chat_service.StoredBeforeFailure(
+        generation.error, spec.conversation_id, spec.user_message_id
+    )
+    return _stored_before(request, failure)
 
 
 def _not_here(message: Message) -> GenerationNotHereError:

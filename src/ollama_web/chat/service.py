@@ -6,7 +6,9 @@ message found (404) -> model resolved (unknown: 404 with nothing stored; no node
 the user's message is stored, then 503 with its id) -> the user message and an empty
 `pending` answer committed in one short transaction of their own (Core statements, see
 `conversations.writes`); the request's transaction only reads, and is committed first. The
-job starts as soon as this returns. A conversation or account deleted between the read and
+job starts as soon as this returns; the response waits until its request is written to a
+node (a node that died since the health cache saw it up: the answer's row is deleted, and
+the same 503 as above). A conversation or account deleted between the read and
 the write answers 404 or 401, as a later request would (`_store_turn`).
 """
 

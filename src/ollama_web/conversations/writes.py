@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, Table, Update, bindparam, update
+from sqlalchemy import Executable, Table, Update, bindparam, delete, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
@@ -114,6 +114,17 @@ def _update_by_id(table: Table, columns: tuple[str, ...]) -> Update:
     )
 
 
+# A pending answer taken back: the conversation's leaf returns to its question (only if the
+# answer is still the leaf), then the row goes.
+_LEAF_BACK = (
+    update(CONVERSATIONS)
+    .where(CONVERSATIONS.c.id == bindparam("_id"))
+    .where(CONVERSATIONS.c.active_leaf_id == bindparam("_answer"))
+    .values(active_leaf_id=bindparam("_question"))
+)
+_DELETE_MESSAGE = delete(MESSAGES).where(MESSAGES.c.id == bindparam("_id"))
+
+
 def _small(steps: list[tuple[Executable, Any]]) -> bool:
     """Whether `steps` stay within INLINE_ROWS and INLINE_CHARS (a large group commit is
     turned away by its row count, without a look at its values)."""
@@ -172,6 +183,12 @@ class Writes:
     async def update_message(self, message_id: str, values: dict[str, Any]) -> None:
         """Update one message; returns once committed (raises what the database raised)."""
         await self.grouped(_message_update(tuple(sorted(values))), {"_id": message_id, **values})
+
+    async def withdraw_answer(self, answer_id: str, conversation_id: str, question_id: str) -> None:
+        """Delete an answer no one has seen (its request reached no node), in one
+        transaction that makes its question the conversation's leaf again."""
+        leaf = {"_id": conversation_id, "_answer": answer_id, "_question": question_id}
+        await self.run([(_LEAF_BACK, leaf), (_DELETE_MESSAGE, {"_id": answer_id})])
 
     async def grouped(self, statement: Executable, params: dict[str, Any]) -> None:
         """Run `statement` (built once, so the same object each time) with `params` in the

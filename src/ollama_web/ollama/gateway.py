@@ -8,6 +8,7 @@ before any upstream call and raises only our own errors (`ollama_web.ollama.erro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +92,12 @@ class OllamaGateway:
         keep_alive: str | int | None = None,
         tools: list[dict[str, Any]] | None = None,
         response_format: str | dict[str, Any] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> ChatStream:
         """A streamed chat; enter it with `async with` (see `ChatStream`).
 
         Images go inside the messages (`"images": [base64, ...]`). Invalid name → 422 here.
+        `on_sent` is called when the request is written to a node (each node tried).
         """
         name = validate_model_name(model)
 
@@ -109,7 +112,9 @@ class OllamaGateway:
                 tools=tools,
                 response_format=response_format,
             )
-            return await self.upstream.open_stream(node, "/api/chat", body, model=model)
+            return await self.upstream.open_stream(
+                node, "/api/chat", body, model=model, on_sent=on_sent
+            )
 
         async def opener() -> tuple[Node, httpx.Response]:
             return await self.router.attempt(name, model, send)

@@ -33,6 +33,9 @@ from ollama_web.ollama.connection import Connection, Origin, ResponseStream
 
 BODY_EXTENSION = "ollama_web.body"
 """A response's extension holding its `ResponseStream`, for `ResponseStream.pump`."""
+SENT_EXTENSION = "ollama_web.sent"
+"""A request's extension: a callable, called once the request is written on a connection
+(the node is reachable; its answer's head may come much later, with its first token)."""
 
 
 class Http11Transport(httpx.AsyncBaseTransport):
@@ -81,6 +84,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         read_timeout = timeouts.get("read")
         try:
             await connection.write(b"".join(head) + body, timeouts.get("write"))
+            sent = request.extensions.get(SENT_EXTENSION)
+            if sent is not None:
+                sent()
             while not connection.head_done:
                 await connection.more(read_timeout)
             if request.method == "HEAD":  # no body follows, whatever the headers say

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from ollama_web.ollama.errors import (
     error_from_response,
     error_from_transport,
 )
-from ollama_web.ollama.http11 import Http11Transport
+from ollama_web.ollama.http11 import SENT_EXTENSION, Http11Transport
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
 JSON_HEADERS = {"Accept": "application/json"}
@@ -178,10 +179,20 @@ class Upstream:
         return OllamaError(upstream_message=description)
 
     async def open_stream(
-        self, node: Node, path: str, body: Any, *, model: str | None = None
+        self,
+        node: Node,
+        path: str,
+        body: Any,
+        *,
+        model: str | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> httpx.Response:
-        """Send and wait for the headers only; the caller reads (and closes) the body."""
+        """Send and wait for the headers only; the caller reads (and closes) the body.
+        `on_sent` is called once the request is written (with our transport; with another,
+        not at all)."""
         request = self._build(node, "POST", path, body, self.generation_timeout, True)
+        if on_sent is not None:
+            request.extensions[SENT_EXTENSION] = on_sent
         node.requests_total += 1
         try:
             response = await self.client.send(request, stream=True)
