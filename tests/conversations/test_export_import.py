@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ollama_web.chat.schemas import SYSTEM_PROMPT_CHARS
 from ollama_web.conversations.export import MAX_IMPORT_MESSAGES
 from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation
@@ -325,3 +326,33 @@ async def test_options_beyond_64_bits_are_refused_and_a_stored_one_is_left_out_o
     response = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["conversation"]["options"] == {"temperature": 0.5}
+
+
+async def test_values_an_older_version_stored_export_verbatim_and_import_says_what_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """A system prompt above today's bound (an older version stored it): the export keeps it
+    whole (it was a 500: the export validated stored rows against the input bounds), and
+    importing that file is a 422 naming the field."""
+    headers = regular_user.headers
+    conversation_id = await seed(regular_user.id)
+    prompt = "p" * SYSTEM_PROMPT_CHARS + "é<script>"
+    async with session_scope(app.state.core.sessionmaker) as session:
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+        conversation.system_prompt = prompt
+    for path in (f"/api/conversations/{conversation_id}", "/api/conversations"):
+        read = await client.get(path, headers=headers)
+        assert read.status_code == 200, read.text
+    assert read.json()["items"][0]["system_prompt"] == prompt
+    response = await client.get(f"/api/conversations/{conversation_id}/export", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["conversation"]["system_prompt"] == prompt
+    markdown = await client.get(
+        f"/api/conversations/{conversation_id}/export?format=markdown", headers=headers
+    )
+    assert markdown.status_code == 200
+    again = await client.post("/api/conversations/import", json=response.json(), headers=headers)
+    assert again.status_code == 422, again.text
+    fields = again.json()["details"]["fields"]
+    assert [f["loc"] for f in fields] == [["conversation", "system_prompt"]]

@@ -149,9 +149,11 @@ def _stored_options(stored: dict[str, Any]) -> OllamaOptions:
 
 
 def build_export(conversation: Conversation, messages: Sequence[Message]) -> ConversationExport:
-    return ConversationExport(
+    """The stored rows as they are, not validated again: a value an older version (or a
+    larger limit) let in must not fail the export. Import checks it under today's rules."""
+    return ConversationExport.model_construct(
         exported_at=utcnow(),
-        conversation=ExportedConversation(
+        conversation=ExportedConversation.model_construct(
             id=conversation.id,
             # Cleaned again: a title stored by an older version may hold control characters.
             title=clean_text(conversation.title) or DEFAULT_TITLE,
@@ -166,7 +168,9 @@ def build_export(conversation: Conversation, messages: Sequence[Message]) -> Con
             updated_at=conversation.updated_at,
         ),
         messages=[
-            ExportedMessage(id=m.id, **{name: getattr(m, name) for name in _MESSAGE_FIELDS})
+            ExportedMessage.model_construct(
+                id=m.id, **{name: getattr(m, name) for name in _MESSAGE_FIELDS}
+            )
             for m in parents_first(messages)
         ],
     )
