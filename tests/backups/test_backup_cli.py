@@ -66,6 +66,24 @@ def test_backup_list_verify_and_restore(
     assert usernames_sqlite(settings) == {"alice"}
 
 
+@pytest.mark.parametrize("data_dir", ["missing", "a-file/below"])
+def test_a_backup_with_no_database_file_fails_instead_of_saying_no_users(
+    environment: SettingsMaker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    data_dir: str,
+) -> None:
+    """A DATA_DIR that holds no database (a cron job's typo, a regular file in its place):
+    exit 1 and the path, not "no users yet" and exit 0."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / data_dir))
+    assert main(["backup"]) == 1
+    captured = capsys.readouterr()
+    assert "no users yet" not in captured.out
+    assert f"backup failed: there is no database at {tmp_path / data_dir}" in captured.err
+
+
 def test_restore_refuses_while_a_server_runs_and_unknown_names(
     environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:

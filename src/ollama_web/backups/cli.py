@@ -64,6 +64,9 @@ def _backup(args: argparse.Namespace) -> int:
     if args.verify:
         return _verify(service, args.verify)
     try:
+        if service.settings.is_sqlite and not service.database_path.is_file():
+            # Not "no users yet" (exit 0): a cron job given the wrong DATA_DIR must fail.
+            raise BackupError(f"there is no database at {service.database_path} (check DATA_DIR)")
         info = service.create_backup(args.reason)
     except BackupsExternalError as exc:
         print(exc.message, file=sys.stderr)
