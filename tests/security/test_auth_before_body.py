@@ -3,6 +3,8 @@ it resolves dependencies, so body errors must not answer an unauthenticated call
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -106,3 +108,97 @@ async def test_any_refused_body_with_a_session_but_no_csrf_token_is_403(
     await login_session(client, regular_user)
     answers = await refusal_answers(client, "/api/conversations")
     assert answers == dict.fromkeys(REFUSED_BODIES, (403, "CSRF_TOKEN_INVALID"))
+
+
+# -- a body is read only once its caller may send one (a real server, raw sockets) --------
+
+LARGE = 5_000_000  # announced, above LARGE_BODY_BYTES and below MAX_REQUEST_BYTES
+
+
+async def _answer_to_head(
+    base_url: str, path: str, headers: dict[str, str], *, wait: float = 5.0
+) -> tuple[int | None, asyncio.StreamWriter, asyncio.StreamReader]:
+    """Send only a request's head (its body announced, not sent): the status the server
+    answers without the body, or None when it waits for the body."""
+    url = httpx.URL(base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {url.host}", "Content-Type: application/json"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), wait)
+    except TimeoutError:
+        return None, writer, reader
+    return int(status_line.split()[1]), writer, reader
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"Authorization": "Bearer ow_not_a_key_at_all_000000000000"}, {"X-API-Key": "nope"}],
+    ids=["none", "a wrong bearer key", "a wrong X-API-Key"],
+)
+@pytest.mark.parametrize("length", ["Content-Length", "Transfer-Encoding"])
+async def test_a_large_body_is_refused_before_it_is_sent_without_valid_credentials(
+    app: Any, live_server: Any, credentials: dict[str, str], length: str
+) -> None:
+    """No one unauthenticated has megabytes parsed: 401 comes before the body is read
+    (without credentials whatever its size; with credentials that fail, when it is large
+    or of unknown length)."""
+    size = {"Content-Length": str(LARGE)} if length == "Content-Length" else {}
+    chunked = {"Transfer-Encoding": "chunked"} if length == "Transfer-Encoding" else {}
+    async with live_server(app) as base_url:
+        for path in JSON_BODY_ENDPOINTS:
+            headers = {**credentials, **size, **chunked}
+            status, writer, _ = await _answer_to_head(base_url, path, headers)
+            writer.close()
+            assert status == 401, path
+
+
+async def test_a_large_body_of_a_known_caller_is_read(
+    app: Any, live_server: Any, regular_user: Any
+) -> None:
+    """With a valid key the server waits for the body, then answers on it."""
+    content = "x" * 200_000
+    body = json.dumps({"model": "llama3.2", "system_prompt": content}).encode()
+    async with live_server(app) as base_url:
+        headers = {**regular_user.headers, "Content-Length": str(len(body))}
+        status, writer, reader = await _answer_to_head(
+            base_url, "/api/conversations", headers, wait=0.5
+        )
+        assert status is None  # waiting for the body
+        writer.write(body)
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+    assert int(status_line.split()[1]) == 422  # the prompt is over SYSTEM_PROMPT_CHARS
+
+
+async def test_a_large_body_with_a_session_is_authenticated_first_and_its_route_works(
+    app: Any, live_server: Any, regular_user: Any
+) -> None:
+    """A browser session (CSRF checked before the body) posting a large body: the caller
+    is authenticated before it is read, and the route runs in its own transaction."""
+    prompt = "<script>" + "é" * 70_000
+    async with live_server(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        token = await login_session(http, regular_user)
+        body = {"model": "llama3.2", "system_prompt": prompt}
+        refused = await http.post("/api/conversations", json=body)
+        assert refused.status_code == 403  # no CSRF token
+        created = await http.post("/api/conversations", json=body, headers={"X-CSRF-Token": token})
+        assert created.status_code == 201, created.text
+        # The user's row, changed by the route, is its own transaction's (not the one that
+        # authenticated): padded past LARGE_BODY_BYTES with JSON whitespace.
+        change = {"current_password": regular_user.password, "new_password": "N3w-passw0rd!"}
+        padded = json.dumps(change).encode() + b" " * 70_000
+        changed = await http.post(
+            "/api/auth/password",
+            content=padded,
+            headers={"X-CSRF-Token": token, "content-type": "application/json"},
+        )
+        assert changed.status_code == 200, changed.text
+        again = await http.post(
+            "/api/auth/login",
+            json={"username": regular_user.username, "password": "N3w-passw0rd!"},
+        )
+        assert again.status_code == 200, again.text
+    assert created.json()["system_prompt"] == prompt

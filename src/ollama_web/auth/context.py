@@ -8,7 +8,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, FastAPI, Request
 
-from ollama_web.auth.dependencies import authenticate_for_body_error
+from ollama_web.auth.dependencies import authenticate_before_body, authenticate_for_body_error
 from ollama_web.auth.errors import CrossSiteRequestError
 from ollama_web.auth.network import client_address, is_cross_site
 from ollama_web.auth.passwords import Passwords, passwords_for
@@ -25,6 +25,7 @@ async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Closes the failed-login throttle (created on first use, see `get_login_throttle`)."""
     app.state.login_throttle = None
     app.state.body_error_authenticator = authenticate_for_body_error
+    app.state.body_gate = authenticate_before_body
     try:
         yield
     finally:

@@ -146,6 +146,13 @@ async def _from_session(request: Request, session: SessionDep, token: str) -> Pr
     return Principal(user.id, user.username, user.role, "session", row.id, None)
 
 
+def _no_credentials() -> UnauthenticatedError:
+    return UnauthenticatedError(
+        "Authentication is required: send an API key or log in.",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 @requires(CALLER)
 async def get_principal(request: Request, session: SessionDep) -> Principal:
     """Authenticate the request (once; the result is kept on `request.state.principal`)."""
@@ -158,10 +165,7 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     else:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
-            raise UnauthenticatedError(
-                "Authentication is required: send an API key or log in.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise _no_credentials()
         principal = await _from_session(request, session, token)
     request.state.principal = principal
     request.state.principal_id = principal.user_id
@@ -208,14 +212,47 @@ AdminUser = Annotated[User, Depends(get_admin_user)]
 
 
 def _route_needs_principal(request: Request) -> bool:
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    stack = [dependant] if dependant is not None else []
-    while stack:
-        current = stack.pop()
-        if current.call is get_principal:
-            return True
-        stack.extend(current.dependencies)
-    return False
+    route = request.scope.get("route")
+    needs = getattr(route, _NEEDS_PRINCIPAL, None)
+    if needs is None:
+        dependant = getattr(route, "dependant", None)
+        stack = [dependant] if dependant is not None else []
+        needs = False
+        while stack and not needs:
+            current = stack.pop()
+            needs = current.call is get_principal
+            stack.extend(current.dependencies)
+        if route is not None:
+            setattr(route, _NEEDS_PRINCIPAL, needs)  # routes are not hashable: kept on each
+    return bool(needs)
+
+
+_NEEDS_PRINCIPAL = "_ollama_web_needs_principal"
+
+LARGE_BODY_BYTES = 64 * 1024
+"""A body larger than this (or of unknown length) is read only once its caller is known."""
+
+
+async def authenticate_before_body(request: Request, length: int | None) -> None:
+    """Called before a request's body is read (`InputGuardMiddleware`; FastAPI reads a
+    body before it resolves dependencies). For a route that needs a caller: none presented
+    is 401 at once, nothing read. A large body (over LARGE_BODY_BYTES, or of unknown
+    `length`) is read only once the credentials are checked, so no one unauthenticated has
+    megabytes of JSON parsed. The principal is kept for the route, as `get_principal`
+    keeps it; the user's row is loaded again in the route's own transaction."""
+    if not _route_needs_principal(request):
+        return
+    if isinstance(getattr(request.state, "principal", None), Principal):
+        return
+    if presented_api_key(request) is None and not request.cookies.get(SESSION_COOKIE):
+        raise _no_credentials()
+    if length is not None and length <= LARGE_BODY_BYTES:
+        return  # parsing it costs about what checking the credentials does
+    async with session_scope(core_of(request).sessionmaker) as session:
+        await get_principal(request, session)
+    # Loaded in a transaction now ended: the route reads them in its own.
+    request.state.current_user = None
+    request.state.user_session = None
 
 
 async def authenticate_for_body_error(request: Request) -> None:

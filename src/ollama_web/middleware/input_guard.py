@@ -8,18 +8,25 @@ SQLite and PostgreSQL alike. Everything else (markup, quotes, SQL, `../`) passes
 values are bound as parameters and stored verbatim; escaping happens on output.
 
 Pure ASGI and innermost (inside the body limit, so a body is only ever buffered up to
-MAX_REQUEST_BYTES). Only JSON bodies that contain a `\\u` escape are scanned further. A JSON
-body must be UTF-8 (RFC 8259): one holding a NUL byte is UTF-16 or UTF-32 (UTF-8 JSON never
-holds one), which the escape scan would not read, so it is refused as 400 INVALID_JSON.
+MAX_REQUEST_BYTES). The body is read when the route first asks for it, after routing, and
+only once the accounts domain lets it (`app.state.body_gate`): a route that needs a caller
+refuses one without credentials before reading a byte, and checks them first when the
+body is large (see `auth.dependencies.authenticate_before_body`).
+
+Only JSON bodies that contain a `\\u` escape are scanned further. A JSON body must be UTF-8
+(RFC 8259): one holding a NUL byte is UTF-16 or UTF-32 (UTF-8 JSON never holds one), which
+the escape scan would not read, so it is refused as 400 INVALID_JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.errors import (
@@ -89,38 +96,78 @@ class InputGuardMiddleware:
         if url_fields:
             await _refuse(scope, send, "the URL", url_fields)
             return
-        if not _is_json(scope):
+        length = _body_length(scope)
+        if length == 0:  # no body (none announced): nothing to read, nothing to refuse
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        last: Message | None = None  # what ended the body, if not its last chunk
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                last = message
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        # One copy of the body, replayed as one message (the route's join keeps it as is).
-        body = b"".join(chunks)
-        del chunks
-        refusal = _body_refusal(body)
-        messages: list[Message] = [
-            {"type": "http.request", "body": body, "more_body": last is not None}
-        ]
-        if last is not None:
-            messages.append(last)
-        del body
+        scan = _is_json(scope)
+        messages: list[Message] | None = None
 
-        async def replay() -> Message:
-            if refusal is not None:
-                # Raised where the route reads its body, so the caller is authenticated
-                # first (API-CONTRACT: 401 before body validation).
-                raise BodyRejected(refusal)
+        async def read() -> Message:
+            """The route's first call reads the whole body (after the caller is checked,
+            see `body_gate`), then each call hands on what is left."""
+            nonlocal messages
+            if messages is None:
+                messages = []
+                refusal = await _gate(scope, length)
+                if refusal is None:
+                    body, last = await _read_body(receive)
+                    refusal = _body_refusal(body) if scan else None
+                    # One copy of the body, one message (the route's join keeps it as is).
+                    messages.append(
+                        {"type": "http.request", "body": body, "more_body": last is not None}
+                    )
+                    if last is not None:
+                        messages.append(last)
+                    del body
+                if refusal is not None:
+                    # Raised where the route reads its body, so the caller is authenticated
+                    # first (API-CONTRACT: 401 before body validation).
+                    raise BodyRejected(refusal)
             return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, read, send)
+
+
+BodyGate = Callable[[Request, "int | None"], Awaitable[None]]
+
+
+async def _gate(scope: Scope, length: int | None) -> AppError | None:
+    """What the accounts domain says before a body is read (`app.state.body_gate`, set by
+    its lifespan): an AppError refuses the request without reading it."""
+    app = scope.get("app")
+    gate: BodyGate | None = getattr(getattr(app, "state", None), "body_gate", None)
+    if gate is None:
+        return None
+    try:
+        await gate(Request(scope), length)
+    except AppError as exc:
+        return exc
+    return None
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """The whole body, and what ended it if not its last chunk (a disconnect)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _body_length(scope: Scope) -> int | None:
+    """The body's announced length; None when it comes chunked (or the length is not a
+    number: the server refused that before). A request with neither header has no body."""
+    length = 0
+    for name, value in scope.get("headers", []):
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+    return None if length < 0 else length
 
 
 def json_values_exceed(body: bytes, limit: int) -> bool:
