@@ -169,6 +169,25 @@ def test_users_list_and_enable(
     assert run(monkeypatch, ["users", "disable", "ghost"]) == 1
 
 
+def test_a_repeated_disable_or_enable_changes_nothing_and_records_nothing(
+    cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("boss", "helper"):
+        args = ["create-admin", "--username", name, "--password-stdin"]
+        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    for command in ("disable", "disable", "enable", "enable"):
+        assert run(monkeypatch, ["users", command, "helper"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[-4:] == [
+        "helper disabled (0 sessions ended)",
+        "helper is already disabled",
+        "helper enabled",
+        "helper is already enabled",
+    ]
+    recorded = audit_actions(cli_settings)
+    assert recorded.count("cli.user_disabled") == recorded.count("cli.user_enabled") == 1
+
+
 def _execute(settings: Settings, statement: Executable) -> Coroutine[Any, Any, None]:
     async def execute() -> None:
         engine = create_null_pool_engine(settings)

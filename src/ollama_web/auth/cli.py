@@ -209,11 +209,14 @@ def _set_active(args: argparse.Namespace) -> int:
             if not await lock_user(session, user):  # reloaded: the server may have changed it
                 raise CommandError(f"no user named {args.username!r}")
             removing_admin = not args.active and user.is_admin and user.is_active
+            changed = user.is_active != args.active
             user.is_active = args.active
             await session.flush()
             if removing_admin:
                 await require_an_active_admin(session, user.id)
             ended = 0 if args.active else await revoke_user_sessions(session, user.id)
+            if not changed and not ended:  # as the admin API: nothing changed, nothing recorded
+                return f"{user.username} is already {'enabled' if args.active else 'disabled'}"
             await record_event(
                 session,
                 AuditAction.CLI_USER_DISABLED if not args.active else AuditAction.CLI_USER_ENABLED,
