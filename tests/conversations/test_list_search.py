@@ -113,6 +113,27 @@ async def test_search_finds_words_in_messages_and_titles(
     assert await titles("cook") == {"Cooking"}
 
 
+async def test_search_ignores_accents_and_case_on_both_databases(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """SQLite's FTS5 folds diacritics; PostgreSQL did not ("cafe" found no "café" there)."""
+    await seed(regular_user.id, "Un café crème, s'il vous plaît", "Voilà.", title="Paris")
+    await seed(regular_user.id, "Ein Straßencafé in München", "Gut.", title="Bayern")
+    await seed(regular_user.id, "Plain coffee", "ok", title="Other")
+
+    async def titles(q: str) -> set[str]:
+        response = await _list(client, regular_user, q=q)
+        assert response.status_code == 200, response.text
+        return {item["title"] for item in response.json()["items"]}
+
+    for query in ("cafe", "CAFÉ", "café", "Café"):
+        assert await titles(query) == {"Paris"}, query
+    assert await titles("creme plait") == {"Paris"}
+    assert await titles("voila") == {"Paris"}
+    assert await titles("munchen") == {"Bayern"}
+    assert await titles("MÜNCHEN") == {"Bayern"}
+
+
 @pytest.mark.parametrize(
     "word",
     [

@@ -619,3 +619,78 @@ def test_a_database_with_two_revisions_is_one_line_and_exit_3(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert f"records 2 schema revisions ({script_head()}, 0001)" in lines[0]
+
+
+def _search_index(connection: Connection) -> str:
+    return str(
+        connection.scalar(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'messages_fts_content_gin'")
+        )
+    )
+
+
+def _fold(connection: Connection) -> str:
+    return str(connection.scalar(text("SELECT to_tsvector('ollama_web_search', 'Un Café')")))
+
+
+@pytest.mark.postgres
+async def test_migration_0008_folds_accents_on_postgresql_and_goes_down_again(
+    settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
+) -> None:
+    """The index takes `ollama_web_search` (`simple` behind `unaccent`); down to 0007, the
+    index is `simple`'s again and the configuration gone; up again, as before."""
+    from alembic import command
+
+    from ollama_web.migrations.runner import alembic_config
+
+    def downgrade(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+
+    settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
+    engine = create_null_pool_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        async with engine.connect() as conn:
+            index = await conn.run_sync(_search_index)
+            assert "to_tsvector('ollama_web_search'::regconfig" in index
+            assert await conn.run_sync(_fold) == "'cafe':2 'un':1"
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade)
+        async with engine.connect() as conn:
+            assert "to_tsvector('simple'::regconfig" in await conn.run_sync(_search_index)
+            configs = await conn.scalar(
+                text("SELECT count(*) FROM pg_ts_config WHERE cfgname = 'ollama_web_search'")
+            )
+            assert configs == 0
+        assert not (await upgrade(engine, settings)).up_to_date  # 0008 again
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_fold) == "'cafe':2 'un':1"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_without_the_unaccent_extension_search_stays_accent_sensitive_and_says_so(
+    settings_factory: Callable[..., Settings],
+    empty_pg_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An extension that cannot be created (here: one that does not exist) leaves the
+    configuration a copy of `simple`, the migration's transaction usable, and a warning."""
+    import importlib
+
+    migration = importlib.import_module("ollama_web.migrations.versions.0008_pg_search_unaccent")
+    settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
+    engine = create_null_pool_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            folds = await conn.run_sync(migration.create_search_config, "no_such_extension")
+            assert folds is False
+            assert await conn.run_sync(_fold) == "'café':2 'un':1"
+    finally:
+        await engine.dispose()
+    assert "no_such_extension unavailable" in caplog.text
+    assert "search stays accent-sensitive" in caplog.text

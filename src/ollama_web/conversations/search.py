@@ -1,8 +1,9 @@
 """Full-text search over titles and message text.
 
 SQLite: the FTS5 table `messages_fts` (kept by triggers, see migration 0002). PostgreSQL: a
-GIN index on `to_tsvector('simple', left(content, 100000))` (migration 0005: text past a
-message's first 100 000 characters is not searched there). The user's text never reaches
+GIN index on `to_tsvector('ollama_web_search', left(content, 100000))` (migration 0005: text
+past a message's first 100 000 characters is not searched there; migration 0008: the
+configuration folds accents with `unaccent`, as FTS5 does). The user's text never reaches
 the database as query syntax: it is cut into word tokens, and each token is bound as a
 parameter — quoted as an FTS5 string on SQLite, passed to `plainto_tsquery` (which has no
 syntax) on PostgreSQL. A word keeps its combining marks (Devanagari and Thai vowel signs,
@@ -59,7 +60,7 @@ MAX_QUERY_CHARS = 200
 MAX_TOKENS = 16
 
 # The text search configuration; the index expression and the query must use the same one.
-TS_CONFIG = "simple"
+TS_CONFIG = "ollama_web_search"  # migration 0008: `simple`, accents folded where possible
 PG_INDEXED_CHARS = 100_000  # migration 0005's index: a tsvector holds at most 1 MiB
 _fts = table("messages_fts", column("rowid"), column("conversation_id"))
 _fts_map = table("messages_fts_map", column("fts_rowid"), column("message_id"))
@@ -89,9 +90,9 @@ def fts5_query(words: list[str]) -> str:
 
 
 def content_tsvector() -> Any:
-    """`to_tsvector('simple', left(content, 100000))`, spelled exactly as the GIN index is
-    (migration 0005: a tsvector holds at most 1 MiB), the length a literal so that the
-    planner matches the index's expression."""
+    """`to_tsvector('ollama_web_search', left(content, 100000))`, spelled exactly as in the
+    GIN index (migrations 0005 and 0008: a tsvector holds at most 1 MiB), the length a
+    literal so that the planner matches the index's expression."""
     indexed = func.left(Message.content, literal_column(str(PG_INDEXED_CHARS)))
     return func.to_tsvector(literal_column(f"'{TS_CONFIG}'"), indexed)
 
