@@ -22,6 +22,12 @@ from ollama_web.app import create_app
 from ollama_web.chat import relay as relay_module
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
+from ollama_web.chat.relay_wire import (
+    BEAT_SECONDS,
+    GONE_WAIT_SECONDS,
+    LISTENERS_WAIT_SECONDS,
+    alive_key,
+)
 from ollama_web.db import Message
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
@@ -440,6 +446,35 @@ async def test_without_an_owner_the_answer_is_elsewhere_at_once(
     assert max(stop_took, follow_took) < 0.5, (stop_took, follow_took)
 
 
+async def test_a_gone_process_s_subscription_costs_a_second_not_the_whole_wait(
+    processes: Processes,
+) -> None:
+    """A host that vanished without closing its connections: Redis still counts its
+    subscription (until TCP gives up, minutes later), but it never answers, nor beats.
+    Once the live processes said they do not hold the answer, a stop or a re-attach
+    waits GONE_WAIT_SECONDS for it, not LISTENERS_WAIT_SECONDS (10 s each before)."""
+    import redis.asyncio as aioredis
+
+    async with (
+        processes() as (user, apps, (_, b)),
+        aioredis.Redis.from_url(require_redis()) as redis,
+        redis.pubsub() as gone,
+    ):
+        await gone.subscribe(_control_channel(redis))
+        await redis.delete(alive_key(_control_channel(redis)))  # only this test's processes
+        await asyncio.sleep(BEAT_SECONDS + 0.5)
+        alive = await redis.zrange(alive_key(_control_channel(redis)), 0, -1)
+        assert len(alive) == 2  # A and B beat
+        await conversation_with_unfinished_answers(apps[1], user, {"g" * 32: 0.0})
+        stop, stop_took = await _timed(b.post(f"/api/chat/{'g' * 32}/stop", headers=user.headers))
+        path = f"/api/chat/stream/{'g' * 32}"
+        follow, follow_took = await _timed(b.get(path, headers=user.headers))
+    assert (stop.status_code, stop.json()["error"]) == (409, "GENERATION_ELSEWHERE")
+    assert (follow.status_code, follow.json()["error"]) == (409, "GENERATION_ELSEWHERE")
+    for took in (stop_took, follow_took):
+        assert GONE_WAIT_SECONDS * 0.9 < took < LISTENERS_WAIT_SECONDS / 2, took
+
+
 STORM = 150
 
 
@@ -669,9 +704,11 @@ async def _fake_owner(
     answered `N` (it no longer holds the answer)."""
 
     subscribed = asyncio.Event()
+    alive = alive_key(_control_channel(redis))
 
     async def serve() -> None:
         async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await redis.zadd(alive, {b"fake-owner": time.time()})  # a live process
             await pubsub.subscribe(_control_channel(redis))
             subscribed.set()
             async for message in pubsub.listen():
@@ -694,6 +731,7 @@ async def _fake_owner(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await redis.zrem(alive, b"fake-owner")
 
 
 async def test_a_client_leaving_while_its_follow_is_asked_again_unsubscribes() -> None:
@@ -798,10 +836,13 @@ async def test_a_redis_client_failing_to_close_does_not_fail_the_relay_s_close(
 
 async def test_an_owner_acknowledging_late_is_followed_not_taken_for_absent() -> None:
     """The owner's `A` comes 2.5 s late (a loaded process): the follow waits for it (the
-    listener has not answered `N`), however long past the second it once waited."""
+    listener has not answered `N`), however long past the second it once waited, and
+    though a gone process's subscription is there too (it is what waits GONE_WAIT_SECONDS
+    only: the owner is alive)."""
     import redis.asyncio as aioredis
 
-    async with aioredis.Redis.from_url(require_redis()) as redis:
+    async with aioredis.Redis.from_url(require_redis()) as redis, redis.pubsub() as gone:
+        await gone.subscribe(_control_channel(redis))
         replies: list[str] = []
         async with _fake_owner(redis, acknowledge_again=False, answered=replies, first_after=2.5):
             follower = GenerationRelay(require_redis(), _NoAnswers(), keepalive_seconds=5)  # type: ignore[arg-type]

@@ -26,10 +26,11 @@ counts them from PUBLISH's answer, which is the number of processes subscribed t
 control channel (a process whose listener is not subscribed at that moment, in a Redis
 blip, is not counted, and cannot hear the request either). The asker waits until it has an
 `A`, or an `N` from each of them (no owner: at once), or LISTENERS_WAIT_SECONDS: a live
-owner is never taken for absent however long its `A` takes under load, and only a listener
-that never answers (a process that died after PUBLISH reached it, or shut down while the
-request was on its way) costs that wait. The ids make a request that redis-py sent twice (a
-retried publish) count each process once.
+owner is never taken for absent however long its `A` takes under load. Each process beats
+in the channel's `alive` set every BEAT_SECONDS: once every process that beat lately said
+`N`, the silent rest (a host gone without closing its connections, whose subscription Redis
+keeps for minutes) is waited for GONE_WAIT_SECONDS, not the whole wait. The ids make a
+request that redis-py sent twice (a retried publish) count each process once.
 
 With no owner (nobody is generating the answer any more, or Redis is down), the caller
 answers 409 GENERATION_ELSEWHERE as it does without Redis, or the answer as stored (see
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from ollama_web.chat.generation import Generation
 from ollama_web.chat.relay_wire import (
     LISTENERS_WAIT_SECONDS,
+    Liveness,
     RemoteLog,
     control_channel,
     next_message,
@@ -117,6 +119,7 @@ class GenerationRelay:
         self.control_channel = control_channel(commands.connection_kwargs.get("db", 0))
         self._id = uuid.uuid4().hex.encode()
         """Signs this process's `N` answers."""
+        self._liveness = Liveness(self._redis, self.control_channel, self._id)
         self._registry = registry
         self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
@@ -139,6 +142,7 @@ class GenerationRelay:
             await cancel_until_ended(
                 [self._listener], "the control channel's listener", DRAIN_SECONDS, logger
             )
+            await self._liveness.leave(DRAIN_SECONDS)
         if self._serving:
             await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
         await cancel_until_ended(self._tasks, "relay tasks", DRAIN_SECONDS, logger)
@@ -170,7 +174,10 @@ class GenerationRelay:
         from redis.exceptions import RedisError
 
         while True:
+            beats: asyncio.Task[None] | None = None
             try:
+                await self._liveness.beat()  # alive before it is counted (`owner_answered`)
+                beats = asyncio.get_running_loop().create_task(self._liveness.beating())
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.control_channel)
                     self.listening.set()
@@ -182,6 +189,9 @@ class GenerationRelay:
                     logger.warning("generation relay lost Redis (%s); retrying", exc)
                 self.listening.clear()
                 await asyncio.sleep(RETRY_SECONDS)
+            finally:
+                if beats is not None:
+                    beats.cancel()
 
     def _on_control(self, data: bytes) -> None:
         try:
@@ -286,7 +296,8 @@ class GenerationRelay:
             await pubsub.subscribe(reply)
             body = json.dumps({**request, "reply": reply})
             listeners = await self._send(self.control_channel, body.encode())
-            acknowledged = await owner_answered(pubsub, listeners, request["op"])
+            alive = await self._liveness.alive()
+            acknowledged = await owner_answered(pubsub, listeners, request["op"], alive)
         except (RedisError, OSError) as exc:
             logger.warning("could not relay %s: %s", request["op"], exc)
             acknowledged = False

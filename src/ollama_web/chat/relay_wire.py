@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -16,6 +17,13 @@ logger = logging.getLogger("ollama_web.chat.relay")
 
 LISTENERS_WAIT_SECONDS = 10.0
 """The longest wait for the listeners' answers to a request (see `relay`'s docstring)."""
+BEAT_SECONDS = 2.0
+"""How often a process says it is alive, in the control channel's `alive` sorted set."""
+ALIVE_SECONDS = 10.0
+"""A process that has not said so for this long is taken for gone (its host vanished
+without closing its connections: Redis still counts its subscription until TCP gives up)."""
+GONE_WAIT_SECONDS = 1.0
+"""How long a request waits for the listeners no live process accounts for."""
 
 
 class RemoteLog(EventLog):
@@ -54,18 +62,93 @@ def control_channel(db: int) -> str:
     return f"ollama-web:generations:db{db}"
 
 
+def alive_key(channel: str) -> str:
+    """The sorted set of the processes on `channel`: relay id -> when it last beat."""
+    return f"{channel}:alive"
+
+
+class Liveness:
+    """A process's entry in its control channel's `alive` sorted set (relay id -> when it
+    last beat), and the reading of it."""
+
+    def __init__(self, redis: Any, channel: str, relay_id: bytes) -> None:
+        self._redis = redis
+        self._key = alive_key(channel)
+        self._id = relay_id
+
+    async def beat(self) -> None:
+        """Say this process is alive (and forget processes silent for long)."""
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._key, {self._id: now})
+            pipe.zremrangebyscore(self._key, "-inf", now - 10 * ALIVE_SECONDS)
+            await pipe.execute()
+
+    async def beating(self) -> None:
+        """Beat every BEAT_SECONDS until cancelled."""
+        from redis.exceptions import RedisError
+
+        while True:
+            await asyncio.sleep(BEAT_SECONDS)
+            try:
+                await self.beat()
+            except (RedisError, OSError) as exc:  # the listener hears of it too
+                logger.debug("generation relay could not beat: %s", exc)
+
+    async def leave(self, seconds: float) -> None:
+        """Leave the set: a process that stops is not waited for meanwhile."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(seconds):
+                await self._redis.zrem(self._key, self._id)
+        except (TimeoutError, RedisError, OSError) as exc:
+            logger.debug("generation relay could not leave the alive set: %s", exc)
+
+    async def alive(self) -> set[bytes] | None:
+        """The processes that beat within ALIVE_SECONDS; None when Redis did not say."""
+        from redis.exceptions import RedisError
+
+        try:
+            members = await self._redis.zrangebyscore(
+                self._key, time.time() - ALIVE_SECONDS, "+inf"
+            )
+        except (RedisError, OSError) as exc:
+            logger.debug("generation relay could not read the alive set: %s", exc)
+            return None
+        return {member for member in members if isinstance(member, bytes)}
+
+
 def reply_channel() -> str:
     return f"ollama-web:generations:reply:{uuid.uuid4().hex}"
 
 
-async def owner_answered(pubsub: Any, listeners: int, op: str) -> bool:
+async def owner_answered(
+    pubsub: Any, listeners: int, op: str, alive: set[bytes] | None = None
+) -> bool:
     """True once the owner answered `A` on `pubsub`; False once each of the `listeners`
-    PUBLISH reached answered `N`, or after LISTENERS_WAIT_SECONDS."""
+    PUBLISH reached answered `N`, or after LISTENERS_WAIT_SECONDS. With `alive` (the
+    processes that beat lately), once each of them answered `N`, the listeners still
+    silent are taken for gone processes' subscriptions after GONE_WAIT_SECONDS: a live
+    owner, however loaded, is still waited for."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + LISTENERS_WAIT_SECONDS
+    started = loop.time()
+    deadline = started + LISTENERS_WAIT_SECONDS
     declined: set[bytes] = set()
     while len(declined) < listeners:
-        data = await next_message(pubsub, deadline - loop.time())
+        only_gone_left = alive is not None and alive <= declined
+        until = min(deadline, started + GONE_WAIT_SECONDS) if only_gone_left else deadline
+        data = await next_message(pubsub, until - loop.time())
+        if data is None and only_gone_left:
+            logger.info(
+                "%d of %d processes subscribed to the relay did not answer a %s and have "
+                "not said they are alive for %.0f s: taken for gone",
+                listeners - len(declined),
+                listeners,
+                op,
+                ALIVE_SECONDS,
+            )
+            return False
         if data is None:
             logger.warning(
                 "%d of %d processes did not answer a relayed %s within %.0f s",
