@@ -9,15 +9,20 @@ SQL (so the FTS5 triggers index it as they would live), then measures through HT
 - search `GET /api/conversations?q=<word>` for words drawn from the vocabulary (Zipf-shaped
   frequencies: a typical word is in a few hundred messages), and separately for the most
   common words (in tens of thousands of messages);
-- `GET /api/conversations/{id}` of a 500-message conversation.
+- `GET /api/conversations/{id}` of a 500-message conversation;
+- `POST /api/conversations/import` of a 10 000-message export (a 4 MB body), while another
+  connection asks `GET /health/live` every 5 ms: how long the import takes, and how long
+  the other requests waited (the event loop held by the import holds every stream too).
 
 Prints the numbers and writes bench/results/conversations.json.
-Targets (issue 5): list p99 <= 15 ms, search p99 <= 50 ms, open p99 <= 30 ms.
+Targets (issue 5): list p99 <= 15 ms, search p99 <= 50 ms, open p99 <= 30 ms. (The import
+has no target: its stall is measured to keep it short.)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import sqlite3
@@ -140,7 +145,69 @@ async def measure(
     ]
     result["search_two_words"] = percentiles(two)
     connection.close()
+    result["import_10000_messages"] = await measure_import(base, headers)
     return result
+
+
+def _export_document(messages: int) -> dict[str, Any]:
+    """A conversation's JSON export: one branch of `messages` messages, ~400 bytes each."""
+    created = "2026-01-01T00:00:00Z"
+    items: list[dict[str, Any]] = []
+    for number in range(messages):
+        items.append(
+            {
+                "id": f"m{number:06d}",
+                "parent_id": items[-1]["id"] if items else None,
+                "role": "user" if number % 2 == 0 else "assistant",
+                "content": f"message {number} " + "lorem ipsum dolor sit amet " * 14,
+                "created_at": created,
+            }
+        )
+    conversation = {
+        "id": "imported", "title": "Imported", "model": "llama3.2:latest",
+        "created_at": created, "updated_at": created, "active_leaf_id": items[-1]["id"],
+    }  # fmt: skip
+    return {
+        "format": "ollama-web.conversation",
+        "version": 1,
+        "exported_at": created,
+        "conversation": conversation,
+        "messages": items,
+    }
+
+
+async def measure_import(base: str, headers: dict[str, str]) -> dict[str, Any]:
+    document = _export_document(10_000)
+    importer, poller = await Connection.to(base), await Connection.to(base)
+    waits: list[float] = []
+    importing = True
+
+    async def poll() -> None:
+        while importing:
+            started = time.perf_counter()
+            await poller.request("GET", "/health/live")
+            waits.append(time.perf_counter() - started)
+            await asyncio.sleep(0.005)
+
+    polling = asyncio.get_running_loop().create_task(poll())
+    await asyncio.sleep(0.1)
+    started = time.perf_counter()
+    status, body = await importer.request(
+        "POST", "/api/conversations/import", document, headers=headers
+    )
+    took = time.perf_counter() - started
+    importing = False
+    await polling
+    importer.close()
+    poller.close()
+    if status != 201:
+        raise RuntimeError(f"import: HTTP {status} {body[:200]!r}")
+    return {
+        "messages": len(json.loads(body)["messages"]),
+        "body_mb": round(len(json.dumps(document)) / 1e6, 1),
+        "seconds": round(took, 3),
+        "health_live_while_importing": percentiles(waits),
+    }
 
 
 async def main(rounds: int) -> dict[str, Any]:

@@ -70,17 +70,20 @@ async def create_conversation(
     summary="Import a conversation from its JSON export (new ids)",
     description="At most 10 000 messages (`MAX_IMPORT_MESSAGES`; 422 above), each user "
     "message at most MAX_MESSAGE_CHARS characters.",
+    response_model=ConversationDetail,
 )
 async def import_conversation(
     body: conversation_export.ConversationExport,
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
-) -> ConversationDetail:
+) -> Response:
     conversation = await conversation_export.import_conversation(
         session, principal.user_id, body, settings
     )
-    return await conversation_service.detail(session, principal.user_id, conversation)
+    # Serialised from the rows, as GET does (no model per message: 10 000 of them).
+    detail = await conversation_service.detail_json(session, principal.user_id, conversation)
+    return Response(detail, status_code=status.HTTP_201_CREATED, media_type="application/json")
 
 
 @router.get(
