@@ -21,13 +21,14 @@ from pydantic import (
     field_serializer,
 )
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import Table, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions, image_problem
 from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPrompt, Title
 from ollama_web.conversations.service import model_display_name
 from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
+from ollama_web.conversations.writes import MESSAGES
 from ollama_web.core.config import Settings
 from ollama_web.core.db import flush_owned
 from ollama_web.core.errors import ValidationError
@@ -138,7 +139,6 @@ class ConversationExport(BaseModel):
 
 _MESSAGE_FIELDS = tuple(name for name in ExportedMessage.model_fields if name != "id")
 _MESSAGE_FIELD_SET = set(_MESSAGE_FIELDS)
-MESSAGES_TABLE: Table = Message.__table__  # type: ignore[assignment]
 IMPORT_BATCH_ROWS = 500
 
 
@@ -301,5 +301,5 @@ async def import_conversation(
     for start in range(0, len(messages), IMPORT_BATCH_ROWS):
         batch = messages[start : start + IMPORT_BATCH_ROWS]
         rows = [_imported_row(m, new_ids, conversation.id) for m in batch]
-        await session.execute(insert(MESSAGES_TABLE), rows)
+        await session.execute(insert(MESSAGES), rows)
     return conversation
