@@ -148,12 +148,16 @@ def test_reset_password_restores_an_admin(
     assert "cli.password_reset" in audit_actions(cli_settings)
 
 
+def _create_admins(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    for name in names:
+        args = ["create-admin", "--username", name, "--password-stdin"]
+        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+
+
 def test_users_list_and_enable(
     cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in ("boss", "helper"):
-        args = ["create-admin", "--username", name, "--password-stdin"]
-        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    _create_admins(monkeypatch, "boss", "helper")
     assert run(monkeypatch, ["users", "disable", "helper"]) == 0
     capsys.readouterr()
 
@@ -172,9 +176,7 @@ def test_users_list_and_enable(
 def test_a_repeated_disable_or_enable_changes_nothing_and_records_nothing(
     cli_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in ("boss", "helper"):
-        args = ["create-admin", "--username", name, "--password-stdin"]
-        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    _create_admins(monkeypatch, "boss", "helper")
     for command in ("disable", "disable", "enable", "enable"):
         assert run(monkeypatch, ["users", command, "helper"]) == 0
     said = capsys.readouterr().out.splitlines()
@@ -205,9 +207,7 @@ def test_disabling_a_user_promoted_meanwhile_keeps_an_active_admin(
 ) -> None:
     """The command read a plain user; the server then made it the only admin before the
     command wrote: the disable was not checked as an admin's and left none."""
-    for name in ("boss", "helper"):
-        args = ["create-admin", "--username", name, "--password-stdin"]
-        assert run(monkeypatch, args, PASSWORD + "\n") == 0
+    _create_admins(monkeypatch, "boss", "helper")
     asyncio.run(
         _execute(cli_settings, update(User).where(User.username == "helper").values(role="user"))
     )

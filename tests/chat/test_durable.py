@@ -102,6 +102,47 @@ async def test_a_disconnect_cancels_the_answer_when_continue_on_disconnect_is_of
     assert len(answer["content"]) < len(FULL_REPLY)
 
 
+async def test_a_hundred_clients_leaving_at_once_stop_their_hundred_answers(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """CHAT_CONTINUE_ON_DISCONNECT=false under load: 100 clients leave after their first
+    token, together. Every upstream is closed, every answer is stored `stopped` with the
+    text it had, and nothing is left running or attached."""
+    streams = 100
+    settings = chat_settings(
+        chat_continue_on_disconnect=False,
+        chat_disconnect_grace_seconds=0,
+        max_concurrent_generations_per_user=streams,
+    )
+    app = await app_factory(settings)
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = REPLY_TOKENS
+    ollama_emulator.config.tokens_per_second = 10  # 3 s each: every stop comes first
+    registry: GenerationRegistry = app.state.generations
+    limits = httpx.Limits(max_connections=streams)
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http,
+    ):
+        left = await asyncio.gather(*(_leave_after_first_token(http, user) for _ in range(streams)))
+        await ollama_emulator.wait_until(
+            lambda: ollama_emulator.generations_cancelled == streams, timeout=10
+        )
+        await ollama_emulator.wait_until(lambda: not registry.running_ids, timeout=10)
+        answers = [
+            await _wait_for_status(app, user, start.data["conversation_id"], "stopped")
+            for start, _ in left
+        ]
+    assert {answer["status"] for answer in answers} == {"stopped"}
+    for answer in answers:
+        assert answer["content"].startswith("tok0")
+        assert FULL_REPLY.startswith(answer["content"])
+    assert ollama_emulator.generations_completed <= streams  # titles only, never an answer
+
+
 async def test_without_continue_on_disconnect_a_reload_within_the_grace_keeps_the_answer(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],

@@ -37,6 +37,13 @@ async def _list(client: httpx.AsyncClient, user: TestUser, **params: object) -> 
     return await client.get("/api/conversations", params=params, headers=user.headers)
 
 
+async def _found(client: httpx.AsyncClient, user: TestUser, q: str) -> set[str]:
+    """The titles of the conversations a search for `q` lists."""
+    response = await _list(client, user, q=q)
+    assert response.status_code == 200, response.text
+    return {item["title"] for item in response.json()["items"]}
+
+
 async def test_newest_activity_first_in_keyset_pages(
     client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
 ) -> None:
@@ -101,16 +108,11 @@ async def test_search_finds_words_in_messages_and_titles(
     await seed(regular_user.id, "Recipe for crêpes", "Flour, eggs, milk.", title="Cooking")
     await seed(regular_user.id, "Nothing here", "Indeed.", title="Magma chamber notes")
 
-    async def titles(q: str) -> set[str]:
-        response = await _list(client, regular_user, q=q)
-        assert response.status_code == 200, response.text
-        return {item["title"] for item in response.json()["items"]}
-
-    assert await titles("magma") == {"Geology", "Magma chamber notes"}
-    assert await titles("VOLCANOES erupt") == {"Geology"}
-    assert await titles("volcanoes milk") == set()
-    assert await titles("eggs") == {"Cooking"}
-    assert await titles("cook") == {"Cooking"}
+    assert await _found(client, regular_user, "magma") == {"Geology", "Magma chamber notes"}
+    assert await _found(client, regular_user, "VOLCANOES erupt") == {"Geology"}
+    assert await _found(client, regular_user, "volcanoes milk") == set()
+    assert await _found(client, regular_user, "eggs") == {"Cooking"}
+    assert await _found(client, regular_user, "cook") == {"Cooking"}
 
 
 async def test_search_ignores_accents_and_case_on_both_databases(
@@ -121,17 +123,12 @@ async def test_search_ignores_accents_and_case_on_both_databases(
     await seed(regular_user.id, "Ein Straßencafé in München", "Gut.", title="Bayern")
     await seed(regular_user.id, "Plain coffee", "ok", title="Other")
 
-    async def titles(q: str) -> set[str]:
-        response = await _list(client, regular_user, q=q)
-        assert response.status_code == 200, response.text
-        return {item["title"] for item in response.json()["items"]}
-
     for query in ("cafe", "CAFÉ", "café", "Café"):
-        assert await titles(query) == {"Paris"}, query
-    assert await titles("creme plait") == {"Paris"}
-    assert await titles("voila") == {"Paris"}
-    assert await titles("munchen") == {"Bayern"}
-    assert await titles("MÜNCHEN") == {"Bayern"}
+        assert await _found(client, regular_user, query) == {"Paris"}, query
+    assert await _found(client, regular_user, "creme plait") == {"Paris"}
+    assert await _found(client, regular_user, "voila") == {"Paris"}
+    assert await _found(client, regular_user, "munchen") == {"Bayern"}
+    assert await _found(client, regular_user, "MÜNCHEN") == {"Bayern"}
 
 
 @pytest.mark.parametrize(
