@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from ollama_web.conversations.titles import TITLE_CONCURRENCY
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import chat_body, stored_conversation, streamed_chats
-from tests.fixtures.auth import TestUser
+from tests.conftest import asgi_client
+from tests.fixtures.auth import TestUser, create_test_user
 
 
 async def _send(
@@ -201,3 +205,54 @@ async def test_an_empty_system_prompt_clears_it_and_is_stored_as_given(
         f"/api/conversations/{conversation_id}", json={"system_prompt": ""}, headers=user.headers
     )
     assert patched.json()["system_prompt"] == ""
+
+
+async def test_a_storm_of_new_conversations_gets_every_title_a_few_requests_at_a_time(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    ollama_emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 first exchanges at once: every conversation gets its model-written title, and no
+    more than TITLE_CONCURRENCY title requests are in flight at any moment (they compete
+    with the answers for the node's slots)."""
+    chats = 40
+    app = await app_factory(chat_settings(max_concurrent_generations_per_user=chats))
+    user = await create_test_user(app)
+    gateway = app.state.gateway
+    real = gateway.chat_once
+    counts = {"now": 0, "peak": 0, "asked": 0}
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        counts["asked"] += 1
+        counts["now"] += 1
+        counts["peak"] = max(counts["peak"], counts["now"])
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            counts["now"] -= 1
+
+    monkeypatch.setattr(gateway, "chat_once", counted)
+    ollama_emulator.config.reply = "Storm Title\nand more words"
+    ollama_emulator.config.tokens_per_second = 100  # each title takes a while: they overlap
+    async with asgi_client(app) as client:
+        sent = [
+            client.post(
+                "/api/chat/message", json=chat_body(content=f"question {i}"), headers=user.headers
+            )
+            for i in range(chats)
+        ]
+        answers = await asyncio.gather(*sent)
+        assert {answer.status_code for answer in answers} == {200}
+        pending = {answer.json()["conversation_id"] for answer in answers}
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for conversation_id in list(pending):
+                stored = await stored_conversation(client, user, conversation_id)
+                if stored["title_generated"]:
+                    assert stored["title"] == "Storm Title"
+                    pending.discard(conversation_id)
+            await asyncio.sleep(0.1)
+    assert not pending, f"{len(pending)} conversations without their title"
+    assert counts["asked"] == chats
+    assert 1 < counts["peak"] <= TITLE_CONCURRENCY, counts
