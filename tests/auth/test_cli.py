@@ -490,3 +490,40 @@ def test_a_prompted_password_that_is_not_utf8_is_refused(
     assert run(monkeypatch, ["create-admin", "--username", "boss"]) == 1
     assert capsys.readouterr().err == "error: The password is not valid UTF-8.\n"
     assert "boss" not in users(cli_settings)
+
+
+async def test_a_setup_while_create_admin_writes_waits_for_it_and_is_refused(
+    cli_settings: Settings, app_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's `create-admin` has written its admin, not yet committed; a setup from
+    the network meanwhile waits for it and is refused (setup is only for a database with no
+    user). On PostgreSQL it made a second admin: it could not see the uncommitted one."""
+    import threading
+
+    from tests.conftest import asgi_client
+
+    app = await app_factory(cli_settings)  # the same database
+    written, release = threading.Event(), threading.Event()
+    record = auth_cli.record_event
+
+    async def paused(*args: Any, **kwargs: Any) -> None:
+        written.set()
+        await asyncio.to_thread(release.wait, 10)
+        await record(*args, **kwargs)
+
+    monkeypatch.setattr(auth_cli, "record_event", paused)
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    command = ["create-admin", "--username", "boss", "--password-stdin"]
+    cli = asyncio.ensure_future(asyncio.to_thread(main, command))
+    assert await asyncio.to_thread(written.wait, 10)
+    async with asgi_client(app) as client:
+        intruder = {"username": "intruder", "password": "intruder-password-1"}
+        setup = asyncio.ensure_future(client.post("/api/auth/setup", json=intruder))
+        await asyncio.sleep(0.5)
+        waited = not setup.done()
+        release.set()
+        response = await setup
+    assert await cli == 0
+    assert waited, response.text
+    assert (response.status_code, response.json()["error"]) == (409, "SETUP_ALREADY_COMPLETED")
+    assert set(await asyncio.to_thread(users, cli_settings)) == {"boss"}

@@ -25,6 +25,7 @@ from ollama_web.auth.users import (
     create_user,
     find_by_username,
     lock_admins,
+    lock_setup,
     lock_user,
     require_an_active_admin,
     set_password,
@@ -160,6 +161,9 @@ def _create_admin(args: argparse.Namespace) -> int:
                 return await _reset_admin(session, settings, existing, password)
             if args.reset_password:
                 raise CommandError(f"no user named {args.username!r}")
+            # Held to the commit: a setup meanwhile waits, then finds this admin and is
+            # refused (on PostgreSQL it could not see it uncommitted, and made another).
+            await lock_setup(session)
             user = await create_user(
                 session,
                 passwords_for(settings),
