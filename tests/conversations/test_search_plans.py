@@ -9,10 +9,12 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql
 
 from ollama_web.conversations import search
 from ollama_web.core.db import session_scope
+from ollama_web.db import Conversation
 from tests.conversations.conftest import Seeder
 from tests.fixtures.auth import TestUser, UserFactory
 
@@ -140,3 +142,23 @@ async def test_a_common_word_of_one_old_conversation_is_found(
         *reversed(newer),
         recent,
     ]
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"])
+async def test_postgresql_searches_through_its_partial_index(
+    app: FastAPI, regular_user: TestUser, seed: Seeder
+) -> None:
+    """The index holds finished messages only (migration 0008); a query that did not state
+    that condition as constants could not use it, and read every message."""
+    await seed(regular_user.id, "basalt", "columns")
+    condition = search.matches("postgresql", regular_user.id, "basalt columns")
+    statement = select(Conversation.id).where(Conversation.user_id == regular_user.id, condition)
+    # Constants in the statement as sent (bound parameters would not do in a generic plan)...
+    sent = str(statement.compile(dialect=postgresql.dialect()))
+    assert "messages.status NOT IN ('pending', 'streaming')" in sent, sent
+    # ...and the index takes the query (the other values inlined, for EXPLAIN).
+    sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    async with session_scope(app.state.core.sessionmaker) as session:
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join((await session.execute(text(f"EXPLAIN {sql}"))).scalars())
+    assert "messages_fts_content_gin" in plan, plan

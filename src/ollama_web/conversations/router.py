@@ -45,9 +45,9 @@ async def list_conversations(
         Query(
             max_length=MAX_QUERY_CHARS,
             description="Words to find in titles and message text (all must occur; "
-            "plain words, no query syntax), in every branch. An answer still being "
-            "written may not be found until it ends. SQLite ignores accents (cafe finds "
-            "café); PostgreSQL does not.",
+            "plain words, no query syntax), in every branch, accents ignored (cafe finds "
+            "café; on PostgreSQL with its `unaccent` extension). An answer still being "
+            "written is found once it ends.",
         ),
     ] = None,
 ) -> Page[ConversationPublic]:

@@ -3,7 +3,8 @@
 SQLite: the FTS5 table `messages_fts` (kept by triggers, see migration 0002). PostgreSQL: a
 GIN index on `to_tsvector('ollama_web_search', left(content, 100000))` (migration 0005: text
 past a message's first 100 000 characters is not searched there; migration 0008: the
-configuration folds accents with `unaccent`, as FTS5 does). The user's text never reaches
+configuration folds accents with `unaccent`, as FTS5 does, and an answer is indexed when it
+ends, not at each checkpoint, as on SQLite since 0004). The user's text never reaches
 the database as query syntax: it is cut into word tokens, and each token is bound as a
 parameter — quoted as an FTS5 string on SQLite, passed to `plainto_tsquery` (which has no
 syntax) on PostgreSQL. A word keeps its combining marks (Devanagari and Thai vowel signs,
@@ -62,6 +63,10 @@ MAX_TOKENS = 16
 # The text search configuration; the index expression and the query must use the same one.
 TS_CONFIG = "ollama_web_search"  # migration 0008: `simple`, accents folded where possible
 PG_INDEXED_CHARS = 100_000  # migration 0005's index: a tsvector holds at most 1 MiB
+# PostgreSQL's index holds the messages that are not still being written (migration 0008): a
+# partial index is used only for a query that states its condition, as constants (a bound
+# parameter would not do in a generic plan).
+_INDEXED = Message.status.not_in([literal_column("'pending'"), literal_column("'streaming'")])
 _fts = table("messages_fts", column("rowid"), column("conversation_id"))
 _fts_map = table("messages_fts_map", column("fts_rowid"), column("message_id"))
 _owner = Conversation.__table__.alias("owner")
@@ -150,7 +155,10 @@ def _message_match(dialect: str, user_id: str, words: list[str]) -> Any:
     if dialect == "sqlite":
         return _sqlite_message_match(user_id, words)
     tsquery = func.plainto_tsquery(literal_column(f"'{TS_CONFIG}'"), " ".join(words))
-    matching = select(Message.conversation_id).where(content_tsvector().op("@@")(tsquery))
+    matching = select(Message.conversation_id).where(
+        _INDEXED,
+        content_tsvector().op("@@")(tsquery),
+    )
     return Conversation.id.in_(matching)
 
 
