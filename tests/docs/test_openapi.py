@@ -24,6 +24,7 @@ ANY_CREDENTIAL = [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {"SessionCookie": 
 # Admin-only operations outside ADMIN_ONLY_PREFIXES.
 ADMIN_ONLY_OPERATIONS = {
     ("POST", "/api/models/pull"),
+    ("POST", "/api/models/pull/cancel"),
     ("DELETE", "/api/models/{name}"),
     ("GET", "/api/admin/ollama/nodes"),
 }

@@ -8,7 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from ollama_web.core.config import Settings
+from ollama_web.emulator import OllamaEmulator
+from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import create_test_user
 from tests.models.conftest import Cluster
 
@@ -116,3 +120,89 @@ async def test_pull_with_every_node_down_is_503(cluster: Cluster) -> None:
         "/api/models/pull", json={"name": "mistral"}, headers=cluster.admin.headers
     )
     assert (response.status_code, response.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+
+
+async def _pull_under_way(cluster: Cluster, base_url: str, name: str) -> asyncio.Task[Any]:
+    """A slow pull of `name` on node A, followed by the admin, once Ollama has it."""
+    cluster.node_a.config.pull_delay = 0.1
+    cluster.node_a.config.pull_steps = 100  # many seconds: the cancel comes first
+    task = asyncio.create_task(pull(base_url, cluster.admin.headers, name))
+    await cluster.node_a.wait_until(lambda: pulls(cluster) == 1, timeout=5)
+    return task
+
+
+async def test_an_admin_cancels_a_pull_and_its_stream_ends_with_pull_cancelled(
+    cluster: Cluster, live_server: Callable[..., Any]
+) -> None:
+    """The pull's upstream closes (Ollama's cancel: it installs nothing), its followers get
+    an `error` event PULL_CANCELLED, and pulling again starts afresh."""
+    async with live_server(cluster.app) as base_url:
+        following = await _pull_under_way(cluster, base_url, "mistral")
+        response = await cluster.client.post(
+            "/api/models/pull/cancel",
+            json={"name": "mistral:latest"},
+            headers=cluster.admin.headers,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "model": "mistral:latest", "node": None, "cancelled": 1, "processes_told": 0,
+        }  # fmt: skip
+        _, events = await asyncio.wait_for(following, 5)
+        again = await cluster.client.post(
+            "/api/models/pull/cancel", json={"name": "mistral"}, headers=cluster.admin.headers
+        )
+    kind, data = events[-1]
+    assert (kind, data["error"]) == ("error", "PULL_CANCELLED")
+    assert data["details"] == {"model_name": "mistral", "node": cluster.node_a.url}
+    assert cluster.node_a.find_model("mistral") is None
+    assert (again.status_code, again.json()["error"]) == (404, "PULL_NOT_RUNNING")
+
+
+async def test_pull_cancel_refusals(cluster: Cluster) -> None:
+    cancel = "/api/models/pull/cancel"
+    user = await cluster.client.post(cancel, json={"name": "mistral"}, headers=cluster.user.headers)
+    anonymous = await cluster.client.post(cancel, json={"name": "mistral"})
+    invalid = await cluster.client.post(
+        cancel, json={"name": "bad name"}, headers=cluster.admin.headers
+    )
+    node = await cluster.client.post(
+        cancel,
+        json={"name": "mistral", "node": "http://elsewhere:1"},
+        headers=cluster.admin.headers,
+    )
+    assert (user.status_code, user.json()["error"]) == (403, "FORBIDDEN")
+    assert anonymous.status_code == 401
+    assert (invalid.status_code, invalid.json()["error"]) == (422, "VALIDATION_ERROR")
+    assert (node.status_code, node.json()["error"]) == (422, "VALIDATION_ERROR")
+
+
+@pytest.mark.redis
+async def test_a_pull_is_cancelled_through_another_server_process(
+    app_factory: Callable[..., Any],
+    settings_factory: Callable[..., Settings],
+    node_a: OllamaEmulator,
+    node_b: OllamaEmulator,
+    live_server: Callable[..., Any],
+) -> None:
+    """With REDIS_URL the cancel reaches the process running the pull."""
+    settings = settings_factory(
+        ollama_url=[node_a.url, node_b.url],
+        ollama_health_cache_seconds=0.0,
+        redis_url=require_redis(),
+    )
+    running, other = await app_factory(settings), await app_factory(settings)
+    admin = await create_test_user(running, "admin")
+    for app in (running, other):
+        await asyncio.wait_for(app.state.gateway.pull_cancels.listening.wait(), 5)
+    async with asgi_client(running) as client, asgi_client(other) as elsewhere:
+        cluster = Cluster(running, client, node_a, node_b, admin, admin)
+        async with live_server(running) as base_url:
+            following = await _pull_under_way(cluster, base_url, "mistral")
+            response = await elsewhere.post(
+                "/api/models/pull/cancel", json={"name": "mistral"}, headers=admin.headers
+            )
+            _, events = await asyncio.wait_for(following, 5)
+    assert response.status_code == 200, response.text
+    assert response.json()["cancelled"] == 0
+    assert response.json()["processes_told"] >= 1
+    assert (events[-1][0], events[-1][1]["error"]) == ("error", "PULL_CANCELLED")

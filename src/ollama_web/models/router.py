@@ -15,10 +15,13 @@ from fastapi.responses import StreamingResponse
 
 from ollama_web.auth.dependencies import AdminPrincipal, CurrentPrincipal
 from ollama_web.core.dependencies import SettingsDep
+from ollama_web.core.errors import NotFoundError
 from ollama_web.models.schemas import (
     ConnectionTest,
     ModelDetails,
     ModelList,
+    PullCancelled,
+    PullCancelRequest,
     PullRequest,
     RunningList,
 )
@@ -95,6 +98,31 @@ async def pull_model(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/pull/cancel",
+    response_model=PullCancelled,
+    summary="Cancel a pull (admin): its streams end with a PULL_CANCELLED error event",
+    description="Closes the pull's upstream, which cancels it in Ollama (what it downloaded "
+    "stays: pulling again resumes). With REDIS_URL every server process ends its pulls of "
+    "the model; without it, only this one.",
+    responses={
+        404: {"description": "No pull of this model is running (PULL_NOT_RUNNING)"},
+        **_INVALID,
+    },
+)
+async def cancel_pull(
+    body: PullCancelRequest, principal: AdminPrincipal, gateway: GatewayDep
+) -> PullCancelled:
+    cancelled, told = await gateway.cancel_pull(body.name, node_url=body.node)
+    if not cancelled and not told:
+        raise NotFoundError(
+            "No pull of this model is running.",
+            code="PULL_NOT_RUNNING",
+            details={"model_name": body.name},
+        )
+    return PullCancelled(model=body.name, node=body.node, cancelled=cancelled, processes_told=told)
 
 
 @router.get(

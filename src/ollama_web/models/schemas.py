@@ -103,6 +103,22 @@ class PullRequest(BaseModel):
     )
 
 
+class PullCancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, examples=["llama3.2:1b"])
+    node: str | None = Field(None, description="Only the pull onto this node (its URL)")
+
+
+class PullCancelled(BaseModel):
+    model: str
+    node: str | None
+    cancelled: int = Field(description="Pulls of this model this server process ended")
+    processes_told: int = Field(
+        description="Other server processes told to end theirs (with REDIS_URL; else 0)"
+    )
+
+
 class PullProgressEvent(BaseModel):
     """`event: progress` data."""
 

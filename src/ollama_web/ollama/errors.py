@@ -112,6 +112,13 @@ class PullInterruptedError(AppError):
     code = "PULL_INTERRUPTED"
 
 
+class PullCancelledError(AppError):
+    """An administrator cancelled the pull (its streams end with this)."""
+
+    status_code = 409
+    code = "PULL_CANCELLED"
+
+
 class OllamaStreamError(AppError):
     """A stream broke after its 200: an error line, an end without `done`, or a drop."""
 

@@ -25,6 +25,7 @@ from ollama_web.ollama.names import validate_model_name
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.probe import Prober
 from ollama_web.ollama.pull import PullJob, PullManager, PullSubscription
+from ollama_web.ollama.pull_cancels import PullCancels
 from ollama_web.ollama.routing import Router
 from ollama_web.ollama.transport import Upstream
 
@@ -73,6 +74,8 @@ class OllamaGateway:
         self.router = Router(self.registry, self.inventory)
         self.prober = Prober(self.upstream, self.registry, cache_seconds)
         self.pulls = PullManager(self.upstream, self._pull_finished)
+        self.pull_cancels: PullCancels | None = None
+        """Set with REDIS_URL (by the lifespan): cancels reach every process's pulls."""
 
     async def aclose(self) -> None:
         """Stop background work (pulls, probes). The lifespan closes the client."""
@@ -293,6 +296,18 @@ class OllamaGateway:
             require_a_node_up(reports)
             node = self._known_node(next(r.url for r in reports if r.status == "up"))
         return await self.pulls.start(node, parsed, name)
+
+    async def cancel_pull(self, name: str, *, node_url: str | None = None) -> tuple[int, int]:
+        """End the pulls of `name` (on `node_url`, or on every node): (how many this process
+        ended, how many other processes were told, with REDIS_URL)."""
+        key = validate_model_name(name).key
+        if node_url is not None:
+            self._known_node(node_url)
+        ended = self.pulls.cancel(key, node_url)
+        told = 0
+        if self.pull_cancels is not None:
+            told = max(0, await self.pull_cancels.publish(key, node_url) - 1)  # not this one
+        return ended, told
 
     def _pull_finished(self, job: PullJob) -> None:
         self.registry.invalidate(job.node)

@@ -14,6 +14,7 @@ from ollama_web.core.stop_signals import on_stop_signal
 from ollama_web.health.service import register_check
 from ollama_web.ollama.errors import PullInterruptedError
 from ollama_web.ollama.gateway import OllamaGateway
+from ollama_web.ollama.pull_cancels import PullCancels
 from ollama_web.ollama.transport import build_client
 
 
@@ -44,12 +45,17 @@ async def gateway_lifespan(app: FastAPI) -> AsyncIterator[None]:
             timers.append(loop.call_later(grace, _interrupt_pulls, gateway))
 
         forget_stop_signal = on_stop_signal(stop_signal)
+        if settings.redis_url:
+            gateway.pull_cancels = PullCancels(settings.redis_url, gateway.pulls.cancel)
+            gateway.pull_cancels.start()
         try:
             yield
         finally:
             forget_stop_signal()
             for timer in timers:
                 timer.cancel()
+            if gateway.pull_cancels is not None:
+                await gateway.pull_cancels.aclose()
 
 
 def _interrupt_pulls(gateway: OllamaGateway) -> None:

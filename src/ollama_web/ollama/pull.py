@@ -3,8 +3,10 @@ upstream `/api/pull` stream.
 
 A `PullJob` runs as a background task owned by the `PullManager`; subscribers replay from the
 latest event and then follow. A job keeps running when its subscribers leave (a pull is a
-long admin operation: pulling again re-attaches) and is cancelled when the gateway closes,
-or SHUTDOWN_GRACE_SECONDS after a stop signal (`interrupt_all`), so that its streams end.
+long admin operation: pulling again re-attaches) and is cancelled when an administrator
+cancels it (`cancel`, `POST /api/models/pull/cancel`; in every process with REDIS_URL, see
+`pull_cancels`), when the gateway closes, or SHUTDOWN_GRACE_SECONDS after a stop signal
+(`interrupt_all`), so that its streams end.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ollama_web.ollama.errors import (
     ModelNotFoundError,
     OllamaStreamError,
     OllamaUnavailableError,
+    PullCancelledError,
     describe_decoding_error,
     describe_transport_error,
 )
@@ -200,6 +203,23 @@ class PullManager:
     def interrupt_all(self, error: AppError) -> None:
         for job in list(self.jobs.values()):
             job.interrupt(error)
+
+    def cancel(self, key: str, node_url: str | None = None) -> int:
+        """End this process's pulls of the model `key` (on `node_url`, or on every node):
+        their upstreams close, which cancels them in Ollama. How many there were."""
+        jobs = [
+            job
+            for (url, job_key), job in self.jobs.items()
+            if job_key == key and (node_url is None or url == node_url) and not job.finished
+        ]
+        for job in jobs:
+            job.interrupt(
+                PullCancelledError(
+                    "An administrator cancelled the pull; pulling again resumes it.",
+                    details={"model_name": job.requested, "node": job.node.url},
+                )
+            )
+        return len(jobs)
 
     def _finished(self, job: PullJob) -> None:
         key = (job.node.url, job.name.key)
