@@ -131,6 +131,23 @@ async def test_search_ignores_accents_and_case_on_both_databases(
     assert await _found(client, regular_user, "MÜNCHEN") == {"Bayern"}
 
 
+async def test_titles_match_whatever_their_case_and_accents_on_both_databases(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder
+) -> None:
+    """A title was matched by LIKE: SQLite folds ASCII letters only ("ÉCOLE" missed
+    "École"), and neither database folded accents ("ecole" missed it everywhere)."""
+    await seed(regular_user.id, "one", "two", title="École d'été")
+    await seed(regular_user.id, "one", "two", title="ÜBER ALLES")
+    await seed(regular_user.id, "one", "two", title="50% off_sale")
+    await seed(regular_user.id, "one", "two", title="Other")
+    for query in ("ecole", "ÉCOLE", "d'ete", "E\u0301cole"):
+        assert await _found(client, regular_user, query) == {"École d'été"}, query
+    for query in ("über", "uber alles", "Über"):
+        assert await _found(client, regular_user, query) == {"ÜBER ALLES"}, query
+    assert await _found(client, regular_user, "50% off_") == {"50% off_sale"}
+    assert await _found(client, regular_user, "5_%") == set()  # wildcards are plain text
+
+
 @pytest.mark.parametrize(
     "word",
     [

@@ -656,6 +656,7 @@ async def test_migration_0008_folds_accents_on_postgresql_and_goes_down_again(
             index = await conn.run_sync(_search_index)
             assert "to_tsvector('ollama_web_search'::regconfig" in index
             assert await conn.run_sync(_fold) == "'cafe':2 'un':1"
+            assert await conn.scalar(text("SELECT ollama_web_fold('Un CAFÉ')")) == "un cafe"
         async with engine.begin() as conn:
             await conn.run_sync(downgrade)
         async with engine.connect() as conn:
@@ -664,6 +665,10 @@ async def test_migration_0008_folds_accents_on_postgresql_and_goes_down_again(
                 text("SELECT count(*) FROM pg_ts_config WHERE cfgname = 'ollama_web_search'")
             )
             assert configs == 0
+            functions = await conn.scalar(
+                text("SELECT count(*) FROM pg_proc WHERE proname = 'ollama_web_fold'")
+            )
+            assert functions == 0
         assert not (await upgrade(engine, settings)).up_to_date  # 0008 again
         async with engine.connect() as conn:
             assert await conn.run_sync(_fold) == "'cafe':2 'un':1"
@@ -690,6 +695,8 @@ async def test_without_the_unaccent_extension_search_stays_accent_sensitive_and_
             folds = await conn.run_sync(migration.create_search_config, "no_such_extension")
             assert folds is False
             assert await conn.run_sync(_fold) == "'café':2 'un':1"
+            title = await conn.scalar(text("SELECT ollama_web_fold('Un CAFÉ')"))
+            assert title == "un café"  # case folded, accents kept
     finally:
         await engine.dispose()
     assert "no_such_extension unavailable" in caplog.text

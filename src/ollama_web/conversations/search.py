@@ -10,8 +10,8 @@ parameter — quoted as an FTS5 string on SQLite, passed to `plainto_tsquery` (w
 syntax) on PostgreSQL. A word keeps its combining marks (Devanagari and Thai vowel signs,
 Arabic and Hebrew vowel points, accents typed as separate characters): both databases'
 tokenizers read such a word as one, so cut at its marks it matched nothing on PostgreSQL.
-Every token must occur (AND). Titles match by case-insensitive substring, with LIKE
-wildcards escaped.
+Every token must occur (AND). Titles match by substring, case and accents aside (each
+database folds both sides with its `ollama_web_fold`), with LIKE wildcards escaped.
 
 On SQLite the list walks the caller's conversations newest first (the list index) and stops
 after a page, so the cost is in how each conversation is checked, and the best check depends
@@ -55,6 +55,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
+from ollama_web.core.db import fold_text
 from ollama_web.db import Conversation, Message
 
 MAX_QUERY_CHARS = 200
@@ -151,6 +152,30 @@ def _some_message(condition: Any) -> Any:
     )
 
 
+def _escape_like(text: Any) -> Any:
+    """`text` (a str, or an SQL expression) with LIKE's wildcards escaped by `/`."""
+    if isinstance(text, str):
+        return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return func.replace(func.replace(func.replace(text, "/", "//"), "%", "/%"), "_", "/_")
+
+
+def _title_contains(dialect: str, query: str) -> Any:
+    """The title holds `query`, case and accents aside ("ecole" finds "École"). Each
+    database folds both sides with its own `ollama_web_fold`: on PostgreSQL `unaccent`
+    (migration 0008), on SQLite Python's (`core.db.fold_text`), called only for titles that
+    are not plain ASCII."""
+    if dialect == "sqlite":
+        pattern = "%" + _escape_like(fold_text(query)) + "%"
+        non_ascii = Conversation.title.op("GLOB")("*[^ -~]*")
+        folded = case(
+            (non_ascii, func.ollama_web_fold(Conversation.title)),
+            else_=func.lower(Conversation.title),
+        )
+        return folded.like(pattern, escape="/")
+    pattern = func.concat("%", _escape_like(func.ollama_web_fold(query)), "%")
+    return func.ollama_web_fold(Conversation.title).like(pattern, escape="/")
+
+
 def _message_match(dialect: str, user_id: str, words: list[str]) -> Any:
     if dialect == "sqlite":
         return _sqlite_message_match(user_id, words)
@@ -166,7 +191,7 @@ def matches(dialect: str, user_id: str, query: str) -> Any:
     """A condition on `user_id`'s conversations: the title contains `query`, or a message has
     its words (`user_id` only steers the SQLite plan; the caller scopes the statement)."""
     query = query[:MAX_QUERY_CHARS]
-    title = Conversation.title.icontains(query, autoescape=True)
+    title = _title_contains(dialect, query)
     words = tokens(query)
     if not words:
         return title

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from traceback import walk_tb
@@ -43,6 +44,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # What PostgreSQL's `ollama_web_fold` does (migration 0008), for title search.
+    dbapi_connection.create_function(FOLD_FUNCTION, 1, fold_text, deterministic=True)
+
+
+FOLD_FUNCTION = "ollama_web_fold"
+
+
+def fold_text(text: str | None) -> str | None:
+    """Text as searched without case or accents: compatibility-decomposed, combining marks
+    dropped, case-folded ("Éte\u0301" and "ETE" both give "ete")."""
+    if text is None:
+        return None
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 class SlowQueryRecorder:

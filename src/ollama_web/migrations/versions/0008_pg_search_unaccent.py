@@ -13,6 +13,10 @@ and each update computed the whole growing text's tsvector again (~3 ms for 20 0
 characters with `unaccent`). SQLite's index has waited for an answer's end since migration
 0004; the search (which states the same condition) now finds the same messages on both.
 
+Titles are searched by substring: `ollama_web_fold(text)` (`lower(unaccent(text))`, or
+`lower(text)` without the extension) folds both sides, as SQLite does with a Python
+function of the same name (`core.db.fold_text`).
+
 `unaccent` ships with PostgreSQL (contrib) and is a trusted extension (PostgreSQL 13+): the
 database's owner may create it. Where it cannot be created (not installed, no privilege),
 the configuration is a plain copy of `simple`, the search stays accent-sensitive there, and
@@ -42,6 +46,7 @@ logger = logging.getLogger("ollama_web.migrations")
 
 PG_INDEX = "messages_fts_content_gin"
 CONFIG = "ollama_web_search"
+FOLD = "ollama_web_fold"
 # Every token type `simple` maps that holds letters.
 WORD_TOKENS = "asciiword, asciihword, hword_asciipart, word, hword, hword_part, numword, numhword"
 
@@ -69,6 +74,14 @@ def create_search_config(connection: Connection, extension: str = "unaccent") ->
                 f"ALTER MAPPING FOR {WORD_TOKENS} WITH {extension}, simple"
             )
         )
+    # Titles are searched by substring through this function, on both sides.
+    folded = "lower(unaccent($1))" if folding else "lower($1)"
+    connection.execute(
+        text(
+            f"CREATE FUNCTION {FOLD}(text) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE "
+            f"AS 'SELECT {folded}'"
+        )
+    )
     return folding
 
 
@@ -92,3 +105,4 @@ def downgrade() -> None:
         return
     _index("simple")
     op.execute(f"DROP TEXT SEARCH CONFIGURATION IF EXISTS {CONFIG}")
+    op.execute(f"DROP FUNCTION IF EXISTS {FOLD}(text)")
