@@ -68,7 +68,7 @@ from ollama_web.chat.relay_wire import (
     reply_channel,
 )
 from ollama_web.chat.sse import Follower
-from ollama_web.core.redis_client import connection_options
+from ollama_web.core.redis_client import RESUBSCRIBE_SECONDS, connection_options, listen_forever
 from ollama_web.core.tasks import cancel_until_ended
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ollama_web.chat.relay")
 
 STOP_WAIT_SECONDS = 10.0
-RETRY_SECONDS = 1.0
+RETRY_SECONDS = RESUBSCRIBE_SECONDS
 SILENT_KEEPALIVES = 3
 REFOLLOW_SECONDS = 5.0
 """How long a follower that lost the owner asks again, every RETRY_SECONDS: a listener
@@ -171,27 +171,16 @@ class GenerationRelay:
     # ------------------------------------------------------------- owner side
 
     async def _listen(self) -> None:
-        from redis.exceptions import RedisError
-
-        while True:
-            beats: asyncio.Task[None] | None = None
-            try:
-                await self._liveness.beat()  # alive before it is counted (`owner_answered`)
-                beats = asyncio.get_running_loop().create_task(self._liveness.beating())
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.control_channel)
-                    self.listening.set()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._on_control(message["data"])
-            except (RedisError, OSError) as exc:
-                if self.listening.is_set():
-                    logger.warning("generation relay lost Redis (%s); retrying", exc)
-                self.listening.clear()
-                await asyncio.sleep(RETRY_SECONDS)
-            finally:
-                if beats is not None:
-                    beats.cancel()
+        await listen_forever(
+            self._redis,
+            self.control_channel,
+            self._on_control,
+            self.listening,
+            "generation relay",
+            logger,
+            # Alive before it can be counted (see `owner_answered`), while it listens.
+            while_subscribed=self._liveness.kept,
+        )
 
     def _on_control(self, data: bytes) -> None:
         try:

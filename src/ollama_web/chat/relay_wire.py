@@ -8,6 +8,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from ollama_web.chat.errors import GenerationInterrupted, error_body
@@ -83,6 +85,16 @@ class Liveness:
             pipe.zadd(self._key, {self._id: now})
             pipe.zremrangebyscore(self._key, "-inf", now - 10 * ALIVE_SECONDS)
             await pipe.execute()
+
+    @asynccontextmanager
+    async def kept(self) -> AsyncIterator[None]:
+        """Beat now, then every BEAT_SECONDS until left."""
+        await self.beat()
+        beats = asyncio.get_running_loop().create_task(self.beating())
+        try:
+            yield
+        finally:
+            beats.cancel()
 
     async def beating(self) -> None:
         """Beat every BEAT_SECONDS until cancelled."""

@@ -13,6 +13,11 @@ and a second try would double the wait of every call while it lasts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -37,3 +42,41 @@ def connection_options(*, retry: bool = True) -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,
         "retry": Retry(NoBackoff(), 1 if retry else 0, supported_errors=(RedisConnectionError,)),
     }
+
+
+RESUBSCRIBE_SECONDS = 1.0
+
+
+async def listen_forever(
+    redis: Any,
+    channel: str,
+    on_message: Callable[[Any], None],
+    listening: asyncio.Event,
+    what: str,
+    logger: logging.Logger,
+    while_subscribed: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+) -> None:
+    """Hand each message published on `channel` to `on_message`, until cancelled. A
+    subscription Redis dropped is made again RESUBSCRIBE_SECONDS later; `listening` is set
+    while subscribed. `while_subscribed` is entered before each subscription and left
+    when it ends (the relay's liveness beats)."""
+    from redis.exceptions import RedisError
+
+    while True:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if while_subscribed is not None:
+                    await stack.enter_async_context(while_subscribed())
+                pubsub = await stack.enter_async_context(
+                    redis.pubsub(ignore_subscribe_messages=True)
+                )
+                await pubsub.subscribe(channel)
+                listening.set()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_message(message["data"])
+        except (RedisError, OSError) as exc:
+            if listening.is_set():
+                logger.warning("%s lost Redis (%s); retrying", what, exc)
+            listening.clear()
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)

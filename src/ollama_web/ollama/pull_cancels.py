@@ -6,7 +6,7 @@ between them, and cancels it only when every client of it has left). So a cancel
 published on the channel `ollama-web:pulls:db<N>` (named after REDIS_URL's database, as the
 generation relay's is), and each process's listener ends its own pulls of that model.
 Redis failures never reach the pulls: a cancel that cannot be published still ends this
-process's pulls, and the listener subscribes again RETRY_SECONDS after losing Redis.
+process's pulls, and the listener subscribes again a second after losing Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ollama_web.core.redis_client import connection_options
+from ollama_web.core.redis_client import connection_options, listen_forever
 from ollama_web.core.tasks import cancel_until_ended
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ollama_web.ollama.pulls")
 
-RETRY_SECONDS = 1.0
 CLOSE_SECONDS = 2.0
 
 Cancel = Callable[[str, str | None], int]
@@ -71,21 +70,9 @@ class PullCancels:
             logger.warning("the Redis client of pull cancels failed to close: %s", exc)
 
     async def _listen(self) -> None:
-        from redis.exceptions import RedisError
-
-        while True:
-            try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self.listening.set()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._on_message(message["data"])
-            except (RedisError, OSError) as exc:
-                if self.listening.is_set():
-                    logger.warning("pull cancels lost Redis (%s); retrying", exc)
-                self.listening.clear()
-                await asyncio.sleep(RETRY_SECONDS)
+        await listen_forever(
+            self._redis, self.channel, self._on_message, self.listening, "pull cancels", logger
+        )
 
     def _on_message(self, data: Any) -> None:
         try:
