@@ -135,3 +135,23 @@ async def test_pulling_onto_a_down_node_is_503(
     async with gateway_factory([down]) as gateway:
         with pytest.raises(OllamaUnavailableError):
             await gateway.pull_model("mistral")
+
+
+async def test_a_pull_cancelled_twice_is_cancelled_once(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """A cancel published to every process reaches the one that cancelled too: the second
+    must not cancel the task again (it would cut the upstream's close short), nor count."""
+    ollama_emulator.config.pull_delay = 0.1
+    ollama_emulator.config.pull_steps = 100
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        pull = await gateway.pull_model("mistral")
+        assert gateway.pulls.cancel("mistral:latest") == 1
+        job = pull.job
+        assert job.task is not None
+        assert job.task.cancelling() == 1
+        assert gateway.pulls.cancel("mistral:latest") == 0
+        assert job.task.cancelling() == 1
+        events = await events_of(pull)
+    assert (events[-1].kind, events[-1].data["error"]) == ("error", "PULL_CANCELLED")
+    assert ollama_emulator.find_model("mistral") is None

@@ -80,9 +80,14 @@ class PullJob:
     def interrupt(self, error: AppError) -> None:
         """End the pull now with `error`: its upstream closes, which cancels it in Ollama
         (what it downloaded stays there; pulling again resumes)."""
-        if not self.finished and self.task is not None:
-            self._interruption = error
+        if not self.finished and self._interruption is None and self.task is not None:
+            self._interruption = error  # once: a second cancel would cut the upstream's close
             self.task.cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        """Being ended by `interrupt` (a cancel, a shutdown)."""
+        return self._interruption is not None
 
     def _publish(self, event: PullEvent) -> None:
         if event.kind != "progress":
@@ -210,7 +215,9 @@ class PullManager:
         jobs = [
             job
             for (url, job_key), job in self.jobs.items()
-            if job_key == key and (node_url is None or url == node_url) and not job.finished
+            if job_key == key
+            and (node_url is None or url == node_url)
+            and not (job.finished or job.interrupted)
         ]
         for job in jobs:
             job.interrupt(
