@@ -1,6 +1,7 @@
 """How every Redis client of the app connects: the rate-limit storage and its /health probe
-(`ratelimit.storage`), the per-user generation slots (`chat.slots`) and the stop/re-attach
-relay (`chat.relay`).
+(`ratelimit.storage`), the per-user generation slots (`chat.slots`), the stop/re-attach
+relay (`chat.relay`) and pull cancels (`ollama.pull_cancels`); and how the last two listen
+to their channel (`listen_forever`).
 
 A Redis that restarts leaves every pool holding connections that died with it, and redis-py
 does not notice before it uses one (speaking RESP3, its default, it skips its check for a
