@@ -123,11 +123,13 @@ async def test_pull_with_every_node_down_is_503(cluster: Cluster) -> None:
 
 
 async def _pull_under_way(cluster: Cluster, base_url: str, name: str) -> asyncio.Task[Any]:
-    """A slow pull of `name` on node A, followed by the admin, once Ollama has it."""
+    """A slow pull of `name` on node A, followed by the admin, once its stream has begun
+    (a cancel before Ollama's answer came would make the pull request itself a 409)."""
     cluster.node_a.config.pull_delay = 0.1
     cluster.node_a.config.pull_steps = 100  # many seconds: the cancel comes first
     task = asyncio.create_task(pull(base_url, cluster.admin.headers, name))
-    await cluster.node_a.wait_until(lambda: pulls(cluster) == 1, timeout=5)
+    jobs = cluster.app.state.gateway.pulls.jobs
+    await cluster.node_a.wait_until(lambda: any(job.events for job in jobs.values()), timeout=5)
     return task
 
 
