@@ -142,7 +142,6 @@ async def _from_session(request: Request, session: SessionDep, token: str) -> Pr
     _check_csrf(request, row.csrf_token)
     await record_activity(session, row, now)
     request.state.current_user = user
-    request.state.user_session = row
     return Principal(user.id, user.username, user.role, "session", row.id, None)
 
 
@@ -250,9 +249,8 @@ async def authenticate_before_body(request: Request, length: int | None) -> None
         return  # parsing it costs about what checking the credentials does
     async with session_scope(core_of(request).sessionmaker) as session:
         await get_principal(request, session)
-    # Loaded in a transaction now ended: the route reads them in its own.
+    # Loaded in a transaction now ended: the route reads it in its own.
     request.state.current_user = None
-    request.state.user_session = None
 
 
 async def authenticate_for_body_error(request: Request) -> None:

@@ -153,9 +153,8 @@ def _some_message(condition: Any) -> Any:
 
 
 def _escape_like(text: Any) -> Any:
-    """`text` (a str, or an SQL expression) with LIKE's wildcards escaped by `/`."""
-    if isinstance(text, str):
-        return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    """The SQL expression `text` with LIKE's wildcards escaped by `/` (what `autoescape`
+    does for a literal value, which a value folded by the database is not)."""
     return func.replace(func.replace(func.replace(text, "/", "//"), "%", "/%"), "_", "/_")
 
 
@@ -165,8 +164,7 @@ def _title_contains(dialect: str, query: str) -> Any:
     (migration 0008), on SQLite Python's (`core.db.fold_text`: a plain ASCII title costs
     about what `lower()` did; measured on 10 000 titles, 2.97 ms against 2.63)."""
     if dialect == "sqlite":
-        pattern = "%" + _escape_like(fold_text(query)) + "%"
-        return func.ollama_web_fold(Conversation.title).like(pattern, escape="/")
+        return func.ollama_web_fold(Conversation.title).contains(fold_text(query), autoescape=True)
     pattern = func.concat("%", _escape_like(func.ollama_web_fold(query)), "%")
     return func.ollama_web_fold(Conversation.title).like(pattern, escape="/")
 
