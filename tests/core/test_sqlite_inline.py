@@ -8,13 +8,14 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, text, update
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -42,6 +43,11 @@ from ollama_web.keys.service import _KEY_LOOKUP
 
 INSERT_CONVERSATION = insert(CONVERSATIONS)
 INSERT_MESSAGES = insert(MESSAGES)
+UPDATE_ANSWER = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("_id"))
+    .values(content=bindparam("content"), updated_at=bindparam("updated_at"))
+)
 
 
 @dataclass
@@ -289,7 +295,7 @@ async def test_only_a_sqlite_file_gets_an_inline_connection(
 
 async def test_the_wal_is_left_to_the_checkpointer(database: Database) -> None:
     """No automatic checkpoint (one inside a commit would run its fsyncs on the loop): the
-    WAL grows past SQLite's 1000-page mark until `Checkpointer` copies it."""
+    WAL grows past SQLite's 1000-page mark until `Checkpointer` copies it and empties it."""
     await database.writes.run(_turn()[:1])
     size = database.path.stat().st_size
     question = _turn()[1][1][0]
@@ -298,8 +304,64 @@ async def test_the_wal_is_left_to_the_checkpointer(database: Database) -> None:
         await database.writes.run([(INSERT_MESSAGES, rows)])
     assert _engine_writes(database) == []
     assert database.path.stat().st_size == size  # all of it still in the WAL
+    assert _wal_bytes(database) > 1500 * 4096
     await Checkpointer(database.engine).checkpoint()
     assert database.path.stat().st_size > size + 1500 * 4096
+    # Past 1000 frames the WAL is emptied, not left at its largest on the disk: its header
+    # and the one page the checkpointer rewrote to start it over.
+    assert _wal_bytes(database) == 32 + 24 + 4096
+
+
+def _wal_salts(database: Database) -> bytes:
+    """The WAL header's salts: new ones each time the WAL starts over from its beginning."""
+    with open(f"{database.path}-wal", "rb") as wal:
+        return wal.read(32)[16:24]
+
+
+def _wal_bytes(database: Database) -> int:
+    return Path(f"{database.path}-wal").stat().st_size
+
+
+async def test_the_wal_starts_over_in_the_checkpointer_not_in_an_inline_commit(
+    database: Database,
+) -> None:
+    """The first write to an emptied WAL writes its header and fsyncs it. After a checkpoint
+    that copied everything, the checkpointer makes that write (on the driver thread): the
+    next inline commit, on the loop, appends to the WAL and syncs nothing."""
+    await database.writes.run(_turn())
+    for round_ in range(3):
+        await Checkpointer(database.engine).checkpoint()
+        salts = _wal_salts(database)
+        answer = {"_id": "a" * 32, "content": f"round {round_}", "updated_at": utcnow()}
+        database.inline.write([(UPDATE_ANSWER, answer)])
+        assert _wal_salts(database) == salts  # appended, not started over
+
+
+async def test_a_steady_stream_of_commits_does_not_grow_the_wal_without_end(
+    database: Database,
+) -> None:
+    """A passive checkpoint never catches up with commits that keep coming, so the WAL
+    never starts over and grows without end (89 MB after 90 s of 50 streams, for a 9 MB
+    database; here, hundreds of MB). Past `restart_frames` a TRUNCATE checkpoint empties
+    it, between two commits."""
+    await database.writes.run(_turn())
+    checkpointer = Checkpointer(database.engine, interval=0.01, restart_frames=100)
+    checkpointer.start()
+    commits = emptied = written = 0
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            answer = {"_id": "a" * 32, "content": f"{commits:06d}" * 700, "updated_at": utcnow()}
+            emptied += _wal_bytes(database) < written  # since the last commit
+            with suppress(InlineUnavailable):  # the TRUNCATE holds the write lock
+                database.inline.write([(UPDATE_ANSWER, answer)])
+                commits += 1
+            written = _wal_bytes(database)
+            await asyncio.sleep(0)
+    finally:
+        await checkpointer.stop()
+    assert commits > 1000
+    assert emptied >= 2  # 8 to 12 times here; never without the TRUNCATE
 
 
 @pytest.fixture

@@ -34,12 +34,12 @@ from typing import Any, cast
 
 from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-from ollama_web.core.db import SlowQueryRecorder
+from ollama_web.core.db import SQLITE_BUSY_TIMEOUT_MS, SlowQueryRecorder
 
 logger = logging.getLogger("ollama_web.db")
 
@@ -288,20 +288,48 @@ def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineS
     return InlineSQLite(database, engine.dialect, slow_queries)
 
 
-class Checkpointer:
-    """Passive WAL checkpoints after the inline connection's commits: one at most every
-    `interval` seconds, on the driver thread, and only after something was committed.
-    Passive: it copies what no reader still needs, and never waits for a lock."""
+WAL_RESTART_FRAMES = 1000
+"""A WAL this many frames long (~4 MiB of pages; SQLite's own automatic checkpoint mark) is
+emptied by a `TRUNCATE` checkpoint."""
 
-    def __init__(self, engine: AsyncEngine, interval: float = 1.0) -> None:
+
+class Checkpointer:
+    """WAL checkpoints after the inline connection's commits: one at most every `interval`
+    seconds, on the driver thread, and only after something was committed.
+
+    - `PASSIVE` first: it copies what no reader still needs, and never waits for a lock.
+    - Under a steady stream of commits a passive checkpoint never catches up with the
+      last one, so the WAL would never start over and would grow without end. Once it
+      holds `restart_frames`, a `TRUNCATE` checkpoint empties it. It blocks writers while
+      it copies the few frames left (inline writes meanwhile take SQLAlchemy's path,
+      which waits), but it never waits itself: busy, it is tried again next time.
+    - Once everything is copied, the WAL is started over here, by rewriting the header's
+      `user_version` with its own value. The first write to an emptied WAL writes its
+      header and syncs it; done here, that fsync is not the next inline commit's, on the
+      loop.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, interval: float = 1.0, restart_frames: int = WAL_RESTART_FRAMES
+    ) -> None:
         self._engine = engine
         self._interval = interval
+        self._restart_frames = restart_frames
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def checkpoint(self) -> None:
         async with self._engine.connect() as connection:
-            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, frames, copied = await _wal_checkpoint(connection, "PASSIVE")
+            await connection.exec_driver_sql("PRAGMA busy_timeout=0")
+            try:
+                if frames >= self._restart_frames:
+                    busy, frames, copied = await _wal_checkpoint(connection, "TRUNCATE")
+                if not busy and frames == copied:
+                    with suppress(OperationalError):  # another writer came first
+                        await _restart_wal(connection)
+            finally:
+                await connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -327,3 +355,17 @@ class Checkpointer:
                 await self.checkpoint()
             except SQLAlchemyError:
                 logger.warning("WAL checkpoint failed", exc_info=True)
+
+
+async def _wal_checkpoint(connection: AsyncConnection, mode: str) -> tuple[int, int, int]:
+    """(busy, frames in the WAL, frames copied to the database)."""
+    result = await connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
+    busy, frames, copied = (int(value) for value in tuple(result.one()))
+    return busy, frames, copied
+
+
+async def _restart_wal(connection: AsyncConnection) -> None:
+    """A write of one unchanged page: it starts a WAL whose frames are all copied over (when
+    no reader still uses them) from its beginning."""
+    version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
+    await connection.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
