@@ -337,6 +337,30 @@ async def test_the_wal_starts_over_in_the_checkpointer_not_in_an_inline_commit(
         assert _wal_salts(database) == salts  # appended, not started over
 
 
+async def test_writers_are_not_held_up_while_a_large_backlog_is_copied(
+    database: Database,
+) -> None:
+    """A TRUNCATE blocks writers while it copies. When the passive checkpoint could not copy
+    most of the WAL (a reader still needed it, or commits outran it), it waits for the next
+    time, when the passive one has caught up."""
+    await database.writes.run(_turn())
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM messages").fetchone()  # an old snapshot, held
+        for index in range(300):
+            answer = {"_id": "a" * 32, "content": f"{index:06d}" * 700, "updated_at": utcnow()}
+            database.inline.write([(UPDATE_ANSWER, answer)])
+        await Checkpointer(database.engine, restart_frames=100).checkpoint()
+        assert not any("TRUNCATE" in statement for statement in database.statements)
+        assert _wal_bytes(database) > 300 * 4096
+    finally:
+        reader.close()
+    await Checkpointer(database.engine, restart_frames=100).checkpoint()
+    assert "PRAGMA wal_checkpoint(TRUNCATE)" in database.statements
+    assert _wal_bytes(database) == 32 + 24 + 4096
+
+
 async def test_a_steady_stream_of_commits_does_not_grow_the_wal_without_end(
     database: Database,
 ) -> None:

@@ -290,7 +290,11 @@ def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineS
 
 WAL_RESTART_FRAMES = 1000
 """A WAL this many frames long (~4 MiB of pages; SQLite's own automatic checkpoint mark) is
-emptied by a `TRUNCATE` checkpoint."""
+emptied by a `TRUNCATE` checkpoint..."""
+TRUNCATE_BACKLOG_FRAMES = 256
+"""...when the passive checkpoint left at most this many frames to copy: the `TRUNCATE` copies
+them while writers wait (a burst of commits that outran the passive checkpoint waits for
+the next one)."""
 
 
 class Checkpointer:
@@ -301,8 +305,9 @@ class Checkpointer:
     - Under a steady stream of commits a passive checkpoint never catches up with the
       last one, so the WAL would never start over and would grow without end. Once it
       holds `restart_frames`, a `TRUNCATE` checkpoint empties it. It blocks writers while
-      it copies the few frames left (inline writes meanwhile take SQLAlchemy's path,
-      which waits), but it never waits itself: busy, it is tried again next time.
+      it copies the few frames the passive one left and syncs the database (inline writes
+      meanwhile take SQLAlchemy's path, which waits), but it never waits itself: busy,
+      it is tried again next time.
     - Once everything is copied, the WAL is started over here, by rewriting the header's
       `user_version` with its own value. The first write to an emptied WAL writes its
       header and syncs it; done here, that fsync is not the next inline commit's, on the
@@ -323,7 +328,7 @@ class Checkpointer:
             busy, frames, copied = await _wal_checkpoint(connection, "PASSIVE")
             await connection.exec_driver_sql("PRAGMA busy_timeout=0")
             try:
-                if frames >= self._restart_frames:
+                if frames >= self._restart_frames and frames - copied <= TRUNCATE_BACKLOG_FRAMES:
                     busy, frames, copied = await _wal_checkpoint(connection, "TRUNCATE")
                 if not busy and frames == copied:
                     with suppress(OperationalError):  # another writer came first
