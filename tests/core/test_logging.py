@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -170,7 +171,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _open_logs(pid: int, log_dir: Path) -> list[str]:
-    targets = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        # The workers are still closing the connections the client just closed: an fd
+        # listed may be gone by the time it is read.
+        with contextlib.suppress(FileNotFoundError):
+            targets.append(os.readlink(fd))
     return [target for target in targets if target.startswith(str(log_dir / "access.log"))]
 
 
