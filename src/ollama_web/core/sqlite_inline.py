@@ -290,11 +290,10 @@ def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineS
 
 WAL_RESTART_FRAMES = 1000
 """A WAL this many frames long (~4 MiB of pages; SQLite's own automatic checkpoint mark) is
-emptied by a `TRUNCATE` checkpoint..."""
+emptied by a `TRUNCATE` checkpoint."""
 TRUNCATE_BACKLOG_FRAMES = 256
-"""...when the passive checkpoint left at most this many frames to copy: the `TRUNCATE` copies
-them while writers wait (a burst of commits that outran the passive checkpoint waits for
-the next one)."""
+"""The most frames a `TRUNCATE` copies while writers wait: when the passive checkpoint left
+more (a burst of commits outran it), the WAL is emptied at a later checkpoint."""
 
 
 class Checkpointer:
@@ -330,7 +329,7 @@ class Checkpointer:
             try:
                 if frames >= self._restart_frames and frames - copied <= TRUNCATE_BACKLOG_FRAMES:
                     busy, frames, copied = await _wal_checkpoint(connection, "TRUNCATE")
-                if not busy and frames == copied:
+                if not busy and frames == copied >= 0:  # -1: not in WAL mode
                     with suppress(OperationalError):  # another writer came first
                         await _restart_wal(connection)
             finally:
