@@ -325,11 +325,14 @@ class Checkpointer:
     async def checkpoint(self) -> None:
         async with self._engine.connect() as connection:
             busy, frames, copied = await _wal_checkpoint(connection, "PASSIVE")
+            truncate = frames >= self._restart_frames and frames - copied <= TRUNCATE_BACKLOG_FRAMES
+            if not (truncate or _all_copied(busy, frames, copied)):
+                return  # frames left behind, in a WAL still short: next time
             await connection.exec_driver_sql("PRAGMA busy_timeout=0")
             try:
-                if frames >= self._restart_frames and frames - copied <= TRUNCATE_BACKLOG_FRAMES:
+                if truncate:
                     busy, frames, copied = await _wal_checkpoint(connection, "TRUNCATE")
-                if not busy and frames == copied >= 0:  # -1: not in WAL mode
+                if _all_copied(busy, frames, copied):
                     with suppress(OperationalError):  # another writer came first
                         await _restart_wal(connection)
             finally:
@@ -366,6 +369,11 @@ async def _wal_checkpoint(connection: AsyncConnection, mode: str) -> tuple[int, 
     result = await connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
     busy, frames, copied = (int(value) for value in tuple(result.one()))
     return busy, frames, copied
+
+
+def _all_copied(busy: int, frames: int, copied: int) -> bool:
+    """A checkpoint's result: every frame of the WAL is in the database (-1: not in WAL mode)."""
+    return not busy and frames == copied >= 0
 
 
 async def _restart_wal(connection: AsyncConnection) -> None:
