@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from ollama_web.chat.sse import SERVER_SEND, EventLog, SSEResponse, encode_text_
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import chat_body, parse_events, streamed_chat, text_of
 from tests.fixtures.auth import TestUser
+from tests.fixtures.servers import recording_protocol, serve_app
 
 
 class Client:
@@ -90,6 +92,35 @@ async def test_a_frame_is_written_at_once_by_its_emitter_while_the_stream_is_idl
     # The start and the end go through the layers; the tokens did not.
     assert [m["type"] for m in client.wrapped] == ["http.response.start", "http.response.body"]
     assert (client.wrapped[1]["body"], client.wrapped[1]["more_body"]) == (b"", False)
+
+
+async def test_the_frames_there_at_the_start_are_written_in_the_step_of_the_start() -> None:
+    """By the response's own task right after its start (the server writes the head with
+    them: core/http_guard.py), not a step later by the task that follows the log."""
+    log = new_log()
+    log.emit_text("token", "early")
+    client = Client(log)
+    await idle(client)
+    assert client.server[0] == (
+        {"type": "http.response.body", "body": log.frames[0] + log.frames[1], "more_body": True},
+        client.task,
+    )
+
+
+async def test_the_final_event_is_written_with_the_end_of_the_body() -> None:
+    log = new_log()
+    client = Client(log)
+    await idle(client)
+    log.emit_text("token", "a")
+    log.emit("done", {"message": {}})
+    log.finish()
+    await client.task
+    assert client.bodies() == log.frames[:2]  # the start and the token, pushed
+    assert client.wrapped[-1] == {
+        "type": "http.response.body",
+        "body": log.final_frame,
+        "more_body": False,
+    }
 
 
 async def test_a_write_that_must_wait_is_finished_by_the_task_in_order() -> None:
@@ -255,3 +286,18 @@ def _unchunked(raw: bytes) -> bytes:
             return bytes(body)
         body += raw[end + 2 : end + 2 + size]
         position = end + 2 + size + 2
+
+
+async def test_a_streamed_answer_s_head_goes_with_its_start_and_its_end_with_its_done(
+    app: FastAPI, regular_user: TestUser
+) -> None:
+    protocol, writes = recording_protocol()
+    served = partial(serve_app, http=protocol)
+    async with streamed_chat(served, app, regular_user) as reader:
+        events = await reader.rest()
+    assert (events[0].event, events[-1].event) == ("start", "done")
+    head, _, body = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"event: start" in body
+    assert b"event: done" in writes[-1]
+    assert writes[-1].endswith(b"\r\n0\r\n\r\n")  # the body's last chunk, in the same write

@@ -1,5 +1,6 @@
 """The HTTP protocol `ollama-web serve` runs: a request head has a size, a header count and
-a time limit, and a body may not stall (slowloris), on a real server on loopback."""
+a time limit, a body may not stall (slowloris), and a response's head leaves with its body,
+on a real server on loopback."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from ollama_web.cli import HTTP_PROTOCOL
 from ollama_web.core.config import Settings
@@ -21,7 +23,7 @@ from ollama_web.core.http_guard import MAX_HEAD_BYTES, GuardedHttpToolsProtocol
 from ollama_web.emulator import EmulatorConfig, ModelSpec
 from ollama_web.emulator.testing import running_emulator
 from tests.fixtures.auth import create_test_user
-from tests.fixtures.servers import serve_app
+from tests.fixtures.servers import recording_protocol, serve_app
 
 
 class QuickTimeouts(GuardedHttpToolsProtocol):
@@ -228,3 +230,69 @@ async def test_a_long_answer_is_not_cut_by_the_limits(
             )
     assert response.status_code == 200
     assert "event: done" in response.text
+
+
+# ------------------------------------------------------------------ writes
+
+
+async def test_a_response_s_head_leaves_with_its_body_in_one_write(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    protocol, writes = recording_protocol()
+    app = await app_factory(settings_factory())
+    async with serve_app(app, http=protocol) as base_url, httpx.AsyncClient() as client:
+        for _ in range(3):  # on one connection: each response in one write
+            response = await client.get(f"{base_url}/health/live")
+            assert response.status_code == 200
+    assert len(writes) == 3
+    for write in writes:
+        head, _, body = write.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert json.loads(body) == response.json()
+
+
+def _late_body_app(release: asyncio.Event) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/late")
+    async def late() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"at last"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    return app
+
+
+async def test_a_head_whose_body_is_late_is_not_held_back() -> None:
+    release = asyncio.Event()
+    protocol, writes = recording_protocol()
+    async with serve_app(_late_body_app(release), http=protocol) as base_url:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        release.set()
+        chunk = await asyncio.wait_for(reader.readuntil(b"at last\r\n"), 5)
+        writer.close()
+    assert chunk.endswith(b"7\r\nat last\r\n")
+    assert writes[0] == head
+
+
+async def test_an_expected_100_continue_is_sent_before_the_body_comes(
+    address: tuple[str, int],
+) -> None:
+    document = json.dumps({"username": "nobody", "password": "wrong password"}).encode()
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(document)
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(document)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 ")

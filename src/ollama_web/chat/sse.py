@@ -4,9 +4,9 @@ An `EventLog` holds one generation's events as ready-to-send frames; event ids a
 counting from 1 (the frame at index i has id i + 1). Any number of `SSEResponse`s follow a
 log: each replays the frames after its `Last-Event-ID`, then sends new ones as they come,
 coalescing whatever accumulated while it was writing into one body chunk, and ends with
-the log's `done` or `error` event (one placed past it by its `Last-Event-ID` is sent that
-event when the log finishes). A keep-alive comment goes out when nothing was written for
-SSE_KEEPALIVE_SECONDS.
+the log's `done` or `error` event, written with the end of the body (one placed past it by
+its `Last-Event-ID` is sent that event when the log finishes). A keep-alive comment goes
+out when nothing was written for SSE_KEEPALIVE_SECONDS.
 
 The response is a plain ASGI callable (no task group, no per-event allocation beyond the
 frame): one task listens for the client's disconnect, one timer handles keep-alives, one
@@ -185,6 +185,9 @@ class SSEResponse(Response):
         stream = _Stream(log, log.position_after(self._after), scope.get(SERVER_SEND, send), loop)
         listener = loop.create_task(listen_for_disconnect(receive, stream))
         log.attach(stream)
+        # The frames already there (`start`, at least) go now, with the response's head
+        # (core/http_guard.py writes the head with the first body chunk).
+        stream.push()
         # Followed in a task of its own: woken when a frame must wait or the log ends, it
         # resumes two frames, not the ~25 of every middleware and router in between.
         follow = loop.create_task(self._follow(stream))
@@ -196,8 +199,8 @@ class SSEResponse(Response):
         finally:
             listener.cancel()
             log.detach(stream)
-        if not stream.disconnected:
-            await _send_body(send, b"", more=False)
+        if not stream.disconnected:  # what is left (the final event) and the end, at once
+            await _send_body(send, stream.rest(), more=False)
 
     async def _follow(self, stream: _Stream) -> None:
         log, loop = stream.log, stream.loop
@@ -209,18 +212,12 @@ class SSEResponse(Response):
                     sending, stream.sending = stream.sending, None
                     stream.disconnected = not await _completed(sending)
                     continue
-                frames = log.frames
-                if stream.position < len(frames):
+                if log.finished:
+                    return  # what is left goes with the end of the body (`rest`)
+                if stream.position < len(log.frames) and log.final_frame is None:
                     stream.disconnected = not await _send_body(stream.send, stream.take())
                     stream.last_write = loop.time()
                     continue
-                if log.finished:
-                    if stream.position > len(frames) and log.final_frame is not None:
-                        # Placed past the end by a Last-Event-ID the answer never reached:
-                        # its final event all the same (under its own id), so that this
-                        # stream too ends with `done` or `error`.
-                        stream.disconnected = not await _send_body(stream.send, log.final_frame)
-                    return
                 if stream.ticked:
                     stream.ticked = False
                     if loop.time() - stream.last_write >= self._keepalive:
@@ -270,12 +267,25 @@ class _Stream(Follower):
         self.position = len(frames)
         return frames[position] if position + 1 == len(frames) else b"".join(frames[position:])
 
+    def rest(self) -> bytes:
+        """What is left to send once the log finished: the frames not sent yet, or, for a
+        stream placed past the end by a Last-Event-ID the answer never reached, its final
+        event all the same (under its own id), so that this stream too ends with `done` or
+        `error`."""
+        frames, final = self.log.frames, self.log.final_frame
+        if self.position < len(frames):
+            return self.take()
+        if self.position > len(frames) and final is not None:
+            return final
+        return b""
+
     def push(self) -> bool:
         """Write the new frames now, from the emitter's stack, if that can be done without
-        waiting; False: the response's task must be woken to do it."""
+        waiting; False: the response's task must be woken to do it (as for the final event,
+        which goes with the end of the body)."""
         if self.position >= len(self.log.frames):
             return True
-        if self.disconnected:
+        if self.disconnected or self.log.final_frame is not None:
             return False
         message: Message = {"type": "http.response.body", "body": self.take(), "more_body": True}
         sending = self.send(message)

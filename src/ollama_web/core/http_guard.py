@@ -20,6 +20,10 @@ protocol instead (uvicorn's `http` option; `--http` on its command line), which
   unread does not count.
 
 Answers are the API's error shape. The request id is new: no application saw the request.
+
+It also sends each response's head with the first piece of its body, in one write: uvicorn
+writes the head as soon as the application starts its response, then every body chunk on
+its own, so each answer took two `send` calls and woke its client twice (`_HeadHold`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,51 @@ BODY_MIN_RATE = 500
 LINGER_SECONDS = 2.0
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _HeadHold:
+    """A response's transport (uvicorn's `RequestResponseCycle.transport`) that holds the
+    response head back until the first body chunk, then writes both at once. A head with no
+    chunk in the same step of the loop (an application that answers slowly, or never) goes
+    out on its own at the end of that step; so does one before the connection closes."""
+
+    __slots__ = ("_head", "_loop", "_transport", "_written")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._written = False
+        """The head was written (or held): later writes are body chunks."""
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif self._written or data == _CONTINUE:
+            self._transport.write(data)
+        else:
+            self._written = True
+            self._head = data
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class HeadRefused(Exception):
@@ -69,6 +118,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """Heads and messages that ended: the bytes after them may start a new head."""
     _head_bytes_received = 0
     """Bytes received since the last head or message ended (none ended in them)."""
+    _hold: _HeadHold | None = None
+    """The transport of the latest request's response (`_HeadHold`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,12 +176,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._flush_head()  # a response under way (this request is pipelined) goes out first
         self._ends += 1
         self._disarm()
         self._in_body = True
         self._body_deadline = self.loop.time() + self.body_timeout_seconds
         self._arm_body()
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not previous:  # not an upgrade: a response to come, its task not run yet
+            self._hold = _HeadHold(self.transport, self.loop)
+            cycle.transport = self._hold  # type: ignore[assignment]
+
+    def send_400_response(self, msg: str) -> None:
+        self._flush_head()  # a response under way keeps its place before this one
+        super().send_400_response(msg)
+
+    def _flush_head(self) -> None:
+        if self._hold is not None:
+            self._hold.flush()
 
     def on_message_complete(self) -> None:
         self._ends += 1
@@ -208,6 +273,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, message: str, details: dict[str, int]) -> None:
         self._refused = True
         self._disarm()
+        self._flush_head()
         body = encode_error(code, message, details, uuid.uuid4().hex)
         head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
         head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
