@@ -701,3 +701,87 @@ async def test_without_the_unaccent_extension_search_stays_accent_sensitive_and_
         await engine.dispose()
     assert "no_such_extension unavailable" in caplog.text
     assert "search stays accent-sensitive" in caplog.text
+
+
+def _search_rows(database: Path) -> dict[str, str]:
+    """Message id -> the text of its FTS5 row."""
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT map.message_id, fts.content FROM messages_fts_map AS map "
+            "JOIN messages_fts AS fts ON fts.rowid = map.fts_rowid"
+        )
+        return dict(rows.fetchall())
+
+
+def _sqlite_downgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    from ollama_web.migrations.runner import alembic_config
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+async def test_migration_0009_gives_an_answer_its_search_row_when_it_ends(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A question is indexed at once, an answer once it ends; down to 0008, the answers
+    without a row get one (which its old trigger then rewrites), and up again."""
+    settings = settings_factory(data_dir=tmp_path / "data")
+    database = tmp_path / "data" / "ollama_web.db"
+    engine = create_null_pool_engine(settings)
+    at = "2026-12-01 16:00:00.000000"
+    new_message = (
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, "
+        "created_at, updated_at) VALUES (?, 'c1', 'q1', 'assistant', '', 'pending', ?, ?)"
+    )
+    end = "UPDATE messages SET content = ?, status = 'complete' WHERE id = ?"
+
+    try:
+        await upgrade(engine, settings)
+        with sqlite3.connect(database, isolation_level=None) as db:
+            db.execute(
+                "INSERT INTO users (id, username, username_key, password_hash, role, is_active, "
+                "created_at, updated_at) VALUES ('u1', 'ada', 'ada', 'x', 'user', 1, ?, ?)",
+                (at, at),
+            )
+            db.execute(
+                "INSERT INTO conversations (id, user_id, title, model, options, pinned, "
+                "archived, title_generated, created_at, updated_at) "
+                "VALUES ('c1', 'u1', 't', 'llama3.2', '{}', 0, 0, 0, ?, ?)",
+                (at, at),
+            )
+            db.execute(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at, "
+                "updated_at) VALUES ('q1', 'c1', 'user', 'a question', 'complete', ?, ?)",
+                (at, at),
+            )
+            db.execute(new_message, ("a1", at, at))
+            db.execute("UPDATE messages SET content = 'half an', status = 'streaming' "
+                       "WHERE id = 'a1'")  # fmt: skip
+            assert _search_rows(database) == {"q1": "a question"}
+            db.execute(end, ("an answer", "a1"))
+            db.execute(new_message, ("a2", at, at))
+        assert _search_rows(database) == {"q1": "a question", "a1": "an answer"}
+        with sqlite3.connect(database) as db:
+            hits = db.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'answer'")
+            assert len(hits.fetchall()) == 1
+
+        async with engine.begin() as conn:
+            await conn.run_sync(_sqlite_downgrade, "0008")
+        assert _search_rows(database) == {"q1": "a question", "a1": "an answer", "a2": ""}
+        with sqlite3.connect(database, isolation_level=None) as db:
+            db.execute(end, ("another answer", "a2"))
+            db.execute(new_message, ("a3", at, at))  # the old way: a row at once
+        assert _search_rows(database)["a2"] == "another answer"
+        assert _search_rows(database)["a3"] == ""
+
+        assert not (await upgrade(engine, settings)).up_to_date  # 0009 again
+        with sqlite3.connect(database, isolation_level=None) as db:
+            db.execute(end, ("a third answer", "a3"))  # its old row, rewritten
+            db.execute("DELETE FROM messages WHERE id = 'a1'")
+        rows = _search_rows(database)
+        assert rows == {"q1": "a question", "a2": "another answer", "a3": "a third answer"}
+    finally:
+        await engine.dispose()

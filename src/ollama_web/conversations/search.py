@@ -1,8 +1,9 @@
 """Full-text search over titles and message text.
 
-SQLite: the FTS5 table `messages_fts` (kept by triggers, see migration 0002). PostgreSQL: a
-GIN index on `to_tsvector('ollama_web_search', left(content, 100000))` (migration 0005: text
-past a message's first 100 000 characters is not searched there; migration 0008: the
+SQLite: the FTS5 table `messages_fts` (kept by triggers, see migration 0002; an answer has
+its row once it ends: 0004, 0009). PostgreSQL: a GIN index on
+`to_tsvector('ollama_web_search', left(content, 100000))` (migration 0005: text past a
+message's first 100 000 characters is not searched there; migration 0008: the
 configuration folds accents with `unaccent`, as FTS5 does, and an answer is indexed when it
 ends, not at each checkpoint, as on SQLite since 0004). The user's text never reaches
 the database as query syntax: it is cut into word tokens, and each token is bound as a
