@@ -24,6 +24,7 @@ from ollama_web.ollama.errors import (
     OllamaTimeoutError,
 )
 from ollama_web.ollama.nodes import Node, NodeRegistry
+from ollama_web.ollama.transport import JSON_HEADERS, NDJSON_HEADERS
 from tests.ollama.conftest import GatewayFactory
 from tests.ollama.faults import Handler, serving
 from tests.ollama.streams import HI, collect, drain
@@ -277,6 +278,32 @@ async def test_a_line_of_more_than_8_mb_is_relayed(
         chunks = await collect(stream)
     calls = [call for chunk in chunks for call in chunk.tool_calls or []]
     assert calls[0]["function"]["arguments"]["blob"] == blob
+
+
+async def test_upstream_requests_are_what_httpx_s_build_request_makes(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """`Upstream._build` builds requests itself (the client's headers merged once): a
+    stream, a JSON request and one without a body carry the headers and body that
+    `build_request` gives them."""
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        async with gateway.open_chat("llama3.2", HI) as stream:
+            await collect(stream)
+        await gateway.chat_once("llama3.2", [{"role": "user", "content": "ünïcode ✓"}])
+        await gateway.running_models()
+        client = gateway.upstream.client
+    seen = {(r.path, r.json.get("stream") if r.json else None): r for r in ollama_emulator.requests}
+    for (path, stream_flag), headers in (
+        (("/api/chat", True), NDJSON_HEADERS),
+        (("/api/chat", False), JSON_HEADERS),
+        (("/api/ps", None), JSON_HEADERS),
+    ):
+        request = seen[path, stream_flag]
+        built = client.build_request(
+            request.method, ollama_emulator.url + path, json=request.json, headers=headers
+        )
+        assert request.headers == {name.lower(): value for name, value in built.headers.items()}
+        assert request.body == built.content
 
 
 async def test_upstream_requests_use_the_nodes_host_and_never_an_origin(

@@ -9,6 +9,7 @@ and translates failures (see `errors`).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,20 +101,36 @@ class Upstream:
         probe = min(listing, PROBE_TIMEOUT_SECONDS)
         self.probe_timeout = httpx.Timeout(probe, connect=min(connect, probe))
         self._urls: dict[str, httpx.URL] = {}
+        # The client's headers merged with ours once for each kind of request, not for every
+        # request as `build_request` does (half of building one: 10.7 against 20 us).
+        self._headers: dict[tuple[bool, bool], httpx.Headers] = {}
+        for stream in (False, True):
+            for with_body in (False, True):
+                headers = httpx.Headers(client.headers)
+                headers.update(NDJSON_HEADERS if stream else JSON_HEADERS)
+                if with_body:
+                    headers["Content-Type"] = "application/json"
+                self._headers[stream, with_body] = headers
 
     def _build(
         self, node: Node, method: str, path: str, body: Any, timeout: httpx.Timeout, stream: bool
     ) -> httpx.Request:
+        """What `client.build_request(method, url, json=body, headers=..., timeout=timeout)`
+        builds (the client has no base URL, parameters or cookies to merge)."""
         address = node.address + path
         url = self._urls.get(address)
         if url is None:  # parsing a URL is a third of building a request: once per address
             url = self._urls[address] = httpx.URL(address)
-        return self.client.build_request(
+        content = None
+        if body is not None:  # as httpx encodes `json=`
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            content = text.encode()
+        return httpx.Request(
             method,
             url,
-            json=body,
-            headers=NDJSON_HEADERS if stream else JSON_HEADERS,
-            timeout=timeout,
+            headers=self._headers[stream, content is not None],
+            content=content,
+            extensions={"timeout": timeout.as_dict()},
         )
 
     def _transport_failure(
