@@ -296,3 +296,24 @@ async def test_an_expected_100_continue_is_sent_before_the_body_comes(
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
     assert head.startswith(b"HTTP/1.1 401 ")
+
+
+async def test_pipelined_requests_are_answered_in_order_each_in_one_write(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    protocol, writes = recording_protocol()
+    app = await app_factory(settings_factory())
+    async with serve_app(app, http=protocol) as base_url:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(request * 2 + b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        statuses = []
+        for _ in range(3):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            statuses.append(int(head.split(b" ", 2)[1]))
+        writer.close()
+    assert statuses == [200, 200, 404]
+    assert len(writes) == 3
