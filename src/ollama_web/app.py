@@ -144,11 +144,19 @@ class OllamaWebApp(FastAPI):
     """FastAPI, with the server's own `send` in each request's scope (`sse.SERVER_SEND`):
     a streamed answer's tokens go straight to it. Every middleware here looks only at a
     response's start (headers, status), never at its body chunks; one that would must not
-    be used with that shortcut."""
+    be used with that shortcut.
+
+    The scope holds it only while the request runs: that `send` is a method of uvicorn's
+    per-request object, which holds the scope, and the loop they made kept each request's
+    state (~35 objects: the scope, its exit stacks, the principal) for the cyclic
+    collector, instead of freeing it when the request ended."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            scope.pop(SERVER_SEND, None)
 
 
 def _include_routers(app: FastAPI) -> None:

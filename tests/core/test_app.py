@@ -1,11 +1,19 @@
-"""The application lifespan: long-lived objects are kept out of the cyclic collector."""
+"""The application and the cyclic collector: long-lived objects are kept out of its walk,
+and a request leaves nothing for it."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 
 from ollama_web.app import create_app
 from ollama_web.core.config import Settings
+from ollama_web.core.http_guard import GuardedHttpToolsProtocol
+from tests.fixtures.auth import create_test_user
+from tests.fixtures.servers import serve_app
 
 
 async def test_startup_freezes_what_lives_for_the_process_and_shutdown_releases_it(
@@ -19,3 +27,34 @@ async def test_startup_freezes_what_lives_for_the_process_and_shutdown_releases_
         gc.collect()
         assert gc.get_freeze_count() == frozen, "a full collection leaves them where they are"
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_served_request_leaves_no_cycle_for_the_collector(
+    app_factory: Callable[[Settings], Any], settings: Settings
+) -> None:
+    """The server's per-request state (uvicorn's cycle, the scope and what hangs off it)
+    is freed as soon as the request ends, not by a later collection: the scope keeps the
+    server's `send` (a method of that cycle) only while the request runs."""
+    app = await app_factory(settings)
+    user = await create_test_user(app)
+    async with (
+        serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
+        httpx.AsyncClient(base_url=base_url) as client,
+    ):
+        await client.get("/health/live")  # warm: first-request caches are built
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                assert (await client.get("/health/live")).status_code == 200
+                listed = await client.get("/api/conversations", headers=user.headers)
+                assert listed.status_code == 200
+            gc.collect()
+            left = {type(found).__name__ for found in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert "RequestResponseCycle" not in left
+    assert "AsyncExitStack" not in left
