@@ -4,6 +4,7 @@ the pool limits, streamed bodies, timeouts, flow control, broken servers, TLS.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import ssl
 import subprocess
@@ -103,6 +104,28 @@ async def test_requests_are_sent_as_built_and_connections_kept_alive() -> None:
         assert b"\r\nhost: 127.0.0.1:" in first.lower()
         assert first.endswith(b"\r\n\r\n" + b'{"a":"\xc3\xa9"}')
         assert b"\r\nX-Test: 1\r\n" in server.requests[2]
+
+
+async def test_a_closed_response_leaves_nothing_for_the_cyclic_collector() -> None:
+    """httpx's client ties each response and its body stream into a loop; a response of
+    ours lets go of the stream once closed, read whole or streamed."""
+    async with holding_server() as server, client() as http:
+        await http.get(server.url)  # warm: the connection and first-use caches
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                assert (await http.post(server.url, json={"a": 1})).content == b"ok"
+                async with http.stream("GET", server.url) as response:
+                    assert await response.aread() == b"ok"
+            gc.collect()
+            left = {type(found).__name__ for found in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert not left & {"Response", "_Response", "Request", "BoundAsyncStream", "ResponseStream"}
 
 
 async def test_the_pool_caps_connections_and_queued_requests_reuse_them() -> None:

@@ -38,6 +38,21 @@ SENT_EXTENSION = "ollama_web.sent"
 (the node is reachable; its answer's head may come much later, with its first token)."""
 
 
+_SPENT = httpx.ByteStream(b"")
+
+
+class _Response(httpx.Response):
+    """A response that lets go of its body stream once closed. httpx's client wraps the
+    stream in one that refers back to the response (to time it): a reference loop, which
+    only the cyclic collector freed. A streamed answer's response lives for seconds, long
+    enough to be moved to the oldest generation, and the full collections that freed them
+    walked every object alive (one took 38 ms under the steady bench load)."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.stream = _SPENT
+
+
 class Http11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive and httpx's pool limits (see the module docstring)."""
 
@@ -97,7 +112,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._release(connection)
             raise
         stream = ResponseStream(connection, read_timeout, self._release)
-        return httpx.Response(
+        return _Response(
             connection.status,
             headers=connection.headers,
             stream=stream,
