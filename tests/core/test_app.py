@@ -13,6 +13,7 @@ from ollama_web.app import create_app
 from ollama_web.core.config import Settings
 from ollama_web.core.http_guard import GuardedHttpToolsProtocol
 from tests.fixtures.auth import create_test_user
+from tests.fixtures.collector import unreachable_types
 from tests.fixtures.servers import serve_app
 
 
@@ -42,19 +43,10 @@ async def test_a_served_request_leaves_no_cycle_for_the_collector(
         httpx.AsyncClient(base_url=base_url) as client,
     ):
         await client.get("/health/live")  # warm: first-request caches are built
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with unreachable_types() as left:
             for _ in range(3):
                 assert (await client.get("/health/live")).status_code == 200
                 listed = await client.get("/api/conversations", headers=user.headers)
                 assert listed.status_code == 200
-            gc.collect()
-            left = {type(found).__name__ for found in gc.garbage}
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert "RequestResponseCycle" not in left
     assert "AsyncExitStack" not in left

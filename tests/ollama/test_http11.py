@@ -4,7 +4,6 @@ the pool limits, streamed bodies, timeouts, flow control, broken servers, TLS.""
 from __future__ import annotations
 
 import asyncio
-import gc
 import shutil
 import ssl
 import subprocess
@@ -22,6 +21,7 @@ from ollama_web.core.config import Settings
 from ollama_web.ollama.connection import HIGH_WATER, ResponseStream
 from ollama_web.ollama.http11 import BODY_EXTENSION, Http11Transport
 from ollama_web.ollama.transport import build_client
+from tests.fixtures.collector import unreachable_types
 from tests.ollama.faults import Handler, blackhole, closed_port_url, serving
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -111,20 +111,11 @@ async def test_a_closed_response_leaves_nothing_for_the_cyclic_collector() -> No
     ours lets go of the stream once closed, read whole or streamed."""
     async with holding_server() as server, client() as http:
         await http.get(server.url)  # warm: the connection and first-use caches
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with unreachable_types() as left:
             for _ in range(3):
                 assert (await http.post(server.url, json={"a": 1})).content == b"ok"
                 async with http.stream("GET", server.url) as response:
                     assert await response.aread() == b"ok"
-            gc.collect()
-            left = {type(found).__name__ for found in gc.garbage}
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert not left & {"Response", "_Response", "Request", "BoundAsyncStream", "ResponseStream"}
 
 
