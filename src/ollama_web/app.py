@@ -45,7 +45,7 @@ SERVER_LOCK_LIFESPAN = "ollama_web.backups.lifespan:server_lock_lifespan"
 
 # "module:attribute" of each domain lifespan, entered in this order (one line each).
 LIFESPAN_FACTORIES: tuple[str, ...] = (
-    "ollama_web.migrations.runner:migrate_on_startup",
+    "ollama_web.migrations.startup:migrate_on_startup",
     "ollama_web.backups.lifespan:backup_lifespan",
     "ollama_web.ratelimit.lifespan:rate_limit_lifespan",
     "ollama_web.metrics.lifespan:metrics_lifespan",

@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         if status := run_database_command(settings, migrate):
             return status
     else:
-        from ollama_web.migrations.runner import begin_early_migration, check_schema_before_serving
+        from ollama_web.migrations.startup import begin_early_migration, check_schema_before_serving
 
         def check() -> int:  # a schema this version cannot use: one line and exit 3
             check_schema_before_serving(settings)

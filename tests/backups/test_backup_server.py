@@ -420,12 +420,8 @@ async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
 ) -> None:
     """Startup migrations run in a forked child: the backup hook runs there too."""
     from ollama_web.core.db import create_null_pool_engine
-    from ollama_web.migrations.runner import (
-        begin_early_migration,
-        migration_status,
-        script_head,
-        upgrade,
-    )
+    from ollama_web.migrations.runner import migration_status, script_head, upgrade
+    from ollama_web.migrations.startup import begin_early_migration
 
     settings = sqlite_settings(data_dir=tmp_path / "old", backup_enabled=True)
     settings.data_dir.mkdir(parents=True)

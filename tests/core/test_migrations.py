@@ -200,7 +200,7 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
     empty_settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from ollama_web.migrations.runner import begin_early_migration
+    from ollama_web.migrations.startup import begin_early_migration
 
     begin_early_migration(empty_settings)  # what `ollama-web serve` does before the imports
     # The app's logging setup stops "ollama_web" records at its own handlers, short of the
