@@ -1,5 +1,5 @@
 """The application and the cyclic collector: long-lived objects are kept out of its walk,
-and a request leaves nothing for it."""
+its youngest generation is swept less often, and a request leaves nothing for it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ollama_web.app import create_app
+from ollama_web.app import YOUNG_COLLECTION_THRESHOLD, create_app
 from ollama_web.core.config import Settings
 from ollama_web.core.http_guard import GuardedHttpToolsProtocol
 from tests.fixtures.auth import create_test_user
@@ -17,17 +17,20 @@ from tests.fixtures.collector import unreachable_types
 from tests.fixtures.servers import serve_app
 
 
-async def test_startup_freezes_what_lives_for_the_process_and_shutdown_releases_it(
+async def test_startup_tunes_the_collector_and_shutdown_puts_it_back(
     settings: Settings,
 ) -> None:
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         frozen = gc.get_freeze_count()
         assert frozen > 10_000, "modules and the app are out of the collector's walk"
         gc.collect()
         assert gc.get_freeze_count() == frozen, "a full collection leaves them where they are"
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
 
 
 async def test_a_served_request_leaves_no_cycle_for_the_collector(
