@@ -67,6 +67,33 @@ async def test_wrong_method_is_structured_405(probe_client: Any) -> None:
     assert_error_shape(await client.delete("/health"), 405, "METHOD_NOT_ALLOWED")
 
 
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        # One route per method: the router's own 405 named only the first one it found.
+        ("/api/admin/users", "GET, POST"),
+        ("/api/admin/users/0123456789abcdef0123456789abcdef", "GET, PATCH, DELETE"),
+        ("/api/conversations/0123456789abcdef0123456789abcdef", "GET, PUT, PATCH, DELETE"),
+        ("/api/keys", "GET, POST"),
+        ("/health", "GET, HEAD"),
+    ],
+)
+async def test_405_allows_every_method_the_path_serves(
+    client: httpx.AsyncClient, path: str, allowed: str
+) -> None:
+    """RFC 9110 15.5.6: a 405 lists in `Allow` the methods the resource supports."""
+    methods = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    refused = [method for method in methods if method not in allowed.split(", ")]
+    for method in refused:
+        response = await client.request(method, path)
+        if method != "HEAD":
+            assert_error_shape(response, 405, "METHOD_NOT_ALLOWED")
+        assert response.status_code == 405
+        assert response.headers["allow"] == allowed
+    for method in allowed.split(", "):  # each one listed is served (by auth's 401 at least)
+        assert (await client.request(method, path)).status_code != 405
+
+
 async def test_malformed_json_is_400(probe_client: Any) -> None:
     client, _ = probe_client
     response = await client.post(

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ollama_web.core.logging import loggable
 
@@ -294,7 +295,34 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code not in (404, 405) and isinstance(exc.detail, str) and exc.detail:
         message = exc.detail
     headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
     return error_response(request, exc.status_code, code, message, {}, headers)
+
+
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the app's routes serve on the request's path (RFC 9110 15.5.6: a 405
+    lists them in `Allow`). The router's own 405 names only the first route it found for
+    the path (one per method: `GET /api/admin/users` says `Allow: GET`, though POST is
+    served too), so each method is matched again. Only a refused request pays for this."""
+    scope = request.scope
+    routes = request.app.router.routes
+    allowed = []
+    for method in PROBED_METHODS:
+        probe = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
