@@ -79,6 +79,9 @@ async def test_real_error_bodies_match_the_documented_schemas(
     assert invalid.json()["details"]["fields"][0]["loc"] == ["name"]
     unknown = await client.get(f"/api/conversations/{DUMMY_ID}", headers=user)
     assert_documented(document, unknown, "/api/conversations/{conversation_id}", 404)
+    tampered = await client.get("/api/conversations?cursor=x", headers=user)
+    assert_documented(document, tampered, "/api/conversations", 400)
+    assert tampered.json()["error"] == "INVALID_CURSOR"
     anonymous = await client.get("/api/keys")
     assert_documented(document, anonymous, "/api/keys", 401)
     taken = {"username": regular_user.username, "password": DEFAULT_TEST_PASSWORD}
@@ -201,6 +204,17 @@ def test_every_operation_with_a_json_body_documents_its_refusals(
     assert not wrong, "\n".join(wrong)
     password = document["paths"]["/api/auth/password"]["post"]
     assert "INVALID_CURRENT_PASSWORD" in description(password, 400), "a route's own 400 stays"
+
+
+def test_every_paged_list_documents_its_cursor_refusal(document: dict[str, Any]) -> None:
+    paged = []
+    for method, path, operation in operations(document):
+        parameters = operation.get("parameters", [])
+        takes_cursor = any(p["in"] == "query" and p["name"] == "cursor" for p in parameters)
+        assert ("INVALID_CURSOR" in description(operation, 400)) == takes_cursor, (method, path)
+        if takes_cursor:
+            paged.append(f"{method} {path}")
+    assert {"GET /api/conversations", "GET /api/keys", "GET /api/admin/audit"} <= set(paged)
 
 
 widgets = APIRouter(prefix="/api/widgets")

@@ -6,9 +6,10 @@ or `requires(ADMIN)` (auth.dependencies) gives `security` (any one scheme), 401 
 (disabled account; not an admin; a cookie write without its CSRF token); the app-wide
 rate-limit dependency gives 429 unless the route's group is exempt. An operation that takes a
 JSON body also gets the refusals of its body: 400 INVALID_JSON, 413 PAYLOAD_TOO_LARGE and
-415 UNSUPPORTED_MEDIA_TYPE. Every error response (4xx/5xx) then shows the one error envelope
-(`ErrorResponse`; `ValidationErrorResponse` for 422) in place of FastAPI's
-`HTTPValidationError`, a shape this server never sends.
+415 UNSUPPORTED_MEDIA_TYPE; one that pages with a `cursor`, 400 INVALID_CURSOR. Every
+error response (4xx/5xx) then shows the one error envelope (`ErrorResponse`;
+`ValidationErrorResponse` for 422) in place of FastAPI's `HTTPValidationError`, a shape this
+server never sends.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ BODY_REFUSALS: dict[str, tuple[Reason, ...]] = {
         ),
     ),
 }
+# A list's `cursor` query parameter (core/pagination.py) that does not verify.
+BAD_CURSOR: Reason = (
+    "INVALID_CURSOR",
+    "a `cursor` that is malformed, tampered with, or from another list (INVALID_CURSOR)",
+)
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
@@ -202,6 +208,13 @@ def document_body_refusals(operation: dict[str, Any]) -> None:
         _add_reasons(responses, status, reasons)
 
 
+def document_cursor_refusal(operation: dict[str, Any]) -> None:
+    """400 INVALID_CURSOR for an operation that pages with a `cursor` query parameter."""
+    parameters = operation.get("parameters", [])
+    if any(p.get("in") == "query" and p.get("name") == "cursor" for p in parameters):
+        _add_reasons(operation.setdefault("responses", {}), "400", (BAD_CURSOR,))
+
+
 def _served_routes(app: FastAPI) -> list[Any]:
     """Every API route as served: path with its prefix, dependencies with the app's.
 
@@ -245,6 +258,7 @@ def complete_document(app: FastAPI, document: Document) -> Document:
     for item in document.get("paths", {}).values():
         for operation in item.values():
             document_body_refusals(operation)
+            document_cursor_refusal(operation)
             document_error_envelope(operation)
             responses = operation.get("responses", {})
             operation["responses"] = dict(sorted(responses.items(), key=_status_order))
