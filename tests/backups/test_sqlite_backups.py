@@ -301,8 +301,8 @@ def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
         _resign(backup)
     elif damage == "corrupt pages, re-signed":
         raw = bytearray(gzip.decompress(backup.read_bytes()))
-        for offset in range(4096 + 100, len(raw), 4096):  # every page but the header page
-            raw[offset : offset + 64] = os.urandom(64)
+        for offset in range(4096, len(raw), 4096):  # every page but the first one
+            raw[offset : offset + 8] = b"\xff" * 8  # not a b-tree page's header
         backup.write_bytes(gzip.compress(bytes(raw)))
         _resign(backup)
     elif damage == "other database, re-signed":
