@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup
 from ollama_web.backups.errors import RestoreRefusedError
@@ -15,7 +16,8 @@ from ollama_web.backups.postgres import libpq_environment, tools_available
 from ollama_web.core.config import Settings
 from ollama_web.db.base import new_id
 from ollama_web.migrations.runner import script_head
-from tests.conftest import require_postgres_ca
+from tests.conftest import asgi_client, require_postgres_ca
+from tests.fixtures.auth import create_test_user
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
 
@@ -189,3 +191,16 @@ async def test_a_database_url_with_libpq_sslmode_backs_up_with_that_sslmode(
     info = await asyncio.to_thread(service.create_backup, "test")
     assert info is not None
     assert await asyncio.to_thread(service.verify, info.path) == []
+
+
+async def test_a_backup_taken_through_the_api_is_audited_under_its_name(app: FastAPI) -> None:
+    """The audit row's target is the backup's file name, longer than an id (it was refused
+    by PostgreSQL, and the route answered 500 after writing the backup)."""
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        created = await client.post("/backup", headers=admin.headers)
+        assert created.status_code == 201, created.text
+        name = created.json()["name"]
+        audit = await client.get("/api/admin/audit?action=backup.created", headers=admin.headers)
+    assert len(name) > 32
+    assert [item["target_id"] for item in audit.json()["items"]] == [name]

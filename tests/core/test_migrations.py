@@ -785,3 +785,49 @@ async def test_migration_0009_gives_an_answer_its_search_row_when_it_ends(
         assert rows == {"q1": "a question", "a2": "another answer", "a3": "a third answer"}
     finally:
         await engine.dispose()
+
+
+def _migrate_to(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    from ollama_web.migrations.runner import alembic_config
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+def _target_width(connection: Connection) -> int:
+    columns = {column["name"]: column for column in inspect(connection).get_columns("audit_events")}
+    return int(columns["target_id"]["type"].length)
+
+
+async def test_migration_0010_gives_audit_targets_room_for_a_backup_name(
+    empty_settings: Settings,
+) -> None:
+    """A backup's name (up to 80 characters) fits the audit row's target; down to 0009 it is
+    cut to the 32 characters the column returns to, and up again the column is wide."""
+    name = "ollama_web_backup_20261201_175809_2.dump"
+    insert = text(
+        "INSERT INTO audit_events (id, action, target_type, target_id, details, created_at) "
+        "VALUES (:id, 'backup.created', 'backup', :target, '{}', CURRENT_TIMESTAMP)"
+    )
+    engine = create_null_pool_engine(empty_settings)
+    try:
+        await upgrade(engine, empty_settings)
+        async with engine.begin() as conn:
+            assert await conn.run_sync(_target_width) == 128
+            await conn.execute(insert, {"id": "e1", "target": name})
+            await conn.execute(insert, {"id": "e2", "target": "x" * 128})
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate_to, "0009")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_target_width) == 32
+            targets = await conn.execute(text("SELECT id, target_id FROM audit_events"))
+            assert {row[0]: row[1] for row in targets} == {"e1": name[:32], "e2": "x" * 32}
+        assert not (await upgrade(engine, empty_settings)).up_to_date
+        async with engine.begin() as conn:
+            assert await conn.run_sync(_target_width) == 128
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()

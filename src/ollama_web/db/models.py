@@ -167,6 +167,9 @@ class Message(IdMixin, TimestampMixin, Base):
     conversation: Mapped[Conversation] = relationship(lazy="raise")
 
 
+AUDIT_TARGET_LENGTH = 128
+
+
 class AuditEvent(IdMixin, Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_created", "created_at", "id"),)
@@ -176,7 +179,8 @@ class AuditEvent(IdMixin, Base):
     )
     action: Mapped[str] = mapped_column(String(64), nullable=False)
     target_type: Mapped[str | None] = mapped_column(String(32))
-    target_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # An id, or a backup's file name (backups/names.py: at most 80 characters).
+    target_id: Mapped[str | None] = mapped_column(String(AUDIT_TARGET_LENGTH))
     ip_address: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
