@@ -55,6 +55,24 @@ async def test_login_sets_a_session_and_answers_user_and_csrf(
     assert ("auth.login", {}) in await audit_actions(app)
 
 
+async def test_a_forwarded_address_with_a_long_zone_cannot_fail_a_login(
+    app_factory: Callable[[Settings], Any],
+    settings_factory: Callable[..., Settings],
+    database_url: str | None,
+) -> None:
+    """The session stores the client's address in 64 characters; PostgreSQL refused a
+    longer one (a zoned IPv6 address from X-Forwarded-For) and the login answered 500."""
+    settings = settings_factory(database_url=database_url, trusted_proxies="127.0.0.1")
+    app: FastAPI = await app_factory(settings)
+    user = await create_test_user(app)
+    forwarded = {"X-Forwarded-For": "fe80::1%" + "a" * 100}
+    async with client_at(app, "127.0.0.1") as client:
+        response = await client.post("/api/auth/login", json=login_body(user), headers=forwarded)
+        sessions = await client.get("/api/auth/sessions")
+    assert response.status_code == 200, response.text
+    assert [item["ip_address"] for item in sessions.json()["items"]] == ["127.0.0.1"]
+
+
 async def test_username_is_case_insensitive(
     client: httpx.AsyncClient, user_factory: UserFactory
 ) -> None:

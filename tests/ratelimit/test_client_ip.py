@@ -56,6 +56,12 @@ def test_garbage_in_forwarded_for_stops_the_walk(proxied: Settings) -> None:
     assert client_ip(only_garbage, proxied) == "10.0.0.1"
 
 
+def test_an_address_with_a_zone_in_forwarded_for_stops_the_walk(proxied: Settings) -> None:
+    zoned = "fe80::1%" + "a" * 100  # an address Python parses, with a zone of any length
+    scope = _scope("10.0.0.1", ("x-forwarded-for", f"198.51.100.1, {zoned}"))
+    assert client_ip(scope, proxied) == "10.0.0.1"
+
+
 def test_address_is_computed_once_per_request(proxied: Settings) -> None:
     scope = _scope("10.0.0.1", ("x-forwarded-for", "198.51.100.1"))
     scope["state"] = {"client_ip": "already-known"}

@@ -66,12 +66,15 @@ def _forwarded_client(hops: list[str], peer: str, settings: Settings) -> str:
     """Walk X-Forwarded-For from the right (the hop our proxy added) past our own proxies.
 
     The first address that is not a trusted proxy is the client. An unparsable entry stops
-    the walk: everything left of it was written by someone we do not trust.
+    the walk: everything left of it was written by someone we do not trust. So does an IPv6
+    address with a zone (`fe80::1%eth0`): a zone names an interface of the host that wrote
+    it, never a client's address, and it is text of any length (the address is stored,
+    with a session, in 64 characters).
     """
     client = peer
     for hop in reversed(hops):
         parsed = _parse(hop)
-        if parsed is None:
+        if parsed is None or "%" in hop:
             break
         client = str(parsed)
         if not is_trusted_proxy(client, settings):
