@@ -12,6 +12,7 @@ import pytest
 from ollama_web.emulator import EmulatorConfig, ModelSpec, OllamaEmulator
 from ollama_web.emulator.config import BUSY_ERROR, DEFAULT_REPLY
 from ollama_web.emulator.wire import go_json, parse_go_duration, parse_name, rfc3339_utc
+from ollama_web.ollama.names import parse_model_name
 
 JSON_CT = "application/json; charset=utf-8"
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
@@ -26,6 +27,19 @@ def test_go_json_encoding() -> None:
     assert rfc3339_utc(1_000_000_000_500_000_000) == "2001-09-09T01:46:40.5Z"
     assert parse_go_duration("1h30m") == 5400.0
     assert parse_go_duration("10x") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama3.2", "__main__", "_x/_y:_z", "host_1.local:5000/ns/model:tag", "a-b/c.d:e.f",
+        "name.space/model", "-llama", ".llama", "llama3:-tag", "a/b/c/d", "llama 3", "modèle",
+        "x" * 80, "x" * 81, "model:" + "t" * 81, ":latest", "llama3:",
+    ],
+)  # fmt: skip
+def test_the_emulator_reads_names_as_ollama_and_the_server_do(name: str) -> None:
+    """Both follow Ollama's types/model/name.go: a name one takes, the other takes."""
+    assert (parse_name(name) is None) == (parse_model_name(name) is None)
 
 
 def test_name_normalisation() -> None:

@@ -225,9 +225,12 @@ def parse_keep_alive(value: Any) -> float:
 
 # ---------------------------------------------------------------------- names
 
-_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,349}$")
+# types/model/name.go, isValidPart: a letter, digit or '_' first; then also '-' and '.' (not
+# in a namespace), and ':' in a host only; at most 80 characters (350 for a host).
+_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,79}$")
+_TAG_RE = _PART_RE
+_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}$")
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def parse_name(text: str) -> ModelName | None:
     host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
     valid = (
         _PART_RE.match(model)
-        and _PART_RE.match(namespace)
+        and _NAMESPACE_RE.match(namespace)
         and _HOST_RE.match(host)
         and _TAG_RE.match(tag)
     )
