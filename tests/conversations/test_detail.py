@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from ollama_web.conversations import repository, service
 from ollama_web.core.db import session_scope
@@ -65,3 +67,31 @@ async def test_served_json_is_the_models_serialisation(
     assert [m["id"] for m in messages] == [question.id, regenerated.id]
     assert messages[1]["sibling_ids"] == [answer.id, regenerated.id]
     assert messages[1]["tokens_per_second"] == 115.0
+
+
+async def test_rows_are_converted_a_step_at_a_time_with_the_loop_running_between(
+    app: FastAPI,
+) -> None:
+    """A long conversation's rows leave the event loop free between steps, in order."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    numbers = text(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2500) "
+        "SELECT x, 'row ' || x AS label FROM n"
+    )
+    async with app.state.core.engine.connect() as connection:
+        result = await connection.execute(numbers)
+        running = asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        rows = await repository.dict_rows(result)
+        during = ticks - before
+        running.cancel()
+    assert rows == [{"x": x, "label": f"row {x}"} for x in range(1, 2501)]
+    assert during == -(-2500 // repository.ROWS_PER_STEP) - 1  # a turn between two steps

@@ -10,7 +10,11 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.chat.schemas import SYSTEM_PROMPT_CHARS
-from ollama_web.conversations.export import MAX_IMPORT_MESSAGES
+from ollama_web.conversations.export import (
+    MAX_IMPORT_MESSAGES,
+    ConversationExport,
+    ExportedMessage,
+)
 from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation
 from tests.conversations.conftest import Seeder
@@ -100,6 +104,13 @@ async def test_export_import_export_is_identical_apart_from_ids_and_times(
     assert "attachment" in first.headers["content-disposition"]
     first_doc = first.json()
     assert len(first_doc["messages"]) == 5
+    # Serialised from the rows, as the document's model would serialise it: same fields,
+    # same order, same formats (UTC times with Z).
+    modelled = ConversationExport.model_validate_json(first.content).model_dump(mode="json")
+    assert first_doc == modelled
+    assert list(first_doc) == list(modelled)
+    assert [list(m) for m in first_doc["messages"]] == [list(ExportedMessage.model_fields)] * 5
+    assert first_doc["messages"][0]["created_at"].endswith("Z")
     again = await client.post("/api/conversations/import", json=first_doc, headers=headers)
     assert again.status_code == 201
     second_doc = (

@@ -8,7 +8,6 @@ ids and times.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,12 +20,14 @@ from pydantic import (
     field_serializer,
 )
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import insert
+from pydantic_core import to_json
+from sqlalchemy import String, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions, image_problem
+from ollama_web.conversations.repository import dict_rows, owned
 from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPrompt, Title
-from ollama_web.conversations.service import model_display_name
+from ollama_web.conversations.service import RowNode, model_display_name
 from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
 from ollama_web.conversations.writes import MESSAGES
 from ollama_web.core.config import Settings
@@ -152,10 +153,35 @@ def _stored_options(stored: dict[str, Any]) -> OllamaOptions:
         return OllamaOptions.model_validate({k: v for k, v in stored.items() if k not in refused})
 
 
-def build_export(conversation: Conversation, messages: Sequence[Message]) -> ConversationExport:
-    """The stored rows as they are, not validated again: a value an older version (or a
-    larger limit) let in must not fail the export. Import checks it under today's rules."""
-    return ConversationExport.model_construct(
+# Every message of a conversation as plain values, keyed in `ExportedMessage`'s field
+# order: Core rows, not ORM objects (10 000 messages loaded as ORM objects, then built into
+# models and dumped, held the event loop ~330 ms; ~110 ms as rows). Built once (see
+# repository._MESSAGE_ROWS).
+_EXPORT_ROWS = (
+    owned(
+        bindparam("user_id", type_=String),
+        Message.id,
+        *(getattr(Message, name) for name in _MESSAGE_FIELDS),
+    )
+    .where(Message.conversation_id == bindparam("conversation_id", type_=String))
+    .order_by(Message.created_at, Message.id)
+)
+
+
+async def export_rows(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> list[dict[str, Any]]:
+    """Every message of the conversation (all branches), oldest first, as dicts."""
+    parameters = {"user_id": user_id, "conversation_id": conversation_id}
+    return await dict_rows(await (await session.connection()).execute(_EXPORT_ROWS, parameters))
+
+
+def export_json(conversation: Conversation, rows: list[dict[str, Any]]) -> bytes:
+    """The JSON export of the stored rows as they are, not validated again: a value an
+    older version (or a larger limit) let in must not fail the export. Import checks it
+    under today's rules. The rows are serialised straight from their values, in
+    `ExportedMessage`'s field order (the document is `ConversationExport`'s)."""
+    document = ConversationExport.model_construct(
         exported_at=utcnow(),
         conversation=ExportedConversation.model_construct(
             id=conversation.id,
@@ -171,34 +197,31 @@ def build_export(conversation: Conversation, messages: Sequence[Message]) -> Con
             created_at=conversation.created_at,
             updated_at=conversation.updated_at,
         ),
-        messages=[
-            ExportedMessage.model_construct(
-                id=m.id, **{name: getattr(m, name) for name in _MESSAGE_FIELDS}
-            )
-            for m in parents_first(messages)
-        ],
-    )
+        messages=[],
+    ).model_dump(mode="json")
+    document["messages"] = parents_first(rows)
+    return to_json(document)
 
 
-def parents_first(messages: Sequence[Message]) -> list[Message]:
-    """`messages` (oldest first) in that order, except that a message older than its parent
+def parents_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (oldest first) in that order, except that a message older than its parent
     (an imported document can hold one) waits until its parent was placed: import reads a
     parent before its children."""
-    ids = {m.id for m in messages}
+    ids = {row["id"] for row in rows}
     placed: set[str] = set()
-    waiting: dict[str, list[Message]] = {}
-    ordered: list[Message] = []
-    for message in messages:
-        parent = message.parent_id
+    waiting: dict[str, list[dict[str, Any]]] = {}
+    ordered: list[dict[str, Any]] = []
+    for row in rows:
+        parent = row["parent_id"]
         if parent is not None and parent in ids and parent not in placed:
-            waiting.setdefault(parent, []).append(message)
+            waiting.setdefault(parent, []).append(row)
             continue
-        stack = [message]
+        stack = [row]
         while stack:
             current = stack.pop()
             ordered.append(current)
-            placed.add(current.id)
-            stack.extend(reversed(waiting.pop(current.id, [])))
+            placed.add(current["id"])
+            stack.extend(reversed(waiting.pop(current["id"], [])))
     return ordered
 
 
@@ -207,25 +230,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _markdown_heading(message: Message) -> str:
-    heading = {"user": "User", "assistant": "Assistant", "system": "System"}[message.role]
-    if message.role == "assistant" and message.model:
-        heading += f" ({_one_line(message.model)})"
-    if message.status != MessageStatus.COMPLETE.value:
-        heading += f" — {message.status}"
+def _markdown_heading(message: dict[str, Any]) -> str:
+    role, model, status = message["role"], message["model"], message["status"]
+    heading = {"user": "User", "assistant": "Assistant", "system": "System"}[role]
+    if role == "assistant" and model:
+        heading += f" ({_one_line(model)})"
+    if status != MessageStatus.COMPLETE.value:
+        heading += f" — {status}"
     return heading
 
 
-def to_markdown(conversation: Conversation, messages: Sequence[Message]) -> str:
+def to_markdown(conversation: Conversation, rows: list[dict[str, Any]]) -> str:
     """The active branch as Markdown (text is written as stored, not escaped)."""
-    tree = Tree(messages)
+    tree = Tree([RowNode(row) for row in rows])
     lines = [f"# {_one_line(conversation.title)}", "", f"- Model: {conversation.model}"]
     lines += [f"- Created: {conversation.created_at.isoformat()}", ""]
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]
     for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
-        message = tree.by_id[message_id]
-        lines += [f"## {_markdown_heading(message)}", "", message.content, ""]
+        message = tree.by_id[message_id].values
+        lines += [f"## {_markdown_heading(message)}", "", message["content"], ""]
     return "\n".join(lines)
 
 

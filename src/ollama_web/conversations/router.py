@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from fastapi.responses import JSONResponse
 
 from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import deletions as chat_deletions
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.conversations import export as conversation_export
-from ollama_web.conversations import repository
 from ollama_web.conversations import service as conversation_service
 from ollama_web.conversations.dependencies import OwnedConversation
 from ollama_web.conversations.schemas import (
@@ -168,16 +166,17 @@ async def export_conversation(
     session: SessionDep,
     format: Annotated[Literal["json", "markdown"], Query()] = "json",
 ) -> Response:
-    messages = await repository.conversation_messages(session, principal.user_id, conversation.id)
+    rows = await conversation_export.export_rows(session, principal.user_id, conversation.id)
     if format == "markdown":
         return Response(
-            conversation_export.to_markdown(conversation, messages),
+            conversation_export.to_markdown(conversation, rows),
             media_type="text/markdown",
             headers=_attachment(conversation.id, "md"),
         )
-    document = conversation_export.build_export(conversation, messages)
-    return JSONResponse(
-        document.model_dump(mode="json"), headers=_attachment(conversation.id, "json")
+    return Response(
+        conversation_export.export_json(conversation, rows),
+        media_type="application/json",
+        headers=_attachment(conversation.id, "json"),
     )
 
 

@@ -111,7 +111,7 @@ async def _active_path(
     """The active branch, oldest first: `MessagePublic`'s fields, in order, as a dict per
     message."""
     rows = await repository.message_rows(session, user_id, conversation.id)
-    tree = Tree([_Row(row) for row in rows])
+    tree = Tree([RowNode(row) for row in rows])
     path = []
     for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
         values = tree.by_id[message_id].values
@@ -127,8 +127,8 @@ async def _active_path(
 _MESSAGE_LIST = TypeAdapter(list[MessagePublic])
 
 
-class _Row:
-    """A message row as a tree node (only the active path becomes `MessagePublic`)."""
+class RowNode:
+    """A message row (a dict of its columns) as a tree node."""
 
     __slots__ = ("id", "parent_id", "role", "values")
 
