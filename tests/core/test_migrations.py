@@ -713,7 +713,7 @@ def _search_rows(database: Path) -> dict[str, str]:
         return dict(rows.fetchall())
 
 
-def _sqlite_downgrade(connection: Connection, revision: str) -> None:
+def _downgrade_to(connection: Connection, revision: str) -> None:
     from alembic import command
 
     from ollama_web.migrations.runner import alembic_config
@@ -769,7 +769,7 @@ async def test_migration_0009_gives_an_answer_its_search_row_when_it_ends(
             assert len(hits.fetchall()) == 1
 
         async with engine.begin() as conn:
-            await conn.run_sync(_sqlite_downgrade, "0008")
+            await conn.run_sync(_downgrade_to, "0008")
         assert _search_rows(database) == {"q1": "a question", "a1": "an answer", "a2": ""}
         with sqlite3.connect(database, isolation_level=None) as db:
             db.execute(end, ("another answer", "a2"))
@@ -785,16 +785,6 @@ async def test_migration_0009_gives_an_answer_its_search_row_when_it_ends(
         assert rows == {"q1": "a question", "a2": "another answer", "a3": "a third answer"}
     finally:
         await engine.dispose()
-
-
-def _migrate_to(connection: Connection, revision: str) -> None:
-    from alembic import command
-
-    from ollama_web.migrations.runner import alembic_config
-
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
 
 
 def _target_width(connection: Connection) -> int:
@@ -820,7 +810,7 @@ async def test_migration_0010_gives_audit_targets_room_for_a_backup_name(
             await conn.execute(insert, {"id": "e1", "target": name})
             await conn.execute(insert, {"id": "e2", "target": "x" * 128})
         async with engine.begin() as conn:
-            await conn.run_sync(_migrate_to, "0009")
+            await conn.run_sync(_downgrade_to, "0009")
         async with engine.connect() as conn:
             assert await conn.run_sync(_target_width) == 32
             targets = await conn.execute(text("SELECT id, target_id FROM audit_events"))
