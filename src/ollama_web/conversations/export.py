@@ -21,11 +21,11 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
-from sqlalchemy import String, bindparam, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.schemas import OllamaOptions, image_problem
-from ollama_web.conversations.repository import dict_rows, owned
+from ollama_web.conversations.repository import message_dicts, messages_query
 from ollama_web.conversations.schemas import MODEL_CHARS, ModelName, SystemPrompt, Title
 from ollama_web.conversations.service import RowNode, model_display_name
 from ollama_web.conversations.tree import DEFAULT_TITLE, Tree
@@ -155,25 +155,15 @@ def _stored_options(stored: dict[str, Any]) -> OllamaOptions:
 
 # Every message of a conversation as plain values, keyed in `ExportedMessage`'s field
 # order: Core rows, not ORM objects (10 000 messages loaded as ORM objects, then built into
-# models and dumped, held the event loop ~330 ms; ~110 ms as rows). Built once (see
-# repository._MESSAGE_ROWS).
-_EXPORT_ROWS = (
-    owned(
-        bindparam("user_id", type_=String),
-        Message.id,
-        *(getattr(Message, name) for name in _MESSAGE_FIELDS),
-    )
-    .where(Message.conversation_id == bindparam("conversation_id", type_=String))
-    .order_by(Message.created_at, Message.id)
-)
+# models and dumped, held the event loop ~330 ms; ~110 ms as rows).
+_EXPORT_ROWS = messages_query(Message.id, *(getattr(Message, name) for name in _MESSAGE_FIELDS))
 
 
 async def export_rows(
     session: AsyncSession, user_id: str, conversation_id: str
 ) -> list[dict[str, Any]]:
     """Every message of the conversation (all branches), oldest first, as dicts."""
-    parameters = {"user_id": user_id, "conversation_id": conversation_id}
-    return await dict_rows(await (await session.connection()).execute(_EXPORT_ROWS, parameters))
+    return await message_dicts(session, _EXPORT_ROWS, user_id, conversation_id)
 
 
 def export_json(conversation: Conversation, rows: list[dict[str, Any]]) -> bytes:
