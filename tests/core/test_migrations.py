@@ -633,21 +633,22 @@ def _fold(connection: Connection) -> str:
     return str(connection.scalar(text("SELECT to_tsvector('ollama_web_search', 'Un Café')")))
 
 
+def _downgrade_to(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    from ollama_web.migrations.runner import alembic_config
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
 @pytest.mark.postgres
 async def test_migration_0008_folds_accents_on_postgresql_and_goes_down_again(
     settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
 ) -> None:
     """The index takes `ollama_web_search` (`simple` behind `unaccent`); down to 0007, the
     index is `simple`'s again and the configuration gone; up again, as before."""
-    from alembic import command
-
-    from ollama_web.migrations.runner import alembic_config
-
-    def downgrade(connection: Connection) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0007")
-
     settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
     engine = create_null_pool_engine(settings)
     try:
@@ -658,7 +659,7 @@ async def test_migration_0008_folds_accents_on_postgresql_and_goes_down_again(
             assert await conn.run_sync(_fold) == "'cafe':2 'un':1"
             assert await conn.scalar(text("SELECT ollama_web_fold('Un CAFÉ')")) == "un cafe"
         async with engine.begin() as conn:
-            await conn.run_sync(downgrade)
+            await conn.run_sync(_downgrade_to, "0007")
         async with engine.connect() as conn:
             assert "to_tsvector('simple'::regconfig" in await conn.run_sync(_search_index)
             configs = await conn.scalar(
@@ -711,16 +712,6 @@ def _search_rows(database: Path) -> dict[str, str]:
             "JOIN messages_fts AS fts ON fts.rowid = map.fts_rowid"
         )
         return dict(rows.fetchall())
-
-
-def _downgrade_to(connection: Connection, revision: str) -> None:
-    from alembic import command
-
-    from ollama_web.migrations.runner import alembic_config
-
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
 
 
 async def test_migration_0009_gives_an_answer_its_search_row_when_it_ends(
