@@ -235,6 +235,7 @@ class Connection:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.conversation_id: str | None = None  # the one its chats continue, if any
 
     @classmethod
     async def to(cls, url: str) -> Connection:

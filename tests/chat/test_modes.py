@@ -9,7 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
 
+from ollama_web.conversations import repository
 from ollama_web.conversations.titles import TITLE_CONCURRENCY
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import chat_body, stored_conversation, streamed_chats
@@ -256,3 +259,62 @@ async def test_a_storm_of_new_conversations_gets_every_title_a_few_requests_at_a
     assert not pending, f"{len(pending)} conversations without their title"
     assert counts["asked"] == chats
     assert 1 < counts["peak"] <= TITLE_CONCURRENCY, counts
+
+
+async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Continuing a conversation reads it and its messages on the loop's thread (SQLite);
+    one longer than the bound is read through the session. The model gets the same
+    context either way, and another user's conversation is not found either way."""
+    user, emu = regular_user, ollama_emulator
+    first = await _send(client, user, emu, "A1", model="llama3.2", content="Q1")
+    conversation_id = first["conversation_id"]
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    def read_turn() -> list[str]:
+        return [s for s in reads if "FROM conversations" in s or "FROM messages" in s]
+
+    engine = app.state.core.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await _send(client, user, emu, "A2", conversation_id=conversation_id, content="Q2")
+        inline = app.state.core.inline is not None
+        assert len(read_turn()) == (0 if inline else 2)
+        assert streamed_chats(emu)[-1]["messages"] == [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ]
+
+        reads.clear()
+        monkeypatch.setattr(repository, "INLINE_READ_ROWS", 3)  # 4 messages and the row
+        await _send(client, user, emu, "A3", conversation_id=conversation_id, content="Q3")
+        assert len(read_turn()) == 2
+        assert [m["content"] for m in streamed_chats(emu)[-1]["messages"]] == [
+            "Q1", "A1", "Q2", "A2", "Q3"
+        ]  # fmt: skip
+        monkeypatch.setattr(repository, "INLINE_READ_CHARS", 5)  # "Q1A1Q2A2Q3A3" is 12
+        monkeypatch.setattr(repository, "INLINE_READ_ROWS", 500)
+        reads.clear()
+        await _send(client, user, emu, "A4", conversation_id=conversation_id, content="Q4")
+        assert len(read_turn()) == 2
+        assert len(streamed_chats(emu)[-1]["messages"]) == 7
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    other = await create_test_user(app, username="other-reader")
+    for inline_connection in (app.state.core.inline, None):  # inline (SQLite), the session
+        monkeypatch.setattr(app.state.core, "inline", inline_connection)
+        body = {"conversation_id": conversation_id, "content": "Mine now?"}
+        response = await client.post("/api/chat/message", json=body, headers=other.headers)
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "NOT_FOUND"

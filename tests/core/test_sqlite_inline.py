@@ -175,6 +175,80 @@ async def test_an_inline_lookup_converts_its_columns_as_sqlalchemy_does(
     assert raw == ("ci",)
 
 
+_CONVERSATIONS_OF = select(CONVERSATIONS.c.id, CONVERSATIONS.c.options).where(
+    CONVERSATIONS.c.user_id == bindparam("user_id")
+)
+_MESSAGES_OF = (
+    select(MESSAGES.c.id, MESSAGES.c.content, MESSAGES.c.images, MESSAGES.c.created_at)
+    .where(MESSAGES.c.conversation_id == bindparam("conversation_id"))
+    .order_by(MESSAGES.c.id)
+)
+
+
+def _reads() -> list[tuple[Any, dict[str, Any]]]:
+    return [(_CONVERSATIONS_OF, {"user_id": "u1"}), (_MESSAGES_OF, {"conversation_id": "c" * 32})]
+
+
+async def test_an_inline_read_converts_as_sqlalchemy_does_from_one_snapshot(
+    database: Database,
+) -> None:
+    content = "hello <script>alert(1)</script> — ✓ 日本"
+    await database.writes.run(_turn(content))
+    async with database.engine.connect() as connection:
+        expected = [
+            [tuple(row) for row in await connection.execute(statement, values)]
+            for statement, values in _reads()
+        ]
+    assert [len(rows) for rows in expected] == [1, 2]
+    database.statements.clear()
+    assert database.inline.read(_reads(), max_rows=3, max_chars=1000) == expected
+    assert database.statements == []
+
+    # Another connection commits a message between the two queries (the trace runs after
+    # each): the second query does not see it, as both read one snapshot.
+    other = sqlite3.connect(database.path, isolation_level=None)
+    late = (
+        "INSERT INTO messages (id, conversation_id, role, content, status, created_at,"
+        " updated_at) VALUES ('z', :c, 'user', 'late', 'complete',"
+        " '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
+    )
+
+    def commit_between(sql: str) -> None:
+        if sql.startswith("SELECT conversations"):
+            other.execute(late, {"c": "c" * 32})
+
+    database.inline.trace(commit_between)
+    try:
+        assert database.inline.read(_reads(), max_rows=10, max_chars=1000) == expected
+    finally:
+        database.inline.trace(None)
+        other.close()
+    assert len(database.inline.read(_reads(), max_rows=10, max_chars=1000)[1]) == 3
+
+
+async def test_an_inline_read_stops_at_its_bounds_and_leaves_no_transaction(
+    database: Database,
+) -> None:
+    content = "x" * 100
+    await database.writes.run(_turn(content))
+    with pytest.raises(InlineUnavailable):
+        database.inline.read(_reads(), max_rows=2, max_chars=10_000)  # 3 rows
+    with pytest.raises(InlineUnavailable):
+        database.inline.read(_reads(), max_rows=3, max_chars=100)  # 100 + ids and dates
+    # Its read lock is gone: a checkpoint can copy every frame, and writes go on inline.
+    holder = sqlite3.connect(database.path, isolation_level=None)
+    try:
+        busy, frames, copied = holder.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, copied) == (0, frames)
+    finally:
+        holder.close()
+    await database.writes.run(
+        [(UPDATE_ANSWER, {"_id": "a" * 32, "content": "A", "updated_at": utcnow()})]
+    )
+    assert _engine_writes(database) == []
+    assert database.inline.read(_reads(), max_rows=3, max_chars=10_000)[1][0][1] == "A"
+
+
 async def test_an_inline_transaction_is_all_or_nothing(database: Database) -> None:
     turn = _turn()
     await database.writes.run(turn[:1])
@@ -429,6 +503,8 @@ async def test_a_lookup_the_database_refuses_goes_through_the_session(database: 
         holder.execute("COMMIT")  # the exclusive lock stays until the connection closes
         with pytest.raises(InlineUnavailable):
             database.inline.first(_KEY_LOOKUP, {"key_hash": "h"})
+        with pytest.raises(InlineUnavailable):
+            database.inline.read(_reads(), max_rows=10, max_chars=1000)
         asyncio.get_running_loop().call_later(0.2, holder.close)
         async with AsyncSession(database.engine) as session:
             found = await first_row(session, database.inline, _KEY_LOOKUP, {"key_hash": "h"})

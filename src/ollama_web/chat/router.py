@@ -26,7 +26,7 @@ from ollama_web.chat.sse import MEDIA_TYPE, EventLog, SSEResponse
 from ollama_web.conversations import repository
 from ollama_web.conversations.dependencies import OwnedAnswer
 from ollama_web.conversations.service import message_public
-from ollama_web.core.dependencies import SessionDep, SettingsDep
+from ollama_web.core.dependencies import SessionDep, SettingsDep, core_of
 from ollama_web.core.errors import error_response
 from ollama_web.db import Message
 from ollama_web.db.models import MessageStatus
@@ -75,8 +75,9 @@ async def _prepare_or_fail(
     registry: RegistryDep,
 ) -> chat_service.PreparedChat | Response:
     try:
+        inline = core_of(request).inline
         return await chat_service.prepare(
-            session, principal.user_id, body, settings, gateway, registry
+            session, inline, principal.user_id, body, settings, gateway, registry
         )
     except chat_service.StoredBeforeFailure as failure:
         return _stored_before(request, failure)

@@ -26,7 +26,7 @@ from ollama_web.chat.generation import COMPLETE, GenerationSpec
 from ollama_web.chat.registry import GenerationRegistry, Reservation
 from ollama_web.chat.schemas import ChatRequest, check_limits
 from ollama_web.conversations import repository
-from ollama_web.conversations.repository import BranchMessage
+from ollama_web.conversations.repository import BranchMessage, TurnConversation
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.service import message_public, model_display_name
 from ollama_web.conversations.tree import Tree, first_words
@@ -41,7 +41,8 @@ from ollama_web.conversations.writes import (
 from ollama_web.core.config import Settings
 from ollama_web.core.db import end_session, is_foreign_key_violation
 from ollama_web.core.errors import AccountGoneError, AppError, ValidationError
-from ollama_web.db import Conversation, Message, User
+from ollama_web.core.sqlite_inline import InlineSQLite
+from ollama_web.db import Message, User
 from ollama_web.db.base import new_id, utcnow
 from ollama_web.db.models import MessageRole, MessageStatus
 from ollama_web.ollama.errors import OllamaUnavailableError
@@ -56,7 +57,7 @@ PENDING = MessageStatus.PENDING.value
 class Turn:
     """Where the new messages go. Loaded objects are only read, never changed."""
 
-    conversation: Conversation | None
+    conversation: TurnConversation | None
     """None: a new conversation (created only once the model is known)."""
     messages: Sequence[BranchMessage] = ()
     parent_id: str | None = None
@@ -109,7 +110,7 @@ def _invalid(field: str, message: str) -> ValidationError:
 
 async def _target(
     session: AsyncSession, user_id: str, body: ChatRequest, message_id: str, role: str
-) -> tuple[Conversation, Message]:
+) -> tuple[TurnConversation, Message]:
     message = await repository.get_message(session, user_id, message_id)
     if body.conversation_id is not None and body.conversation_id != message.conversation_id:
         raise repository.message_not_found()
@@ -118,10 +119,12 @@ async def _target(
         article = "an" if role == ASSISTANT else "a"
         raise _invalid(name, f"must be the id of {article} {role} message")
     conversation = await repository.get_conversation(session, user_id, message.conversation_id)
-    return conversation, message
+    return TurnConversation.of(conversation), message
 
 
-async def load_turn(session: AsyncSession, user_id: str, body: ChatRequest) -> Turn:
+async def load_turn(
+    session: AsyncSession, inline: InlineSQLite | None, user_id: str, body: ChatRequest
+) -> Turn:
     if body.edit_message_id is not None:
         conversation, edited = await _target(session, user_id, body, body.edit_message_id, USER)
         messages = await repository.branch_messages(session, user_id, conversation.id)
@@ -136,8 +139,9 @@ async def load_turn(session: AsyncSession, user_id: str, body: ChatRequest) -> T
         return Turn(conversation, messages, question.id, question=question)
     if body.conversation_id is None:
         return Turn(None)
-    conversation = await repository.get_conversation(session, user_id, body.conversation_id)
-    messages = await repository.branch_messages(session, user_id, conversation.id)
+    conversation, messages = await repository.conversation_turn(
+        session, inline, user_id, body.conversation_id
+    )
     return Turn(conversation, messages, Tree(messages).leaf(conversation.active_leaf_id))
 
 
@@ -270,17 +274,20 @@ def _siblings(messages: Sequence[BranchMessage], new: Message | NewMessage) -> l
 
 async def prepare(
     session: AsyncSession,
+    inline: InlineSQLite | None,
     user_id: str,
     body: ChatRequest,
     settings: Settings,
     gateway: OllamaGateway,
     registry: GenerationRegistry,
 ) -> PreparedChat:
-    """Store the question and an empty answer; raises before anything is stored on 4xx."""
+    """Store the question and an empty answer; raises before anything is stored on 4xx.
+    `inline`: the SQLite database's connection on the loop's thread, if any (a turn that
+    continues a conversation reads it there: core/sqlite_inline.py)."""
     check_limits(body, settings)
     reservation = await registry.reserve(user_id)
     try:
-        return await _prepare(session, user_id, body, gateway, registry.writes, reservation)
+        return await _prepare(session, inline, user_id, body, gateway, registry.writes, reservation)
     except BaseException:
         registry.release(reservation)
         raise
@@ -288,13 +295,14 @@ async def prepare(
 
 async def _prepare(
     session: AsyncSession,
+    inline: InlineSQLite | None,
     user_id: str,
     body: ChatRequest,
     gateway: OllamaGateway,
     writes: Writes,
     reservation: Reservation,
 ) -> PreparedChat:
-    turn = await load_turn(session, user_id, body)
+    turn = await load_turn(session, inline, user_id, body)
     # The request's reads are done: end its transaction (keeping the authentication's
     # throttled activity write) and give its connection back before the write transaction
     # takes one (holding both at once deadlocks the pool under load).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations import search
 from ollama_web.core.errors import NotFoundError
+from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
 from ollama_web.db import Conversation, Message
 from ollama_web.db.models import MessageRole, MessageStatus
 
@@ -113,16 +115,79 @@ class BranchMessage:
     images: list[str] | None
 
 
-async def branch_messages(
-    session: AsyncSession, user_id: str, conversation_id: str
-) -> list[BranchMessage]:
-    """Every message of the conversation, oldest first, with only the context's columns."""
-    stmt = (
+def _branch_query(user_id: str | BindParameter[str], conversation_id: Any) -> Select[Any]:
+    return (
         owned(user_id, Message.id, Message.parent_id, Message.role, Message.content, Message.images)
         .where(Message.conversation_id == conversation_id)
         .order_by(Message.created_at, Message.id)
     )
+
+
+async def branch_messages(
+    session: AsyncSession, user_id: str, conversation_id: str
+) -> list[BranchMessage]:
+    """Every message of the conversation, oldest first, with only the context's columns."""
+    stmt = _branch_query(user_id, conversation_id)
     return [BranchMessage(*row) for row in (await session.execute(stmt)).all()]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConversation:
+    """What a chat turn needs of the conversation it continues."""
+
+    id: str
+    model: str
+    system_prompt: str | None
+    options: dict[str, Any]
+    title_generated: bool
+    active_leaf_id: str | None
+
+    @classmethod
+    def of(cls, conversation: Conversation) -> TurnConversation:
+        return cls(*(getattr(conversation, column.key) for column in _TURN_COLUMNS))
+
+
+_TURN_COLUMNS = (
+    Conversation.id,
+    Conversation.model,
+    Conversation.system_prompt,
+    Conversation.options,
+    Conversation.title_generated,
+    Conversation.active_leaf_id,
+)
+# Built once (a chat that continues a conversation runs them, inline on SQLite).
+_TURN_PARAMETERS = (bindparam("user_id", type_=String), bindparam("conversation_id", type_=String))
+_TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
+    Conversation.id == _TURN_PARAMETERS[1]
+)
+_TURN_BRANCH = _branch_query(*_TURN_PARAMETERS)
+# What a turn reads on the event loop's thread at most (a few ms of SQLite's work and row
+# conversion); a longer conversation is read through the session, on the driver thread.
+INLINE_READ_ROWS = 500
+INLINE_READ_CHARS = 512 * 1024
+
+
+async def conversation_turn(
+    session: AsyncSession, inline: InlineSQLite | None, user_id: str, conversation_id: str
+) -> tuple[TurnConversation, list[BranchMessage]]:
+    """The conversation a turn continues and all its messages (`branch_messages`), in one
+    snapshot; inline on SQLite when the database allows it and they are not too long."""
+    values = {"user_id": user_id, "conversation_id": conversation_id}
+    if inline is not None:
+        with suppress(InlineUnavailable):
+            found, rows = inline.read(
+                [(_TURN_CONVERSATION, values), (_TURN_BRANCH, values)],
+                max_rows=INLINE_READ_ROWS,
+                max_chars=INLINE_READ_CHARS,
+            )
+            if not found:
+                raise conversation_not_found()
+            return TurnConversation(*found[0]), [BranchMessage(*row) for row in rows]
+    conversation = (await session.execute(_TURN_CONVERSATION, values)).first()
+    if conversation is None:
+        raise conversation_not_found()
+    rows = (await session.execute(_TURN_BRANCH, values)).all()
+    return TurnConversation(*conversation), [BranchMessage(*row) for row in rows]
 
 
 # The columns of `MessagePublic`, in its field order. `tokens_per_second` is computed by the
