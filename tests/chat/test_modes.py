@@ -318,3 +318,60 @@ async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
         response = await client.post("/api/chat/message", json=body, headers=other.headers)
         assert response.status_code == 404, response.text
         assert response.json()["error"] == "NOT_FOUND"
+
+
+async def test_edits_and_regenerates_read_the_same_inline_and_through_the_session(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An edit or a regenerate reads the message it names, its conversation and messages
+    (a regenerate: its question, whole) inline on SQLite, and through the session when
+    there is no inline connection: the same context, answer and refusals either way."""
+    user, emu = regular_user, ollama_emulator
+    first = await _send(client, user, emu, "A1", model="llama3.2", content="Q1")
+    conversation_id = first["conversation_id"]
+    second = await _send(client, user, emu, "A2", conversation_id=conversation_id, content="Q2")
+    question, answer = second["user_message"], second["assistant_message"]
+    other = await create_test_user(app, username="other-editor")
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "messages" in statement:
+            reads.append(statement)
+
+    engine = app.state.core.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for inline_connection in (app.state.core.inline, None):
+            monkeypatch.setattr(app.state.core, "inline", inline_connection)
+            reads.clear()
+            again = await _send(client, user, emu, "A2'", regenerate_message_id=answer["id"])
+            kept = again["user_message"]
+            assert kept == {**question, "sibling_ids": kept["sibling_ids"]}
+            assert kept["sibling_ids"][0] == question["id"]
+            assert streamed_chats(emu)[-1]["messages"][-1] == {"role": "user", "content": "Q2"}
+            assert len(streamed_chats(emu)[-1]["messages"]) == 3
+            edited = await _send(
+                client, user, emu, "A2''", edit_message_id=question["id"], content="Q2'"
+            )
+            assert edited["user_message"]["parent_id"] == first["assistant_message"]["id"]
+            assert [m["content"] for m in streamed_chats(emu)[-1]["messages"]] == [
+                "Q1", "A1", "Q2'"
+            ]  # fmt: skip
+            assert len(reads) == (0 if inline_connection is not None else 5)
+
+            for body in (
+                {"regenerate_message_id": answer["id"]},
+                {"edit_message_id": question["id"], "content": "Mine?"},
+                {"regenerate_message_id": answer["id"], "conversation_id": "0" * 32},
+            ):
+                intruder = other if "conversation_id" not in body else user
+                response = await client.post(
+                    "/api/chat/message", json=body, headers=intruder.headers
+                )
+                assert response.status_code == 404, response.text
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

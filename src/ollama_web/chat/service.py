@@ -5,7 +5,8 @@ Order (API-CONTRACT "Chat"): validated and slot taken (429) -> conversation and 
 message found (404) -> model resolved (unknown: 404 with nothing stored; no node reachable:
 the user's message is stored, then 503 with its id) -> the user message and an empty
 `pending` answer committed in one short transaction of their own (Core statements, see
-`conversations.writes`); the request's transaction only reads, and is committed first. The
+`conversations.writes`); the turn's reads (on SQLite's inline connection when they can,
+else in the request's transaction, which only reads) are done first. The
 job starts as soon as this returns; the response waits until its request is written to a
 node (a node that died since the health cache saw it up: the answer's row is deleted, and
 the same 503 as above). A conversation or account deleted between the read and
@@ -62,8 +63,8 @@ class Turn:
     messages: Sequence[BranchMessage] = ()
     parent_id: str | None = None
     """Parent of the new user message, or (regenerate) of the new answer."""
-    question: Message | None = None
-    """Regenerate: the existing user message being answered again."""
+    question: NewMessage | None = None
+    """Regenerate: the existing user message being answered again (its row, not written)."""
 
 
 @dataclass
@@ -109,34 +110,42 @@ def _invalid(field: str, message: str) -> ValidationError:
 
 
 async def _target(
-    session: AsyncSession, user_id: str, body: ChatRequest, message_id: str, role: str
-) -> tuple[TurnConversation, Message]:
-    message = await repository.get_message(session, user_id, message_id)
-    if body.conversation_id is not None and body.conversation_id != message.conversation_id:
+    session: AsyncSession,
+    inline: InlineSQLite | None,
+    user_id: str,
+    body: ChatRequest,
+    role: str,
+) -> repository.MessageTurn:
+    """The message an edit (`role` user) or a regenerate (assistant) names, with the turn's
+    reads; a regenerate's question too."""
+    name = "edit_message_id" if role == USER else "regenerate_message_id"
+    message_id = body.edit_message_id if role == USER else body.regenerate_message_id
+    assert message_id is not None
+    found = await repository.message_turn(
+        session, inline, user_id, message_id, with_parent=role == ASSISTANT
+    )
+    if body.conversation_id is not None and body.conversation_id != found.conversation.id:
         raise repository.message_not_found()
-    if message.role != role:
-        name = "edit_message_id" if role == USER else "regenerate_message_id"
+    if found.target.role != role:
         article = "an" if role == ASSISTANT else "a"
         raise _invalid(name, f"must be the id of {article} {role} message")
-    conversation = await repository.get_conversation(session, user_id, message.conversation_id)
-    return TurnConversation.of(conversation), message
+    return found
 
 
 async def load_turn(
     session: AsyncSession, inline: InlineSQLite | None, user_id: str, body: ChatRequest
 ) -> Turn:
     if body.edit_message_id is not None:
-        conversation, edited = await _target(session, user_id, body, body.edit_message_id, USER)
-        messages = await repository.branch_messages(session, user_id, conversation.id)
-        return Turn(conversation, messages, edited.parent_id)
+        edit = await _target(session, inline, user_id, body, USER)
+        return Turn(edit.conversation, edit.messages, edit.target.parent_id)
     if body.regenerate_message_id is not None:
-        rid = body.regenerate_message_id
-        conversation, answer = await _target(session, user_id, body, rid, ASSISTANT)
-        if answer.parent_id is None:
+        again = await _target(session, inline, user_id, body, ASSISTANT)
+        if again.target.parent_id is None:
             raise _invalid("regenerate_message_id", "this answer has no question to answer")
-        question = await repository.get_message(session, user_id, answer.parent_id)
-        messages = await repository.branch_messages(session, user_id, conversation.id)
-        return Turn(conversation, messages, question.id, question=question)
+        if again.parent is None:
+            raise repository.message_not_found()
+        question = NewMessage(**again.parent)
+        return Turn(again.conversation, again.messages, question.id, question=question)
     if body.conversation_id is None:
         return Turn(None)
     conversation, messages = await repository.conversation_turn(

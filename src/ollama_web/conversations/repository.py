@@ -115,20 +115,13 @@ class BranchMessage:
     images: list[str] | None
 
 
-def _branch_query(user_id: str | BindParameter[str], conversation_id: Any) -> Select[Any]:
+def _branch_query(user_id: BindParameter[str], conversation_id: Any) -> Select[Any]:
+    """Every message of a conversation, oldest first, with only the context's columns."""
     return (
         owned(user_id, Message.id, Message.parent_id, Message.role, Message.content, Message.images)
         .where(Message.conversation_id == conversation_id)
         .order_by(Message.created_at, Message.id)
     )
-
-
-async def branch_messages(
-    session: AsyncSession, user_id: str, conversation_id: str
-) -> list[BranchMessage]:
-    """Every message of the conversation, oldest first, with only the context's columns."""
-    stmt = _branch_query(user_id, conversation_id)
-    return [BranchMessage(*row) for row in (await session.execute(stmt)).all()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +134,6 @@ class TurnConversation:
     options: dict[str, Any]
     title_generated: bool
     active_leaf_id: str | None
-
-    @classmethod
-    def of(cls, conversation: Conversation) -> TurnConversation:
-        return cls(*(getattr(conversation, column.key) for column in _TURN_COLUMNS))
 
 
 _TURN_COLUMNS = (
@@ -167,27 +156,87 @@ INLINE_READ_ROWS = 500
 INLINE_READ_CHARS = 512 * 1024
 
 
+async def _read(
+    session: AsyncSession,
+    inline: InlineSQLite | None,
+    queries: list[tuple[Select[Any], dict[str, Any]]],
+) -> list[Sequence[tuple[Any, ...]]]:
+    """The rows of `queries` in one snapshot: inline on SQLite when the database allows it
+    and they are not too many, else through the session (in its transaction)."""
+    if inline is not None:
+        with suppress(InlineUnavailable):
+            return list(
+                inline.read(queries, max_rows=INLINE_READ_ROWS, max_chars=INLINE_READ_CHARS)
+            )
+    return [(await session.execute(query, values)).all() for query, values in queries]
+
+
 async def conversation_turn(
     session: AsyncSession, inline: InlineSQLite | None, user_id: str, conversation_id: str
 ) -> tuple[TurnConversation, list[BranchMessage]]:
-    """The conversation a turn continues and all its messages (`branch_messages`), in one
-    snapshot; inline on SQLite when the database allows it and they are not too long."""
+    """The conversation a turn continues and all its messages, oldest first, with only the
+    context's columns."""
     values = {"user_id": user_id, "conversation_id": conversation_id}
-    if inline is not None:
-        with suppress(InlineUnavailable):
-            found, rows = inline.read(
-                [(_TURN_CONVERSATION, values), (_TURN_BRANCH, values)],
-                max_rows=INLINE_READ_ROWS,
-                max_chars=INLINE_READ_CHARS,
-            )
-            if not found:
-                raise conversation_not_found()
-            return TurnConversation(*found[0]), [BranchMessage(*row) for row in rows]
-    conversation = (await session.execute(_TURN_CONVERSATION, values)).first()
-    if conversation is None:
+    found, rows = await _read(
+        session, inline, [(_TURN_CONVERSATION, values), (_TURN_BRANCH, values)]
+    )
+    if not found:
         raise conversation_not_found()
-    rows = (await session.execute(_TURN_BRANCH, values)).all()
-    return TurnConversation(*conversation), [BranchMessage(*row) for row in rows]
+    return TurnConversation(*found[0]), [BranchMessage(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTurn:
+    """What an edit or a regenerate reads: the message it names, its conversation, all the
+    conversation's messages, and (when asked for) the named message's parent, whole."""
+
+    target: BranchMessage
+    conversation: TurnConversation
+    messages: list[BranchMessage]
+    parent: dict[str, Any] | None
+
+
+# The named message's conversation, as a subquery: its rows come from one snapshot.
+_TARGET_CONVERSATION = (
+    select(Message.conversation_id)
+    .where(Message.id == bindparam("message_id", type_=String))
+    .scalar_subquery()
+)
+_TARGET_TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
+    Conversation.id == _TARGET_CONVERSATION
+)
+_TARGET_TURN_BRANCH = _branch_query(_TURN_PARAMETERS[0], _TARGET_CONVERSATION)
+_TARGET_PARENT = owned(_TURN_PARAMETERS[0], *_MESSAGES.c).where(
+    Message.id
+    == select(Message.parent_id)
+    .where(Message.id == bindparam("message_id", type_=String))
+    .scalar_subquery()
+)
+
+
+async def message_turn(
+    session: AsyncSession,
+    inline: InlineSQLite | None,
+    user_id: str,
+    message_id: str,
+    *,
+    with_parent: bool = False,
+) -> MessageTurn:
+    """The message an edit or a regenerate names, with its conversation and all its messages
+    (and its parent's row with `with_parent`); 404 when it is not the caller's."""
+    values = {"user_id": user_id, "message_id": message_id}
+    queries = [(_TARGET_TURN_CONVERSATION, values), (_TARGET_TURN_BRANCH, values)]
+    if with_parent:
+        queries.append((_TARGET_PARENT, values))
+    found, rows, *parent = await _read(session, inline, queries)
+    messages = [BranchMessage(*row) for row in rows]
+    target = next((message for message in messages if message.id == message_id), None)
+    if not found or target is None:
+        raise message_not_found()
+    parent_row = (
+        dict(zip(_MESSAGES.c.keys(), parent[0][0], strict=True)) if parent and parent[0] else None
+    )
+    return MessageTurn(target, TurnConversation(*found[0]), messages, parent_row)
 
 
 # The columns of `MessagePublic`, in its field order. `tokens_per_second` is computed by the
