@@ -236,6 +236,7 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.conversation_id: str | None = None  # the one its chats continue, if any
+        self.answer_id: str | None = None  # the last answer started in it
 
     @classmethod
     async def to(cls, url: str) -> Connection:

@@ -9,10 +9,10 @@ own: see `Placement`), then:
   conversation each time) and directly (`POST /api/chat` on the emulator); added = backend -
   direct. "steady": 50 streams always in flight (20 tokens at 20 tokens/s each), their
   starts spread over one second, so new chats arrive one by one, ~50 a second; its
-  "continuing" part is the same load with each client continuing a conversation of its own
-  (one new conversation a client, then its next turns: the context grows by two messages a
-  chat). "burst": 50 chats sent at the same instant, 10 times; the last one waits for the
-  49 before it.
+  "continue" and "regenerate" parts are the same load with each client continuing a
+  conversation of its own (one new conversation a client, then its next turns: the context
+  grows by two messages a chat), or regenerating its last answer over and over. "burst": 50
+  chats sent at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
 - floor: the throughput and steady-TTFT loads on bench/floor_app.py, the thinnest FastAPI
@@ -69,13 +69,15 @@ class Side:
         url: str,
         api_key: str | None = None,
         sse: bool = False,
-        continuing: bool = False,
+        turn: str = "new",
     ):
         self.name = name
         self.url = url
         self.api_key = api_key
         self.sse = sse or api_key is not None
-        self.continuing = continuing  # each connection's chats continue one conversation
+        # "new": a new conversation each chat; after its first chat, a connection's chats
+        # "continue" its conversation or "regenerate" its last answer.
+        self.turn = turn
 
     async def chat(self, connection: Connection) -> tuple[float, float, int]:
         """One streamed chat: (time to first token, total time, tokens seen)."""
@@ -83,8 +85,10 @@ class Side:
         if self.sse:
             auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
             body = {"model": MODEL, "content": "Say something nice."}
-            if self.continuing and connection.conversation_id is not None:
+            if self.turn == "continue" and connection.conversation_id is not None:
                 body["conversation_id"] = connection.conversation_id
+            elif self.turn == "regenerate" and connection.answer_id is not None:
+                body = {"regenerate_message_id": connection.answer_id}
             connection.send("POST", "/api/chat/stream", body, auth)
             first_mark, end_mark = TOKEN_MARK, DONE_MARK
         else:
@@ -99,8 +103,8 @@ class Side:
         ended = False
         tail = b""
         async for chunk in connection.body(headers):
-            if self.continuing and connection.conversation_id is None:
-                connection.conversation_id = _conversation_id(chunk)
+            if self.turn != "new" and connection.conversation_id is None:
+                _note_start(connection, chunk)
             if not first and first_mark in chunk:
                 first = time.perf_counter() - started
             tokens += chunk.count(first_mark)
@@ -111,12 +115,13 @@ class Side:
         return first, time.perf_counter() - started, tokens
 
 
-def _conversation_id(chunk: bytes) -> str | None:
-    """The conversation id of a `start` event in `chunk`, if there is one."""
+def _note_start(connection: Connection, chunk: bytes) -> None:
+    """The conversation and answer ids of a `start` event in `chunk`, if there is one."""
     for line in chunk.split(b"\n"):
-        if line.startswith(b"data: ") and b'"conversation_id"' in line:
-            return str(json.loads(line[6:])["conversation_id"])
-    return None
+        if line.startswith(b"data: ") and b'"assistant_message_id"' in line:
+            start = json.loads(line[6:])
+            connection.conversation_id = start["conversation_id"]
+            connection.answer_id = start["assistant_message_id"]
 
 
 async def run_loops(
@@ -194,12 +199,12 @@ async def ttft(seconds: float) -> dict[str, Any]:
             record = lambda first, *_, out=samples: out.append(first)  # noqa: E731
             await run_loops(side, 50, seconds, record, spread=1.0)
             steady[side.name] = percentiles(samples)
-            if side is backend:
+            for turn in ("continue", "regenerate") if side is backend else ():
                 later: list[float] = []
-                continuing = Side("backend", side.url, side.api_key, continuing=True)
+                again = Side("backend", side.url, side.api_key, turn=turn)
                 keep = lambda first, *_, out=later: out.append(first)  # noqa: E731
-                await run_loops(continuing, 50, seconds, keep, spread=1.0)
-                steady["continuing"] = {"backend": percentiles(later)}
+                await run_loops(again, 50, seconds, keep, spread=1.0)
+                steady[turn] = {"backend": percentiles(later)}
             samples = []
             connections = [await Connection.to(side.url) for _ in range(50)]
             for _ in range(10):
@@ -211,7 +216,8 @@ async def ttft(seconds: float) -> dict[str, Any]:
                 connection.close()
             burst[side.name] = percentiles(samples)
         steady["added"] = _added(steady)
-        steady["continuing"]["added"] = _added({**steady["continuing"], "direct": steady["direct"]})
+        for turn in ("continue", "regenerate"):
+            steady[turn]["added"] = _added({**steady[turn], "direct": steady["direct"]})
         burst["added"] = _added(burst)
     return {**result, "steady": steady, "burst": burst}
 
