@@ -291,8 +291,8 @@ async def prepare(
     registry: GenerationRegistry,
 ) -> PreparedChat:
     """Store the question and an empty answer; raises before anything is stored on 4xx.
-    `inline`: the SQLite database's connection on the loop's thread, if any (a turn that
-    continues a conversation reads it there: core/sqlite_inline.py)."""
+    `inline`: the SQLite database's connection on the loop's thread, if any (the turn's
+    reads run there when they can: core/sqlite_inline.py)."""
     check_limits(body, settings)
     reservation = await registry.reserve(user_id)
     try:

@@ -144,8 +144,9 @@ _TURN_COLUMNS = (
     Conversation.title_generated,
     Conversation.active_leaf_id,
 )
-# Built once (a chat that continues a conversation runs them, inline on SQLite).
+# Built once: every chat turn but a new conversation's runs them (inline on SQLite).
 _TURN_PARAMETERS = (bindparam("user_id", type_=String), bindparam("conversation_id", type_=String))
+_MESSAGE_ID = bindparam("message_id", type_=String)
 _TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
     Conversation.id == _TURN_PARAMETERS[1]
 )
@@ -198,19 +199,14 @@ class MessageTurn:
 
 # The named message's conversation, as a subquery: its rows come from one snapshot.
 _TARGET_CONVERSATION = (
-    select(Message.conversation_id)
-    .where(Message.id == bindparam("message_id", type_=String))
-    .scalar_subquery()
+    select(Message.conversation_id).where(Message.id == _MESSAGE_ID).scalar_subquery()
 )
 _TARGET_TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
     Conversation.id == _TARGET_CONVERSATION
 )
 _TARGET_TURN_BRANCH = _branch_query(_TURN_PARAMETERS[0], _TARGET_CONVERSATION)
 _TARGET_PARENT = owned(_TURN_PARAMETERS[0], *_MESSAGES.c).where(
-    Message.id
-    == select(Message.parent_id)
-    .where(Message.id == bindparam("message_id", type_=String))
-    .scalar_subquery()
+    Message.id == select(Message.parent_id).where(Message.id == _MESSAGE_ID).scalar_subquery()
 )
 
 

@@ -4,12 +4,12 @@ Through SQLAlchemy's async engine, one statement on SQLite costs ~0.3 ms of CPU 
 SQLite does any work: a pooled connection, greenlet switches, an execution context and its
 events, a trip to aiosqlite's thread and a callback back into the loop (where, on a busy
 loop, the answer waits its turn). Authentication looks up a key on every request, a chat
-that continues a conversation reads it and its messages (~2 ms of the turn's wait under
-load, through the engine) and a chat writes four short transactions, so for these
-`InlineSQLite` runs the same SQLAlchemy-built statements, compiled once, on one sqlite3
-connection of its own, on the loop's thread. What
-remains is the parameters' conversion (the bind and result processors SQLAlchemy applies)
-and SQLite's own work, ~20 µs for an indexed lookup or a one-row write.
+turn reads its conversation and messages (through the engine, ~2 ms of the turn's wait
+under load) and a chat writes four short transactions, so for these `InlineSQLite` runs
+the same SQLAlchemy-built statements, compiled once, on one sqlite3 connection of its own,
+on the loop's thread. What remains is the parameters' conversion (the bind and result
+processors SQLAlchemy applies) and SQLite's own work, ~20 µs for an indexed lookup or a
+one-row write.
 
 It never waits. The connection has no busy timeout and a write begins with
 `BEGIN IMMEDIATE`. When the database is locked (by another process, or by a transaction of
