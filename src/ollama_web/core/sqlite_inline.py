@@ -49,6 +49,7 @@ logger = logging.getLogger("ollama_web.db")
 Processor = Callable[[Any], Any] | None
 Steps = Sequence[tuple[Executable, Any]]
 _MAX_COMPILED = 256  # statements built once are a few dozen; more means some are not
+_READ_BATCH = 64  # rows a bounded read takes at a time before it checks its bounds
 
 
 # No busy timeout (it would wait on the loop), no automatic checkpoints (they would run
@@ -83,7 +84,9 @@ class _Compiled:
     compiled: SQLCompiler
     sql: str
     binds: tuple[tuple[str, Processor], ...]
-    results: tuple[Processor, ...] | None  # None: no typed columns (text), values as read
+    converters: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """The result columns SQLAlchemy converts (their positions and processors); the others,
+    and every column of a statement without typed columns (text), are as read."""
 
     def parameters(self, values: dict[str, Any] | None) -> list[Any]:
         """The values in their positions, converted. InlineUnavailable when one is missing
@@ -96,9 +99,12 @@ class _Compiled:
             raise InlineUnavailable("parameters SQLAlchemy must check") from None
 
     def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        if self.results is None:
+        if not self.converters:
             return tuple(raw)
-        return tuple(v if p is None else p(v) for v, p in zip(raw, self.results, strict=True))
+        row = list(raw)
+        for index, processor in self.converters:
+            row[index] = processor(row[index])
+        return tuple(row)
 
 
 def _prepared(statement: Executable, compiled: SQLCompiler, dialect: Dialect) -> _Compiled:
@@ -108,13 +114,10 @@ def _prepared(statement: Executable, compiled: SQLCompiler, dialect: Dialect) ->
         (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
         for name in compiled.positiontup or ()
     )
-    columns = getattr(statement, "selected_columns", None)
-    results = None
-    if columns is not None:
-        results = tuple(
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
-        )
-    return _Compiled(statement, compiled, compiled.string, binds, results)
+    columns = getattr(statement, "selected_columns", None) or ()
+    processors = (c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+    converters = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+    return _Compiled(statement, compiled, compiled.string, binds, converters)
 
 
 class InlineSQLite:
@@ -199,14 +202,15 @@ class InlineSQLite:
                 sql, parameters = compiled.sql, compiled.parameters(values)
                 started = time.perf_counter()
                 rows: list[tuple[Any, ...]] = []
-                for raw in connection.execute(sql, parameters):
-                    rows_left -= 1
-                    chars_left -= sum(len(v) for v in raw if isinstance(v, str))
+                cursor = connection.execute(sql, parameters)
+                while batch := cursor.fetchmany(_READ_BATCH):
+                    rows_left -= len(batch)
+                    chars_left -= sum([len(v) for raw in batch for v in raw if type(v) is str])
                     if rows_left < 0 or chars_left < 0:
                         raise InlineUnavailable("too much to read on the event loop's thread")
-                    rows.append(compiled.row(raw))
+                    rows += batch
                 self._observe(compiled, started)
-                results.append(rows)
+                results.append([compiled.row(raw) for raw in rows] if compiled.converters else rows)
         except sqlite3.Error as exc:
             raise _failure(exc, sql, parameters) from None
         finally:
