@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -261,6 +262,25 @@ async def test_a_storm_of_new_conversations_gets_every_title_a_few_requests_at_a
     assert 1 < counts["peak"] <= TITLE_CONCURRENCY, counts
 
 
+@contextmanager
+def turn_reads(app: FastAPI) -> Iterator[list[str]]:
+    """The reads of conversations and messages that go through the engine meanwhile."""
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and (
+            "FROM conversations" in statement or "FROM messages" in statement
+        ):
+            reads.append(statement)
+
+    engine = app.state.core.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield reads
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
 async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
     app: FastAPI,
     client: httpx.AsyncClient,
@@ -274,21 +294,10 @@ async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
     user, emu = regular_user, ollama_emulator
     first = await _send(client, user, emu, "A1", model="llama3.2", content="Q1")
     conversation_id = first["conversation_id"]
-    reads: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            reads.append(statement)
-
-    def read_turn() -> list[str]:
-        return [s for s in reads if "FROM conversations" in s or "FROM messages" in s]
-
-    engine = app.state.core.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with turn_reads(app) as reads:
         await _send(client, user, emu, "A2", conversation_id=conversation_id, content="Q2")
         inline = app.state.core.inline is not None
-        assert len(read_turn()) == (0 if inline else 2)
+        assert len(reads) == (0 if inline else 2)
         assert streamed_chats(emu)[-1]["messages"] == [
             {"role": "user", "content": "Q1"},
             {"role": "assistant", "content": "A1"},
@@ -298,7 +307,7 @@ async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
         reads.clear()
         monkeypatch.setattr(repository, "INLINE_READ_ROWS", 3)  # 4 messages and the row
         await _send(client, user, emu, "A3", conversation_id=conversation_id, content="Q3")
-        assert len(read_turn()) == 2
+        assert len(reads) == 2
         assert [m["content"] for m in streamed_chats(emu)[-1]["messages"]] == [
             "Q1", "A1", "Q2", "A2", "Q3"
         ]  # fmt: skip
@@ -306,10 +315,8 @@ async def test_a_turn_reads_its_conversation_inline_unless_it_is_long(
         monkeypatch.setattr(repository, "INLINE_READ_ROWS", 500)
         reads.clear()
         await _send(client, user, emu, "A4", conversation_id=conversation_id, content="Q4")
-        assert len(read_turn()) == 2
+        assert len(reads) == 2
         assert len(streamed_chats(emu)[-1]["messages"]) == 7
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
     other = await create_test_user(app, username="other-reader")
     for inline_connection in (app.state.core.inline, None):  # inline (SQLite), the session
@@ -336,15 +343,7 @@ async def test_edits_and_regenerates_read_the_same_inline_and_through_the_sessio
     second = await _send(client, user, emu, "A2", conversation_id=conversation_id, content="Q2")
     question, answer = second["user_message"], second["assistant_message"]
     other = await create_test_user(app, username="other-editor")
-    reads: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "messages" in statement:
-            reads.append(statement)
-
-    engine = app.state.core.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with turn_reads(app) as reads:
         for inline_connection in (app.state.core.inline, None):
             monkeypatch.setattr(app.state.core, "inline", inline_connection)
             reads.clear()
@@ -373,5 +372,3 @@ async def test_edits_and_regenerates_read_the_same_inline_and_through_the_sessio
                     "/api/chat/message", json=body, headers=intruder.headers
                 )
                 assert response.status_code == 404, response.text
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
