@@ -3,13 +3,16 @@ ending sessions, logout, password change."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from ollama_web.core.config import Settings
 from ollama_web.db import UserSession
@@ -270,3 +273,78 @@ async def test_password_change_refusals(client: httpx.AsyncClient, regular_user:
         assert response.json()["error"] == code
     login = {"username": regular_user.username, "password": regular_user.password}
     assert (await client.post("/api/auth/login", json=login)).status_code == 200
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # PostgreSQL has no inline connection
+async def test_on_sqlite_a_session_is_checked_inline_or_through_the_engine_when_locked(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """A cookie's lookup and its activity write skip SQLAlchemy's engine, as a key's do;
+    with the database locked by another process, the write goes through the engine and
+    waits on its thread. The CSRF check reads the token the same way."""
+    core = app.state.core
+    assert core.inline is not None
+    csrf = await login_session(client, regular_user)
+    session_id = await current_session_id(client)
+    stmt = update(UserSession).where(UserSession.id == session_id)
+    await execute_sql(app, stmt.values(last_seen_at=utcnow() - timedelta(minutes=2)))
+    through_engine: list[str] = []
+    inline: list[str] = []
+
+    def record(*args: Any) -> None:
+        through_engine.append(args[2].split()[0] + " " + args[2].split("FROM")[-1])
+
+    event.listen(core.engine.sync_engine, "before_cursor_execute", record)
+    core.inline.trace(inline.append)
+    try:
+        response = await client.post(
+            "/api/keys", json={"name": "k"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert response.status_code == 201, response.text
+        assert not [s for s in through_engine if "user_sessions" in s]
+        assert [s.split()[0] for s in inline][:2] == ["SELECT", "UPDATE"]
+        assert all("user_sessions" in statement for statement in inline[:2])
+        missing = await client.post("/api/keys", json={"name": "k"})
+        assert missing.json()["error"] == "CSRF_TOKEN_INVALID"
+
+        await execute_sql(app, stmt.values(last_seen_at=utcnow() - timedelta(minutes=2)))
+        through_engine.clear()
+        holder = sqlite3.connect(core.settings.embedded_database_file, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, holder.execute, "COMMIT")
+        try:
+            response = await client.get("/api/auth/me")
+        finally:
+            holder.close()
+        assert response.status_code == 200
+        assert any(s.startswith("UPDATE") for s in through_engine)
+        assert utcnow() - (await session_row(app, session_id)).last_seen_at < timedelta(seconds=10)
+    finally:
+        event.remove(core.engine.sync_engine, "before_cursor_execute", record)
+        core.inline.trace(None)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # the inline connection is SQLite's
+async def test_a_database_that_refuses_writes_does_not_fail_a_session_s_reads(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """A full disk (or a read-only file) refuses the write that extends a session: the
+    request that only reads still answers; a later request extends it."""
+    core = app.state.core
+    assert core.inline is not None
+    await login_session(client, regular_user)
+    session_id = await current_session_id(client)
+    older = utcnow() - timedelta(minutes=2)
+    await execute_sql(
+        app, update(UserSession).where(UserSession.id == session_id).values(last_seen_at=older)
+    )
+    core.inline._connection.execute("PRAGMA query_only = ON")  # writes refused, as when full
+    try:
+        response = await client.get("/api/auth/me")
+    finally:
+        core.inline._connection.execute("PRAGMA query_only = OFF")
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["username"] == regular_user.username
+    assert (await session_row(app, session_id)).last_seen_at == older
+    assert (await client.get("/api/auth/me")).status_code == 200
+    assert utcnow() - (await session_row(app, session_id)).last_seen_at < timedelta(seconds=10)

@@ -2,14 +2,14 @@
 
 `get_principal` accepts, in this order, `Authorization: Bearer <key>`, `X-API-Key: <key>`,
 or the `ow_session` cookie. The user is read with the credential on every request (one
-indexed join; for a key, only what authentication needs, on SQLite on the event loop's
-thread: core/sqlite_inline.py), so disabling a user, demoting an admin, revoking a key or
-ending a session takes effect on the very next request. Cookie-authenticated POST/PUT/PATCH/DELETE
+indexed join, only what authentication needs; on SQLite on the event loop's thread:
+core/sqlite_inline.py), so disabling a user, demoting an admin, revoking a key or ending a
+session takes effect on the very next request. Cookie-authenticated POST/PUT/PATCH/DELETE
 must carry `X-CSRF-Token` equal to the session's token; API-key requests carry no ambient
 credential and are exempt.
 
 Aliases for routes: `CurrentPrincipal`, `AdminPrincipal` (403 FORBIDDEN unless admin),
-`CurrentUser` and `AdminUser` (the `User` row, loaded by id after a key).
+`CurrentUser` and `AdminUser` (the `User` row, loaded by id in the request's session).
 
 `get_principal` and `require_admin` are marked with `requires(CALLER)` / `requires(ADMIN)`;
 the OpenAPI document (docs/openapi.py) finds the marks among each route's dependencies and
@@ -133,16 +133,14 @@ def _check_csrf(request: Request, expected: str) -> None:
 
 async def _from_session(request: Request, session: SessionDep, token: str) -> Principal:
     core = core_of(request)
-    found = await find_session(session, token)
+    found = await find_session(session, token, core.inline)
     now = utcnow()
-    if found is None or not is_session_live(found[0], core.settings, now):
+    if found is None or not is_session_live(found, core.settings, now):
         raise _session_gone(request)
-    row, user = found
-    _require_active(user.is_active)
-    _check_csrf(request, row.csrf_token)
-    await record_activity(session, row, now)
-    request.state.current_user = user
-    return Principal(user.id, user.username, user.role, "session", row.id, None)
+    _require_active(found.is_active)
+    _check_csrf(request, found.csrf_token)
+    await record_activity(session, found, now, core.inline)
+    return Principal(found.user_id, found.username, found.role, "session", found.session_id, None)
 
 
 def _no_credentials() -> UnauthenticatedError:
@@ -185,13 +183,13 @@ AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
 async def _user_row(request: Request, session: AsyncSession, principal: Principal) -> User:
-    """The caller's row: loaded with a session, by id after an API key (its lookup reads
-    only the columns authentication needs)."""
+    """The caller's row, loaded by id in the request's session (authentication reads only
+    the columns it needs)."""
     user = getattr(request.state, "current_user", None)
     if user is None:
         user = await session.get(User, principal.user_id)
-        if user is None:  # deleted since the key was checked
-            raise UnauthenticatedError("The API key's account no longer exists.")
+        if user is None:  # deleted since the credential was checked
+            raise UnauthenticatedError("This account no longer exists.")
         request.state.current_user = user
     return cast(User, user)
 

@@ -197,10 +197,10 @@ async def me(principal: CurrentPrincipal, user: CurrentUser) -> MeResponse:
 )
 async def csrf_token(request: Request, session: SessionDep, settings: SettingsDep) -> CsrfResponse:
     token = request.cookies.get(SESSION_COOKIE)
-    found = await find_session(session, token) if token else None
-    if found is None or not is_session_live(found[0], settings, utcnow()) or not found[1].is_active:
+    found = await find_session(session, token, core_of(request).inline) if token else None
+    if found is None or not is_session_live(found, settings, utcnow()) or not found.is_active:
         return CsrfResponse(csrf_token=None, authenticated=False)
-    return CsrfResponse(csrf_token=found[0].csrf_token, authenticated=True)
+    return CsrfResponse(csrf_token=found.csrf_token, authenticated=True)
 
 
 @router.get("/sessions", summary="My live sessions, newest first")

@@ -8,19 +8,24 @@ transaction, so reading pages does not turn every request into a write.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 from starlette.responses import Response
 
 from ollama_web.auth.tokens import generate_csrf_token, generate_session_token, sha256_hex
 from ollama_web.core.config import Settings
-from ollama_web.core.db import update_if
+from ollama_web.core.db import describe_database_error, update_if
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
+from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
 from ollama_web.db import User, UserSession
 from ollama_web.db.base import utcnow
+
+logger = logging.getLogger("ollama_web.auth")
 
 SESSION_COOKIE = "ow_session"
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=1)
@@ -31,7 +36,7 @@ def idle_timeout(settings: Settings) -> timedelta:
     return timedelta(minutes=settings.session_timeout_minutes)
 
 
-def is_session_live(row: UserSession, settings: Settings, now: datetime) -> bool:
+def is_session_live(row: UserSession | SessionHolder, settings: Settings, now: datetime) -> bool:
     return (
         row.revoked_at is None
         and row.expires_at > now
@@ -71,33 +76,83 @@ async def create_session(
 
 
 # Built once, as the API-key lookup is (see keys.service._KEY_LOOKUP).
+SESSIONS: Table = UserSession.__table__  # type: ignore[assignment]
+USERS: Table = User.__table__  # type: ignore[assignment]
+
+# Built once: every request with a session cookie runs them (inline on SQLite, as an API
+# key's: core/sqlite_inline.py).
 _SESSION_LOOKUP = (
-    select(UserSession, User)
-    .join(User, User.id == UserSession.user_id)
-    .where(UserSession.token_hash == bindparam("token_hash"))
+    select(
+        SESSIONS.c.id,
+        SESSIONS.c.csrf_token,
+        SESSIONS.c.expires_at,
+        SESSIONS.c.last_seen_at,
+        SESSIONS.c.revoked_at,
+        USERS.c.id,
+        USERS.c.username,
+        USERS.c.role,
+        USERS.c.is_active,
+    )
+    .join_from(SESSIONS, USERS, USERS.c.id == SESSIONS.c.user_id)
+    .where(SESSIONS.c.token_hash == bindparam("token_hash"))
+)
+_RECORD_ACTIVITY = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("_id"), SESSIONS.c.last_seen_at <= bindparam("threshold"))
+    .values(last_seen_at=bindparam("now"))
 )
 
 
-async def find_session(session: AsyncSession, token: str) -> tuple[UserSession, User] | None:
+@dataclass(frozen=True, slots=True)
+class SessionHolder:
+    """A session found by its cookie: what authentication needs of it and of its user."""
+
+    session_id: str
+    csrf_token: str
+    expires_at: datetime
+    last_seen_at: datetime
+    revoked_at: datetime | None
+    user_id: str
+    username: str
+    role: str
+    is_active: bool
+
+
+async def find_session(
+    session: AsyncSession, token: str, inline: InlineSQLite | None = None
+) -> SessionHolder | None:
     """The session for a cookie token and its user, in one indexed query."""
-    row = (await session.execute(_SESSION_LOOKUP, {"token_hash": sha256_hex(token)})).first()
-    return None if row is None else (row[0], row[1])
+    row = await first_row(session, inline, _SESSION_LOOKUP, {"token_hash": sha256_hex(token)})
+    return None if row is None else SessionHolder(*row)
 
 
-async def record_activity(session: AsyncSession, row: UserSession, now: datetime) -> None:
-    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe), in
-    the request's transaction: a second connection per request could deadlock the pool."""
-    if now - row.last_seen_at < ACTIVITY_WRITE_INTERVAL:
+async def record_activity(
+    session: AsyncSession, holder: SessionHolder, now: datetime, inline: InlineSQLite | None = None
+) -> None:
+    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe).
+
+    Inline, in a transaction of its own. Otherwise in the request's transaction: one of its
+    own would hold a second pooled connection while the request holds one, and a burst of
+    requests could then exhaust the pool and deadlock."""
+    if now - holder.last_seen_at < ACTIVITY_WRITE_INTERVAL:
         return
-    await session.execute(
-        update(UserSession)
-        .where(
-            UserSession.id == row.id,
-            UserSession.last_seen_at <= now - ACTIVITY_WRITE_INTERVAL,
-        )
-        .values(last_seen_at=now)
-    )
-    set_committed_value(row, "last_seen_at", now)  # no change for the request to flush
+    values = {"_id": holder.session_id, "threshold": now - ACTIVITY_WRITE_INTERVAL, "now": now}
+    if inline is not None:
+        try:
+            inline.write([(_RECORD_ACTIVITY, values)])
+            return
+        except InlineUnavailable:
+            pass  # locked: through the request's transaction, which waits its turn
+        except SQLAlchemyError as exc:
+            # A database that refuses writes must not fail a request that only reads: the
+            # activity is recorded by a later one (as an API key's use is).
+            logger.warning(
+                "could not record the activity of session %s: %s",
+                holder.session_id,
+                describe_database_error(exc),
+            )
+            return
+    await session.execute(_RECORD_ACTIVITY, values)
 
 
 def _owned(user_id: str) -> Select[UserSession]:
