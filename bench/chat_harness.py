@@ -317,3 +317,21 @@ async def setup_user(base: str, username: str = "bench") -> tuple[str, str]:
         raise RuntimeError(f"setup failed: {status} {body[:300]!r}")
     answer = json.loads(body)
     return answer["api_key"], answer["user"]["id"]
+
+
+async def login(base: str, username: str = "bench") -> dict[str, str]:
+    """A browser's credentials for `setup_user`'s account: its session cookie and CSRF token,
+    as headers."""
+    connection = await Connection.to(base)
+    try:
+        connection.send(
+            "POST", "/api/auth/login", {"username": username, "password": "bench-password-123456"}
+        )
+        status, headers = await connection.head()
+        body = b"".join([chunk async for chunk in connection.body(headers)])
+    finally:
+        connection.close()
+    if status != 200:
+        raise RuntimeError(f"login failed: {status} {body[:300]!r}")
+    cookie = headers["set-cookie"].split(";", 1)[0]
+    return {"Cookie": cookie, "X-CSRF-Token": json.loads(body)["csrf_token"]}

@@ -11,7 +11,9 @@ own: see `Placement`), then:
   starts spread over one second, so new chats arrive one by one, ~50 a second; its
   "continue" and "regenerate" parts are the same load with each client continuing a
   conversation of its own (one new conversation a client, then its next turns: the context
-  grows by two messages a chat), or regenerating its last answer over and over. "burst": 50
+  grows by two messages a chat), or regenerating its last answer over and over; its
+  "cookie" part, new conversations sent with a browser's session cookie and CSRF token
+  instead of an API key. "burst": 50
   chats sent at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
@@ -48,6 +50,7 @@ from chat_harness import (
     Placement,
     Server,
     cpu_seconds,
+    login,
     percentiles,
     rss_mb,
     setup_user,
@@ -70,6 +73,7 @@ class Side:
         api_key: str | None = None,
         sse: bool = False,
         turn: str = "new",
+        headers: dict[str, str] | None = None,
     ):
         self.name = name
         self.url = url
@@ -78,12 +82,14 @@ class Side:
         # "new": a new conversation each chat; after its first chat, a connection's chats
         # "continue" its conversation or "regenerate" its last answer.
         self.turn = turn
+        self.headers = headers  # other credentials than the API key (a browser's cookie)
 
     async def chat(self, connection: Connection) -> tuple[float, float, int]:
         """One streamed chat: (time to first token, total time, tokens seen)."""
         started = time.perf_counter()
         if self.sse:
             auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            auth = self.headers if self.headers is not None else auth
             body = {"model": MODEL, "content": "Say something nice."}
             if self.turn == "continue" and connection.conversation_id is not None:
                 body["conversation_id"] = connection.conversation_id
@@ -199,9 +205,13 @@ async def ttft(seconds: float) -> dict[str, Any]:
             record = lambda first, *_, out=samples: out.append(first)  # noqa: E731
             await run_loops(side, 50, seconds, record, spread=1.0)
             steady[side.name] = percentiles(samples)
-            for turn in ("continue", "regenerate") if side is backend else ():
+            for turn in ("continue", "regenerate", "cookie") if side is backend else ():
                 later: list[float] = []
-                again = Side("backend", side.url, side.api_key, turn=turn)
+                if turn == "cookie":  # a new conversation each chat, as a browser logged in
+                    cookie = await login(side.url)
+                    again = Side("backend", side.url, side.api_key, headers=cookie)
+                else:
+                    again = Side("backend", side.url, side.api_key, turn=turn)
                 keep = lambda first, *_, out=later: out.append(first)  # noqa: E731
                 await run_loops(again, 50, seconds, keep, spread=1.0)
                 steady[turn] = {"backend": percentiles(later)}
@@ -216,7 +226,7 @@ async def ttft(seconds: float) -> dict[str, Any]:
                 connection.close()
             burst[side.name] = percentiles(samples)
         steady["added"] = _added(steady)
-        for turn in ("continue", "regenerate"):
+        for turn in ("continue", "regenerate", "cookie"):
             steady[turn]["added"] = _added({**steady[turn], "direct": steady["direct"]})
         burst["added"] = _added(burst)
     return {**result, "steady": steady, "burst": burst}
