@@ -75,12 +75,11 @@ async def create_session(
     return row, token
 
 
-# Built once, as the API-key lookup is (see keys.service._KEY_LOOKUP).
 SESSIONS: Table = UserSession.__table__  # type: ignore[assignment]
 USERS: Table = User.__table__  # type: ignore[assignment]
 
-# Built once: every request with a session cookie runs them (inline on SQLite, as an API
-# key's: core/sqlite_inline.py).
+# Built once: every request with a session cookie runs them (inline on SQLite, as the API
+# key's lookup, keys.service._KEY_LOOKUP: core/sqlite_inline.py).
 _SESSION_LOOKUP = (
     select(
         SESSIONS.c.id,
