@@ -8,13 +8,13 @@ own: see `Placement`), then:
 - ttft: time to the first token through the backend (`POST /api/chat/stream`, a new
   conversation each time) and directly (`POST /api/chat` on the emulator); added = backend -
   direct. "steady": 50 streams always in flight (20 tokens at 20 tokens/s each), their
-  starts spread over one second, so new chats arrive one by one, ~50 a second; its
+  starts spread over one second, so new chats arrive one by one, ~50 a second. Its
   "continue" and "regenerate" parts are the same load with each client continuing a
   conversation of its own (one new conversation a client, then its next turns: the context
-  grows by two messages a chat), or regenerating its last answer over and over; its
-  "cookie" part, new conversations sent with a browser's session cookie and CSRF token
-  instead of an API key. "burst": 50
-  chats sent at the same instant, 10 times; the last one waits for the 49 before it.
+  grows by two messages a chat), or answering its first question again and again (each
+  answer a new version beside the others); its "cookie" part sends new conversations with
+  a browser's session cookie and CSRF token instead of an API key. "burst": 50 chats sent
+  at the same instant, 10 times; the last one waits for the 49 before it.
 - throughput: complete 20-token chats per second at 8 concurrent (emulator at full speed),
   and the latency of one chat alone.
 - floor: the throughput and steady-TTFT loads on bench/floor_app.py, the thinnest FastAPI
@@ -80,7 +80,7 @@ class Side:
         self.api_key = api_key
         self.sse = sse or api_key is not None
         # "new": a new conversation each chat; after its first chat, a connection's chats
-        # "continue" its conversation or "regenerate" its last answer.
+        # "continue" its conversation or "regenerate" its first answer.
         self.turn = turn
         self.headers = headers  # other credentials than the API key (a browser's cookie)
 
