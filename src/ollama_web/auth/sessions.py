@@ -8,24 +8,20 @@ transaction, so reading pages does not turn every request into a write.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, Table, bindparam, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from ollama_web.auth.tokens import generate_csrf_token, generate_session_token, sha256_hex
 from ollama_web.core.config import Settings
-from ollama_web.core.db import describe_database_error, update_if
+from ollama_web.core.db import update_if
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
-from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
+from ollama_web.core.sqlite_inline import InlineSQLite, first_row, record_in_passing
 from ollama_web.db import User, UserSession
 from ollama_web.db.base import utcnow
-
-logger = logging.getLogger("ollama_web.auth")
 
 SESSION_COOKIE = "ow_session"
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=1)
@@ -128,30 +124,13 @@ async def find_session(
 async def record_activity(
     session: AsyncSession, holder: SessionHolder, now: datetime, inline: InlineSQLite | None = None
 ) -> None:
-    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe).
-
-    Inline, in a transaction of its own. Otherwise in the request's transaction: one of its
-    own would hold a second pooled connection while the request holds one, and a burst of
-    requests could then exhaust the pool and deadlock."""
+    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe)."""
     if now - holder.last_seen_at < ACTIVITY_WRITE_INTERVAL:
         return
     values = {"_id": holder.session_id, "threshold": now - ACTIVITY_WRITE_INTERVAL, "now": now}
-    if inline is not None:
-        try:
-            inline.write([(_RECORD_ACTIVITY, values)])
-            return
-        except InlineUnavailable:
-            pass  # locked: through the request's transaction, which waits its turn
-        except SQLAlchemyError as exc:
-            # A database that refuses writes must not fail a request that only reads: the
-            # activity is recorded by a later one (as an API key's use is).
-            logger.warning(
-                "could not record the activity of session %s: %s",
-                holder.session_id,
-                describe_database_error(exc),
-            )
-            return
-    await session.execute(_RECORD_ACTIVITY, values)
+    await record_in_passing(
+        session, inline, _RECORD_ACTIVITY, values, f"the activity of session {holder.session_id}"
+    )
 
 
 def _owned(user_id: str) -> Select[UserSession]:

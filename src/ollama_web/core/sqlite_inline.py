@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-from ollama_web.core.db import SQLITE_BUSY_TIMEOUT_MS, SlowQueryRecorder
+from ollama_web.core.db import SQLITE_BUSY_TIMEOUT_MS, SlowQueryRecorder, describe_database_error
 
 logger = logging.getLogger("ollama_web.db")
 
@@ -319,6 +319,31 @@ async def first_row(
             return inline.first(statement, values)
     row = (await session.execute(statement, values)).first()
     return None if row is None else tuple(row)
+
+
+async def record_in_passing(
+    session: AsyncSession,
+    inline: InlineSQLite | None,
+    statement: Executable,
+    values: dict[str, Any],
+    what: str,
+) -> None:
+    """A throttled bookkeeping write of a request that may only read (a key's use, a
+    session's activity). Inline, in a transaction of its own. Otherwise in the request's
+    transaction: one of its own would hold a second pooled connection while the request
+    holds one, and a burst of requests would then exhaust the pool and deadlock. A database
+    that refuses the inline write (a full disk, a read-only file) must not fail the request:
+    that is logged (`what` says what was not recorded) and a later request records it."""
+    if inline is not None:
+        try:
+            inline.write([(statement, values)])
+            return
+        except InlineUnavailable:
+            pass  # locked: through the request's transaction, which waits its turn
+        except SQLAlchemyError as exc:
+            logger.warning("could not record %s: %s", what, describe_database_error(exc))
+            return
+    await session.execute(statement, values)
 
 
 def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineSQLite | None:

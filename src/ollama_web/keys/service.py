@@ -7,13 +7,11 @@ A key is `owk_` + base64url(32 random bytes); the database keeps its sha256 and 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from sqlalchemy import Select, Table, bindparam, func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.auth.errors import ApiKeyExpiredError, ApiKeyRevokedError, InvalidApiKeyError
@@ -26,14 +24,12 @@ from ollama_web.auth.tokens import (
 )
 from ollama_web.auth.users import lock_user_row
 from ollama_web.core.config import Settings
-from ollama_web.core.db import describe_database_error, flush_owned, update_if
+from ollama_web.core.db import flush_owned, update_if
 from ollama_web.core.errors import AccountGoneError, ConflictError, NotFoundError, ValidationError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
-from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable, first_row
+from ollama_web.core.sqlite_inline import InlineSQLite, first_row, record_in_passing
 from ollama_web.db import ApiKey, User
 from ollama_web.db.base import utcnow
-
-logger = logging.getLogger("ollama_web.keys")
 
 
 class ApiKeyNotActiveError(ConflictError):
@@ -274,28 +270,10 @@ async def authenticate_key(
 async def record_key_use(
     session: AsyncSession, holder: KeyHolder, now: datetime, inline: InlineSQLite | None = None
 ) -> None:
-    """Set `last_used_at`, at most once per interval (the WHERE makes it race-safe).
-
-    Inline, in a transaction of its own. Otherwise in the request's transaction: one of its
-    own would hold a second pooled connection while the request holds one, and a burst of
-    requests would then exhaust the pool and deadlock.
-    """
+    """Set `last_used_at`, at most once per interval (the WHERE makes it race-safe)."""
     if holder.last_used_at is not None and now - holder.last_used_at < ACTIVITY_WRITE_INTERVAL:
         return
     values = {"_id": holder.key_id, "threshold": now - ACTIVITY_WRITE_INTERVAL, "now": now}
-    if inline is not None:
-        try:
-            inline.write([(_RECORD_USE, values)])
-            return
-        except InlineUnavailable:
-            pass  # locked: through the request's transaction, which waits its turn
-        except SQLAlchemyError as exc:
-            # A database that refuses writes (a full disk, a read-only file) must not fail
-            # a request that only reads: the use is recorded by a later one.
-            logger.warning(
-                "could not record the use of API key %s: %s",
-                holder.key_id,
-                describe_database_error(exc),
-            )
-            return
-    await session.execute(_RECORD_USE, values)
+    await record_in_passing(
+        session, inline, _RECORD_USE, values, f"the use of API key {holder.key_id}"
+    )
