@@ -20,7 +20,8 @@ from ollama_web.core.directories import prepare_directories
 from ollama_web.core.errors import install_error_handlers
 from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
-from ollama_web.core.sqlite_inline import Checkpointer, open_inline
+from ollama_web.core.sqlite_checkpoint import Checkpointer
+from ollama_web.core.sqlite_inline import open_inline
 from ollama_web.core.state import CoreState
 from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware

@@ -31,8 +31,8 @@ from ollama_web.conversations.writes import (
 from ollama_web.core import sqlite_inline
 from ollama_web.core.config import Settings
 from ollama_web.core.db import SlowQueryRecorder, create_engine
+from ollama_web.core.sqlite_checkpoint import Checkpointer
 from ollama_web.core.sqlite_inline import (
-    Checkpointer,
     InlineSQLite,
     InlineUnavailable,
     first_row,

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BindParameter, Result, Select, String, bindparam, null, select
+from sqlalchemy import BindParameter, Executable, Result, Select, String, bindparam, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.conversations import search
 from ollama_web.core.errors import NotFoundError
-from ollama_web.core.sqlite_inline import InlineSQLite, InlineUnavailable
+from ollama_web.core.sqlite_inline import InlineSQLite, read_rows
 from ollama_web.db import Conversation, Message
 from ollama_web.db.models import MessageRole, MessageStatus
 
@@ -145,12 +144,11 @@ _TURN_COLUMNS = (
     Conversation.active_leaf_id,
 )
 # Built once: every chat turn but a new conversation's runs them (inline on SQLite).
-_TURN_PARAMETERS = (bindparam("user_id", type_=String), bindparam("conversation_id", type_=String))
+_USER_ID = bindparam("user_id", type_=String)
+_CONVERSATION_ID = bindparam("conversation_id", type_=String)
 _MESSAGE_ID = bindparam("message_id", type_=String)
-_TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
-    Conversation.id == _TURN_PARAMETERS[1]
-)
-_TURN_BRANCH = _branch_query(*_TURN_PARAMETERS)
+_TURN_CONVERSATION = owned(_USER_ID, *_TURN_COLUMNS).where(Conversation.id == _CONVERSATION_ID)
+_TURN_BRANCH = _branch_query(_USER_ID, _CONVERSATION_ID)
 # What a turn reads on the event loop's thread at most (a few ms of SQLite's work and row
 # conversion); a longer conversation is read through the session, on the driver thread.
 INLINE_READ_ROWS = 500
@@ -160,16 +158,12 @@ INLINE_READ_CHARS = 512 * 1024
 async def _read(
     session: AsyncSession,
     inline: InlineSQLite | None,
-    queries: list[tuple[Select[Any], dict[str, Any]]],
+    queries: Sequence[tuple[Executable, dict[str, Any]]],
 ) -> list[Sequence[tuple[Any, ...]]]:
-    """The rows of `queries` in one snapshot: inline on SQLite when the database allows it
-    and they are not too many, else through the session (in its transaction)."""
-    if inline is not None:
-        with suppress(InlineUnavailable):
-            return list(
-                inline.read(queries, max_rows=INLINE_READ_ROWS, max_chars=INLINE_READ_CHARS)
-            )
-    return [(await session.execute(query, values)).all() for query, values in queries]
+    """A turn's rows in one snapshot, inline within the turn's bounds (`read_rows`)."""
+    return await read_rows(
+        session, inline, queries, max_rows=INLINE_READ_ROWS, max_chars=INLINE_READ_CHARS
+    )
 
 
 async def conversation_turn(
@@ -201,11 +195,11 @@ class MessageTurn:
 _TARGET_CONVERSATION = (
     select(Message.conversation_id).where(Message.id == _MESSAGE_ID).scalar_subquery()
 )
-_TARGET_TURN_CONVERSATION = owned(_TURN_PARAMETERS[0], *_TURN_COLUMNS).where(
+_TARGET_TURN_CONVERSATION = owned(_USER_ID, *_TURN_COLUMNS).where(
     Conversation.id == _TARGET_CONVERSATION
 )
-_TARGET_TURN_BRANCH = _branch_query(_TURN_PARAMETERS[0], _TARGET_CONVERSATION)
-_TARGET_PARENT = owned(_TURN_PARAMETERS[0], *_MESSAGES.c).where(
+_TARGET_TURN_BRANCH = _branch_query(_USER_ID, _TARGET_CONVERSATION)
+_TARGET_PARENT = owned(_USER_ID, *_MESSAGES.c).where(
     Message.id == select(Message.parent_id).where(Message.id == _MESSAGE_ID).scalar_subquery()
 )
 

@@ -17,7 +17,7 @@ this one on the driver thread), nothing is done: `InlineUnavailable` is raised, 
 caller takes SQLAlchemy's path, which waits on the driver thread. Nothing can interleave:
 a transaction here runs from start to end without yielding to the loop. Automatic WAL
 checkpoints are off, because a commit would run one with its fsyncs (10 to 30 ms) on the
-loop. `Checkpointer` runs them on the driver thread.
+loop. `sqlite_checkpoint.Checkpointer` runs them on the driver thread.
 
 Use it only for statements with bounded work (lookups by a unique key, writes of a few
 rows, reads that stop at a bound), built once: compiled forms are kept per statement
@@ -26,7 +26,6 @@ object.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -37,12 +36,12 @@ from typing import Any, cast
 
 from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-from ollama_web.core.db import SQLITE_BUSY_TIMEOUT_MS, SlowQueryRecorder, describe_database_error
+from ollama_web.core.db import SlowQueryRecorder, describe_database_error
 
 logger = logging.getLogger("ollama_web.db")
 
@@ -63,9 +62,14 @@ class InlineUnavailable(Exception):
 
 
 class _Commits:
-    """Commits made here, which `Checkpointer` looks at."""
+    """Commits made here, which the checkpointer looks at (core/sqlite_checkpoint.py)."""
 
     count = 0
+
+
+def inline_commits() -> int:
+    """How many transactions the inline connections of this process have committed."""
+    return _Commits.count
 
 
 def _failure(exc: sqlite3.Error, sql: str, parameters: Any) -> Exception:
@@ -321,6 +325,23 @@ async def first_row(
     return None if row is None else tuple(row)
 
 
+async def read_rows(
+    session: AsyncSession,
+    inline: InlineSQLite | None,
+    queries: Sequence[tuple[Executable, dict[str, Any]]],
+    *,
+    max_rows: int,
+    max_chars: int,
+) -> list[Sequence[tuple[Any, ...]]]:
+    """The rows of `queries` in one snapshot: inline (`InlineSQLite.read`, within its
+    bounds) when there is an inline connection and the database allows it, else through
+    the session, in its transaction."""
+    if inline is not None:
+        with suppress(InlineUnavailable):
+            return list(inline.read(queries, max_rows=max_rows, max_chars=max_chars))
+    return [(await session.execute(query, values)).all() for query, values in queries]
+
+
 async def record_in_passing(
     session: AsyncSession,
     inline: InlineSQLite | None,
@@ -356,98 +377,3 @@ def open_inline(engine: AsyncEngine, slow_queries: SlowQueryRecorder) -> InlineS
     if database.startswith("file:") or "uri" in url.query:
         return None
     return InlineSQLite(database, engine.dialect, slow_queries)
-
-
-WAL_RESTART_FRAMES = 1000
-"""A WAL this many frames long (~4 MiB of pages; SQLite's own automatic checkpoint mark) is
-emptied by a `TRUNCATE` checkpoint."""
-TRUNCATE_BACKLOG_FRAMES = 256
-"""The most frames a `TRUNCATE` copies while writers wait: when the passive checkpoint left
-more (a burst of commits outran it), the WAL is emptied at a later checkpoint."""
-
-
-class Checkpointer:
-    """WAL checkpoints after the inline connection's commits: one at most every `interval`
-    seconds, on the driver thread, and only after something was committed.
-
-    - `PASSIVE` first: it copies what no reader still needs, and never waits for a lock.
-    - Under a steady stream of commits a passive checkpoint never catches up with the
-      last one, so the WAL would never start over and would grow without end. Once it
-      holds `restart_frames`, a `TRUNCATE` checkpoint empties it. It blocks writers while
-      it copies the few frames the passive one left and syncs the database (inline writes
-      meanwhile take SQLAlchemy's path, which waits), but it never waits itself: busy,
-      it is tried again next time.
-    - Once everything is copied, the WAL is started over here, by rewriting the header's
-      `user_version` with its own value. The first write to an emptied WAL writes its
-      header and syncs it; done here, that fsync is not the next inline commit's, on the
-      loop.
-    """
-
-    def __init__(
-        self, engine: AsyncEngine, interval: float = 1.0, restart_frames: int = WAL_RESTART_FRAMES
-    ) -> None:
-        self._engine = engine
-        self._interval = interval
-        self._restart_frames = restart_frames
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def checkpoint(self) -> None:
-        async with self._engine.connect() as connection:
-            busy, frames, copied = await _wal_checkpoint(connection, "PASSIVE")
-            truncate = frames >= self._restart_frames and frames - copied <= TRUNCATE_BACKLOG_FRAMES
-            if not (truncate or _all_copied(busy, frames, copied)):
-                return  # frames left behind, in a WAL still short: next time
-            await connection.exec_driver_sql("PRAGMA busy_timeout=0")
-            try:
-                if truncate:
-                    busy, frames, copied = await _wal_checkpoint(connection, "TRUNCATE")
-                if _all_copied(busy, frames, copied):
-                    with suppress(OperationalError):  # another writer came first
-                        await _restart_wal(connection)
-            finally:
-                await connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop after the checkpoint under way, if any (its connection back in the pool);
-        none starts once stopping."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        seen = _Commits.count
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
-            if self._stop.is_set():
-                return
-            if _Commits.count == seen:
-                continue
-            seen = _Commits.count
-            try:
-                await self.checkpoint()
-            except SQLAlchemyError:
-                logger.warning("WAL checkpoint failed", exc_info=True)
-
-
-async def _wal_checkpoint(connection: AsyncConnection, mode: str) -> tuple[int, int, int]:
-    """(busy, frames in the WAL, frames copied to the database)."""
-    result = await connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
-    busy, frames, copied = (int(value) for value in tuple(result.one()))
-    return busy, frames, copied
-
-
-def _all_copied(busy: int, frames: int, copied: int) -> bool:
-    """A checkpoint's result: every frame of the WAL is in the database (-1: not in WAL mode)."""
-    return not busy and frames == copied >= 0
-
-
-async def _restart_wal(connection: AsyncConnection) -> None:
-    """A write of one unchanged page: it starts a WAL whose frames are all copied over (when
-    no reader still uses them) from its beginning."""
-    version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
-    await connection.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
