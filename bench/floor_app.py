@@ -22,7 +22,7 @@ from ollama_web.ollama.http11 import Http11Transport
 
 OLLAMA = os.environ["OLLAMA_URL"].rstrip("/")
 client = httpx.AsyncClient(
-    transport=Http11Transport(httpx.Limits(max_connections=1000), httpx.create_ssl_context())
+    transport=Http11Transport(httpx.Limits(max_connections=1000), httpx.create_ssl_context)
 )
 app = FastAPI()
 

@@ -28,8 +28,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def client(ssl_context: ssl.SSLContext | None = None, **limits: Any) -> httpx.AsyncClient:
-    context = ssl_context or ssl.create_default_context()
-    transport = Http11Transport(httpx.Limits(**limits), context)
+    tls = ssl.create_default_context if ssl_context is None else lambda: ssl_context
+    transport = Http11Transport(httpx.Limits(**limits), tls)
     return httpx.AsyncClient(transport=transport, timeout=5.0)
 
 
@@ -414,6 +414,31 @@ async def test_https(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
         async with client() as untrusting:  # the system's CAs: not the self-signed one
             with pytest.raises(httpx.ConnectError):
                 await untrusting.get(f"https://localhost:{port}/")
+
+
+async def test_the_tls_context_is_made_at_the_first_https_connection_only(
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Loading the system's certificates costs ~25 ms: a server whose nodes all speak plain
+    http never pays it, one with an https node pays it once."""
+    server_context, client_context = tls_pair
+    made: list[ssl.SSLContext] = []
+
+    def make() -> ssl.SSLContext:
+        made.append(client_context)
+        return client_context
+
+    state = HoldingServer()
+    async with holding_server() as plain, serving(state.handle, server_context) as port:
+        transport = Http11Transport(httpx.Limits(max_keepalive_connections=0), make)
+        async with httpx.AsyncClient(transport=transport, timeout=5.0) as http:
+            assert (await http.get(plain.url)).content == b"ok"
+            assert made == []
+            for _ in range(2):  # a new connection each time (no keep-alive): one context
+                response = await http.get(f"https://localhost:{port}/")
+                assert response.content == b"ok"
+            assert made == [client_context]
+            assert state.connections == 2
 
 
 def test_under_uvloop() -> None:

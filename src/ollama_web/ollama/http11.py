@@ -26,6 +26,7 @@ import asyncio
 import ssl
 import sys
 from collections import deque
+from collections.abc import Callable
 
 import httpx
 
@@ -56,13 +57,17 @@ class _Response(httpx.Response):
 class Http11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive and httpx's pool limits (see the module docstring)."""
 
-    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, limits: httpx.Limits, tls: Callable[[], ssl.SSLContext]) -> None:
+        """`tls` makes the TLS context of https nodes, on the first connection to one:
+        loading the system's certificates takes ~25 ms, which a server of plain-http nodes
+        (the usual Ollama on loopback or a LAN) never needs to spend at start."""
         unlimited = sys.maxsize
         self._max_connections = limits.max_connections or unlimited
         keepalive = limits.max_keepalive_connections
         self._max_keepalive = unlimited if keepalive is None else keepalive
         self._expiry = limits.keepalive_expiry
-        self._ssl_context = ssl_context
+        self._make_tls = tls
+        self._tls: ssl.SSLContext | None = None
         self._idle: dict[Origin, list[Connection]] = {}
         self._idle_count = 0
         self._open: set[Connection] = set()
@@ -182,7 +187,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin, seconds: float | None) -> Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        tls = self._ssl_context if scheme == b"https" else None
+        tls = None
+        if scheme == b"https":
+            if self._tls is None:
+                self._tls = self._make_tls()
+            tls = self._tls
         self._opening += 1
         try:
             async with asyncio.timeout(seconds):

@@ -80,7 +80,7 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         pool=settings.ollama_connect_timeout_seconds,
     )
     return UpstreamClient(
-        transport=Http11Transport(limits, httpx.create_ssl_context(trust_env=False)),
+        transport=Http11Transport(limits, lambda: httpx.create_ssl_context(trust_env=False)),
         timeout=timeout,
         headers={"User-Agent": f"ollama-web/{__version__}"},
         follow_redirects=False,
