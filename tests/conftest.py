@@ -138,12 +138,15 @@ async def _pg_reset(name: str, template: str) -> None:
 
     from ollama_web.db import Base
 
-    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    # DELETE, not TRUNCATE: a test leaves a few rows, which DELETE removes in ~1 ms, where
+    # TRUNCATE makes new files for every table and index (~60 ms a test).
+    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+    deletes = "; ".join(f'DELETE FROM "{table}"' for table in tables)  # noqa: S608 (ours)
     try:
         conn = await asyncpg.connect(_pg_url(name))
         try:
             await conn.execute("SET lock_timeout = '5s'")
-            await conn.execute(f"TRUNCATE {tables} CASCADE")
+            await conn.execute(deletes)
             return
         finally:
             await conn.close()
