@@ -37,9 +37,14 @@ ruff format --check src tests scripts bench
 step "mypy --strict (package)"
 mypy src
 
-step "pytest (SQLite and PostgreSQL, coverage gate)"
+# One pytest worker per core (pytest-xdist; at most 8): the suite spends much of its time
+# waiting on servers it started, and coverage doubles its CPU. TEST_WORKERS=0 runs it in
+# this one process.
+WORKERS="${TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}"
+[ "$WORKERS" -gt 8 ] && WORKERS=8
+step "pytest (SQLite and PostgreSQL, coverage gate, $WORKERS workers)"
 set +e
-python -m pytest --cov=ollama_web --cov-report=term --cov-fail-under=85 "$@"
+python -m pytest -n "$WORKERS" --cov=ollama_web --cov-report=term --cov-fail-under=85 "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -30,7 +30,20 @@ pytest_plugins = [
 ]
 
 PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
-REDIS_URL = os.environ.get("OLLAMA_WEB_TEST_REDIS_URL")
+
+
+def _worker_redis(url: str | None) -> str | None:
+    """Under pytest-xdist, each worker gets a Redis database of its own (`gw1` -> 2), so that
+    no worker hears another's generation relay or counts its rate limits. PostgreSQL needs
+    no such care: its databases are named after the process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if url is None or not worker.startswith("gw"):
+        return url
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{int(worker[2:]) % 15 + 1}"
+
+
+REDIS_URL = _worker_redis(os.environ.get("OLLAMA_WEB_TEST_REDIS_URL"))
 # The CA of the test PostgreSQL's TLS certificate (scripts/services.sh makes it).
 PG_CA = os.environ.get("OLLAMA_WEB_TEST_PG_CA")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -133,6 +133,7 @@ def test_production_refuses_missing_weak_or_placeholder_secret(secret: str | Non
         "correct-horse-battery-staple-exchange-rate",  # "exchange" is not "change"
         "tangible-counterexample-quietly-orbit-7",
     ],
+    ids=["hex-32", "hex-16", "urlsafe-32", "hex-32-upper", "exchange-rate", "counterexample"],
 )
 def test_production_accepts_strong_secret(secret: str) -> None:
     settings = Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]
