@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import re
 import socket
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from ollama_web.core.config import Settings
-from ollama_web.core.logging import redact
+from ollama_web.core.logging import SharedRotatingFileHandler, redact
 from tests.conftest import asgi_client
 
 SECRETS = [
@@ -178,6 +179,56 @@ def _open_logs(pid: int, log_dir: Path) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             targets.append(os.readlink(fd))
     return [target for target in targets if target.startswith(str(log_dir / "access.log"))]
+
+
+def _file_logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"tests.logging.{name}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    return logger
+
+
+def test_each_record_is_formatted_once_and_the_file_rotates_at_its_limit(
+    tmp_path: Path,
+) -> None:
+    formatted: list[str] = []
+
+    class Counting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            formatted.append(record.getMessage())
+            return super().format(record)
+
+    handler = SharedRotatingFileHandler(tmp_path / "a.log", 100, 2)
+    handler.setFormatter(Counting("%(message)s"))
+    logger = _file_logger("limit", handler)
+    try:
+        for i in range(10):  # 31 bytes a line: three fit under 100, the fourth rotates
+            logger.warning("line %d %s", i, "x" * 23)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert len(formatted) == 10
+    lines = {
+        name: [int(line.split()[1]) for line in (tmp_path / name).read_text().splitlines()]
+        for name in ("a.log", "a.log.1", "a.log.2")
+    }
+    assert lines == {"a.log": [9], "a.log.1": [6, 7, 8], "a.log.2": [3, 4, 5]}
+
+
+def test_a_log_path_that_is_no_regular_file_is_never_rotated(tmp_path: Path) -> None:
+    """An operator may point a log at /dev/null: it is written to, never renamed."""
+    path = tmp_path / "access.log"
+    path.symlink_to("/dev/null")
+    handler = SharedRotatingFileHandler(path, 100, 2)
+    logger = _file_logger("devnull", handler)
+    try:
+        for i in range(20):
+            logger.warning("line %d of a log nobody keeps", i)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert path.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log"]
 
 
 def test_a_rotation_lock_file_of_another_user_still_serves(tmp_path: Path) -> None:
