@@ -440,6 +440,15 @@ async def test_the_tls_context_is_made_at_the_first_https_connection_only(
             assert made == [client_context]
             assert state.connections == 2
 
+    def unusable() -> ssl.SSLContext:
+        raise ssl.SSLError("no certificates")
+
+    transport = Http11Transport(httpx.Limits(), unusable)
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as http:
+        with pytest.raises(httpx.ConnectError, match="no certificates"):
+            await http.get(f"https://localhost:{port}/")
+        assert transport._opening == 0
+
 
 def test_under_uvloop() -> None:
     """Production runs uvloop, whose transports are not asyncio.Transport subclasses."""

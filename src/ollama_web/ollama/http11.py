@@ -187,13 +187,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin, seconds: float | None) -> Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        tls = None
-        if scheme == b"https":
-            if self._tls is None:
-                self._tls = self._make_tls()
-            tls = self._tls
         self._opening += 1
         try:
+            tls = None
+            if scheme == b"https":  # a context that cannot be made fails as a connect does
+                if self._tls is None:
+                    self._tls = self._make_tls()
+                tls = self._tls
             async with asyncio.timeout(seconds):
                 _, connection = await loop.create_connection(
                     lambda: Connection(loop, origin),
