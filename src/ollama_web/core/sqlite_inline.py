@@ -189,14 +189,14 @@ class InlineSQLite:
         *,
         max_rows: int,
         max_chars: int,
-    ) -> list[list[tuple[Any, ...]]]:
+    ) -> list[Sequence[tuple[Any, ...]]]:
         """The rows of each query (columns converted as SQLAlchemy would), all read in one
         transaction: one snapshot of the database. Bounded: more than `max_rows` rows or
         `max_chars` characters of text in all raise InlineUnavailable as soon as they are
         seen, and so much is read through SQLAlchemy's path, where SQLite's work is done
         on the driver thread."""
         connection = self._connection
-        results: list[list[tuple[Any, ...]]] = []
+        results: list[Sequence[tuple[Any, ...]]] = []
         rows_left, chars_left = max_rows, max_chars
         sql, parameters = "BEGIN", None
         try:
@@ -338,7 +338,7 @@ async def read_rows(
     the session, in its transaction."""
     if inline is not None:
         with suppress(InlineUnavailable):
-            return list(inline.read(queries, max_rows=max_rows, max_chars=max_chars))
+            return inline.read(queries, max_rows=max_rows, max_chars=max_chars)
     return [(await session.execute(query, values)).all() for query, values in queries]
 
 
