@@ -88,8 +88,9 @@ class Side:
         """One streamed chat: (time to first token, total time, tokens seen)."""
         started = time.perf_counter()
         if self.sse:
-            auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-            auth = self.headers if self.headers is not None else auth
+            auth = self.headers or (
+                {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            )
             body = {"model": MODEL, "content": "Say something nice."}
             if self.turn == "continue" and connection.conversation_id is not None:
                 body["conversation_id"] = connection.conversation_id
