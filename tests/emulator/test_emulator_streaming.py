@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import socket
 import time
 
 import httpx
@@ -230,3 +232,22 @@ async def test_num_predict_limits_reply(emu: OllamaEmulator, client: httpx.Async
     body = (await client.post("/api/chat", json=payload)).json()
     assert body["message"]["content"] == "tok0 tok1 tok2"
     assert body["done_reason"] == "length"
+
+
+@pytest.mark.parametrize("steps", range(6))
+def test_a_connection_accepted_as_the_emulator_stops_ends_with_it(steps: int) -> None:
+    """A client that connects just before stop(), whose handler has not run yet, is
+    closed by stop() too: nothing is left for the garbage collector to find open once the
+    loop is gone (with filterwarnings=error an unclosed transport fails a later test)."""
+
+    async def connect_then_stop() -> None:
+        emulator = OllamaEmulator()
+        await emulator.start()
+        with socket.create_connection(("127.0.0.1", emulator.port)):
+            for _ in range(steps):  # accepted, transport made, handler started: each a step
+                await asyncio.sleep(0)
+            await emulator.stop()
+        assert emulator.connections_active == 0
+
+    asyncio.run(connect_then_stop())
+    gc.collect()
