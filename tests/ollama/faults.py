@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
+from ollama_web.emulator.server import close_server
+
 
 def closed_port_url() -> str:
     """A loopback URL nothing listens on: connections are refused at once."""
@@ -29,10 +31,15 @@ async def serving(
     handler: Handler, ssl_context: ssl.SSLContext | None = None, unix_path: str | None = None
 ) -> AsyncIterator[int]:
     """Serve `handler` on a loopback port (yielded), or on `unix_path` (0 is yielded); every
-    connection still open at the end is aborted, so nothing outlives the test."""
+    connection still open at the end is aborted, one accepted as it ends too, so nothing
+    outlives the test."""
     writers: list[asyncio.StreamWriter] = []
+    stopped = False
 
     async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if stopped:
+            writer.transport.abort()
+            return
         writers.append(writer)
         await handler(reader, writer)
 
@@ -43,10 +50,13 @@ async def serving(
     try:
         yield 0 if unix_path is not None else server.sockets[0].getsockname()[1]
     finally:
-        server.close()
-        for writer in writers:
-            writer.transport.abort()
-        await server.wait_closed()
+        stopped = True
+        await close_server(server, lambda: _abort(writers))
+
+
+def _abort(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.transport.abort()
 
 
 def json_node(
