@@ -84,6 +84,16 @@ def _parse_json(body: bytes) -> Any:
         return None
 
 
+async def stop_accepting(server: asyncio.Server) -> None:
+    """Stop reading `server`'s listening sockets, then let the connections the loop already
+    accepted make their transports: a server closed after this loses none (see
+    `close_server`)."""
+    loop = asyncio.get_running_loop()
+    for sock in server.sockets:
+        loop.remove_reader(sock.fileno())
+    await asyncio.sleep(0)
+
+
 async def close_server(
     server: asyncio.Server,
     drop_connections: Callable[[], None],
@@ -100,11 +110,8 @@ async def close_server(
     accepted connection still reaches its protocol, whose owner, knowing the server
     stopped, must drop it there. `drop_connections` drops those it knows already. Python
     3.11's wait_closed() waits for the connections only when asked before close()."""
-    loop = asyncio.get_running_loop()
     every_connection_ended = asyncio.ensure_future(server.wait_closed())
-    for sock in server.sockets:
-        loop.remove_reader(sock.fileno())
-    await asyncio.sleep(0)  # the transports of connections already accepted are made now
+    await stop_accepting(server)
     server.close()
     drop_connections()
     with contextlib.suppress(TimeoutError):
