@@ -25,8 +25,10 @@ own: see `Placement`), then:
   write of its own, as from a real Ollama) and in bursts (8 streams at full speed, 2000
   tokens). A burst's cost per token depends on how many tokens each read brings (with the
   server pinned to a CPU of its own, about one: close to the paced cost; unpinned, several).
-  bench/relay_floor.py measures the paced regime with no framework at all (uvloop protocols,
-  httptools, json, SSE frames): what any Python relay of Ollama pays per token here.
+  The paced load is also run on bench/floor_app.py (cpu_paced_floor): what FastAPI and
+  uvicorn alone pay per token. bench/relay_floor.py measures the paced regime with no
+  framework at all (uvloop protocols, httptools, json, SSE frames): what any Python relay of
+  Ollama pays per token here.
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
 
 Prints the numbers and writes bench/results/streaming.json.
@@ -298,9 +300,11 @@ async def _floor(*emulator_args: str) -> AsyncIterator[tuple[Side, Side, Server]
         emulator.wait()
 
 
-async def cpu_per_token(label: str, streams: int, tokens: int, tps: str) -> dict[str, Any]:
+async def cpu_per_token(
+    label: str, streams: int, tokens: int, tps: str, on_floor: bool = False
+) -> dict[str, Any]:
     args = ["--reply-tokens", str(tokens)] + (["--tokens-per-second", tps] if tps else [])
-    async with Scenario(*args) as (_, backend, server):
+    async with _floor(*args) if on_floor else Scenario(*args) as (_, backend, server):
         await run_loops(backend, 4, 1.0, lambda *_: None)
         relayed = 0
 
@@ -322,6 +326,7 @@ async def cpu_per_token(label: str, streams: int, tokens: int, tps: str) -> dict
         await asyncio.sleep(0.5)  # background title requests finish
         used = cpu_seconds(server.pid) - before
     return {
+        "server": "floor_app" if on_floor else "backend",
         "regime": label,
         "streams": streams,
         "tokens_per_stream": tokens,
@@ -381,6 +386,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "throughput": lambda: throughput(args.seconds),
         "floor": lambda: floor(args.seconds),
         "cpu_paced": lambda: cpu_per_token("paced", 100, 200, "50"),
+        "cpu_paced_floor": lambda: cpu_per_token("paced", 100, 200, "50", on_floor=True),
         "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
         "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
     }
@@ -405,7 +411,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--only",
         nargs="*",
-        choices=["ttft", "throughput", "floor", "cpu_paced", "cpu_burst", "slow_streams"],
+        choices=[
+            "ttft",
+            "throughput",
+            "floor",
+            "cpu_paced",
+            "cpu_paced_floor",
+            "cpu_burst",
+            "slow_streams",
+        ],
     )
     arguments = parser.parse_args()
     report = uvloop.run(main(arguments))
