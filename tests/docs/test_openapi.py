@@ -206,6 +206,36 @@ def test_every_operation_with_a_json_body_documents_its_refusals(
     assert "INVALID_CURRENT_PASSWORD" in description(password, 400), "a route's own 400 stays"
 
 
+def test_every_operation_that_takes_text_documents_the_refusal_of_text_no_database_stores(
+    document: dict[str, Any],
+) -> None:
+    wrong: list[str] = []
+    taking = 0
+    for method, path, operation in operations(document):
+        takes_json = "application/json" in operation.get("requestBody", {}).get("content", {})
+        takes_text = takes_json or bool(operation.get("parameters"))
+        taking += takes_text
+        if ("NUL character" in description(operation, 422)) != takes_text:
+            wrong.append(f"{method} {path}: the refusal documented is {not takes_text}")
+    assert not wrong, "\n".join(wrong)
+    assert taking > 20
+    health = document["paths"]["/health"]["get"]
+    assert "422" not in health["responses"]
+
+
+async def test_real_text_refusals_match_the_documented_schemas(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    user = regular_user.headers
+    in_body = await client.post("/api/keys", json={"name": "a\u0000b"}, headers=user)
+    assert_documented(document, in_body, "/api/keys", 422)
+    in_query = await client.get("/api/conversations", params={"q": "a\x00"}, headers=user)
+    assert_documented(document, in_query, "/api/conversations", 422)
+    for refused in (in_body, in_query):
+        assert refused.json()["error"] == "VALIDATION_ERROR"
+
+
 def test_every_paged_list_documents_its_cursor_refusal(document: dict[str, Any]) -> None:
     paged = []
     for method, path, operation in operations(document):

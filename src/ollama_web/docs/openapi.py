@@ -117,6 +117,12 @@ BAD_CURSOR: Reason = (
     "INVALID_CURSOR",
     "a `cursor` that is malformed, tampered with, or from another list (INVALID_CURSOR)",
 )
+# middleware/input_guard.py: text no database can store, wherever the request carries it.
+BAD_TEXT: Reason = (
+    "NUL",
+    "text in the path, the query or the JSON body holding a NUL character or an unpaired "
+    "UTF-16 surrogate, which no database stores (VALIDATION_ERROR)",
+)
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
@@ -215,6 +221,14 @@ def document_cursor_refusal(operation: dict[str, Any]) -> None:
         _add_reasons(operation.setdefault("responses", {}), "400", (BAD_CURSOR,))
 
 
+def document_text_refusal(operation: dict[str, Any]) -> None:
+    """422 for text no database stores, on an operation that takes text: a JSON body, or a
+    path or query parameter."""
+    takes_json = JSON in operation.get("requestBody", {}).get("content", {})
+    if takes_json or operation.get("parameters"):
+        _add_reasons(operation.setdefault("responses", {}), "422", (BAD_TEXT,))
+
+
 def _served_routes(app: FastAPI) -> list[Any]:
     """Every API route as served: path with its prefix, dependencies with the app's.
 
@@ -259,6 +273,7 @@ def complete_document(app: FastAPI, document: Document) -> Document:
         for operation in item.values():
             document_body_refusals(operation)
             document_cursor_refusal(operation)
+            document_text_refusal(operation)
             document_error_envelope(operation)
             responses = operation.get("responses", {})
             operation["responses"] = dict(sorted(responses.items(), key=_status_order))
