@@ -225,7 +225,8 @@ def document_text_refusal(operation: dict[str, Any]) -> None:
     """422 for text no database stores, on an operation that takes text: a JSON body, or a
     path or query parameter."""
     takes_json = JSON in operation.get("requestBody", {}).get("content", {})
-    if takes_json or operation.get("parameters"):
+    in_url = any(p.get("in") in ("path", "query") for p in operation.get("parameters", []))
+    if takes_json or in_url:
         _add_reasons(operation.setdefault("responses", {}), "422", (BAD_TEXT,))
 
 
