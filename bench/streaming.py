@@ -26,9 +26,13 @@ own: see `Placement`), then:
   tokens). A burst's cost per token depends on how many tokens each read brings (with the
   server pinned to a CPU of its own, about one: close to the paced cost; unpinned, several).
   The paced load is also run on bench/floor_app.py (cpu_paced_floor): what FastAPI and
-  uvicorn alone pay per token. bench/relay_floor.py measures the paced regime with no
-  framework at all (uvloop protocols, httptools, json, SSE frames): what any Python relay of
-  Ollama pays per token here.
+  uvicorn alone pay per token; and with answers of 1000 tokens (cpu_paced_long, 100
+  streams, one answer each): what is left per token once each answer's own work (its
+  request, stored turn, title, final write) is spread over five times more tokens.
+  bench/token_path.py times our own code's part of a token's cost, without sockets.
+  bench/relay_floor.py measures the paced regime with no framework at all (uvloop
+  protocols, httptools, json, SSE frames): what any Python relay of Ollama pays per token
+  here.
 - slow: 1000 concurrent streams at 10 tokens/s; peak resident memory of the server.
 
 Prints the numbers and writes bench/results/streaming.json.
@@ -301,7 +305,7 @@ async def _floor(*emulator_args: str) -> AsyncIterator[tuple[Side, Side, Server]
 
 
 async def cpu_per_token(
-    label: str, streams: int, tokens: int, tps: str, on_floor: bool = False
+    label: str, streams: int, tokens: int, tps: str, on_floor: bool = False, rounds: int = 2
 ) -> dict[str, Any]:
     args = ["--reply-tokens", str(tokens)] + (["--tokens-per-second", tps] if tps else [])
     async with _floor(*args) if on_floor else Scenario(*args) as (_, backend, server):
@@ -313,7 +317,6 @@ async def cpu_per_token(
             relayed += seen
 
         before = cpu_seconds(server.pid)
-        rounds = 2
 
         async def one(connection: Connection) -> None:
             for _ in range(rounds):
@@ -330,6 +333,7 @@ async def cpu_per_token(
         "regime": label,
         "streams": streams,
         "tokens_per_stream": tokens,
+        "answers": streams * rounds,
         "tokens_relayed": relayed,
         "server_cpu_seconds": round(used, 3),
         "cpu_us_per_token": round(used / relayed * 1e6, 2),
@@ -387,6 +391,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "floor": lambda: floor(args.seconds),
         "cpu_paced": lambda: cpu_per_token("paced", 100, 200, "50"),
         "cpu_paced_floor": lambda: cpu_per_token("paced", 100, 200, "50", on_floor=True),
+        "cpu_paced_long": lambda: cpu_per_token("paced", 100, 1000, "50", rounds=1),
         "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
         "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
     }
@@ -417,6 +422,7 @@ if __name__ == "__main__":
             "floor",
             "cpu_paced",
             "cpu_paced_floor",
+            "cpu_paced_long",
             "cpu_burst",
             "slow_streams",
         ],
