@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import httptools
 import httpx
 import uvloop
 from chat_harness import write_result
+from relay_floor import _Downstream, _Relay
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -215,28 +214,13 @@ async def through_generation(tokens: int, with_client: bool) -> tuple[float, int
     return cost, frames - 1  # less the start event
 
 
-class _Minimal:
-    """bench/relay_floor.py's SSE relay, on a fake downstream transport."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.down = FakeTransport()
-        self.tail = b""
-        self.event_id = 0
-        self.parser.feed_data(HEAD)
-
-    def on_body(self, body: bytes) -> None:
-        *lines, self.tail = (self.tail + body).split(b"\n")
-        frames = []
-        for line in lines:
-            text = json.loads(line)["message"]["content"]
-            self.event_id += 1
-            frames.append(
-                f'id: {self.event_id}\nevent: token\ndata: {{"content":{json.dumps(text)}}}\n\n'
-            )
-        if frames:
-            frame = "".join(frames).encode()
-            self.down.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+def minimal() -> _Relay:
+    """bench/relay_floor.py's SSE relay, its downstream a fake transport."""
+    relay = _Relay(sink_port=0, sse=True)
+    relay.down = _Downstream()
+    relay.down.transport = FakeTransport()  # type: ignore[assignment]
+    relay.parser.feed_data(HEAD)
+    return relay
 
 
 async def main(tokens: int) -> dict[str, Any]:
@@ -252,8 +236,7 @@ async def main(tokens: int) -> dict[str, Any]:
             raise RuntimeError(f"{name}: {relayed} tokens relayed of {tokens * ROUNDS}")
         results[f"{name}_us_per_token"] = round(cost, 2)
         print(f"{name:>10}: {cost:6.2f} µs a token", flush=True)
-    minimal = _Minimal()
-    results["minimal_us_per_token"] = round(timed(minimal.parser.feed_data, tokens), 2)
+    results["minimal_us_per_token"] = round(timed(minimal().parser.feed_data, tokens), 2)
     print(f"{'minimal':>10}: {results['minimal_us_per_token']:6.2f} µs a token")
     return results
 
