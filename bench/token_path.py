@@ -16,7 +16,8 @@ token line of Ollama's chunked NDJSON is handed to the upstream connection's
 - minimal: for scale, the least any Python relay does per token (httptools' parse, a
   `json.loads`, an SSE frame, chunk encoding: the `sse` relay of bench/relay_floor.py).
 
-Each is timed over `--tokens` calls, best of seven rounds. Prints the numbers and writes
+Each is timed over `--tokens` calls, best of seven rounds, the garbage collector paused
+during each (its cost is in bench/streaming.py's process CPU). Prints the numbers and writes
 bench/results/token_path.json.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -147,15 +149,22 @@ def client_cycle() -> tuple[RequestResponseCycle, FakeTransport]:
 
 
 def timed(feed: Callable[[bytes], None], tokens: int) -> float:
-    """µs a token, best of ROUNDS rounds of `tokens` calls."""
+    """µs a token, best of ROUNDS rounds of `tokens` calls, the garbage collector paused
+    during each (the log grows by every token: its collections here would time the
+    benchmark's own pile of frames, not a token's path)."""
     for _ in range(1000):
         feed(PIECE)
     best = float("inf")
     for _ in range(ROUNDS):
-        started = time.perf_counter()
-        for _ in range(tokens):
-            feed(PIECE)
-        best = min(best, (time.perf_counter() - started) / tokens)
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.perf_counter()
+            for _ in range(tokens):
+                feed(PIECE)
+            best = min(best, (time.perf_counter() - started) / tokens)
+        finally:
+            gc.enable()
     return best * 1e6
 
 
