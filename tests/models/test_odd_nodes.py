@@ -93,3 +93,22 @@ async def test_odd_field_types_read_as_missing(
         None,
     )
     assert details["capabilities"] == []
+
+
+async def test_a_parameter_nested_past_the_json_parsers_depth_is_kept_as_text(
+    app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    answers = {
+        **ANSWERS,
+        b"POST /api/show": {"parameters": f'num_ctx 4096\nstop "<|eot|>"\ndeep {deep}'},
+    }
+    async with serving(
+        json_node({path: (200, answer) for path, answer in answers.items()})
+    ) as port:
+        app = await app_factory(settings_factory(ollama_url=[f"http://127.0.0.1:{port}"]))
+        user = await create_test_user(app)
+        async with asgi_client(app) as client:
+            shown = await client.get("/api/models/odd", headers=user.headers)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["parameters"] == {"num_ctx": 4096, "stop": ["<|eot|>"], "deep": deep}

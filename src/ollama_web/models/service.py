@@ -13,7 +13,7 @@ from ollama_web.ollama.pull import PullEvent, PullSubscription
 def _scalar(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return text
 
 
