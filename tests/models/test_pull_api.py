@@ -160,6 +160,26 @@ async def test_an_admin_cancels_a_pull_and_its_stream_ends_with_pull_cancelled(
     assert (again.status_code, again.json()["error"]) == (404, "PULL_NOT_RUNNING")
 
 
+async def test_a_cancel_names_the_node_as_ollama_url_may_spell_it(
+    cluster: Cluster, live_server: Callable[..., Any]
+) -> None:
+    """`host:port/` (no scheme, a trailing slash) names the pull's node, as in OLLAMA_URL."""
+    spelled = cluster.node_a.url.removeprefix("http://") + "/"
+    async with live_server(cluster.app) as base_url:
+        following = await _pull_under_way(cluster, base_url, "mistral")
+        response = await cluster.client.post(
+            "/api/models/pull/cancel",
+            json={"name": "mistral", "node": spelled},
+            headers=cluster.admin.headers,
+        )
+        _, events = await asyncio.wait_for(following, 5)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "model": "mistral", "node": cluster.node_a.url, "cancelled": 1, "processes_told": 0,
+    }  # fmt: skip
+    assert events[-1][1]["error"] == "PULL_CANCELLED"
+
+
 async def test_pull_cancel_refusals(cluster: Cluster) -> None:
     cancel = "/api/models/pull/cancel"
     user = await cluster.client.post(cancel, json={"name": "mistral"}, headers=cluster.user.headers)

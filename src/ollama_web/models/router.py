@@ -115,14 +115,14 @@ async def pull_model(
 async def cancel_pull(
     body: PullCancelRequest, principal: AdminPrincipal, gateway: GatewayDep
 ) -> PullCancelled:
-    cancelled, told = await gateway.cancel_pull(body.name, node_url=body.node)
+    cancelled, told, node = await gateway.cancel_pull(body.name, node_url=body.node)
     if not cancelled and not told:
         raise NotFoundError(
             "No pull of this model is running.",
             code="PULL_NOT_RUNNING",
             details={"model_name": body.name},
         )
-    return PullCancelled(model=body.name, node=body.node, cancelled=cancelled, processes_told=told)
+    return PullCancelled(model=body.name, node=node, cancelled=cancelled, processes_told=told)
 
 
 @router.get(

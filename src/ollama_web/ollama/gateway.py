@@ -297,17 +297,20 @@ class OllamaGateway:
             node = self._known_node(next(r.url for r in reports if r.status == "up"))
         return await self.pulls.start(node, parsed, name)
 
-    async def cancel_pull(self, name: str, *, node_url: str | None = None) -> tuple[int, int]:
+    async def cancel_pull(
+        self, name: str, *, node_url: str | None = None
+    ) -> tuple[int, int, str | None]:
         """End the pulls of `name` (on `node_url`, or on every node): (how many this process
-        ended, how many other processes were told, with REDIS_URL)."""
+        ended, how many other processes were told, with REDIS_URL; the node's URL as
+        configured)."""
         key = validate_model_name(name).key
         if node_url is not None:
-            self._known_node(node_url)
+            node_url = self._known_node(node_url).url  # as the running pulls name it
         ended = self.pulls.cancel(key, node_url)
         told = 0
         if self.pull_cancels is not None:
             told = max(0, await self.pull_cancels.publish(key, node_url) - 1)  # not this one
-        return ended, told
+        return ended, told, node_url
 
     def _pull_finished(self, job: PullJob) -> None:
         self.registry.invalidate(job.node)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ollama_web.core.config import public_url
+from ollama_web.core.config import normalise_ollama_url, public_url
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
@@ -67,7 +67,12 @@ class NodeRegistry:
         ]
 
     def get(self, url: str) -> Node | None:
-        wanted = public_url(url.rstrip("/"))
+        """The node `url` names, spelled as OLLAMA_URL may spell it (`host:port`, a trailing
+        slash, user info); None for any other."""
+        try:
+            wanted = public_url(normalise_ollama_url(url))
+        except ValueError:
+            return None
         return next((node for node in self.nodes if node.url == wanted), None)
 
     def reachable_first(self) -> list[Node]:
