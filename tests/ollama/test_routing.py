@@ -197,6 +197,23 @@ async def test_listing_with_a_node_that_never_answers_costs_the_list_timeout(
     assert asked == 1  # the second time, in back-off: reported, not asked (nor waited on)
 
 
+async def test_a_chat_to_a_single_node_that_never_answers_costs_one_list_timeout(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with (
+        hanging_server() as hanging,
+        gateway_factory([hanging.url], ollama_list_timeout_seconds=0.3) as gateway,
+    ):
+        started = time.monotonic()
+        with pytest.raises(OllamaUnavailableError):
+            async with gateway.open_chat("llama3.2", HI):
+                pass
+        elapsed = time.monotonic() - started
+        asked = hanging.connections
+    assert elapsed >= 0.3
+    assert asked == 1  # not again for the "cache predates a pull" retry: a second list timeout
+
+
 async def test_listing_with_a_blackholed_node_costs_the_connect_timeout(
     gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
 ) -> None:

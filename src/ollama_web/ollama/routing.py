@@ -33,9 +33,11 @@ class Router:
 
     async def candidates(self, name: ModelName, requested: str) -> list[Node]:
         """Nodes holding the model, best first; raises when there is none."""
-        await self.inventory.refresh(loaded=True)
+        reports = await self.inventory.refresh(loaded=True)
         holders = self.inventory.holders(name.key)
         if not holders:
+            # No node answered just now: asking again would only wait as long once more.
+            require_a_node_up(reports)
             # The cache may predate a pull: ask again before saying "not found".
             reports = await self.inventory.refresh(force=True, loaded=True)
             holders = self.inventory.holders(name.key)
