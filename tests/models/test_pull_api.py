@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from ollama_web.emulator import OllamaEmulator
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import create_test_user
 from tests.models.conftest import Cluster
+from tests.ollama.faults import hanging_server
 
 Event = tuple[str, dict[str, Any]]
 
@@ -111,6 +113,37 @@ async def test_pull_refusals_come_before_the_stream(cluster: Cluster) -> None:
     assert missing.status_code == 422
     assert anonymous.status_code == 401
     assert pulls(cluster) == 0
+
+
+async def test_a_pull_on_a_node_that_never_answers_fails_within_the_list_timeout(
+    app_factory: Callable[..., Any],
+    settings_factory: Callable[..., Settings],
+    node_a: OllamaEmulator,
+) -> None:
+    """Ollama writes a pull's head at once (its first line), so a node that sends none is
+    not answering: 504 after the list timeout, not OLLAMA_TIMEOUT_SECONDS (a chat's head
+    comes with its first token, which may take minutes)."""
+    async with hanging_server() as hanging:
+        settings = settings_factory(
+            ollama_url=[node_a.url, hanging.url],
+            ollama_list_timeout_seconds=0.3,
+            ollama_timeout_seconds=60.0,
+        )
+        app = await app_factory(settings)
+        admin = await create_test_user(app, "admin")
+        async with asgi_client(app) as client:
+            started = time.monotonic()
+            response = await asyncio.wait_for(
+                client.post(
+                    "/api/models/pull",
+                    json={"name": "mistral", "node": hanging.url},
+                    headers=admin.headers,
+                ),
+                10,
+            )
+            elapsed = time.monotonic() - started
+    assert (response.status_code, response.json()["error"]) == (504, "OLLAMA_TIMEOUT")
+    assert 0.3 <= elapsed < 10
 
 
 async def test_pull_with_every_node_down_is_503(cluster: Cluster) -> None:

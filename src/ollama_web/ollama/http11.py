@@ -37,6 +37,9 @@ BODY_EXTENSION = "ollama_web.body"
 SENT_EXTENSION = "ollama_web.sent"
 """A request's extension: a callable, called once the request is written on a connection
 (the node is reachable; its answer's head may come much later, with its first token)."""
+HEAD_TIMEOUT_EXTENSION = "ollama_web.head_timeout"
+"""A request's extension: seconds to wait for each read of the answer's head, when its
+body's reads may take longer (a pull's head comes at once; its progress lines may pause)."""
 
 
 _SPENT = httpx.ByteStream(b"")
@@ -107,8 +110,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
             sent = request.extensions.get(SENT_EXTENSION)
             if sent is not None:
                 sent()
+            head_timeout = request.extensions.get(HEAD_TIMEOUT_EXTENSION, read_timeout)
             while not connection.head_done:
-                await connection.more(read_timeout)
+                await connection.more(head_timeout)
             if request.method == "HEAD":  # no body follows, whatever the headers say
                 connection.complete = True
                 connection.keep = False

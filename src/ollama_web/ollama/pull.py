@@ -108,7 +108,7 @@ class PullJob:
     async def run(self, upstream: Upstream) -> None:
         body = {"model": self.requested, "stream": True}
         try:
-            response = await upstream.open_stream(self.node, "/api/pull", body)
+            response = await upstream.open_stream(self.node, "/api/pull", body, quick_head=True)
         except AppError as exc:
             self._fail_start(exc)
             return

@@ -27,7 +27,7 @@ from ollama_web.ollama.errors import (
     error_from_response,
     error_from_transport,
 )
-from ollama_web.ollama.http11 import SENT_EXTENSION, Http11Transport
+from ollama_web.ollama.http11 import HEAD_TIMEOUT_EXTENSION, SENT_EXTENSION, Http11Transport
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
 JSON_HEADERS = {"Accept": "application/json"}
@@ -203,13 +203,18 @@ class Upstream:
         *,
         model: str | None = None,
         on_sent: Callable[[], None] | None = None,
+        quick_head: bool = False,
     ) -> httpx.Response:
         """Send and wait for the headers only; the caller reads (and closes) the body.
         `on_sent` is called once the request is written (with our transport; with another,
-        not at all)."""
+        not at all). `quick_head`: the node writes the head at once (a pull does, with its
+        first line; a chat only with its first token), so a node that sends none within
+        the list timeout is not answering (with our transport)."""
         request = self._build(node, "POST", path, body, self.generation_timeout, True)
         if on_sent is not None:
             request.extensions[SENT_EXTENSION] = on_sent
+        if quick_head:
+            request.extensions[HEAD_TIMEOUT_EXTENSION] = self.list_timeout.read
         node.requests_total += 1
         try:
             response = await self.client.send(request, stream=True)
