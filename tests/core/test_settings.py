@@ -85,6 +85,10 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("BACKUP_INTERVAL_HOURS", "1e11", "BACKUP_INTERVAL_HOURS"),
         ("GENERATION_CHECKPOINT_SECONDS", "inf", "GENERATION_CHECKPOINT_SECONDS"),
         ("BACKUP_RETENTION_DAYS", str(10**12), "BACKUP_RETENTION_DAYS"),
+        # The redis client refused these in the lifespan: a traceback and exit 3, before.
+        ("REDIS_URL", "localhost:6379", "REDIS_URL"),
+        ("REDIS_URL", "http://:Me9@cache", "REDIS_URL"),
+        ("REDIS_URL", "redis://:Me9@cache:port", "REDIS_URL"),
         ("LOG_BACKUP_COUNT", str(10**12), "LOG_BACKUP_COUNT"),
     ],
 )
@@ -179,7 +183,8 @@ def test_placeholder_secret_in_development_uses_generated_key(
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("PORT", "99999"), ("BACKUP_INTERVAL_HOURS", "inf")]
+    ("variable", "value"),
+    [("PORT", "99999"), ("BACKUP_INTERVAL_HOURS", "inf"), ("REDIS_URL", "localhost:6379")],
 )
 def test_serve_refuses_invalid_setting_with_message_not_traceback(
     tmp_path: Path, variable: str, value: str

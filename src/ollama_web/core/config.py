@@ -207,6 +207,19 @@ class Settings(BaseSettings):
     def _strip_secret(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from redis.connection import parse_url  # imported only when Redis is configured
+
+        # Refused here, as the client would refuse it once the server started (a traceback
+        # from the lifespan, exit 3, restarted by a supervisor for ever). Its message
+        # names the problem, never the URL (which may hold a password).
+        parse_url(value.strip())  # type: ignore[no-untyped-call]
+        return value.strip()
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
