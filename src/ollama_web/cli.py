@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ollama_web import __version__
 from ollama_web.core.config import MAX_WORKERS, Settings
@@ -19,6 +20,7 @@ from ollama_web.core.startup import (
 )
 
 SHUTDOWN_MARGIN_SECONDS = 5
+APP = "ollama_web.main:app"
 HTTP_PROTOCOL = "ollama_web.core.http_guard:GuardedHttpToolsProtocol"
 
 # Modules exposing `register(subparsers)`; each adds its own subcommands.
@@ -67,22 +69,39 @@ def _serve(args: argparse.Namespace) -> int:
     # Open streams end by SHUTDOWN_GRACE_SECONDS (their answers stored interrupted); a
     # little more for those final writes before uvicorn cancels what is left.
     grace = math.ceil(settings.shutdown_grace_seconds) + SHUTDOWN_MARGIN_SECONDS
-    uvicorn.run(
-        "ollama_web.main:app",
-        host=args.host or settings.host,
-        port=_given(args.port, settings.port),
-        workers=workers,
-        reload=args.reload,
-        loop="auto",
+    options: dict[str, Any] = {
+        "host": args.host or settings.host,
+        "port": _given(args.port, settings.port),
+        "workers": workers,
+        "reload": args.reload,
+        "loop": "auto",
         # httptools with limits on the request head's size and the time clients take.
-        http=HTTP_PROTOCOL,
+        "http": HTTP_PROTOCOL,
         # The app itself believes X-Forwarded-For only from TRUSTED_PROXIES.
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        timeout_graceful_shutdown=grace,
-    )
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": False,
+        "timeout_graceful_shutdown": grace,
+    }
+    if workers is not None and workers > 1:
+        return _supervise(uvicorn.Config(APP, **options))
+    uvicorn.run(APP, **options)  # exits 3 itself when the server fails to start
     return 0
+
+
+def _supervise(config: Any) -> int:
+    """What `uvicorn.run` does for N workers, and the exit status it drops: its supervisor
+    stops when a worker fails to start (its lifespan raised: an unusable secret key file,
+    say) but returns normally, and a service manager would take the stop for a clean one
+    (systemd's Restart=on-failure would not restart it, nor report it failed). 3, as for
+    one worker."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
 
 
 def _given(flag: int | None, setting: int) -> int:

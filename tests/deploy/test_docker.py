@@ -77,7 +77,13 @@ def test_command_takes_workers_and_port_from_the_environment(
     command = exec_form(RUNTIME.last("CMD") or "[]")
     assert command[:2] == ["ollama-web", "serve"]
     captured: dict[str, Any] = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: captured.update(kwargs, app=app))
+
+    def supervise(config: Any) -> int:  # several workers: uvicorn's supervisor, not run
+        captured.update(host=config.host, port=config.port, workers=config.workers)
+        captured["app"] = config.app
+        return 0
+
+    monkeypatch.setattr(cli, "_supervise", supervise)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PORT", "8123")
     monkeypatch.setenv("WORKERS", "3")
