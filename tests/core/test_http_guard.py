@@ -90,6 +90,28 @@ async def test_a_head_too_large_is_431_and_the_server_carries_on(
     assert await _live(*address) == 200
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health/live HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost x\r\n\r\n",  # a header line without a colon
+        b"POST /health/live HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_bytes_that_are_not_http_are_400_in_the_error_shape_and_the_server_carries_on(
+    address: tuple[str, int], request_bytes: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(request_bytes)
+    status, body = await _answer(reader)
+    writer.close()
+    assert status == 400
+    assert (body["error"], body["details"]) == ("BAD_REQUEST", {})
+    assert body["request_id"]
+    assert await _live(*address) == 200
+
+
 async def test_a_large_but_allowed_head_is_served(address: tuple[str, int]) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.get(

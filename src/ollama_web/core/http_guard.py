@@ -44,7 +44,7 @@ BODY_TIMEOUT_SECONDS = 60.0
 BODY_MIN_RATE = 500
 LINGER_SECONDS = 2.0
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -190,8 +190,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.transport = self._hold  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
-        self._flush_head()  # a response under way keeps its place before this one
-        super().send_400_response(msg)
+        """Bytes that are not HTTP/1.1: the API's error shape, as for 408 and 431 (uvicorn
+        answers text); a response under way keeps its place before this one."""
+        self._refuse(400, "BAD_REQUEST", "The request is not valid HTTP/1.1.", {})
 
     def _flush_head(self) -> None:
         if self._hold is not None:
