@@ -105,6 +105,36 @@ async def test_groups_have_their_own_budgets(limited_app: LimitedApp) -> None:
     assert verify.json()["details"]["group"] == AUTH
 
 
+async def test_bodies_that_are_not_json_count_and_are_refused_once_over_the_limit(
+    limited_app: LimitedApp,
+) -> None:
+    """FastAPI refuses a body that is not JSON before any dependency runs: such requests
+    count as any other (a login flood of broken JSON included), each once, and over the
+    limit the answer is 429, not 400."""
+    app = await limited_app(rate_limit_per_minute=4, rate_limit_auth_per_minute=2)
+    user = await create_test_user(app)
+    bodies = [
+        (b'{"title":', "application/json"),
+        (b"{}", "application/json"),
+        (b'{"title": "x"}', "text/plain"),  # read by FastAPI, refused after the dependencies
+        (b'{"title":', "application/json"),
+        (b'{"title":', "application/json"),
+    ]
+    json_type = {"content-type": "application/json"}
+    async with asgi_client(app) as client:
+        statuses = []
+        for body, media_type in bodies:
+            headers = {**user.headers, "content-type": media_type}
+            response = await client.post("/api/conversations", content=body, headers=headers)
+            statuses.append(response.status_code)
+        logins = [
+            (await client.post("/api/auth/login", content=b"{", headers=json_type)).status_code
+            for _ in range(3)
+        ]
+    assert statuses == [400, 422, 415, 400, 429]
+    assert logins == [400, 400, 429]
+
+
 def test_groups_follow_the_route_templates() -> None:
     assert group_for("/api/auth/login", "POST") == AUTH
     assert group_for("/api/auth/setup", "POST") == AUTH

@@ -35,6 +35,16 @@ async def test_invalid_json_with_credentials_is_400(
     assert response.json()["error"] == "INVALID_JSON"
 
 
+@pytest.mark.parametrize("path", ["/api/models/pull", "/api/admin/users"])
+async def test_invalid_json_from_a_user_to_an_administrators_route_is_403(
+    client: httpx.AsyncClient, regular_user: Any, path: str
+) -> None:
+    """As a valid body or one sent as text is: who may call comes before the body."""
+    headers = {"content-type": "application/json", **regular_user.headers}
+    response = await client.post(path, content=BROKEN_JSON, headers=headers)
+    assert (response.status_code, response.json()["error"]) == (403, "FORBIDDEN")
+
+
 async def test_public_route_with_invalid_json_is_400(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/api/auth/login", content=BROKEN_JSON, headers={"content-type": "application/json"}

@@ -16,15 +16,16 @@ from ollama_web.auth.service import ClientInfo
 from ollama_web.auth.sessions import MAX_USER_AGENT
 from ollama_web.auth.throttle import LoginThrottle
 from ollama_web.core.config import Settings
-from ollama_web.core.dependencies import SettingsDep
-from ollama_web.ratelimit.dependencies import rate_limit_storage
+from ollama_web.core.db import session_scope
+from ollama_web.core.dependencies import SettingsDep, core_of
+from ollama_web.ratelimit.dependencies import enforce_rate_limit, rate_limit_storage
 
 
 @asynccontextmanager
 async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Closes the failed-login throttle (created on first use, see `get_login_throttle`)."""
     app.state.login_throttle = None
-    app.state.body_error_authenticator = authenticate_for_body_error
+    app.state.body_error_authenticator = refuse_before_body_error
     app.state.body_gate = authenticate_before_body
     try:
         yield
@@ -33,6 +34,16 @@ async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.login_throttle = None
         if throttle is not None:
             await throttle.aclose()
+
+
+async def refuse_before_body_error(request: Request) -> None:
+    """What the route's dependencies would have refused before its body, refused before a
+    body FastAPI could not read (not JSON, not sent as JSON), in their order: over the
+    rate limit (429; such a request counts as any other), no caller (401), not an
+    administrator (403)."""
+    async with session_scope(core_of(request).sessionmaker) as session:
+        await enforce_rate_limit(request, session)
+    await authenticate_for_body_error(request)
 
 
 async def get_passwords(settings: SettingsDep) -> Passwords:

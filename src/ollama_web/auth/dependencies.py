@@ -208,23 +208,32 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]
 
 
-def _route_needs_principal(request: Request) -> bool:
+def _route_needs(request: Request, call: Callable[..., Any]) -> bool:
+    """Whether the matched route depends on `call` (directly or through another)."""
     route = request.scope.get("route")
-    needs = getattr(route, _NEEDS_PRINCIPAL, None)
+    known: dict[Callable[..., Any], bool] | None = getattr(route, _NEEDS, None)
+    if known is None:
+        known = {}
+        if route is not None:
+            setattr(route, _NEEDS, known)  # routes are not hashable: kept on each
+    needs = known.get(call)
     if needs is None:
         dependant = getattr(route, "dependant", None)
         stack = [dependant] if dependant is not None else []
         needs = False
         while stack and not needs:
             current = stack.pop()
-            needs = current.call is get_principal
+            needs = current.call is call
             stack.extend(current.dependencies)
-        if route is not None:
-            setattr(route, _NEEDS_PRINCIPAL, needs)  # routes are not hashable: kept on each
-    return bool(needs)
+        known[call] = needs
+    return needs
 
 
-_NEEDS_PRINCIPAL = "_ollama_web_needs_principal"
+def _route_needs_principal(request: Request) -> bool:
+    return _route_needs(request, get_principal)
+
+
+_NEEDS = "_ollama_web_needs"
 
 LARGE_BODY_BYTES = 64 * 1024
 """A body larger than this (or of unknown length) is read only once its caller is known."""
@@ -253,8 +262,11 @@ async def authenticate_before_body(request: Request, length: int | None) -> None
 
 async def authenticate_for_body_error(request: Request) -> None:
     """Authenticate before a body error is answered (FastAPI reads the body before it
-    resolves dependencies): a caller without credentials gets 401, not 400/422."""
+    resolves dependencies): a caller without credentials gets 401, and one who is not an
+    administrator on an administrator's route 403, not 400/415."""
     if not _route_needs_principal(request):
         return
     async with session_scope(core_of(request).sessionmaker) as session:
-        await get_principal(request, session)
+        principal = await get_principal(request, session)
+    if _route_needs(request, require_admin):
+        await require_admin(principal)

@@ -194,9 +194,10 @@ class BodyRejected(StarletteHTTPException):
         self.error = error
 
 
-# Set by the accounts domain: raises an AppError when the matched route needs a caller
-# and the request has none. FastAPI reads the body before it resolves dependencies, so
-# body errors would otherwise answer before authentication (the contract says 401 first).
+# Set by the accounts domain: raises the AppError the matched route's dependencies would
+# have raised first (rate limit, no caller, not an administrator). FastAPI reads the body
+# before it resolves dependencies, so body errors would otherwise answer before them (the
+# contract says 401 first).
 BodyErrorAuthenticator = Callable[[Request], Awaitable[None]]
 
 

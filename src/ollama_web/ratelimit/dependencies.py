@@ -61,8 +61,8 @@ async def _principal_if_any(request: Request, session: SessionDep) -> Principal 
 
 async def enforce_rate_limit(request: Request, session: SessionDep) -> None:
     limiter = get_rate_limiter(request.app)
-    if limiter is None:
-        return
+    if limiter is None or STATE_KEY in (request.scope.get("state") or {}):
+        return  # off, or this request counted already (see auth.context, body errors)
     route = request.scope.get("route")
     group = group_for(
         getattr(route, "path", request.url.path), request.method, getattr(route, "endpoint", None)
