@@ -66,6 +66,16 @@ def test_backup_list_verify_and_restore(
     assert usernames_sqlite(settings) == {"alice"}
 
 
+def test_list_and_verify_together_are_a_malformed_command_line(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment()
+    with pytest.raises(SystemExit) as info:
+        main(["backup", "--list", "--verify", "x"])
+    assert info.value.code == 2  # the usage, not a list that ignored --verify
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("data_dir", ["missing", "a-file/below"])
 def test_a_backup_with_no_database_file_fails_instead_of_saying_no_users(
     environment: SettingsMaker,

@@ -101,8 +101,9 @@ def _restore(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     backup = subparsers.add_parser("backup", help="take a database backup now (or list/verify)")
-    backup.add_argument("--list", action="store_true", help="list backups, newest first")
-    backup.add_argument("--verify", metavar="NAME", help="check one backup")
+    choice = backup.add_mutually_exclusive_group()
+    choice.add_argument("--list", action="store_true", help="list backups, newest first")
+    choice.add_argument("--verify", metavar="NAME", help="check one backup")
     backup.add_argument("--reason", default="manual (command line)", help=argparse.SUPPRESS)
     backup.set_defaults(handler=_backup)
 
