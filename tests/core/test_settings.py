@@ -85,6 +85,10 @@ def test_ollama_host_rules_match_ollama() -> None:
         ("BACKUP_INTERVAL_HOURS", "1e11", "BACKUP_INTERVAL_HOURS"),
         ("GENERATION_CHECKPOINT_SECONDS", "inf", "GENERATION_CHECKPOINT_SECONDS"),
         ("BACKUP_RETENTION_DAYS", str(10**12), "BACKUP_RETENTION_DAYS"),
+        # No browser sends these: the page they were meant for was silently refused.
+        ("CORS_ORIGINS", "not a url", "is not an origin"),
+        ("CORS_ORIGINS", "https://chat.example.com/app", "is not an origin"),
+        ("CORS_ORIGINS", "http://localhost:5173,null", "is not an origin"),
         # The redis client refused these in the lifespan: a traceback and exit 3, before.
         ("REDIS_URL", "localhost:6379", "REDIS_URL"),
         ("REDIS_URL", "http://:Me9@cache", "REDIS_URL"),
@@ -142,6 +146,26 @@ def test_production_refuses_missing_weak_or_placeholder_secret(secret: str | Non
 def test_production_accepts_strong_secret(secret: str) -> None:
     settings = Settings(_env_file=None, environment="production", secret_key=secret)  # type: ignore[call-arg]
     assert settings.is_production
+
+
+@pytest.mark.parametrize("token", ["x", "metrics", "change-me-metrics-token-0123456789abc"])
+def test_production_refuses_a_weak_metrics_token(token: str) -> None:
+    """It reads the metrics without an account: as hard to guess as the secret key."""
+    strong = secrets.token_hex(32)
+    with pytest.raises(pydantic.ValidationError, match="METRICS_TOKEN"):
+        Settings(_env_file=None, environment="production", secret_key=strong, metrics_token=token)  # type: ignore[call-arg]
+    development = Settings(_env_file=None, metrics_token=token)  # type: ignore[call-arg]
+    assert development.metrics_token is not None
+    for accepted in (None, secrets.token_hex(32)):
+        settings = Settings(
+            _env_file=None, environment="production", secret_key=strong, metrics_token=accepted
+        )  # type: ignore[call-arg]
+        assert settings.is_production
+
+
+def test_origins_are_kept_as_a_browser_sends_them() -> None:
+    settings = Settings(_env_file=None, cors_origins="https://Chat.Example.com/,http://[::1]:8080")  # type: ignore[call-arg]
+    assert settings.cors_origins == ["https://chat.example.com", "http://[::1]:8080"]
 
 
 def test_generated_key_passes_the_production_check(

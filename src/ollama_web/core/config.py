@@ -26,6 +26,8 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 # Whole words (separated by anything but letters and digits): "exchange" is not "change".
 PLACEHOLDER_WORDS = frozenset({"change", "changeme", "example", "placeholder", "yoursecret"})
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
+"""A browser's `Origin`: scheme, host, optional port; no path, no user info."""
 MIN_SECRET_LENGTH = 32
 MAX_WORKERS = 64
 # Every number has an upper bound, far above any sensible value. Without one, a float took
@@ -192,7 +194,12 @@ class Settings(BaseSettings):
     def _origins(cls, value: list[str]) -> list[str]:
         if "*" in value:
             raise ValueError("a wildcard origin cannot be used with credentials; list origins")
-        return [origin.rstrip("/") for origin in value]
+        origins = [origin.rstrip("/").lower() for origin in value]  # as a browser sends it
+        for origin in origins:
+            if not _ORIGIN.fullmatch(origin):
+                # No browser would send it: the page it was meant for is silently refused.
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port]")
+        return origins
 
     @field_validator(
         "redis_url", "metrics_token", "secret_key", "prometheus_multiproc_dir", mode="before"
@@ -235,6 +242,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SECRET_KEY {problem}, which ENVIRONMENT=production refuses; "
                 "set it to a random value made with `openssl rand -hex 32`"
+            )
+        # A bearer that reads the metrics without an account: as hard to guess as the key.
+        token_problem = secret_problem(self.metrics_token)
+        if (
+            self.environment is Environment.PRODUCTION
+            and self.metrics_token is not None
+            and token_problem is not None
+        ):
+            raise ValueError(
+                f"METRICS_TOKEN {token_problem}, which ENVIRONMENT=production refuses; "
+                "set it to a random value made with `openssl rand -hex 32`, or unset it"
             )
         return self
 
