@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 
 from ollama_web.emulator import ModelSpec, OllamaEmulator
@@ -131,8 +133,15 @@ async def test_invalid_names_are_422_before_any_upstream_call(cluster: Cluster, 
         emulator.reset_counters()
     response = await cluster.client.get(f"/api/models/{name}", headers=cluster.user.headers)
     deleted = await cluster.client.delete(f"/api/models/{name}", headers=cluster.admin.headers)
-    assert response.status_code == deleted.status_code == 422
+    body = {"name": unquote(name)}
+    pulled = await cluster.client.post("/api/models/pull", json=body, headers=cluster.admin.headers)
+    cancel = "/api/models/pull/cancel"
+    cancelled = await cluster.client.post(cancel, json=body, headers=cluster.admin.headers)
+    answers = (response, deleted, pulled, cancelled)
+    assert [answer.status_code for answer in answers] == [422] * 4
     assert response.json()["error"] == "VALIDATION_ERROR"
+    # The field the name came in (`name`, in the path or the body), as every other 422 says.
+    assert [answer.json()["details"]["fields"][0]["loc"] for answer in answers] == [["name"]] * 4
     assert cluster.node_a.requests == []
     assert cluster.node_b.requests == []
 

@@ -192,7 +192,7 @@ class OllamaGateway:
 
     async def show_model(self, name: str) -> ShownModel:
         """`/api/show` from a node holding the model."""
-        parsed = validate_model_name(name)
+        parsed = validate_model_name(name, "name")
 
         async def show(node: Node, node_model: str) -> httpx.Response:
             return await self.upstream.request(
@@ -230,7 +230,7 @@ class OllamaGateway:
 
     async def delete_model(self, name: str, *, node_url: str | None = None) -> list[str]:
         """Delete the model from every node holding it (or from `node_url`); the node URLs."""
-        parsed = validate_model_name(name)
+        parsed = validate_model_name(name, "name")
         if node_url is not None:
             node_url = self._known_node(node_url).url
         reports = await self.inventory.refresh(force=True)
@@ -274,8 +274,8 @@ class OllamaGateway:
 
     async def copy_model(self, source: str, destination: str) -> str:
         """Copy a model on the node holding it (200 with an empty body); the node URL."""
-        parsed = validate_model_name(source)
-        target = validate_model_name(destination)
+        parsed = validate_model_name(source, "source")
+        target = validate_model_name(destination, "destination")
 
         async def copy(node: Node, node_model: str) -> None:
             body = {"source": node_model, "destination": target.display}
@@ -288,7 +288,7 @@ class OllamaGateway:
 
     async def pull_model(self, name: str, *, node_url: str | None = None) -> PullSubscription:
         """Start (or join) a pull; returns once the upstream accepted it (see `pull`)."""
-        parsed = validate_model_name(name)
+        parsed = validate_model_name(name, "name")
         if node_url is not None:
             node = self._known_node(node_url)
         else:
@@ -303,7 +303,7 @@ class OllamaGateway:
         """End the pulls of `name` (on `node_url`, or on every node): (how many this process
         ended, how many other processes were told, with REDIS_URL; the node's URL as
         configured)."""
-        key = validate_model_name(name).key
+        key = validate_model_name(name, "name").key
         if node_url is not None:
             node_url = self._known_node(node_url).url  # as the running pulls name it
         ended = self.pulls.cancel(key, node_url)

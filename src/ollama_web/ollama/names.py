@@ -75,8 +75,9 @@ def parse_model_name(text: str) -> ModelName | None:
     return name if all(_valid_part(kind, value) for kind, value in checks) else None
 
 
-def validate_model_name(text: str) -> ModelName:
-    """Parse or raise the core 422 `ValidationError` (before any upstream call)."""
+def validate_model_name(text: str, field: str = "model") -> ModelName:
+    """Parse or raise the core 422 `ValidationError` (before any upstream call), naming
+    `field`, the request's field (body or path) that held `text`."""
     name = parse_model_name(text)
     if name is None:
         raise ValidationError(
@@ -84,7 +85,7 @@ def validate_model_name(text: str) -> ModelName:
             details={
                 "fields": [
                     {
-                        "loc": ["model"],
+                        "loc": [field],
                         "message": "expected [host/][namespace/]model[:tag] with letters, "
                         "digits, '_', '-', '.'",
                         "type": "model_name",
