@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ollama_web import __version__
 from ollama_web.chat.sse import SERVER_SEND
@@ -22,6 +22,7 @@ from ollama_web.core.logging import configure_logging
 from ollama_web.core.secrets import load_or_create_secret
 from ollama_web.core.sqlite_checkpoint import Checkpointer
 from ollama_web.core.sqlite_inline import open_inline
+from ollama_web.core.startup import startup_failure
 from ollama_web.core.state import CoreState
 from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware
@@ -105,8 +106,26 @@ def _domain_lifespans() -> list[DomainLifespan]:
     return [_load(path) for path in LIFESPAN_FACTORIES]
 
 
+STARTUP_FAILURE = "startup_failure"
+"""An app state attribute: the one line saying why the lifespan failed to start (see
+`core.startup.startup_failure`), which the server logs instead of a traceback."""
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    started = False
+    try:
+        async with _lifespan(app):
+            started = True
+            yield
+    except Exception as exc:
+        if not started:
+            setattr(app.state, STARTUP_FAILURE, startup_failure(app.state.settings, exc))
+        raise
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # The commands that start the server (`serve`, `ollama_web.main:app`) checked them
     # first, to say what is wrong in one line; this is for an app built otherwise.
@@ -165,11 +184,27 @@ class OllamaWebApp(FastAPI):
     collector, instead of freeing it when the request ended."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, self._startup_failure_in_one_line(send))
+            return
         scope[SERVER_SEND] = send
         try:
             await super().__call__(scope, receive, send)
         finally:
             scope.pop(SERVER_SEND, None)
+
+    def _startup_failure_in_one_line(self, send: Send) -> Send:
+        """A start that failed for what the server runs on (its database, a file) is
+        reported in one line, as the commands say it, not with the traceback Starlette
+        puts in the failure message (which the server logs)."""
+
+        async def reporting(message: Message) -> None:
+            line = getattr(self.state, STARTUP_FAILURE, None)
+            if message["type"] == "lifespan.startup.failed" and line is not None:
+                message = {**message, "message": line}
+            await send(message)
+
+        return reporting
 
 
 def _include_routers(app: FastAPI) -> None:

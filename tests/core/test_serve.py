@@ -94,11 +94,22 @@ def _probes_answer_head_and_slashes_are_not_redirected(port: int) -> None:
     assert slash.json()["error"] == "NOT_FOUND"
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_server_whose_workers_fail_to_start_exits_3(tmp_path: Path, workers: str) -> None:
-    """A failure in the app's start (here, its secret key file is a directory) is exit 3
-    whatever the number of workers: uvicorn's supervisor of several stopped and returned
-    normally, and `serve` exited 0 (a service manager took it for a clean stop)."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "ollama_web", "serve", "--workers", "1"],
+        ["-m", "ollama_web", "serve", "--workers", "2"],
+        ["-m", "uvicorn", "ollama_web.main:app"],
+    ],
+    ids=["serve", "serve-2-workers", "uvicorn-main-app"],
+)
+def test_a_server_that_fails_to_start_says_why_in_one_line_and_exits_3(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A start that fails for what the server runs on (here, its secret key file is a
+    directory) is one line and exit 3, whatever the command and number of workers: uvicorn
+    printed Starlette's traceback, and its supervisor of several workers returned
+    normally, so `serve` exited 0 (a service manager took it for a clean stop)."""
     (tmp_path / "data" / ".secret_key").mkdir(parents=True)
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
@@ -107,9 +118,8 @@ def test_a_server_whose_workers_fail_to_start_exits_3(tmp_path: Path, workers: s
         "BACKUP_DIR": str(tmp_path / "backups"),
         "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
     }
-    args = ["-m", "ollama_web", "serve", "--workers", workers, "--port", str(_free_port())]
-    result = subprocess.run(
-        [sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    args = [sys.executable, *command, "--port", str(_free_port())]
+    result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
-    assert "Is a directory" in result.stderr
+    assert "cannot start: [Errno 21] Is a directory" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -61,8 +61,6 @@ def run_database_command(settings: Settings, command: Callable[[], int]) -> int:
     stderr and exit status 3, not a traceback (which would show SQL and its parameters)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ollama_web.core.db import describe_database_error
-
     try:
         return command()
     except KeyboardInterrupt:
@@ -70,16 +68,30 @@ def run_database_command(settings: Settings, command: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise  # the output's reader left: not the database's fault (see `cli.main`)
-    except DatabaseUnusableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DatabaseUnusableError, SQLAlchemyError, OSError) as exc:
+        print(f"error: {_database_failure(settings, exc)}", file=sys.stderr)
         return EXIT_DATABASE_ERROR
-    except (SQLAlchemyError, OSError) as exc:
-        print(
-            f"error: cannot use the database {_database_name(settings)}: "
-            f"{describe_database_error(exc)}",
-            file=sys.stderr,
-        )
-        return EXIT_DATABASE_ERROR
+
+
+def startup_failure(settings: Settings, exc: BaseException) -> str | None:
+    """The one line that says why the server could not start, for a failure of what it
+    runs on (its database, a file); None for anything else (a bug keeps its traceback)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, DatabaseUnusableError | SQLAlchemyError):
+        return _database_failure(settings, exc)
+    if isinstance(exc, OSError):
+        return f"cannot start: {exc}"
+    return None
+
+
+def _database_failure(settings: Settings, exc: Exception) -> str:
+    if isinstance(exc, DatabaseUnusableError):
+        return str(exc)
+    from ollama_web.core.db import describe_database_error
+
+    name = _database_name(settings)
+    return f"cannot use the database {name}: {describe_database_error(exc)}"
 
 
 def _database_name(settings: Settings) -> str:
