@@ -452,6 +452,35 @@ def test_a_database_the_command_creates_is_0600(tmp_path: Path, command: list[st
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["users", "list"],
+        ["users", "disable", "boss"],
+        ["create-admin", "--username", "boss", "--reset-password", "--password-stdin"],
+    ],
+)
+def test_a_command_that_only_reads_or_changes_users_makes_no_database(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Run from the wrong directory (or with the wrong DATA_DIR), `users list` made an
+    empty database and said there were no users (exit 0); as `backup`, it now refuses."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", *command],
+        input=PASSWORD,
+        capture_output=True,
+        text=True,
+        env=_command_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    database = tmp_path / "data" / "ollama_web.db"
+    assert result.returncode == 3
+    assert result.stderr == f"error: there is no database at {database} (check DATA_DIR)\n"
+    assert not database.exists()
+
+
+@pytest.mark.parametrize(
     "locale",
     [
         {"LC_ALL": "C"},  # Python decodes the bytes to lone surrogates (surrogateescape)

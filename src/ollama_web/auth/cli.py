@@ -12,6 +12,7 @@ import getpass
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -33,7 +34,11 @@ from ollama_web.auth.users import (
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.core.errors import AppError
-from ollama_web.core.startup import load_settings_or_exit, run_database_command
+from ollama_web.core.startup import (
+    DatabaseUnusableError,
+    load_settings_or_exit,
+    run_database_command,
+)
 from ollama_web.db import User, UserRole
 
 EXIT_OK = 0
@@ -104,7 +109,15 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
-async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+async def _with_session(
+    settings: Settings, work: Callable[[AsyncSession], Awaitable[T]], *, creates: bool = False
+) -> T:
+    """`work` in one transaction. Only a command that `creates` (the first admin) may make
+    the embedded database: another, run from the wrong directory or with the wrong
+    DATA_DIR, would make an empty one and report no users (exit 3, as `backup` refuses)."""
+    database = settings.sqlite_file
+    if not creates and database is not None and not _has_data(database):
+        raise DatabaseUnusableError(f"there is no database at {database} (check DATA_DIR)")
     if settings.migrate_on_startup:
         from ollama_web.migrations.runner import upgrade_settings
 
@@ -115,6 +128,13 @@ async def _with_session(settings: Settings, work: Callable[[AsyncSession], Await
             return await work(session)
     finally:
         await engine.dispose()
+
+
+def _has_data(database: Path) -> bool:
+    try:
+        return database.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _run(work: Callable[[Settings], Coroutine[Any, Any, str]]) -> int:
@@ -181,7 +201,7 @@ def _create_admin(args: argparse.Namespace) -> int:
             )
             return f"created admin {user.username} ({user.id})"
 
-        return await _with_session(settings, change)
+        return await _with_session(settings, change, creates=not args.reset_password)
 
     return _run(work)
 
