@@ -59,18 +59,29 @@ ANSWERS: dict[bytes, Any] = {
 }
 
 
-async def test_odd_field_types_read_as_missing(
-    app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
-) -> None:
-    async with serving(
-        json_node({path: (200, answer) for path, answer in ANSWERS.items()})
-    ) as port:
+AppFactory = Callable[[Settings], Any]
+
+
+async def _answers_of(
+    app_factory: AppFactory,
+    settings_factory: Callable[..., Settings],
+    node_answers: dict[bytes, Any],
+    paths: list[str],
+) -> list[Any]:
+    """Our answers to GET `paths`, with a node that answers `node_answers`."""
+    node = json_node({path: (200, answer) for path, answer in node_answers.items()})
+    async with serving(node) as port:
         app = await app_factory(settings_factory(ollama_url=[f"http://127.0.0.1:{port}"]))
         user = await create_test_user(app)
         async with asgi_client(app) as client:
-            listed = await client.get("/api/models", headers=user.headers)
-            running = await client.get("/api/models/running", headers=user.headers)
-            shown = await client.get("/api/models/odd", headers=user.headers)
+            return [await client.get(path, headers=user.headers) for path in paths]
+
+
+async def test_odd_field_types_read_as_missing(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    paths = ["/api/models", "/api/models/running", "/api/models/odd"]
+    listed, running, shown = await _answers_of(app_factory, settings_factory, ANSWERS, paths)
     assert listed.status_code == running.status_code == shown.status_code == 200
     (model,) = listed.json()["models"]
     assert (model["name"], model["model"], model["size"], model["digest"]) == (
@@ -96,19 +107,13 @@ async def test_odd_field_types_read_as_missing(
 
 
 async def test_a_parameter_nested_past_the_json_parsers_depth_is_kept_as_text(
-    app_factory: Callable[[Settings], Any], settings_factory: Callable[..., Settings]
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
 ) -> None:
     deep = "[" * 100_000 + "]" * 100_000
     answers = {
         **ANSWERS,
         b"POST /api/show": {"parameters": f'num_ctx 4096\nstop "<|eot|>"\ndeep {deep}'},
     }
-    async with serving(
-        json_node({path: (200, answer) for path, answer in answers.items()})
-    ) as port:
-        app = await app_factory(settings_factory(ollama_url=[f"http://127.0.0.1:{port}"]))
-        user = await create_test_user(app)
-        async with asgi_client(app) as client:
-            shown = await client.get("/api/models/odd", headers=user.headers)
+    (shown,) = await _answers_of(app_factory, settings_factory, answers, ["/api/models/odd"])
     assert shown.status_code == 200, shown.text
     assert shown.json()["parameters"] == {"num_ctx": 4096, "stop": ["<|eot|>"], "deep": deep}
