@@ -145,9 +145,14 @@ class EmulatorConfig:
     num_parallel: int = 0
     """Concurrent generations; more wait before their headers. 0 means unlimited."""
     pull_steps: int = 5
-    """Progress lines per layer on pull."""
+    """Download steps per layer on pull, each one a progress line after the layer's first
+    (which has no ``completed`` when no byte of the layer is on disk yet)."""
     pull_delay: float = 0.0
     """Seconds between pull progress lines."""
+    pull_drop_after_lines: int | None = None
+    """After N lines of a streamed pull close the socket abruptly (no terminating chunk)."""
+    pull_end_after_lines: int | None = None
+    """After N lines of a streamed pull end the body cleanly, without the ``success`` line."""
     registry_models: set[str] = field(default_factory=lambda: set(DEFAULT_REGISTRY))
     """Names that exist in the (fake) registry and can be pulled."""
     version: str = "0.33.0"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_web.emulator.catalog import (
     ensure_modified,
+    layers,
     list_entry,
     running_entry,
     show_body,
@@ -89,6 +90,8 @@ async def delete(emu: OllamaEmulator, req: HttpRequest, resp: Responder) -> None
         raise ApiError(404, f"model '{raw}' not found")
     emu.config.models.remove(spec)
     emu.unload(spec.name)
+    for digest, _ in layers(spec):  # its blobs go too: pulling it again starts over
+        emu.blobs.pop(digest, None)
     await resp.send(200)
 
 

@@ -134,6 +134,10 @@ class OllamaEmulator:
         self.loaded: dict[str, LoadedModel] = {}
         self.slots_used = 0
         self.slot_freed: asyncio.Event | None = None
+        self.blobs: dict[str, int] = {}
+        """Bytes on disk of each layer (by digest): what a cancelled pull fetched stays."""
+        self.downloads: dict[str, pull.Download] = {}
+        """The running download of each model being pulled, shared by its pulls."""
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -179,6 +183,10 @@ class OllamaEmulator:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        downloads = [download.task for download in self.downloads.values()]
+        for task in downloads:
+            task.cancel()
+        await asyncio.gather(*downloads, return_exceptions=True)
 
     def _drop_connections(self) -> None:
         for conn in list(self._conns):
