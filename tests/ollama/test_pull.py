@@ -155,3 +155,57 @@ async def test_a_pull_cancelled_twice_is_cancelled_once(
         events = await events_of(pull)
     assert (events[-1].kind, events[-1].data["error"]) == ("error", "PULL_CANCELLED")
     assert ollama_emulator.find_model("mistral") is None
+
+
+async def test_a_pull_cancelled_then_pulled_again_resumes_where_it_stopped(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """What the cancel message promises ("pulling again resumes it"): Ollama keeps the
+    bytes a cancelled pull fetched, and the next pull's progress starts from them."""
+    ollama_emulator.config.pull_delay = 0.01
+    ollama_emulator.config.pull_steps = 50
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        first = await gateway.pull_model("mistral")
+        seen: list[PullEvent] = []
+        async for event in first.events():
+            if event is not None:
+                seen.append(event)
+            if len([e for e in seen if e.data["completed"]]) == 5:
+                break
+        assert await gateway.cancel_pull("mistral") == (1, 0, None)
+        ended = await events_of(first)
+        assert ended[-1].data["error"] == "PULL_CANCELLED"
+        await ollama_emulator.wait_until(lambda: not ollama_emulator.downloads)
+        again = await events_of(await gateway.pull_model("mistral"))
+    reached = max(e.data["completed"] for e in seen if e.data["completed"])
+    resumed = next(e.data for e in again if e.data["digest"])
+    assert resumed["digest"] == seen[-1].data["digest"]
+    assert resumed["completed"] >= reached > 0
+    assert again[-1].kind == "done"
+
+
+async def test_a_pull_stream_that_breaks_off_ends_with_a_disconnected_error(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_drop_after_lines = 3
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        events = await events_of(await gateway.pull_model("mistral"))
+        assert gateway.pulls.jobs == {}
+    assert [e.kind for e in events] == ["progress", "progress", "progress", "error"]
+    assert events[-1].data["error"] == "OLLAMA_STREAM_ERROR"
+    assert events[-1].data["details"]["kind"] == "disconnected"
+    assert ollama_emulator.find_model("mistral") is None
+
+
+async def test_a_pull_stream_that_ends_without_success_is_incomplete(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    ollama_emulator.config.pull_end_after_lines = 3
+    async with gateway_factory([ollama_emulator.url]) as gateway:
+        events = await events_of(await gateway.pull_model("mistral"))
+    assert [e.kind for e in events] == ["progress", "progress", "progress", "error"]
+    assert events[-1].data == {
+        "error": "OLLAMA_STREAM_ERROR",
+        "message": "The Ollama stream ended before it was complete.",
+        "details": {"kind": "incomplete", "upstream_message": "no success line"},
+    }
