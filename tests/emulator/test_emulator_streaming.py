@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ollama_web.emulator import ModelSpec, OllamaEmulator
-from ollama_web.emulator.config import DEFAULT_REPLY
+from ollama_web.emulator.config import BUSY_ERROR, DEFAULT_REPLY
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 METRICS = [
@@ -224,6 +224,46 @@ async def test_tokens_per_second_and_num_parallel(
     assert elapsed >= 2 * 5 / 50.0
     assert emu.generations_completed == 2
     assert emu.tokens_sent == 10
+
+
+async def test_each_model_has_its_own_parallel_slots(
+    emu: OllamaEmulator, client: httpx.AsyncClient
+) -> None:
+    """OLLAMA_NUM_PARALLEL is per loaded model: with 1, two models still run side by side."""
+    emu.config.models.append(ModelSpec.preset("mistral"))
+    emu.config.num_parallel = 1
+    emu.config.first_token_delay = 0.5
+    start = time.monotonic()
+    replies = await asyncio.gather(
+        client.post("/api/chat", json={**CHAT, "stream": False}),
+        client.post("/api/chat", json={**CHAT, "model": "mistral", "stream": False}),
+    )
+    elapsed = time.monotonic() - start
+    assert [r.status_code for r in replies] == [200, 200]
+    assert elapsed < 0.8, elapsed  # not one after the other (1 s)
+
+
+async def test_a_full_queue_answers_503_server_busy(
+    emu: OllamaEmulator, client: httpx.AsyncClient
+) -> None:
+    """Beyond num_parallel running and max_queue waiting for a model, Ollama's 503."""
+    emu.config.models.append(ModelSpec.preset("mistral"))
+    emu.config.num_parallel = 1
+    emu.config.max_queue = 1
+    emu.config.first_token_delay = 0.3
+    body = {**CHAT, "stream": False}
+    running = asyncio.create_task(client.post("/api/chat", json=body))
+    await emu.wait_until(lambda: emu.active_generations == 1)
+    waiting = asyncio.create_task(client.post("/api/chat", json=body))
+    await emu.wait_until(lambda: emu.slots_waiting.get("llama3.2:latest") == 1)
+    refused = await client.post("/api/generate", json={"model": "llama3.2", "prompt": "hi"})
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/json; charset=utf-8"
+    assert refused.json() == {"error": BUSY_ERROR}
+    other = await client.post("/api/chat", json={**body, "model": "mistral"})
+    assert other.status_code == 200  # the queue is the model's own
+    assert [(await running).status_code, (await waiting).status_code] == [200, 200]
+    assert emu.generations_completed == 3
 
 
 async def test_num_predict_limits_reply(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:

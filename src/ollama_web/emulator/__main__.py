@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reply", default=None)
     parser.add_argument("--reply-tokens", type=int, default=None)
     parser.add_argument("--thinking", default=None)
-    parser.add_argument("--num-parallel", type=int, default=0)
+    parser.add_argument(
+        "--num-parallel", type=int, default=0, help="per model; 0 = unlimited (Ollama: 1)"
+    )
+    parser.add_argument("--max-queue", type=int, default=0, help="per model; 0 = unlimited")
     parser.add_argument("--pull-delay", type=float, default=0.0)
     parser.add_argument("--split-utf8", action="store_true")
     parser.add_argument("--version", dest="ollama_version", default="0.33.0")
@@ -44,6 +47,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         first_token_delay=args.first_token_delay,
         thinking=args.thinking,
         num_parallel=args.num_parallel,
+        max_queue=args.max_queue,
         pull_delay=args.pull_delay,
         split_utf8=args.split_utf8,
         version=args.ollama_version,

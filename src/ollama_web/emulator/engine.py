@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ollama_web.emulator.config import EmulatorConfig, ModelSpec
+from ollama_web.emulator.config import BUSY_ERROR, EmulatorConfig, ModelSpec
 from ollama_web.emulator.http11 import ChunkedStream, PeerGone, Responder
-from ollama_web.emulator.wire import rfc3339_utc
+from ollama_web.emulator.wire import ApiError, rfc3339_utc
 
 if TYPE_CHECKING:
     from ollama_web.emulator.server import OllamaEmulator
@@ -211,23 +211,32 @@ class Generation:
         return {key: value for key, value in metrics.items() if value}
 
 
-async def _acquire_slot(emu: OllamaEmulator, gone: asyncio.Task[None]) -> None:
-    """Wait for a free parallel slot (``num_parallel``), like Ollama's scheduler queue."""
-    while 0 < emu.config.num_parallel <= emu.slots_used:
-        event = emu.slot_freed
-        if event is None:
-            break
-        event.clear()
-        waiter = asyncio.get_running_loop().create_task(event.wait())
-        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if gone.done():
-            raise PeerGone
-    emu.slots_used += 1
+async def _acquire_slot(emu: OllamaEmulator, model: str, gone: asyncio.Task[None]) -> None:
+    """Wait for a free parallel slot of ``model`` (``num_parallel`` per model, as Ollama's
+    per-runner semaphore); beyond ``max_queue`` waiting, Ollama's 503."""
+    cfg, waiting = emu.config, emu.slots_waiting
+    if 0 < cfg.num_parallel <= emu.slots_used.get(model, 0):
+        if 0 < cfg.max_queue <= waiting.get(model, 0):
+            raise ApiError(503, BUSY_ERROR)
+        waiting[model] = waiting.get(model, 0) + 1
+        try:
+            while 0 < cfg.num_parallel <= emu.slots_used.get(model, 0):
+                event = emu.slot_freed
+                if event is None:
+                    break
+                event.clear()
+                waiter = asyncio.get_running_loop().create_task(event.wait())
+                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if gone.done():
+                    raise PeerGone
+        finally:
+            waiting[model] -= 1
+    emu.slots_used[model] = emu.slots_used.get(model, 0) + 1
 
 
-def _release_slot(emu: OllamaEmulator) -> None:
-    emu.slots_used -= 1
+def _release_slot(emu: OllamaEmulator, model: str) -> None:
+    emu.slots_used[model] -= 1
     if emu.slot_freed is not None:
         emu.slot_freed.set()
 
@@ -237,7 +246,10 @@ async def run(emu: OllamaEmulator, resp: Responder, plan: Plan) -> None:
     conn = resp.conn
     gone = conn.start_watch()
     try:
-        await _acquire_slot(emu, gone)
+        await _acquire_slot(emu, plan.spec.name, gone)
+    except ApiError:
+        await conn.stop_watch()
+        raise
     except PeerGone:
         emu.queue_cancelled += 1
         emu.note_cancelled()
@@ -255,7 +267,7 @@ async def run(emu: OllamaEmulator, resp: Responder, plan: Plan) -> None:
         conn.abort()
     finally:
         emu.active_generations -= 1
-        _release_slot(emu)
+        _release_slot(emu, plan.spec.name)
         await conn.stop_watch()
         if outcome == "completed":
             emu.generations_completed += 1

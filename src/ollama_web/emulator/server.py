@@ -132,7 +132,10 @@ class OllamaEmulator:
         self._conns: set[Connection] = set()
         self.epoch = time.time()
         self.loaded: dict[str, LoadedModel] = {}
-        self.slots_used = 0
+        self.slots_used: dict[str, int] = {}
+        """Generations running, per model (each model has ``num_parallel`` slots)."""
+        self.slots_waiting: dict[str, int] = {}
+        """Generations waiting for a slot, per model (at most ``max_queue``)."""
         self.slot_freed: asyncio.Event | None = None
         self.blobs: dict[str, int] = {}
         """Bytes on disk of each layer (by digest): what a cancelled pull fetched stays."""
