@@ -183,6 +183,20 @@ async def test_request_errors(client: httpx.AsyncClient) -> None:
     assert (gen.status_code, gen.json()) == (404, {"error": "model '' not found"})
 
 
+async def test_top_logprobs_outside_0_to_20_is_refused(client: httpx.AsyncClient) -> None:
+    for path, payload in [
+        ("/api/chat", {"model": "llama3.2", "messages": USER_HI}),
+        ("/api/generate", {"model": "llama3.2", "prompt": "hi"}),
+    ]:
+        for value in (-1, 21):
+            resp = await client.post(path, json={**payload, "top_logprobs": value})
+            assert resp.status_code == 400, (path, value)
+            assert resp.json() == {"error": "top_logprobs must be between 0 and 20"}
+        for value in (0, 20):
+            ok = await client.post(path, json={**payload, "top_logprobs": value})
+            assert ok.status_code == 200, (path, value)
+
+
 async def test_busy_503(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:
     emu.config.busy = True
     for path, payload in [

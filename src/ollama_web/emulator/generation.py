@@ -15,6 +15,7 @@ from ollama_web.emulator.wire import (
     decode_object,
     get_bool,
     get_dict,
+    get_int,
     get_list,
     get_str,
     go_kind,
@@ -148,6 +149,12 @@ def _lookup(emu: OllamaEmulator, model: str) -> ModelSpec:
     return spec
 
 
+def _check_top_logprobs(body: dict[str, Any], struct: str) -> None:
+    """Ollama checks the range before it looks the model up."""
+    if not 0 <= get_int(body, "top_logprobs", struct) <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+
+
 def _check_messages(messages: list[Any]) -> int:
     """Validate message types; returns an estimate of the prompt's token count."""
     count = 8
@@ -193,6 +200,7 @@ async def chat(emu: OllamaEmulator, req: HttpRequest, resp: Responder) -> None:
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     options = get_dict(body, "options", "ChatRequest")
     prompt_tokens = _check_messages(messages)
+    _check_top_logprobs(body, "ChatRequest")
     if not model:
         raise ApiError(400, "model is required")
     spec = _lookup(emu, model)
@@ -235,6 +243,7 @@ async def generate(emu: OllamaEmulator, req: HttpRequest, resp: Responder) -> No
     think = parse_think(body.get("think"))
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     options = get_dict(body, "options", "GenerateRequest")
+    _check_top_logprobs(body, "GenerateRequest")
     if raw and (template or system or context):
         raise ApiError(400, "raw mode does not support template, system, or context")
     spec = _lookup(emu, model)

@@ -124,6 +124,21 @@ def get_str(body: dict[str, Any], key: str, struct: str) -> str:
     return value
 
 
+def get_int(body: dict[str, Any], key: str, struct: str) -> int:
+    value = body.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _type_error(value, struct, key, "int")
+    if value != int(value):
+        raise ApiError(
+            400,
+            f"json: cannot unmarshal number {value} into Go struct field {struct}.{key} "
+            "of type int",
+        )
+    return int(value)
+
+
 def get_bool(body: dict[str, Any], key: str, struct: str) -> bool | None:
     value = body.get(key)
     if value is None or isinstance(value, bool):
