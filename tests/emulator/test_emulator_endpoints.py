@@ -197,6 +197,52 @@ async def test_top_logprobs_outside_0_to_20_is_refused(client: httpx.AsyncClient
             assert ok.status_code == 200, (path, value)
 
 
+def _message(**fields: object) -> dict[str, object]:
+    return {"model": "llama3.2", "messages": [{"role": "user", "content": "hi", **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("images", "error"),
+    [
+        (["data:image/png;base64,aGk="], "illegal base64 data at input byte 4"),
+        (["not base64!"], "illegal base64 data at input byte 3"),
+        (["aGk"], "illegal base64 data at input byte 0"),
+        (["aGk=x"], "illegal base64 data at input byte 4"),
+        (["a==="], "illegal base64 data at input byte 1"),
+        (["aGk=", "aG=k"], "illegal base64 data at input byte 2"),
+        ([7], "json: cannot unmarshal number into Go struct field "
+              "ChatRequest.messages.images of type api.ImageData"),
+    ],
+)  # fmt: skip
+async def test_images_must_be_base64_strings(
+    client: httpx.AsyncClient, images: list[object], error: str
+) -> None:
+    """`images` is []ImageData ([]byte): Go's JSON decodes each string as std base64."""
+    resp = await client.post("/api/chat", json=_message(images=images))
+    assert (resp.status_code, resp.json()) == (400, {"error": error})
+
+
+async def test_valid_images_and_object_tool_arguments_are_accepted(
+    client: httpx.AsyncClient,
+) -> None:
+    images = ["aGk=", "aGVs\nbG8=", "aGVsbG8h\r\n", "", None]
+    ok = await client.post("/api/chat", json={**_message(images=images), "stream": False})
+    assert ok.status_code == 200
+    call = {"function": {"name": "f", "arguments": {"city": "Tokyo"}}}
+    history = _message(role="assistant", tool_calls=[call])
+    assert (await client.post("/api/chat", json={**history, "stream": False})).status_code == 200
+
+
+async def test_tool_call_arguments_must_be_an_object(client: httpx.AsyncClient) -> None:
+    call = {"function": {"name": "f", "arguments": '{"city": "Tokyo"}'}}
+    resp = await client.post("/api/chat", json=_message(role="assistant", tool_calls=[call]))
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "json: cannot unmarshal string into Go struct field "
+        "ChatRequest.messages.tool_calls.function.arguments of type api.ToolCallFunctionArguments"
+    }
+
+
 async def test_busy_503(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:
     emu.config.busy = True
     for path, payload in [

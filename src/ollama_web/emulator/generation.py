@@ -12,6 +12,7 @@ from ollama_web.emulator.engine import Event, Plan
 from ollama_web.emulator.http11 import HttpRequest, Responder
 from ollama_web.emulator.wire import (
     ApiError,
+    base64_error_at,
     decode_object,
     get_bool,
     get_dict,
@@ -155,6 +156,34 @@ def _check_top_logprobs(body: dict[str, Any], struct: str) -> None:
         raise ApiError(400, "top_logprobs must be between 0 and 20")
 
 
+def _check_images(images: list[Any]) -> None:
+    """Each is an ``api.ImageData`` ([]byte): a std base64 string, no ``data:`` prefix."""
+    for image in images:
+        if image is not None and not isinstance(image, str):
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {go_kind(image)} into Go struct field "
+                "ChatRequest.messages.images of type api.ImageData",
+            )
+        offset = base64_error_at(image.encode()) if image else None
+        if offset is not None:
+            raise ApiError(400, f"illegal base64 data at input byte {offset}")
+
+
+def _check_tool_calls(calls: list[Any]) -> None:
+    """``function.arguments`` is a JSON object (a string, as OpenAI sends it, is refused)."""
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {go_kind(arguments)} into Go struct field "
+                "ChatRequest.messages.tool_calls.function.arguments of type "
+                "api.ToolCallFunctionArguments",
+            )
+
+
 def _check_messages(messages: list[Any]) -> int:
     """Validate message types; returns an estimate of the prompt's token count."""
     count = 8
@@ -167,6 +196,8 @@ def _check_messages(messages: list[Any]) -> int:
             )
         for key in ("role", "content"):
             get_str(message, key, "ChatRequest.messages")
+        _check_images(get_list(message, "images", "ChatRequest.messages", "[]api.ImageData"))
+        _check_tool_calls(get_list(message, "tool_calls", "ChatRequest.messages", "[]api.ToolCall"))
         count += 4 + len(tokenize(str(message.get("content") or "")))
     return count
 

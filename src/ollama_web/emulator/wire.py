@@ -124,6 +124,41 @@ def get_str(body: dict[str, Any], key: str, struct: str) -> str:
     return value
 
 
+_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def base64_error_at(src: bytes) -> int | None:
+    """Where Go's ``base64.StdEncoding.Decode`` (how encoding/json reads a []byte) finds
+    ``src`` corrupt, its CorruptInputError offset; ``None`` if it decodes. It skips CR/LF
+    and wants padding (a port of ``decodeQuantum``)."""
+    si = 0
+    while si < len(src):
+        j = 0
+        while j < 4:
+            if si == len(src):
+                return None if j == 0 else si - j
+            ch, si = src[si], si + 1
+            if ch in _BASE64:
+                j += 1
+                continue
+            if ch in b"\r\n":
+                continue
+            if ch != ord("=") or j < 2:
+                return si - 1
+            if j == 2:  # a second "=" must follow
+                while si < len(src) and src[si] in b"\r\n":
+                    si += 1
+                if si == len(src):
+                    return si
+                if src[si] != ord("="):
+                    return si - 1
+                si += 1
+            while si < len(src) and src[si] in b"\r\n":
+                si += 1
+            return si if si < len(src) else None
+    return None
+
+
 def get_int(body: dict[str, Any], key: str, struct: str) -> int:
     value = body.get(key)
     if value is None:
