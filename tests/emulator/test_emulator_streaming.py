@@ -246,12 +246,15 @@ async def test_each_model_has_its_own_parallel_slots(
 async def test_a_full_queue_answers_503_server_busy(
     emu: OllamaEmulator, client: httpx.AsyncClient
 ) -> None:
-    """Beyond num_parallel running and max_queue waiting for a model, Ollama's 503."""
+    """Beyond num_parallel running for its model and max_queue waiting, all models
+    together (Ollama's pending queue is the server's), Ollama's 503; a model with a free
+    slot does not wait."""
     emu.config.models.append(ModelSpec.preset("mistral"))
     emu.config.num_parallel = 1
     emu.config.max_queue = 1
     emu.config.first_token_delay = 0.3
     body = {**CHAT, "stream": False}
+    mistral = {**body, "model": "mistral"}
     running = asyncio.create_task(client.post("/api/chat", json=body))
     await emu.wait_until(lambda: emu.active_generations == 1)
     waiting = asyncio.create_task(client.post("/api/chat", json=body))
@@ -260,9 +263,12 @@ async def test_a_full_queue_answers_503_server_busy(
     assert refused.status_code == 503
     assert refused.headers["content-type"] == "application/json; charset=utf-8"
     assert refused.json() == {"error": BUSY_ERROR}
-    other = await client.post("/api/chat", json={**body, "model": "mistral"})
-    assert other.status_code == 200  # the queue is the model's own
-    assert [(await running).status_code, (await waiting).status_code] == [200, 200]
+    other = asyncio.create_task(client.post("/api/chat", json=mistral))  # its slot is free
+    await emu.wait_until(lambda: emu.slots_used.get("mistral:latest") == 1)
+    behind_it = await client.post("/api/chat", json=mistral)  # would wait: the queue is full
+    assert (behind_it.status_code, behind_it.json()) == (503, {"error": BUSY_ERROR})
+    answers = [await running, await waiting, await other]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert emu.generations_completed == 3
 
 

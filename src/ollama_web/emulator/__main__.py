@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-parallel", type=int, default=0, help="per model; 0 = unlimited (Ollama: 1)"
     )
-    parser.add_argument("--max-queue", type=int, default=0, help="per model; 0 = unlimited")
+    parser.add_argument(
+        "--max-queue", type=int, default=0, help="all models; 0 = unlimited (Ollama: 512)"
+    )
     parser.add_argument("--pull-delay", type=float, default=0.0)
     parser.add_argument("--split-utf8", action="store_true")
     parser.add_argument("--version", dest="ollama_version", default="0.33.0")

@@ -147,8 +147,9 @@ class EmulatorConfig:
     per loaded model); more wait before their headers. 0 means unlimited, which is not
     Ollama's default (1): benchmarks against the emulator are not meant to queue."""
     max_queue: int = 0
-    """Generations that may wait for a model's slot; one more answers 503 ``BUSY_ERROR``
-    (OLLAMA_MAX_QUEUE, whose default is 512). 0 means unlimited."""
+    """Generations that may wait for a slot, all models together (Ollama's pending queue
+    is the server's); one more answers 503 ``BUSY_ERROR`` (OLLAMA_MAX_QUEUE, whose
+    default is 512). 0 means unlimited."""
     pull_steps: int = 5
     """Download steps per layer on pull, each one a progress line after the layer's first
     (which has no ``completed`` when no byte of the layer is on disk yet)."""

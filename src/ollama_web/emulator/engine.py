@@ -213,10 +213,11 @@ class Generation:
 
 async def _acquire_slot(emu: OllamaEmulator, model: str, gone: asyncio.Task[None]) -> None:
     """Wait for a free parallel slot of ``model`` (``num_parallel`` per model, as Ollama's
-    per-runner semaphore); beyond ``max_queue`` waiting, Ollama's 503."""
+    per-runner semaphore); beyond ``max_queue`` waiting, all models together (Ollama's
+    pending queue is the server's), Ollama's 503."""
     cfg, waiting = emu.config, emu.slots_waiting
     if 0 < cfg.num_parallel <= emu.slots_used.get(model, 0):
-        if 0 < cfg.max_queue <= waiting.get(model, 0):
+        if 0 < cfg.max_queue <= sum(waiting.values()):
             raise ApiError(503, BUSY_ERROR)
         waiting[model] = waiting.get(model, 0) + 1
         try:
