@@ -197,7 +197,7 @@ async def _stream(
 
 
 async def _discard(line: Line) -> None:
-    pass
+    """A pull with ``stream: false`` writes no line: it answers once, at its end."""
 
 
 async def _collect(
