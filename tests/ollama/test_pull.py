@@ -184,26 +184,31 @@ async def test_a_pull_cancelled_then_pulled_again_resumes_where_it_stopped(
     assert again[-1].kind == "done"
 
 
-async def test_a_pull_stream_that_breaks_off_ends_with_a_disconnected_error(
-    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
-) -> None:
-    ollama_emulator.config.pull_drop_after_lines = 3
-    async with gateway_factory([ollama_emulator.url]) as gateway:
+async def _pulled_with(
+    gateway_factory: GatewayFactory, emulator: OllamaEmulator, fault: str
+) -> list[PullEvent]:
+    """The events of a pull of mistral whose stream `fault` cuts after its third line."""
+    setattr(emulator.config, fault, 3)
+    async with gateway_factory([emulator.url]) as gateway:
         events = await events_of(await gateway.pull_model("mistral"))
         assert gateway.pulls.jobs == {}
     assert [e.kind for e in events] == ["progress", "progress", "progress", "error"]
+    assert emulator.find_model("mistral") is None
+    return events
+
+
+async def test_a_pull_stream_that_breaks_off_ends_with_a_disconnected_error(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    events = await _pulled_with(gateway_factory, ollama_emulator, "pull_drop_after_lines")
     assert events[-1].data["error"] == "OLLAMA_STREAM_ERROR"
     assert events[-1].data["details"]["kind"] == "disconnected"
-    assert ollama_emulator.find_model("mistral") is None
 
 
 async def test_a_pull_stream_that_ends_without_success_is_incomplete(
     gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
 ) -> None:
-    ollama_emulator.config.pull_end_after_lines = 3
-    async with gateway_factory([ollama_emulator.url]) as gateway:
-        events = await events_of(await gateway.pull_model("mistral"))
-    assert [e.kind for e in events] == ["progress", "progress", "progress", "error"]
+    events = await _pulled_with(gateway_factory, ollama_emulator, "pull_end_after_lines")
     assert events[-1].data == {
         "error": "OLLAMA_STREAM_ERROR",
         "message": "The Ollama stream ended before it was complete.",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ollama_web.emulator.config import BUSY_ERROR, EmulatorConfig, ModelSpec
-from ollama_web.emulator.http11 import ChunkedStream, PeerGone, Responder
+from ollama_web.emulator.http11 import ChunkedStream, PeerGone, Responder, wait_unless_gone
 from ollama_web.emulator.wire import ApiError, rfc3339_utc
 
 if TYPE_CHECKING:
@@ -226,11 +226,7 @@ async def _acquire_slot(emu: OllamaEmulator, model: str, gone: asyncio.Task[None
                 if event is None:
                     break
                 event.clear()
-                waiter = asyncio.get_running_loop().create_task(event.wait())
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if gone.done():
-                    raise PeerGone
+                await wait_unless_gone(event, gone)
         finally:
             waiting[model] -= 1
     emu.slots_used[model] = emu.slots_used.get(model, 0) + 1

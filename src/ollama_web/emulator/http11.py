@@ -22,6 +22,15 @@ class PeerGone(Exception):
     """The client closed the connection."""
 
 
+async def wait_unless_gone(event: asyncio.Event, gone: asyncio.Task[None]) -> None:
+    """Wait for `event`; PeerGone if the client leaves first (`gone` ends)."""
+    waiter = asyncio.get_running_loop().create_task(event.wait())
+    await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if gone.done():
+        raise PeerGone
+
+
 class BadRequest(Exception):
     """The request could not be parsed; answer 400 and close."""
 

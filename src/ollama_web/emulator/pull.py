@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_web.emulator.catalog import layers
 from ollama_web.emulator.config import EmulatorConfig, ModelSpec
-from ollama_web.emulator.http11 import HttpRequest, PeerGone, Responder
+from ollama_web.emulator.http11 import HttpRequest, PeerGone, Responder, wait_unless_gone
 from ollama_web.emulator.wire import (
     ApiError,
     ModelName,
@@ -99,11 +99,7 @@ class Download:
                     index += 1
                 if self.finished:
                     return
-                waiter = asyncio.get_running_loop().create_task(changed.wait())
-                await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if gone.done():
-                    raise PeerGone
+                await wait_unless_gone(changed, gone)
         finally:
             self.followers -= 1
             if not self.followers and not self.finished:
