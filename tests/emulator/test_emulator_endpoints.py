@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import datetime
 
 import httpx
 import pytest
@@ -375,3 +376,72 @@ async def test_custom_config_models() -> None:
     config = EmulatorConfig(models=[ModelSpec.preset("qwen3")], version="0.0.0")
     async with OllamaEmulator(config) as emulator, httpx.AsyncClient(base_url=emulator.url) as http:
         assert (await http.get("/api/version")).json() == {"version": "0.0.0"}
+
+
+async def test_keep_alive_units(emu: OllamaEmulator, client: httpx.AsyncClient) -> None:
+    """A number is seconds, a string a Go duration, a negative value forever (ollama-api §3);
+    a string without a unit, or another type, is a 400."""
+
+    async def expiry(keep_alive: object) -> tuple[int, str]:
+        load = {"model": "llama3.2", "prompt": "", "keep_alive": keep_alive}
+        answer = await client.post("/api/generate", json=load)
+        (model,) = (await client.get("/api/ps")).json()["models"]
+        return answer.status_code, model["expires_at"]
+
+    status, seconds = await expiry(60)
+    assert status == 200
+    _, minutes = await expiry("10m")
+    _, forever = await expiry(-1)
+    assert 500 < _unix(minutes) - _unix(seconds) < 700  # 10 min against 60 s, not 60 ms
+    assert forever.startswith("2319-")
+    refusals = [("5", 'time: invalid duration "5"'), (True, "Unsupported type: 'bool'")]
+    for refused, error in refusals:
+        load = {"model": "llama3.2", "keep_alive": refused}
+        answer = await client.post("/api/generate", json=load)
+        assert (answer.status_code, answer.json()) == (400, {"error": error})
+
+
+def _unix(rfc3339: str) -> float:
+    """Seconds of an RFC 3339 UTC time (`Z`, up to nanoseconds: cut to microseconds)."""
+    return datetime.fromisoformat(rfc3339[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+async def test_show_verbose_fills_the_tokenizer_arrays(client: httpx.AsyncClient) -> None:
+    brief = (await client.post("/api/show", json={"model": "llama3.2"})).json()
+    verbose = (await client.post("/api/show", json={"model": "llama3.2", "verbose": True})).json()
+    assert brief["model_info"]["tokenizer.ggml.tokens"] == []
+    assert len(verbose["model_info"]["tokenizer.ggml.tokens"]) > 0
+
+
+async def test_chat_with_an_embedding_model_and_raw_mode_with_a_template_are_refused(
+    emu: OllamaEmulator, client: httpx.AsyncClient
+) -> None:
+    emu.config.models.append(ModelSpec.preset("nomic-embed-text"))
+    chat = {"model": "nomic-embed-text", "messages": USER_HI}
+    embedding = await client.post("/api/chat", json=chat)
+    raw = {"model": "llama3.2", "prompt": "x", "raw": True, "template": "{{ .Prompt }}"}
+    templated = await client.post("/api/generate", json=raw)
+    assert (embedding.status_code, embedding.json()) == (
+        400,
+        {"error": '"nomic-embed-text" does not support chat'},
+    )
+    assert (templated.status_code, templated.json()) == (
+        400,
+        {"error": "raw mode does not support template, system, or context"},
+    )
+
+
+async def test_the_deprecated_name_field_and_a_non_streamed_pull_of_nothing(
+    emu: OllamaEmulator, client: httpx.AsyncClient
+) -> None:
+    """`name` still works for show, pull and delete (ollama-api §5, §7); a pull of a model
+    the registry lacks, not streamed, is a 500 (streamed: a 200, then an error line)."""
+    assert (await client.post("/api/show", json={"name": "llama3.2"})).status_code == 200
+    missing = await client.post("/api/pull", json={"name": "nosuch", "stream": False})
+    assert (missing.status_code, missing.json()) == (
+        500,
+        {"error": "pull model manifest: file does not exist"},
+    )
+    deleted = await client.request("DELETE", "/api/delete", json={"name": "llama3.2"})
+    assert (deleted.status_code, deleted.content) == (200, b"")
+    assert emu.find_model("llama3.2") is None
