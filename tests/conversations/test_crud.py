@@ -39,6 +39,24 @@ async def test_create_then_get_a_conversation(
     assert fetched.json() == {**created, "messages": []}
 
 
+async def test_every_option_ollama_documents_is_accepted(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """Its API's options and its Modelfile parameters (mirostat, tfs_z... which newer
+    engines ignore): a client using one must not have its request refused."""
+    options = {
+        "mirostat": 2, "mirostat_eta": 0.1, "mirostat_tau": 5.0, "tfs_z": 1.0,
+        "use_mlock": False, "min_p": 0.05, "typical_p": 1.0, "num_keep": 4,
+    }  # fmt: skip
+    response = await client.post(
+        "/api/conversations",
+        json={"model": "llama3.2", "options": options},
+        headers=regular_user.headers,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["options"] == options
+
+
 async def test_a_conversation_without_a_title_gets_a_placeholder(
     client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:

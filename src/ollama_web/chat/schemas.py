@@ -35,7 +35,8 @@ SYSTEM_PROMPT_CHARS = 100_000
 
 
 class OllamaOptions(BaseModel):
-    """Model options sent to Ollama with every request of a conversation."""
+    """Model options sent to Ollama with every request of a conversation: the names Ollama
+    documents (its API's options and its Modelfile parameters), with their types."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,6 +47,7 @@ class OllamaOptions(BaseModel):
     main_gpu: NonNegativeInt | None = None
     num_thread: NonNegativeInt | None = None
     use_mmap: StrictBool | None = None
+    use_mlock: StrictBool | None = None
     numa: StrictBool | None = None
     low_vram: StrictBool | None = None
     # Sampling and prediction
@@ -62,6 +64,11 @@ class OllamaOptions(BaseModel):
     presence_penalty: Float | None = None
     frequency_penalty: Float | None = None
     penalize_newline: StrictBool | None = None
+    # Listed in Ollama's Modelfile parameters; engines that no longer use them ignore them.
+    mirostat: Annotated[Int, Field(ge=0, le=2)] | None = None
+    mirostat_eta: Float | None = None
+    mirostat_tau: Float | None = None
+    tfs_z: Float | None = None
     stop: (
         Annotated[
             list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
