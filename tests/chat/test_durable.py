@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import event, select
 
+from ollama_web.app import create_app
 from ollama_web.chat import leases
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.db import session_scope
@@ -533,6 +534,28 @@ async def test_startup_marks_abandoned_answers_interrupted_keeping_their_text(
         old: ("interrupted", "half an answer f"),
         fresh: ("streaming", "half an answer e"),
     }
+
+
+async def test_a_server_alone_on_its_database_interrupts_every_unfinished_answer_at_start(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any], db_backend: str
+) -> None:
+    """A crash leaves its answers `streaming`, written a moment before. A server that finds
+    itself the only one of its SQLite database (each holds the lock beside the file) marks
+    them interrupted as it starts, not a stale interval later (meanwhile a client that
+    re-attached was told 409 GENERATION_ELSEWHERE). With PostgreSQL, servers on other
+    hosts may share the database: the stale interval stands."""
+    settings = chat_settings()
+    crashed = create_app(settings)  # its lifespan ends: its locks go, as a dead process's
+    lifespan = crashed.router.lifespan_context(crashed)
+    await lifespan.__aenter__()
+    user = await create_test_user(crashed)
+    fresh = "e" * 32
+    await conversation_with_unfinished_answers(crashed, user, {fresh: 0.0})
+    await lifespan.__aexit__(None, None, None)
+    restarted = await app_factory(settings)
+    (status, content), *_ = (await _statuses(restarted, [fresh])).values()
+    assert content == "half an answer e"
+    assert status == ("interrupted" if db_backend == "sqlite" else "streaming")
 
 
 async def test_a_swept_answer_ends_once_for_a_client_that_reconnects(

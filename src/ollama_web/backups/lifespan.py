@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,10 +22,13 @@ from ollama_web.backups.locks import FileLock, LockBusyError, server_lock_paths
 from ollama_web.backups.runtime import BackupRuntime
 from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
 from ollama_web.core.config import Settings
+from ollama_web.core.state import SOLE_SERVER_SINCE
+from ollama_web.db.base import utcnow
 from ollama_web.health.service import register_check
 from ollama_web.migrations.runner import MigrationStatus, register_before_upgrade
 
 RUNTIME_ATTRIBUTE = "backups"
+SIBLING_PROBE_WAIT_SECONDS = 1.0
 
 
 class RestoreInProgressError(RuntimeError):
@@ -57,16 +61,37 @@ async def server_lock_lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         for lock in locks:
             try:
-                lock.acquire(shared=True, timeout=0)
+                # A moment's wait: another server starting holds it exclusive for an
+                # instant (`alone` below); a restore holds it for its whole length.
+                lock.acquire(shared=True, timeout=SIBLING_PROBE_WAIT_SECONDS)
             except LockBusyError:
                 raise RestoreInProgressError(
                     f"a restore holds {lock.path}; start the server after it finished"
                 ) from None
+        setattr(app.state, SOLE_SERVER_SINCE, _sole_since(settings, locks))
         install_migration_hook()
         yield
     finally:
         for lock in reversed(locks):
             lock.release()
+
+
+def _sole_since(settings: Settings, locks: list[FileLock]) -> datetime | None:
+    """When this process found itself the only server of its SQLite database (every server
+    of a database file holds the lock beside it, and all of them run on this host), or
+    None: then any answer left unfinished before that moment belongs to a process that is
+    gone, and is interrupted at once, not after the stale interval (chat.leases). With
+    PostgreSQL, servers on other hosts may share the database: None."""
+    if settings.sqlite_file is None:
+        return None
+    moment = utcnow()
+    try:
+        alone = locks[-1].alone()  # the database's own lock (server_lock_paths)
+    except LockBusyError:
+        raise RestoreInProgressError(
+            f"a restore took {locks[-1].path}; start the server after it finished"
+        ) from None
+    return moment if alone else None
 
 
 @asynccontextmanager

@@ -69,6 +69,24 @@ class FileLock:
                 self._fd = fd
                 return
 
+    def alone(self) -> bool:
+        """Whether no other process holds this lock (held shared here): taken exclusive for
+        an instant, then shared again. LockBusyError if another took it in that instant."""
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError("take the lock before asking whether it is held alone")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # the kernel may drop a lock before converting it
+            self._fd = None
+            os.close(fd)
+            raise LockBusyError(str(self.path)) from None
+        return True
+
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

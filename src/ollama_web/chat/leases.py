@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,12 +57,16 @@ def stale_seconds(checkpoint_seconds: float) -> float:
 
 
 async def mark_abandoned_interrupted(
-    session: AsyncSession, stale_after: float, running: Collection[str] = ()
+    session: AsyncSession,
+    stale_after: float,
+    running: Collection[str] = (),
+    before: datetime | None = None,
 ) -> int:
-    """Mark unfinished answers not written for `stale_after` seconds `interrupted` (not
-    user-scoped: the whole server's). `running` are this process's own generations, never
-    touched. Reads first, so the usual case (nothing abandoned) takes no write lock."""
-    cutoff = utcnow() - timedelta(seconds=stale_after)
+    """Mark unfinished answers not written for `stale_after` seconds (or since `before`)
+    `interrupted` (not user-scoped: the whole server's). `running` are this process's own
+    generations, never touched. Reads first, so the usual case (nothing abandoned) takes no
+    write lock."""
+    cutoff = before if before is not None else utcnow() - timedelta(seconds=stale_after)
     candidates = await session.scalars(
         select(Message.id).where(Message.status.in_(UNFINISHED), Message.updated_at < cutoff)
     )
@@ -92,9 +96,10 @@ async def sweep(
     sessionmaker: async_sessionmaker[AsyncSession],
     stale_after: float,
     running: Collection[str] = (),
+    before: datetime | None = None,
 ) -> int:
     async with session_scope(sessionmaker) as session:
-        swept = await mark_abandoned_interrupted(session, stale_after, running)
+        swept = await mark_abandoned_interrupted(session, stale_after, running, before)
     if swept:
         logger.warning(
             "%d unfinished answers of a server process that is gone are now interrupted", swept

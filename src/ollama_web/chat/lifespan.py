@@ -28,7 +28,9 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     core: CoreState = app.state.core
     gateway: OllamaGateway = app.state.gateway
     checkpoint_seconds = core.settings.generation_checkpoint_seconds
-    await leases.sweep(core.sessionmaker, leases.stale_seconds(checkpoint_seconds))
+    # Alone on the database, every answer left unfinished is a dead process's: at once.
+    stale = leases.stale_seconds(checkpoint_seconds)
+    await leases.sweep(core.sessionmaker, stale, before=core.sole_server_since)
     writes = Writes(core.engine, core.inline)
 
     def on_complete(generation: Generation) -> None:
