@@ -185,7 +185,11 @@ async def _follow_elsewhere(
     description="The events after `Last-Event-ID` (or `after`), then the answer's new ones "
     "as they come, ending with its `done` or `error` event. An id past the answer's last "
     "event: 204 once the answer has ended; while it runs, the stream waits for its end and "
-    "is then sent that final event, under its own (lower) id.",
+    "is then sent that final event, under its own (lower) id. An answer no longer in memory "
+    "(120 s after it ended, or after a restart) is replayed from the database as `start`, "
+    "one `token` holding its whole text, and its final event (under the id it was sent "
+    "with when that is known, else 2147483647): a Last-Event-ID between them gets only the "
+    "final event, whose message holds the whole text.",
     response_class=SSEResponse,
     status_code=200,
     responses={
