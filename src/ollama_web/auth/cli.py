@@ -12,7 +12,6 @@ import getpass
 import sys
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -36,6 +35,7 @@ from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, ses
 from ollama_web.core.errors import AppError
 from ollama_web.core.startup import (
     DatabaseUnusableError,
+    has_data,
     load_settings_or_exit,
     run_database_command,
 )
@@ -116,7 +116,7 @@ async def _with_session(
     the embedded database: another, run from the wrong directory or with the wrong
     DATA_DIR, would make an empty one and report no users (exit 3, as `backup` refuses)."""
     database = settings.sqlite_file
-    if not creates and database is not None and not _has_data(database):
+    if not creates and database is not None and not has_data(database):
         raise DatabaseUnusableError(f"there is no database at {database} (check DATA_DIR)")
     if settings.migrate_on_startup:
         from ollama_web.migrations.runner import upgrade_settings
@@ -128,13 +128,6 @@ async def _with_session(
             return await work(session)
     finally:
         await engine.dispose()
-
-
-def _has_data(database: Path) -> bool:
-    try:
-        return database.stat().st_size > 0
-    except FileNotFoundError:
-        return False
 
 
 def _run(work: Callable[[Settings], Coroutine[Any, Any, str]]) -> int:

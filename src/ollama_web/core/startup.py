@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pydantic
 
@@ -39,6 +40,15 @@ def describe_settings_error(exc: pydantic.ValidationError) -> str:
         lines.append(f"  {name}: {message}" if name else f"  {message}")
     lines.append("Fix the environment variable(s) above (or .env) and start again.")
     return "\n".join(lines)
+
+
+def has_data(database: Path) -> bool:
+    """Whether the SQLite file `database` exists and holds anything (SQLite leaves an empty
+    file behind a connection that wrote nothing)."""
+    try:
+        return database.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def load_settings() -> Settings:

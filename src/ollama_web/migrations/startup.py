@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, describe_database_error
+from ollama_web.core.startup import has_data
 from ollama_web.migrations.runner import (
     refuse_unknown_revisions,
     refuse_unmigrated,
@@ -54,7 +55,7 @@ def check_schema_before_serving(settings: Settings) -> None:
     revision this version does not know; without it, any schema but its own
     (`refuse_unmigrated`)."""
     database = settings.sqlite_file
-    if database is not None and not (database.exists() and database.stat().st_size):
+    if database is not None and not has_data(database):
         # A new database: nothing stored to check, and no file to create here.
         if not settings.migrate_on_startup:
             refuse_unmigrated(make_url(f"sqlite:///{database}"), None)
@@ -138,7 +139,7 @@ def begin_early_migration(settings: Settings) -> None:
     if not settings.migrate_on_startup or _early_child is not None:
         return
     embedded = settings.embedded_database_file
-    if embedded is not None and embedded.exists() and embedded.stat().st_size:
+    if embedded is not None and has_data(embedded):
         return  # an existing embedded database: no child needed to find that out
     _early_child = _fork(settings, only_if_empty=True)
 
