@@ -43,7 +43,7 @@ async def refuse_before_body_error(request: Request) -> None:
     administrator (403)."""
     async with session_scope(core_of(request).sessionmaker) as session:
         await enforce_rate_limit(request, session)
-    await authenticate_for_body_error(request)
+        await authenticate_for_body_error(request, session)
 
 
 async def get_passwords(settings: SettingsDep) -> Passwords:

@@ -260,13 +260,12 @@ async def authenticate_before_body(request: Request, length: int | None) -> None
     request.state.current_user = None
 
 
-async def authenticate_for_body_error(request: Request) -> None:
+async def authenticate_for_body_error(request: Request, session: AsyncSession) -> None:
     """Authenticate before a body error is answered (FastAPI reads the body before it
     resolves dependencies): a caller without credentials gets 401, and one who is not an
     administrator on an administrator's route 403, not 400/415."""
     if not _route_needs_principal(request):
         return
-    async with session_scope(core_of(request).sessionmaker) as session:
-        principal = await get_principal(request, session)
+    principal = await get_principal(request, session)
     if _route_needs(request, require_admin):
         await require_admin(principal)
