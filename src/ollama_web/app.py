@@ -23,7 +23,7 @@ from ollama_web.core.secrets import load_or_create_secret
 from ollama_web.core.sqlite_checkpoint import Checkpointer
 from ollama_web.core.sqlite_inline import open_inline
 from ollama_web.core.startup import startup_failure
-from ollama_web.core.state import SOLE_SERVER_SINCE, CoreState
+from ollama_web.core.state import CoreState
 from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
@@ -152,7 +152,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             sessionmaker=create_sessionmaker(engine),
             slow_queries=slow_queries,
             inline=inline,
-            sole_server_since=getattr(app.state, SOLE_SERVER_SINCE, None),
         )
         for factory in _domain_lifespans():
             await stack.enter_async_context(factory(app))

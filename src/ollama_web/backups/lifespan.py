@@ -18,7 +18,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from ollama_web.backups.errors import BackupError
-from ollama_web.backups.locks import FileLock, LockBusyError, server_lock_paths
+from ollama_web.backups.locks import (
+    FileLock,
+    LockBusyError,
+    database_lock_path,
+    server_lock_paths,
+)
 from ollama_web.backups.runtime import BackupRuntime
 from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
 from ollama_web.core.config import Settings
@@ -84,12 +89,14 @@ def _sole_since(settings: Settings, locks: list[FileLock]) -> datetime | None:
     PostgreSQL, servers on other hosts may share the database: None."""
     if settings.sqlite_file is None:
         return None
+    path = database_lock_path(settings.sqlite_file)
+    lock = next(lock for lock in locks if lock.path == path)
     moment = utcnow()
     try:
-        alone = locks[-1].alone()  # the database's own lock (server_lock_paths)
+        alone = lock.alone()
     except LockBusyError:
         raise RestoreInProgressError(
-            f"a restore took {locks[-1].path}; start the server after it finished"
+            f"a restore took {lock.path}; start the server after it finished"
         ) from None
     return moment if alone else None
 

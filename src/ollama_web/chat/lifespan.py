@@ -18,7 +18,7 @@ from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.slots import SharedSlots
 from ollama_web.conversations.titles import TITLE_DEFER_SECONDS, TitleWriter
 from ollama_web.conversations.writes import Writes
-from ollama_web.core.state import CoreState
+from ollama_web.core.state import SOLE_SERVER_SINCE, CoreState
 from ollama_web.core.stop_signals import on_stop_signal
 from ollama_web.ollama.gateway import OllamaGateway
 
@@ -30,7 +30,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
     checkpoint_seconds = core.settings.generation_checkpoint_seconds
     # Alone on the database, every answer left unfinished is a dead process's: at once.
     stale = leases.stale_seconds(checkpoint_seconds)
-    await leases.sweep(core.sessionmaker, stale, before=core.sole_server_since)
+    await leases.sweep(core.sessionmaker, stale, before=getattr(app.state, SOLE_SERVER_SINCE, None))
     writes = Writes(core.engine, core.inline)
 
     def on_complete(generation: Generation) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -13,8 +12,8 @@ from ollama_web.core.db import SlowQueryRecorder
 from ollama_web.core.sqlite_inline import InlineSQLite
 
 SOLE_SERVER_SINCE = "sole_server_since"
-"""An app state attribute: `CoreState.sole_server_since`, set when the server lock is taken
-(before the core state exists)."""
+"""An app state attribute: when this process found itself its database's only server
+(SQLite; set by backups.lifespan as it takes the server locks), or None."""
 
 
 @dataclass
@@ -26,9 +25,6 @@ class CoreState:
     slow_queries: SlowQueryRecorder
     # The hot statements' own connection on a SQLite file (see core/sqlite_inline.py).
     inline: InlineSQLite | None = None
-    sole_server_since: datetime | None = None
-    """When this process found itself its database's only server (SQLite; see
-    backups.lifespan), or None."""
     started_monotonic: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
 
