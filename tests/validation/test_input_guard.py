@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from ollama_web.core.config import Settings
 from ollama_web.middleware.input_guard import (
     MAX_JSON_VALUES,
+    has_non_json_constant,
     json_has_bad_escape,
     json_values_exceed,
 )
@@ -89,6 +90,43 @@ async def test_invalid_json_is_left_to_the_route(guarded: FastAPI) -> None:
         )  # fmt: skip
     assert response.status_code == 400
     assert response.json()["error"] == "INVALID_JSON"
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ('{"a": NaN}', True),
+        ('{"a": -Infinity}', True),
+        ("[1, Infinity]", True),
+        ('{"a":"x\\\\",  "b": NaN}', True),  # an escaped backslash ends the string
+        ('{"a": "NaN", "b": "-Infinity"}', False),
+        ('{"a": "say \\"NaN\\" or Infinity"}', False),  # inside an escaped quote
+        ('{"NaN": 1.5e308}', False),
+    ],
+)
+def test_nan_and_infinity_outside_strings(text: str, found: bool) -> None:
+    assert has_non_json_constant(text.encode()) is found
+    if not found:
+        json.loads(text)
+
+
+async def test_nan_and_infinity_literals_are_not_json(guarded: FastAPI) -> None:
+    """Python's parser reads them (the route would answer 422 as if a field were wrong);
+    RFC 8259 has no such values: 400 INVALID_JSON, as for any other text that is not JSON.
+    The words inside strings are text like any other."""
+    async with asgi_client(guarded) as client:
+        refused = [
+            await client.post(
+                "/probe/echo/abc", content=body, headers={"content-type": "application/json"}
+            )
+            for body in (b'{"text": NaN}', b'{"text": -Infinity}', b'{"a": "b", "c": Infinity}')
+        ]
+        words = await client.post("/probe/echo/abc", json={"text": "NaN is not -Infinity"})
+    for response in refused:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "INVALID_JSON"
+        assert "NaN" in response.json()["message"]
+    assert words.json()["body"] == {"text": "NaN is not -Infinity"}
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])

@@ -15,7 +15,9 @@ body is large (see `auth.dependencies.authenticate_before_body`).
 
 Only JSON bodies that contain a `\\u` escape are scanned further. A JSON body must be UTF-8
 (RFC 8259): one holding a NUL byte is UTF-16 or UTF-32 (UTF-8 JSON never holds one), which
-the escape scan would not read, so it is refused as 400 INVALID_JSON.
+the escape scan would not read, so it is refused as 400 INVALID_JSON. So are the literals
+`NaN`, `Infinity` and `-Infinity` outside strings: Python's parser reads them, JSON has no
+such values (RFC 8259), and a route would otherwise answer 422 as if a field were wrong.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ MAX_JSON_VALUES = 300_000
 Python object: 10 MiB of `[{},{},...]` would be 3.5 million dicts, ~200 MB of memory before
 anyone is authenticated. An import of 10 000 messages (the most it takes) holds ~230 000."""
 _STRING = re.compile(rb'"[^"]*"')  # a JSON string once escaped quotes are taken out
+_NON_JSON_CONSTANT = re.compile(rb"NaN|Infinity")
+NOT_JSON_CONSTANT = "The request body is not valid JSON: NaN and Infinity are not JSON values."
 _SCAN_SLICE = 256 * 1024
 
 
@@ -194,6 +198,14 @@ def json_values_exceed(body: bytes, limit: int) -> bool:
     return False
 
 
+def has_non_json_constant(body: bytes) -> bool:
+    """True when `NaN` or `Infinity` appears outside the strings of a JSON text."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return False
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return _NON_JSON_CONSTANT.search(_STRING.sub(b"", text)) is not None
+
+
 def _structure_count(text: bytes) -> int:
     return text.count(b",") + text.count(b"[") + text.count(b"{")
 
@@ -201,6 +213,8 @@ def _structure_count(text: bytes) -> int:
 def _body_refusal(body: bytes) -> AppError | None:
     if b"\x00" in body:
         return InvalidJSONError(NOT_UTF8_JSON)
+    if has_non_json_constant(body):
+        return InvalidJSONError(NOT_JSON_CONSTANT)
     if json_values_exceed(body, MAX_JSON_VALUES):
         return PayloadTooLargeError(
             f"The JSON body holds more than {MAX_JSON_VALUES} values.",
