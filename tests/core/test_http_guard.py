@@ -112,6 +112,42 @@ async def test_bytes_that_are_not_http_are_400_in_the_error_shape_and_the_server
     assert await _live(*address) == 200
 
 
+async def test_refusals_of_the_protocol_carry_the_security_headers_and_a_logged_request_id(
+    app_factory: AppFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    """SECURITY.md: every response carries the security headers, these too; the request id
+    in the body is the X-Request-ID header's and names a line of access.log."""
+    settings = settings_factory()
+    app = await app_factory(settings)
+    refused = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES + 1),
+    ]
+    answers = []
+    async with guarded_server(app) as address:
+        for request_bytes in refused:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(request_bytes)
+            raw = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            answers.append(raw)
+    access = (settings.log_dir / "access.log").read_text()
+    for raw, status in zip(answers, (400, 431), strict=True):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        assert lines[0].startswith(f"HTTP/1.1 {status} ")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        request_id = json.loads(body)["request_id"]
+        assert headers["x-request-id"] == request_id
+        assert headers["content-security-policy"].startswith("default-src 'none'")
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "deny"
+        assert "date" in headers
+        assert headers["content-length"] == str(len(body))
+        [line] = [line for line in access.splitlines() if f"rid={request_id}" in line]
+        assert f"- <unmatched> {status} " in line
+
+
 async def test_a_large_but_allowed_head_is_served(address: tuple[str, int]) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.get(

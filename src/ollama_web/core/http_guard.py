@@ -19,7 +19,11 @@ protocol instead (uvicorn's `http` option; `--http` on its command line), which
   would otherwise hold a connection for days. Time the application leaves the body
   unread does not count.
 
-Answers are the API's error shape. The request id is new: no application saw the request.
+Answers are the API's error shape, with the security headers every response carries
+(middleware/security_headers.py: the API's, less HSTS, which needs to know the request came
+over HTTPS) and the server's `date`. The request id is new: no application saw the request;
+it is sent as `X-Request-ID` too, and the refusal has its line in access.log (method `-`,
+route `<unmatched>`, the peer's address: no proxy header was read).
 
 It also sends each response's head with the first piece of its body, in one write: uvicorn
 writes the head as soon as the application starts its response, then every body chunk on
@@ -35,6 +39,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_web.core.errors import encode_error
+from ollama_web.middleware.request_context import log_access_line
+from ollama_web.middleware.security_headers import security_headers
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -275,11 +281,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         self._flush_head()
-        body = encode_error(code, message, details, uuid.uuid4().hex)
+        request_id = uuid.uuid4().hex
+        body = encode_error(code, message, details, request_id)
+        headers = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+        ]
+        headers += security_headers(headers, hsts=False)
         head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
-        head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-        head += b"connection: close\r\n\r\n"
-        self.transport.write(head + body)
+        head += b"".join(b"%s: %s\r\n" % header for header in headers)
+        self.transport.write(head + b"\r\n" + body)
+        client = self.client[0] if self.client else "-"
+        log_access_line("-", "<unmatched>", status, 0.0, request_id, "-", client)
         # Closing with unread input would reset the connection, and the client might never
         # read the answer: stop sending, discard what still comes for a moment, then close.
         if self.transport.can_write_eof():

@@ -127,14 +127,32 @@ async def _send_error(send: Send, request_id: str, error: AppError) -> None:
 
 
 def _log_access(scope: Scope, status: int, started: float, request_id: str) -> None:
-    duration_ms = (time.perf_counter() - started) * 1000
     state: dict[str, Any] = scope.get("state") or {}
-    principal = state.get("principal_id") or "-"
-    client = state.get("client_ip", "-")
-    template = route_template(scope)
+    log_access_line(
+        scope.get("method") or "-",
+        route_template(scope),
+        status,
+        (time.perf_counter() - started) * 1000,
+        request_id,
+        state.get("principal_id") or "-",
+        state.get("client_ip", "-"),
+    )
+
+
+def log_access_line(
+    method: str,
+    template: str,
+    status: int,
+    duration_ms: float,
+    request_id: str,
+    principal: str,
+    client: str,
+) -> None:
+    """One line of access.log (also for what the HTTP protocol refuses before any
+    application sees it: core/http_guard.py)."""
     ACCESS.info(
         "%s %s %d %.1fms rid=%s principal=%s client=%s",
-        scope.get("method"),
+        method,
         template,
         status,
         duration_ms,
@@ -143,7 +161,7 @@ def _log_access(scope: Scope, status: int, started: float, request_id: str) -> N
         client,
         extra={
             "fields": {
-                "method": scope.get("method"),
+                "method": method,
                 "route": template,
                 "status": status,
                 "duration_ms": round(duration_ms, 2),
