@@ -206,6 +206,20 @@ async def test_an_invalid_import_is_422_and_stores_nothing(
     assert listed.json()["items"] == []
 
 
+@pytest.mark.parametrize("model", ["not a model name", "m" * 80 + "/" + "n" * 80 + "/" + "o" * 38])
+async def test_an_imported_model_name_refused_is_named_where_it_sits(
+    client: httpx.AsyncClient, regular_user: TestUser, model: str
+) -> None:
+    document = _branched_document()
+    document["conversation"]["model"] = model
+    response = await client.post(
+        "/api/conversations/import", json=document, headers=regular_user.headers
+    )
+    assert response.status_code == 422, response.text
+    fields = response.json()["details"]["fields"]
+    assert [f["loc"] for f in fields] == [["conversation", "model"]]
+
+
 async def test_an_import_of_over_10_000_messages_is_422(
     client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:

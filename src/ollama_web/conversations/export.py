@@ -296,7 +296,7 @@ async def import_conversation(
         id=new_id(),
         user_id=user_id,
         title=exported.title,
-        model=model_display_name(exported.model),
+        model=model_display_name(exported.model, ("conversation", "model")),
         system_prompt=exported.system_prompt,
         options=exported.options.as_dict(),
         pinned=exported.pinned,

@@ -29,14 +29,14 @@ from ollama_web.db import Conversation, Message
 from ollama_web.ollama.names import validate_model_name
 
 
-def model_display_name(name: str) -> str:
+def model_display_name(name: str, loc: tuple[str, ...] = ("model",)) -> str:
     """`llama3.2` -> `llama3.2:latest` (422 for a name outside Ollama's grammar, or one
-    whose full form is longer than the model columns hold)."""
-    display = validate_model_name(name).display
+    whose full form is longer than the model columns hold, naming the field at `loc`)."""
+    display = validate_model_name(name, loc).display
     if len(display) > MODEL_CHARS:
         raise ValidationError(
             f"The model name is too long: at most {MODEL_CHARS} characters with its tag.",
-            details={"fields": [{"loc": ["model"], "message": "too long", "type": "too_long"}]},
+            details={"fields": [{"loc": list(loc), "message": "too long", "type": "too_long"}]},
         )
     return display
 

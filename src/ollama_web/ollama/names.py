@@ -75,9 +75,10 @@ def parse_model_name(text: str) -> ModelName | None:
     return name if all(_valid_part(kind, value) for kind, value in checks) else None
 
 
-def validate_model_name(text: str, field: str = "model") -> ModelName:
+def validate_model_name(text: str, field: str | tuple[str, ...] = "model") -> ModelName:
     """Parse or raise the core 422 `ValidationError` (before any upstream call), naming
-    `field`, the request's field (body or path) that held `text`."""
+    `field`, the request's field (body or path) that held `text` (a tuple: its path in a
+    nested document)."""
     name = parse_model_name(text)
     if name is None:
         raise ValidationError(
@@ -85,7 +86,7 @@ def validate_model_name(text: str, field: str = "model") -> ModelName:
             details={
                 "fields": [
                     {
-                        "loc": [field],
+                        "loc": [field] if isinstance(field, str) else list(field),
                         "message": "expected [host/][namespace/]model[:tag] with letters, "
                         "digits, '_', '-', '.'",
                         "type": "model_name",
