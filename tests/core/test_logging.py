@@ -215,6 +215,28 @@ def test_each_record_is_formatted_once_and_the_file_rotates_at_its_limit(
     assert lines == {"a.log": [9], "a.log.1": [6, 7, 8], "a.log.2": [3, 4, 5]}
 
 
+def test_log_files_are_made_for_their_owner_and_group_only(tmp_path: Path) -> None:
+    """Even under a umask of 022 (a manual `serve`), new log files, rotated ones included,
+    are 0640; one that existed keeps its mode."""
+    kept = tmp_path / "b.log"
+    kept.write_text("")
+    kept.chmod(0o644)
+    handlers = [SharedRotatingFileHandler(tmp_path / name, 100, 2) for name in ("a.log", "b.log")]
+    loggers = [_file_logger(f"mode{n}", handler) for n, handler in enumerate(handlers)]
+    previous = os.umask(0o022)
+    try:
+        for i in range(10):  # a.log rotates three times
+            loggers[0].warning("line %d %s", i, "x" * 23)
+        loggers[1].warning("one line")
+    finally:
+        os.umask(previous)
+        for logger, handler in zip(loggers, handlers, strict=True):
+            logger.removeHandler(handler)
+            handler.close()
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("*.log*")}
+    assert modes == {"a.log": 0o640, "a.log.1": 0o640, "a.log.2": 0o640, "b.log": 0o644}
+
+
 def test_a_log_path_that_is_no_regular_file_is_never_rotated(tmp_path: Path) -> None:
     """An operator may point a log at /dev/null: it is written to, never renamed."""
     path = tmp_path / "access.log"

@@ -19,6 +19,7 @@ from ollama_web.core.config import Settings
 
 ACCESS_LOGGER = "ollama_web.access"
 APP_LOG, ERROR_LOG, ACCESS_LOG = "app.log", "error.log", "access.log"
+LOG_FILE_MODE = 0o640
 LOG_FILES = (APP_LOG, ERROR_LOG, ACCESS_LOG)  # in LOG_DIR
 _HANDLER_MARK = "_ollama_web_handler"
 ROTATION_LOCK = ".rotation.lock"  # in LOG_DIR: the workers rotate the log files one at a time
@@ -85,7 +86,12 @@ class SharedRotatingFileHandler(RotatingFileHandler):
     renamed one, and their lines were lost when it rotated out. Before each write this one
     reopens the file when the one at its path is no longer the one it has open (as
     WatchedFileHandler does), and it rotates under an exclusive lock beside the logs, only
-    if no other process rotated the file in the meantime."""
+    if no other process rotated the file in the meantime.
+
+    A log file it creates is readable by its owner and group only (LOG_FILE_MODE, less the
+    umask): the lines name users, client addresses and files, no business of every local
+    account (the database, the secret key and the backups are 0600). A file that exists
+    keeps the mode it has."""
 
     def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
         super().__init__(
@@ -119,7 +125,10 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         )
 
     def _open(self) -> TextIOWrapper:
-        stream = super()._open()
+        descriptor = os.open(
+            self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE
+        )
+        stream = open(descriptor, "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115
         opened = os.fstat(stream.fileno())
         self._opened = (opened.st_dev, opened.st_ino)
         return stream
