@@ -3,6 +3,7 @@ passes untouched (and is never buffered beyond MAX_REQUEST_BYTES)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -127,6 +128,26 @@ async def test_nan_and_infinity_literals_are_not_json(guarded: FastAPI) -> None:
         assert response.json()["error"] == "INVALID_JSON"
         assert "NaN" in response.json()["message"]
     assert words.json()["body"] == {"text": "NaN is not -Infinity"}
+
+
+async def test_a_body_in_a_content_coding_is_415(guarded: FastAPI) -> None:
+    """None is decoded: a gzip body was read as JSON that is not UTF-8 (400, saying so)."""
+    document = json.dumps({"text": "compressed"}).encode()
+    async with asgi_client(guarded) as client:
+        gzipped = await client.post(
+            "/probe/echo/abc",
+            content=gzip.compress(document),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        identity = await client.post(
+            "/probe/echo/abc",
+            content=document,
+            headers={"content-type": "application/json", "content-encoding": "Identity"},
+        )
+    assert gzipped.status_code == 415, gzipped.text
+    assert gzipped.json()["error"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert gzipped.json()["details"] == {"content_encoding": "gzip"}
+    assert identity.json()["body"] == {"text": "compressed"}
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])

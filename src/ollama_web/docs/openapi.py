@@ -108,7 +108,8 @@ BODY_REFUSALS: dict[str, tuple[Reason, ...]] = {
     "415": (
         (
             "UNSUPPORTED_MEDIA_TYPE",
-            f"the body was not sent as `Content-Type: {JSON}` (UNSUPPORTED_MEDIA_TYPE)",
+            f"the body was not sent as `Content-Type: {JSON}`, or was sent in a "
+            "`Content-Encoding` (UNSUPPORTED_MEDIA_TYPE)",
         ),
     ),
 }

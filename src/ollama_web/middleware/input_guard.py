@@ -18,6 +18,8 @@ Only JSON bodies that contain a `\\u` escape are scanned further. A JSON body mu
 the escape scan would not read, so it is refused as 400 INVALID_JSON. So are the literals
 `NaN`, `Infinity` and `-Infinity` outside strings: Python's parser reads them, JSON has no
 such values (RFC 8259), and a route would otherwise answer 422 as if a field were wrong.
+A body sent with a `Content-Encoding` (gzip, say: none is decoded here) is refused as 415
+UNSUPPORTED_MEDIA_TYPE (RFC 9110 15.5.16), not read as JSON that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ollama_web.core.errors import (
     BodyRejected,
     InvalidJSONError,
     PayloadTooLargeError,
+    UnsupportedMediaTypeError,
     ValidationError,
     encode_error,
 )
@@ -77,6 +80,18 @@ def json_has_bad_escape(body: bytes) -> bool:
     return pending_high >= 0
 
 
+def _encoding_refusal(scope: Scope) -> AppError | None:
+    """415 for a body in a content coding (none is decoded here); `identity` is none."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return UnsupportedMediaTypeError(
+                "Request bodies are taken without a Content-Encoding (no gzip or other "
+                "compression).",
+                details={"content_encoding": value.decode("latin-1")[:100]},
+            )
+    return None
+
+
 def _is_json(scope: Scope) -> bool:
     """Bodies FastAPI may parse as JSON: a JSON media type, or no Content-Type at all (read
     as JSON only with `strict_content_type=False`: by default the route refuses such a body
@@ -113,7 +128,7 @@ class InputGuardMiddleware:
             nonlocal messages
             if messages is None:
                 messages = []
-                refusal = await _gate(scope, length)
+                refusal = await _gate(scope, length) or _encoding_refusal(scope)
                 if refusal is None:
                     body, last = await _read_body(receive)
                     refusal = _body_refusal(body) if scan else None
