@@ -812,3 +812,57 @@ async def test_migration_0010_gives_audit_targets_room_for_a_backup_name(
             assert await conn.run_sync(_diff) == []
     finally:
         await engine.dispose()
+
+
+_KILLED_MID_MIGRATION = """
+import asyncio, os, sys
+from sqlalchemy import event
+from ollama_web.core.config import Settings
+from ollama_web.core.db import create_null_pool_engine
+from ollama_web.migrations.runner import upgrade
+
+settings = Settings(_env_file=None, data_dir=sys.argv[1], secret_key="s" * 40)
+engine = create_null_pool_engine(settings)
+
+@event.listens_for(engine.sync_engine, "after_cursor_execute")
+def die(conn, cursor, statement, *args):
+    if statement.lstrip().startswith(sys.argv[2]):
+        os._exit(137)  # as SIGKILL: no rollback, no cleanup
+
+asyncio.run(upgrade(engine, settings))
+"""
+
+
+@pytest.mark.parametrize(
+    ("revision", "statement"),
+    [
+        ("0009", "CREATE TABLE _alembic_tmp_audit_events"),  # 0010: a batch table copy
+        ("0001", "CREATE VIRTUAL TABLE messages_fts"),  # 0002: DDL before its INSERTs
+    ],
+)
+async def test_a_sqlite_migration_killed_half_way_leaves_the_database_as_it_was(
+    settings_factory: Callable[..., Settings], tmp_path: Path, revision: str, statement: str
+) -> None:
+    """SQLite can roll DDL back, but Python's sqlite3 begins no transaction before it: each
+    CREATE before a migration's first INSERT or UPDATE was committed at once, and a kill
+    after it left a table every later try failed on ("table _alembic_tmp_audit_events
+    already exists": no start, no migrate). Now every step is in one transaction."""
+    settings = settings_factory(data_dir=tmp_path / "killed")
+    engine = create_null_pool_engine(settings)
+    try:
+        await upgrade(engine, settings, revision)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(_tables)
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        arguments = ["-c", _KILLED_MID_MIGRATION, str(settings.data_dir), statement]
+        killed = _python(arguments, tmp_path, env)
+        assert killed.returncode == 137, killed.stderr
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_tables) == tables
+            assert (await migration_status(engine)).current == revision
+        assert not (await upgrade(engine, settings)).up_to_date  # tried again: it runs
+        async with engine.connect() as conn:
+            assert (await migration_status(engine)).up_to_date
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()

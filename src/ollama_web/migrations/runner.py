@@ -172,11 +172,29 @@ def _pending(connection: Connection) -> MigrationStatus:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    """Every step to `revision` in one transaction, on SQLite too: a migration that fails or
+    is killed half-way (a power cut, the OOM killer, systemd's SIGKILL during a long
+    upgrade) leaves the database as it was, and the next start tries again. SQLite can
+    roll back DDL, but Python's sqlite3 opens a transaction only before INSERT, UPDATE and
+    DELETE: each CREATE, DROP or ALTER before the first of those was committed at once (a
+    batch migration's `_alembic_tmp_` table outlived the kill and failed every later try).
+    Here the driver opens none itself, and the transaction starts before the first step."""
     from alembic import command
 
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    if connection.dialect.name != "sqlite":
+        command.upgrade(config, revision)
+        return
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    implicit = driver.isolation_level
+    driver.isolation_level = None  # (this would commit an open transaction: none is yet)
+    connection.exec_driver_sql("BEGIN")
+    try:
+        command.upgrade(config, revision)
+    finally:  # the caller's commit or rollback ends the transaction
+        driver.isolation_level = implicit
 
 
 async def migration_status(engine: AsyncEngine) -> MigrationStatus:
