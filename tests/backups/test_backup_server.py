@@ -380,6 +380,47 @@ async def test_a_migration_of_an_existing_database_is_preceded_by_a_backup(
     assert not settings.backup_dir.exists()
 
 
+async def test_a_migration_tried_again_and_again_keeps_the_backups_from_before_it(
+    sqlite_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    """A start that fails in its migration, restarted for ever by systemd: each try took a
+    backup before migrating, and the retention deleted the older ones, until every backup
+    from before the upgrade was gone. The failed tries changed nothing (one transaction):
+    one backup before the migration is kept, and none is taken again."""
+    from sqlalchemy import event
+
+    from ollama_web.backups.lifespan import install_migration_hook
+    from ollama_web.core.db import create_null_pool_engine
+    from ollama_web.migrations.runner import upgrade
+
+    install_migration_hook()
+    settings = sqlite_settings(data_dir=tmp_path / "old", backup_enabled=True, backup_max_count=2)
+    settings.data_dir.mkdir(parents=True)
+    engine = create_null_pool_engine(settings)
+
+    def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("CREATE TABLE _alembic_tmp_audit_events"):
+            raise RuntimeError("the migration fails")
+
+    try:
+        await upgrade(engine, settings, revision="0009")
+        add_user_sqlite(settings, "alice")
+        earlier = DatabaseBackup(settings).create_backup("manual")
+        assert earlier is not None
+        event.listen(engine.sync_engine, "after_cursor_execute", fail)
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="the migration fails"):
+                await upgrade(engine, settings)
+        event.remove(engine.sync_engine, "after_cursor_execute", fail)
+        assert not (await upgrade(engine, settings)).up_to_date  # it works at last
+    finally:
+        await engine.dispose()
+    reasons = [b.reason for b in DatabaseBackup(settings).list_backups()]
+    assert reasons[1:] == ["manual"]
+    assert reasons[0] is not None
+    assert reasons[0].startswith("before migrating 0009 -> ")
+
+
 def test_postgres_without_pg_dump_reports_external_backups(
     settings_factory: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ periodic scheduler, the shutdown backup, and the `backups` component of /health.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -32,6 +33,8 @@ from ollama_web.db.base import utcnow
 from ollama_web.health.service import register_check
 from ollama_web.migrations.runner import MigrationStatus, register_before_upgrade
 
+logger = logging.getLogger("ollama_web.backups")
+
 RUNTIME_ATTRIBUTE = "backups"
 SIBLING_PROBE_WAIT_SECONDS = 1.0
 
@@ -41,11 +44,22 @@ class RestoreInProgressError(RuntimeError):
 
 
 async def backup_before_migration(settings: Settings, status: MigrationStatus) -> None:
-    """Called by the migration runner before it changes a database that has a schema."""
+    """Called by the migration runner before it changes a database that has a schema.
+
+    Not again when the newest backup is one taken before this same migration: a migration
+    that failed changed nothing (it is one transaction), and a server that ran since would
+    have taken a backup of its own at its start. A start that fails and is restarted for
+    ever (systemd every 5 s) otherwise added a backup of the database's size each time,
+    and the retention deleted the older ones: within minutes, every backup before the
+    upgrade."""
     service = DatabaseBackup(settings)
     if not settings.backup_enabled or service.mode == MODE_EXTERNAL:
         return
     reason = f"before migrating {status.current} -> {status.head}"
+    newest = next(iter(await asyncio.to_thread(service.list_backups)), None)
+    if newest is not None and newest.reason == reason:
+        logger.info("no new backup before migrating: %s is one, and the newest", newest.name)
+        return
     try:
         await asyncio.to_thread(service.create_backup, reason)
     except BackupError as exc:
