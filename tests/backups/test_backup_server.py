@@ -167,6 +167,60 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
     assert healthy["status"] == "healthy"
 
 
+async def test_a_failed_backup_shows_in_the_health_of_every_worker(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only one worker takes the automatic backups; /health may be answered by any: the
+    last attempt's failure is kept in DATA_DIR, not in that worker's memory (/health was
+    healthy or degraded by which worker answered)."""
+    from ollama_web.backups.runtime import BackupRuntime
+
+    settings = sqlite_settings(backup_enabled=True)
+    add_user_sqlite(settings, "alice")
+    write_archive = DatabaseBackup._write_archive
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work))
+
+    leader, other = BackupRuntime(DatabaseBackup(settings)), BackupRuntime(DatabaseBackup(settings))
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    await leader.automatic_backup("scheduled")
+    degraded = other.health()
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
+    await leader.automatic_backup("scheduled")
+    assert degraded["status"] == "degraded"
+    assert degraded["error"] == "scheduled: the backup failed: No space left on device"
+    assert other.health()["status"] == "healthy"
+
+
+async def test_a_backup_directory_where_no_backup_can_be_taken_shows_in_health(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only BACKUP_DIR: no worker could take the scheduler lock, so no automatic
+    backup was ever tried, nothing was logged, and /health said healthy for ever."""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    acquire = FileLock.acquire
+
+    def read_only(lock: FileLock, **kwargs: Any) -> None:
+        if lock.path.parent == settings.backup_dir:
+            raise OSError(errno.EROFS, "Read-only file system", str(lock.path))
+        acquire(lock, **kwargs)
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    app = await backup_app(backup_enabled=True, backup_interval_hours=1 / 3600)
+    await asyncio.sleep(2.5)  # the scheduler tries again, each second
+    async with asgi_client(app) as client:
+        component = (await client.get("/health")).json()["components"]["backups"]
+    assert component["status"] == "degraded"
+    assert component["error"] == "automatic backups cannot run: Read-only file system"
+    log = (settings.log_dir / "app.log").read_text()
+    said = [line for line in log.splitlines() if "automatic backups cannot run" in line]
+    assert len(said) == 1, said  # once, not at every try
+    assert str(settings.backup_dir) in said[0]  # the log names the directory; /health not
+    assert str(settings.backup_dir) not in json.dumps(component)
+
+
 async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:
     app = await backup_app()
     admin = await create_test_user(app, role="admin")

@@ -5,12 +5,17 @@ lock (the others retry for it on every tick, so the job moves if that worker die
 next periodic backup is due BACKUP_INTERVAL_HOURS after the newest backup on disk, so a
 restart does not reset the clock and every worker reports the same `next_scheduled_at`.
 Backups run in a worker thread; a failure is logged and shown in /health, never fatal.
+The last attempt's failure is kept in DATA_DIR (`LAST_ATTEMPT_NAME`), not only in the
+memory of the worker that made it, so that /health says it whichever worker answers; so is
+a backup directory the leader cannot even take its lock in (read-only, say), where no
+automatic backup could ever run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,7 +24,7 @@ from typing import Any
 from ollama_web.backups.errors import BackupBusyError, BackupError
 from ollama_web.backups.locks import SCHEDULER_LOCK_NAME, FileLock, LockBusyError
 from ollama_web.backups.models import BackupInfo
-from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup
+from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup, write_atomically
 from ollama_web.health.service import DEGRADED, HEALTHY
 
 logger = logging.getLogger("ollama_web.backups")
@@ -27,6 +32,7 @@ logger = logging.getLogger("ollama_web.backups")
 TICK_SECONDS = 60.0
 RETRY_AFTER_FAILURE_SECONDS = 300.0
 HTTP_LOCK_TIMEOUT_SECONDS = 10.0
+LAST_ATTEMPT_NAME = ".backup-last-attempt.json"
 
 
 class BackupRuntime:
@@ -34,8 +40,8 @@ class BackupRuntime:
         self.service = service
         self.settings = service.settings
         self.scheduler_lock = FileLock(service.directory / SCHEDULER_LOCK_NAME)
-        self.last_error: str | None = None
-        self.last_error_at: datetime | None = None
+        self._last_attempt = self.settings.data_dir / LAST_ATTEMPT_NAME
+        self._cannot_lead: str | None = None
         self._next_attempt = 0.0
         self._task: asyncio.Task[None] | None = None
         self._startup: asyncio.Task[None] | None = None
@@ -49,10 +55,44 @@ class BackupRuntime:
     def automatic(self) -> bool:
         return self.settings.backup_enabled and self.service.mode != MODE_EXTERNAL
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last backup attempt failed (by any worker), or None."""
+        try:
+            recorded = json.loads(self._last_attempt.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        error = recorded.get("error") if isinstance(recorded, dict) else None
+        return error if isinstance(error, str) else None
+
+    def _record(self, error: str | None) -> None:
+        if error is None and not self._last_attempt.exists():
+            return
+        state = {"error": error, "at": datetime.now(UTC).isoformat()}
+        try:
+            write_atomically(self._last_attempt, json.dumps(state))
+        except OSError as exc:
+            logger.warning("cannot record the backup attempt in %s: %s", self._last_attempt, exc)
+
     def try_lead(self) -> bool:
+        """Take the scheduler lock if no worker holds it. A lock that cannot even be made
+        (a read-only or missing backup directory) is a failure of every automatic backup:
+        logged once and recorded, as a failed backup is."""
         if not self.scheduler_lock.held:
-            with contextlib.suppress(LockBusyError, OSError):
+            try:
                 self.scheduler_lock.acquire(timeout=0)
+            except LockBusyError:
+                pass
+            except OSError as exc:
+                error = f"automatic backups cannot run: {exc.strerror or type(exc).__name__}"
+                if self._cannot_lead != error:
+                    self._cannot_lead = error
+                    logger.error("automatic backups cannot run: %s", exc)
+                    self._record(error)
+                return False
+            if self._cannot_lead is not None:
+                self._cannot_lead = None
+                self._record(None)
         return self.scheduler_lock.held
 
     async def backup(self, reason: str, *, lock_timeout: float | None = None) -> BackupInfo | None:
@@ -65,10 +105,9 @@ class BackupRuntime:
         except BackupBusyError:
             raise
         except (BackupError, OSError) as exc:
-            self.last_error = f"{reason}: {_public_reason(exc)}"
-            self.last_error_at = datetime.now(UTC)
+            await asyncio.to_thread(self._record, f"{reason}: {_public_reason(exc)}")
             raise
-        self.last_error = None
+        await asyncio.to_thread(self._record, None)
         return info
 
     async def automatic_backup(self, reason: str) -> None:

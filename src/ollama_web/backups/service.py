@@ -49,7 +49,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text`, a private file (0600), flushed to disk first."""
     temporary = path.with_name(f"{names.TEMP_PREFIX}{uuid.uuid4().hex}")
     sqlite.create_private(temporary)
     temporary.write_text(text, encoding="utf-8")
@@ -172,8 +173,8 @@ class DatabaseBackup:
             reason=reason[:100],
             kind=self.mode,
         )
-        _write_atomically(names.metadata_path(final), json.dumps(info.metadata(), indent=1))
-        _write_atomically(names.checksum_path(final), f"{digest}  {final.name}\n")
+        write_atomically(names.metadata_path(final), json.dumps(info.metadata(), indent=1))
+        write_atomically(names.checksum_path(final), f"{digest}  {final.name}\n")
         sqlite.fsync_directory(self.directory)
         logger.info(
             "backup %s taken (%s, %d bytes, %.0f ms)",
