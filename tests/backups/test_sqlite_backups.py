@@ -235,6 +235,25 @@ def test_force_restores_over_a_damaged_database_and_sets_it_aside(
     assert len(kept.read_bytes()) == 4096
 
 
+def test_force_never_sets_a_sound_database_aside_when_its_backup_fails(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BACKUP_DIR full (or read-only): the safety backup fails, but the database is sound;
+    it was renamed aside as a damaged one is, outside BACKUP_DIR, where `restore` cannot
+    bring it back. Now the restore is refused and nothing changes."""
+    service, backup = _backup_with_alice(sqlite_settings)  # bob came after it
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    with pytest.raises(RestoreRefusedError, match="the current database is sound"):
+        service.restore_backup(backup, force=True)
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+    database = service.database_path
+    assert not list(database.parent.glob("*.set-aside-*"))
+
+
 def test_a_backup_directory_that_cannot_be_made_is_a_backup_error(
     sqlite_settings: SettingsMaker, tmp_path: Path
 ) -> None:

@@ -137,18 +137,23 @@ def _safety_backup(backup: DatabaseBackup, force: bool) -> str | None:
     try:
         info = backup.create_backup("pre-restore safety backup", require_users=False, prune=False)
     except (BackupError, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
-        if force and backup.settings.is_sqlite:
+        sqlite_file = backup.settings.is_sqlite
+        if force and sqlite_file and not sqlite.is_sound(backup.database_path):
             return _set_aside(backup.database_path, exc)
+        # A sound database whose backup failed for where it goes (BACKUP_DIR full, read-only
+        # or missing) is not set aside: that is no file `restore` could bring back.
+        hint = "; the current database is sound: make BACKUP_DIR usable and run it again"
         raise RestoreRefusedError(
             f"the safety backup of the current database failed: {exc}"
+            + (hint if force and sqlite_file else "")
         ) from exc
     return info.name if info else None
 
 
 def _set_aside(database: Path, why: Exception) -> str:
-    """A database that cannot be backed up (a damaged file, the usual reason to restore) is
-    kept as it is, renamed beside itself with its -wal and -shm, so that --force can still
-    restore over it."""
+    """A database that cannot be backed up because it is damaged (the usual reason to
+    restore) is kept as it is, renamed beside itself with its -wal and -shm, so that
+    --force can still restore over it."""
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     kept = database.with_name(f"{database.name}.set-aside-{stamp}-{uuid.uuid4().hex[:6]}")
     for suffix in ("", "-wal", "-shm"):

@@ -77,6 +77,19 @@ def integrity_problems(database: Path) -> list[str]:
     return [] if messages == ["ok"] else messages
 
 
+def is_sound(database: Path) -> bool:
+    """Whether a live database (its WAL included) opens and passes `PRAGMA quick_check`."""
+    try:
+        connection = _connect_readonly(database)
+        try:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    return [str(row[0]) for row in rows] == ["ok"]
+
+
 def tables(database: Path) -> set[str]:
     connection = _connect_private(database)
     try:
