@@ -7,7 +7,9 @@ import asyncio
 import errno
 import hashlib
 import json
+import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -219,6 +221,29 @@ async def test_a_backup_directory_where_no_backup_can_be_taken_shows_in_health(
     assert len(said) == 1, said  # once, not at every try
     assert str(settings.backup_dir) in said[0]  # the log names the directory; /health not
     assert str(settings.backup_dir) not in json.dumps(component)
+
+
+async def test_files_a_killed_backup_or_restore_left_are_removed_at_the_next_start(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker
+) -> None:
+    """A restore or a verification killed while it unpacked a backup beside the database
+    left a copy as large as the database, for ever; a killed backup left its work files
+    until a later backup succeeded. An hour on, the next start removes them; younger ones
+    may belong to a process still running, and stay."""
+    settings = sqlite_settings()
+    data, backups = settings.data_dir, settings.backup_dir
+    backups.mkdir(exist_ok=True)
+    old = [data / ".restore-0a1b.db", backups / ".tmp-0a1b", backups / ".tmp-0a1b.db"]
+    young = [data / ".restore-2c3d.db", backups / ".tmp-2c3d"]
+    kept = [data / "notes.txt", backups / ".scheduler.lock"]
+    for path in old + young + kept:
+        path.write_bytes(b"x")
+    an_hour_ago = time.time() - 3700
+    for path in old + kept:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    await backup_app()
+    assert [path for path in old if path.exists()] == []
+    assert all(path.exists() for path in young + kept)
 
 
 async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:

@@ -17,6 +17,8 @@ POSTGRES_EXTENSION = ".dump"
 CHECKSUM_SUFFIX = ".sha256"
 METADATA_SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
+UNPACKED_PREFIX = ".restore-"
+"""A backup unpacked beside the database, to be checked or restored (`restore.unpacked`)."""
 MAX_NAME_LENGTH = 80
 
 NAME_PATTERN = re.compile(

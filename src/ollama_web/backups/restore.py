@@ -63,7 +63,7 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
         return
     target_dir = backup.database_path.parent
     target_dir.mkdir(parents=True, exist_ok=True)
-    work = target_dir / f".restore-{uuid.uuid4().hex}.db"
+    work = target_dir / f"{names.UNPACKED_PREFIX}{uuid.uuid4().hex}.db"
     try:
         sqlite.gunzip_file(path, work)
         yield work

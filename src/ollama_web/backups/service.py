@@ -235,19 +235,26 @@ class DatabaseBackup:
             if (too_many or too_old) and info.name != keep:
                 info.delete()
                 removed.append(info.name)
-        self._remove_orphans()
+        self.remove_orphans()
         if removed:
             logger.info("pruned %d old backup(s): %s", len(removed), ", ".join(removed))
         return removed
 
-    def _remove_orphans(self) -> None:
-        """Unfinished files (a crash mid-backup) older than an hour."""
+    def remove_orphans(self) -> None:
+        """Files older than an hour that a killed process left unfinished: a backup's in
+        BACKUP_DIR, and a backup unpacked beside the SQLite database by a restore or a
+        verification (as large as the database). Run after each backup and at each start."""
         cutoff = time.time() - ORPHAN_AGE_SECONDS
-        for path in self.directory.iterdir():
+        for path in _files(self.directory):
             unfinished = path.name.startswith(names.TEMP_PREFIX) or (
                 names.is_backup_name(path.name) and not names.checksum_path(path).exists()
             )
-            if unfinished and path.is_file() and path.stat().st_mtime < cutoff:
+            if unfinished and _older(path, cutoff):
+                path.unlink(missing_ok=True)
+        if self.settings.sqlite_file is None:
+            return
+        for path in _files(self.settings.sqlite_file.parent):
+            if path.name.startswith(names.UNPACKED_PREFIX) and _older(path, cutoff):
                 path.unlink(missing_ok=True)
 
     # Verification ----------------------------------------------------------------------
@@ -268,3 +275,18 @@ class DatabaseBackup:
             return shutil.disk_usage(self.directory).free
         except OSError:
             return None
+
+
+def _files(directory: Path) -> list[Path]:
+    """The plain files in `directory` (none when it is missing)."""
+    try:
+        return [path for path in directory.iterdir() if path.is_file() and not path.is_symlink()]
+    except FileNotFoundError:
+        return []
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:  # its process finished meanwhile
+        return False
