@@ -246,6 +246,31 @@ async def test_files_a_killed_backup_or_restore_left_are_removed_at_the_next_sta
     assert all(path.exists() for path in young + kept)
 
 
+async def test_a_backup_dated_in_the_future_is_not_the_newest(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker
+) -> None:
+    """Taken while the clock was ahead (a VM resumed with a wrong time): it was reported as
+    the last backup with a negative age, healthy, and the next scheduled backup was due
+    after it, years on. Now the real newest counts, and /health says what is wrong."""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    app = await backup_app(backup_enabled=True, backup_interval_hours=24)
+    runtime = app.state.backups
+    await runtime.startup_backup_done()
+    [taken] = DatabaseBackup(settings).list_backups()
+    future = settings.backup_dir / "ollama_web_backup_20990101_000000.db.gz"
+    shutil.copyfile(taken.path, future)
+    names.checksum_path(future).write_text(f"{taken.sha256}  {future.name}\n")
+    status, health = runtime.status(), runtime.health()
+    assert status["last_backup"]["name"] == taken.name
+    due = datetime.fromisoformat(status["next_scheduled_at"])
+    assert (due - taken.created_at).total_seconds() == 24 * 3600
+    assert health["last_backup_at"] == taken.created_at.isoformat()
+    assert 0 <= health["age_seconds"] < 60
+    assert health["status"] == "degraded"
+    assert health["error"].startswith(f"{future.name} is dated in the future")
+
+
 async def test_backup_routes_for_admins(backup_app: AppMaker) -> None:
     app = await backup_app()
     admin = await create_test_user(app, role="admin")

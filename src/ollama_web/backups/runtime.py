@@ -32,6 +32,9 @@ logger = logging.getLogger("ollama_web.backups")
 TICK_SECONDS = 60.0
 RETRY_AFTER_FAILURE_SECONDS = 300.0
 HTTP_LOCK_TIMEOUT_SECONDS = 10.0
+CLOCK_SKEW = timedelta(minutes=5)
+"""A backup dated later than now by more than this was taken while the clock was ahead (a
+VM resumed with a wrong time, an NTP step): it is not the newest backup."""
 LAST_ATTEMPT_NAME = ".backup-last-attempt.json"
 
 
@@ -136,8 +139,7 @@ class BackupRuntime:
         return newest.created_at + interval
 
     def _seconds_until_due(self) -> float:
-        backups = self.service.list_backups()
-        due = self.next_scheduled_at(backups[0] if backups else None)
+        due = self.next_scheduled_at(_newest(self.service.list_backups()))
         if due is None:
             return TICK_SECONDS
         return (due - datetime.now(UTC)).total_seconds()
@@ -174,7 +176,7 @@ class BackupRuntime:
     def status(self) -> dict[str, Any]:
         """The contract's `GET /backup/status` body (plus `mode`)."""
         backups = self.service.list_backups()
-        newest = backups[0] if backups else None
+        newest = _newest(backups)
         next_at = self.next_scheduled_at(newest)
         return {
             "enabled": self.automatic,
@@ -199,7 +201,7 @@ class BackupRuntime:
                 report.update(status=DEGRADED, error=self.last_error)
             return report
         backups = self.service.list_backups()
-        newest = backups[0] if backups else None
+        newest = _newest(backups)
         report = {
             "status": HEALTHY,
             "enabled": True,
@@ -214,9 +216,22 @@ class BackupRuntime:
             interval = self.interval
             if interval is not None and age > 2 * interval:
                 report.update(status=DEGRADED, error="the newest backup is overdue")
+        future = backups[0] if backups and backups[0] is not newest else None
+        if future is not None:
+            report.update(
+                status=DEGRADED,
+                error=f"{future.name} is dated in the future: was the clock ahead? (it is "
+                "not counted as the newest backup; delete it if it is not needed)",
+            )
         if self.last_error is not None:
             report.update(status=DEGRADED, error=self.last_error)
         return report
+
+
+def _newest(backups: list[BackupInfo]) -> BackupInfo | None:
+    """The newest of `backups` (newest first) not dated in the future."""
+    latest = datetime.now(UTC) + CLOCK_SKEW
+    return next((info for info in backups if info.created_at <= latest), None)
 
 
 def _public_reason(exc: BackupError | OSError) -> str:
