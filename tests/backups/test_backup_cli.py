@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_web.backups import DatabaseBackup
+from ollama_web.backups import DatabaseBackup, names
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
@@ -118,6 +118,14 @@ def test_restore_refuses_while_a_server_runs_and_unknown_names(
     ]
     # An operator may name a backup file anywhere (its .sha256 must be next to it).
     assert main(["restore", str(info.path), "--force"]) == 0
+    # A backup in BACKUP_DIR that lost its checksum file is not listed; named, the refusal
+    # says what is missing rather than that there is no such backup.
+    names.checksum_path(info.path).unlink()
+    capsys.readouterr()
+    assert main(["backup", "--verify", info.name]) == 1
+    assert main(["restore", info.name, "--force"]) == 1
+    for line in capsys.readouterr().err.splitlines():
+        assert "no checksum file" in line, line
 
 
 def test_a_backup_on_postgresql_without_pg_dump_fails_with_status_1(

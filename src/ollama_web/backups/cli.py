@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ollama_web.backups import names
 from ollama_web.backups.errors import BackupError, BackupsExternalError, RestoreRefusedError
 from ollama_web.backups.lifespan import install_migration_hook
 from ollama_web.backups.service import DatabaseBackup
@@ -27,9 +28,14 @@ EXIT_FAILED = 1
 
 
 def _resolve(service: DatabaseBackup, given: str) -> Path | None:
+    """A listed backup, a backup's name in BACKUP_DIR that is not listed (its checksum file
+    missing: the check then says so), or a file named by its path."""
     listed = service.find(given)
     if listed is not None:
         return listed.path
+    unlisted = names.inside(service.directory, given)
+    if unlisted is not None and unlisted.is_file():
+        return unlisted
     path = Path(given).expanduser()
     return path if path.is_file() else None
 
