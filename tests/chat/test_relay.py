@@ -361,6 +361,58 @@ async def test_without_continue_on_disconnect_the_last_remote_client_leaving_sto
         assert generation.status == "stopped"
 
 
+async def test_a_redis_stall_under_a_remote_follower_neither_stops_nor_freezes_it(
+    processes: Processes,
+    ollama_emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stops answering for a moment (a slow disk, a failover): the owner's publishes
+    time out. Each was taken for a follower that left: the forwarding ended for good (the
+    client got keep-alives only, 45 s, before its follower asked again) and, with
+    CHAT_CONTINUE_ON_DISCONNECT=false, the answer followed only through B was stopped."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    ollama_emulator.config.reply_tokens = 60
+    ollama_emulator.config.tokens_per_second = 30
+    off = {"chat_continue_on_disconnect": False, "chat_disconnect_grace_seconds": 0}
+    async with processes(**off) as (user, apps, (a, b)):
+        owner = _registry(apps[0]).relay
+        assert owner is not None
+        send = owner._send
+        stalled_until = 0.0
+
+        async def stalling(channel: str, payload: bytes) -> int:
+            if time.monotonic() < stalled_until:
+                raise RedisTimeout("Timeout reading from 127.0.0.1:6379")
+            return await send(channel, payload)
+
+        monkeypatch.setattr(owner, "_send", stalling)
+        async with new_chat(a, user) as response:
+            first = EventReader(response)  # kept: a dropped reader closes the stream
+            start = await first.next()
+            answer_id = start.data["assistant_message_id"]
+            async with b.stream(
+                "GET", f"/api/chat/stream/{answer_id}", headers=user.headers
+            ) as resumed:
+                reader = EventReader(resumed)
+                head = [await reader.next() for _ in range(3)]
+                await response.aclose()  # the first client leaves: B's is the only one
+                stalled_until = time.monotonic() + 0.5
+                rest, took = await _timed(reader.rest())
+        generation = _registry(apps[0]).get(answer_id)
+        assert generation is not None
+        await generation.wait()
+        async with asgi_client(apps[1]) as client:
+            stored = await stored_conversation(client, user, start.data["conversation_id"])
+    events = [*head, *rest]
+    assert generation.status == "complete"
+    assert events[-1].event == "done"
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    text = "".join(e.data["content"] for e in events if e.event == "token")
+    assert text == stored["messages"][-1]["content"]
+    assert took < 5  # 60 tokens at 30 a second, not a follower's whole patience
+
+
 async def test_a_client_following_through_another_process_gets_the_interrupted_answer(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],

@@ -201,15 +201,33 @@ class GenerationRelay:
             after = after if isinstance(after, int) else 0
             self._spawn(self._forward(generation, after, reply), serving=True)
 
-    async def _publish(self, channel: str, payload: bytes) -> int:
-        """Subscribers reached; 0 when Redis failed too."""
+    async def _publish(self, channel: str, payload: bytes) -> int | None:
+        """Subscribers reached; None when Redis failed (logged)."""
         from redis.exceptions import RedisError
 
         try:
             return await self._send(channel, payload)
         except (RedisError, OSError) as exc:
             logger.warning("generation relay could not publish: %s", exc)
-            return 0
+            return None
+
+    async def _deliver(self, channel: str, payload: bytes) -> bool:
+        """Publish to a remote follower; False once it is gone: the publish reached nobody,
+        or Redis kept failing for as long as the follower waits for a sign of life before
+        it asks again (SILENT_KEEPALIVES keep-alives). A publish that failed (Redis slow
+        for a moment: its timeout) is tried again, every RETRY_SECONDS (a follower drops
+        what it gets twice, by its ids: a timed-out publish may have arrived): taken for a
+        follower that left, it ended the forwarding for good (the client then waited in
+        silence until its follower gave up, 45 s) and, with CHAT_CONTINUE_ON_DISCONNECT
+        false, stopped an answer someone still followed."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + SILENT_KEEPALIVES * self._keepalive
+        pause = min(RETRY_SECONDS, self._keepalive / 2)
+        while (reached := await self._publish(channel, payload)) is None:
+            if loop.time() + pause > give_up:
+                return False
+            await asyncio.sleep(pause)
+        return reached > 0
 
     async def _send(self, channel: str, payload: bytes) -> int:
         """PUBLISH, in turn: redis-py's blocking pool lets a task that gives a connection
@@ -238,11 +256,11 @@ class GenerationRelay:
         follower = Follower()
         log.attach(follower)
         position = log.position_after(after)
-        # A publish that reached nobody means the remote client is gone: the follower
-        # counts as disconnected, so its leaving can abandon the answer (with
+        # A publish that reached nobody means the remote client is gone (`_deliver`): the
+        # follower counts as disconnected, so its leaving can abandon the answer (with
         # CHAT_CONTINUE_ON_DISCONNECT=false) like a local client's.
         try:
-            if not await self._publish(reply, b"A"):
+            if not await self._deliver(reply, b"A"):
                 follower.disconnected = True
                 return
             while True:
@@ -251,7 +269,7 @@ class GenerationRelay:
                     chunk = b"".join(frames[position:])
                     position = len(frames)
                     header = b"F%d\n" % (log.base + position)
-                    if not await self._publish(reply, header + chunk):
+                    if not await self._deliver(reply, header + chunk):
                         follower.disconnected = True
                         return
                     continue
@@ -259,13 +277,13 @@ class GenerationRelay:
                     if position > len(frames) and log.final_frame is not None:
                         # A follower placed past the end: the final event all the same,
                         # under its own id, as a local one gets it (sse.SSEResponse).
-                        await self._publish(reply, b"L" + log.final_frame)
-                    await self._publish(reply, b"E")
+                        await self._deliver(reply, b"L" + log.final_frame)
+                    await self._deliver(reply, b"E")
                     return
                 try:
                     await asyncio.wait_for(follower.wait(), self._keepalive)
                 except TimeoutError:
-                    if not await self._publish(reply, b"K"):
+                    if not await self._deliver(reply, b"K"):
                         follower.disconnected = True
                         return
         finally:
