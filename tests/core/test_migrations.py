@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, make_url
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
-from ollama_web.core.startup import EXIT_DATABASE_ERROR
+from ollama_web.core.startup import EXIT_DATABASE_ERROR, DatabaseUnusableError
 from ollama_web.db import Base
 from ollama_web.migrations.filters import include_object
 from ollama_web.migrations.runner import migration_status, upgrade
@@ -191,7 +191,9 @@ async def test_a_failed_startup_migration_refuses_to_start_and_says_why(
     data_dir.mkdir()
     (data_dir / "ollama_web.db").write_bytes(b"this is not a database" * 100)
     settings = settings_factory(data_dir=data_dir)
-    with pytest.raises(RuntimeError, match=r"the database migration failed: .*not a database"):
+    with pytest.raises(
+        DatabaseUnusableError, match=r"cannot start: the database migration failed: .*not a"
+    ):
         await app_factory(settings)
 
 

@@ -123,3 +123,22 @@ def test_a_server_that_fails_to_start_says_why_in_one_line_and_exits_3(
     assert result.returncode == 3, result.stderr
     assert "cannot start: [Errno 21] Is a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_server_whose_migration_fails_says_why_in_one_line_and_exits_3(tmp_path: Path) -> None:
+    """The migration runs in a child process; its failure was raised again as a bare
+    RuntimeError, and uvicorn printed Starlette's whole traceback for it."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ollama_web.db").write_bytes(b"this is not a database" * 100)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+    }
+    args = [sys.executable, "-m", "ollama_web", "serve", "--port", str(_free_port())]
+    result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "cannot start: the database migration failed: " in result.stderr
+    assert "Traceback" not in result.stderr

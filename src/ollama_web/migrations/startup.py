@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, describe_database_error
-from ollama_web.core.startup import has_data
+from ollama_web.core.startup import DatabaseUnusableError, has_data
 from ollama_web.migrations.runner import (
     refuse_unknown_revisions,
     refuse_unmigrated,
@@ -157,8 +157,8 @@ async def upgrade_in_child(settings: Settings) -> None:
         await upgrade_settings(settings)
         return
     error, _ = await asyncio.to_thread(_await_child, *child)
-    if error is not None:
-        raise RuntimeError(f"the database migration failed: {error}")
+    if error is not None:  # one line, not a traceback (the database, not a bug)
+        raise DatabaseUnusableError(f"cannot start: the database migration failed: {error}")
 
 
 async def _finish_early_migration() -> None:
