@@ -27,7 +27,9 @@ async def test_startup_tunes_the_collector_and_shutdown_puts_it_back(
         frozen = gc.get_freeze_count()
         assert frozen > 10_000, "modules and the app are out of the collector's walk"
         gc.collect()
-        assert gc.get_freeze_count() == frozen, "a full collection leaves them where they are"
+        # A full collection leaves them where they are. (A few may be freed meanwhile, by
+        # a task of the start finishing: ~7 of them, at no fixed moment.)
+        assert frozen - gc.get_freeze_count() < 100
         assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == thresholds
