@@ -125,8 +125,10 @@ async def backup_lifespan(app: FastAPI) -> AsyncIterator[None]:
         return await asyncio.to_thread(runtime.health)
 
     register_check(app, "backups", health)
-    try:  # what a process killed mid-backup or mid-restore left, at least an hour ago
-        await asyncio.to_thread(runtime.service.remove_orphans)
+    # What a process killed mid-backup or mid-restore left, at least an hour ago (two
+    # directory listings: no thread needed).
+    try:
+        runtime.service.remove_orphans()
     except OSError as exc:
         logger.warning("cannot remove unfinished backup files: %s", exc)
     leader = runtime.automatic and runtime.try_lead()
