@@ -194,11 +194,12 @@ class BackupRuntime:
     def health(self) -> dict[str, Any]:
         """The `backups` component of /health: freshness and the last failure (of any
         backup: a scheduled one, or one asked for when automatic backups are off)."""
+        last_error = self.last_error
         if not self.automatic:
             report: dict[str, Any] = {"status": HEALTHY, "enabled": False}
             report["mode"] = self.service.mode
-            if self.last_error is not None:
-                report.update(status=DEGRADED, error=self.last_error)
+            if last_error is not None:
+                report.update(status=DEGRADED, error=last_error)
             return report
         backups = self.service.list_backups()
         newest = _newest(backups)
@@ -223,8 +224,8 @@ class BackupRuntime:
                 error=f"{future.name} is dated in the future: was the clock ahead? (it is "
                 "not counted as the newest backup; delete it if it is not needed)",
             )
-        if self.last_error is not None:
-            report.update(status=DEGRADED, error=self.last_error)
+        if last_error is not None:
+            report.update(status=DEGRADED, error=last_error)
         return report
 
 

@@ -12,6 +12,7 @@ import gzip
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 COPY_CHUNK = 1024 * 1024
@@ -64,30 +65,26 @@ def online_copy(database: Path, destination: Path) -> None:
 
 
 def integrity_problems(database: Path) -> list[str]:
-    """The output of `PRAGMA integrity_check` unless it is just "ok" (then [])."""
+    """The output of `PRAGMA integrity_check` on a copy unless it is just "ok" (then [])."""
+    return _check(_connect_private, database, "PRAGMA integrity_check")
+
+
+def is_sound(database: Path) -> bool:
+    """Whether a live database (its WAL included) opens and passes `PRAGMA quick_check`."""
+    return not _check(_connect_readonly, database, "PRAGMA quick_check")
+
+
+def _check(connect: Callable[[Path], sqlite3.Connection], database: Path, pragma: str) -> list[str]:
     try:
-        connection = _connect_private(database)
+        connection = connect(database)
         try:
-            rows = connection.execute("PRAGMA integrity_check").fetchall()
+            rows = connection.execute(pragma).fetchall()
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
         return [f"not a usable SQLite database: {exc}"]
     messages = [str(row[0]) for row in rows]
     return [] if messages == ["ok"] else messages
-
-
-def is_sound(database: Path) -> bool:
-    """Whether a live database (its WAL included) opens and passes `PRAGMA quick_check`."""
-    try:
-        connection = _connect_readonly(database)
-        try:
-            rows = connection.execute("PRAGMA quick_check").fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error:
-        return False
-    return [str(row[0]) for row in rows] == ["ok"]
 
 
 def tables(database: Path) -> set[str]:
