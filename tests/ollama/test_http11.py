@@ -174,6 +174,26 @@ async def test_expired_connections_are_replaced() -> None:
         assert server.connections == 2
 
 
+async def test_idle_connections_are_closed_at_their_expiry_without_a_request() -> None:
+    """A burst, then nothing: its connections stayed open for as long as no request came to
+    take one and find it expired (the soak: 14 open to Ollama, minutes after the last)."""
+    async with holding_server() as server, client(keepalive_expiry=0.5) as http:
+        server.release.clear()
+        burst = [asyncio.ensure_future(http.get(server.url)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        server.release.set()
+        await asyncio.gather(*burst)
+        transport = transport_of(http)
+        await asyncio.sleep(0.2)
+        assert transport.connection_count == 3  # not before their expiry
+        deadline = time.monotonic() + 5
+        while transport.connection_count:
+            assert time.monotonic() < deadline, "idle connections outlived their expiry"
+            await asyncio.sleep(0.05)
+        await http.get(server.url)  # a new one is opened as needed
+        assert server.connections == 4
+
+
 async def test_a_chunked_body_arrives_chunk_by_chunk_byte_for_byte() -> None:
     text = "Grüße, 世界! 🎉".encode()
     pieces = [text[:3], text[3:8], text[8:17], text[17:]]  # multi-byte characters split

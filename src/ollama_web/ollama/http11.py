@@ -77,6 +77,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
+        """Closes idle connections once expired, while no request takes them (one timer for
+        the pool, at the oldest idle connection's expiry)."""
 
     @property
     def max_connections(self) -> int:
@@ -229,10 +232,35 @@ class Http11Transport(httpx.AsyncBaseTransport):
             self._idle_count += 1
             if self._idle_count > self._max_keepalive:
                 self._evict_one()
+            if self._sweep is None and self._expiry is not None:
+                self._sweep = connection.loop.call_at(
+                    connection.idle_since + self._expiry, self._close_expired
+                )
         else:
             connection.close()
             self._forget(connection)
         self._wake_one()
+
+    def _close_expired(self) -> None:
+        """Close the idle connections past their expiry (a server at rest kept every
+        connection of its last burst open for as long as no request came to take one and
+        find it expired); then wait for the next one to expire, if any is idle."""
+        self._sweep = None
+        assert self._expiry is not None
+        oldest: Connection | None = None
+        for idle in self._idle.values():
+            while idle:  # in the order they became idle: the oldest first
+                connection = idle[0]
+                if connection.loop.time() - connection.idle_since < self._expiry:
+                    if oldest is None or connection.idle_since < oldest.idle_since:
+                        oldest = connection
+                    break
+                idle.pop(0)
+                self._idle_count -= 1
+                connection.close()
+                self._forget(connection)
+        if oldest is not None:
+            self._sweep = oldest.loop.call_at(oldest.idle_since + self._expiry, self._close_expired)
 
     def _forget(self, connection: Connection) -> None:
         self._open.discard(connection)
@@ -246,6 +274,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             idle.clear()
         self._idle_count = 0
