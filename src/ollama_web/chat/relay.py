@@ -213,13 +213,9 @@ class GenerationRelay:
 
     async def _deliver(self, channel: str, payload: bytes) -> bool:
         """Publish to a remote follower; False once it is gone: the publish reached nobody,
-        or Redis kept failing for as long as the follower waits for a sign of life before
-        it asks again (SILENT_KEEPALIVES keep-alives). A publish that failed (Redis slow
-        for a moment: its timeout) is tried again, every RETRY_SECONDS (a follower drops
-        what it gets twice, by its ids: a timed-out publish may have arrived): taken for a
-        follower that left, it ended the forwarding for good (the client then waited in
-        silence until its follower gave up, 45 s) and, with CHAT_CONTINUE_ON_DISCONNECT
-        false, stopped an answer someone still followed."""
+        or Redis kept failing for as long as the follower waits before it asks again
+        (SILENT_KEEPALIVES keep-alives). A failed publish (a Redis stall) is tried again; a
+        frame that arrives twice is dropped by its id."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + SILENT_KEEPALIVES * self._keepalive
         pause = min(RETRY_SECONDS, self._keepalive / 2)
@@ -260,32 +256,27 @@ class GenerationRelay:
         # follower counts as disconnected, so its leaving can abandon the answer (with
         # CHAT_CONTINUE_ON_DISCONNECT=false) like a local client's.
         try:
-            if not await self._deliver(reply, b"A"):
-                follower.disconnected = True
-                return
-            while True:
+            delivered = await self._deliver(reply, b"A")
+            while delivered:
                 frames = log.frames
                 if position < len(frames):
                     chunk = b"".join(frames[position:])
                     position = len(frames)
                     header = b"F%d\n" % (log.base + position)
-                    if not await self._deliver(reply, header + chunk):
-                        follower.disconnected = True
-                        return
-                    continue
-                if log.finished:
+                    delivered = await self._deliver(reply, header + chunk)
+                elif log.finished:
                     if position > len(frames) and log.final_frame is not None:
                         # A follower placed past the end: the final event all the same,
                         # under its own id, as a local one gets it (sse.SSEResponse).
                         await self._deliver(reply, b"L" + log.final_frame)
                     await self._deliver(reply, b"E")
                     return
-                try:
-                    await asyncio.wait_for(follower.wait(), self._keepalive)
-                except TimeoutError:
-                    if not await self._deliver(reply, b"K"):
-                        follower.disconnected = True
-                        return
+                else:
+                    try:
+                        await asyncio.wait_for(follower.wait(), self._keepalive)
+                    except TimeoutError:
+                        delivered = await self._deliver(reply, b"K")
+            follower.disconnected = True
         finally:
             log.detach(follower)
 

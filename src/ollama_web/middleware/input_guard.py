@@ -195,8 +195,7 @@ def json_values_exceed(body: bytes, limit: int) -> bool:
     inside strings are not counted). Scanned a slice at a time, to stop early."""
     if _structure_count(body) < limit:
         return False  # an upper bound (commas inside strings count too): nothing to scan
-    # Without its escaped backslashes and quotes, a string runs from a quote to the next.
-    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = _without_escapes(body)
     count, in_string = 0, False
     for start in range(0, len(text), _SCAN_SLICE):
         piece = text[start : start + _SCAN_SLICE]
@@ -217,8 +216,14 @@ def has_non_json_constant(body: bytes) -> bool:
     """True when `NaN` or `Infinity` appears outside the strings of a JSON text."""
     if b"NaN" not in body and b"Infinity" not in body:
         return False
-    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = _without_escapes(body)
     return _NON_JSON_CONSTANT.search(_STRING.sub(b"", text)) is not None
+
+
+def _without_escapes(body: bytes) -> bytes:
+    """A JSON text without its escaped backslashes and quotes: each string then runs from a
+    quote to the next (`_STRING`)."""
+    return body.replace(b"\\\\", b"").replace(b'\\"', b"")
 
 
 def _structure_count(text: bytes) -> int:
