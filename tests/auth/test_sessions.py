@@ -12,9 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select, update
+from sqlalchemy import event, insert, select, update
+from sqlalchemy.exc import OperationalError
 
+from ollama_web.auth import context as auth_context
+from ollama_web.auth.sessions import prune_sessions
 from ollama_web.core.config import Settings
+from ollama_web.core.db import session_scope
+from ollama_web.core.state import CoreState
 from ollama_web.db import UserSession
 from ollama_web.db.base import utcnow
 from tests.conftest import asgi_client
@@ -348,3 +353,116 @@ async def test_a_database_that_refuses_writes_does_not_fail_a_session_s_reads(
     assert (await session_row(app, session_id)).last_seen_at == older
     assert (await client.get("/api/auth/me")).status_code == 200
     assert utcnow() - (await session_row(app, session_id)).last_seen_at < timedelta(seconds=10)
+
+
+async def _insert_sessions(app: FastAPI, user_id: str, states: dict[str, dict[str, Any]]) -> None:
+    """One session row per name, live unless its values say otherwise."""
+    now = utcnow()
+    for name, values in states.items():
+        row = {
+            "id": f"session-{name}",
+            "user_id": user_id,
+            "token_hash": f"{name:0>64}"[:64],
+            "csrf_token": "0" * 64,
+            "created_at": now - timedelta(days=3),
+            "last_seen_at": now,
+            "expires_at": now + timedelta(days=4),
+            **values,
+        }
+        await execute_sql(app, insert(UserSession).values(**row))
+
+
+async def _session_ids(app: FastAPI) -> set[str]:
+    return set((await execute_sql(app, select(UserSession.id))).scalars())
+
+
+async def test_ended_sessions_are_deleted_a_day_after_they_ended(
+    app: FastAPI, settings: Settings, regular_user: TestUser
+) -> None:
+    now = utcnow()
+    long_ago, lately = now - timedelta(days=1, minutes=5), now - timedelta(hours=23)
+    idle = timedelta(minutes=settings.session_timeout_minutes)
+    await _insert_sessions(
+        app,
+        regular_user.id,
+        {
+            "live": {},
+            "revoked-long-ago": {"revoked_at": long_ago},
+            "revoked-lately": {"revoked_at": lately},
+            "expired-long-ago": {"expires_at": long_ago},
+            "expired-lately": {"expires_at": lately},
+            "idle-long-ago": {"last_seen_at": long_ago - idle},
+            "idle-lately": {"last_seen_at": lately - idle},
+        },
+    )
+    core: CoreState = app.state.core
+
+    async with session_scope(core.sessionmaker) as session:
+        pruned = await prune_sessions(session, settings, utcnow())
+
+    assert pruned == 3
+    assert await _session_ids(app) == {
+        "session-live",
+        "session-revoked-lately",
+        "session-expired-lately",
+        "session-idle-lately",
+    }
+
+
+async def test_every_server_prunes_ended_sessions_at_start_and_then_periodically(
+    app_factory: Callable[[Settings], Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth_context, "PRUNE_INTERVAL_SECONDS", 0.2)
+    first = await app_factory(settings)
+    user = await create_test_user(first)
+    old = utcnow() - timedelta(days=2)
+    await _insert_sessions(first, user.id, {"live": {}, "revoked-at-start": {"revoked_at": old}})
+    # A second server on the same database deletes it as it starts; then, a round later,
+    # one that ends while both run.
+    second = await app_factory(settings)
+    await _until(lambda: _session_ids(second), {"session-live"})
+    await _insert_sessions(second, user.id, {"revoked-later": {"revoked_at": old}})
+    await _until(lambda: _session_ids(second), {"session-live"})
+
+
+async def _until(read: Callable[[], Any], expected: set[str]) -> None:
+    for _ in range(100):
+        if await read() == expected:
+            return
+        await asyncio.sleep(0.05)
+    assert await read() == expected
+
+
+async def test_a_failed_pruning_round_is_logged_in_a_line_and_tried_again(
+    app_factory: Callable[[Settings], Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(auth_context, "PRUNE_INTERVAL_SECONDS", 0.1)
+    calls = 0
+    real = prune_sessions
+
+    async def failing_once(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("DELETE", {}, sqlite3.OperationalError("database is locked"))
+        return await real(*args)
+
+    monkeypatch.setattr(auth_context, "prune_sessions", failing_once)
+    with caplog.at_level("WARNING", logger="ollama_web.auth"):
+        await app_factory(settings)
+        for _ in range(100):
+            if calls >= 2:
+                break
+            await asyncio.sleep(0.05)
+
+    assert calls >= 2
+    lines = [r for r in caplog.records if r.name == "ollama_web.auth"]
+    assert [r.getMessage() for r in lines] == [
+        "could not delete ended sessions: OperationalError: database is locked"
+    ]
+    assert lines[0].exc_info is None

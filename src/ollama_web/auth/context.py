@@ -1,39 +1,70 @@
-"""Request-scoped helpers for the account routes: hashing, throttle, client, same-site."""
+"""Request-scoped helpers for the account routes: hashing, throttle, client, same-site; the
+auth lifespan (the throttle, the pruning of ended sessions)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, cast
 
 from fastapi import Depends, FastAPI, Request
+from sqlalchemy.exc import SQLAlchemyError
 
 from ollama_web.auth.dependencies import authenticate_before_body, authenticate_for_body_error
 from ollama_web.auth.errors import CrossSiteRequestError
 from ollama_web.auth.network import client_address, is_cross_site
 from ollama_web.auth.passwords import Passwords, passwords_for
 from ollama_web.auth.service import ClientInfo
-from ollama_web.auth.sessions import MAX_USER_AGENT
+from ollama_web.auth.sessions import MAX_USER_AGENT, PRUNE_INTERVAL_SECONDS, prune_sessions
 from ollama_web.auth.throttle import LoginThrottle
 from ollama_web.core.config import Settings
-from ollama_web.core.db import session_scope
+from ollama_web.core.db import describe_database_error, session_scope
 from ollama_web.core.dependencies import SettingsDep, core_of
+from ollama_web.core.state import CoreState
+from ollama_web.db.base import utcnow
 from ollama_web.ratelimit.dependencies import enforce_rate_limit, rate_limit_storage
+
+logger = logging.getLogger("ollama_web.auth")
 
 
 @asynccontextmanager
 async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Closes the failed-login throttle (created on first use, see `get_login_throttle`)."""
+    """Prunes ended sessions in the background; closes the failed-login throttle (created on
+    first use, see `get_login_throttle`)."""
     app.state.login_throttle = None
     app.state.body_error_authenticator = refuse_before_body_error
     app.state.body_gate = authenticate_before_body
+    pruner = asyncio.get_running_loop().create_task(
+        _prune_sessions_periodically(app.state.core), name="session-pruner"
+    )
     try:
         yield
     finally:
+        pruner.cancel()
+        await asyncio.gather(pruner, return_exceptions=True)
         throttle: LoginThrottle | None = app.state.login_throttle
         app.state.login_throttle = None
         if throttle is not None:
             await throttle.aclose()
+
+
+async def _prune_sessions_periodically(core: CoreState) -> None:
+    """Delete ended sessions now, then every PRUNE_INTERVAL_SECONDS. A failure (the database
+    locked by a restore, unreachable) is logged in one line; the next round tries again."""
+    while True:
+        try:
+            async with session_scope(core.sessionmaker) as session:
+                pruned = await prune_sessions(session, core.settings, utcnow())
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("could not delete ended sessions: %s", describe_database_error(exc))
+        except Exception:
+            logger.exception("could not delete ended sessions")
+        else:
+            if pruned:
+                logger.info("deleted %d ended session(s)", pruned)
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
 
 async def refuse_before_body_error(request: Request) -> None:

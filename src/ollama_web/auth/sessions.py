@@ -4,6 +4,10 @@ A session ends at the first of: its absolute expiry (`expires_at`, SESSION_MAX_A
 after login), SESSION_TIMEOUT_MINUTES without activity (`last_seen_at`), or revocation.
 Activity is written at most once per ACTIVITY_WRITE_INTERVAL per session, in its own short
 transaction, so reading pages does not turn every request into a write.
+
+An ended session is of no use (it is not listed, its cookie is refused): its row is deleted
+once it has been over for ENDED_SESSION_RETENTION, by `prune_sessions`, which every server
+process runs at start and then every PRUNE_INTERVAL_SECONDS (`auth.context.auth_lifespan`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
@@ -26,6 +30,10 @@ from ollama_web.db.base import utcnow
 SESSION_COOKIE = "ow_session"
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=1)
 MAX_USER_AGENT = 512
+ENDED_SESSION_RETENTION = timedelta(days=1)
+"""How long the row of an ended session is kept (a day of clock skew between servers, and
+the `DELETE` of a session that has just ended still finds it)."""
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 def idle_timeout(settings: Settings) -> timedelta:
@@ -177,6 +185,21 @@ async def list_live_sessions(
     return await page.fetch(
         session, stmt, Keyset(UserSession.created_at, UserSession.id), scope=f"sessions:{user_id}"
     )
+
+
+async def prune_sessions(session: AsyncSession, settings: Settings, now: datetime) -> int:
+    """Delete the sessions that ended (revoked, past their absolute expiry, or idle past
+    SESSION_TIMEOUT_MINUTES) over ENDED_SESSION_RETENTION ago; returns how many."""
+    before = now - ENDED_SESSION_RETENTION
+    stmt = delete(UserSession).where(
+        or_(
+            UserSession.revoked_at < before,
+            UserSession.expires_at < before,
+            UserSession.last_seen_at < before - idle_timeout(settings),
+        )
+    )
+    result = await session.execute(stmt)
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def set_session_cookie(response: Response, token: str, settings: Settings, *, secure: bool) -> None:
