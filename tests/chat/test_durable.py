@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, select
 
 from ollama_web.app import create_app
 from ollama_web.chat import leases
+from ollama_web.chat import registry as registry_module
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.core.db import session_scope
 from ollama_web.db import Message
@@ -304,6 +306,28 @@ async def test_a_last_event_id_past_a_running_answer_s_end_still_ends_with_its_f
         assert final.data["message"]["status"] == "stopped"
         assert [(e.id, e.event, e.data) for e in rest] == [(final.id, final.event, final.data)]
         assert (await http.get(path, headers=past)).status_code == 204
+
+
+async def test_a_finished_answer_leaves_memory_after_its_time_with_no_other_chat(
+    app: FastAPI,
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept for late re-attaches for RETAIN_SECONDS, then dropped by the registry's own
+    heartbeat: an idle server does not hold the last answers' events for ever."""
+    async with asgi_client(app) as http:
+        sent = await http.post("/api/chat/message", json=chat_body(), headers=regular_user.headers)
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["assistant_message"]["id"]
+    registry: GenerationRegistry = app.state.generations
+    await registry.heartbeat(1.0)
+    assert message_id in registry._retained
+
+    monkeypatch.setattr(registry_module, "RETAIN_SECONDS", 0.0)
+    await registry.heartbeat(1.0)
+
+    assert message_id not in registry._retained
 
 
 async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_database(

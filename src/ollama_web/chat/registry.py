@@ -220,7 +220,9 @@ class GenerationRegistry:
 
     async def heartbeat(self, interval: float) -> None:
         """Keep the lease of every running answer (see `ollama_web.chat.leases`), and the
-        shared slots this process holds."""
+        shared slots this process holds; drop finished answers kept past RETAIN_SECONDS
+        (else only the next chat or re-attach would: an idle server held them)."""
+        self._prune(time.monotonic())
         running = list(self._running.values())
         if running:
             await asyncio.gather(*(generation.heartbeat(interval) for generation in running))
