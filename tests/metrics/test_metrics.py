@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ollama_web.emulator import OllamaEmulator
 from ollama_web.metrics import chat as chat_metrics
 from ollama_web.metrics import http as http_metrics
 from ollama_web.metrics.prometheus import prometheus
@@ -156,6 +157,41 @@ async def test_slow_requests_are_logged_with_request_id_and_counted(
     log = (app.state.settings.log_dir / "app.log").read_text(encoding="utf-8")
     line = next(line for line in log.splitlines() if "slow-probe-42" in line)
     assert "slow request GET /probe/slow 200" in line
+
+
+async def test_a_whole_answer_s_time_is_the_model_s_not_a_slow_request(
+    metrics_app: MetricsApp, ollama_emulator: OllamaEmulator
+) -> None:
+    """`POST /api/chat/message` lasts as long as the answer: never logged or counted as
+    slow (it would be every time), still in the response times; other routes still are."""
+    ollama_emulator.config.reply_tokens = 20
+    ollama_emulator.config.tokens_per_second = 400.0  # ~50 ms, over the threshold
+    app = await metrics_app(
+        slow_request_ms=10, ollama_url=[ollama_emulator.url], ollama_health_cache_seconds=0.0
+    )
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        prom_before = await _prometheus(client)
+        answered = await client.post(
+            "/api/chat/message",
+            json={"model": "llama3.2", "content": "hello"},
+            headers={**user.headers, "X-Request-ID": "whole-answer-1"},
+        )
+        await client.get("/probe/slow", headers={"X-Request-ID": "slow-probe-43"})
+        after = await _metrics(client)
+        prom_after = await _prometheus(client)
+    assert answered.status_code == 200, answered.text
+    chat = _endpoint(after, "POST /api/chat/message")
+    assert chat["requests"] == 1
+    assert chat["max_ms"] >= 40
+    assert chat["slow"] == 0
+    assert _endpoint(after, "GET /probe/slow")["slow"] == 1
+    name = "ollama_web_http_slow_requests_total"
+    labels = {"method": "POST", "route": "/api/chat/message"}
+    assert sample_value(prom_after, name, **labels) == sample_value(prom_before, name, **labels)
+    log = (app.state.settings.log_dir / "app.log").read_text(encoding="utf-8")
+    assert "whole-answer-1" not in log
+    assert "slow-probe-43" in log
 
 
 async def test_slow_queries_are_counted(metrics_app: MetricsApp) -> None:

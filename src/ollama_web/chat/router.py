@@ -30,6 +30,7 @@ from ollama_web.core.dependencies import SessionDep, SettingsDep, core_of
 from ollama_web.core.errors import error_response
 from ollama_web.db import Message
 from ollama_web.db.models import MessageStatus
+from ollama_web.metrics.middleware import timed_by_the_model
 from ollama_web.ollama.dependencies import GatewayDep
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
@@ -124,6 +125,7 @@ async def chat_stream(
     response_model=ChatMessageResponse,
     responses=_ERRORS,
 )
+@timed_by_the_model
 async def chat_message(
     request: Request,
     body: ChatRequest,

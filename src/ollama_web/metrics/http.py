@@ -171,9 +171,12 @@ class HttpStats:
         self.slow_queries_exported = 0
         self.slow_log = LogBudget(SLOW_LOG_LINES_PER_SECOND, "slow requests")
 
-    def record(self, endpoint: str, status: int, duration_ms: float) -> bool:
-        """Count one response; True when it was slower than SLOW_REQUEST_MS."""
-        slow = duration_ms >= self.slow_request_ms
+    def record(
+        self, endpoint: str, status: int, duration_ms: float, *, may_be_slow: bool = True
+    ) -> bool:
+        """Count one response; True when it was slower than SLOW_REQUEST_MS (never for one
+        that `may_be_slow` not: see `middleware.timed_by_the_model`)."""
+        slow = may_be_slow and duration_ms >= self.slow_request_ms
         self.total += 1
         self.errors += status >= 400
         self.server_errors += status >= 500

@@ -6,7 +6,8 @@ that raises before answering counts as a 500; one that ends without any answer (
 went away first) as 499. Requests slower than SLOW_REQUEST_MS are counted, and logged with
 their request id: the first ten of each second one by one (`SLOW_LOG_LINES_PER_SECOND`),
 the rest of that second in one line when it is over (a burst of load must not also flood
-the log).
+the log). A route whose answer is a whole generation (`timed_by_the_model`) is never a slow
+request: its time is the model's, not the server's (it is still in the response times).
 Inactive when METRICS_ENABLED=false (no stats object in the app state).
 """
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +28,20 @@ logger = logging.getLogger("ollama_web.metrics")
 
 STATE_ATTRIBUTE = "metrics"
 CLIENT_CLOSED = 499
+_TIMED_BY_THE_MODEL = "_ollama_web_timed_by_the_model"
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def timed_by_the_model(endpoint: Endpoint) -> Endpoint:
+    """Mark a route's endpoint whose response waits for a whole generation (`POST
+    /api/chat/message`): however long it takes, it is not a slow request."""
+    setattr(endpoint, _TIMED_BY_THE_MODEL, True)
+    return endpoint
+
+
+def _timed_by_the_model(scope: Scope) -> bool:
+    endpoint = getattr(scope.get("route"), "endpoint", None)
+    return getattr(endpoint, _TIMED_BY_THE_MODEL, False) is True
 
 
 def _stats_of(scope: Scope) -> HttpStats | None:
@@ -46,7 +62,9 @@ def record(scope: Scope, stats: HttpStats, status: int, seconds: float) -> None:
     method = normalise_method(scope.get("method"))
     template = route_template(scope)
     duration_ms = seconds * 1000
-    slow = stats.record(f"{method} {template}", status, duration_ms)
+    slow = stats.record(
+        f"{method} {template}", status, duration_ms, may_be_slow=not _timed_by_the_model(scope)
+    )
     metrics = prometheus()
     metrics.requests.labels(method=method, route=template, status=str(status)).inc()
     metrics.duration.labels(method=method, route=template).observe(seconds)
