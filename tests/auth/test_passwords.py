@@ -4,10 +4,19 @@ command line, a 500 over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import httpx
 import pytest
 
-from ollama_web.auth.passwords import PASSWORD_NOT_UTF8, password_problem
+from ollama_web.auth.passwords import (
+    HASH_THREADS,
+    PASSWORD_NOT_UTF8,
+    Passwords,
+    password_problem,
+)
 from ollama_web.core.errors import ValidationError
 from tests.fixtures.auth import TestUser
 
@@ -67,3 +76,37 @@ async def test_every_password_field_over_http_answers_422_for_a_lone_surrogate(
         response = await _post_raw(client, method, path, body, admin_user.headers)
         assert response.status_code == 422, (path, response.text)
         assert response.json()["error"] == "VALIDATION_ERROR", path
+
+
+async def test_hashes_run_on_threads_of_their_own_a_bounded_number_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of logins waits for the hashing threads (HASH_THREADS at once: each holds
+    64 MiB), never in the loop's default executor, which other work needs meanwhile."""
+    passwords = Passwords(time_cost=1, memory_kib=64)
+    lock = threading.Lock()
+    running = most = 0
+
+    def slow_verify(password_hash: str | None, password: str) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        return False
+
+    monkeypatch.setattr(passwords, "verify", slow_verify)
+    burst = [asyncio.ensure_future(passwords.verify_async(None, "guess")) for _ in range(40)]
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await asyncio.to_thread(lambda: None)  # what /health's backups check does
+    waited = time.perf_counter() - started
+    results = await asyncio.gather(*burst)
+
+    assert waited < 0.1
+    assert most == HASH_THREADS
+    assert results == [False] * 40
+    monkeypatch.undo()
+    assert await passwords.verify_async(passwords.hash("right one"), "right one") is True
