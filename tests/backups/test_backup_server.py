@@ -62,11 +62,47 @@ async def test_backups_at_startup_and_shutdown_once_there_are_users(
         assert _reasons(settings.backup_dir) == [], "no users yet: nothing to back up"
         await create_test_user(app, role="admin")
     assert _reasons(settings.backup_dir) == ["shutdown"]
+    add_user_sqlite(settings, "bob")  # changed while no server ran
     async with app.router.lifespan_context(app):
         # Taken in the background: the server is ready before it is written.
         await app.state.backups.startup_backup_done()
         assert _reasons(settings.backup_dir) == ["shutdown", "startup"]
+        await create_test_user(app)
     assert _reasons(settings.backup_dir) == ["shutdown", "startup", "shutdown"]
+
+
+async def test_a_server_restarted_in_a_loop_keeps_the_older_backups(
+    sqlite_settings: SettingsMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its port taken, say, under systemd's Restart=: a start and a stop every few seconds.
+    Each took two backups of the same database, and BACKUP_MAX_COUNT of them deleted every
+    older one. Now a startup or shutdown backup of a database as in the newest backup is
+    not taken; any change is (and a scheduled or asked-for backup always is)."""
+    from ollama_web.app import create_app
+
+    settings = sqlite_settings(backup_enabled=True, backup_interval_hours=0, backup_max_count=3)
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    older = [service.create_backup("older"), service.create_backup("older")]
+    add_user_sqlite(settings, "bob")
+    app = create_app(settings)
+    for _ in range(6):
+        async with app.router.lifespan_context(app):
+            await app.state.backups.startup_backup_done()
+    assert _reasons(settings.backup_dir) == ["older", "older", "startup"]
+    assert all(info is not None and info.path.exists() for info in older)
+    assert "no new backup (shutdown): the database is as in ollama_web_backup_" in caplog.text
+
+    async with app.router.lifespan_context(app):
+        await app.state.backups.startup_backup_done()
+        await create_test_user(app)
+    assert _reasons(settings.backup_dir) == ["older", "startup", "shutdown"]
+    manual = service.create_backup("manual")  # asked for: taken, unchanged or not
+    assert manual is not None
+    assert _reasons(settings.backup_dir) == ["startup", "shutdown", "manual"]
+    newest = service.list_backups()[0]
+    assert newest.content_sha256 is not None
+    assert newest.content_sha256 == service.list_backups()[1].content_sha256
 
 
 async def test_the_startup_backup_does_not_hold_readiness(
@@ -95,6 +131,7 @@ async def test_the_startup_backup_does_not_hold_readiness(
         release.set()
         await app.state.backups.startup_backup_done()
         assert _reasons(settings.backup_dir) == ["startup"]
+        await create_test_user(app)
     assert _reasons(settings.backup_dir) == ["startup", "shutdown"]
 
 

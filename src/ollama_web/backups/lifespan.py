@@ -141,5 +141,5 @@ async def backup_lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.startup_backup_done()
         await runtime.stop_scheduler()
         if runtime.automatic and runtime.scheduler_lock.held:
-            await runtime.automatic_backup("shutdown")
+            await runtime.automatic_backup("shutdown", unless_unchanged=True)
         runtime.scheduler_lock.release()

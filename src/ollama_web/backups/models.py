@@ -21,6 +21,9 @@ class BackupInfo:
     duration_ms: float | None
     reason: str | None
     kind: str | None
+    content_sha256: str | None = None
+    """sha256 of the database the archive holds (SQLite: the uncompressed copy), or None
+    (PostgreSQL's dumps, backups of older versions)."""
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -31,6 +34,7 @@ class BackupInfo:
             "duration_ms": self.duration_ms,
             "reason": self.reason,
             "kind": self.kind,
+            "content_sha256": self.content_sha256,
         }
 
     def public(self) -> dict[str, Any]:
@@ -61,6 +65,7 @@ class BackupInfo:
         except (OSError, ValueError):
             extra = {}
         duration = extra.get("duration_ms")
+        content = extra.get("content_sha256")
         return cls(
             name=path.name,
             path=path,
@@ -70,6 +75,7 @@ class BackupInfo:
             duration_ms=float(duration) if isinstance(duration, int | float) else None,
             reason=str(extra["reason"]) if extra.get("reason") else None,
             kind=str(extra["kind"]) if extra.get("kind") else None,
+            content_sha256=content if isinstance(content, str) else None,
         )
 
     def delete(self) -> None:

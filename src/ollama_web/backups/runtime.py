@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -24,7 +25,12 @@ from typing import Any
 from ollama_web.backups.errors import BackupBusyError, BackupError
 from ollama_web.backups.locks import SCHEDULER_LOCK_NAME, FileLock, LockBusyError
 from ollama_web.backups.models import BackupInfo
-from ollama_web.backups.service import MODE_EXTERNAL, DatabaseBackup, write_atomically
+from ollama_web.backups.service import (
+    MODE_EXTERNAL,
+    DatabaseBackup,
+    newest_backup,
+    write_atomically,
+)
 from ollama_web.health.service import DEGRADED, HEALTHY
 
 logger = logging.getLogger("ollama_web.backups")
@@ -32,9 +38,6 @@ logger = logging.getLogger("ollama_web.backups")
 TICK_SECONDS = 60.0
 RETRY_AFTER_FAILURE_SECONDS = 300.0
 HTTP_LOCK_TIMEOUT_SECONDS = 10.0
-CLOCK_SKEW = timedelta(minutes=5)
-"""A backup dated later than now by more than this was taken while the clock was ahead (a
-VM resumed with a wrong time, an NTP step): it is not the newest backup."""
 LAST_ATTEMPT_NAME = ".backup-last-attempt.json"
 
 
@@ -98,12 +101,20 @@ class BackupRuntime:
                 self._record(None)
         return self.scheduler_lock.held
 
-    async def backup(self, reason: str, *, lock_timeout: float | None = None) -> BackupInfo | None:
-        """Take one; a failure (not a backup already in progress) is the last attempt's
-        state /health reports, whatever took it (a schedule, the API)."""
+    async def backup(
+        self, reason: str, *, lock_timeout: float | None = None, unless_unchanged: bool = False
+    ) -> BackupInfo | None:
+        """Take one (see `DatabaseBackup.create_backup`); a failure (not a backup already in
+        progress) is the last attempt's state /health reports, whatever took it (a
+        schedule, the API)."""
         try:
             info = await asyncio.to_thread(
-                self.service.create_backup, reason, lock_timeout=lock_timeout
+                functools.partial(
+                    self.service.create_backup,
+                    reason,
+                    lock_timeout=lock_timeout,
+                    unless_unchanged=unless_unchanged,
+                )
             )
         except BackupBusyError:
             raise
@@ -113,10 +124,11 @@ class BackupRuntime:
         await asyncio.to_thread(self._record, None)
         return info
 
-    async def automatic_backup(self, reason: str) -> None:
-        """A startup/shutdown/scheduled backup: failures are logged, never raised."""
+    async def automatic_backup(self, reason: str, *, unless_unchanged: bool = False) -> None:
+        """A startup/shutdown/scheduled backup: failures are logged, never raised. The
+        startup and shutdown ones are taken `unless_unchanged` (see `create_backup`)."""
         try:
-            await self.backup(reason)
+            await self.backup(reason, unless_unchanged=unless_unchanged)
         except (BackupError, OSError) as exc:
             self._next_attempt = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
             logger.error("automatic backup (%s) failed: %s", reason, exc)
@@ -124,7 +136,9 @@ class BackupRuntime:
     def start_startup_backup(self) -> None:
         """The startup backup, in the background: a large database must not hold the
         server's readiness for as long as its copy and compression take."""
-        self._startup = asyncio.create_task(self.automatic_backup("startup"), name="backup-startup")
+        self._startup = asyncio.create_task(
+            self.automatic_backup("startup", unless_unchanged=True), name="backup-startup"
+        )
 
     async def startup_backup_done(self) -> None:
         if self._startup is not None:
@@ -139,7 +153,7 @@ class BackupRuntime:
         return newest.created_at + interval
 
     def _seconds_until_due(self) -> float:
-        due = self.next_scheduled_at(_newest(self.service.list_backups()))
+        due = self.next_scheduled_at(newest_backup(self.service.list_backups()))
         if due is None:
             return TICK_SECONDS
         return (due - datetime.now(UTC)).total_seconds()
@@ -176,7 +190,7 @@ class BackupRuntime:
     def status(self) -> dict[str, Any]:
         """The contract's `GET /backup/status` body (plus `mode`)."""
         backups = self.service.list_backups()
-        newest = _newest(backups)
+        newest = newest_backup(backups)
         next_at = self.next_scheduled_at(newest)
         return {
             "enabled": self.automatic,
@@ -202,7 +216,7 @@ class BackupRuntime:
                 report.update(status=DEGRADED, error=last_error)
             return report
         backups = self.service.list_backups()
-        newest = _newest(backups)
+        newest = newest_backup(backups)
         report = {
             "status": HEALTHY,
             "enabled": True,
@@ -227,12 +241,6 @@ class BackupRuntime:
         if last_error is not None:
             report.update(status=DEGRADED, error=last_error)
         return report
-
-
-def _newest(backups: list[BackupInfo]) -> BackupInfo | None:
-    """The newest of `backups` (newest first) not dated in the future."""
-    latest = datetime.now(UTC) + CLOCK_SKEW
-    return next((info for info in backups if info.created_at <= latest), None)
 
 
 def _public_reason(exc: BackupError | OSError) -> str:

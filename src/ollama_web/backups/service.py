@@ -37,6 +37,9 @@ logger = logging.getLogger("ollama_web.backups")
 BACKUP_LOCK_TIMEOUT_SECONDS = 120.0
 ORPHAN_AGE_SECONDS = 3600.0
 HASH_CHUNK = 1024 * 1024
+CLOCK_SKEW = timedelta(minutes=5)
+"""A backup dated later than now by more than this was taken while the clock was ahead (a
+VM resumed with a wrong time, an NTP step): it is not the newest backup."""
 
 MODE_SQLITE, MODE_PG_DUMP, MODE_EXTERNAL = "sqlite", "pg_dump", "external"
 
@@ -119,10 +122,17 @@ class DatabaseBackup:
         require_users: bool = True,
         lock_timeout: float | None = None,
         prune: bool = True,
+        unless_unchanged: bool = False,
     ) -> BackupInfo | None:
         """Take a backup now; None (nothing written) when the database has no users yet.
         Then apply the retention, unless `prune` is False (a restore's safety backup: the
-        retention could delete the very backup being restored)."""
+        retention could delete the very backup being restored).
+
+        `unless_unchanged` (the startup and shutdown backups): when the database is the
+        same as in the newest backup (SQLite: the same bytes), nothing is written and that
+        backup is returned. A server restarted in a loop (its port taken, say: a start
+        and a stop backup every few seconds) otherwise filled BACKUP_MAX_COUNT with copies
+        of one database within minutes, and the retention deleted every older backup."""
         if self.mode == MODE_EXTERNAL:
             raise BackupsExternalError(
                 "PostgreSQL backups are external: pg_dump is not installed on this host."
@@ -138,7 +148,7 @@ class DatabaseBackup:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             with holding(self.directory / BACKUP_LOCK_NAME, timeout=timeout):
-                info = self._create_locked(reason)
+                info = self._create_locked(reason, unless_unchanged)
                 if prune:
                     self._prune_locked(keep=info.name)
         except LockBusyError:
@@ -147,16 +157,20 @@ class DatabaseBackup:
             raise BackupError(f"the backup failed: {exc}") from exc
         return info
 
-    def _create_locked(self, reason: str) -> BackupInfo:
+    def _create_locked(self, reason: str, unless_unchanged: bool) -> BackupInfo:
         started = time.perf_counter()
         created_at = datetime.now(UTC).replace(microsecond=0)
         work = self.directory / f"{names.TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             try:
                 sqlite.create_private(work)  # pg_dump writes into it, keeping the mode
-                self._write_archive(work)
+                content = self._write_archive(work)
             except (sqlite3.Error, sqlite.SQLiteBackupError, postgres.PostgresBackupError) as exc:
                 raise BackupError(f"the backup failed: {exc}") from exc
+            newest = newest_backup(self.list_backups()) if unless_unchanged else None
+            if content is not None and newest is not None and newest.content_sha256 == content:
+                logger.info("no new backup (%s): the database is as in %s", reason, newest.name)
+                return newest
             digest = sha256_file(work)
             final = _claim_name(self.directory, created_at, self.extension)
             os.replace(work, final)
@@ -172,6 +186,7 @@ class DatabaseBackup:
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
             reason=reason[:100],
             kind=self.mode,
+            content_sha256=content,
         )
         write_atomically(names.metadata_path(final), json.dumps(info.metadata(), indent=1))
         write_atomically(names.checksum_path(final), f"{digest}  {final.name}\n")
@@ -185,7 +200,10 @@ class DatabaseBackup:
         )
         return info
 
-    def _write_archive(self, work: Path) -> None:
+    def _write_archive(self, work: Path) -> str | None:
+        """Write the archive into `work`; returns its database's sha256 when it is known
+        (SQLite), else None."""
+        content = None
         if not self.settings.is_sqlite:
             postgres.dump(self.settings.async_database_url, work)
             problems = postgres.archive_problems(work)
@@ -194,9 +212,10 @@ class DatabaseBackup:
             sqlite.online_copy(self.database_path, copy)
             problems = sqlite.integrity_problems(copy)
             if not problems:
-                sqlite.gzip_file(copy, work)
+                content = sqlite.gzip_file(copy, work)
         if problems:
             raise BackupError("the new backup failed its check: " + "; ".join(problems[:5]))
+        return content
 
     # Listing and pruning ---------------------------------------------------------------
     def list_backups(self) -> list[BackupInfo]:
@@ -275,6 +294,12 @@ class DatabaseBackup:
             return shutil.disk_usage(self.directory).free
         except OSError:
             return None
+
+
+def newest_backup(backups: list[BackupInfo]) -> BackupInfo | None:
+    """The newest of `backups` (newest first) not dated in the future."""
+    latest = datetime.now(UTC) + CLOCK_SKEW
+    return next((info for info in backups if info.created_at <= latest), None)
 
 
 def _files(directory: Path) -> list[Path]:

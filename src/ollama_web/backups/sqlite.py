@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -110,12 +111,18 @@ def stored_revisions(database: Path) -> list[str] | None:
     return [str(row[0]) for row in rows]
 
 
-def gzip_file(source: Path, destination: Path) -> None:
+def gzip_file(source: Path, destination: Path) -> str:
+    """Compress `source` into `destination`; returns the sha256 of `source`'s bytes (an
+    unchanged database copies to the same bytes: `BackupInfo.content_sha256`)."""
     create_private(destination)
+    digest = hashlib.sha256()
     with source.open("rb") as raw, gzip.open(destination, "wb", compresslevel=6) as packed:
-        shutil.copyfileobj(raw, packed, COPY_CHUNK)
+        while chunk := raw.read(COPY_CHUNK):
+            digest.update(chunk)
+            packed.write(chunk)
         packed.flush()
     fsync_file(destination)
+    return digest.hexdigest()
 
 
 def gunzip_file(source: Path, destination: Path) -> None:
