@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
@@ -204,3 +205,33 @@ async def test_a_backup_taken_through_the_api_is_audited_under_its_name(app: Fas
         audit = await client.get("/api/admin/audit?action=backup.created", headers=admin.headers)
     assert len(name) > 32
     assert [item["target_id"] for item in audit.json()["items"]] == [name]
+
+
+async def test_an_unchanged_database_is_not_backed_up_again_at_start_or_stop(
+    settings: Settings,
+) -> None:
+    """Two dumps of an unchanged database differ only in their creation time: a startup
+    or shutdown backup (`unless_unchanged`) of it is not taken; any change is."""
+    await _add_user(settings, "alice")
+    service = DatabaseBackup(settings)
+    first = await asyncio.to_thread(service.create_backup, "startup")
+    assert first is not None
+    assert first.content_sha256 is not None
+    await asyncio.sleep(1.1)  # another second in the dump's creation time
+    again = await asyncio.to_thread(
+        functools.partial(service.create_backup, "shutdown", unless_unchanged=True)
+    )
+    asked = await asyncio.to_thread(service.create_backup, "manual")
+    assert again == first
+    assert asked is not None
+    assert asked.name != first.name
+    assert asked.sha256 != first.sha256, "the archives differ (their creation time)"
+    assert asked.content_sha256 == first.content_sha256
+
+    await _add_user(settings, "bob")
+    changed = await asyncio.to_thread(
+        functools.partial(service.create_backup, "shutdown", unless_unchanged=True)
+    )
+    assert changed is not None
+    assert changed.content_sha256 != first.content_sha256
+    assert [info.reason for info in service.list_backups()] == ["shutdown", "manual", "startup"]

@@ -22,8 +22,8 @@ class BackupInfo:
     reason: str | None
     kind: str | None
     content_sha256: str | None = None
-    """sha256 of the database the archive holds (SQLite: the uncompressed copy), or None
-    (PostgreSQL's dumps, backups of older versions)."""
+    """sha256 of the database the archive holds (SQLite: the uncompressed copy; PostgreSQL:
+    the dump without its creation time), or None (backups of older versions)."""
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ users could read it. When pg_dump is not installed, backups are external (status
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -104,6 +105,36 @@ def dump(database_url: str, destination: Path) -> None:
     )
     if process.returncode != 0:
         raise _fail(process, "pg_dump")
+
+
+_MAGIC = b"PGDMP"
+_INTS_OF_CREATION_TIME = 7  # sec, min, hour, mday, mon, year, isdst
+_HASH_CHUNK = 1024 * 1024
+
+
+def content_digest(archive: Path) -> str | None:
+    """sha256 of a custom-format archive without its creation time, the one part that
+    differs between two dumps of an unchanged database (`BackupInfo.content_sha256`);
+    None for a header this does not know.
+
+    The header (pg_dump's pg_backup_archiver.c, `WriteHead`): "PGDMP", the archive version
+    (3 bytes), the integer size, the offset size, the format (a byte each), the
+    compression (from version 1.15 a byte, before an integer), then the creation time as
+    7 integers, each a sign byte and `integer size` bytes."""
+    with archive.open("rb") as file:
+        head = file.read(11)
+        if len(head) < 11 or not head.startswith(_MAGIC) or (head[5], head[6]) < (1, 7):
+            return None
+        int_bytes = 1 + head[8]
+        compression = 1 if (head[5], head[6]) >= (1, 15) else int_bytes
+        kept = file.read(compression)
+        skipped = file.read(_INTS_OF_CREATION_TIME * int_bytes)
+        if len(skipped) < _INTS_OF_CREATION_TIME * int_bytes:
+            return None
+        digest = hashlib.sha256(head + kept)
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def archive_problems(archive: Path) -> list[str]:

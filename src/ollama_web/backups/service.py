@@ -132,7 +132,9 @@ class DatabaseBackup:
         same as in the newest backup (SQLite: the same bytes), nothing is written and that
         backup is returned. A server restarted in a loop (its port taken, say: a start
         and a stop backup every few seconds) otherwise filled BACKUP_MAX_COUNT with copies
-        of one database within minutes, and the retention deleted every older backup."""
+        of one database within minutes, and the retention deleted every older backup.
+        "The same": SQLite, the same bytes; PostgreSQL, the same dump but for the time it
+        was made."""
         if self.mode == MODE_EXTERNAL:
             raise BackupsExternalError(
                 "PostgreSQL backups are external: pg_dump is not installed on this host."
@@ -201,12 +203,14 @@ class DatabaseBackup:
         return info
 
     def _write_archive(self, work: Path) -> str | None:
-        """Write the archive into `work`; returns its database's sha256 when it is known
-        (SQLite), else None."""
+        """Write the archive into `work`; returns the sha256 of its database (see
+        `BackupInfo.content_sha256`) when it is known."""
         content = None
         if not self.settings.is_sqlite:
             postgres.dump(self.settings.async_database_url, work)
             problems = postgres.archive_problems(work)
+            if not problems:
+                content = postgres.content_digest(work)
         else:
             copy = work.with_suffix(".db")
             sqlite.online_copy(self.database_path, copy)
