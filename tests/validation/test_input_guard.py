@@ -40,6 +40,12 @@ async def echo(value: str, body: dict[str, str]) -> dict[str, object]:
         ('{"a": "\\udc00\\ud800"}', True),
         ('{"a": "\\ud83dx\\ude00"}', True),
         ('{"a": "\\ud83d\\ud83d\\ude00"}', True),
+        ('{"a": "\\\\\\ud83d\\ude00\\\\"}', False),  # pairs of backslashes around a pair
+        ('{"a": "\\\\\\\\ud800"}', False),  # two escaped backslashes, then text
+        ('{"a": "\\ud83d\\ude00\\udc00"}', True),  # a pair, then a lone low half
+        ('{"a": "\\uD83D\\uDE00", "\\ud800": 1}', True),  # upper case; a key
+        ('{"a": "\\\\\\u0000"}', True),
+        ('{"a": "\\ud83d\\\\\\ude00"}', True),  # an escaped backslash between the halves
     ],
 )
 def test_json_escapes(text: str, bad: bool) -> None:
