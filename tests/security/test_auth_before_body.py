@@ -212,3 +212,40 @@ async def test_a_large_body_with_a_session_is_authenticated_first_and_its_route_
         )
         assert again.status_code == 200, again.text
     assert created.json()["system_prompt"] == prompt
+
+
+PUBLIC_BODY_ENDPOINTS = ("/api/auth/login", "/api/auth/setup", "/api/auth/verify")
+
+
+async def test_a_large_body_to_a_route_that_needs_no_caller_is_refused_unread(
+    app: Any, live_server: Any
+) -> None:
+    """Login, setup and key verification take a few fields: a body announced over
+    LARGE_BODY_BYTES is 413 before it is sent, one sent chunked is read up to that much.
+    Anyone could otherwise have 10 MiB parsed a request, before any rate limit counts it."""
+    async with live_server(app) as base_url:
+        for path in PUBLIC_BODY_ENDPOINTS:
+            status, writer, _ = await _answer_to_head(
+                base_url, path, {"Content-Length": str(LARGE)}
+            )
+            writer.close()
+            assert status == 413, path
+        async with httpx.AsyncClient(base_url=base_url) as http:
+
+            async def chunks() -> Any:
+                yield b'{"username": "someone", "password": "'
+                for _ in range(64):
+                    yield b"\\u00e9" * 1000
+                yield b'"}'
+
+            refused = await http.post(
+                "/api/auth/login", content=chunks(), headers={"content-type": "application/json"}
+            )
+            small = await http.post(
+                "/api/auth/login",
+                json={"username": "someone", "password": "é" * 1024},
+            )
+    assert refused.status_code == 413
+    assert refused.json()["error"] == "PAYLOAD_TOO_LARGE"
+    assert refused.json()["details"] == {"max_bytes": 64 * 1024}
+    assert (small.status_code, small.json()["error"]) == (401, "INVALID_CREDENTIALS")

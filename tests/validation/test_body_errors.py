@@ -50,7 +50,14 @@ async def test_a_caller_with_a_session_and_its_csrf_token_gets_the_refusal_of_th
 
 
 async def test_a_public_route_refuses_the_body_itself(client: httpx.AsyncClient) -> None:
-    assert await refusal_answers(client, "/api/auth/login") == EXPECTED
+    """The same, but that a route needing no caller reads no body over LARGE_BODY_BYTES
+    (the deeply nested ones are 200 KiB and 300 KiB)."""
+    too_large = (413, "PAYLOAD_TOO_LARGE")
+    assert await refusal_answers(client, "/api/auth/login") == {
+        **EXPECTED,
+        "arrays nested too deeply": too_large,
+        "objects nested too deeply": too_large,
+    }
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from ollama_web.middleware.input_guard import (
     json_values_exceed,
 )
 from tests.conftest import asgi_client
+from tests.fixtures.auth import create_test_user
 
 echo_router = APIRouter()
 
@@ -206,10 +207,13 @@ async def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(
     """Before authentication too: the body is refused where the route reads it, so the
     caller gets 401 first, and the parser never builds the objects."""
     app = await app_factory(settings_factory())
+    user = await create_test_user(app)
     async with asgi_client(app) as client:
         anonymous = await client.post("/api/conversations/import", content=body)
         refused = await client.post(
-            "/api/auth/login", content=body, headers={"Content-Type": "application/json"}
+            "/api/conversations/import",
+            content=body,
+            headers={"Content-Type": "application/json", **user.headers},
         )
     assert anonymous.status_code == 401
     assert refused.status_code == 413, refused.text

@@ -39,10 +39,11 @@ from ollama_web.auth.sessions import (
 )
 from ollama_web.core.db import session_scope
 from ollama_web.core.dependencies import SessionDep, core_of
-from ollama_web.core.errors import ForbiddenError, UnauthenticatedError
+from ollama_web.core.errors import ForbiddenError, PayloadTooLargeError, UnauthenticatedError
 from ollama_web.db import User
 from ollama_web.db.base import utcnow
 from ollama_web.keys.service import authenticate_key, record_key_use
+from ollama_web.middleware.input_guard import BODY_LIMIT_STATE
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_HEADER = "X-CSRF-Token"
@@ -236,7 +237,9 @@ def _route_needs_principal(request: Request) -> bool:
 _NEEDS = "_ollama_web_needs"
 
 LARGE_BODY_BYTES = 64 * 1024
-"""A body larger than this (or of unknown length) is read only once its caller is known."""
+"""A body larger than this (or of unknown length) is read only once its caller is known;
+on a route that needs no caller (login, setup, key verification: a few fields), it is
+refused (413), not read."""
 
 
 async def authenticate_before_body(request: Request, length: int | None) -> None:
@@ -245,8 +248,17 @@ async def authenticate_before_body(request: Request, length: int | None) -> None
     is 401 at once, nothing read. A large body (over LARGE_BODY_BYTES, or of unknown
     `length`) is read only once the credentials are checked, so no one unauthenticated has
     megabytes of JSON parsed. The principal is kept for the route, as `get_principal`
-    keeps it; the user's row is loaded again in the route's own transaction."""
+    keeps it; the user's row is loaded again in the route's own transaction.
+
+    For a route that needs no caller, a body over LARGE_BODY_BYTES is 413 unread: anyone
+    could otherwise have 10 MiB (MAX_REQUEST_BYTES) read and parsed per request, before
+    any rate limit (a dependency, run after the body) counts it."""
     if not _route_needs_principal(request):
+        if length is not None and length > LARGE_BODY_BYTES:
+            raise PayloadTooLargeError(
+                "The request body is too large.", details={"max_bytes": LARGE_BODY_BYTES}
+            )
+        setattr(request.state, BODY_LIMIT_STATE, LARGE_BODY_BYTES)
         return
     if isinstance(getattr(request.state, "principal", None), Principal):
         return

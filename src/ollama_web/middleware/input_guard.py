@@ -60,6 +60,9 @@ _STRING = re.compile(rb'"[^"]*"')  # a JSON string once escaped quotes are taken
 _NON_JSON_CONSTANT = re.compile(rb"NaN|Infinity")
 NOT_JSON_CONSTANT = "The request body is not valid JSON: NaN and Infinity are not JSON values."
 _SCAN_SLICE = 256 * 1024
+BODY_LIMIT_STATE = "body_limit"
+"""A `scope["state"]` key the body gate may set: the most this request's body may hold
+(a body that comes chunked, with no length to refuse it by, is read up to it, then 413)."""
 
 
 def _has_bad_char(text: str) -> bool:
@@ -133,8 +136,14 @@ class InputGuardMiddleware:
                 messages = []
                 refusal = await _gate(scope, length) or _encoding_refusal(scope)
                 if refusal is None:
-                    body, last = await _read_body(receive)
-                    refusal = _body_refusal(body) if scan else None
+                    limit = (scope.get("state") or {}).get(BODY_LIMIT_STATE)
+                    body, last = await _read_body(receive, limit)
+                    if limit is not None and len(body) > limit:
+                        refusal = PayloadTooLargeError(
+                            "The request body is too large.", details={"max_bytes": limit}
+                        )
+                    elif scan:
+                        refusal = _body_refusal(body)
                     # One copy of the body, one message (the route's join keeps it as is).
                     messages.append(
                         {"type": "http.request", "body": body, "more_body": last is not None}
@@ -168,15 +177,18 @@ async def _gate(scope: Scope, length: int | None) -> AppError | None:
     return None
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
-    """The whole body, and what ended it if not its last chunk (a disconnect)."""
+async def _read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, Message | None]:
+    """The whole body, and what ended it if not its last chunk (a disconnect); with a
+    `limit`, reading stops once the body is past it (the caller refuses it)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return b"".join(chunks), message
         chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
+        size += len(chunks[-1])
+        if not message.get("more_body", False) or (limit is not None and size > limit):
             return b"".join(chunks), None
 
 
