@@ -330,6 +330,37 @@ async def test_a_finished_answer_leaves_memory_after_its_time_with_no_other_chat
     assert message_id not in registry._retained
 
 
+async def test_a_finished_answer_keeps_its_events_not_the_conversation_sent(
+    app: FastAPI,
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept for re-attaches: its events, within MAX_RETAINED_BYTES for all answers (the
+    oldest go first), not the conversation sent to Ollama (images and all)."""
+    registry: GenerationRegistry = app.state.generations
+    ids = []
+    async with asgi_client(app) as http:
+        for _ in range(3):
+            sent = await http.post(
+                "/api/chat/message", json=chat_body(), headers=regular_user.headers
+            )
+            assert sent.status_code == 200, sent.text
+            ids.append(sent.json()["assistant_message"]["id"])
+            if len(ids) == 2:
+                kept = registry._retained[ids[0]][1]
+                assert kept.spec.messages == []
+                assert kept.log.frames
+                size = registry._retained[ids[1]][2]
+                assert size == sum(map(len, registry._retained[ids[1]][1].log.frames))
+                monkeypatch.setattr(registry_module, "MAX_RETAINED_BYTES", size * 3 // 2)
+        events = parse_events(
+            (await http.get(f"/api/chat/stream/{ids[0]}", headers=regular_user.headers)).content
+        )
+    assert list(registry._retained) == [ids[2]]  # the two older ones over the bound
+    assert [e.event for e in events] == ["start", "token", "done"]  # from the database
+
+
 async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_database(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],
@@ -345,6 +376,7 @@ async def test_reattach_to_an_answer_no_longer_in_memory_replays_it_from_the_dat
         message_id = events[0].data["assistant_message_id"]
         registry: GenerationRegistry = app.state.generations
         registry._retained.clear()
+        registry._retained_bytes = 0
         full = parse_events(
             (await http.get(f"/api/chat/stream/{message_id}", headers=regular_user.headers)).content
         )

@@ -26,6 +26,7 @@ finished ones for a while so late re-attaches can replay, and stops them all at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -215,6 +216,9 @@ class Generation:
                 await self._finish()
         finally:
             self._mark_reached()
+            # The conversation sent to Ollama (with its images, megabytes maybe) is not
+            # kept while the ended answer is (RETAIN_SECONDS, for late re-attaches).
+            self.spec = dataclasses.replace(self.spec, messages=[])
             if self._abandon_timer is not None:
                 self._abandon_timer.cancel()
             if not self.finished.is_set():  # never leave a follower waiting

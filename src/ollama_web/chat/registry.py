@@ -27,6 +27,9 @@ logger = logging.getLogger("ollama_web.chat")
 RETAIN_SECONDS = 120.0
 """How long a finished generation stays replayable from memory (later: from the database)."""
 MAX_RETAINED = 1000
+MAX_RETAINED_BYTES = 64 * 1024 * 1024
+"""The events finished generations keep for replay, at most (the oldest go first): a few
+huge answers must not hold gigabytes for RETAIN_SECONDS."""
 RESERVATION_TTL_SECONDS = 30.0
 """A slot reserved by a request whose job never started (its transaction failed) lapses."""
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -64,7 +67,9 @@ class GenerationRegistry:
         self._gateway = gateway
         self._on_complete = on_complete
         self._running: dict[str, Generation] = {}
-        self._retained: OrderedDict[str, tuple[float, Generation]] = OrderedDict()
+        self._retained: OrderedDict[str, tuple[float, Generation, int]] = OrderedDict()
+        """Finished generations: when each finished, and the bytes of its events."""
+        self._retained_bytes = 0
         self._reservations: dict[str, list[Reservation]] = {}
         self._awaiting_output: set[str] = set()
         self._quiet = asyncio.Event()
@@ -155,7 +160,9 @@ class GenerationRegistry:
         if generation.withdrawn:  # its row is gone; no client knows its id
             return
         now = time.monotonic()
-        self._retained[generation.id] = (now, generation)
+        size = sum(map(len, generation.log.frames))
+        self._retained[generation.id] = (now, generation, size)
+        self._retained_bytes += size
         self._prune(now)
         if self._on_complete is not None and generation.result is not None:
             self._on_complete(generation)
@@ -163,10 +170,15 @@ class GenerationRegistry:
     def _prune(self, now: float) -> None:
         retained = self._retained
         while retained:
-            finished_at, _ = next(iter(retained.values()))
-            if len(retained) <= MAX_RETAINED and now - finished_at < RETAIN_SECONDS:
+            finished_at, _, size = next(iter(retained.values()))
+            if (
+                len(retained) <= MAX_RETAINED
+                and self._retained_bytes <= MAX_RETAINED_BYTES
+                and now - finished_at < RETAIN_SECONDS
+            ):
                 break
             retained.popitem(last=False)
+            self._retained_bytes -= size
 
     def get(self, message_id: str) -> Generation | None:
         """A running generation, or a finished one still in memory."""
