@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ollama_web.chat.schemas import SYSTEM_PROMPT_CHARS
 from ollama_web.conversations.export import (
     MAX_IMPORT_MESSAGES,
+    MAX_IMPORTED_ANSWER_CHARS,
     ConversationExport,
     ExportedMessage,
 )
@@ -191,6 +192,9 @@ async def test_markdown_export_shows_the_active_branch(
         # Images are held to the chat's own limits:
         lambda d: d["messages"][3].update(images=["not base64!"]),
         lambda d: d["messages"][3].update(images=["aGVsbG8="] * 50),
+        # So are answers (a huge one replayed as megabytes of events):
+        lambda d: d["messages"][1].update(content="\U0001f600" * (MAX_IMPORTED_ANSWER_CHARS + 1)),
+        lambda d: d["messages"][1].update(thinking="x" * (MAX_IMPORTED_ANSWER_CHARS + 1)),
     ],
 )
 async def test_an_invalid_import_is_422_and_stores_nothing(

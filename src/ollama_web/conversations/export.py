@@ -42,6 +42,11 @@ from ollama_web.ollama.names import parse_model_name
 MAX_IMPORT_MESSAGES = 10_000
 """Imported in one request and one transaction: 100 000 held the event loop for ~7 s and
 took ~500 MB; 10 000 (~1 MiB of JSON at the least) is beyond any real conversation."""
+MAX_IMPORTED_ANSWER_CHARS = 1_000_000
+"""The longest answer (content, and thinking) an import takes: ~250 000 tokens, beyond any
+model's context. Without a bound one 9 MB answer of emoji replayed as 55 MB of events
+(each escaped to 12 bytes, the text in `token` and again in `done`): 0.5 s of the event
+loop per re-attach."""
 UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
 ExportId = Annotated[str, Field(min_length=1, max_length=64)]
 Status = Literal["pending", "streaming", "complete", "stopped", "error", "interrupted"]
@@ -258,6 +263,11 @@ def _check_messages(document: ConversationExport, settings: Settings) -> None:
             raise _invalid(f"the parent of {message.id} must come before it")
         if message.role == "user" and len(message.content) > settings.max_message_chars:
             raise _invalid(f"message {message.id} is longer than MAX_MESSAGE_CHARS")
+        longest = max(len(message.content), len(message.thinking or ""))
+        if message.role != "user" and longest > MAX_IMPORTED_ANSWER_CHARS:
+            raise _invalid(
+                f"message {message.id} is longer than {MAX_IMPORTED_ANSWER_CHARS} characters"
+            )
         problem = image_problem(message.images, settings) if message.images else None
         if problem is not None:
             where, text, _ = problem

@@ -67,7 +67,8 @@ async def create_conversation(
     status_code=status.HTTP_201_CREATED,
     summary="Import a conversation from its JSON export (new ids)",
     description="At most 10 000 messages (`MAX_IMPORT_MESSAGES`; 422 above), each user "
-    "message at most MAX_MESSAGE_CHARS characters.",
+    "message at most MAX_MESSAGE_CHARS characters, each other message's content and "
+    "thinking at most 1 000 000.",
     response_model=ConversationDetail,
 )
 async def import_conversation(
