@@ -7,6 +7,7 @@ buffering (no `X-Accel-Buffering: no`), so what is measured is the shipped confi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -66,6 +67,17 @@ def relay_app(emulator_url: str) -> FastAPI:
     @app.get("/echo")
     async def echo(request: Request) -> dict[str, Any]:
         return {"headers": dict(request.headers), "scheme": request.url.scheme}
+
+    held = asyncio.Event()
+    app.state.held = held
+    app.state.arrived = 0
+
+    @app.get("/hold")
+    async def hold() -> dict[str, Any]:
+        """A request in progress until the test lets it end (as an open stream is)."""
+        app.state.arrived += 1
+        await held.wait()
+        return {}
 
     return app
 
@@ -167,6 +179,31 @@ async def test_forwarded_headers_and_https_redirect(
     assert response.headers["server"] == "nginx"  # server_tokens off: no version
     assert redirect.status_code == 301
     assert redirect.headers["location"] == "https://127.0.0.1/api/models?x=1"
+
+
+async def test_requests_in_progress_are_limited_per_client_address(
+    tmp_path: Path, live_server: Any, ollama_emulator: OllamaEmulator
+) -> None:
+    """`limit_conn`: 128 at once from one address (open streams, say); the next is 429
+    until one ends."""
+    app = relay_app(ollama_emulator.url)
+    async with live_server(app) as base_url:
+        upstream_port = int(base_url.rsplit(":", 1)[1])
+        async with running_nginx(tmp_path, upstream_port) as proxy:
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+            async with proxy.client(limits=limits, timeout=20) as client:
+                holding = [asyncio.ensure_future(client.get("/hold")) for _ in range(128)]
+                for _ in range(400):  # until all 128 are in progress at the backend
+                    if app.state.arrived == 128:
+                        break
+                    await asyncio.sleep(0.05)
+                over = await client.get("/echo")
+                app.state.held.set()
+                held = await asyncio.gather(*holding)
+                after = await client.get("/echo")
+    assert over.status_code == 429
+    assert [response.status_code for response in held] == [200] * 128
+    assert after.status_code == 200
 
 
 def test_the_sticky_upstream_snippet_is_valid(tmp_path: Path) -> None:
