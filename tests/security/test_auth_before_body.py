@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.auth import login_session
+from tests.fixtures.auth import create_test_user, login_session
 
 BROKEN_JSON = b'{"name": '
 
@@ -249,3 +249,36 @@ async def test_a_large_body_to_a_route_that_needs_no_caller_is_refused_unread(
     assert refused.json()["error"] == "PAYLOAD_TOO_LARGE"
     assert refused.json()["details"] == {"max_bytes": 64 * 1024}
     assert (small.status_code, small.json()["error"]) == (401, "INVALID_CREDENTIALS")
+
+
+async def test_a_large_body_over_the_rate_limit_is_refused_before_it_is_sent(
+    app_factory: Any, settings_factory: Any, database_url: Any, live_server: Any
+) -> None:
+    """The rate limit is a dependency, run after the body is read; a large one (over
+    LARGE_BODY_BYTES) is counted with its caller, before it is read: 429 unread, counted
+    once."""
+    app = await app_factory(
+        settings_factory(
+            database_url=database_url, rate_limit_enabled=True, rate_limit_per_minute=3
+        )
+    )
+    user = await create_test_user(app)
+    body = json.dumps({"model": "llama3.2", "system_prompt": "x" * 200_000}).encode()
+    async with live_server(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            sent = await http.post(
+                "/api/conversations",
+                content=body,
+                headers={**user.headers, "Content-Type": "application/json"},
+            )
+            listed = await http.get("/api/conversations", headers=user.headers)
+        headers = {**user.headers, "Content-Length": str(LARGE)}
+        third, writer, _ = await _answer_to_head(base_url, "/api/conversations", headers, wait=0.5)
+        writer.close()
+        fourth, writer, _ = await _answer_to_head(base_url, "/api/conversations", headers)
+        writer.close()
+    assert sent.status_code == 422  # read, and counted once (its prompt is too long)
+    assert sent.headers["x-ratelimit-remaining"] == "2"
+    assert listed.headers["x-ratelimit-remaining"] == "1"
+    assert third is None  # allowed: the server waits for its body
+    assert fourth == 429  # over the limit: refused before its body is sent

@@ -12,7 +12,12 @@ from typing import Annotated, cast
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ollama_web.auth.dependencies import authenticate_before_body, authenticate_for_body_error
+from ollama_web.auth.dependencies import (
+    LARGE_BODY_BYTES,
+    Principal,
+    authenticate_before_body,
+    authenticate_for_body_error,
+)
 from ollama_web.auth.errors import CrossSiteRequestError
 from ollama_web.auth.network import client_address, is_cross_site
 from ollama_web.auth.passwords import Passwords, passwords_for
@@ -35,7 +40,7 @@ async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
     first use, see `get_login_throttle`)."""
     app.state.login_throttle = None
     app.state.body_error_authenticator = refuse_before_body_error
-    app.state.body_gate = authenticate_before_body
+    app.state.body_gate = gate_body
     pruner = asyncio.get_running_loop().create_task(
         _prune_sessions_periodically(app.state.core), name="session-pruner"
     )
@@ -65,6 +70,21 @@ async def _prune_sessions_periodically(core: CoreState) -> None:
             if pruned:
                 logger.info("deleted %d ended session(s)", pruned)
         await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+
+async def gate_body(request: Request, length: int | None) -> None:
+    """What is checked before a request's body is read (`InputGuardMiddleware`): the
+    caller (`authenticate_before_body`), and for a large body (over LARGE_BODY_BYTES, or
+    of unknown length) of a known caller, the rate limit too. The limiter is otherwise a
+    dependency, run after FastAPI has read and parsed the body: 10 MiB a request, parsed
+    even for a request it refuses."""
+    await authenticate_before_body(request, length)
+    if length is not None and length <= LARGE_BODY_BYTES:
+        return
+    if not isinstance(getattr(request.state, "principal", None), Principal):
+        return
+    async with session_scope(core_of(request).sessionmaker) as session:
+        await enforce_rate_limit(request, session)  # counted once: the dependency skips it
 
 
 async def refuse_before_body_error(request: Request) -> None:
