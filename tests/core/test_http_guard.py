@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ollama_web.cli import HTTP_PROTOCOL
 from ollama_web.core.config import Settings
@@ -379,3 +379,60 @@ async def test_pipelined_requests_are_answered_in_order_each_in_one_write(
         writer.close()
     assert statuses == [200, 200, 404]
     assert len(writes) == 3
+
+
+class QuickSendStall(GuardedHttpToolsProtocol):
+    send_stall_seconds = 0.6
+
+
+BIG_ANSWER = 48 * 1024 * 1024  # past what the kernel's socket buffers hold on loopback
+
+
+def _big_answer_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/big")
+    async def big() -> Response:
+        return Response(b"x" * BIG_ANSWER, media_type="application/octet-stream")
+
+    return app
+
+
+async def _get_big(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port, limit=1024 * 1024)
+    writer.write(f"GET /big HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def _read_all(reader: asyncio.StreamReader, pause: float = 0.0) -> int:
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(4 * 1024 * 1024), 10):
+            received += len(chunk)
+            await asyncio.sleep(pause)
+    return received
+
+
+async def test_a_client_that_takes_nothing_of_its_answer_is_cut_off_one_that_reads_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An answer a client does not read stays in memory as long as the client keeps the
+    connection: after SEND_STALL_SECONDS without any of it taken, the connection is
+    aborted. A client reading slowly, for longer than that in all, gets all of it."""
+    caplog.set_level("INFO", logger="ollama_web.http")
+    async with serve_app(_big_answer_app(), http=QuickSendStall) as base_url:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        stalled, stalled_writer = await _get_big(host, int(port))
+        slow, slow_writer = await _get_big(host, int(port))
+        started = time.monotonic()
+        slow_received = await _read_all(slow, pause=0.1)  # 4 MiB at a time
+        slow_seconds = time.monotonic() - started
+        await asyncio.sleep(max(0.0, 2.0 - slow_seconds))
+        stalled_received = await _read_all(stalled)
+        for writer in (stalled_writer, slow_writer):
+            writer.close()
+    assert slow_received > BIG_ANSWER  # its head, and every byte of its body
+    assert slow_seconds > QuickSendStall.send_stall_seconds
+    assert stalled_received < BIG_ANSWER
+    assert "its client took nothing of its answer for" in caplog.text

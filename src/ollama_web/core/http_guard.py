@@ -17,7 +17,12 @@ protocol instead (uvicorn's `http` option; `--http` on its command line), which
   once its first BODY_TIMEOUT_SECONDS are spent (each BODY_MIN_RATE bytes received buy
   one more second, as Apache's mod_reqtimeout `body=60,MinRate=500`): a byte every 59 s
   would otherwise hold a connection for days. Time the application leaves the body
-  unread does not count.
+  unread does not count;
+- aborts a connection whose client takes nothing of an answer for SEND_STALL_SECONDS
+  (its unsent bytes do not go down; checked while the socket is full): an answer waiting
+  for a client that does not read stays in memory, 9 MB for a large conversation, 119 MB
+  for a long answer's replay, for as long as the client keeps the connection (nginx's
+  `send_timeout`). A slow client that reads is never cut: only no progress counts.
 
 Answers are the API's error shape, with the security headers every response carries
 (middleware/security_headers.py: the API's, less HSTS, which needs to know the request came
@@ -33,6 +38,7 @@ its own, so each answer took two `send` calls and woke its client twice (`_HeadH
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import httptools
@@ -42,6 +48,8 @@ from ollama_web.core.errors import encode_error
 from ollama_web.middleware.request_context import log_access_line
 from ollama_web.middleware.security_headers import security_headers
 
+logger = logging.getLogger("ollama_web.http")
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 HEAD_TIMEOUT_SECONDS = 30.0
@@ -49,6 +57,9 @@ BODY_IDLE_TIMEOUT_SECONDS = 60.0
 BODY_TIMEOUT_SECONDS = 60.0
 BODY_MIN_RATE = 500
 LINGER_SECONDS = 2.0
+SEND_STALL_SECONDS = 60.0
+SEND_CHECKS = 6
+"""How many times, in SEND_STALL_SECONDS, a full socket's unsent bytes are looked at."""
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -133,7 +144,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_watch()
         super().connection_lost(exc)
+
+    # -- a client that takes nothing of its answer
+
+    send_stall_seconds = SEND_STALL_SECONDS
+    _send_watch: asyncio.TimerHandle | None = None
+    _unsent = 0
+    _sent_last_at = 0.0
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_watch is None:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._sent_last_at = self.loop.time()
+            self._watch_send()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_watch()
+
+    def _watch_send(self) -> None:
+        self._send_watch = self.loop.call_later(
+            self.send_stall_seconds / SEND_CHECKS, self._check_send
+        )
+
+    def _stop_send_watch(self) -> None:
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
+
+    def _check_send(self) -> None:
+        self._send_watch = None
+        if self.transport.is_closing():
+            return
+        unsent, now = self.transport.get_write_buffer_size(), self.loop.time()
+        if unsent < self._unsent:
+            self._unsent, self._sent_last_at = unsent, now
+        elif now - self._sent_last_at >= self.send_stall_seconds:
+            logger.info(
+                "closed a connection from %s: its client took nothing of its answer for %.0f s "
+                "(%d bytes unsent)",
+                f"{self.client[0]}:{self.client[1]}" if self.client else "-",
+                now - self._sent_last_at,
+                unsent,
+            )
+            self.transport.abort()
+            return
+        self._watch_send()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, except that a request refused by a callback is not a parse error."""
