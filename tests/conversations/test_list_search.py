@@ -260,7 +260,8 @@ async def test_a_message_of_a_megabyte_of_distinct_words_is_stored_and_found(
 ) -> None:
     """On PostgreSQL a tsvector holds at most 1 MiB: the index takes a message's first
     100 000 characters (migration 0005), so such a message is stored, and found by them."""
-    words = " ".join(f"w{index:06d}" for index in range(150_000))  # 1.2 MB, all distinct
+    # 999 999 characters (MAX_IMPORTED_ANSWER_CHARS), all distinct: a tsvector of ~1.6 MB
+    words = " ".join(f"w{index:06d}" for index in range(125_000))
     at = "2026-01-02T03:04:05+00:00"
     document = {
         "exported_at": at,
