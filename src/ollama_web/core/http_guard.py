@@ -177,9 +177,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _check_send(self) -> None:
         self._send_watch = None
-        if self.transport.is_closing():
-            return
+        # Closing (the answer ended: a keep-alive or head timeout) is no reason to stop: a
+        # closing transport still holds what it has to send, until it is sent.
         unsent, now = self.transport.get_write_buffer_size(), self.loop.time()
+        if not unsent:
+            return
         if unsent < self._unsent:
             self._unsent, self._sent_last_at = unsent, now
         elif now - self._sent_last_at >= self.send_stall_seconds:
