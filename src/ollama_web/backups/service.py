@@ -129,12 +129,11 @@ class DatabaseBackup:
         retention could delete the very backup being restored).
 
         `unless_unchanged` (the startup and shutdown backups): when the database is the
-        same as in the newest backup (SQLite: the same bytes), nothing is written and that
-        backup is returned. A server restarted in a loop (its port taken, say: a start
-        and a stop backup every few seconds) otherwise filled BACKUP_MAX_COUNT with copies
-        of one database within minutes, and the retention deleted every older backup.
-        "The same": SQLite, the same bytes; PostgreSQL, the same dump but for the time it
-        was made."""
+        same as in the newest backup (SQLite: the same bytes; PostgreSQL: the same dump but
+        for the time it was made), nothing is written and that backup is returned. A server
+        restarted in a loop (its port taken, say: a start and a stop backup every few
+        seconds) otherwise filled BACKUP_MAX_COUNT with copies of one database within
+        minutes, and the retention deleted every older backup."""
         if self.mode == MODE_EXTERNAL:
             raise BackupsExternalError(
                 "PostgreSQL backups are external: pg_dump is not installed on this host."
