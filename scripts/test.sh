@@ -42,11 +42,29 @@ mypy src
 # this one process.
 WORKERS="${TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}"
 [ "$WORKERS" -gt 8 ] && WORKERS=8
+# A hung test is ended by tests/fixtures/hangwatch.py, which writes its stacks to
+# .test-logs/hang-*.txt; should the run hang elsewhere, it is over after TEST_TIMEOUT seconds
+# (SIGUSR1 first, which writes every process's stacks there too), and fails. At a terminal,
+# timeout stays in its group, or Ctrl-C would not reach pytest (it then signals pytest alone).
+TEST_TIMEOUT="${TEST_TIMEOUT:-2400}"
+WATCH=(timeout --signal=USR1 --kill-after=20)
+[ -t 0 ] && WATCH+=(--foreground)
 step "pytest (SQLite and PostgreSQL, coverage gate, $WORKERS workers)"
+rm -f .test-logs/hang-*.txt
 set +e
-python -m pytest -n "$WORKERS" --cov=ollama_web --cov-report=term --cov-fail-under=85 "$@"
+"${WATCH[@]}" "$TEST_TIMEOUT" \
+  python -m pytest -n "$WORKERS" --cov=ollama_web --cov-report=term --cov-fail-under=85 "$@"
 status=$?
 set -e
+for report in .test-logs/hang-*.txt; do
+  [ -s "$report" ] || continue
+  step "stacks of a hung test: $report"
+  cat "$report"
+done
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "pytest did not finish within ${TEST_TIMEOUT} s: failing" >&2
+  exit 1
+fi
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1

@@ -27,6 +27,7 @@ from ollama_web.core.logging import shutdown_logging
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.auth",
+    "tests.fixtures.hangwatch",
 ]
 
 PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
