@@ -32,8 +32,8 @@ def test_stuck_in_a_join():
 def nested_pytest(directory: Path, seconds: str, *args: str) -> subprocess.Popen[str]:
     (directory / "conftest.py").write_text('pytest_plugins = ["tests.fixtures.hangwatch"]\n')
     (directory / "test_nested.py").write_text(STUCK)
-    env = {
-        **os.environ,
+    env = {  # not this run's worker: xdist's variables name the file
+        **{name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")},
         "PYTHONPATH": str(ROOT),
         "OLLAMA_WEB_TEST_HANG_SECONDS": seconds,
     }
