@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
   | { grep -v -e '^WARNING: Location' -e '^$' || true; }
-export PATH="$PWD/$VENV/bin:$PATH"
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"  # VENV may be relative or absolute
 
 step "services (PostgreSQL, Redis, tools)"
 mkdir -p .test-logs
