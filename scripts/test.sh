@@ -58,7 +58,7 @@ status=$?
 set -e
 for report in .test-logs/hang-*.txt; do
   [ -s "$report" ] || continue
-  step "stacks of a hung test: $report"
+  step "stacks written by a hung run: $report"
   cat "$report"
 done
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
