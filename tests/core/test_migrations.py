@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,47 @@ async def test_startup_migrates_an_empty_database_in_a_child_process(
         assert (await migration_status(engine)).up_to_date
         async with engine.connect() as conn:
             assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_startup_migration_that_takes_long_says_so_while_it_runs(
+    app_factory: Callable[[Settings], Any],
+    empty_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A migration has no time limit: a start waiting for its child says so every
+    PROGRESS_SECONDS (a large database's upgrade, or a child that will never report)."""
+    from ollama_web.migrations import startup
+
+    upgrade_all = startup._upgrade_all
+
+    async def slow(settings: Settings) -> bool:  # runs in the forked child
+        await asyncio.sleep(1.0)
+        return await upgrade_all(settings)
+
+    monkeypatch.setattr(startup, "_upgrade_all", slow)
+    monkeypatch.setattr(startup, "PROGRESS_SECONDS", 0.2)
+    migrations_logger = logging.getLogger("ollama_web.migrations")  # as in the test below
+    migrations_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="ollama_web.migrations"):
+            started = time.monotonic()
+            await app_factory(empty_settings)
+            elapsed = time.monotonic() - started
+    finally:
+        migrations_logger.removeHandler(caplog.handler)
+    # Once per record: with "ollama_web" propagating (as after another test's logging
+    # ended), the root logger's caplog handler sees each record too.
+    records = {id(r): r for r in caplog.records if "still running" in r.getMessage()}
+    waits = [record.getMessage() for record in records.values()]
+    assert 2 <= len(waits) <= elapsed / 0.2 + 1, waits  # one each 0.2 s, from the first 1 s
+    assert waits[0].startswith("the database migration (process ")
+    assert waits[0].endswith("is still running, after 0 s")
+    engine = create_null_pool_engine(empty_settings)
+    try:
+        assert (await migration_status(engine)).up_to_date
     finally:
         await engine.dispose()
 

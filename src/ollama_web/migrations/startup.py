@@ -9,6 +9,7 @@ import asyncio
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection as Connection_
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 logger = logging.getLogger("ollama_web.migrations")
+
+PROGRESS_SECONDS = 30.0
 
 
 async def _check_stored_schema(settings: Settings) -> None:
@@ -99,8 +102,17 @@ def _upgrade_in_fork(settings: Settings, report: Connection_, only_if_empty: boo
 
 
 def _await_child(process: BaseProcess, reader: Connection_) -> tuple[str | None, bool]:
-    """(error, migrated) as the child reported them."""
+    """(error, migrated) as the child reported them. A migration has no time limit (a
+    large database's may take minutes), so every PROGRESS_SECONDS without its report says
+    so: a start that waits is never silent."""
+    started = time.monotonic()
     try:
+        while not reader.poll(PROGRESS_SECONDS):  # True on a report, or the child's end
+            logger.info(
+                "the database migration (process %s) is still running, after %.0f s",
+                process.pid,
+                time.monotonic() - started,
+            )
         error, migrated = reader.recv()
     except EOFError:
         error, migrated = "the migration process ended without a report", False
