@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -163,6 +164,20 @@ async def test_startup_migrates_an_empty_database_in_a_child_process(
         await engine.dispose()
 
 
+@contextlib.contextmanager
+def migration_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The migrations logger's INFO records in `caplog`. The app's logging setup stops
+    "ollama_web" records at its own handlers, short of the root logger that caplog listens
+    on: listen on the migrations logger itself."""
+    migrations_logger = logging.getLogger("ollama_web.migrations")
+    migrations_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="ollama_web.migrations"):
+            yield
+    finally:
+        migrations_logger.removeHandler(caplog.handler)
+
+
 async def test_a_startup_migration_that_takes_long_says_so_while_it_runs(
     app_factory: Callable[[Settings], Any],
     empty_settings: Settings,
@@ -181,15 +196,10 @@ async def test_a_startup_migration_that_takes_long_says_so_while_it_runs(
 
     monkeypatch.setattr(startup, "_upgrade_all", slow)
     monkeypatch.setattr(startup, "PROGRESS_SECONDS", 0.2)
-    migrations_logger = logging.getLogger("ollama_web.migrations")  # as in the test below
-    migrations_logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="ollama_web.migrations"):
-            started = time.monotonic()
-            await app_factory(empty_settings)
-            elapsed = time.monotonic() - started
-    finally:
-        migrations_logger.removeHandler(caplog.handler)
+    with migration_log(caplog):
+        started = time.monotonic()
+        await app_factory(empty_settings)
+        elapsed = time.monotonic() - started
     # Once per record: with "ollama_web" propagating (as after another test's logging
     # ended), the root logger's caplog handler sees each record too.
     records = {id(r): r for r in caplog.records if "still running" in r.getMessage()}
@@ -251,15 +261,8 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
     from ollama_web.migrations.startup import begin_early_migration
 
     begin_early_migration(empty_settings)  # what `ollama-web serve` does before the imports
-    # The app's logging setup stops "ollama_web" records at its own handlers, short of the
-    # root logger that caplog listens on: listen on the migrations logger itself.
-    migrations_logger = logging.getLogger("ollama_web.migrations")
-    migrations_logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="ollama_web.migrations"):
-            await app_factory(empty_settings)
-    finally:
-        migrations_logger.removeHandler(caplog.handler)
+    with migration_log(caplog):
+        await app_factory(empty_settings)
     assert "while the server started" in caplog.text
     engine = create_null_pool_engine(empty_settings)
     try:
