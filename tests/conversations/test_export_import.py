@@ -385,3 +385,52 @@ async def test_values_an_older_version_stored_export_verbatim_and_import_says_wh
     assert again.status_code == 422, again.text
     fields = again.json()["details"]["fields"]
     assert [f["loc"] for f in fields] == [["conversation", "system_prompt"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "closing"),
+    [
+        ("here is code:\n```\nunclosed", "```"),
+        ("```python\nx = 1\n```\nthen\n~~~~\nopen", "~~~~"),
+        ("````\nan inner ``` does not close it", "````"),
+    ],
+)
+async def test_a_code_block_left_open_in_a_message_is_closed_in_the_markdown_export(
+    client: httpx.AsyncClient, regular_user: TestUser, content: str, closing: str
+) -> None:
+    """The text is written as stored, then the block it leaves open is ended, so the next
+    message's heading is a heading rather than more of that code."""
+    document = _branched_document()
+    document["messages"][3]["content"] = content
+    document["conversation"]["system_prompt"] = content
+    detail = (
+        await client.post("/api/conversations/import", json=document, headers=regular_user.headers)
+    ).json()
+    text = (
+        await client.get(
+            f"/api/conversations/{detail['id']}/export",
+            params={"format": "markdown"},
+            headers=regular_user.headers,
+        )
+    ).text
+    assert f"## System\n\n{content}\n{closing}\n\n## User\n\n{content}\n{closing}\n\n" in text
+    assert text.endswith("## Assistant — error\n\npartial\n")
+
+
+async def test_closed_code_blocks_are_written_as_they_are_in_the_markdown_export(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    content = "```py\nprint(1)\n```\n    ```\nindented, not a fence\n\n~~~\n```\n~~~~"
+    document = _branched_document()
+    document["messages"][3]["content"] = content
+    detail = (
+        await client.post("/api/conversations/import", json=document, headers=regular_user.headers)
+    ).json()
+    text = (
+        await client.get(
+            f"/api/conversations/{detail['id']}/export",
+            params={"format": "markdown"},
+            headers=regular_user.headers,
+        )
+    ).text
+    assert f"## User\n\n{content}\n\n## Assistant" in text

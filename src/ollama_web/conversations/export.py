@@ -8,6 +8,7 @@ ids and times.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -235,16 +236,44 @@ def _markdown_heading(message: dict[str, Any]) -> str:
     return heading
 
 
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+
+
+def _open_fence(text: str) -> str | None:
+    """The fence (three or more backticks or tildes) of a code block `text` leaves open, by
+    CommonMark's rules: closed by a line of at least as many of the same character."""
+    fence: str | None = None
+    for line in text.split("\n"):
+        found = _FENCE.fullmatch(line.rstrip("\r"))
+        if found is None:
+            continue
+        marks, rest = found.groups()
+        if fence is None:
+            if not (marks[0] == "`" and "`" in rest):  # an info string holds no backtick
+                fence = marks
+        elif marks[0] == fence[0] and len(marks) >= len(fence) and not rest.strip():
+            fence = None
+    return fence
+
+
+def _block(text: str) -> list[str]:
+    """A message's text as stored, and the end of a code block it leaves open: every later
+    heading stays a heading, not text inside that block."""
+    fence = _open_fence(text)
+    return [text] if fence is None else [text, fence]
+
+
 def to_markdown(conversation: Conversation, rows: list[dict[str, Any]]) -> str:
-    """The active branch as Markdown (text is written as stored, not escaped)."""
+    """The active branch as Markdown (text is written as stored, not escaped; a code block
+    left open is closed after its message)."""
     tree = Tree([RowNode(row) for row in rows])
     lines = [f"# {_one_line(conversation.title)}", "", f"- Model: {conversation.model}"]
     lines += [f"- Created: {conversation.created_at.isoformat()}", ""]
     if conversation.system_prompt:
-        lines += ["## System", "", conversation.system_prompt, ""]
+        lines += ["## System", "", *_block(conversation.system_prompt), ""]
     for message_id in tree.path_to(tree.leaf(conversation.active_leaf_id)):
         message = tree.by_id[message_id].values
-        lines += [f"## {_markdown_heading(message)}", "", message["content"], ""]
+        lines += [f"## {_markdown_heading(message)}", "", *_block(message["content"]), ""]
     return "\n".join(lines)
 
 
