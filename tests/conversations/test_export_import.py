@@ -387,6 +387,21 @@ async def test_values_an_older_version_stored_export_verbatim_and_import_says_wh
     assert [f["loc"] for f in fields] == [["conversation", "system_prompt"]]
 
 
+async def test_an_imported_active_leaf_inside_a_branch_shows_the_branch_to_its_end(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """An `active_leaf_id` with messages below it is followed to its newest descendant, as
+    `activate` follows a chosen version: the whole branch shows, and the next question goes
+    after its last answer, not beside it."""
+    document = _branched_document()
+    document["conversation"]["active_leaf_id"] = "m1"
+    response = await client.post(
+        "/api/conversations/import", json=document, headers=regular_user.headers
+    )
+    assert response.status_code == 201, response.text
+    assert [m["content"] for m in response.json()["messages"]] == ["Q1 — ünïcödé 你好", "A1 again"]
+
+
 @pytest.mark.parametrize(
     ("content", "closing"),
     [

@@ -328,6 +328,9 @@ async def import_conversation(
     """A new conversation of `user_id` holding the document's messages under new ids."""
     _check_messages(document, settings)
     exported = document.conversation
+    leaf = exported.active_leaf_id
+    if leaf is not None:  # a message inside a branch shows the branch to its end, as `activate`
+        leaf = Tree(document.messages).newest_leaf_below(leaf)
     # Ids sort by time; sorting a fresh batch keeps the document's order among equal times.
     fresh = sorted(new_id() for _ in document.messages)
     new_ids = {m.id: fresh[index] for index, m in enumerate(document.messages)}
@@ -341,7 +344,7 @@ async def import_conversation(
         pinned=exported.pinned,
         archived=exported.archived,
         title_generated=exported.title_generated,
-        active_leaf_id=new_ids[exported.active_leaf_id] if exported.active_leaf_id else None,
+        active_leaf_id=new_ids[leaf] if leaf is not None else None,
         created_at=exported.created_at,
         updated_at=utcnow(),
     )
