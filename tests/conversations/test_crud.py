@@ -108,6 +108,12 @@ async def test_put_replaces_every_field_and_patch_changes_only_the_given_ones(
     cleared = await client.patch(url, json={"system_prompt": None}, headers=headers)
     assert cleared.json()["system_prompt"] is None
     assert cleared.json()["pinned"] is True
+    # As the schema says: null clears the prompt and the options, and leaves the fields that
+    # cannot be empty as they are.
+    nulls = {"title": None, "model": None, "pinned": None, "archived": None, "options": None}
+    kept = (await client.patch(url, json=nulls, headers=headers)).json()
+    assert (kept["title"], kept["pinned"], kept["archived"]) == ("Renamed", True, False)
+    assert (kept["model"], kept["options"]) == (body["model"], {})
     replaced = await client.put(url, json={"title": "Fresh", "model": "qwen3"}, headers=headers)
     assert replaced.status_code == 200
     body = replaced.json()

@@ -39,7 +39,9 @@ class ConversationReplace(BaseModel):
 
 
 class ConversationPatch(BaseModel):
-    """PATCH: only the fields given change; `system_prompt: null` clears the prompt."""
+    """PATCH: only the fields given change. `null` clears `system_prompt` and `options`; for
+    `title`, `model`, `pinned` and `archived`, which cannot be empty, it leaves the value as it
+    is (as leaving the field out does)."""
 
     model_config = ConfigDict(extra="forbid")
 
