@@ -9,6 +9,7 @@ SQL (so the FTS5 triggers index it as they would live), then measures through HT
 - search `GET /api/conversations?q=<word>` for words drawn from the vocabulary (Zipf-shaped
   frequencies: a typical word is in a few hundred messages), and separately for the most
   common words (in tens of thousands of messages);
+  and for a Japanese word in no message (a substring search, which reads every message);
 - `GET /api/conversations/{id}` of a 500-message conversation;
 - `POST /api/conversations/import` of a 10 000-message export (a 4 MB body), while another
   connection asks `GET /health/live` every 5 ms: how long the import takes, and how long
@@ -144,6 +145,10 @@ async def measure(
         )
     ]
     result["search_two_words"] = percentiles(two)
+    # A Japanese word found in no message: a substring search reads every message (see
+    # conversations/search.py `terms`), the worst case of that path.
+    absent = [(await timed("/api/conversations?q=%E6%9D%B1%E4%BA%AC"))[0] for _ in range(20)]
+    result["search_unspaced_word_absent"] = percentiles(absent)
     connection.close()
     result["import_10000_messages"] = await measure_import(base, headers)
     return result

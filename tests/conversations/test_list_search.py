@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from ollama_web.core.db import session_scope
 from tests.conversations.conftest import Seeder
-from tests.fixtures.auth import TestUser
+from tests.fixtures.auth import TestUser, UserFactory
 
 # 150 000 messages in one statement; number 150 000 holds the word searched for.
 SQLITE_FILL = """
@@ -168,6 +168,48 @@ async def test_search_finds_a_word_written_with_combining_marks(
     response = await _list(client, regular_user, q=word)
     assert response.status_code == 200, response.text
     assert [item["title"] for item in response.json()["items"]] == ["Found"]
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("東京", {"Tokyo"}),  # Japanese: a word inside a run of letters without spaces
+        ("住んで", {"Tokyo"}),
+        ("搜索", {"Chinese"}),  # Chinese
+        ("中文 测试", {"Chinese"}),
+        ("서울", {"Korean"}),  # Korean: a word with its particle attached
+        ("ครับ", {"Thai"}),  # Thai
+        ("🍕", {"Tokyo"}),  # emoji, which neither tokenizer indexes
+        ("👨‍👩‍👧", {"Family"}),
+        ("🍕 pizza", set()),  # every term must occur: no message has both
+        ("🍕 東京", {"Tokyo"}),
+        ("family 👨‍👩‍👧", {"Family"}),
+        ("大阪", set()),
+        ("🍣", set()),
+    ],
+)
+async def test_search_finds_words_of_unspaced_scripts_and_emoji_inside_message_text(
+    client: httpx.AsyncClient, regular_user: TestUser, seed: Seeder, query: str, found: set[str]
+) -> None:
+    """Both databases index a run of Chinese, Japanese, Thai or Korean letters as one word
+    and drop emoji: only the whole run was found, never a word inside it, nor an emoji."""
+    await seed(regular_user.id, "東京都に住んでいます 🍕", "はい", title="Tokyo")
+    await seed(regular_user.id, "中文搜索测试", "好的", title="Chinese")
+    await seed(regular_user.id, "서울에서 만나요", "네", title="Korean")
+    await seed(regular_user.id, "สวัสดีครับ", "ค่ะ", title="Thai")
+    await seed(regular_user.id, "My family 👨‍👩‍👧 photo", "Nice.", title="Family")
+    await seed(regular_user.id, "a pizza without emoji", "ok", title="Plain")
+    assert await _found(client, regular_user, query) == found
+
+
+async def test_a_substring_search_finds_only_the_callers_conversations(
+    client: httpx.AsyncClient, regular_user: TestUser, user_factory: UserFactory, seed: Seeder
+) -> None:
+    stranger = await user_factory()
+    await seed(stranger.id, "東京の秘密", "秘密です", title="Theirs")
+    await seed(regular_user.id, "東京タワー", "高い", title="Mine")
+    assert await _found(client, regular_user, "東京") == {"Mine"}
+    assert await _found(client, regular_user, "秘密") == set()
 
 
 @pytest.mark.parametrize(
