@@ -445,6 +445,43 @@ async def test_stop_closes_the_upstream_and_every_stream_ends_stopped(
     assert answer["content"] == partial
 
 
+async def test_stop_and_re_attach_work_for_a_user_who_spent_the_chat_budget(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """The chat budget counts questions: once it is spent, a new one is 429, but the answer
+    already running can still be re-attached to and stopped (they count against the
+    default budget)."""
+    app = await app_factory(chat_settings(rate_limit_enabled=True, rate_limit_chat_per_minute=1))
+    user = await create_test_user(app)
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 40
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=user.headers) as first,
+    ):
+        reader = EventReader(first)
+        message_id = (await reader.next()).data["assistant_message_id"]
+        await reader.next()
+        refused = await http.post("/api/chat/message", json=chat_body(), headers=user.headers)
+        assert refused.status_code == 429
+        assert refused.json()["details"]["group"] == "chat"
+        async with http.stream(
+            "GET", f"/api/chat/stream/{message_id}", headers=user.headers
+        ) as again:
+            assert again.status_code == 200
+            assert again.headers["x-ratelimit-limit"] == "100"
+            await EventReader(again).next()
+            stopped = await http.post(f"/api/chat/{message_id}/stop", headers=user.headers)
+        await reader.rest()
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["message"]["status"] == "stopped"
+    assert ollama_emulator.generations_cancelled == 1
+
+
 STOP_TRIALS = 5
 
 

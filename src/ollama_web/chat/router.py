@@ -32,6 +32,7 @@ from ollama_web.db import Message
 from ollama_web.db.models import MessageStatus
 from ollama_web.metrics.middleware import timed_by_the_model
 from ollama_web.ollama.dependencies import GatewayDep
+from ollama_web.ratelimit.limiter import DEFAULT, rate_limit_group
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
 
@@ -203,6 +204,7 @@ async def _follow_elsewhere(
         404: {"description": "Unknown message"},
     },
 )
+@rate_limit_group(DEFAULT)  # see chat_stop
 async def chat_reattach(
     message: OwnedAnswer,
     principal: CurrentPrincipal,
@@ -242,6 +244,9 @@ async def chat_reattach(
     response_model=StopResponse,
     responses={404: {"description": "Unknown message"}},
 )
+# Stop and re-attach count against the default budget, not the chat one: a user who spent
+# the chat budget on new questions can still stop an answer and pick up its stream.
+@rate_limit_group(DEFAULT)
 async def chat_stop(
     message: OwnedAnswer,
     principal: CurrentPrincipal,

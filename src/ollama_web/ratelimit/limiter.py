@@ -2,7 +2,8 @@
 
 Groups (per minute, from settings): "auth" RATE_LIMIT_AUTH_PER_MINUTE for the operations that
 check credentials (POST/PUT/PATCH/DELETE on /api/auth/setup, /login, /verify, /password);
-"chat" RATE_LIMIT_CHAT_PER_MINUTE for everything under /api/chat; "default"
+"chat" RATE_LIMIT_CHAT_PER_MINUTE for everything under /api/chat but stop and re-attach
+(which must work for a user who spent it on questions); "default"
 RATE_LIMIT_PER_MINUTE for every other route. /health, /health/live and /health/ready are
 exempt. An endpoint can name its group explicitly with `@rate_limit_group("chat")` (or
 `EXEMPT`), which wins over the path rules. Each group has its own budget per client.
