@@ -106,6 +106,41 @@ async def test_a_node_down_since_the_health_cache_saw_it_is_503_and_no_answer_is
     assert [a["status"] for a in answers] == ["complete"]
 
 
+@pytest.mark.parametrize("health_cache_seconds", [0.0, 300.0])
+async def test_a_regenerate_that_reaches_no_node_leaves_the_conversation_as_it_was(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    ollama_emulator: OllamaEmulator,
+    health_cache_seconds: float,
+) -> None:
+    """A regenerate stores no new question: when no node is reachable (seen so at once, or
+    only when the request is sent, the node having died within the health cache), the
+    active branch stays where it was, not cut back to the regenerated answer's question."""
+    app = await app_factory(chat_settings(ollama_health_cache_seconds=health_cache_seconds))
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        first = (
+            await client.post("/api/chat/message", json=chat_body(), headers=user.headers)
+        ).json()
+        conversation_id = first["conversation_id"]
+        more = chat_body(conversation_id=conversation_id, content="and then?")
+        assert (await client.post("/api/chat/message", json=more, headers=user.headers)).is_success
+        before = await stored_conversation(client, user, conversation_id)
+        await ollama_emulator.stop()
+        for path in ("/api/chat/stream", "/api/chat/message"):
+            again = {"regenerate_message_id": first["assistant_message"]["id"]}
+            response = await client.post(path, json=again, headers=user.headers)
+            assert response.status_code == 503, response.text
+            assert response.json()["details"]["user_message_id"] == first["user_message"]["id"]
+            after = await stored_conversation(client, user, conversation_id)
+            assert after["messages"] == before["messages"]
+            assert after["active_leaf_id"] == before["active_leaf_id"]
+        exported = await client.get(
+            f"/api/conversations/{conversation_id}/export", headers=user.headers
+        )
+    assert len(exported.json()["messages"]) == 4  # no answer row left behind
+
+
 async def test_upstream_busy_is_an_ollama_busy_error_event_and_a_503_when_not_streamed(
     app: FastAPI,
     live_server: Callable[[FastAPI], Any],

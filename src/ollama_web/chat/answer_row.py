@@ -87,11 +87,11 @@ class AnswerRow:
             wait = min(wait * 2, FINAL_WRITE_LONGEST_WAIT)
         return False
 
-    async def withdraw(self, conversation_id: str, question_id: str) -> bool:
-        """Delete the row of an answer no one has seen, its question the conversation's leaf
+    async def withdraw(self, conversation_id: str, leaf_id: str) -> bool:
+        """Delete the row of an answer no one has seen, `leaf_id` the conversation's leaf
         again; False (logged) when the database refused."""
         try:
-            await self._writes.withdraw_answer(self.id, conversation_id, question_id)
+            await self._writes.withdraw_answer(self.id, conversation_id, leaf_id)
         except Exception:  # SQLAlchemy's errors, and the driver's own (asyncpg's)
             logger.exception("could not delete the unstarted answer %s", self.id)
             return False

@@ -89,6 +89,9 @@ class GenerationSpec:
     think: bool | None = None
     title_source: str | None = None
     """The first message of a conversation whose title is still to be written."""
+    leaf_before: str | None = None
+    """The conversation's leaf again if the answer is withdrawn (no node reached): the
+    question, or for a regenerate the leaf shown before it (None: the question)."""
 
     @property
     def message_id(self) -> str:
@@ -303,7 +306,8 @@ class Generation:
     async def _withdraw(self) -> bool:
         """Delete the answer no one has seen; False (logged) when the database refused: it
         is then stored as an error, as a failure after the start is."""
-        if not await self._row.withdraw(self.spec.conversation_id, self.spec.user_message_id):
+        leaf = self.spec.leaf_before or self.spec.user_message_id
+        if not await self._row.withdraw(self.spec.conversation_id, leaf):
             return False
         self.withdrawn = True
         self._reached.set_result(False)

@@ -320,6 +320,9 @@ async def _prepare(
     try:
         model = await gateway.resolve_model(name)
     except OllamaUnavailableError as exc:
+        if turn.question is not None:  # a regenerate: nothing new to keep, nothing changes
+            assert turn.conversation is not None
+            raise StoredBeforeFailure(exc, turn.conversation.id, turn.question.id) from None
         stored = _conversation_changes(turn, user_id, body, model_display_name(name))
         question = _question(turn, stored, body)
         _set_leaf(stored, question.id)
@@ -346,10 +349,14 @@ async def _prepare(
     system_prompt = stored.changes.get("system_prompt", conversation.system_prompt)
     options = stored.changes.get("options", conversation.options)
     first_exchange = not turn.messages and not conversation.title_generated
+    leaf_before = question.id
+    if turn.question is not None and turn.conversation is not None:  # a regenerate
+        leaf_before = tree.leaf(turn.conversation.active_leaf_id) or question.id
     spec = GenerationSpec(
         user_id=user_id,
         conversation_id=stored.conversation_id,
         user_message_id=question.id,
+        leaf_before=leaf_before,
         message=message_public(answer, _siblings(turn.messages, answer)),
         model=model,
         messages=ollama_messages(system_prompt, path),

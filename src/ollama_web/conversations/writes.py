@@ -114,13 +114,14 @@ def _update_by_id(table: Table, columns: tuple[str, ...]) -> Update:
     )
 
 
-# A pending answer taken back: the conversation's leaf returns to its question (only if the
-# answer is still the leaf), then the row goes.
+# A pending answer taken back: the conversation's leaf returns to what it was before (its
+# question, or for a regenerate the leaf shown then; only if the answer is still the leaf),
+# then the row goes.
 _LEAF_BACK = (
     update(CONVERSATIONS)
     .where(CONVERSATIONS.c.id == bindparam("_id"))
     .where(CONVERSATIONS.c.active_leaf_id == bindparam("_answer"))
-    .values(active_leaf_id=bindparam("_question"))
+    .values(active_leaf_id=bindparam("_leaf"))
 )
 _DELETE_MESSAGE = delete(MESSAGES).where(MESSAGES.c.id == bindparam("_id"))
 
@@ -184,10 +185,10 @@ class Writes:
         """Update one message; returns once committed (raises what the database raised)."""
         await self.grouped(_message_update(tuple(sorted(values))), {"_id": message_id, **values})
 
-    async def withdraw_answer(self, answer_id: str, conversation_id: str, question_id: str) -> None:
+    async def withdraw_answer(self, answer_id: str, conversation_id: str, leaf_id: str) -> None:
         """Delete an answer no one has seen (its request reached no node), in one
-        transaction that makes its question the conversation's leaf again."""
-        leaf = {"_id": conversation_id, "_answer": answer_id, "_question": question_id}
+        transaction that makes `leaf_id` the conversation's leaf again."""
+        leaf = {"_id": conversation_id, "_answer": answer_id, "_leaf": leaf_id}
         await self.run([(_LEAF_BACK, leaf), (_DELETE_MESSAGE, {"_id": answer_id})])
 
     async def grouped(self, statement: Executable, params: dict[str, Any]) -> None:
