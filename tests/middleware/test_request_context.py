@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
+import pytest
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from ollama_web.core.config import Settings
+from ollama_web.middleware.request_context import RequestContextMiddleware
 from tests.conftest import asgi_client
 
 
@@ -35,3 +39,35 @@ async def test_access_log_names_the_client_behind_a_trusted_proxy_for_cors_prefl
     for request_id in ("preflight-1", "get-1"):
         line = next(line for line in lines if f"rid={request_id} " in line)
         assert line.endswith("client=203.0.113.7"), line
+
+
+async def test_a_request_that_ends_without_an_answer_is_logged_499_not_500(
+    caplog: pytest.LogCaptureFixture, settings_factory: Callable[..., Settings]
+) -> None:
+    """The client went away before the answer started (a `POST /api/chat/message` whose
+    caller timed out, say): no error happened, so the access line says 499, as the
+    metrics count it; an exception is still its own status."""
+
+    async def leaves(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    async def fails(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("a bug")
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": None}
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO, logger="ollama_web.access"):
+        await RequestContextMiddleware(leaves, settings_factory())(dict(scope), nothing, send)
+        await RequestContextMiddleware(fails, settings_factory())(dict(scope), nothing, send)
+    access = [record for record in caplog.records if record.name == "ollama_web.access"]
+    statuses = [record.fields["status"] for record in access]  # type: ignore[attr-defined]
+    assert statuses == [499, 500]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [500]

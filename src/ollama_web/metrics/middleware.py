@@ -22,12 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.metrics.http import HttpStats, normalise_method
 from ollama_web.metrics.prometheus import prometheus
-from ollama_web.middleware.request_context import route_template
+from ollama_web.middleware.request_context import CLIENT_CLOSED, route_template
 
 logger = logging.getLogger("ollama_web.metrics")
 
 STATE_ATTRIBUTE = "metrics"
-CLIENT_CLOSED = 499
 _TIMED_BY_THE_MODEL = "_ollama_web_timed_by_the_model"
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 

@@ -27,6 +27,9 @@ ACCESS = logging.getLogger("ollama_web.access")
 ERRORS = logging.getLogger("ollama_web.errors")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+CLIENT_CLOSED = 499
+"""The status logged and counted for a request that ended without an answer: the client
+went away first (nginx's code for it)."""
 
 
 def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -61,7 +64,7 @@ class RequestContextMiddleware:
         client_ip(scope, self.settings)
         header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
-        status = 500
+        status = CLIENT_CLOSED  # unless an answer starts, or an exception says otherwise
         response_started = False
 
         async def send_wrapper(message: Message) -> None:
