@@ -169,3 +169,24 @@ async def test_no_body_under_another_media_type_is_still_a_missing_body(
     assert response.json()["details"]["fields"] == [
         {"loc": ["body"], "message": "Field required", "type": "missing"}
     ]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/merge-patch+json"])
+@pytest.mark.parametrize("path", ["/api/keys", "/api/chat/message"])
+async def test_an_empty_body_sent_as_json_is_400_invalid_json(
+    client: httpx.AsyncClient, regular_user: TestUser, content_type: str, path: str
+) -> None:
+    """Nothing is not a JSON document (API-CONTRACT: "body is not valid JSON"); it was a
+    422 saying the body is missing."""
+    response = await client.post(
+        path, content=b"", headers={"content-type": content_type, **regular_user.headers}
+    )
+    assert (response.status_code, response.json()["error"]) == INVALID_JSON, response.text
+
+
+async def test_no_body_and_no_content_type_is_a_missing_body(
+    client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    response = await client.post("/api/keys", headers=regular_user.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["details"]["fields"][0]["type"] == "missing"

@@ -330,6 +330,19 @@ def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [part for part in loc if part != "body" or len(loc) == 1]
 
 
+def _is_json(media_type: str | None) -> bool:
+    return media_type is not None and (
+        media_type == "application/json"
+        or (media_type.startswith("application/") and media_type.endswith("+json"))
+    )
+
+
+def _body_missing(errors: Sequence[Mapping[str, Any]]) -> bool:
+    return any(
+        err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",) for err in errors
+    )
+
+
 def _body_error(
     request: Request, body: Any, errors: Sequence[Mapping[str, Any]]
 ) -> AppError | None:
@@ -341,11 +354,13 @@ def _body_error(
     dictionary" at `body`: that is UNSUPPORTED_MEDIA_TYPE."""
     if any(err.get("type") == "json_invalid" for err in errors):
         return InvalidJSONError(NOT_JSON)
+    content_type = request.headers.get("content-type")
+    media_type = content_type.split(";", 1)[0].strip().lower()[:100] if content_type else None
+    if body is None and _is_json(media_type) and _body_missing(errors):
+        return InvalidJSONError(NOT_JSON)  # an empty body said to be JSON is not JSON
     body_failed = any(tuple(err.get("loc", ()))[:1] == ("body",) for err in errors)
     if not (isinstance(body, bytes | bytearray) and body and body_failed):
         return None
-    content_type = request.headers.get("content-type")
-    media_type = content_type.split(";", 1)[0].strip().lower()[:100] if content_type else None
     return UnsupportedMediaTypeError(
         "This endpoint takes a JSON body: send it with Content-Type: application/json.",
         details={"content_type": media_type},

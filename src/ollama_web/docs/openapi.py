@@ -95,7 +95,7 @@ BODY_REFUSALS: dict[str, tuple[Reason, ...]] = {
     "400": (
         (
             "INVALID_JSON",
-            "the body is not JSON: malformed, nested too deeply or not UTF-8 (INVALID_JSON)",
+            "the body is not JSON: malformed, empty, nested too deeply or not UTF-8 (INVALID_JSON)",
         ),
     ),
     "413": (
