@@ -125,3 +125,33 @@ async def test_deletes_and_resets_of_the_same_users_at_once_never_fail(
             client.patch(url, json={"is_active": False}, headers=admin_user.headers),
         )
         assert {r.status_code for r in responses} <= {200, 204, 404}, [r.text for r in responses]
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_an_admin_deleted_while_their_change_runs_gets_401_and_nothing_changes(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin_user: TestUser,
+    user_factory: UserFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    """Two admins deleting each other at once: the one whose account went first had its
+    change rejected by the database only at its audit event (the actor's row is gone), a
+    500. It is the 401 of a deleted account, and its change is rolled back."""
+    await user_factory(role="admin")  # a third: the last-admin rule is not what refuses
+    target = await user_factory()
+    await used_once(client, admin_user)
+    gone = delete(User).where(User.id == admin_user.id)
+    delete_right_after(monkeypatch, app, admin_router, "get_user_or_404", gone)
+
+    url = f"/api/admin/users/{target.id}"
+    if method == "DELETE":
+        response = await client.delete(url, headers=admin_user.headers)
+    else:
+        response = await client.patch(url, json={"is_active": False}, headers=admin_user.headers)
+
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "UNAUTHENTICATED"
+    still = (await execute_sql(app, select(User.is_active).where(User.id == target.id))).all()
+    assert still == [(True,)]

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ollama_web.core.db import session_scope
+from ollama_web.core.db import flush_owned, session_scope
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
 from ollama_web.db import AuditEvent
 
@@ -92,7 +92,9 @@ async def record_event(
         details=details,
     )
     session.add(event)
-    await session.flush()
+    # The actor's account deleted while the request ran (two admins deleting each other at
+    # once): the 401 its next request gets, and the request's change is rolled back.
+    await flush_owned(session)
     return event
 
 
