@@ -71,3 +71,20 @@ async def test_a_request_that_ends_without_an_answer_is_logged_499_not_500(
     statuses = [record.fields["status"] for record in access]  # type: ignore[attr-defined]
     assert statuses == [499, 500]
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [500]
+
+
+async def test_a_request_id_that_looks_like_an_api_key_is_replaced(
+    app_factory: Callable[[Settings], Awaitable[FastAPI]],
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """access.log writes the request id as it is (no redaction pass): a key pasted into
+    X-Request-ID would be kept there in plain text."""
+    settings = settings_factory()
+    app = await app_factory(settings)
+    key = "owk_" + "A" * 43
+    async with asgi_client(app) as client:
+        replaced = await client.get("/health/live", headers={"X-Request-ID": key})
+        kept = await client.get("/health/live", headers={"X-Request-ID": "owk-lookalike.1"})
+    assert replaced.headers["x-request-id"] != key
+    assert kept.headers["x-request-id"] == "owk-lookalike.1"
+    assert key not in (settings.log_dir / "access.log").read_text()

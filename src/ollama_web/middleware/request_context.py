@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ollama_web.auth.tokens import API_KEY_PREFIX
 from ollama_web.core.config import Settings
 from ollama_web.core.db import describe_database_error, is_database_outage
 from ollama_web.core.errors import (
@@ -33,10 +34,13 @@ went away first (nginx's code for it)."""
 
 
 def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is 1-128 of `[A-Za-z0-9._-]`, else a new one. Not
+    one that looks like an API key (a key pasted into the wrong header): the id is written
+    to access.log as it is, without the redaction pass."""
     for name, value in headers:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _REQUEST_ID.match(candidate):
+            if _REQUEST_ID.match(candidate) and not candidate.startswith(API_KEY_PREFIX):
                 return candidate
             break
     return uuid.uuid4().hex
