@@ -136,3 +136,19 @@ async def test_audit_since_takes_any_offset_and_refuses_a_time_without_a_utc_for
         body = response.json()
         assert body["error"] == "VALIDATION_ERROR"
         assert body["details"]["fields"][0]["loc"] == ["query", "since"]
+
+
+async def test_an_api_key_typed_as_a_username_is_not_kept_in_the_audit_log(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every admin reads the audit log, and backups keep it: a key pasted into the login
+    form's username field is recorded redacted, as the log files would write it."""
+    setup = (await client.post("/api/auth/setup", json=ADMIN)).json()
+    admin = {"Authorization": f"Bearer {setup['api_key']}"}
+    key = setup["api_key"]
+    response = await client.post("/api/auth/login", json={"username": key, "password": "x" * 8})
+    assert response.status_code == 401
+    (failure,) = await all_events(client, admin, action="auth.login_failed")
+    assert failure["details"] == {"username": "owk_[REDACTED]", "reason": "unknown_user"}
+    everything = (await client.get("/api/admin/audit", headers=admin, params={"limit": 200})).text
+    assert key not in everything
