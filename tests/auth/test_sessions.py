@@ -116,6 +116,28 @@ async def test_idle_session_expires_and_the_cookie_is_cleared(
     assert (await client.get("/api/auth/csrf")).json()["csrf_token"] is None
 
 
+async def test_activity_extends_even_a_one_minute_session(
+    app_factory: Callable[..., Any], settings_factory: Callable[..., Settings]
+) -> None:
+    """Activity was written at most once a minute, so with SESSION_TIMEOUT_MINUTES=1 none
+    was ever written: a session used every 40 s ended after its first minute. It is now
+    written at most every tenth of the timeout (6 s here)."""
+    app = await app_factory(settings_factory(session_timeout_minutes=1))
+    user = await create_test_user(app)
+    async with asgi_client(app) as client:
+        await login_session(client, user)
+        session_id = await current_session_id(client)
+        stmt = update(UserSession).where(UserSession.id == session_id)
+        recent = utcnow() - timedelta(seconds=3)
+        await execute_sql(app, stmt.values(last_seen_at=recent))
+        assert (await client.get("/api/auth/me")).status_code == 200
+        assert (await session_row(app, session_id)).last_seen_at == recent  # not yet
+        await execute_sql(app, stmt.values(last_seen_at=utcnow() - timedelta(seconds=40)))
+        assert (await client.get("/api/auth/me")).status_code == 200
+        seen = (await session_row(app, session_id)).last_seen_at
+        assert utcnow() - seen < timedelta(seconds=5)
+
+
 async def test_activity_extends_the_session_but_writes_at_most_once_a_minute(
     app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:

@@ -140,7 +140,7 @@ async def _from_session(request: Request, session: SessionDep, token: str) -> Pr
         raise _session_gone(request)
     _require_active(found.is_active)
     _check_csrf(request, found.csrf_token)
-    await record_activity(session, found, now, core.inline)
+    await record_activity(session, found, now, core.settings, core.inline)
     return Principal(found.user_id, found.username, found.role, "session", found.session_id, None)
 
 

@@ -2,8 +2,9 @@
 
 A session ends at the first of: its absolute expiry (`expires_at`, SESSION_MAX_AGE_HOURS
 after login), SESSION_TIMEOUT_MINUTES without activity (`last_seen_at`), or revocation.
-Activity is written at most once per ACTIVITY_WRITE_INTERVAL per session, in its own short
-transaction, so reading pages does not turn every request into a write.
+Activity is written at most once per ACTIVITY_WRITE_INTERVAL per session (a tenth of the idle
+timeout when that is shorter, so activity extends even a one-minute session), in its own
+short transaction, so reading pages does not turn every request into a write.
 
 An ended session is of no use (it is not listed, its cookie is refused): its row is deleted
 once it has been over for ENDED_SESSION_RETENTION, by `prune_sessions`, which every server
@@ -38,6 +39,12 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 
 def idle_timeout(settings: Settings) -> timedelta:
     return timedelta(minutes=settings.session_timeout_minutes)
+
+
+def activity_write_interval(settings: Settings) -> timedelta:
+    """How often a session's activity is written at most: a session idle for its timeout
+    less this ends (a tenth of the timeout at most)."""
+    return min(ACTIVITY_WRITE_INTERVAL, idle_timeout(settings) / 10)
 
 
 def is_session_live(row: UserSession | SessionHolder, settings: Settings, now: datetime) -> bool:
@@ -130,12 +137,18 @@ async def find_session(
 
 
 async def record_activity(
-    session: AsyncSession, holder: SessionHolder, now: datetime, inline: InlineSQLite | None = None
+    session: AsyncSession,
+    holder: SessionHolder,
+    now: datetime,
+    settings: Settings,
+    inline: InlineSQLite | None = None,
 ) -> None:
-    """Extend the idle timeout, at most once per interval (the WHERE makes it race-safe)."""
-    if now - holder.last_seen_at < ACTIVITY_WRITE_INTERVAL:
+    """Extend the idle timeout, at most once per `activity_write_interval` (the WHERE makes
+    it race-safe)."""
+    interval = activity_write_interval(settings)
+    if now - holder.last_seen_at < interval:
         return
-    values = {"_id": holder.session_id, "threshold": now - ACTIVITY_WRITE_INTERVAL, "now": now}
+    values = {"_id": holder.session_id, "threshold": now - interval, "now": now}
     await record_in_passing(
         session, inline, _RECORD_ACTIVITY, values, f"the activity of session {holder.session_id}"
     )
