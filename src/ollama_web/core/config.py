@@ -26,6 +26,9 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 # Whole words (separated by anything but letters and digits): "exchange" is not "change".
 PLACEHOLDER_WORDS = frozenset({"change", "changeme", "example", "placeholder", "yoursecret"})
+# The placeholders' instruction, however written ("GENERATE_WITH_OPENSSL_RAND_HEX_32",
+# "my-generate-with-openssl-rand-hex-32-key"): compared with the letters and digits only.
+PLACEHOLDER_CORE = "opensslrand"
 _ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
 """A browser's `Origin`: scheme, host, optional port; no path, no user info."""
 MIN_SECRET_LENGTH = 32
@@ -305,7 +308,8 @@ def secret_problem(secret: SecretStr | None) -> str | None:
     lowered = value.lower()
     tokens = re.split(r"[^a-z0-9]+", lowered)
     words = {*tokens, *(first + second for first, second in itertools.pairwise(tokens))}
-    if lowered in PLACEHOLDER_SECRETS or words & PLACEHOLDER_WORDS:
+    squeezed = "".join(tokens)
+    if lowered in PLACEHOLDER_SECRETS or words & PLACEHOLDER_WORDS or PLACEHOLDER_CORE in squeezed:
         return "is a placeholder"
     if len(value) < MIN_SECRET_LENGTH:
         return f"is shorter than {MIN_SECRET_LENGTH} characters"
