@@ -16,7 +16,7 @@ from sqlalchemy import event
 from ollama_web.conversations import repository
 from ollama_web.conversations.titles import TITLE_CONCURRENCY
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import chat_body, stored_conversation, streamed_chats
+from tests.chat.conftest import EventReader, chat_body, stored_conversation, streamed_chats
 from tests.conftest import asgi_client
 from tests.fixtures.auth import TestUser, create_test_user
 
@@ -372,3 +372,56 @@ async def test_edits_and_regenerates_read_the_same_inline_and_through_the_sessio
                     "/api/chat/message", json=body, headers=intruder.headers
                 )
                 assert response.status_code == 404, response.text
+
+
+async def test_a_question_after_an_answer_still_being_generated_is_409(
+    live_server: Callable[[FastAPI], Any],
+    app: FastAPI,
+    ollama_emulator: OllamaEmulator,
+    regular_user: TestUser,
+) -> None:
+    """Appending under an answer being generated gave the model half an answer as context,
+    and the answer then grew above the question. It is refused until the answer ends (here,
+    by a stop); an edit or a regenerate (new versions beside it) is not."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 40
+    headers = regular_user.headers
+    async with (
+        live_server(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream("POST", "/api/chat/stream", json=chat_body(), headers=headers) as first,
+    ):
+        reader = EventReader(first)
+        start = (await reader.next()).data
+        await reader.next()
+        conversation_id, answer_id = start["conversation_id"], start["assistant_message_id"]
+        follow_up = chat_body(conversation_id=conversation_id, content="and then?")
+        refused = await http.post("/api/chat/message", json=follow_up, headers=headers)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "ANSWER_IN_PROGRESS"
+        assert refused.json()["details"] == {
+            "conversation_id": conversation_id,
+            "assistant_message_id": answer_id,
+        }
+        streamed = await http.post("/api/chat/stream", json=follow_up, headers=headers)
+        assert streamed.status_code == 409
+        stored = await stored_conversation(http, regular_user, conversation_id)
+        assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+        ollama_emulator.config.reply_tokens = 3  # the answers from here on
+        ollama_emulator.config.tokens_per_second = 0
+        edit = {"edit_message_id": start["user_message_id"], "content": "edited"}
+        edited = await http.post("/api/chat/message", json=edit, headers=headers)
+        assert edited.status_code == 200, edited.text
+        assert (await http.post("/api/chat/message", json=follow_up, headers=headers)).is_success
+        stopped = await http.post(f"/api/chat/{answer_id}/stop", headers=headers)
+        assert stopped.status_code == 200
+        await reader.rest()
+        activated = await http.post(
+            f"/api/conversations/{conversation_id}/activate",
+            json={"message_id": answer_id},
+            headers=headers,
+        )
+        assert activated.status_code == 200
+        after = await http.post("/api/chat/message", json=follow_up, headers=headers)
+    assert after.status_code == 200, after.text
+    assert after.json()["user_message"]["parent_id"] == answer_id

@@ -22,6 +22,20 @@ class TooManyGenerationsError(RateLimitedError):
         )
 
 
+class AnswerInProgressError(ConflictError):
+    """A question after an answer still being generated: the model would be given half an
+    answer as the context, and the answer would go on growing above the question."""
+
+    code = "ANSWER_IN_PROGRESS"
+
+    def __init__(self, conversation_id: str, answer_id: str) -> None:
+        super().__init__(
+            "The conversation's last answer is still being generated: wait for it to end, "
+            "or stop it (POST /api/chat/{assistant_message_id}/stop), then send again.",
+            details={"conversation_id": conversation_id, "assistant_message_id": answer_id},
+        )
+
+
 class GenerationNotHereError(ConflictError):
     """The answer is still being generated, but by another server process."""
 

@@ -43,6 +43,11 @@ INTERRUPTED = MessageStatus.INTERRUPTED.value
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown conversation or message, or MODEL_NOT_FOUND (nothing stored)"},
+    409: {
+        "description": "ANSWER_IN_PROGRESS: a question after an answer still being generated "
+        "(`details`: conversation_id, assistant_message_id); wait for its end or stop it. "
+        "An edit or a regenerate is a new version beside it and is not refused"
+    },
     422: {"description": "Invalid payload: options, content length, images, mode"},
     429: {"description": "RATE_LIMITED or TOO_MANY_GENERATIONS (with Retry-After)"},
     503: {

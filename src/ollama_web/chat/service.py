@@ -23,6 +23,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ollama_web.chat.errors import AnswerInProgressError
 from ollama_web.chat.generation import COMPLETE, GenerationSpec
 from ollama_web.chat.registry import GenerationRegistry, Reservation
 from ollama_web.chat.schemas import ChatRequest, check_limits
@@ -45,7 +46,7 @@ from ollama_web.core.errors import AccountGoneError, AppError, ValidationError
 from ollama_web.core.sqlite_inline import InlineSQLite
 from ollama_web.db import Message, User
 from ollama_web.db.base import new_id, utcnow
-from ollama_web.db.models import MessageRole, MessageStatus
+from ollama_web.db.models import UNFINISHED_STATUSES, MessageRole, MessageStatus
 from ollama_web.ollama.errors import OllamaUnavailableError
 from ollama_web.ollama.gateway import OllamaGateway
 
@@ -151,7 +152,11 @@ async def load_turn(
     conversation, messages = await repository.conversation_turn(
         session, inline, user_id, body.conversation_id
     )
-    return Turn(conversation, messages, Tree(messages).leaf(conversation.active_leaf_id))
+    tree = Tree(messages)
+    leaf = tree.leaf(conversation.active_leaf_id)
+    if leaf is not None and tree.by_id[leaf].status in UNFINISHED_STATUSES:
+        raise AnswerInProgressError(conversation.id, leaf)
+    return Turn(conversation, messages, leaf)
 
 
 def ollama_messages(

@@ -112,12 +112,21 @@ class BranchMessage:
     role: str
     content: str
     images: list[str] | None
+    status: str
 
 
 def _branch_query(user_id: BindParameter[str], conversation_id: Any) -> Select[Any]:
     """Every message of a conversation, oldest first, with only the context's columns."""
     return (
-        owned(user_id, Message.id, Message.parent_id, Message.role, Message.content, Message.images)
+        owned(
+            user_id,
+            Message.id,
+            Message.parent_id,
+            Message.role,
+            Message.content,
+            Message.images,
+            Message.status,
+        )
         .where(Message.conversation_id == conversation_id)
         .order_by(Message.created_at, Message.id)
     )

@@ -41,6 +41,10 @@ class MessageStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+UNFINISHED_STATUSES = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
+"""An answer still being generated (or left so by a process that died, until swept)."""
+
+
 class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
     # Two deletes at once: the later one, which loaded the row before the first removed it,
