@@ -35,13 +35,12 @@ from ollama_web.chat.errors import GenerationInterrupted, error_body
 from ollama_web.core.db import session_scope
 from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow
-from ollama_web.db.models import MessageStatus
+from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
 
 logger = logging.getLogger("ollama_web.chat")
 
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
-UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 ABANDONED = error_body(GenerationInterrupted("The server process generating this answer stopped."))
 """The error of a swept answer: the code a follower got live, not a generic failure."""
 
@@ -68,7 +67,9 @@ async def mark_abandoned_interrupted(
     write lock."""
     cutoff = before if before is not None else utcnow() - timedelta(seconds=stale_after)
     candidates = await session.scalars(
-        select(Message.id).where(Message.status.in_(UNFINISHED), Message.updated_at < cutoff)
+        select(Message.id).where(
+            Message.status.in_(UNFINISHED_STATUSES), Message.updated_at < cutoff
+        )
     )
     ids = [message_id for message_id in candidates if message_id not in running]
     if not ids:
@@ -78,7 +79,7 @@ async def mark_abandoned_interrupted(
         update(Message)
         .where(
             Message.id.in_(ids),
-            Message.status.in_(UNFINISHED),
+            Message.status.in_(UNFINISHED_STATUSES),
             Message.updated_at < cutoff,  # written meanwhile: its process is alive after all
         )
         .values(

@@ -29,14 +29,13 @@ from ollama_web.conversations.service import message_public
 from ollama_web.core.dependencies import SessionDep, SettingsDep, core_of
 from ollama_web.core.errors import error_response
 from ollama_web.db import Message
-from ollama_web.db.models import MessageStatus
+from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
 from ollama_web.metrics.middleware import timed_by_the_model
 from ollama_web.ollama.dependencies import GatewayDep
 from ollama_web.ratelimit.limiter import DEFAULT, rate_limit_group
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
 
-UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
 # Swept as interrupted because its row went unwritten: its process may only have lost the
 # database for a while, and still be generating it (asked through the relay first).
 INTERRUPTED = MessageStatus.INTERRUPTED.value
@@ -177,7 +176,7 @@ async def _follow_elsewhere(
 ) -> EventLog | None:
     """The events of the process generating the answer, through the relay; None to replay
     the stored answer. An unfinished answer that no process claims is elsewhere (409)."""
-    if message.status in UNFINISHED:
+    if message.status in UNFINISHED_STATUSES:
         log = await relay.follow(message.id, seen) if relay is not None else None
         if log is None:
             raise _not_here(message)
@@ -259,7 +258,7 @@ async def chat_stop(
     registry: RegistryDep,
 ) -> StopResponse:
     may_run = message.status == INTERRUPTED and registry.relay is not None
-    if message.status in UNFINISHED or may_run or registry.get(message.id) is not None:
+    if message.status in UNFINISHED_STATUSES or may_run or registry.get(message.id) is not None:
         # The request's reads end here: a browser session's activity write, held until the
         # request ends, would hold SQLite's lock while the stopped answer stores its text.
         await session.commit()  # loaded objects stay usable (expire_on_commit=False)

@@ -37,7 +37,7 @@ from ollama_web.core.errors import ValidationError
 from ollama_web.core.validation import clean_text
 from ollama_web.db import Conversation, Message
 from ollama_web.db.base import as_utc, new_id, utcnow
-from ollama_web.db.models import MessageStatus
+from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
 from ollama_web.ollama.names import parse_model_name
 
 MAX_IMPORT_MESSAGES = 10_000
@@ -48,7 +48,6 @@ MAX_IMPORTED_ANSWER_CHARS = 1_000_000
 model's context. Without a bound one 9 MB answer of emoji replayed as 55 MB of events
 (each escaped to 12 bytes, the text in `token` and again in `done`): 0.5 s of the event
 loop per re-attach."""
-UNFINISHED = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
 ExportId = Annotated[str, Field(min_length=1, max_length=64)]
 Status = Literal["pending", "streaming", "complete", "stopped", "error", "interrupted"]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]  # Integer columns
@@ -313,7 +312,7 @@ def _imported_row(
 ) -> dict[str, Any]:
     """A messages row, as plain values (every row has the same keys: one executemany)."""
     values = exported.model_dump(include=_MESSAGE_FIELD_SET)
-    if values["status"] in UNFINISHED:
+    if values["status"] in UNFINISHED_STATUSES:
         values["status"] = MessageStatus.INTERRUPTED.value
     values["parent_id"] = new_ids[exported.parent_id] if exported.parent_id else None
     values["id"] = new_ids[exported.id]

@@ -17,10 +17,9 @@ from ollama_web.conversations import search
 from ollama_web.core.errors import NotFoundError
 from ollama_web.core.sqlite_inline import InlineSQLite, read_rows
 from ollama_web.db import Conversation, Message
-from ollama_web.db.models import MessageRole, MessageStatus
+from ollama_web.db.models import UNFINISHED_STATUSES, MessageRole
 
 _MESSAGES = Message.__table__
-_UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 
 
 def owned(user_id: str | BindParameter[str], *columns: Any) -> Select[Any]:
@@ -96,7 +95,7 @@ async def unfinished_answer_ids(
     """The answers still being generated (`pending` or `streaming`) in the conversation, or
     (no conversation given) in every conversation of the user."""
     stmt = owned(user_id, Message.id).where(
-        Message.role == MessageRole.ASSISTANT.value, Message.status.in_(_UNFINISHED)
+        Message.role == MessageRole.ASSISTANT.value, Message.status.in_(UNFINISHED_STATUSES)
     )
     if conversation_id is not None:
         stmt = stmt.where(Message.conversation_id == conversation_id)

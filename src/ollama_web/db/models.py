@@ -41,7 +41,7 @@ class MessageStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-UNFINISHED_STATUSES = frozenset({MessageStatus.PENDING.value, MessageStatus.STREAMING.value})
+UNFINISHED_STATUSES = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 """An answer still being generated (or left so by a process that died, until swept)."""
 
 
