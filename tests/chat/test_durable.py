@@ -4,6 +4,8 @@ startup and shutdown. Real uvicorn on loopback, the emulator as Ollama."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from ollama_web.app import create_app
 from ollama_web.chat import leases
@@ -825,3 +828,29 @@ async def _stored_title(app: FastAPI, user: TestUser, conversation_id: str) -> b
     async with asgi_client(app) as client:
         stored = await stored_conversation(client, user, conversation_id)
     return bool(stored["title_generated"])
+
+
+async def test_the_lease_keeper_says_once_that_the_database_is_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that refuses connections (a restart, a failover) failed each heartbeat's
+    look for ownerless answers and each sweep with a full traceback; it is one line until
+    the keeper reaches the database again."""
+    engine = create_async_engine("postgresql+asyncpg://nobody:nothing@127.0.0.1:9/none")
+    sessionmaker = async_sessionmaker(engine)
+
+    async def heartbeat(_interval: float) -> None:
+        return None
+
+    keeper = asyncio.create_task(
+        leases.keep_leases(sessionmaker, 0.01, heartbeat, lambda: {"a" * 32}, lambda _: None)
+    )
+    with caplog.at_level(logging.INFO, logger="ollama_web.chat"):
+        await asyncio.sleep(0.6)  # ~12 heartbeats, ~4 sweeps
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    await engine.dispose()
+    records = [r for r in caplog.records if r.name == "ollama_web.chat"]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)], records
+    assert "the database is unavailable" in records[0].getMessage()

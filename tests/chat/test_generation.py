@@ -5,13 +5,14 @@ The database is real (SQLite here; the end-to-end tests run both backends)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from starlette.types import Message as ASGIMessage
 
 from ollama_web.chat import answer_row
@@ -330,6 +331,39 @@ async def test_an_answer_the_database_refused_for_a_while_is_stored_and_done(
     assert last.data["message"]["content"] == "all of it"
     stored = await _stored(app, generation.id)
     assert (stored.status, stored.content) == ("complete", "all of it")
+
+
+async def test_an_outage_is_one_log_line_per_answer_not_a_traceback_per_write(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database restart failed every running answer's checkpoints at once, and each
+    failure logged its whole traceback (7 648 lines of error.log for two answers and a
+    20 s PostgreSQL restart). An outage is one warning until a write succeeds, then one
+    line that it did; a refusal of another kind (a bug) still logs its traceback once."""
+    with caplog.at_level(logging.INFO, logger="ollama_web.chat"):
+        await _answer_with_final_writes_refused(app, monkeypatch, 3)
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert [(level, exc_info) for level, _, exc_info in lines] == [
+        ("WARNING", None),
+        ("INFO", None),
+    ], lines
+    assert "the database is unavailable" in lines[0][1]
+    assert "stored after the database came back" in lines[1][1]
+
+    caplog.clear()
+    row = answer_row.AnswerRow(app.state.generations.writes, new_id())
+
+    async def wrong(message_id: str, values: dict[str, Any]) -> None:
+        raise ProgrammingError("UPDATE messages", {}, Exception("no such column: bogus"))
+
+    monkeypatch.setattr(app.state.generations.writes, "update_message", wrong)
+    with caplog.at_level(logging.INFO, logger="ollama_web.chat"):
+        assert not await row.write({"content": "x"})
+        assert not await row.write({"content": "x"})
+    assert [(r.levelname, r.exc_info is not None) for r in caplog.records] == [
+        ("ERROR", True),
+        ("WARNING", False),
+    ]
 
 
 async def test_shutdown_cancels_a_job_whose_final_write_hangs(

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ollama_web.chat.errors import GenerationInterrupted, error_body
-from ollama_web.core.db import session_scope
+from ollama_web.core.db import describe_database_error, is_database_outage, session_scope
 from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
@@ -138,15 +138,17 @@ async def keep_leases(
     interval = heartbeat_seconds(checkpoint_seconds)
     stale = stale_seconds(checkpoint_seconds)
     next_sweep = loop.time() + stale
+    failing = _Failures()
     while True:
         await asyncio.sleep(interval)
         await heartbeat(interval)
         if ids := running():
             try:
                 gone = await ownerless_answers(sessionmaker, ids)
-            except (SQLAlchemyError, OSError):
-                logger.exception("could not look for ownerless answers; looking again later")
+            except (SQLAlchemyError, OSError) as exc:
+                failing.log(exc, "could not look for ownerless answers; looking again later")
             else:
+                failing.clear()
                 if gone:
                     stop_ownerless(gone)
         if loop.time() < next_sweep:
@@ -154,5 +156,29 @@ async def keep_leases(
         next_sweep = loop.time() + stale
         try:
             await sweep(sessionmaker, stale, running())
-        except (SQLAlchemyError, OSError):
-            logger.exception("the sweep of abandoned answers failed; it runs again later")
+        except (SQLAlchemyError, OSError) as exc:
+            failing.log(exc, "the sweep of abandoned answers failed; it runs again later")
+        else:
+            failing.clear()
+
+
+class _Failures:
+    """The lease keeper's failures: while the database is unavailable (a restart, a
+    failover) one line says so, not a traceback at every heartbeat; a failure of another
+    kind keeps its traceback."""
+
+    def __init__(self) -> None:
+        self.outage = False
+
+    def log(self, exc: BaseException, message: str) -> None:
+        if not is_database_outage(exc):
+            logger.error(message, exc_info=exc)
+        elif not self.outage:
+            self.outage = True
+            reason = describe_database_error(exc)
+            logger.warning("%s (the database is unavailable: %s)", message, reason)
+
+    def clear(self) -> None:
+        if self.outage:
+            self.outage = False
+            logger.info("the lease keeper reaches the database again")
