@@ -64,6 +64,28 @@ async def test_one_node_down_still_lists_the_other_and_reports_it(cluster: Clust
     assert down["error"].startswith("connection failed")
 
 
+async def test_a_model_whose_only_node_is_down_is_unavailable_not_unknown(
+    cluster: Cluster,
+) -> None:
+    """mistral is on node b alone. With b down it is out of reach, not gone: 503
+    OLLAMA_UNAVAILABLE naming b (a chat keeps the user's message), where it was 404
+    MODEL_NOT_FOUND ("check available models"). A model no node ever listed is still 404."""
+    headers = cluster.user.headers
+    assert (await cluster.client.get("/api/models", headers=headers)).status_code == 200
+    await cluster.node_b.stop()
+    shown = await cluster.client.get("/api/models/mistral", headers=headers)
+    assert (shown.status_code, shown.json()["error"]) == (503, "OLLAMA_UNAVAILABLE"), shown.text
+    assert [n["url"] for n in shown.json()["details"]["nodes"]] == [cluster.node_b.url]
+    body = {"model": "mistral", "content": "are you there?"}
+    chat = await cluster.client.post("/api/chat/message", json=body, headers=headers)
+    assert (chat.status_code, chat.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+    conversation_id = chat.json()["details"]["conversation_id"]
+    stored = await cluster.client.get(f"/api/conversations/{conversation_id}", headers=headers)
+    assert [m["content"] for m in stored.json()["messages"]] == ["are you there?"]
+    unknown = await cluster.client.get("/api/models/nothing-like-it", headers=headers)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "MODEL_NOT_FOUND")
+
+
 async def test_all_nodes_down_is_503(cluster: Cluster) -> None:
     await cluster.node_a.stop()
     await cluster.node_b.stop()

@@ -9,7 +9,7 @@ headers, i.e. before any byte went to our own client.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from ollama_web.core.errors import AppError
@@ -18,7 +18,7 @@ from ollama_web.ollama.errors import (
     OllamaBusyError,
     OllamaUnavailableError,
 )
-from ollama_web.ollama.inventory import Inventory, require_a_node_up
+from ollama_web.ollama.inventory import Inventory, NodeReport, require_a_node_up
 from ollama_web.ollama.names import ModelName
 from ollama_web.ollama.nodes import Node, NodeRegistry
 
@@ -44,7 +44,7 @@ class Router:
             if not holders:
                 require_a_node_up(reports)
         if not holders:
-            raise ModelNotFoundError(requested)
+            raise _not_found_or_unreachable(self.registry.nodes, reports, name, requested)
         return sorted(holders, key=lambda n: (name.key not in n.loaded, n.in_flight, n.index))
 
     async def attempt(
@@ -78,6 +78,24 @@ class Router:
     @staticmethod
     def release(node: Node) -> None:
         node.in_flight = max(0, node.in_flight - 1)
+
+
+def _not_found_or_unreachable(
+    nodes: Sequence[Node], reports: Sequence[NodeReport], name: ModelName, requested: str
+) -> AppError:
+    """No reachable node holds the model. When a node that is down held it when last seen,
+    the model is there but out of reach for now: OLLAMA_UNAVAILABLE (a chat keeps the
+    user's message), not MODEL_NOT_FOUND."""
+    away = {node.url for node in nodes if node.status == "down" and name.key in node.models}
+    if not away:
+        return ModelNotFoundError(requested)
+    return OllamaUnavailableError(
+        f"The Ollama node holding {requested} is not reachable.",
+        details={
+            "model_name": requested,
+            "nodes": [report.as_dict() for report in reports if report.url in away],
+        },
+    )
 
 
 def _summary(failures: list[AppError], requested: str) -> AppError:
