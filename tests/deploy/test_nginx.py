@@ -202,6 +202,8 @@ async def test_requests_in_progress_are_limited_per_client_address(
                 held = await asyncio.gather(*holding)
                 after = await client.get("/echo")
     assert over.status_code == 429
+    assert over.json()["error"] == "RATE_LIMITED"  # the API's error shape, not nginx's HTML
+    assert over.headers["retry-after"] == "1"
     assert [response.status_code for response in held] == [200] * 128
     assert after.status_code == 200
 

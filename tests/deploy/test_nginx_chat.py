@@ -108,3 +108,28 @@ async def test_behind_nginx_the_client_address_and_https_are_the_real_ones(
     assert sessions.status_code == 200, sessions.text
     (session,) = sessions.json()["items"]
     assert session["ip_address"] == "127.0.0.1"
+
+
+async def test_bodies_too_large_are_refused_in_the_apis_error_shape_through_nginx(
+    tmp_path: Path, app: FastAPI, regular_user: TestUser, live_server: Any
+) -> None:
+    """nginx's limit equalled MAX_REQUEST_BYTES, so nginx refused every body past it with
+    its own HTML page. Just past the server's limit the server answers (its JSON, with
+    `max_bytes`); past nginx's own, nginx answers in the same shape."""
+    headers = {**regular_user.headers, "content-type": "application/json"}
+    async with live_server(app) as base_url:
+        upstream_port = int(base_url.rsplit(":", 1)[1])
+        async with running_nginx(tmp_path, upstream_port) as proxy, proxy.client() as client:
+            just_past = await client.post(
+                "/api/chat/message", content=b" " * (10 * 2**20 + 1), headers=headers
+            )
+            far_past = await client.post(
+                "/api/chat/message", content=b" " * (12 * 2**20), headers=headers
+            )
+    for response in (just_past, far_past):
+        assert response.status_code == 413
+        assert response.headers["content-type"].startswith("application/json")
+        body = response.json()
+        assert body["error"] == "PAYLOAD_TOO_LARGE"
+        assert set(body) == {"error", "message", "details", "request_id"}
+    assert just_past.json()["details"]["max_bytes"] == 10 * 2**20
