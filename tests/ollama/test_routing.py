@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -195,6 +196,33 @@ async def test_listing_with_a_node_that_never_answers_costs_the_list_timeout(
     assert "read timed out" in (reports[0].error or "")
     assert 0.3 <= elapsed < 1.5  # the list timeout, not the 5 s default or the 300 s one
     assert asked == 1  # the second time, in back-off: reported, not asked (nor waited on)
+
+
+async def test_a_node_that_never_answers_is_asked_again_without_holding_chats(
+    gateway_factory: GatewayFactory, ollama_emulator: OllamaEmulator
+) -> None:
+    """Once the silent node's back-off ended, the next chat asked it for its models and
+    waited the whole list timeout, though the model was on a node that answers: one stall
+    per back-off (about every 30 s). It is asked again in the background meanwhile."""
+    async with hanging_server() as hanging:
+        urls = [hanging.url, ollama_emulator.url]
+        async with gateway_factory(urls, ollama_list_timeout_seconds=0.5) as gateway:
+            async with gateway.open_chat("llama3.2", HI) as stream:  # learns it is silent
+                await collect(stream)
+            silent = gateway.registry.nodes[0]
+            assert silent.status == "down"
+            silent.down_until = 0.0  # its back-off is over
+            started = time.monotonic()
+            async with gateway.open_chat("llama3.2", HI) as stream:
+                assert stream.node_url == ollama_emulator.url
+                await collect(stream)
+            elapsed = time.monotonic() - started
+            deadline = time.monotonic() + 5.0
+            while hanging.connections < 2 or silent.down_until == 0.0:
+                assert time.monotonic() < deadline, "the silent node was not asked again"
+                await asyncio.sleep(0.05)
+    assert elapsed < 0.5, elapsed  # not the list timeout
+    assert silent.status == "down"  # asked, and still silent
 
 
 async def test_a_chat_to_a_single_node_that_never_answers_costs_one_list_timeout(

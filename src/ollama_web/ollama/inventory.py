@@ -2,13 +2,15 @@
 
 Listing calls use the connect timeout plus the short list timeout: a node that never completes
 its TCP connect costs at most the connect timeout, one that accepts and never answers at most
-the list timeout, and a node in back-off is reported without being contacted at all.
+the list timeout, and a node in back-off is reported without being contacted at all; once its
+back-off ends it is asked again in the background while another node is up (`refresh`).
 Concurrent refreshes of one node share one upstream request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from ollama_web.ollama.fields import as_dict, as_int, as_str, strings
 from ollama_web.ollama.names import model_key
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.transport import Upstream
+
+logger = logging.getLogger("ollama_web.ollama")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +118,35 @@ class Inventory:
             await self._shared((node.url, "ps"), lambda: self._fetch_loaded(node))
         return error
 
+    def _probe_soon(self, node: Node) -> None:
+        """Ask a node that was down for its models in the background (shared with any
+        request that asks meanwhile); it is used again once it answers."""
+        key = (node.url, "tags")
+        if key in self._pending:
+            return
+        task = asyncio.ensure_future(self._fetch_models(node))
+        self._pending[key] = task
+
+        def done(finished: asyncio.Task[str | None]) -> None:
+            self._pending.pop(key, None)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.error("probing %s failed", node.url, exc_info=finished.exception())
+
+        task.add_done_callback(done)
+
     async def refresh(self, *, force: bool = False, loaded: bool = False) -> list[NodeReport]:
-        """Bring inventories up to date; one report per configured node."""
+        """Bring inventories up to date; one report per configured node.
+
+        A node that was down and whose back-off has ended is asked again in the background
+        while another node is up (unless `force`): a node that accepts connections and never
+        answers would otherwise hold the request that asks it for OLLAMA_LIST_TIMEOUT_SECONDS,
+        once per back-off, though the model is on a node that answers."""
         contact = self.registry.reachable_first()
+        if not force and any(node.status == "up" for node in contact):
+            for node in contact:
+                if node.status != "up":
+                    self._probe_soon(node)
+            contact = [node for node in contact if node.status == "up"]
         errors: list[str | None]
         if force or any(self._due(node, loaded) for node in contact):
             errors = await asyncio.gather(*(self._refresh_node(n, force, loaded) for n in contact))
