@@ -84,6 +84,14 @@ async def test_a_model_whose_only_node_is_down_is_unavailable_not_unknown(
     assert [m["content"] for m in stored.json()["messages"]] == ["are you there?"]
     unknown = await cluster.client.get("/api/models/nothing-like-it", headers=headers)
     assert (unknown.status_code, unknown.json()["error"]) == (404, "MODEL_NOT_FOUND")
+    admin = cluster.admin.headers
+    anywhere = await cluster.client.delete("/api/models/mistral", headers=admin)
+    on_b = await cluster.client.delete(
+        "/api/models/mistral", params={"node": cluster.node_b.url}, headers=admin
+    )
+    for response in (anywhere, on_b):
+        assert (response.status_code, response.json()["error"]) == (503, "OLLAMA_UNAVAILABLE")
+    assert cluster.node_b.url in on_b.json()["message"]  # not "no node is reachable"
 
 
 async def test_all_nodes_down_is_503(cluster: Cluster) -> None:

@@ -18,7 +18,7 @@ from ollama_web.core.config import Settings
 from ollama_web.core.errors import AppError, ValidationError
 from ollama_web.ollama.chat import ChatStream
 from ollama_web.ollama.chunks import ChatChunk
-from ollama_web.ollama.errors import ModelNotFoundError, OllamaError
+from ollama_web.ollama.errors import ModelNotFoundError, OllamaError, OllamaUnavailableError
 from ollama_web.ollama.fields import strings
 from ollama_web.ollama.inventory import Inventory, NodeReport, require_a_node_up
 from ollama_web.ollama.names import validate_model_name
@@ -26,7 +26,7 @@ from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.probe import Prober
 from ollama_web.ollama.pull import PullJob, PullManager, PullSubscription
 from ollama_web.ollama.pull_cancels import PullCancels
-from ollama_web.ollama.routing import Router
+from ollama_web.ollama.routing import Router, not_found_or_unreachable
 from ollama_web.ollama.transport import Upstream
 
 
@@ -236,9 +236,16 @@ class OllamaGateway:
         reports = await self.inventory.refresh(force=True)
         holders = [n for n in self.inventory.holders(parsed.key) if node_url in (None, n.url)]
         if not holders:
-            # Nobody could say whether it is there: not a 404.
-            require_a_node_up([r for r in reports if node_url in (None, r.url)])
-            raise ModelNotFoundError(name)
+            # Nobody could say whether it is there, or a node that is down held it: not a 404.
+            scope = [r for r in reports if node_url in (None, r.url)]
+            if node_url is not None and scope[0].status != "up":
+                raise OllamaUnavailableError(
+                    f"The Ollama node {node_url} is not reachable.",
+                    details={"nodes": [report.as_dict() for report in scope]},
+                )
+            require_a_node_up(scope)
+            nodes = [node for node in self.registry.nodes if node_url in (None, node.url)]
+            raise not_found_or_unreachable(nodes, scope, parsed, name)
         results = await asyncio.gather(
             *(self._delete_on(node, node.display_name(parsed.key)) for node in holders),
             return_exceptions=True,

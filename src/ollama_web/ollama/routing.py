@@ -44,7 +44,7 @@ class Router:
             if not holders:
                 require_a_node_up(reports)
         if not holders:
-            raise _not_found_or_unreachable(self.registry.nodes, reports, name, requested)
+            raise not_found_or_unreachable(self.registry.nodes, reports, name, requested)
         return sorted(holders, key=lambda n: (name.key not in n.loaded, n.in_flight, n.index))
 
     async def attempt(
@@ -80,7 +80,7 @@ class Router:
         node.in_flight = max(0, node.in_flight - 1)
 
 
-def _not_found_or_unreachable(
+def not_found_or_unreachable(
     nodes: Sequence[Node], reports: Sequence[NodeReport], name: ModelName, requested: str
 ) -> AppError:
     """No reachable node holds the model. When a node that is down held it when last seen,
