@@ -402,6 +402,19 @@ async def test_an_imported_active_leaf_inside_a_branch_shows_the_branch_to_its_e
     assert [m["content"] for m in response.json()["messages"]] == ["Q1 — ünïcödé 你好", "A1 again"]
 
 
+async def _markdown_of(
+    client: httpx.AsyncClient, user: TestUser, *, question: str, system_prompt: str = "Be kind."
+) -> str:
+    """The Markdown export of the branched document with the active branch's question and
+    the system prompt replaced."""
+    document = _branched_document()
+    document["messages"][3]["content"] = question
+    document["conversation"]["system_prompt"] = system_prompt
+    imported = await client.post("/api/conversations/import", json=document, headers=user.headers)
+    url = f"/api/conversations/{imported.json()['id']}/export"
+    return (await client.get(url, params={"format": "markdown"}, headers=user.headers)).text
+
+
 @pytest.mark.parametrize(
     ("content", "closing"),
     [
@@ -415,19 +428,7 @@ async def test_a_code_block_left_open_in_a_message_is_closed_in_the_markdown_exp
 ) -> None:
     """The text is written as stored, then the block it leaves open is ended, so the next
     message's heading is a heading rather than more of that code."""
-    document = _branched_document()
-    document["messages"][3]["content"] = content
-    document["conversation"]["system_prompt"] = content
-    detail = (
-        await client.post("/api/conversations/import", json=document, headers=regular_user.headers)
-    ).json()
-    text = (
-        await client.get(
-            f"/api/conversations/{detail['id']}/export",
-            params={"format": "markdown"},
-            headers=regular_user.headers,
-        )
-    ).text
+    text = await _markdown_of(client, regular_user, question=content, system_prompt=content)
     assert f"## System\n\n{content}\n{closing}\n\n## User\n\n{content}\n{closing}\n\n" in text
     assert text.endswith("## Assistant — error\n\npartial\n")
 
@@ -436,16 +437,5 @@ async def test_closed_code_blocks_are_written_as_they_are_in_the_markdown_export
     client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:
     content = "```py\nprint(1)\n```\n    ```\nindented, not a fence\n\n~~~\n```\n~~~~"
-    document = _branched_document()
-    document["messages"][3]["content"] = content
-    detail = (
-        await client.post("/api/conversations/import", json=document, headers=regular_user.headers)
-    ).json()
-    text = (
-        await client.get(
-            f"/api/conversations/{detail['id']}/export",
-            params={"format": "markdown"},
-            headers=regular_user.headers,
-        )
-    ).text
+    text = await _markdown_of(client, regular_user, question=content)
     assert f"## User\n\n{content}\n\n## Assistant" in text
