@@ -412,6 +412,11 @@ async def test_a_question_after_an_answer_still_being_generated_is_409(
         edit = {"edit_message_id": start["user_message_id"], "content": "edited"}
         edited = await http.post("/api/chat/message", json=edit, headers=headers)
         assert edited.status_code == 200, edited.text
+        again = await http.post(
+            "/api/chat/message", json={"regenerate_message_id": answer_id}, headers=headers
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["assistant_message"]["parent_id"] == start["user_message_id"]
         assert (await http.post("/api/chat/message", json=follow_up, headers=headers)).is_success
         stopped = await http.post(f"/api/chat/{answer_id}/stop", headers=headers)
         assert stopped.status_code == 200
