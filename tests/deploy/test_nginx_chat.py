@@ -113,9 +113,9 @@ async def test_behind_nginx_the_client_address_and_https_are_the_real_ones(
 async def test_bodies_too_large_are_refused_in_the_apis_error_shape_through_nginx(
     tmp_path: Path, app: FastAPI, regular_user: TestUser, live_server: Any
 ) -> None:
-    """nginx's limit equalled MAX_REQUEST_BYTES, so nginx refused every body past it with
-    its own HTML page. Just past the server's limit the server answers (its JSON, with
-    `max_bytes`); past nginx's own, nginx answers in the same shape."""
+    """nginx refuses a body past MAX_REQUEST_BYTES itself (the same limit: a higher one let
+    the server refuse it and close while nginx was still sending, a 502): in the API's JSON
+    shape with `max_bytes`, as the server would, not nginx's HTML page."""
     headers = {**regular_user.headers, "content-type": "application/json"}
     async with live_server(app) as base_url:
         upstream_port = int(base_url.rsplit(":", 1)[1])
@@ -126,10 +126,15 @@ async def test_bodies_too_large_are_refused_in_the_apis_error_shape_through_ngin
             far_past = await client.post(
                 "/api/chat/message", content=b" " * (12 * 2**20), headers=headers
             )
+            at_limit = await client.post(
+                "/api/chat/message", content=b" " * (10 * 2**20), headers=headers
+            )
+    # The limit is the server's: a body of exactly MAX_REQUEST_BYTES reaches it (and is no JSON).
+    assert (at_limit.status_code, at_limit.json()["error"]) == (400, "INVALID_JSON")
     for response in (just_past, far_past):
         assert response.status_code == 413
         assert response.headers["content-type"].startswith("application/json")
         body = response.json()
         assert body["error"] == "PAYLOAD_TOO_LARGE"
         assert set(body) == {"error", "message", "details", "request_id"}
-    assert just_past.json()["details"]["max_bytes"] == 10 * 2**20
+        assert body["details"] == {"max_bytes": 10 * 2**20}
