@@ -10,7 +10,7 @@ from typing import Any
 
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
-from ollama_web.core.db import describe_database_error, is_database_outage
+from ollama_web.core.db import RefusalLog
 from ollama_web.db.base import utcnow
 from ollama_web.ollama.chunks import ChatChunk
 
@@ -51,42 +51,19 @@ class AnswerRow:
         self._writes = writes
         self.last_write = asyncio.get_running_loop().time()
         """When the row was last written (it was committed just before the job started)."""
-        self._refused = False
-        """The last write was refused: the next refusals are not logged again."""
+        self._refusals = RefusalLog(logger)
 
-    async def write(self, values: dict[str, Any], *, again: bool = False) -> bool:
+    async def write(self, values: dict[str, Any]) -> bool:
         """Store `values` in the row; False (logged) when the database refused."""
         values["updated_at"] = utcnow()
         try:
             await self._writes.update_message(self.id, values)
         except Exception as exc:  # SQLAlchemy's errors, and the driver's own (asyncpg's)
-            self._log_refusal(exc, again)
+            self._refusals.refused(exc, "could not store the answer %s", self.id)
             return False
-        if self._refused:
-            self._refused = False
-            logger.info("the answer %s was stored after the database came back", self.id)
+        self._refusals.succeeded("the answer %s was stored after the database came back", self.id)
         self.last_write = asyncio.get_running_loop().time()
         return True
-
-    def _log_refusal(self, exc: Exception, again: bool) -> None:
-        """An outage (the database restarting, failing over: every running answer's
-        checkpoints fail with it) is one line per answer until a write succeeds again; any
-        other refusal, a bug perhaps, its traceback, then one line per repeat."""
-        first = not self._refused
-        self._refused = True
-        reason = describe_database_error(exc)
-        if is_database_outage(exc):
-            if first:
-                logger.warning(
-                    "could not store the answer %s, the database is unavailable (%s); "
-                    "trying again at its next write",
-                    self.id,
-                    reason,
-                )
-        elif first and not again:
-            logger.exception("could not store the answer %s", self.id)
-        else:
-            logger.warning("could not store the answer %s, again: %s", self.id, reason)
 
     async def write_final(self, message: MessagePublic, final_event_id: int) -> bool:
         """The final write of the ended answer, tried again for FINAL_WRITE_RETRY_SECONDS
@@ -101,7 +78,7 @@ class AnswerRow:
             return True
         while loop.time() + wait <= deadline:
             await asyncio.sleep(wait)
-            if await self.write(values, again=True):
+            if await self.write(values):
                 return True
             wait = min(wait * 2, FINAL_WRITE_LONGEST_WAIT)
         return False

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ollama_web.chat.errors import GenerationInterrupted, error_body
-from ollama_web.core.db import describe_database_error, is_database_outage, session_scope
+from ollama_web.core.db import RefusalLog, session_scope
 from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
@@ -41,6 +41,7 @@ logger = logging.getLogger("ollama_web.chat")
 
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
+REACHED_AGAIN = "the lease keeper reaches the database again"
 ABANDONED = error_body(GenerationInterrupted("The server process generating this answer stopped."))
 """The error of a swept answer: the code a follower got live, not a generic failure."""
 
@@ -138,7 +139,7 @@ async def keep_leases(
     interval = heartbeat_seconds(checkpoint_seconds)
     stale = stale_seconds(checkpoint_seconds)
     next_sweep = loop.time() + stale
-    failing = _Failures()
+    failing = RefusalLog(logger)
     while True:
         await asyncio.sleep(interval)
         await heartbeat(interval)
@@ -146,9 +147,9 @@ async def keep_leases(
             try:
                 gone = await ownerless_answers(sessionmaker, ids)
             except (SQLAlchemyError, OSError) as exc:
-                failing.log(exc, "could not look for ownerless answers; looking again later")
+                failing.refused(exc, "could not look for ownerless answers; looking again later")
             else:
-                failing.clear()
+                failing.succeeded(REACHED_AGAIN)
                 if gone:
                     stop_ownerless(gone)
         if loop.time() < next_sweep:
@@ -157,28 +158,6 @@ async def keep_leases(
         try:
             await sweep(sessionmaker, stale, running())
         except (SQLAlchemyError, OSError) as exc:
-            failing.log(exc, "the sweep of abandoned answers failed; it runs again later")
+            failing.refused(exc, "the sweep of abandoned answers failed; it runs again later")
         else:
-            failing.clear()
-
-
-class _Failures:
-    """The lease keeper's failures: while the database is unavailable (a restart, a
-    failover) one line says so, not a traceback at every heartbeat; a failure of another
-    kind keeps its traceback."""
-
-    def __init__(self) -> None:
-        self.outage = False
-
-    def log(self, exc: BaseException, message: str) -> None:
-        if not is_database_outage(exc):
-            logger.error(message, exc_info=exc)
-        elif not self.outage:
-            self.outage = True
-            reason = describe_database_error(exc)
-            logger.warning("%s (the database is unavailable: %s)", message, reason)
-
-    def clear(self) -> None:
-        if self.outage:
-            self.outage = False
-            logger.info("the lease keeper reaches the database again")
+            failing.succeeded(REACHED_AGAIN)

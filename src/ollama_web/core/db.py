@@ -285,6 +285,39 @@ def describe_database_error(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
 
 
+class RefusalLog:
+    """The log lines of a write (or read) that is tried again and again while the database
+    refuses it: an outage (`is_database_outage`: a restart, a failover, which every running
+    answer's checkpoints meet at once) is one warning until the work succeeds again, then one
+    line that it did; another refusal (a bug, perhaps) logs its traceback the first time,
+    then one line per repeat."""
+
+    __slots__ = ("_logger", "_refused")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._refused = False
+
+    def refused(self, exc: BaseException, what: str, *args: object) -> None:
+        """`what % args`: the failure ("could not store the answer %s"), without its reason."""
+        first = not self._refused
+        self._refused = True
+        reason = describe_database_error(exc)
+        if is_database_outage(exc):
+            if first:
+                self._logger.warning(f"{what}: the database is unavailable (%s)", *args, reason)
+        elif first:
+            self._logger.error(what, *args, exc_info=exc)
+        else:
+            self._logger.warning(f"{what}, again: %s", *args, reason)
+
+    def succeeded(self, what: str, *args: object) -> None:
+        """The work went through; `what % args` is logged if it had been refused."""
+        if self._refused:
+            self._refused = False
+            self._logger.info(what, *args)
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
