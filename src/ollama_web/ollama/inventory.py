@@ -72,15 +72,21 @@ class Inventory:
     def _stale(self, stamp: float | None) -> bool:
         return stamp is None or time.monotonic() - stamp > self.ttl_seconds
 
-    async def _shared(
+    def _task(
         self, key: tuple[str, str], fetch: Callable[[], Awaitable[str | None]]
-    ) -> str | None:
+    ) -> asyncio.Future[str | None]:
+        """The upstream request `key` in progress, or a new one."""
         task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(fetch())
             self._pending[key] = task
             task.add_done_callback(lambda _: self._pending.pop(key, None))
-        return await asyncio.shield(task)
+        return task
+
+    async def _shared(
+        self, key: tuple[str, str], fetch: Callable[[], Awaitable[str | None]]
+    ) -> str | None:
+        return await asyncio.shield(self._task(key, fetch))
 
     async def _fetch_models(self, node: Node) -> str | None:
         try:
@@ -121,18 +127,12 @@ class Inventory:
     def _probe_soon(self, node: Node) -> None:
         """Ask a node that was down for its models in the background (shared with any
         request that asks meanwhile); it is used again once it answers."""
-        key = (node.url, "tags")
-        if key in self._pending:
-            return
-        task = asyncio.ensure_future(self._fetch_models(node))
-        self._pending[key] = task
 
-        def done(finished: asyncio.Task[str | None]) -> None:
-            self._pending.pop(key, None)
+        def failed(finished: asyncio.Future[str | None]) -> None:  # nobody else may await it
             if not finished.cancelled() and finished.exception() is not None:
                 logger.error("probing %s failed", node.url, exc_info=finished.exception())
 
-        task.add_done_callback(done)
+        self._task((node.url, "tags"), lambda: self._fetch_models(node)).add_done_callback(failed)
 
     async def refresh(self, *, force: bool = False, loaded: bool = False) -> list[NodeReport]:
         """Bring inventories up to date; one report per configured node.
