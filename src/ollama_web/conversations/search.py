@@ -118,7 +118,7 @@ _UNSPACED = (
 # Emoji and other symbols, with the joiners and modifiers written inside them: neither
 # tokenizer indexes them at all.
 _SYMBOL_CATEGORIES = frozenset({"So", "Sk"})
-_SYMBOL_JOINERS = frozenset("\u200d\ufe0f")
+_SYMBOL_JOINERS = "\u200d\ufe0f"  # zero-width joiner, emoji presentation selector
 
 
 def _unspaced(word: str) -> bool:
@@ -130,23 +130,17 @@ def _symbol_runs(query: str) -> list[str]:
         char if unicodedata.category(char) in _SYMBOL_CATEGORIES or char in _SYMBOL_JOINERS else " "
         for char in query
     )
-    return [run for run in runs.split() if run.strip("\u200d\ufe0f")]
+    return [run for run in runs.split() if run.strip(_SYMBOL_JOINERS)]
 
 
 def terms(query: str) -> tuple[list[str], list[str]]:
     """(words for the full-text index, text to find as substrings): a word of an unspaced
     script (see `_UNSPACED`) and each run of symbols (emoji) are substrings; at most
     MAX_TOKENS in all."""
-    words: list[str] = []
-    fragments: list[str] = []
-    for word in tokens(query) + _symbol_runs(query):
-        if len(words) + len(fragments) == MAX_TOKENS:
-            break
-        if _unspaced(word) or not _in_word(word[0]):
-            fragments.append(word)
-        else:
-            words.append(word)
-    return words, fragments
+    found = tokens(query)
+    words = [word for word in found if not _unspaced(word)]
+    fragments = [word for word in found if _unspaced(word)] + _symbol_runs(query)
+    return words, fragments[: MAX_TOKENS - len(words)]
 
 
 def fts5_query(words: list[str]) -> str:
