@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ollama_web.core.logging import loggable
+from ollama_web.core.media import is_json, media_type
 
 logger = logging.getLogger("ollama_web.errors")
 
@@ -330,13 +331,6 @@ def _clean_loc(loc: tuple[int | str, ...]) -> list[int | str]:
     return [part for part in loc if part != "body" or len(loc) == 1]
 
 
-def _is_json(media_type: str | None) -> bool:
-    return media_type is not None and (
-        media_type == "application/json"
-        or (media_type.startswith("application/") and media_type.endswith("+json"))
-    )
-
-
 def _body_missing(errors: Sequence[Mapping[str, Any]]) -> bool:
     return any(
         err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",) for err in errors
@@ -355,15 +349,15 @@ def _body_error(
     if any(err.get("type") == "json_invalid" for err in errors):
         return InvalidJSONError(NOT_JSON)
     content_type = request.headers.get("content-type")
-    media_type = content_type.split(";", 1)[0].strip().lower()[:100] if content_type else None
-    if body is None and _is_json(media_type) and _body_missing(errors):
+    media = media_type(content_type)[:100] if content_type else None
+    if body is None and media is not None and is_json(media) and _body_missing(errors):
         return InvalidJSONError(NOT_JSON)  # an empty body said to be JSON is not JSON
     body_failed = any(tuple(err.get("loc", ()))[:1] == ("body",) for err in errors)
     if not (isinstance(body, bytes | bytearray) and body and body_failed):
         return None
     return UnsupportedMediaTypeError(
         "This endpoint takes a JSON body: send it with Content-Type: application/json.",
-        details={"content_type": media_type},
+        details={"content_type": media},
     )
 
 

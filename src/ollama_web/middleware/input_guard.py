@@ -43,6 +43,7 @@ from ollama_web.core.errors import (
     ValidationError,
     encode_error,
 )
+from ollama_web.core.media import is_json, media_type
 
 # JSON escapes of text no database stores (see `json_has_bad_escape`), in a text whose
 # escaped backslashes are replaced (each backslash left starts an escape).
@@ -104,8 +105,7 @@ def _is_json(scope: Scope) -> bool:
     with 415, but scanning it too keeps the guard right if that ever changes)."""
     for name, value in scope.get("headers", []):
         if name == b"content-type":
-            media: bytes = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
+            return is_json(media_type(value.decode("latin-1")))
     return True
 
 
