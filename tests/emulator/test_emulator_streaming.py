@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import socket
 import time
@@ -224,6 +225,37 @@ async def test_tokens_per_second_and_num_parallel(
     assert elapsed >= 2 * 5 / 50.0
     assert emu.generations_completed == 2
     assert emu.tokens_sent == 10
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_batched_decode_gives_concurrent_streams_the_same_steps(
+    emu: OllamaEmulator, client: httpx.AsyncClient, batched: bool
+) -> None:
+    """With `batched_decode`, a generation that starts 40 ms after another gets its first
+    token 40 ms later (its own prefill), then every token at the model's steps, with the
+    other's; without it, each keeps its own clock, 40 ms apart throughout. Both keep the
+    rate (one token every 100 ms)."""
+    emu.config.reply_tokens = 6
+    emu.config.tokens_per_second = 10.0
+    emu.config.batched_decode = batched
+
+    async def arrivals(delay: float) -> list[float]:
+        await asyncio.sleep(delay)
+        async with client.stream("POST", "/api/chat", json=CHAT) as resp:
+            return [time.monotonic() async for _line in resp.aiter_lines()]
+
+    first, second = await asyncio.gather(arrivals(0.0), arrivals(0.04))
+    assert len(first) == len(second) == 7  # six tokens and done
+    assert second[0] - first[0] >= 0.035
+    gaps = [b - a for a, b in zip(first[1:], second[1:], strict=True)]
+    if batched:
+        assert all(abs(gap) < 0.02 for gap in gaps), gaps
+        assert 0 < second[1] - second[0] < 0.09
+    else:
+        assert all(gap >= 0.03 for gap in gaps), gaps
+    for times in (first, second):
+        steps = [b - a for a, b in itertools.pairwise(times[1:])]
+        assert all(0.08 < step < 0.12 for step in steps), steps
 
 
 async def test_each_model_has_its_own_parallel_slots(

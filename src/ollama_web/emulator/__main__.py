@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tokens-per-second", type=float, default=0.0)
     parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument(
+        "--batched-decode",
+        action="store_true",
+        help="concurrent generations of a model get their tokens at the same decode steps",
+    )
     parser.add_argument("--reply", default=None)
     parser.add_argument("--reply-tokens", type=int, default=None)
     parser.add_argument("--thinking", default=None)
@@ -47,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         reply_tokens=args.reply_tokens,
         tokens_per_second=args.tokens_per_second,
         first_token_delay=args.first_token_delay,
+        batched_decode=args.batched_decode,
         thinking=args.thinking,
         num_parallel=args.num_parallel,
         max_queue=args.max_queue,

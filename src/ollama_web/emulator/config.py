@@ -123,6 +123,13 @@ class EmulatorConfig:
     """0 means as fast as possible."""
     first_token_delay: float = 0.0
     """Seconds before the first token; response headers are withheld until then."""
+    batched_decode: bool = False
+    """Generations of one model running at once share its decode steps, as a runner with
+    parallel slots batches them (llama.cpp's continuous batching: one forward pass gives
+    the next token of every slot): after its first token (prefill), each generation's
+    tokens come at the model's step instants, one every 1/``tokens_per_second`` from the
+    model's first generation on, so concurrent streams get theirs at the same moments.
+    False: each generation keeps its own clock from its start."""
     thinking: str | None = None
     """Thinking text for models with the ``thinking`` capability (unless ``think:false``).
     ``None`` means :data:`DEFAULT_THINKING`; ``""`` disables thinking output."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -170,7 +171,13 @@ class Generation:
     def _due(self, index: int) -> float:
         tps = self.cfg.tokens_per_second
         interval = 1.0 / tps if tps > 0 else 0.0
-        return self.started + self.cfg.first_token_delay + index * interval
+        first = self.started + self.cfg.first_token_delay
+        if index == 0 or not (interval and self.cfg.batched_decode):
+            return first + index * interval
+        # The model's steps: the first one after this generation's first token is its second.
+        origin = self.emu.decode_origins.setdefault(self.plan.spec.name, self.started)
+        step = math.floor((first - origin) / interval) + index
+        return origin + step * interval
 
     async def produce(self) -> Outcome:
         plan, cfg = self.plan, self.cfg

@@ -134,6 +134,8 @@ class OllamaEmulator:
         self.loaded: dict[str, LoadedModel] = {}
         self.slots_used: dict[str, int] = {}
         """Generations running, per model (each model has ``num_parallel`` slots)."""
+        self.decode_origins: dict[str, float] = {}
+        """Per model, the instant its decode steps count from (``batched_decode``)."""
         self.slots_waiting: dict[str, int] = {}
         """Generations waiting for a slot, per model (at most ``max_queue``)."""
         self.slot_freed: asyncio.Event | None = None
