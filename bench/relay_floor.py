@@ -159,8 +159,8 @@ def measure(sse: bool, streams: int, rate: float, seconds: float) -> dict[str, A
             process.start()
             time.sleep(0.3)  # each listens before the next connects
         cpu, tokens = out.get(timeout=seconds + warmup + 30)
-    finally:
-        for process in processes:
+    finally:  # the source first: a relay still writing to a gone sink reports each stream
+        for process in reversed(processes):
             process.terminate()
             process.join()
     return {

@@ -29,6 +29,11 @@ own: see `Placement`), then:
   uvicorn alone pay per token; and with answers of 1000 tokens (cpu_paced_long, 100
   streams, one answer each): what is left per token once each answer's own work (its
   request, stored turn, title, final write) is spread over five times more tokens.
+  In those, each stream has its own clock, so the tokens of 100 streams come spread over
+  each 20 ms. The cpu_paced_batched* runs are the same loads with the emulator's
+  `--batched-decode`: the tokens of concurrent answers come at the model's shared decode
+  steps, as from a runner decoding them in one batch (llama.cpp's continuous batching,
+  Ollama with OLLAMA_NUM_PARALLEL > 1), so each wake of the server brings many tokens.
   bench/token_path.py times our own code's part of a token's cost, without sockets.
   bench/relay_floor.py measures the paced regime with no framework at all (uvloop
   protocols, httptools, json, SSE frames): what any Python relay of Ollama pays per token
@@ -305,9 +310,16 @@ async def _floor(*emulator_args: str) -> AsyncIterator[tuple[Side, Side, Server]
 
 
 async def cpu_per_token(
-    label: str, streams: int, tokens: int, tps: str, on_floor: bool = False, rounds: int = 2
+    label: str,
+    streams: int,
+    tokens: int,
+    tps: str,
+    on_floor: bool = False,
+    rounds: int = 2,
+    batched: bool = False,
 ) -> dict[str, Any]:
     args = ["--reply-tokens", str(tokens)] + (["--tokens-per-second", tps] if tps else [])
+    args += ["--batched-decode"] if batched else []
     async with _floor(*args) if on_floor else Scenario(*args) as (_, backend, server):
         await run_loops(backend, 4, 1.0, lambda *_: None)
         relayed = 0
@@ -392,6 +404,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_paced": lambda: cpu_per_token("paced", 100, 200, "50"),
         "cpu_paced_floor": lambda: cpu_per_token("paced", 100, 200, "50", on_floor=True),
         "cpu_paced_long": lambda: cpu_per_token("paced", 100, 1000, "50", rounds=1),
+        "cpu_paced_batched": lambda: cpu_per_token("paced, batched", 100, 200, "50", batched=True),
+        "cpu_paced_batched_floor": lambda: cpu_per_token(
+            "paced, batched", 100, 200, "50", on_floor=True, batched=True
+        ),
+        "cpu_paced_batched_long": lambda: cpu_per_token(
+            "paced, batched", 100, 1000, "50", rounds=1, batched=True
+        ),
         "cpu_burst": lambda: cpu_per_token("burst", 8, 2000, ""),
         "slow_streams": lambda: slow_streams(args.slow_streams, args.slow_tokens),
     }
@@ -423,6 +442,9 @@ if __name__ == "__main__":
             "cpu_paced",
             "cpu_paced_floor",
             "cpu_paced_long",
+            "cpu_paced_batched",
+            "cpu_paced_batched_floor",
+            "cpu_paced_batched_long",
             "cpu_burst",
             "slow_streams",
         ],
