@@ -92,10 +92,17 @@ CROSS_SITE: list[dict[str, str]] = [
     {"Origin": "null"},
     {"Sec-Fetch-Site": "cross-site"},
     {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"},
+    # DNS rebinding: a page of attacker.example, its name re-pointed at this server, posts
+    # "same-origin" with its own name as Host; a DNS name must be listed in CORS_ORIGINS.
+    {"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"},
+    {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+    {"Host": "127.0.0.1:8000", "Origin": "http://localhost:8000"},
 ]
 SAME_SITE: list[dict[str, str]] = [
     {"Origin": "http://localhost:5173"},  # in CORS_ORIGINS
-    {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+    {"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"},
+    {"Host": "[::1]:8000", "Origin": "http://[::1]:8000"},
+    {"Host": "localhost:8000", "Origin": "http://localhost:8000"},
     {"Sec-Fetch-Site": "same-site"},
     {},  # not a browser
 ]

@@ -6,6 +6,7 @@ believes X-Forwarded-* headers, and only from TRUSTED_PROXIES).
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -27,11 +28,27 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _names_this_machine(host: str) -> bool:
+    """A Host that no other site's page can be served under: an IP address or localhost.
+    A DNS name can be made to point here by whoever owns it (DNS rebinding), and the page
+    it serves is then "same-origin" with whatever the browser sends to this server."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def is_cross_site(request: Request, settings: Settings) -> bool:
     """True for a browser post from another site (used to guard login and setup).
 
     Non-browser clients send neither header and pass; a browser's Origin must be one of
-    CORS_ORIGINS or this server's own host, and Sec-Fetch-Site must not be "cross-site".
+    CORS_ORIGINS, or this server's own host when that is an IP address or localhost (a
+    page on a DNS name is let in only by listing its origin in CORS_ORIGINS), and
+    Sec-Fetch-Site must not be "cross-site".
     """
     if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
         return True
@@ -44,4 +61,6 @@ def is_cross_site(request: Request, settings: Settings) -> bool:
     if _origin_of(origin) in allowed:
         return False
     host = request.headers.get("host", "").lower()
-    return not host or urlsplit(origin).netloc.lower() != host
+    if not host or urlsplit(origin).netloc.lower() != host:
+        return True
+    return not _names_this_machine(host)
