@@ -152,3 +152,17 @@ async def test_an_api_key_typed_as_a_username_is_not_kept_in_the_audit_log(
     assert failure["details"] == {"username": "owk_[REDACTED]", "reason": "unknown_user"}
     everything = (await client.get("/api/admin/audit", headers=admin, params={"limit": 200})).text
     assert key not in everything
+
+
+async def test_a_failed_login_name_keeps_no_terminal_escapes_in_the_audit_log(
+    client: httpx.AsyncClient,
+) -> None:
+    """Anyone may post a login: its unknown name reaches every admin's audit view without
+    the control characters that would drive their terminal."""
+    setup = (await client.post("/api/auth/setup", json=ADMIN)).json()
+    admin = {"Authorization": f"Bearer {setup['api_key']}"}
+    name = "ghost\u001b[2J\u001b[31m\rFAKE\u0007"
+    response = await client.post("/api/auth/login", json={"username": name, "password": "x" * 8})
+    assert response.status_code == 401
+    (failure,) = await all_events(client, admin, action="auth.login_failed")
+    assert failure["details"] == {"username": "ghost[2J[31mFAKE", "reason": "unknown_user"}

@@ -66,6 +66,20 @@ async def test_created_key_is_shown_once_and_stored_only_as_a_hash(
     assert {item["prefix"] for item in listed} >= {key[:12]}
 
 
+async def test_a_key_name_is_stored_as_titles_are(
+    app: FastAPI, client: httpx.AsyncClient, regular_user: TestUser
+) -> None:
+    """Terminal escapes, BEL and CR are removed (SECURITY.md: names go through
+    sanitize_string), tab and newline kept; a name of control characters only is empty."""
+    created = await new_key(client, regular_user, name="laptop\u001b[2J\u0007\r\nX")
+    assert created["name"] == "laptop[2J\nX"
+    assert (await key_row(app, created["id"])).name == "laptop[2J\nX"
+    empty = await client.post(
+        "/api/keys", json={"name": "\u001b\u0007"}, headers=regular_user.headers
+    )
+    assert empty.status_code == 422
+
+
 async def test_a_key_works_as_bearer_and_as_x_api_key(
     client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:

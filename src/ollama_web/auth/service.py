@@ -31,6 +31,7 @@ from ollama_web.auth.users import (
 from ollama_web.core.config import Settings
 from ollama_web.core.db import update_if
 from ollama_web.core.logging import redact
+from ollama_web.core.validation import clean_text
 from ollama_web.db import ApiKey, User, UserRole, UserSession
 from ollama_web.db.base import utcnow
 from ollama_web.keys.service import create_key, default_expiry
@@ -120,10 +121,10 @@ async def _login_failed(
         target_type="user",
         target_id=user.id if user else None,
         ip_address=client.ip_address,
-        # An unknown name may be a key pasted into the wrong field: the audit log (read by
-        # every admin, kept in backups) holds no key.
+        # An unknown name may be a key pasted into the wrong field, or carry terminal
+        # escapes: the audit log (read by every admin, kept in backups) holds neither.
         details={
-            "username": user.username if user else redact(username),
+            "username": user.username if user else redact(clean_text(username)),
             "reason": "bad_password" if user else "unknown_user",
         },
     )

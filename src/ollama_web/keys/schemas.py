@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from ollama_web.core.validation import Sanitized
 
 MAX_GRACE_MINUTES = 60 * 24 * 90
 
@@ -13,7 +15,8 @@ MAX_GRACE_MINUTES = 60 * 24 * 90
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, examples=["laptop"])
+    name: Annotated[str, Sanitized(max_length=100, min_length=1)] = Field(examples=["laptop"])
+    """Stored as titles are (SECURITY.md): NFC, control characters but tab and newline removed."""
     expires_in_days: StrictInt | None = Field(
         default=None,
         ge=1,
