@@ -119,6 +119,10 @@ def test_create_admin_refuses_weak_passwords_and_existing_users(
     assert "--reset-password" in capsys.readouterr().err
     missing = ["create-admin", "--username", "nobody", "--reset-password", "--password-stdin"]
     assert run(monkeypatch, missing, PASSWORD + "\n") == 1
+    # `$` in a pattern also matches before a final newline: the whole name must match.
+    assert run(monkeypatch, ["create-admin", "--username", "eve\n", args[3]], PASSWORD + "\n") == 1
+    assert "letters, digits" in capsys.readouterr().err
+    assert "eve\n" not in users(cli_settings)
 
 
 def test_reset_password_restores_an_admin(

@@ -96,7 +96,8 @@ def test_identifiers_are_32_lowercase_hex() -> None:
     identifier = new_id()
     assert is_identifier(identifier)
     assert validate_identifier(identifier, "conversation_id") == identifier
-    for bad in ("", identifier.upper(), identifier + "0", "1' OR '1'='1", "../" * 11, None):
+    bad_ids = ("", identifier.upper(), identifier + "0", identifier + "\n", "1' OR '1'='1", None)
+    for bad in (*bad_ids, "../" * 11):
         assert not is_identifier(bad)
         with pytest.raises(ValidationError, match="conversation_id"):
             validate_identifier(bad, "conversation_id")

@@ -33,7 +33,7 @@ def username_key(username: str) -> str:
 
 
 def check_username(username: str) -> str:
-    if not _USERNAME.match(username):
+    if not _USERNAME.fullmatch(username):
         raise ValidationError(
             "The username must be 3-64 characters: letters, digits, '.', '_' or '-', "
             "starting with a letter or digit.",
@@ -45,7 +45,7 @@ def check_username(username: str) -> str:
 def check_email(email: str | None) -> str | None:
     if email is None or email == "":
         return None
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
         raise ValidationError("The email address is not valid.", details={"field": "email"})
     return email
 

@@ -118,7 +118,7 @@ class Sanitized:
 
 
 def is_identifier(value: object) -> bool:
-    return isinstance(value, str) and _IDENTIFIER.match(value) is not None
+    return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
 
 
 def validate_identifier(value: object, field: str) -> str:

@@ -40,7 +40,7 @@ def pick_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _REQUEST_ID.match(candidate) and not candidate.startswith(API_KEY_PREFIX):
+            if _REQUEST_ID.fullmatch(candidate) and not candidate.startswith(API_KEY_PREFIX):
                 return candidate
             break
     return uuid.uuid4().hex
