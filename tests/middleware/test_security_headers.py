@@ -77,6 +77,32 @@ def assert_protected(response: httpx.Response, *, html: bool = False) -> None:
     assert "strict-transport-security" not in response.headers  # plain http by default
 
 
+async def test_nothing_sensitive_is_cached_and_routes_keep_their_own_cache_control(
+    make_app: AppMaker,
+) -> None:
+    """The first admin's API key, a new key, the CSRF token, who I am: `no-store`, as every
+    answer without a Cache-Control of its own; the docs assets keep theirs."""
+    app = await make_app()
+    async with asgi_client(app) as client:
+        setup = await client.post(
+            "/api/auth/setup", json={"username": "admin", "password": "a long passphrase"}
+        )
+        headers = {"Authorization": f"Bearer {setup.json()['api_key']}"}
+        answers = [
+            setup,
+            await client.post("/api/keys", json={"name": "laptop"}, headers=headers),
+            await client.get("/api/auth/me", headers=headers),
+            await client.get("/api/auth/csrf"),
+            await client.get("/api/conversations", headers=headers),
+            await client.get("/api/conversations/" + "0" * 32, headers=headers),
+        ]
+        asset = await client.get("/docs/static/swagger-ui-bundle.js")
+    assert [a.status_code for a in answers] == [201, 201, 200, 200, 200, 404]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.url
+    assert asset.headers["cache-control"] == "public, max-age=86400"
+
+
 async def test_headers_on_json_errors_files_and_pages(make_app: AppMaker) -> None:
     app = await make_app(max_request_bytes=2048)
     async with asgi_client(app) as client:

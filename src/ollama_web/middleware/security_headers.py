@@ -2,7 +2,8 @@
 
 Pure ASGI: the headers are added to `http.response.start`, so streaming bodies pass through
 untouched. It is the outermost layer so that even the last-resort 500 written by the request
-context middleware carries them. A header a route set itself is left alone.
+context middleware carries them. A header a route set itself is left alone; `Cache-Control:
+no-store` goes on every response that sets none.
 
 Two Content-Security-Policies: HTML (the /docs and /redoc pages) may load same-origin scripts
 and styles (Swagger UI and ReDoc set inline *styles*; ReDoc runs its search in a `blob:`
@@ -47,6 +48,9 @@ _COMMON: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"permissions-policy", PERMISSIONS_POLICY.encode()),
     (b"cross-origin-opener-policy", b"same-origin"),
+    # Answers carry keys, tokens and conversations: no browser or shared cache keeps them,
+    # unless the route says otherwise (the event streams' no-cache, the docs assets).
+    (b"cache-control", b"no-store"),
 )
 
 
