@@ -19,7 +19,7 @@ from ollama_web.auth.dependencies import (
     authenticate_for_body_error,
 )
 from ollama_web.auth.errors import CrossSiteRequestError
-from ollama_web.auth.network import client_address, is_cross_site
+from ollama_web.auth.network import client_address, cross_site_reason
 from ollama_web.auth.passwords import Passwords, passwords_for
 from ollama_web.auth.service import ClientInfo
 from ollama_web.auth.sessions import MAX_USER_AGENT, PRUNE_INTERVAL_SECONDS, prune_sessions
@@ -123,8 +123,12 @@ async def get_client_info(request: Request, settings: SettingsDep) -> ClientInfo
 
 async def refuse_cross_site(request: Request, settings: SettingsDep) -> None:
     """Login and setup must not be posted from another site's page."""
-    if is_cross_site(request, settings):
-        raise CrossSiteRequestError("Cross-site requests to this endpoint are refused.")
+    reason = cross_site_reason(request, settings)
+    if reason is not None:
+        raise CrossSiteRequestError(
+            f"Cross-site requests to this endpoint are refused. {reason}",
+            details={"origin": request.headers.get("origin")},
+        )
 
 
 PasswordsDep = Annotated[Passwords, Depends(get_passwords)]

@@ -42,8 +42,17 @@ def _names_this_machine(host: str) -> bool:
     return True
 
 
-def is_cross_site(request: Request, settings: Settings) -> bool:
-    """True for a browser post from another site (used to guard login and setup).
+ANOTHER_SITE = (
+    "The page is on another site than this server (another host name: localhost and "
+    "127.0.0.1 are two sites), where the session cookie (SameSite=Lax) would not be sent "
+    "back; serve the page and the API under one host name."
+)
+NO_ORIGIN = "A page without an origin (a sandboxed frame, a local file) cannot log in."
+NOT_LISTED = "The page's origin is not in CORS_ORIGINS."
+
+
+def cross_site_reason(request: Request, settings: Settings) -> str | None:
+    """Why a browser post is from another site (used to guard login and setup), or None.
 
     Non-browser clients send neither header and pass; a browser's Origin must be one of
     CORS_ORIGINS, or this server's own host when that is an IP address or localhost (a
@@ -51,16 +60,16 @@ def is_cross_site(request: Request, settings: Settings) -> bool:
     Sec-Fetch-Site must not be "cross-site".
     """
     if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return True
+        return ANOTHER_SITE
     origin = request.headers.get("origin")
     if origin is None:
-        return False
+        return None
     if origin == "null":
-        return True
+        return NO_ORIGIN
     allowed = {value.lower() for value in settings.cors_origins}
     if _origin_of(origin) in allowed:
-        return False
+        return None
     host = request.headers.get("host", "").lower()
     if not host or urlsplit(origin).netloc.lower() != host:
-        return True
-    return not _names_this_machine(host)
+        return NOT_LISTED
+    return None if _names_this_machine(host) else NOT_LISTED
