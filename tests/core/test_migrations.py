@@ -303,6 +303,80 @@ async def test_instances_upgrading_together_back_up_once_before_migrating(
             await engine.dispose()
 
 
+async def test_instances_upgrading_one_sqlite_database_together_take_turns(
+    settings_factory: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three instances starting at once on a SQLite database two revisions behind: one
+    backs up (the hook) and migrates; the others wait for its lock file, then find nothing
+    to do. Without it each saw the old revision, each ran the safety backup, and one that
+    wrote after another had migrated failed with "database is locked" (no start)."""
+    from ollama_web.migrations import runner
+    from ollama_web.migrations.runner import MigrationStatus, script_head, stored_revision
+
+    settings = settings_factory(data_dir=tmp_path / "together")
+    engines = [create_null_pool_engine(settings) for _ in range(3)]
+    seen: list[str | None] = []
+
+    async def hook(_: Settings, status: MigrationStatus) -> None:
+        seen.append(await stored_revision(engines[0]))
+        await asyncio.sleep(0.2)  # a backup takes a while: the others must wait for it
+
+    try:
+        await upgrade(engines[0], settings, "0008")
+        monkeypatch.setattr(runner, "_before_upgrade_hooks", [hook])
+        before = await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
+        assert seen == ["0008"]
+        assert sorted(status.up_to_date for status in before) == [False, True, True]
+        assert await stored_revision(engines[0]) == script_head()
+        lock = settings.data_dir / "ollama_web.db.migration-lock"
+        assert lock.stat().st_mode & 0o777 == 0o600
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_an_instance_waiting_for_a_sqlite_migration_says_so_and_then_migrates(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The lock file held by another process (here: another open file, as flock sees it):
+    the upgrade waits, says once what it waits for, and migrates when it is released."""
+    import fcntl
+
+    from ollama_web.migrations.runner import script_head, stored_revision
+
+    settings = settings_factory(data_dir=tmp_path / "waiting")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = settings.data_dir / "ollama_web.db.migration-lock"
+    engine = create_null_pool_engine(settings)
+    migrations_logger = logging.getLogger("ollama_web.migrations")
+    records = _Records()
+    migrations_logger.addHandler(records)
+    level = migrations_logger.level
+    migrations_logger.setLevel(logging.INFO)
+    try:
+        with lock.open("w") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            upgrading = asyncio.ensure_future(upgrade(engine, settings))
+            for _ in range(100):
+                if records.messages or upgrading.done():
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert not upgrading.done()
+            assert records.messages == [
+                "waiting for the migration another process is running on this database "
+                f"(it holds {lock})"
+            ]
+        before = await asyncio.wait_for(upgrading, 60)  # closing the file released it
+        assert not before.up_to_date
+        assert await stored_revision(engine) == script_head()
+        assert records.messages[1] == "the other migration ended; checking the schema again"
+    finally:
+        migrations_logger.removeHandler(records)
+        migrations_logger.setLevel(level)
+        await engine.dispose()
+
+
 @pytest.mark.postgres
 async def test_instances_starting_together_on_postgresql_migrate_once(
     settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path

@@ -3,7 +3,10 @@ the server does with them when it starts is in `startup`."""
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ollama_web.migrations")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+LOCK_POLL_SECONDS = 0.1
 LOCK_KEY = 0x6F6C6C616D6177  # "ollamaw": the PostgreSQL advisory lock migrations take
 # pg_locks shows a bigint advisory key as its high and low 32 bits (classid, objid).
 _LOCK_PARTS = {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF}
@@ -222,9 +226,19 @@ async def upgrade(
 
 @asynccontextmanager
 async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
-    """On PostgreSQL, instances starting together on one database take turns: one checks,
-    backs up (the hooks) and migrates; the others wait here, then find nothing to do. The
-    session lock is held on a connection of its own, around all three."""
+    """Instances starting together on one database take turns: one checks, backs up (the
+    hooks) and migrates; the others wait here, then find nothing to do. On PostgreSQL the
+    session lock is held on a connection of its own, around all three; on SQLite a lock
+    file beside the database is (SQLite's own lock lasts one transaction: a process that
+    read the old revision failed with "database is locked" once the other had migrated)."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield
+            return
+        async with _file_lock(Path(f"{database}.migration-lock")):
+            yield
+        return
     if engine.dialect.name != "postgresql":
         yield
         return
@@ -247,6 +261,35 @@ async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         finally:
             await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
             await conn.commit()
+
+
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive `flock` on `path` (made 0600 if missing), waited for in steps so that
+    a cancelled wait leaves nothing behind; closing the file releases it, also when the
+    process dies."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if not _try_lock(descriptor):
+            logger.warning(
+                "waiting for the migration another process is running on this database "
+                "(it holds %s)",
+                path,
+            )
+            while not _try_lock(descriptor):  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(LOCK_POLL_SECONDS)
+            logger.warning("the other migration ended; checking the schema again")
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 async def upgrade_settings(settings: Settings) -> MigrationStatus:
