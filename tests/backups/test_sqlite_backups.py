@@ -392,3 +392,25 @@ def test_traversal_and_unlisted_names_are_not_found(
         assert service.find(name) is None, name
     assert service.find(backup.name) is not None
     assert link.name not in [info.name for info in service.list_backups()]
+
+
+def test_a_failed_atomic_write_leaves_neither_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state files are written beside the data (DATA_DIR): a write that fails (the
+    disk full) left its empty temporary file there for good."""
+    import errno
+
+    from ollama_web.backups import service
+
+    target = tmp_path / "state.json"
+    target.write_text("old")
+
+    def full(_: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(service.sqlite, "fsync_file", full)
+    with pytest.raises(OSError, match="No space"):
+        service.write_atomically(target, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert target.read_text() == "old"

@@ -56,9 +56,13 @@ def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text`, a private file (0600), flushed to disk first."""
     temporary = path.with_name(f"{names.TEMP_PREFIX}{uuid.uuid4().hex}")
     sqlite.create_private(temporary)
-    temporary.write_text(text, encoding="utf-8")
-    sqlite.fsync_file(temporary)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        sqlite.fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, say: no empty temporary file left behind for good
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _claim_name(directory: Path, created_at: datetime, extension: str) -> Path:
