@@ -271,6 +271,58 @@ async def test_serve_gives_a_new_database_its_schema_while_the_server_starts(
         await engine.dispose()
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def migration_records() -> Iterator[_Records]:
+    """What the migrations logger says during the test, from INFO up."""
+    migrations_logger = logging.getLogger("ollama_web.migrations")
+    records = _Records()
+    migrations_logger.addHandler(records)
+    level = migrations_logger.level
+    migrations_logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        migrations_logger.removeHandler(records)
+        migrations_logger.setLevel(level)
+
+
+async def _upgrade_three_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, behind: str
+) -> None:
+    """Three instances start at once on a database at revision `behind`: the pre-migration
+    hook (the safety backup) runs once, before the migration, under the lock; the others
+    wait for it, then find the database migrated and back up nothing."""
+    from ollama_web.migrations import runner
+    from ollama_web.migrations.runner import MigrationStatus, script_head, stored_revision
+
+    engines = [create_null_pool_engine(settings) for _ in range(3)]
+    seen: list[str | None] = []
+
+    async def hook(_: Settings, status: MigrationStatus) -> None:
+        seen.append(await stored_revision(engines[0]))
+        await asyncio.sleep(0.2)  # a backup takes a while: the others must wait for it
+
+    try:
+        await upgrade(engines[0], settings, behind)
+        monkeypatch.setattr(runner, "_before_upgrade_hooks", [hook])
+        before = await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
+        assert seen == [behind]
+        assert sorted(status.up_to_date for status in before) == [False, True, True]
+        assert await stored_revision(engines[0]) == script_head()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
 @pytest.mark.postgres
 async def test_instances_upgrading_together_back_up_once_before_migrating(
     settings_factory: Callable[..., Settings],
@@ -278,65 +330,24 @@ async def test_instances_upgrading_together_back_up_once_before_migrating(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An existing database one revision behind, three instances starting at once: the
-    pre-migration hook (the safety backup) runs once, before the migration, under the same
-    lock; the others find the database migrated and back up nothing."""
-    from ollama_web.migrations import runner
-    from ollama_web.migrations.runner import MigrationStatus, script_head, stored_revision
-
     settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
-    engines = [create_null_pool_engine(settings) for _ in range(3)]
-    seen: list[str | None] = []
-
-    async def hook(_: Settings, status: MigrationStatus) -> None:
-        seen.append(await stored_revision(engines[0]))
-        await asyncio.sleep(0.2)  # a backup takes a while: the others must wait for it
-
-    try:
-        await upgrade(engines[0], settings, "0005")
-        monkeypatch.setattr(runner, "_before_upgrade_hooks", [hook])
-        await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
-        assert seen == ["0005"]
-        assert await stored_revision(engines[0]) == script_head()
-    finally:
-        for engine in engines:
-            await engine.dispose()
+    await _upgrade_three_at_once(settings, monkeypatch, "0005")
 
 
 async def test_instances_upgrading_one_sqlite_database_together_take_turns(
     settings_factory: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three instances starting at once on a SQLite database two revisions behind: one
-    backs up (the hook) and migrates; the others wait for its lock file, then find nothing
-    to do. Without it each saw the old revision, each ran the safety backup, and one that
-    wrote after another had migrated failed with "database is locked" (no start)."""
-    from ollama_web.migrations import runner
-    from ollama_web.migrations.runner import MigrationStatus, script_head, stored_revision
-
+    """The same on SQLite, under a lock file beside the database. Without it each saw the
+    old revision, each ran the safety backup, and one that wrote after another had
+    migrated failed with "database is locked" (no start)."""
     settings = settings_factory(data_dir=tmp_path / "together")
-    engines = [create_null_pool_engine(settings) for _ in range(3)]
-    seen: list[str | None] = []
-
-    async def hook(_: Settings, status: MigrationStatus) -> None:
-        seen.append(await stored_revision(engines[0]))
-        await asyncio.sleep(0.2)  # a backup takes a while: the others must wait for it
-
-    try:
-        await upgrade(engines[0], settings, "0008")
-        monkeypatch.setattr(runner, "_before_upgrade_hooks", [hook])
-        before = await asyncio.gather(*(upgrade(engine, settings) for engine in engines))
-        assert seen == ["0008"]
-        assert sorted(status.up_to_date for status in before) == [False, True, True]
-        assert await stored_revision(engines[0]) == script_head()
-        lock = settings.data_dir / "ollama_web.db.migration-lock"
-        assert lock.stat().st_mode & 0o777 == 0o600
-    finally:
-        for engine in engines:
-            await engine.dispose()
+    await _upgrade_three_at_once(settings, monkeypatch, "0008")
+    lock = settings.data_dir / "ollama_web.db.migration-lock"
+    assert lock.stat().st_mode & 0o777 == 0o600
 
 
 async def test_an_instance_waiting_for_a_sqlite_migration_says_so_and_then_migrates(
-    settings_factory: Callable[..., Settings], tmp_path: Path
+    settings_factory: Callable[..., Settings], tmp_path: Path, migration_records: _Records
 ) -> None:
     """The lock file held by another process (here: another open file, as flock sees it):
     the upgrade waits, says once what it waits for, and migrates when it is released."""
@@ -348,11 +359,7 @@ async def test_an_instance_waiting_for_a_sqlite_migration_says_so_and_then_migra
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = settings.data_dir / "ollama_web.db.migration-lock"
     engine = create_null_pool_engine(settings)
-    migrations_logger = logging.getLogger("ollama_web.migrations")
-    records = _Records()
-    migrations_logger.addHandler(records)
-    level = migrations_logger.level
-    migrations_logger.setLevel(logging.INFO)
+    records = migration_records
     try:
         with lock.open("w") as holder:
             fcntl.flock(holder, fcntl.LOCK_EX)
@@ -372,8 +379,6 @@ async def test_an_instance_waiting_for_a_sqlite_migration_says_so_and_then_migra
         assert await stored_revision(engine) == script_head()
         assert records.messages[1] == "the other migration ended; checking the schema again"
     finally:
-        migrations_logger.removeHandler(records)
-        migrations_logger.setLevel(level)
         await engine.dispose()
 
 
@@ -396,18 +401,12 @@ async def test_instances_starting_together_on_postgresql_migrate_once(
             await engine.dispose()
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.postgres
 async def test_an_instance_waiting_for_another_migration_says_who_holds_the_lock(
-    settings_factory: Callable[..., Settings], empty_pg_database: str, tmp_path: Path
+    settings_factory: Callable[..., Settings],
+    empty_pg_database: str,
+    tmp_path: Path,
+    migration_records: _Records,
 ) -> None:
     """While another session holds the migration lock, an upgrade waits (never fails on a
     half-made schema) and says so once, naming the holder's backend pid; when the lock is
@@ -419,11 +418,7 @@ async def test_an_instance_waiting_for_another_migration_says_who_holds_the_lock
     settings = settings_factory(database_url=empty_pg_database, data_dir=tmp_path / "pg")
     holder_engine = create_null_pool_engine(settings)
     engine = create_null_pool_engine(settings)
-    migrations_logger = logging.getLogger("ollama_web.migrations")
-    records = _Records()
-    migrations_logger.addHandler(records)
-    level = migrations_logger.level
-    migrations_logger.setLevel(logging.INFO)
+    records = migration_records
     try:
         async with holder_engine.connect() as holder:
             pid = (await holder.execute(text("SELECT pg_backend_pid()"))).scalar()
@@ -444,8 +439,6 @@ async def test_an_instance_waiting_for_another_migration_says_who_holds_the_lock
         assert await stored_revision(engine) == script_head()
         assert records.messages[1] == "the other migration ended; checking the schema again"
     finally:
-        migrations_logger.removeHandler(records)
-        migrations_logger.setLevel(level)
         await engine.dispose()
         await holder_engine.dispose()
 
