@@ -7,6 +7,7 @@ import asyncio
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -192,9 +193,16 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
 
     app = await backup_app()
     admin = await create_test_user(app, role="admin")
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("ollama_web.backups").addHandler(handler)
     async with asgi_client(app) as client:
         monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
-        failed = await client.post("/backup", headers=admin.headers)
+        try:
+            failed = await client.post("/backup", headers=admin.headers)
+        finally:
+            logging.getLogger("ollama_web.backups").removeHandler(handler)
         degraded = (await client.get("/health")).json()["components"]["backups"]
         monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
         taken = await client.post("/backup", headers=admin.headers)
@@ -202,6 +210,10 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
     assert (failed.status_code, failed.json()["error"]) == (503, "BACKUP_FAILED")
     assert degraded["status"] == "degraded"
     assert degraded["error"] == "manual (API): the backup failed: No space left on device"
+    # The operator's log says so too, as it does for an automatic backup.
+    assert len(errors) == 1
+    assert errors[0].startswith("manual backup (API) failed: ")
+    assert "No space left on device" in errors[0]
     assert taken.status_code == 201, taken.text
     assert healthy["status"] == "healthy"
 

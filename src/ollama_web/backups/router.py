@@ -9,13 +9,14 @@ inside BACKUP_DIR; anything else is 404 BACKUP_NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Path, Request, status
 
 from ollama_web.audit.service import record_event
 from ollama_web.auth.dependencies import AdminPrincipal
-from ollama_web.backups.errors import BackupError, BackupNotFoundError
+from ollama_web.backups.errors import BackupBusyError, BackupError, BackupNotFoundError
 from ollama_web.backups.lifespan import RUNTIME_ATTRIBUTE
 from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.names import MAX_NAME_LENGTH, is_backup_name, sort_key
@@ -26,6 +27,7 @@ from ollama_web.core.errors import InvalidCursorError
 from ollama_web.core.net import client_ip
 from ollama_web.core.pagination import Page, PageParamsDep, decode_cursor, encode_cursor
 
+logger = logging.getLogger("ollama_web.backups")
 router = APIRouter(prefix="/backup", tags=["backups"])
 
 BackupName = Annotated[
@@ -57,7 +59,15 @@ async def _find(request: Request, name: str) -> BackupInfo:
 async def create_backup(
     request: Request, principal: AdminPrincipal, session: SessionDep
 ) -> BackupPublic:
-    info = await _runtime(request).backup("manual (API)", lock_timeout=HTTP_LOCK_TIMEOUT_SECONDS)
+    try:
+        info = await _runtime(request).backup(
+            "manual (API)", lock_timeout=HTTP_LOCK_TIMEOUT_SECONDS
+        )
+    except BackupBusyError:
+        raise
+    except (BackupError, OSError) as exc:  # the answer says less: the log has the whole error
+        logger.error("manual backup (API) failed: %s", exc)
+        raise
     if info is None:
         raise BackupError("The database has no users yet; there is nothing to back up.")
     await record_event(
