@@ -37,9 +37,9 @@ async def test_health_reports_components(client: httpx.AsyncClient, settings: Se
     assert filesystem["status"] == "healthy"
     assert filesystem["free_bytes"] > 0
     assert filesystem["directories"] == {
-        "data": {"writable": True},
-        "logs": {"writable": True},
-        "backups": {"writable": True},
+        "data": {"writable": True, "low_on_space": False},
+        "logs": {"writable": True, "low_on_space": False},
+        "backups": {"writable": True, "low_on_space": False},
     }
     assert str(settings.data_dir.parent) not in response.text, "a public page shows no paths"
     assert body["uptime_seconds"] >= 0
@@ -179,6 +179,26 @@ async def test_low_free_space_is_only_degraded(
     components = health.json()["components"]
     assert components["filesystem"]["status"] == "degraded"
     assert components["database"]["status"] == "healthy"
+
+
+async def test_a_full_log_or_backup_directory_degrades_the_filesystem(
+    client: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOG_DIR or BACKUP_DIR on a disk of their own that fills up: log lines or backups are
+    being lost while DATA_DIR has room; /health said healthy."""
+    real = shutil.disk_usage
+    for full in (settings.log_dir, settings.backup_dir):
+        monkeypatch.setattr(
+            shutil,
+            "disk_usage",
+            lambda path, full=full: SimpleNamespace(free=0) if path == full else real(path),
+        )
+        answer = (await client.get("/health")).json()
+        assert "components" in answer, answer
+        filesystem = answer["components"]["filesystem"]
+        assert filesystem["status"] == "degraded", full
+        low = {name for name, entry in filesystem["directories"].items() if entry["low_on_space"]}
+        assert low == ({"logs"} if full == settings.log_dir else {"backups"})
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

@@ -96,20 +96,26 @@ def _free_bytes(path: Path) -> int:
         return 0
 
 
-def _directory_state(path: Path) -> dict[str, Any]:
-    # No path: /health is public, and the server's layout is nobody else's business.
-    return {"writable": path.is_dir() and os.access(path, os.W_OK | os.X_OK)}
+def _directory_state(path: Path, free: int | None = None) -> dict[str, Any]:
+    """Writable, and low on space (under MIN_FREE_BYTES free: logs or backups about to be
+    lost). No path: /health is public, and the server's layout is nobody else's business."""
+    return {
+        "writable": path.is_dir() and os.access(path, os.W_OK | os.X_OK),
+        "low_on_space": (_free_bytes(path) if free is None else free) < MIN_FREE_BYTES,
+    }
 
 
 def check_filesystem(core: CoreState) -> dict[str, Any]:
     settings = core.settings
+    free = _free_bytes(settings.data_dir)
     directories = {
-        "data": _directory_state(settings.data_dir),
+        "data": _directory_state(settings.data_dir, free),
         "logs": _directory_state(settings.log_dir),
         "backups": _directory_state(settings.backup_dir),
     }
-    free = _free_bytes(settings.data_dir)
-    all_writable = all(entry["writable"] for entry in directories.values())
+    all_writable = all(
+        entry["writable"] and not entry["low_on_space"] for entry in directories.values()
+    )
     status = HEALTHY
     # Almost no space is fatal where the database lives (SQLite); with PostgreSQL, DATA_DIR
     # holds only the key and locks: logs and backups suffer, requests do not.
