@@ -634,3 +634,41 @@ async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
     assert [b.reason for b in backups if b.reason and b.reason.startswith("before migrating")]
     async with asgi_client(app) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_backup_taken_whose_audit_row_fails_is_still_answered_201(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA_DIR full, BACKUP_DIR not: the archive is written, then the audit row is refused.
+    The answer was 503 DATABASE_UNAVAILABLE for a backup that exists (and a retry took
+    another); it is the backup, and the log says what was lost."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from ollama_web.backups import router
+
+    async def disk_full(*_: Any, **__: Any) -> None:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("ollama_web.backups").addHandler(handler)
+    monkeypatch.setattr(router, "record_event", disk_full)
+    try:
+        async with asgi_client(app) as client:
+            taken = await client.post("/backup", headers=admin.headers)
+            listed = (await client.get("/backup/list", headers=admin.headers)).json()["items"]
+    finally:
+        logging.getLogger("ollama_web.backups").removeHandler(handler)
+    assert taken.status_code == 201, taken.text
+    assert [item["name"] for item in listed] == [taken.json()["name"]]
+    assert errors == [
+        f"backup {taken.json()['name']} taken, but its audit event could not be stored: "
+        "OperationalError: database or disk is full"
+    ]

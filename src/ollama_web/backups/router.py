@@ -13,6 +13,7 @@ import logging
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Path, Request, status
+from sqlalchemy.exc import OperationalError
 
 from ollama_web.audit.service import record_event
 from ollama_web.auth.dependencies import AdminPrincipal
@@ -22,6 +23,7 @@ from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.names import MAX_NAME_LENGTH, is_backup_name, sort_key
 from ollama_web.backups.runtime import HTTP_LOCK_TIMEOUT_SECONDS, BackupRuntime
 from ollama_web.backups.schemas import BackupPublic, BackupStatus, BackupVerification
+from ollama_web.core.db import describe_database_error
 from ollama_web.core.dependencies import SessionDep
 from ollama_web.core.errors import InvalidCursorError
 from ollama_web.core.net import client_ip
@@ -70,15 +72,26 @@ async def create_backup(
         raise
     if info is None:
         raise BackupError("The database has no users yet; there is nothing to back up.")
-    await record_event(
-        session,
-        "backup.created",
-        actor_user_id=principal.user_id,
-        target_type="backup",
-        target_id=info.name,
-        ip_address=client_ip(request.scope, request.app.state.settings),
-        details={"size_bytes": info.size_bytes, "sha256": info.sha256},
-    )
+    try:
+        await record_event(
+            session,
+            "backup.created",
+            actor_user_id=principal.user_id,
+            target_type="backup",
+            target_id=info.name,
+            ip_address=client_ip(request.scope, request.app.state.settings),
+            details={"size_bytes": info.size_bytes, "sha256": info.sha256},
+        )
+        await session.commit()
+    except OperationalError as exc:
+        # The backup is taken (its archive written): say so, rather than a 503 that has the
+        # client (or its monitoring) take another; the lost audit row is the log's to say.
+        await session.rollback()
+        logger.error(
+            "backup %s taken, but its audit event could not be stored: %s",
+            info.name,
+            describe_database_error(exc),
+        )
     return BackupPublic.of(info)
 
 
