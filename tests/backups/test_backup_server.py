@@ -36,6 +36,7 @@ from ollama_web.migrations.runner import upgrade_settings
 from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
+from tests.fixtures.logs import app_warnings
 
 STATUS_FIELDS = {
     "enabled", "mode", "directory", "last_backup", "count", "total_size_bytes",
@@ -193,16 +194,10 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
 
     app = await backup_app()
     admin = await create_test_user(app, role="admin")
-    errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("ollama_web.backups").addHandler(handler)
     async with asgi_client(app) as client:
         monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
-        try:
+        with app_warnings("ollama_web.backups", logging.ERROR) as records:
             failed = await client.post("/backup", headers=admin.headers)
-        finally:
-            logging.getLogger("ollama_web.backups").removeHandler(handler)
         degraded = (await client.get("/health")).json()["components"]["backups"]
         monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
         taken = await client.post("/backup", headers=admin.headers)
@@ -211,9 +206,9 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
     assert degraded["status"] == "degraded"
     assert degraded["error"] == "manual (API): the backup failed: No space left on device"
     # The operator's log says so too, as it does for an automatic backup.
-    assert len(errors) == 1
-    assert errors[0].startswith("manual backup (API) failed: ")
-    assert "No space left on device" in errors[0]
+    (error,) = [record.getMessage() for record in records]
+    assert error.startswith("manual backup (API) failed: ")
+    assert "No space left on device" in error
     assert taken.status_code == 201, taken.text
     assert healthy["status"] == "healthy"
 
@@ -655,20 +650,14 @@ async def test_a_backup_taken_whose_audit_row_fails_is_still_answered_201(
     add_user_sqlite(settings, "alice")
     app = await backup_app()
     admin = await create_test_user(app, role="admin")
-    errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("ollama_web.backups").addHandler(handler)
     monkeypatch.setattr(router, "record_event", disk_full)
-    try:
+    with app_warnings("ollama_web.backups", logging.ERROR) as records:
         async with asgi_client(app) as client:
             taken = await client.post("/backup", headers=admin.headers)
             listed = (await client.get("/backup/list", headers=admin.headers)).json()["items"]
-    finally:
-        logging.getLogger("ollama_web.backups").removeHandler(handler)
     assert taken.status_code == 201, taken.text
     assert [item["name"] for item in listed] == [taken.json()["name"]]
-    assert errors == [
+    assert [record.getMessage() for record in records] == [
         f"backup {taken.json()['name']} taken, but its audit event could not be stored: "
         "OperationalError: database or disk is full"
     ]

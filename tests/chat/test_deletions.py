@@ -5,10 +5,9 @@ stopped answer. Real uvicorn on loopback, the emulator as Ollama."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any, cast
 
@@ -31,6 +30,7 @@ from tests.chat.conftest import (
     text_of,
 )
 from tests.fixtures.auth import TestUser, create_test_user, execute_sql, login_session
+from tests.fixtures.logs import app_warnings
 from tests.ollama.faults import closed_port_url
 
 
@@ -51,20 +51,6 @@ def _long_replies(emulator: OllamaEmulator) -> None:
 def _short_replies(emulator: OllamaEmulator) -> None:
     emulator.config.reply_tokens = 3
     emulator.config.tokens_per_second = 0
-
-
-@contextmanager
-def app_warnings() -> Iterator[list[logging.LogRecord]]:
-    """The warnings and errors the app logs meanwhile (its loggers do not propagate)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("ollama_web")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 async def _started(stack: AsyncExitStack, http: httpx.AsyncClient, user: TestUser) -> EventReader:
