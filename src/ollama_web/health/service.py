@@ -113,7 +113,7 @@ def check_filesystem(core: CoreState) -> dict[str, Any]:
         "logs": _directory_state(settings.log_dir),
         "backups": _directory_state(settings.backup_dir),
     }
-    all_writable = all(
+    all_usable = all(
         entry["writable"] and not entry["low_on_space"] for entry in directories.values()
     )
     status = HEALTHY
@@ -122,7 +122,7 @@ def check_filesystem(core: CoreState) -> dict[str, Any]:
     database_here = settings.is_sqlite
     if not directories["data"]["writable"] or (database_here and free < CRITICAL_FREE_BYTES):
         status = UNHEALTHY
-    elif not all_writable or free < MIN_FREE_BYTES:
+    elif not all_usable:  # DATA_DIR's free space included (its low_on_space)
         status = DEGRADED
     return {"status": status, "free_bytes": free, "directories": directories}
 
