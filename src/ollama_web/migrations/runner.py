@@ -4,7 +4,9 @@ the server does with them when it starts is in `startup`."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,7 +20,6 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ollama_web.backups.locks import FileLock, LockBusyError
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.core.startup import DatabaseUnusableError
@@ -264,27 +265,29 @@ async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def _file_lock(path: Path) -> AsyncIterator[None]:
-    """The exclusive `FileLock` on `path`, waited for in steps on the loop (a cancelled
-    wait leaves nothing behind); it is gone with the process, too."""
-    lock = FileLock(path)
-    if not _try_lock(lock):
-        logger.warning(
-            "waiting for the migration another process is running on this database (it holds %s)",
-            path,
-        )
-        while not _try_lock(lock):  # noqa: ASYNC110 - another process holds it
-            await asyncio.sleep(LOCK_POLL_SECONDS)
-        logger.warning("the other migration ended; checking the schema again")
+    """An exclusive `flock` on `path` (made 0600 if missing), waited for in steps so that
+    a cancelled wait leaves nothing behind; closing the file releases it, also when the
+    process dies."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        if not _try_lock(descriptor):
+            logger.warning(
+                "waiting for the migration another process is running on this database "
+                "(it holds %s)",
+                path,
+            )
+            while not _try_lock(descriptor):  # noqa: ASYNC110 - another process holds it
+                await asyncio.sleep(LOCK_POLL_SECONDS)
+            logger.warning("the other migration ended; checking the schema again")
         yield
     finally:
-        lock.release()
+        os.close(descriptor)
 
 
-def _try_lock(lock: FileLock) -> bool:
+def _try_lock(descriptor: int) -> bool:
     try:
-        lock.acquire()
-    except LockBusyError:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
     return True
 
