@@ -239,6 +239,75 @@ async def test_a_failed_backup_shows_in_the_health_of_every_worker(
     assert other.health()["status"] == "healthy"
 
 
+def _state_unwritable(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """DATA_DIR full: the last attempt's state file cannot be written (backups can)."""
+    from ollama_web.backups import runtime
+
+    write = runtime.write_atomically
+
+    def full(path: Path, text: str) -> None:
+        if path.parent == settings.data_dir:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, text)
+
+    monkeypatch.setattr(runtime, "write_atomically", full)
+
+
+async def test_a_backup_taken_after_a_failure_clears_health_when_data_dir_is_full(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure recorded in DATA_DIR, then DATA_DIR full: the next backup succeeded but
+    could not clear the record, and every worker's /health said the old failure for good
+    beside the newer backup."""
+    from ollama_web.backups.runtime import BackupRuntime
+
+    settings = sqlite_settings(backup_enabled=True)
+    add_user_sqlite(settings, "alice")
+    write_archive = DatabaseBackup._write_archive
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work))
+
+    leader, other = BackupRuntime(DatabaseBackup(settings)), BackupRuntime(DatabaseBackup(settings))
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    await leader.automatic_backup("scheduled")
+    assert other.health()["status"] == "degraded"
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
+    _state_unwritable(monkeypatch, settings)
+    await asyncio.sleep(1)  # a backup's name has whole seconds: one started after the failure
+    with app_warnings("ollama_web.backups") as records:
+        await leader.automatic_backup("scheduled")
+    assert "cannot record the backup attempt" in records[0].getMessage()
+    assert json.loads((settings.data_dir / ".backup-last-attempt.json").read_text())["error"]
+    assert leader.health()["status"] == "healthy"
+    assert other.health()["status"] == "healthy"
+
+
+async def test_a_failure_that_cannot_be_recorded_still_shows_in_its_workers_health(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA_DIR full and the backup failing: the failure could not be written to the state
+    file, and /health said healthy while no backup was being taken."""
+    from ollama_web.backups.runtime import BackupRuntime
+
+    settings = sqlite_settings(backup_enabled=True)
+    add_user_sqlite(settings, "alice")
+    runtime = BackupRuntime(DatabaseBackup(settings))
+    await runtime.automatic_backup("scheduled")
+    assert runtime.health()["status"] == "healthy"
+
+    def disk_full(self: DatabaseBackup, work: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work))
+
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    _state_unwritable(monkeypatch, settings)
+    await asyncio.sleep(1)
+    await runtime.automatic_backup("scheduled")
+    component = runtime.health()
+    assert component["status"] == "degraded"
+    assert component["error"] == "scheduled: the backup failed: No space left on device"
+
+
 async def test_a_backup_directory_where_no_backup_can_be_taken_shows_in_health(
     backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,7 @@ class BackupRuntime:
         self.settings = service.settings
         self.scheduler_lock = FileLock(service.directory / SCHEDULER_LOCK_NAME)
         self._last_attempt = self.settings.data_dir / LAST_ATTEMPT_NAME
+        self._unrecorded: dict[str, Any] | None = None
         self._cannot_lead: str | None = None
         self._next_attempt = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -61,24 +62,38 @@ class BackupRuntime:
     def automatic(self) -> bool:
         return self.settings.backup_enabled and self.service.mode != MODE_EXTERNAL
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the last backup attempt failed (by any worker), or None."""
+    def _standing_error(self, newest: BackupInfo | None) -> str | None:
+        """Why the last backup attempt failed (by any worker), or None: it failed after
+        the newest backup was taken. The newer of the state in DATA_DIR and this worker's
+        own, kept when that file could not be written (DATA_DIR full): a success the file
+        missed shows in the backup it made, a failure it missed in this worker's memory."""
+        states = [self._unrecorded] if self._unrecorded else []
         try:
             recorded = json.loads(self._last_attempt.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict):
+            states.append(recorded)
+        state = max(states, key=_attempted_at, default=None)
+        error = state.get("error") if state else None
+        if state is None or not isinstance(error, str):
             return None
-        error = recorded.get("error") if isinstance(recorded, dict) else None
-        return error if isinstance(error, str) else None
+        if newest is not None and newest.created_at > _attempted_at(state):
+            return None
+        return error
 
     def _record(self, error: str | None) -> None:
         if error is None and not self._last_attempt.exists():
+            self._unrecorded = None
             return
         state = {"error": error, "at": datetime.now(UTC).isoformat()}
         try:
             write_atomically(self._last_attempt, json.dumps(state))
         except OSError as exc:
+            self._unrecorded = state
             logger.warning("cannot record the backup attempt in %s: %s", self._last_attempt, exc)
+        else:
+            self._unrecorded = None
 
     def try_lead(self) -> bool:
         """Take the scheduler lock if no worker holds it. A lock that cannot even be made
@@ -208,15 +223,15 @@ class BackupRuntime:
     def health(self) -> dict[str, Any]:
         """The `backups` component of /health: freshness and the last failure (of any
         backup: a scheduled one, or one asked for when automatic backups are off)."""
-        last_error = self.last_error
+        backups = self.service.list_backups()
+        newest = newest_backup(backups)
+        last_error = self._standing_error(newest)
         if not self.automatic:
             report: dict[str, Any] = {"status": HEALTHY, "enabled": False}
             report["mode"] = self.service.mode
             if last_error is not None:
                 report.update(status=DEGRADED, error=last_error)
             return report
-        backups = self.service.list_backups()
-        newest = newest_backup(backups)
         report = {
             "status": HEALTHY,
             "enabled": True,
@@ -241,6 +256,15 @@ class BackupRuntime:
         if last_error is not None:
             report.update(status=DEGRADED, error=last_error)
         return report
+
+
+def _attempted_at(state: dict[str, Any]) -> datetime:
+    """When an attempt's state was recorded (the distant past when that cannot be read)."""
+    try:
+        at = datetime.fromisoformat(state["at"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _public_reason(exc: BackupError | OSError) -> str:
