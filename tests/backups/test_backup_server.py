@@ -308,6 +308,28 @@ async def test_a_failure_that_cannot_be_recorded_still_shows_in_its_workers_heal
     assert component["error"] == "scheduled: the backup failed: No space left on device"
 
 
+async def test_a_backup_directory_that_cannot_be_listed_is_a_degraded_component(
+    backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BACKUP_DIR without read permission (a chmod, another owner): listing it raised out
+    of the backups check and /health answered 500. (Simulated: root reads any directory.)"""
+    settings = sqlite_settings()
+    add_user_sqlite(settings, "alice")
+    app = await backup_app(backup_enabled=True)
+
+    def unreadable(self: DatabaseBackup) -> list[Any]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(settings.backup_dir))
+
+    monkeypatch.setattr(DatabaseBackup, "list_backups", unreadable)
+    async with asgi_client(app) as client:
+        response = await client.get("/health")
+    assert response.status_code == 200, response.text
+    component = response.json()["components"]["backups"]
+    assert component["status"] == "degraded"
+    assert component["error"] == "the backup directory cannot be read: Permission denied"
+    assert str(settings.backup_dir) not in json.dumps(component)
+
+
 async def test_a_backup_directory_where_no_backup_can_be_taken_shows_in_health(
     backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

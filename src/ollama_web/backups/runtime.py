@@ -223,7 +223,12 @@ class BackupRuntime:
     def health(self) -> dict[str, Any]:
         """The `backups` component of /health: freshness and the last failure (of any
         backup: a scheduled one, or one asked for when automatic backups are off)."""
-        backups = self.service.list_backups()
+        try:
+            backups = self.service.list_backups()
+        except OSError as exc:
+            error = f"the backup directory cannot be read: {exc.strerror or type(exc).__name__}"
+            mode = self.service.mode
+            return {"status": DEGRADED, "enabled": self.automatic, "mode": mode, "error": error}
         newest = newest_backup(backups)
         last_error = self._standing_error(newest)
         if not self.automatic:
