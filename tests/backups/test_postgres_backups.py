@@ -15,8 +15,9 @@ from ollama_web.backups import DatabaseBackup
 from ollama_web.backups.errors import RestoreRefusedError
 from ollama_web.backups.postgres import libpq_environment, tools_available
 from ollama_web.core.config import Settings
+from ollama_web.core.db import create_null_pool_engine
 from ollama_web.db.base import new_id
-from ollama_web.migrations.runner import script_head
+from ollama_web.migrations.runner import script_head, upgrade
 from tests.conftest import asgi_client, require_postgres_ca
 from tests.fixtures.auth import create_test_user
 
@@ -118,6 +119,49 @@ async def test_a_newer_versions_dump_is_refused(settings: Settings) -> None:
     with pytest.raises(RestoreRefusedError, match=newer):
         await asyncio.to_thread(service.restore_backup, info.path, True)
     assert await _usernames(settings) == {"alice", "bob"}
+
+
+async def test_a_dump_of_another_programs_database_is_refused(
+    settings_factory: Callable[..., Settings], empty_pg_database: str, db_backend: str
+) -> None:
+    """A users table and an alembic_version at our newest revision: the archive's table of
+    contents lacks every other table, so it is no ollama-web database, and a server
+    restored onto it would fail at every query."""
+    connection = await asyncpg.connect(empty_pg_database)
+    try:
+        await connection.execute("CREATE TABLE users (id text PRIMARY KEY)")
+        await connection.execute("CREATE TABLE alembic_version (version_num varchar(32))")
+        await connection.execute("INSERT INTO alembic_version VALUES ($1)", script_head())
+        await connection.execute("INSERT INTO users VALUES ('u1')")
+    finally:
+        await connection.close()
+    service = DatabaseBackup(settings_factory(database_url=empty_pg_database))
+    info = await asyncio.to_thread(service.create_backup)
+    assert info is not None
+    not_ours = (
+        f"the backup is not an ollama-web database at revision {script_head()}: missing "
+        "tables api_keys, audit_events, conversations, messages, user_sessions"
+    )
+    assert await asyncio.to_thread(service.verify, info.path) == [not_ours]
+    with pytest.raises(RestoreRefusedError, match=not_ours):
+        await asyncio.to_thread(service.restore_backup, info.path, True)
+
+
+async def test_a_dump_at_an_older_revision_verifies(
+    settings_factory: Callable[..., Settings], empty_pg_database: str, db_backend: str
+) -> None:
+    """Checked against the tables of its own revision, not of the newest one."""
+    settings = settings_factory(database_url=empty_pg_database)
+    engine = create_null_pool_engine(settings)
+    try:
+        await upgrade(engine, settings, "0005")
+    finally:
+        await engine.dispose()
+    await _add_user(settings, "alice")
+    service = DatabaseBackup(settings)
+    info = await asyncio.to_thread(service.create_backup)
+    assert info is not None
+    assert await asyncio.to_thread(service.verify, info.path) == []
 
 
 async def _writer(url: str, writer: int, stop: asyncio.Event, log: list[tuple[int, float]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
@@ -19,6 +20,8 @@ from ollama_web.backups import DatabaseBackup, names
 from ollama_web.backups.errors import BackupError, RestoreRefusedError
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.backups.service import _claim_name
+from ollama_web.core.db import create_null_pool_engine
+from ollama_web.migrations.runner import known_revisions, script_head, upgrade
 from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
 
 WRITERS = 4
@@ -297,6 +300,12 @@ def _rewrite(path: Path, statement: str, work: Path) -> None:
         ("corrupt pages, re-signed", "failed its check"),
         ("other database, re-signed", "no users table"),
         ("only a users table, re-signed", "no alembic_version table"),
+        (
+            "another program's users table at our revision, re-signed",
+            r"the backup is not an ollama-web database at revision 00\d\d: missing tables "
+            r"api_keys, audit_events, conversations, messages, messages_fts and \d+ more$",
+        ),
+        ("a column dropped, re-signed", r"at revision 00\d\d: missing columns users\.email$"),
         ("no revision, re-signed", "records 0 schema revisions"),
         (
             "a newer version's, re-signed",
@@ -338,6 +347,17 @@ def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
         connection.close()
         backup.write_bytes(gzip.compress(other.read_bytes()))
         _resign(backup)
+    elif damage == "another program's users table at our revision, re-signed":
+        other = tmp_path / "other.db"
+        with sqlite3.connect(other) as connection:
+            connection.execute("CREATE TABLE users (id)")
+            connection.execute("CREATE TABLE alembic_version (version_num)")
+            connection.execute("INSERT INTO alembic_version VALUES (?)", (script_head(),))
+        connection.close()
+        backup.write_bytes(gzip.compress(other.read_bytes()))
+        _resign(backup)
+    elif damage == "a column dropped, re-signed":
+        _rewrite(backup, "ALTER TABLE users DROP COLUMN email", tmp_path)
     elif damage == "no revision, re-signed":
         _rewrite(backup, "DELETE FROM alembic_version", tmp_path)
     elif damage == "a newer version's, re-signed":
@@ -350,6 +370,31 @@ def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
     assert service.database_path.read_bytes() == before
     assert usernames_sqlite(service.settings) == {"alice", "bob"}
     assert service.verify(backup), "verify reports the same problem"
+
+
+@pytest.mark.parametrize("revision", sorted(known_revisions()))
+def test_a_backup_at_each_revision_verifies_and_needs_that_revisions_tables(
+    settings_factory: SettingsMaker, tmp_path: Path, revision: str
+) -> None:
+    """A real backup at any revision this version knows is sound (an older one is checked
+    against what the migrations made up to it, not against the newest schema); the same
+    backup without one of its tables is not an ollama-web database."""
+    settings = settings_factory(data_dir=tmp_path / f"at-{revision}")
+    settings.data_dir.mkdir()
+    engine = create_null_pool_engine(settings)
+    try:
+        asyncio.run(upgrade(engine, settings, revision))
+    finally:
+        asyncio.run(engine.dispose())
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    info = service.create_backup()
+    assert info is not None
+    assert service.verify(info.path) == []
+    _rewrite(info.path, "DROP TABLE api_keys", tmp_path)
+    assert service.verify(info.path) == [
+        f"the backup is not an ollama-web database at revision {revision}: missing tables api_keys"
+    ]
 
 
 def test_restore_is_refused_while_a_server_holds_the_database(

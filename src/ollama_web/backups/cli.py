@@ -2,7 +2,7 @@
 
     ollama-web backup                 take a backup now (none while there are no users)
     ollama-web backup --list          list backups, newest first
-    ollama-web backup --verify NAME   check a backup's sha256, integrity and schema revision
+    ollama-web backup --verify NAME   check a backup's sha256, integrity, schema revision and tables
     ollama-web restore FILE [--force] restore (stop the server first)
 
 FILE (and NAME) is one of the listed backup names in BACKUP_DIR, or the path of a backup file
@@ -59,7 +59,7 @@ def _verify(service: DatabaseBackup, given: str) -> int:
     for problem in problems:
         print(f"{path.name}: {problem}", file=sys.stderr)
     if not problems:
-        print(f"{path.name}: ok (sha256, integrity check and schema revision)")
+        print(f"{path.name}: ok (sha256, integrity check, schema revision and tables)")
     return EXIT_FAILED if problems else 0
 
 

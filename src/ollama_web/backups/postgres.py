@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -137,19 +138,27 @@ def content_digest(archive: Path) -> str | None:
     return digest.hexdigest()
 
 
+NO_USERS_TABLE = "the archive does not hold an ollama-web database (no users table)"
+# A table in `pg_restore --list`: "216; 1259 41718 TABLE public users owner".
+_TOC_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE public (\S+)(?: |$)", re.MULTILINE)
+
+
+def archive_tables(archive: Path) -> set[str]:
+    """The tables (schema public) of the archive's table of contents; PostgresBackupError
+    when pg_restore cannot read it."""
+    process = _run(["pg_restore", "--list", str(archive)], None)
+    if process.returncode != 0:
+        raise PostgresBackupError((process.stderr.strip() or "unreadable archive")[:500])
+    return set(_TOC_TABLE.findall(process.stdout))
+
+
 def archive_problems(archive: Path) -> list[str]:
-    """[] when pg_restore can read the archive's table of contents."""
+    """[] when pg_restore can read the archive's table of contents, which lists users."""
     try:
-        process = _run(["pg_restore", "--list", str(archive)], None)
+        tables = archive_tables(archive)
     except PostgresBackupError as exc:
         return [str(exc)]
-    if process.returncode != 0:
-        return [(process.stderr.strip() or "unreadable archive")[:500]]
-    if "TABLE public users" not in process.stdout and "TABLE DATA public users" not in (
-        process.stdout
-    ):
-        return ["the archive does not hold an ollama-web database (no users table)"]
-    return []
+    return [] if "users" in tables else [NO_USERS_TABLE]
 
 
 def archive_revisions(archive: Path) -> list[str] | None:

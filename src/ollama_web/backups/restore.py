@@ -6,7 +6,8 @@ Order of a restore, nothing replaced until every check passed:
 2. the archive's sha256 must equal its sidecar `<name>.sha256` (tampering, truncation);
 3. the archive must unpack into a database that passes `PRAGMA integrity_check` and holds
    the users table (PostgreSQL: `pg_restore --list` must read it), at one schema revision
-   this version knows (an older one is upgraded by `migrate`; a newer one is refused);
+   this version knows (an older one is upgraded by `migrate`; a newer one is refused), with
+   every table (SQLite: and column) our migrations create up to it (`schema`);
 4. an existing database with users is only replaced with `force=True` (`--force`);
 5. a safety backup of the current database is taken (listed like any other backup, and
    without applying the retention, which could delete the backup being restored); with
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ollama_web.backups import names, postgres, sqlite
+from ollama_web.backups import names, postgres, schema, sqlite
 from ollama_web.backups.errors import BackupError, RestoreRefusedError
 from ollama_web.backups.locks import LockBusyError, holding, server_lock_paths
 from ollama_web.backups.service import sha256_file
@@ -73,12 +74,31 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
 
 def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
     if not backup.settings.is_sqlite:
-        problems = postgres.archive_problems(database)
-        return problems or revision_problems(postgres.archive_revisions(database))
+        return _archive_problems(database)
     problems = sqlite.integrity_problems(database)
     if not problems and "users" not in sqlite.tables(database):
         problems = ["the backup does not hold an ollama-web database (no users table)"]
-    return problems or revision_problems(sqlite.stored_revisions(database))
+    if problems:
+        return problems
+    revisions = sqlite.stored_revisions(database)
+    problems = revision_problems(revisions)
+    if problems or revisions is None:
+        return problems
+    return schema.sqlite_problems(database, revisions[0])
+
+
+def _archive_problems(archive: Path) -> list[str]:
+    try:
+        tables = postgres.archive_tables(archive)
+    except postgres.PostgresBackupError as exc:
+        return [str(exc)]
+    if "users" not in tables:
+        return [postgres.NO_USERS_TABLE]
+    revisions = postgres.archive_revisions(archive)
+    problems = revision_problems(revisions)
+    if problems or revisions is None:
+        return problems
+    return schema.postgres_problems(tables, revisions[0])
 
 
 def revision_problems(revisions: list[str] | None) -> list[str]:

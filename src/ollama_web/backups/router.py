@@ -132,7 +132,7 @@ async def get_backup(request: Request, principal: AdminPrincipal, name: BackupNa
 
 @router.post(
     "/{name}/verify",
-    summary="Check a backup: sha256 against its sidecar, then its integrity and schema revision",
+    summary="Check a backup: sha256 against its sidecar, then its integrity and schema",
     responses={404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"}},
 )
 async def verify_backup(

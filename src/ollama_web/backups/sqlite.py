@@ -13,7 +13,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 COPY_CHUNK = 1024 * 1024
@@ -93,6 +93,38 @@ def tables(database: Path) -> set[str]:
     try:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return {str(row[0]) for row in rows}
+    finally:
+        connection.close()
+
+
+_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite^_%' ESCAPE '^'"
+    " ORDER BY name"
+)
+_COLUMNS = "SELECT name FROM pragma_table_info(?)"
+
+
+def schema(
+    connection: sqlite3.Connection, only: Collection[str] | None = None
+) -> dict[str, frozenset[str]]:
+    """The column names of each table (not views, nor SQLite's own `sqlite_*`); with `only`,
+    of those of them that exist. A table outside `only` is never opened: an extra virtual
+    table of a module this SQLite lacks could not be."""
+    names = [str(row[0]) for row in connection.execute(_TABLES)]
+    return {
+        name: frozenset(str(row[0]) for row in connection.execute(_COLUMNS, (name,)))
+        for name in names
+        if only is None or name in only
+    }
+
+
+def stored_schema(database: Path, only: Collection[str]) -> dict[str, frozenset[str]]:
+    """`schema` of a copy, for the tables in `only` it has."""
+    connection = _connect_private(database)
+    try:
+        return schema(connection, only)
+    except sqlite3.DatabaseError as exc:
+        raise SQLiteBackupError(f"the schema cannot be read: {exc}") from exc
     finally:
         connection.close()
 

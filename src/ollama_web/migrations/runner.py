@@ -175,7 +175,7 @@ def _pending(connection: Connection) -> MigrationStatus:
     return MigrationStatus(current=current, head=head, pending=pending)
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def upgrade_connection(connection: Connection, revision: str) -> None:
     """Every step to `revision` in one transaction, on SQLite too: a migration that fails or
     is killed half-way (a power cut, the OOM killer, systemd's SIGKILL during a long
     upgrade) leaves the database as it was, and the next start tries again. SQLite can
@@ -219,7 +219,7 @@ async def upgrade(
             for hook in _before_upgrade_hooks:
                 await hook(settings, status)
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade, revision)
+            await conn.run_sync(upgrade_connection, revision)
     logger.info("migrated database from %s to %s", status.current or "empty", status.head)
     return status
 
