@@ -296,6 +296,7 @@ def _rewrite(path: Path, statement: str, work: Path) -> None:
     [
         ("flip a byte", "sha256 mismatch"),
         ("truncate and re-sign", "cannot be decompressed"),
+        ("a damaged deflate stream, re-signed", "cannot be decompressed: .*invalid block type"),
         ("not sqlite, re-signed", "not a usable SQLite database"),
         ("corrupt pages, re-signed", "failed its check"),
         ("other database, re-signed", "no users table"),
@@ -323,6 +324,13 @@ def test_a_corrupted_or_tampered_backup_is_refused_and_nothing_changes(
         _tamper(backup)
     elif damage == "truncate and re-sign":
         backup.write_bytes(backup.read_bytes()[:200])
+        _resign(backup)
+    elif damage == "a damaged deflate stream, re-signed":
+        # A header without a file name: the deflate stream starts at byte 10, whose bits
+        # 1-2 are the first block's type; 3 is reserved (zlib.error, not an OSError).
+        raw = bytearray(gzip.compress(gzip.decompress(backup.read_bytes())))
+        raw[10] |= 0b110
+        backup.write_bytes(bytes(raw))
         _resign(backup)
     elif damage == "not sqlite, re-signed":
         backup.write_bytes(gzip.compress(b"this is not a database" * 100))

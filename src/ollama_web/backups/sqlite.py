@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def gunzip_file(source: Path, destination: Path) -> None:
         create_private(destination)
         with gzip.open(source, "rb") as packed, destination.open("wb") as raw:
             shutil.copyfileobj(packed, raw, COPY_CHUNK)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged stream is a zlib.error
         raise SQLiteBackupError(f"the archive cannot be decompressed: {exc}") from exc
     fsync_file(destination)
 
