@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from ollama_web.core.config import Settings
 from ollama_web.core.directories import DirectoryError, prepare_directories
 from ollama_web.core.logging import SharedRotatingFileHandler
 from ollama_web.core.startup import EXIT_CONFIG_ERROR
+from tests.fixtures.privileges import unprivileged
 
 # Each makes one directory unusable under tmp_path: (variable, its value, what to make).
 Breakage = Callable[[Path], None]
@@ -35,7 +35,7 @@ def _under_a_regular_file(path: Path) -> None:
 
 def _read_only(path: Path) -> None:
     # 0500 stops a write only without CAP_DAC_OVERRIDE: as root the commands run through
-    # `_unprivileged`, and the in-process checks skip this case.
+    # `unprivileged`, and the in-process checks skip this case.
     path.mkdir()
     path.chmod(0o500)
 
@@ -100,17 +100,6 @@ def test_missing_directories_are_created_and_nothing_is_left_in_them(
     assert stat.S_IMODE(settings.backup_dir.stat().st_mode) == 0o700
 
 
-def _unprivileged() -> list[str]:
-    """A prefix that runs a command without the capability that lets root write where a
-    mode forbids it (the service's user), or nothing when we are not root."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is not installed")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-
-
 COMMANDS = {
     "serve": ["-m", "ollama_web", "serve", "--port", "9"],
     "uvicorn": ["-m", "uvicorn", "ollama_web.main:app", "--port", "9"],
@@ -143,7 +132,7 @@ def test_the_server_refuses_an_unusable_directory_in_one_line_with_exit_78(
         variable: str(path),
     }
     result = subprocess.run(
-        [*_unprivileged(), sys.executable, *COMMANDS[command]],
+        [*unprivileged(), sys.executable, *COMMANDS[command]],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
