@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,53 @@ def sqlite_settings(
         return settings_factory(**overrides)
 
     return make
+
+
+@pytest.fixture
+def small_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path/data on a 1 MiB tmpfs of its own, which `fill` fills for real (ENOSPC)
+    without touching the host's disk; skipped where a tmpfs cannot be mounted (mounting
+    needs root, or CAP_SYS_ADMIN)."""
+    if shutil.which("mount") is None:
+        pytest.skip("mount (util-linux) is not installed")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(data_dir)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield data_dir
+    finally:
+        subprocess.run(["umount", "--lazy", str(data_dir)], capture_output=True, check=True)
+
+
+def remount(directory: Path, mode: str) -> None:
+    """Remount `small_data_dir` read-only ("ro") or read-write ("rw")."""
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(directory)], check=True)
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of `directory` with a file until `leave` bytes or fewer are free:
+    what wants more is told ENOSPC. Returns the file (remove it to make room again)."""
+    filler = directory / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while _free_bytes(directory) > leave:
+            os.write(descriptor, b"\0" * 4096)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def _free_bytes(directory: Path) -> int:
+    usage = os.statvfs(directory)
+    return usage.f_bavail * usage.f_frsize
 
 
 @pytest.fixture

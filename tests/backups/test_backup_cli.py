@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 
 from ollama_web.backups import DatabaseBackup, names
+from ollama_web.backups.cli import EXIT_NOT_CHECKED
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.migrations.runner import script_head, upgrade
-from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
+from tests.backups.conftest import SettingsMaker, add_user_sqlite, fill, usernames_sqlite
 from tests.conftest import TEST_SECRET
+from tests.fixtures.privileges import unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,6 +199,56 @@ def test_an_older_versions_backup_is_restored_then_migrated(
     assert main(["migrate"]) == 0
     assert f"upgraded 0005 -> {script_head()}" in capsys.readouterr().out
     assert usernames_sqlite(settings) == {"alice"}
+
+
+def test_a_backup_with_no_room_to_unpack_it_is_not_called_damaged_by_the_commands(
+    small_data_dir: Path, environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check could not run (DATA_DIR full): not exit 1 and "cannot be decompressed",
+    which a script (or an operator) takes for a damaged backup, but its own status."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    add_user_sqlite(settings, "bob")
+    filler = fill(small_data_dir)
+    capsys.readouterr()
+    assert main(["backup", "--verify", info.name]) == EXIT_NOT_CHECKED
+    assert main(["restore", info.name, "--force"]) == EXIT_NOT_CHECKED
+    filler.unlink()
+    unchecked = (
+        "the backup could not be checked, which says nothing about it: unpacking it beside "
+        "the database failed (No space left on device)"
+    )
+    verify_line, restore_line = capsys.readouterr().err.splitlines()
+    assert verify_line.startswith(f"{info.name}: {unchecked}")
+    assert restore_line.startswith(f"restore refused, nothing was changed: {unchecked}")
+    assert usernames_sqlite(settings) == {"alice", "bob"}
+    assert main(["backup", "--verify", info.name]) == 0
+
+
+def test_verify_in_a_read_only_data_dir_says_the_check_could_not_run(
+    environment: SettingsMaker,
+) -> None:
+    """A DATA_DIR the service's user cannot write (run as that user: root writes anyway)."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    settings.data_dir.chmod(0o500)
+    try:
+        result = subprocess.run(
+            [*unprivileged(), sys.executable, "-m", "ollama_web", "backup", "--verify", info.name],
+            env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        settings.data_dir.chmod(0o700)
+    assert result.returncode == EXIT_NOT_CHECKED, result.stderr
+    assert result.stderr == (
+        f"{info.name}: the backup could not be checked, which says nothing about it: unpacking "
+        "it beside the database failed (Permission denied); make room there, or make it "
+        "writable, and try again\n"
+    )
 
 
 def test_a_tampered_file_is_refused_by_the_command(

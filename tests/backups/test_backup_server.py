@@ -33,7 +33,7 @@ from ollama_web.backups.locks import (
 from ollama_web.core.config import Settings
 from ollama_web.keys.service import _KEY_LOOKUP
 from ollama_web.migrations.runner import upgrade_settings
-from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite
+from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite, fill
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
 from tests.fixtures.logs import app_warnings
@@ -466,6 +466,31 @@ async def test_verify_reports_a_tampered_backup(backup_app: AppMaker) -> None:
         verified = (await client.post(f"/backup/{name}/verify", headers=admin.headers)).json()
     assert verified["valid"] is False
     assert "sha256 mismatch" in verified["problems"][0]
+
+
+async def test_verify_answers_503_when_the_backup_cannot_be_unpacked_to_be_checked(
+    small_data_dir: Path, backup_app: AppMaker
+) -> None:
+    """DATA_DIR full: verify answered 200 {valid: false, "cannot be decompressed"} of a
+    sound backup. The check could not run: a 503 that says so, the path left to the log."""
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        filler = fill(small_data_dir, leave=64 * 1024)  # room for the request's own writes
+        with app_warnings("ollama_web.backups", logging.ERROR) as records:
+            unchecked = await client.post(f"/backup/{name}/verify", headers=admin.headers)
+        filler.unlink()
+        verified = await client.post(f"/backup/{name}/verify", headers=admin.headers)
+    assert unchecked.status_code == 503, unchecked.text
+    body = unchecked.json()
+    assert body["error"] == "BACKUP_CHECK_FAILED"
+    assert body["message"].startswith("the backup could not be checked, which says nothing")
+    assert body["details"] == {"reason": "No space left on device"}
+    assert str(small_data_dir) not in unchecked.text
+    (logged,) = [record.getMessage() for record in records]
+    assert logged.startswith(f"backup {name} could not be checked: [Errno 28]")
+    assert verified.json() == {"name": name, "valid": True, "problems": []}
 
 
 async def test_names_from_requests_must_be_listed_backups(

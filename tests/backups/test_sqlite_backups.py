@@ -17,12 +17,18 @@ from pathlib import Path
 import pytest
 
 from ollama_web.backups import DatabaseBackup, names
-from ollama_web.backups.errors import BackupError, RestoreRefusedError
+from ollama_web.backups.errors import BackupCheckError, BackupError, RestoreRefusedError
 from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.backups.service import _claim_name
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.migrations.runner import known_revisions, script_head, upgrade
-from tests.backups.conftest import SettingsMaker, add_user_sqlite, usernames_sqlite
+from tests.backups.conftest import (
+    SettingsMaker,
+    add_user_sqlite,
+    fill,
+    remount,
+    usernames_sqlite,
+)
 
 WRITERS = 4
 
@@ -403,6 +409,46 @@ def test_a_backup_at_each_revision_verifies_and_needs_that_revisions_tables(
     assert service.verify(info.path) == [
         f"the backup is not an ollama-web database at revision {revision}: missing tables api_keys"
     ]
+
+
+def test_a_backup_with_no_room_to_unpack_it_is_not_called_damaged(
+    small_data_dir: Path, sqlite_settings: SettingsMaker
+) -> None:
+    """Verify and restore unpack the backup beside the database. With that filesystem full
+    they said "the archive cannot be decompressed" of a sound backup (which an operator
+    could delete for it): the check could not run, and they say that; nothing changes."""
+    service, backup = _backup_with_alice(sqlite_settings)
+    assert service.database_path.parent == small_data_dir
+    filler = fill(small_data_dir)
+    with pytest.raises(BackupCheckError) as verified:
+        service.verify(backup)
+    with pytest.raises(BackupCheckError) as restored:
+        service.restore_backup(backup, force=True)
+    left = [path.name for path in small_data_dir.iterdir()]
+    filler.unlink()
+    for error in (verified.value, restored.value):
+        assert (error.status_code, error.code) == (503, "BACKUP_CHECK_FAILED")
+        assert error.message.startswith("the backup could not be checked, which says nothing")
+        assert "(No space left on device)" in error.message
+        assert str(small_data_dir) not in error.message
+    assert not [name for name in left if name.startswith(names.UNPACKED_PREFIX)]
+    assert usernames_sqlite(service.settings) == {"alice", "bob"}
+    assert service.verify(backup) == [], "the backup was sound all along"
+
+
+def test_verify_on_a_read_only_filesystem_says_the_check_could_not_run(
+    small_data_dir: Path, sqlite_settings: SettingsMaker
+) -> None:
+    """Also with nothing to clean up: removing the copy that was never made fails there
+    too (EROFS, not ENOENT), and that error took the place of this one."""
+    service, backup = _backup_with_alice(sqlite_settings)
+    remount(small_data_dir, "ro")
+    try:
+        with pytest.raises(BackupCheckError, match=r"failed \(Read-only file system\)"):
+            service.verify(backup)
+    finally:
+        remount(small_data_dir, "rw")
+    assert service.verify(backup) == []
 
 
 def test_restore_is_refused_while_a_server_holds_the_database(

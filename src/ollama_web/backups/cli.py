@@ -7,8 +7,10 @@
 
 FILE (and NAME) is one of the listed backup names in BACKUP_DIR, or the path of a backup file
 the operator names (its `.sha256` sidecar must be next to it). Exit codes, as README lists
-them: 0 done; 1 refused or failed, nothing changed (also: no such backup, no pg_dump);
-2 a malformed command line; 78 invalid configuration.
+them: 0 done; 1 refused or failed, nothing changed (also: no such backup, no pg_dump; for
+--verify, the backup is damaged or not ours); 2 a malformed command line; 74 the backup
+could not be checked (no room or no write access beside the database to unpack it), which
+says nothing about it, and nothing changed; 78 invalid configuration.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from ollama_web.backups import names
-from ollama_web.backups.errors import BackupError, BackupsExternalError, RestoreRefusedError
+from ollama_web.backups.errors import (
+    BackupCheckError,
+    BackupError,
+    BackupsExternalError,
+    RestoreRefusedError,
+)
 from ollama_web.backups.lifespan import install_migration_hook
 from ollama_web.backups.service import DatabaseBackup
 from ollama_web.core.startup import load_settings_or_exit
 
 EXIT_FAILED = 1
+EXIT_NOT_CHECKED = 74  # EX_IOERR from sysexits.h: not 1, which says the backup is bad
 
 
 def _resolve(service: DatabaseBackup, given: str) -> Path | None:
@@ -55,7 +63,11 @@ def _verify(service: DatabaseBackup, given: str) -> int:
     if path is None:
         print(f"no such backup: {given}", file=sys.stderr)
         return EXIT_FAILED
-    problems = service.verify(path)
+    try:
+        problems = service.verify(path)
+    except BackupCheckError as exc:
+        print(f"{path.name}: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
     for problem in problems:
         print(f"{path.name}: {problem}", file=sys.stderr)
     if not problems:
@@ -98,6 +110,9 @@ def _restore(args: argparse.Namespace) -> int:
     except RestoreRefusedError as exc:
         print(f"restore refused, nothing was changed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BackupCheckError as exc:
+        print(f"restore refused, nothing was changed: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
     print(f"restored {path.name}")
     if result["safety_backup"]:
         print(f"the previous database was saved as {result['safety_backup']}")

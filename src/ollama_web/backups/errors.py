@@ -12,6 +12,13 @@ class BackupError(AppError):
     code = "BACKUP_FAILED"
 
 
+class BackupCheckError(BackupError):
+    """A backup could not be checked: there was no room, or no write access, where it is
+    unpacked (beside the database). That says nothing about the backup, sound or not."""
+
+    code = "BACKUP_CHECK_FAILED"
+
+
 class BackupBusyError(BackupError):
     """Another backup holds the lock: nothing failed, try again shortly."""
 

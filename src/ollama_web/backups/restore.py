@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ollama_web.backups import names, postgres, schema, sqlite
-from ollama_web.backups.errors import BackupError, RestoreRefusedError
+from ollama_web.backups.errors import BackupCheckError, BackupError, RestoreRefusedError
 from ollama_web.backups.locks import LockBusyError, holding, server_lock_paths
 from ollama_web.backups.service import sha256_file
 from ollama_web.migrations.runner import known_revisions, script_head
@@ -58,18 +58,35 @@ def checksum_problems(path: Path) -> list[str]:
 
 @contextlib.contextmanager
 def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
-    """The backup as a database file in the database's directory (removed afterwards)."""
+    """The backup as a database file in the database's directory (removed afterwards).
+    BackupCheckError when it cannot be written there: the check cannot run, which is no
+    reason to call the backup damaged (an operator could delete a sound one for it)."""
     if not backup.settings.is_sqlite:
         yield path
         return
     target_dir = backup.database_path.parent
-    target_dir.mkdir(parents=True, exist_ok=True)
     work = target_dir / f"{names.UNPACKED_PREFIX}{uuid.uuid4().hex}.db"
     try:
-        sqlite.gunzip_file(path, work)
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            sqlite.gunzip_file(path, work)
+        except OSError as exc:
+            raise _cannot_check(exc) from exc
         yield work
     finally:
-        work.unlink(missing_ok=True)
+        if work.exists():  # (unlinking a missing file fails on a read-only filesystem)
+            work.unlink()
+
+
+def _cannot_check(exc: OSError) -> BackupCheckError:
+    """The error for a backup that could not be unpacked beside the database, in the OS's
+    words without the path they carry (the route logs the whole error)."""
+    reason = exc.strerror or type(exc).__name__
+    return BackupCheckError(
+        f"the backup could not be checked, which says nothing about it: unpacking it beside "
+        f"the database failed ({reason}); make room there, or make it writable, and try again",
+        details={"reason": reason},
+    )
 
 
 def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
@@ -121,7 +138,8 @@ def revision_problems(revisions: list[str] | None) -> list[str]:
 
 
 def verify_archive(backup: DatabaseBackup, path: Path) -> list[str]:
-    """Every problem found with a backup ([] when it is sound)."""
+    """Every problem found with a backup ([] when it is sound); BackupCheckError when the
+    check could not run."""
     if not path.is_file():
         return [f"{path} is not a file"]
     problems = checksum_problems(path)
@@ -185,7 +203,8 @@ def _set_aside(database: Path, why: Exception) -> str:
 
 
 def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any]:
-    """Restore `path` over the configured database; RestoreRefusedError changes nothing."""
+    """Restore `path` over the configured database. RestoreRefusedError changes nothing,
+    nor does BackupCheckError (the backup could not be checked)."""
     if backup.mode == "external":
         raise RestoreRefusedError("PostgreSQL backups are external: pg_restore is not installed")
     with contextlib.ExitStack() as locks:

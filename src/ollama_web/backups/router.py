@@ -17,7 +17,12 @@ from sqlalchemy.exc import OperationalError
 
 from ollama_web.audit.service import record_event
 from ollama_web.auth.dependencies import AdminPrincipal
-from ollama_web.backups.errors import BackupBusyError, BackupError, BackupNotFoundError
+from ollama_web.backups.errors import (
+    BackupBusyError,
+    BackupCheckError,
+    BackupError,
+    BackupNotFoundError,
+)
 from ollama_web.backups.lifespan import RUNTIME_ATTRIBUTE
 from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.names import MAX_NAME_LENGTH, is_backup_name, sort_key
@@ -133,11 +138,21 @@ async def get_backup(request: Request, principal: AdminPrincipal, name: BackupNa
 @router.post(
     "/{name}/verify",
     summary="Check a backup: sha256 against its sidecar, then its integrity and schema",
-    responses={404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"}},
+    responses={
+        404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"},
+        503: {
+            "description": "BACKUP_CHECK_FAILED: the check could not run (no room or no "
+            "write access beside the database to unpack the backup); says nothing about it"
+        },
+    },
 )
 async def verify_backup(
     request: Request, principal: AdminPrincipal, name: BackupName
 ) -> BackupVerification:
     info = await _find(request, name)
-    problems = await asyncio.to_thread(_runtime(request).service.verify, info.path)
+    try:
+        problems = await asyncio.to_thread(_runtime(request).service.verify, info.path)
+    except BackupCheckError as exc:  # the answer leaves out the path: the log has it
+        logger.error("backup %s could not be checked: %s", info.name, exc.__cause__ or exc)
+        raise
     return BackupVerification(name=info.name, valid=not problems, problems=problems)

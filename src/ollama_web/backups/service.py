@@ -285,7 +285,8 @@ class DatabaseBackup:
 
     # Verification ----------------------------------------------------------------------
     def verify(self, path: Path) -> list[str]:
-        """[] when the archive matches its recorded sha256 and its database checks out."""
+        """[] when the archive matches its recorded sha256 and its database checks out;
+        BackupCheckError when it could not be checked (no room to unpack it)."""
         from ollama_web.backups.restore import verify_archive
 
         return verify_archive(self, path)

@@ -11,10 +11,9 @@ import contextlib
 import gzip
 import hashlib
 import os
-import shutil
 import sqlite3
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 COPY_CHUNK = 1024 * 1024
@@ -159,14 +158,23 @@ def gzip_file(source: Path, destination: Path) -> str:
 
 
 def gunzip_file(source: Path, destination: Path) -> None:
-    """Decompress; a damaged archive raises SQLiteBackupError."""
+    """Decompress. A damaged (or unreadable) archive raises SQLiteBackupError; an OSError is
+    the destination's (its filesystem full or read-only, its directory not writable), and
+    says nothing about the archive."""
+    create_private(destination)
+    with destination.open("wb") as raw:
+        for chunk in _decompressed(source):
+            raw.write(chunk)
+    fsync_file(destination)
+
+
+def _decompressed(source: Path) -> Iterator[bytes]:
     try:
-        create_private(destination)
-        with gzip.open(source, "rb") as packed, destination.open("wb") as raw:
-            shutil.copyfileobj(packed, raw, COPY_CHUNK)
+        with gzip.open(source, "rb") as packed:
+            while chunk := packed.read(COPY_CHUNK):
+                yield chunk
     except (OSError, EOFError, zlib.error) as exc:  # a damaged stream is a zlib.error
         raise SQLiteBackupError(f"the archive cannot be decompressed: {exc}") from exc
-    fsync_file(destination)
 
 
 def create_private(path: Path) -> None:
