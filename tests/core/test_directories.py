@@ -91,13 +91,19 @@ def test_missing_directories_are_created_and_nothing_is_left_in_them(
     settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = settings_factory()
-    prepare_directories(settings)
+    umask = os.umask(0)  # the most permissive: modes are the server's own, not the umask's
+    try:
+        prepare_directories(settings)
+    finally:
+        os.umask(umask)
     prepare_directories(settings)  # an existing one is fine
     for variable, path in _directories(tmp_path).items():
         assert list(path.iterdir()) == [], variable
-    # What holds the database and the backups is private to the service's user.
+    # What holds the database and the backups is private to the service's user; the logs
+    # (0640 files) may be read by its group. LOG_DIR was 0777 under umask 000.
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(settings.backup_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.log_dir.stat().st_mode) == 0o750
 
 
 COMMANDS = {
@@ -138,6 +144,75 @@ def test_the_server_refuses_an_unusable_directory_in_one_line_with_exit_78(
     assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
     assert result.stderr.startswith(f"error: cannot use {variable} {path}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+NOBODY = 65534  # a user id the tests are not: the owner of what "another user" left
+
+
+def _base_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
+        **{name: str(value) for name, value in _directories(tmp_path).items()},
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["ollama_web.db", "ollama_web.db-wal", ".secret_key", "ollama-web.lock"]
+)
+def test_a_server_file_another_user_left_is_named_in_one_line_with_exit_78(
+    tmp_path: Path, name: str
+) -> None:
+    """A database, -wal, secret key or lock file of another user's, mode 0600 (left by a
+    copy, or a command run as another user): the start failed deep inside with "unable to
+    open database file" or a bare EACCES and exit status 3, which systemd restarts for ever."""
+    if os.geteuid() != 0:
+        pytest.skip("making a file of another user's takes root")
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    left = data / name
+    left.write_bytes(b"")
+    left.chmod(0o600)
+    os.chown(left, NOBODY, NOBODY)
+    result = subprocess.run(
+        [*unprivileged(), sys.executable, *COMMANDS["serve"]],
+        capture_output=True, text=True, env=_base_env(tmp_path), cwd=tmp_path, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
+    assert result.stderr.startswith(f"error: cannot use {left}: owned by "), result.stderr
+    assert ", mode 0600, and this user (root) cannot read and write it;" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve", "--port", "9"], ["users", "list"], ["backup"], ["migrate"]],
+    ids=lambda command: command[0],
+)
+def test_root_is_refused_on_a_data_dir_another_user_owns(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`sudo ollama-web backup|migrate|restore|serve` on the service's DATA_DIR left root's
+    files there (the database, its -wal, lock files, backups root-only in BACKUP_DIR): the
+    service then failed to start, one file at a time, or did not see those backups."""
+    if os.geteuid() != 0:
+        pytest.skip("the refusal is for root")
+    for directory in _directories(tmp_path).values():
+        directory.mkdir(mode=0o700)
+        os.chown(directory, NOBODY, NOBODY)
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", *command],
+        capture_output=True, text=True, env=_base_env(tmp_path), cwd=tmp_path, timeout=60,
+        check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
+    data = tmp_path / "data"
+    owner = result.stderr.split(" belongs to ")[1].split(",")[0]
+    assert result.stderr.startswith(f"DATA_DIR {data} belongs to {owner}, and this runs as root")
+    assert f"Run it as {owner}: sudo -u {owner} " in result.stderr
+    assert result.stderr.rstrip().endswith(" ".join(command)), result.stderr
+    for directory in _directories(tmp_path).values():
+        assert list(directory.iterdir()) == [], directory  # nothing made there
 
 
 def test_a_log_file_that_fails_after_the_start_is_said_once_not_per_record(

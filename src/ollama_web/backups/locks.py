@@ -34,6 +34,7 @@ SERVER_LOCK_NAME = "ollama-web.lock"
 BACKUP_LOCK_NAME = ".backup.lock"
 SCHEDULER_LOCK_NAME = ".scheduler.lock"
 DATABASE_LOCK_SUFFIX = ".server.lock"
+MIGRATION_LOCK_SUFFIX = ".migration-lock"  # beside a SQLite database: one upgrade at a time
 
 
 class LockBusyError(Exception):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
 from ollama_web.core.config import Settings
-from ollama_web.core.logging import LOG_FILES
+from ollama_web.core.logging import LOG_DIR_MODE, LOG_FILES
+from ollama_web.core.startup import user_name
 
 WRITE_CHECK_PREFIX = ".write-check-"
 
@@ -32,10 +34,11 @@ _PREPARED: set[tuple[Path | None, ...]] = set()
 
 
 def prepare_directories(settings: Settings) -> None:
-    """Create the missing directories (DATA_DIR and BACKUP_DIR private to the service's user,
-    0700; an existing one keeps the mode its owner gave it) and check that DATA_DIR (the
-    database, the secret key, the server lock) and LOG_DIR, with its log files, can be
-    written. BACKUP_DIR only has to be a directory: a backup that cannot be written fails on
+    """Create the missing directories (DATA_DIR, BACKUP_DIR and PROMETHEUS_MULTIPROC_DIR
+    private to the service's user, 0700; LOG_DIR 0750 as its files, whatever the umask; an
+    existing one keeps the mode its owner gave it) and check that DATA_DIR (the database, the
+    secret key, the server lock: those that exist too) and LOG_DIR, with its log files, can
+    be written. BACKUP_DIR only has to be a directory: a backup that cannot be written fails on
     its own, /health's `backups` component says so, and the server serves without it.
     PROMETHEUS_MULTIPROC_DIR, when set, must be writable too."""
     key = (
@@ -47,7 +50,8 @@ def prepare_directories(settings: Settings) -> None:
     if key in _PREPARED:
         return
     _prepare("DATA_DIR", settings.data_dir, mode=0o700, writable=True)
-    _prepare("LOG_DIR", settings.log_dir, mode=0o777, writable=True)
+    _check_server_files(settings)
+    _prepare("LOG_DIR", settings.log_dir, mode=LOG_DIR_MODE, writable=True)
     for name in LOG_FILES:
         path = settings.log_dir / name
         try:
@@ -60,7 +64,7 @@ def prepare_directories(settings: Settings) -> None:
     _prepare("BACKUP_DIR", settings.backup_dir, mode=0o700, writable=False)
     if settings.prometheus_multiproc_dir is not None:  # every worker writes its values there
         _prepare(
-            "PROMETHEUS_MULTIPROC_DIR", settings.prometheus_multiproc_dir, mode=0o777, writable=True
+            "PROMETHEUS_MULTIPROC_DIR", settings.prometheus_multiproc_dir, mode=0o700, writable=True
         )
     _PREPARED.add(key)
 
@@ -75,6 +79,33 @@ def prepare_directories_or_exit(settings: Settings) -> None:
     except DirectoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def _check_server_files(settings: Settings) -> None:
+    """The files the server opens for writing, when they exist, must be this user's to
+    write: one left by another user (a command run as root, a copy) stopped the start
+    deep inside, as "unable to open database file" or a bare EACCES, with exit status 3,
+    which systemd restarts for ever."""
+    from ollama_web.backups.locks import MIGRATION_LOCK_SUFFIX, server_lock_paths
+    from ollama_web.core.secrets import secret_file
+
+    files = [secret_file(settings), *server_lock_paths(settings)]
+    database = settings.sqlite_file
+    if database is not None:
+        suffixes = ("", "-wal", "-shm", MIGRATION_LOCK_SUFFIX)
+        files += [database.with_name(database.name + suffix) for suffix in suffixes]
+    for path in files:
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise DirectoryError(
+                f"cannot use {path}: {_owner(path)}, and this user ({user_name(os.geteuid())}) "
+                "cannot read and write it; give the server's files back to the user it runs "
+                "as (chown), or run it as their owner"
+            )
+
+
+def _owner(path: Path) -> str:
+    info = path.stat()
+    return f"owned by {user_name(info.st_uid)}, mode {stat.S_IMODE(info.st_mode):04o}"
 
 
 def _prepare(variable: str, directory: Path, *, mode: int, writable: bool) -> None:

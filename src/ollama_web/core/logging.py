@@ -22,6 +22,7 @@ APP_LOG, ERROR_LOG, ACCESS_LOG = "app.log", "error.log", "access.log"
 LOG_FILE_MODE = 0o640
 LOG_FILES = (APP_LOG, ERROR_LOG, ACCESS_LOG)  # in LOG_DIR
 _HANDLER_MARK = "_ollama_web_handler"
+LOG_DIR_MODE = 0o750  # as its files: the group may read the logs, no one else
 ROTATION_LOCK = ".rotation.lock"  # in LOG_DIR: the workers rotate the log files one at a time
 
 # Secrets that might reach a message despite our care: redact them before writing.
@@ -209,7 +210,7 @@ def _remove_ours(logger: logging.Logger) -> None:
 
 def configure_logging(settings: Settings) -> None:
     """Attach our handlers (idempotent: calling again replaces them)."""
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
     formatter = _formatter(settings)
     level = logging.getLevelNamesMapping()[settings.log_level.value]
 

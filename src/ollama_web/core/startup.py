@@ -8,6 +8,9 @@ know); 130 interrupted; 141 the reader of the output left (`ollama-web users lis
 
 from __future__ import annotations
 
+import os
+import pwd
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,11 +62,44 @@ def load_settings() -> Settings:
 
 
 def load_settings_or_exit() -> Settings:
+    """The settings of a command (`serve` and every other), or one line and exit 78."""
     try:
-        return load_settings()
+        settings = load_settings()
+        refuse_root_on_another_users_data(settings)
     except ConfigurationError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+    return settings
+
+
+def refuse_root_on_another_users_data(settings: Settings) -> None:
+    """ConfigurationError when root runs a command on a DATA_DIR another user owns (the
+    service's, as DEPLOYMENT.md sets it up). What it would create there and in BACKUP_DIR
+    (the database, its -wal, lock files, backups) would be root's: the service could then
+    not start, or not see those backups. `sudo -u OWNER` is the way, as for `occ` or `pg_ctl`."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = settings.data_dir.stat().st_uid
+    except OSError:
+        return  # missing: made by this command, root's like everything it makes
+    if owner == 0:
+        return
+    name = user_name(owner)
+    command = shlex.join(sys.argv)
+    raise ConfigurationError(
+        f"DATA_DIR {settings.data_dir} belongs to {name}, and this runs as root: files it "
+        f"made there would be root's, which the server running as {name} cannot open. Run "
+        f"it as {name}: sudo -u {name} {command}"
+    )
+
+
+def user_name(uid: int) -> str:
+    """The name of user `uid`, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def run_database_command(settings: Settings, command: Callable[[], int]) -> int:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ollama_web.backups.locks import MIGRATION_LOCK_SUFFIX
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.core.startup import DatabaseUnusableError
@@ -236,7 +237,7 @@ async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         if not database or database == ":memory:" or database.startswith("file:"):
             yield
             return
-        async with _file_lock(Path(f"{database}.migration-lock")):
+        async with _file_lock(Path(f"{database}{MIGRATION_LOCK_SUFFIX}")):
             yield
         return
     if engine.dialect.name != "postgresql":
