@@ -308,6 +308,19 @@ async def test_a_failure_that_cannot_be_recorded_still_shows_in_its_workers_heal
     assert component["error"] == "scheduled: the backup failed: No space left on device"
 
 
+def unlistable(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """`directory` cannot be listed, as one without read permission (chmod 300, another
+    owner) for the service's user. (Simulated: root reads any directory.)"""
+    iterdir = Path.iterdir
+
+    def refused(path: Path) -> Any:
+        if path == directory:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+
+
 async def test_a_backup_directory_that_cannot_be_listed_is_a_degraded_component(
     backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,11 +329,7 @@ async def test_a_backup_directory_that_cannot_be_listed_is_a_degraded_component(
     settings = sqlite_settings()
     add_user_sqlite(settings, "alice")
     app = await backup_app(backup_enabled=True)
-
-    def unreadable(self: DatabaseBackup) -> list[Any]:
-        raise PermissionError(errno.EACCES, "Permission denied", str(settings.backup_dir))
-
-    monkeypatch.setattr(DatabaseBackup, "list_backups", unreadable)
+    unlistable(monkeypatch, settings.backup_dir)
     async with asgi_client(app) as client:
         response = await client.get("/health")
     assert response.status_code == 200, response.text
@@ -491,6 +500,40 @@ async def test_verify_answers_503_when_the_backup_cannot_be_unpacked_to_be_check
     (logged,) = [record.getMessage() for record in records]
     assert logged.startswith(f"backup {name} could not be checked: [Errno 28]")
     assert verified.json() == {"name": name, "valid": True, "problems": []}
+
+
+async def test_routes_answer_503_when_the_backup_directory_cannot_be_read(
+    backup_app: AppMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BACKUP_DIR without read permission while the server runs: status, list, one backup
+    and verify answered 500 INTERNAL_ERROR (a PermissionError's traceback in the log). The
+    server cannot do this now: 503, in the OS's words, the path left to the log."""
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    backup_dir = app.state.settings.backup_dir
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        unlistable(monkeypatch, backup_dir)
+        with app_warnings("ollama_web", logging.ERROR) as records:
+            answers = [
+                await client.request(method, url, headers=admin.headers)
+                for method, url in (
+                    ("GET", "/backup/status"),
+                    ("GET", "/backup/list"),
+                    ("GET", f"/backup/{name}"),
+                    ("POST", f"/backup/{name}/verify"),
+                )
+            ]
+    for response in answers:
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["error"] == "BACKUP_DIR_UNAVAILABLE"
+        assert body["message"] == "the backup directory cannot be read: Permission denied"
+        assert body["details"] == {"reason": "Permission denied"}
+        assert str(backup_dir) not in response.text
+    logged = [record.getMessage() for record in records]
+    assert logged == [f"the backup directory {backup_dir} cannot be read: Permission denied"] * 4
+    assert all(record.exc_info is None for record in records)  # one line, no traceback
 
 
 async def test_names_from_requests_must_be_listed_backups(

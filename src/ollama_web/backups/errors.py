@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ollama_web.core.errors import AppError, ConflictError, NotFoundError
 
 
@@ -17,6 +19,24 @@ class BackupCheckError(BackupError):
     unpacked (beside the database). That says nothing about the backup, sound or not."""
 
     code = "BACKUP_CHECK_FAILED"
+
+
+class BackupDirectoryError(BackupError):
+    """BACKUP_DIR cannot be read (its mode, another owner): no backup can be listed, found
+    or checked until that is fixed. The message, which clients see, is in the OS's words
+    without the path; `str()` (for the log and the command line) names the directory."""
+
+    code = "BACKUP_DIR_UNAVAILABLE"
+
+    def __init__(self, directory: Path, exc: OSError) -> None:
+        self.directory = directory
+        self.reason = exc.strerror or type(exc).__name__
+        super().__init__(
+            f"the backup directory cannot be read: {self.reason}", details={"reason": self.reason}
+        )
+
+    def __str__(self) -> str:
+        return f"the backup directory {self.directory} cannot be read: {self.reason}"
 
 
 class BackupBusyError(BackupError):

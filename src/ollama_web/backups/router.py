@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, cast
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar, cast
 
 from fastapi import APIRouter, Path, Request, status
 from sqlalchemy.exc import OperationalError
@@ -20,6 +21,7 @@ from ollama_web.auth.dependencies import AdminPrincipal
 from ollama_web.backups.errors import (
     BackupBusyError,
     BackupCheckError,
+    BackupDirectoryError,
     BackupError,
     BackupNotFoundError,
 )
@@ -41,14 +43,30 @@ BackupName = Annotated[
     str, Path(max_length=MAX_NAME_LENGTH, description="A name from GET /backup/list")
 ]
 _CURSOR_SCOPE = "backups"
+_UNREADABLE_DIRECTORY = (
+    "BACKUP_DIR_UNAVAILABLE: the backup directory cannot be read (its mode, its owner); "
+    "the message says why in the OS's words"
+)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _runtime(request: Request) -> BackupRuntime:
     return cast(BackupRuntime, getattr(request.app.state, RUNTIME_ATTRIBUTE))
 
 
+async def _in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`function` in a worker thread. A BACKUP_DIR that cannot be read is logged here, with
+    its path; the answer (503 BACKUP_DIR_UNAVAILABLE) leaves the path out."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except BackupDirectoryError as exc:
+        logger.error("%s", exc)
+        raise
+
+
 async def _find(request: Request, name: str) -> BackupInfo:
-    info = await asyncio.to_thread(_runtime(request).service.find, name)
+    info = await _in_thread(_runtime(request).service.find, name)
     if info is None:
         raise BackupNotFoundError("No such backup.", details={"name": name[:MAX_NAME_LENGTH]})
     return info
@@ -100,17 +118,25 @@ async def create_backup(
     return BackupPublic.of(info)
 
 
-@router.get("/status", summary="Backup status: last backup, count, size, schedule, free space")
+@router.get(
+    "/status",
+    summary="Backup status: last backup, count, size, schedule, free space",
+    responses={503: {"description": _UNREADABLE_DIRECTORY}},
+)
 async def backup_status(request: Request, principal: AdminPrincipal) -> BackupStatus:
-    report = await asyncio.to_thread(_runtime(request).status)
+    report = await _in_thread(_runtime(request).status)
     return BackupStatus.model_validate(report)
 
 
-@router.get("/list", summary="Backups, newest first")
+@router.get(
+    "/list",
+    summary="Backups, newest first",
+    responses={503: {"description": _UNREADABLE_DIRECTORY}},
+)
 async def list_backups(
     request: Request, principal: AdminPrincipal, page: PageParamsDep
 ) -> Page[BackupPublic]:
-    backups = await asyncio.to_thread(_runtime(request).service.list_backups)
+    backups = await _in_thread(_runtime(request).service.list_backups)
     if page.cursor is not None:
         values = decode_cursor(page.secret, _CURSOR_SCOPE, page.cursor)
         if len(values) != 1 or not isinstance(values[0], str) or not is_backup_name(values[0]):
@@ -129,7 +155,10 @@ async def list_backups(
 @router.get(
     "/{name}",
     summary="One backup",
-    responses={404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"}},
+    responses={
+        404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"},
+        503: {"description": _UNREADABLE_DIRECTORY},
+    },
 )
 async def get_backup(request: Request, principal: AdminPrincipal, name: BackupName) -> BackupPublic:
     return BackupPublic.of(await _find(request, name))
@@ -142,7 +171,8 @@ async def get_backup(request: Request, principal: AdminPrincipal, name: BackupNa
         404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"},
         503: {
             "description": "BACKUP_CHECK_FAILED: the check could not run (no room or no "
-            "write access beside the database to unpack the backup); says nothing about it"
+            "write access beside the database to unpack the backup); says nothing about it. "
+            + _UNREADABLE_DIRECTORY
         },
     },
 )

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ollama_web.backups.errors import BackupBusyError, BackupError
+from ollama_web.backups.errors import BackupBusyError, BackupDirectoryError, BackupError
 from ollama_web.backups.locks import SCHEDULER_LOCK_NAME, FileLock, LockBusyError
 from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.service import (
@@ -225,8 +225,8 @@ class BackupRuntime:
         backup: a scheduled one, or one asked for when automatic backups are off)."""
         try:
             backups = self.service.list_backups()
-        except OSError as exc:
-            error = f"the backup directory cannot be read: {exc.strerror or type(exc).__name__}"
+        except BackupDirectoryError as exc:
+            error = exc.message  # without the path, which the public /health must not show
             mode = self.service.mode
             return {"status": DEGRADED, "enabled": self.automatic, "mode": mode, "error": error}
         newest = newest_backup(backups)

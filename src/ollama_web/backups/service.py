@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ollama_web.backups import names, postgres, sqlite
-from ollama_web.backups.errors import BackupBusyError, BackupError, BackupsExternalError
+from ollama_web.backups.errors import (
+    BackupBusyError,
+    BackupDirectoryError,
+    BackupError,
+    BackupsExternalError,
+)
 from ollama_web.backups.locks import BACKUP_LOCK_NAME, LockBusyError, holding
 from ollama_web.backups.models import BackupInfo
 from ollama_web.core.config import Settings
@@ -226,7 +231,16 @@ class DatabaseBackup:
 
     # Listing and pruning ---------------------------------------------------------------
     def list_backups(self) -> list[BackupInfo]:
-        """Complete backups (archive and checksum present), newest first."""
+        """Complete backups (archive and checksum present), newest first. What lists, finds
+        or reports backups goes through here: a BACKUP_DIR that cannot be read (its mode,
+        another owner) is BackupDirectoryError, said as such, not an OSError that callers
+        would each have to catch (the routes answered 500, the commands a traceback)."""
+        try:
+            return self._list_backups()
+        except OSError as exc:
+            raise BackupDirectoryError(self.directory, exc) from exc
+
+    def _list_backups(self) -> list[BackupInfo]:
         if not self.directory.is_dir():
             return []
         found = []
