@@ -251,6 +251,48 @@ def test_verify_in_a_read_only_data_dir_says_the_check_could_not_run(
     )
 
 
+def _run_unprivileged(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`ollama-web ARGUMENTS` as the service's user would run it (root reads anything)."""
+    return subprocess.run(
+        [*unprivileged(), sys.executable, "-m", "ollama_web", *arguments],
+        env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("unreadable", ["archive", "sidecar"])
+def test_a_backup_that_cannot_be_read_could_not_be_checked_by_the_commands(
+    environment: SettingsMaker, unreadable: str
+) -> None:
+    """A backup file (or its .sha256) the service's user cannot read: verify and restore
+    printed a PermissionError traceback (an unreadable sidecar was "no checksum file",
+    exit 1: a sound backup called damaged). The check could not run: one line, exit 74."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    add_user_sqlite(settings, "bob")
+    file = info.path if unreadable == "archive" else names.checksum_path(info.path)
+    file.chmod(0o000)
+    try:
+        verified = _run_unprivileged("backup", "--verify", info.name)
+        restored = _run_unprivileged("restore", info.name, "--force")
+    finally:
+        file.chmod(0o600)
+    unchecked = (
+        f"the backup could not be checked, which says nothing about it: {file.name} cannot be "
+        "read (Permission denied); make it readable, and try again\n"
+    )
+    assert (verified.returncode, verified.stderr) == (
+        EXIT_NOT_CHECKED,
+        f"{info.name}: {unchecked}",
+    )
+    assert (restored.returncode, restored.stderr) == (
+        EXIT_NOT_CHECKED,
+        f"restore refused, nothing was changed: {unchecked}",
+    )
+    assert usernames_sqlite(settings) == {"alice", "bob"}
+
+
 def test_a_tampered_file_is_refused_by_the_command(
     environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:

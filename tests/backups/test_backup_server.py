@@ -536,6 +536,40 @@ async def test_routes_answer_503_when_the_backup_directory_cannot_be_read(
     assert all(record.exc_info is None for record in records)  # one line, no traceback
 
 
+async def test_verify_answers_503_when_the_backup_cannot_be_read(
+    backup_app: AppMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive root's 0600, its sidecars readable: it is listed, and its sha256 could
+    not be computed. Verify answered 500; the check could not run, which says nothing
+    about the backup: 503, the path left to the log. (Simulated: root reads any file.)"""
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        archive = app.state.settings.backup_dir / name
+        open_file = Path.open
+
+        def refused(path: Path, *args: Any, **kwargs: Any) -> Any:
+            if path == archive:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return open_file(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refused)
+        with app_warnings("ollama_web", logging.ERROR) as records:
+            unchecked = await client.post(f"/backup/{name}/verify", headers=admin.headers)
+    assert unchecked.status_code == 503, unchecked.text
+    assert unchecked.json()["error"] == "BACKUP_CHECK_FAILED"
+    assert unchecked.json()["message"] == (
+        f"the backup could not be checked, which says nothing about it: {name} cannot be "
+        "read (Permission denied); make it readable, and try again"
+    )
+    assert str(archive.parent) not in unchecked.text
+    (logged,) = [record.getMessage() for record in records]
+    assert (
+        logged == f"backup {name} could not be checked: [Errno 13] Permission denied: '{archive}'"
+    )
+
+
 async def test_names_from_requests_must_be_listed_backups(
     backup_app: AppMaker, tmp_path: Path
 ) -> None:

@@ -16,7 +16,8 @@ class BackupError(AppError):
 
 class BackupCheckError(BackupError):
     """A backup could not be checked: there was no room, or no write access, where it is
-    unpacked (beside the database). That says nothing about the backup, sound or not."""
+    unpacked (beside the database), or the backup (or its sidecar) cannot be read. That
+    says nothing about the backup, sound or not."""
 
     code = "BACKUP_CHECK_FAILED"
 

@@ -43,14 +43,22 @@ logger = logging.getLogger("ollama_web.backups")
 
 
 def checksum_problems(path: Path) -> list[str]:
+    """What is wrong with the archive's sha256 ([] when it matches its sidecar).
+    BackupCheckError when the archive or its sidecar is there but cannot be read (its mode,
+    another owner): that says nothing about the backup."""
     sidecar = names.checksum_path(path)
     try:
         recorded = sidecar.read_text(encoding="utf-8").split()
-    except OSError:
+    except FileNotFoundError:
         return [f"no checksum file {sidecar.name} next to the backup"]
+    except OSError as exc:
+        raise _cannot_read(sidecar, exc) from exc
     if not recorded:
         return [f"the checksum file {sidecar.name} is empty"]
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise _cannot_read(path, exc) from exc
     if not hmac.compare_digest(recorded[0].lower(), actual):
         return ["sha256 mismatch: the backup was altered or damaged since it was taken"]
     return []
@@ -79,12 +87,26 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
 
 
 def _cannot_check(exc: OSError) -> BackupCheckError:
-    """The error for a backup that could not be unpacked beside the database, in the OS's
-    words without the path they carry (the route logs the whole error)."""
+    """The error for a backup that could not be unpacked beside the database."""
+    return _not_checked(
+        "unpacking it beside the database failed",
+        exc,
+        "make room there, or make it writable, and try again",
+    )
+
+
+def _cannot_read(file: Path, exc: OSError) -> BackupCheckError:
+    """The error for a backup (or its sidecar) that this user cannot read."""
+    return _not_checked(f"{file.name} cannot be read", exc, "make it readable, and try again")
+
+
+def _not_checked(what_failed: str, exc: OSError, remedy: str) -> BackupCheckError:
+    """A check that could not run, in the OS's words without the path they carry (the
+    route logs the whole error; a backup's name is no secret)."""
     reason = exc.strerror or type(exc).__name__
     return BackupCheckError(
-        f"the backup could not be checked, which says nothing about it: unpacking it beside "
-        f"the database failed ({reason}); make room there, or make it writable, and try again",
+        f"the backup could not be checked, which says nothing about it: {what_failed} "
+        f"({reason}); {remedy}",
         details={"reason": reason},
     )
 
