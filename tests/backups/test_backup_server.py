@@ -824,6 +824,40 @@ async def test_a_server_starting_on_an_old_database_backs_it_up_then_migrates(
         assert (await client.get("/health")).status_code == 200
 
 
+@pytest.mark.parametrize("refused", ["lock", "listing"])
+async def test_a_failed_backup_through_the_api_answers_without_server_paths(
+    backup_app: AppMaker, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """BACKUP_DIR not writable (its lock cannot be made) or not readable (a name cannot be
+    claimed): the answer was "the backup failed: [Errno 13] Permission denied:
+    '/abs/path/backups/.backup.lock'". The OS's words, as /health says them; the log has
+    the path."""
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    backup_dir = app.state.settings.backup_dir
+    if refused == "listing":
+        unlistable(monkeypatch, backup_dir)
+    else:
+        acquire = FileLock.acquire
+
+        def not_writable(lock: FileLock, **kwargs: Any) -> None:
+            if lock.path.parent == backup_dir:
+                raise PermissionError(errno.EACCES, "Permission denied", str(lock.path))
+            acquire(lock, **kwargs)
+
+        monkeypatch.setattr(FileLock, "acquire", not_writable)
+    async with asgi_client(app) as client:
+        with app_warnings("ollama_web.backups", logging.ERROR) as records:
+            failed = await client.post("/backup", headers=admin.headers)
+    assert failed.status_code == 503, failed.text
+    assert failed.json()["error"] == "BACKUP_FAILED"
+    assert failed.json()["message"] == "the backup failed: Permission denied"
+    assert str(backup_dir) not in failed.text
+    (logged,) = [record.getMessage() for record in records]
+    assert logged.startswith("manual backup (API) failed: the backup failed: [Errno 13]")
+    assert str(backup_dir) in logged
+
+
 async def test_a_backup_taken_whose_audit_row_fails_is_still_answered_201(
     backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,7 +28,7 @@ from ollama_web.backups.errors import (
 from ollama_web.backups.lifespan import RUNTIME_ATTRIBUTE
 from ollama_web.backups.models import BackupInfo
 from ollama_web.backups.names import MAX_NAME_LENGTH, is_backup_name, sort_key
-from ollama_web.backups.runtime import HTTP_LOCK_TIMEOUT_SECONDS, BackupRuntime
+from ollama_web.backups.runtime import HTTP_LOCK_TIMEOUT_SECONDS, BackupRuntime, public_reason
 from ollama_web.backups.schemas import BackupPublic, BackupStatus, BackupVerification
 from ollama_web.core.db import describe_database_error
 from ollama_web.core.dependencies import SessionDep
@@ -78,7 +78,10 @@ async def _find(request: Request, name: str) -> BackupInfo:
     summary="Take a backup now",
     responses={
         409: {"description": "BACKUPS_EXTERNAL: PostgreSQL without pg_dump on this host"},
-        503: {"description": "BACKUP_FAILED: the backup could not be taken"},
+        503: {
+            "description": "BACKUP_FAILED: the backup could not be taken (the message says "
+            "why, in the OS's words without the server's paths)"
+        },
     },
 )
 async def create_backup(
@@ -92,7 +95,9 @@ async def create_backup(
         raise
     except (BackupError, OSError) as exc:  # the answer says less: the log has the whole error
         logger.error("manual backup (API) failed: %s", exc)
-        raise
+        if isinstance(exc, BackupError):
+            raise BackupError(public_reason(exc), code=exc.code, details=exc.details) from exc
+        raise BackupError(public_reason(exc)) from exc
     if info is None:
         raise BackupError("The database has no users yet; there is nothing to back up.")
     try:

@@ -134,7 +134,7 @@ class BackupRuntime:
         except BackupBusyError:
             raise
         except (BackupError, OSError) as exc:
-            await asyncio.to_thread(self._record, f"{reason}: {_public_reason(exc)}")
+            await asyncio.to_thread(self._record, f"{reason}: {public_reason(exc)}")
             raise
         await asyncio.to_thread(self._record, None)
         return info
@@ -272,9 +272,9 @@ def _attempted_at(state: dict[str, Any]) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _public_reason(exc: BackupError | OSError) -> str:
-    """Why a backup failed, as the public /health shows it: an OS error's words without
-    the file name it carries (the log has the whole error)."""
+def public_reason(exc: BackupError | OSError) -> str:
+    """Why a backup failed, as the public /health and the answer to `POST /backup` show it:
+    an OS error's words without the file name it carries (the log has the whole error)."""
     cause = exc.__cause__ if isinstance(exc, BackupError) else exc
     if isinstance(cause, OSError):
         return f"the backup failed: {cause.strerror or type(cause).__name__}"
