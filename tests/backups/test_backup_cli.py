@@ -293,6 +293,57 @@ def test_a_backup_that_cannot_be_read_could_not_be_checked_by_the_commands(
     assert usernames_sqlite(settings) == {"alice", "bob"}
 
 
+@pytest.mark.parametrize("mode", [0o000, 0o300])
+def test_a_backup_directory_that_cannot_be_read_is_one_line_from_the_commands(
+    environment: SettingsMaker, mode: int
+) -> None:
+    """BACKUP_DIR without read permission for the service's user: list, verify and restore
+    printed a PermissionError traceback. One line each, naming the directory; verify and
+    restore could not check the backup (74), which says nothing about it."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    settings.backup_dir.chmod(mode)
+    try:
+        listed = _run_unprivileged("backup", "--list")
+        verified = _run_unprivileged("backup", "--verify", info.name)
+        restored = _run_unprivileged("restore", info.name, "--force")
+    finally:
+        settings.backup_dir.chmod(0o700)
+    unreadable = f"the backup directory {settings.backup_dir} cannot be read: Permission denied\n"
+    assert (listed.returncode, listed.stderr) == (1, f"cannot list the backups: {unreadable}")
+    assert (verified.returncode, verified.stderr) == (
+        EXIT_NOT_CHECKED,
+        f"{info.name}: the backup could not be checked: {unreadable}",
+    )
+    assert (restored.returncode, restored.stderr) == (
+        EXIT_NOT_CHECKED,
+        f"restore refused, nothing was changed: {unreadable}",
+    )
+    assert usernames_sqlite(settings) == {"alice"}
+
+
+def test_a_backup_of_a_data_dir_that_cannot_be_searched_is_one_line(
+    environment: SettingsMaker,
+) -> None:
+    """DATA_DIR another user's 0700 (here: 000, as root owns it): `backup` printed the
+    traceback of `is_file()`; exit 1 as for a missing database, and why."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    settings.data_dir.chmod(0o000)
+    try:
+        taken = _run_unprivileged("backup")
+    finally:
+        settings.data_dir.chmod(0o700)
+    database = settings.data_dir / "ollama_web.db"
+    assert (taken.returncode, taken.stderr) == (
+        1,
+        f"backup failed: the database {database} cannot be read: Permission denied\n",
+    )
+    assert not list(settings.backup_dir.glob("*.gz"))
+
+
 def test_a_tampered_file_is_refused_by_the_command(
     environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,8 +9,9 @@ FILE (and NAME) is one of the listed backup names in BACKUP_DIR, or the path of 
 the operator names (its `.sha256` sidecar must be next to it). Exit codes, as README lists
 them: 0 done; 1 refused or failed, nothing changed (also: no such backup, no pg_dump; for
 --verify, the backup is damaged or not ours); 2 a malformed command line; 74 the backup
-could not be checked (no room or no write access beside the database to unpack it, or it
-cannot be read), which says nothing about it, and nothing changed; 78 invalid configuration.
+could not be checked (no room or no write access beside the database to unpack it, or it,
+or BACKUP_DIR, cannot be read), which says nothing about it, and nothing changed; 78 invalid
+configuration.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from ollama_web.backups import names
 from ollama_web.backups.errors import (
     BackupCheckError,
+    BackupDirectoryError,
     BackupError,
     BackupsExternalError,
     RestoreRefusedError,
@@ -49,7 +51,11 @@ def _resolve(service: DatabaseBackup, given: str) -> Path | None:
 
 
 def _list(service: DatabaseBackup) -> int:
-    backups = service.list_backups()
+    try:
+        backups = service.list_backups()
+    except BackupDirectoryError as exc:
+        print(f"cannot list the backups: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not backups:
         print(f"no backups in {service.directory}")
     for info in backups:
@@ -59,7 +65,11 @@ def _list(service: DatabaseBackup) -> int:
 
 
 def _verify(service: DatabaseBackup, given: str) -> int:
-    path = _resolve(service, given)
+    try:
+        path = _resolve(service, given)
+    except BackupDirectoryError as exc:  # nothing found, nothing said about the backup
+        print(f"{given}: the backup could not be checked: {exc}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
     if path is None:
         print(f"no such backup: {given}", file=sys.stderr)
         return EXIT_FAILED
@@ -75,6 +85,21 @@ def _verify(service: DatabaseBackup, given: str) -> int:
     return EXIT_FAILED if problems else 0
 
 
+def _require_database_file(service: DatabaseBackup) -> None:
+    """Not "no users yet" (exit 0) for a SQLite file that is not there: a cron job given
+    the wrong DATA_DIR must fail; nor a traceback for a DATA_DIR this user cannot search."""
+    if not service.settings.is_sqlite:
+        return
+    database = service.database_path
+    try:
+        found = database.is_file()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BackupError(f"the database {database} cannot be read: {reason}") from exc
+    if not found:
+        raise BackupError(f"there is no database at {database} (check DATA_DIR)")
+
+
 def _backup(args: argparse.Namespace) -> int:
     service = DatabaseBackup(load_settings_or_exit())
     if args.list:
@@ -82,15 +107,13 @@ def _backup(args: argparse.Namespace) -> int:
     if args.verify:
         return _verify(service, args.verify)
     try:
-        if service.settings.is_sqlite and not service.database_path.is_file():
-            # Not "no users yet" (exit 0): a cron job given the wrong DATA_DIR must fail.
-            raise BackupError(f"there is no database at {service.database_path} (check DATA_DIR)")
+        _require_database_file(service)
         info = service.create_backup(args.reason)
     except BackupsExternalError as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_FAILED
     except BackupError as exc:
-        print(f"backup failed: {exc.message}", file=sys.stderr)
+        print(f"backup failed: {exc}", file=sys.stderr)  # str: with the paths, if any
         return EXIT_FAILED
     if info is None:
         print("no backup taken: the database has no users yet")
@@ -101,7 +124,11 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     service = DatabaseBackup(load_settings_or_exit())
-    path = _resolve(service, args.file)
+    try:
+        path = _resolve(service, args.file)
+    except BackupDirectoryError as exc:
+        print(f"restore refused, nothing was changed: {exc}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
     if path is None:
         print(f"no such backup: {args.file} (a listed name or an existing file)", file=sys.stderr)
         return EXIT_FAILED
