@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from ollama_web.backups.locks import FileLock, server_lock_path
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
+from ollama_web.core.startup import EXIT_DATABASE_ERROR
 from ollama_web.migrations.runner import script_head, upgrade
 from tests.backups.conftest import SettingsMaker, add_user_sqlite, fill, usernames_sqlite
 from tests.conftest import TEST_SECRET
@@ -251,11 +254,12 @@ def test_verify_in_a_read_only_data_dir_says_the_check_could_not_run(
     )
 
 
-def _run_unprivileged(*arguments: str) -> subprocess.CompletedProcess[str]:
+def _run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`ollama-web ARGUMENTS` as the service's user would run it (root reads anything)."""
     return subprocess.run(
         [*unprivileged(), sys.executable, "-m", "ollama_web", *arguments],
-        env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False,
+        env=dict(os.environ), input=stdin, capture_output=True, text=True, timeout=60,
+        check=False,
     )  # fmt: skip
 
 
@@ -342,6 +346,81 @@ def test_a_backup_of_a_data_dir_that_cannot_be_searched_is_one_line(
         f"backup failed: the database {database} cannot be read: Permission denied\n",
     )
     assert not list(settings.backup_dir.glob("*.gz"))
+
+
+@pytest.fixture
+def pending_migration(
+    environment: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Settings:
+    """DATA_DIR holds a database with users at an older schema revision: the commands
+    that migrate take a backup first."""
+    older = environment(data_dir=tmp_path / "older")
+    engine = create_null_pool_engine(older)
+    try:
+        asyncio.run(upgrade(engine, older, "0005"))
+    finally:
+        asyncio.run(engine.dispose())
+    add_user_sqlite(older, "alice")
+    older.backup_dir.mkdir(exist_ok=True)
+    monkeypatch.setenv("DATA_DIR", str(older.data_dir))
+    return older
+
+
+@pytest.mark.parametrize("mode", [0o500, 0o000])
+def test_a_migration_refused_for_its_backup_is_one_line_and_exit_3(
+    pending_migration: Settings, mode: int
+) -> None:
+    """The pre-migration backup cannot be taken (BACKUP_DIR not writable; not readable):
+    `migrate`, `users list` and `create-admin` printed a 40-line traceback ending in
+    RuntimeError, exit 1 (BACKUP_DIR 500), or blamed the database for the backup
+    directory (000: "cannot use the database …: PermissionError: … 'backups'"). One line
+    naming what failed, and exit 3, as `serve` does for this refusal."""
+    backup_dir = pending_migration.backup_dir
+    backup_dir.chmod(mode)
+    password = "correct horse battery staple\n"
+    create_admin = ("create-admin", "--username", "root", "--password-stdin")
+    try:
+        results = [
+            _run_unprivileged("migrate"),
+            _run_unprivileged("users", "list"),
+            _run_unprivileged(*create_admin, stdin=password),
+        ]
+    finally:
+        backup_dir.chmod(0o700)
+    failure = (
+        f"the backup failed: [Errno 13] Permission denied: '{backup_dir / '.backup.lock'}'"
+        if mode == 0o500
+        else f"the backup directory {backup_dir} cannot be read: Permission denied"
+    )
+    refused = (
+        f"error: refusing to migrate: the pre-migration backup failed ({failure}); fix it or "
+        "set BACKUP_ENABLED=false to migrate without one\n"
+    )
+    for result in results:
+        assert (result.returncode, result.stderr) == (EXIT_DATABASE_ERROR, refused)
+    assert usernames_sqlite(pending_migration) == {"alice"}  # nothing created, not migrated
+
+
+def test_serve_with_workers_refused_a_migration_in_one_line_and_exit_3(
+    pending_migration: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`serve --workers N` migrates once before its workers start: the same refusal was a
+    traceback there, and exit 1; one worker's lifespan said it in one line, exit 3."""
+    acquire = FileLock.acquire
+
+    def not_writable(lock: FileLock, **kwargs: Any) -> None:
+        if lock.path.parent == pending_migration.backup_dir:
+            raise PermissionError(errno.EACCES, "Permission denied", str(lock.path))
+        acquire(lock, **kwargs)
+
+    monkeypatch.setattr(FileLock, "acquire", not_writable)
+    monkeypatch.setenv("MIGRATE_ON_STARTUP", "true")
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("uvicorn started"))
+    assert main(["serve", "--workers", "2", "--port", "29107"]) == EXIT_DATABASE_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: refusing to migrate: the pre-migration backup failed")
 
 
 def test_a_tampered_file_is_refused_by_the_command(

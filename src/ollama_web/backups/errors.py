@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ollama_web.core.errors import AppError, ConflictError, NotFoundError
+from ollama_web.core.startup import DatabaseUnusableError
 
 
 class BackupError(AppError):
@@ -56,3 +57,9 @@ class BackupNotFoundError(NotFoundError):
 
 class RestoreRefusedError(Exception):
     """A restore was refused before anything was changed (the message says why)."""
+
+
+class MigrationRefusedError(DatabaseUnusableError):
+    """The backup taken before a migration failed, so the database is not migrated, and
+    this version cannot use it until it is: one line and exit 3 from the commands that
+    migrate (`migrate`, `users`, `create-admin`, `serve`), as for any unusable database."""

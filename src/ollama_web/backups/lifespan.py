@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ollama_web.backups.errors import BackupError
+from ollama_web.backups.errors import BackupError, MigrationRefusedError
 from ollama_web.backups.locks import (
     FileLock,
     LockBusyError,
@@ -56,15 +56,15 @@ async def backup_before_migration(settings: Settings, status: MigrationStatus) -
     if not settings.backup_enabled or service.mode == MODE_EXTERNAL:
         return
     reason = f"before migrating {status.current} -> {status.head}"
-    newest = next(iter(await asyncio.to_thread(service.list_backups)), None)
-    if newest is not None and newest.reason == reason:
-        logger.info("no new backup before migrating: %s is one, and the newest", newest.name)
-        return
     try:
+        newest = next(iter(await asyncio.to_thread(service.list_backups)), None)
+        if newest is not None and newest.reason == reason:
+            logger.info("no new backup before migrating: %s is one, and the newest", newest.name)
+            return
         await asyncio.to_thread(service.create_backup, reason)
-    except BackupError as exc:
-        raise RuntimeError(
-            f"refusing to migrate: the pre-migration backup failed ({exc.message}); "
+    except BackupError as exc:  # str(): the operator's message names the paths
+        raise MigrationRefusedError(
+            f"refusing to migrate: the pre-migration backup failed ({exc}); "
             "fix it or set BACKUP_ENABLED=false to migrate without one"
         ) from exc
 
