@@ -15,7 +15,7 @@ import pytest
 
 from ollama_web.backups import DatabaseBackup, names
 from ollama_web.backups.cli import EXIT_NOT_CHECKED
-from ollama_web.backups.locks import FileLock, server_lock_path
+from ollama_web.backups.locks import FileLock, server_lock_path, server_lock_paths
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
@@ -252,6 +252,33 @@ def test_verify_in_a_read_only_data_dir_says_the_check_could_not_run(
         "it beside the database failed (Permission denied); make room there, or make it "
         "writable, and try again\n"
     )
+
+
+def test_restore_in_a_read_only_data_dir_says_the_check_could_not_run(
+    environment: SettingsMaker,
+) -> None:
+    """DATA_DIR 0500 for the service's user, where a server ran (its lock files are
+    there): the restore said "the archive cannot be decompressed: Permission denied", exit
+    1, of a sound backup. It could not be checked (74), and nothing changed."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    add_user_sqlite(settings, "bob")
+    for lock in server_lock_paths(settings):
+        lock.touch(mode=0o600)  # as a server left them
+    settings.data_dir.chmod(0o500)
+    try:
+        restored = _run_unprivileged("restore", info.name, "--force")
+    finally:
+        settings.data_dir.chmod(0o700)
+    assert restored.returncode == EXIT_NOT_CHECKED, restored.stderr
+    assert restored.stderr == (
+        "restore refused, nothing was changed: the backup could not be checked, which says "
+        "nothing about it: unpacking it beside the database failed (Permission denied); make "
+        "room there, or make it writable, and try again\n"
+    )
+    assert usernames_sqlite(settings) == {"alice", "bob"}
 
 
 def _run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
