@@ -281,6 +281,45 @@ def test_restore_in_a_read_only_data_dir_says_the_check_could_not_run(
     assert usernames_sqlite(settings) == {"alice", "bob"}
 
 
+@pytest.mark.parametrize(
+    ("mode", "command"),
+    [(0o000, "verify"), (0o000, "restore"), (0o500, "restore")],
+)
+def test_a_data_dir_that_cannot_be_used_is_one_line_from_verify_and_restore(
+    environment: SettingsMaker, mode: int, command: str
+) -> None:
+    """DATA_DIR another user's (here: 000, as root owns it), or 0500 where no server has
+    run yet (no lock files to open): `backup --verify` printed the traceback of the
+    clean-up's `Path.exists()`, `restore` the one of taking the server lock."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    settings.data_dir.chmod(mode)
+    try:
+        if command == "verify":
+            result = _run_unprivileged("backup", "--verify", info.name)
+        else:
+            result = _run_unprivileged("restore", info.name, "--force")
+    finally:
+        settings.data_dir.chmod(0o700)
+    if command == "verify":
+        assert (result.returncode, result.stderr) == (
+            EXIT_NOT_CHECKED,
+            f"{info.name}: the backup could not be checked, which says nothing about it: "
+            "unpacking it beside the database failed (Permission denied); make room there, "
+            "or make it writable, and try again\n",
+        )
+    else:
+        lock = server_lock_path(settings.data_dir)
+        assert (result.returncode, result.stderr) == (
+            1,
+            f"restore refused, nothing was changed: the lock {lock} cannot be taken "
+            "(Permission denied); run the restore as the user the server runs as\n",
+        )
+    assert usernames_sqlite(settings) == {"alice"}
+
+
 def _run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`ollama-web ARGUMENTS` as the service's user would run it (root reads anything)."""
     return subprocess.run(

@@ -82,7 +82,10 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
             raise _cannot_check(exc) from exc
         yield work
     finally:
-        if work.exists():  # (unlinking a missing file fails on a read-only filesystem)
+        # Not unlinked when missing: that fails on a read-only filesystem. os.path.exists,
+        # not Path.exists, which raises where the directory cannot be searched (and then
+        # masked the BackupCheckError with a traceback): nothing of ours can be there.
+        if os.path.exists(work):
             work.unlink()
 
 
@@ -238,6 +241,12 @@ def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any
                     f"a server is using this database (it holds {lock}); stop every server "
                     "process and run the restore again"
                 ) from None
+            except OSError as exc:  # its directory not writable: no restore could be either
+                reason = exc.strerror or type(exc).__name__
+                raise RestoreRefusedError(
+                    f"the lock {lock} cannot be taken ({reason}); run the restore as the "
+                    "user the server runs as"
+                ) from exc
         return _restore_locked(backup, path, force)
 
 
