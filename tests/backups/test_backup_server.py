@@ -339,6 +339,37 @@ async def test_a_backup_directory_that_cannot_be_listed_is_a_degraded_component(
     assert str(settings.backup_dir) not in json.dumps(component)
 
 
+async def test_the_scheduler_outlives_a_backup_directory_that_cannot_be_listed(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BACKUP_DIR unreadable for a while (a chmod, a remount), its lock already held: the
+    scheduler's look at the newest backup raised out of its task, which ended for good
+    (no periodic backup until a restart), and its error came back at shutdown."""
+    from ollama_web.app import create_app
+
+    settings = sqlite_settings(backup_enabled=True, backup_interval_hours=1 / 3600)
+    add_user_sqlite(settings, "alice")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.backups
+        await runtime.startup_backup_done()
+        with monkeypatch.context() as patch:
+            unlistable(patch, settings.backup_dir)
+            await asyncio.sleep(2.5)  # the scheduler looks each second
+            assert runtime._task is not None
+            assert not runtime._task.done()
+        before = len(runtime.service.list_backups())
+        for _ in range(100):  # readable again: the periodic backups resume
+            await asyncio.sleep(0.1)
+            if len(runtime.service.list_backups()) > before:
+                break
+        assert len(runtime.service.list_backups()) > before
+    log = (settings.log_dir / "app.log").read_text()
+    said = [line for line in log.splitlines() if "automatic backups are waiting" in line]
+    assert len(said) == 1, said  # once, not at every look
+    assert f"the backup directory {settings.backup_dir} cannot be read" in said[0]
+
+
 async def test_a_backup_directory_where_no_backup_can_be_taken_shows_in_health(
     backup_app: AppMaker, sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,7 @@ class BackupRuntime:
         self._last_attempt = self.settings.data_dir / LAST_ATTEMPT_NAME
         self._unrecorded: dict[str, Any] | None = None
         self._cannot_lead: str | None = None
+        self._cannot_list = False
         self._next_attempt = 0.0
         self._task: asyncio.Task[None] | None = None
         self._startup: asyncio.Task[None] | None = None
@@ -167,8 +168,20 @@ class BackupRuntime:
             return datetime.now(UTC)
         return newest.created_at + interval
 
-    def _seconds_until_due(self) -> float:
-        due = self.next_scheduled_at(newest_backup(self.service.list_backups()))
+    def _seconds_until_due(self) -> float | None:
+        """None while BACKUP_DIR cannot be listed (logged once; /health says it): the
+        scheduler keeps looking, rather than end its task on the error for good."""
+        try:
+            backups = self.service.list_backups()
+        except BackupDirectoryError as exc:
+            if not self._cannot_list:
+                logger.error("automatic backups are waiting: %s", exc)
+            self._cannot_list = True
+            return None
+        if self._cannot_list:
+            self._cannot_list = False
+            logger.info("automatic backups resume: the backup directory can be read again")
+        due = self.next_scheduled_at(newest_backup(backups))
         if due is None:
             return TICK_SECONDS
         return (due - datetime.now(UTC)).total_seconds()
@@ -182,12 +195,12 @@ class BackupRuntime:
             wait = pause
             if self.try_lead() and time.monotonic() >= self._next_attempt:
                 remaining = await asyncio.to_thread(self._seconds_until_due)
-                if remaining <= 0:
+                if remaining is not None and remaining <= 0:
                     await self.automatic_backup("scheduled")
                     # Nothing to back up yet (no users) or a failure: do not spin.
                     self._next_attempt = max(self._next_attempt, time.monotonic() + pause)
                     continue
-                wait = min(pause, remaining)
+                wait = pause if remaining is None else min(pause, remaining)
             await asyncio.sleep(max(wait, 0.05))
 
     def start_scheduler(self) -> None:
