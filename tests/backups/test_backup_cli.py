@@ -489,6 +489,26 @@ def test_serve_with_workers_refused_a_migration_in_one_line_and_exit_3(
     assert line.startswith("error: refusing to migrate: the pre-migration backup failed")
 
 
+def test_a_sidecar_that_is_not_text_is_a_damaged_backup_for_the_commands(
+    environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Verify and restore of a backup whose .sha256 is not UTF-8 printed the traceback of
+    a UnicodeDecodeError: it is a damaged backup (exit 1), said in one line."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    info = DatabaseBackup(settings).create_backup()
+    assert info is not None
+    names.checksum_path(info.path).write_bytes(b"\xff\xfe")
+    capsys.readouterr()
+    assert main(["backup", "--verify", info.name]) == 1
+    assert main(["restore", info.name, "--force"]) == 1
+    damaged = f"the checksum file {info.name}.sha256 is not text: it was altered or damaged"
+    assert capsys.readouterr().err.splitlines() == [
+        f"{info.name}: {damaged}",
+        f"restore refused, nothing was changed: {damaged}",
+    ]
+
+
 def test_a_tampered_file_is_refused_by_the_command(
     environment: SettingsMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:

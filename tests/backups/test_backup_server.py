@@ -601,6 +601,27 @@ async def test_verify_answers_503_when_the_backup_cannot_be_read(
     )
 
 
+async def test_a_sidecar_that_is_not_text_hides_its_backup_instead_of_failing_the_list(
+    backup_app: AppMaker,
+) -> None:
+    """A .sha256 of bytes that are not UTF-8 (damaged, tampered): its UnicodeDecodeError
+    went up from every listing, and /backup/status, /backup/list and /health answered
+    500. That backup is not a complete one: it is not listed (as without a sidecar)."""
+    app = await backup_app()
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        sound = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        damaged = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        names.checksum_path(app.state.settings.backup_dir / damaged).write_bytes(b"\xff\xfe")
+        status = await client.get("/backup/status", headers=admin.headers)
+        listed = await client.get("/backup/list", headers=admin.headers)
+        health = await client.get("/health")
+    assert status.status_code == 200, status.text
+    assert status.json()["count"] == 1
+    assert [item["name"] for item in listed.json()["items"]] == [sound]
+    assert health.status_code == 200, health.text
+
+
 async def test_names_from_requests_must_be_listed_backups(
     backup_app: AppMaker, tmp_path: Path
 ) -> None:

@@ -54,7 +54,7 @@ class BackupInfo:
         try:
             recorded = names.checksum_path(path).read_text(encoding="utf-8").split()
             size = path.stat().st_size
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # a sidecar of bytes that are not text
             return None
         if not recorded or created_at is None:
             return None

@@ -53,6 +53,8 @@ def checksum_problems(path: Path) -> list[str]:
         return [f"no checksum file {sidecar.name} next to the backup"]
     except OSError as exc:
         raise _cannot_read(sidecar, exc) from exc
+    except UnicodeDecodeError:
+        return [f"the checksum file {sidecar.name} is not text: it was altered or damaged"]
     if not recorded:
         return [f"the checksum file {sidecar.name} is empty"]
     try:
