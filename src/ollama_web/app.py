@@ -28,6 +28,7 @@ from ollama_web.docs.openapi import install_openapi
 from ollama_web.metrics.middleware import MetricsMiddleware
 from ollama_web.middleware.body_limit import BodyLimitMiddleware
 from ollama_web.middleware.cors import CORSMiddleware
+from ollama_web.middleware.head import HeadAsGetMiddleware
 from ollama_web.middleware.input_guard import InputGuardMiddleware
 from ollama_web.middleware.request_context import RequestContextMiddleware
 from ollama_web.middleware.security_headers import SecurityHeadersMiddleware, cors_options
@@ -234,7 +235,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _include_routers(app)
     install_openapi(app)
     # Added innermost first. Security headers are the outermost layer so that even the
-    # request context's last-resort 500 carries them; then the request context.
+    # request context's last-resort 500 carries them; then the request context. HEAD is
+    # innermost: every other layer sees the request as it came.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RateLimitHeadersMiddleware, settings=settings)

@@ -71,11 +71,12 @@ async def test_wrong_method_is_structured_405(probe_client: Any) -> None:
     ("path", "allowed"),
     [
         # One route per method: the router's own 405 named only the first one it found.
-        ("/api/admin/users", "GET, POST"),
-        ("/api/admin/users/0123456789abcdef0123456789abcdef", "GET, PATCH, DELETE"),
-        ("/api/conversations/0123456789abcdef0123456789abcdef", "GET, PUT, PATCH, DELETE"),
-        ("/api/keys", "GET, POST"),
+        ("/api/admin/users", "GET, HEAD, POST"),
+        ("/api/admin/users/0123456789abcdef0123456789abcdef", "GET, HEAD, PATCH, DELETE"),
+        ("/api/conversations/0123456789abcdef0123456789abcdef", "GET, HEAD, PUT, PATCH, DELETE"),
+        ("/api/keys", "GET, HEAD, POST"),
         ("/health", "GET, HEAD"),
+        ("/api/auth/login", "POST"),
     ],
 )
 async def test_405_allows_every_method_the_path_serves(

@@ -302,14 +302,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc.status_code, code, message, {}, headers)
 
 
-PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+PROBED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def allowed_methods(request: Request) -> list[str]:
     """The methods the app's routes serve on the request's path (RFC 9110 15.5.6: a 405
     lists them in `Allow`). The router's own 405 names only the first route it found for
     the path (one per method: `GET /api/admin/users` says `Allow: GET`, though POST is
-    served too), so each method is matched again. Only a refused request pays for this."""
+    served too), so each method is matched again. Only a refused request pays for this.
+    HEAD is served wherever GET is (middleware/head.py)."""
     scope = request.scope
     routes = request.app.router.routes
     allowed = []
@@ -324,6 +325,8 @@ def allowed_methods(request: Request) -> list[str]:
         }
         if any(route.matches(probe)[0] is Match.FULL for route in routes):
             allowed.append(method)
+            if method == "GET":
+                allowed.append("HEAD")
     return allowed
 
 
