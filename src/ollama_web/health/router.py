@@ -13,8 +13,7 @@ from ollama_web.health.service import HEALTHY, UNHEALTHY, check_database, health
 router = APIRouter(tags=["health"])
 
 
-# HEAD as well (RFC 9110; uptime checkers probe with it), kept out of the schema.
-@router.head("/health", include_in_schema=False)
+# HEAD too, as on every GET route (middleware/head.py): uptime checkers probe with it.
 @router.get(
     "/health",
     summary="Health of every component",
@@ -31,13 +30,11 @@ async def health(request: Request, core: CoreDep) -> JSONResponse:
     return JSONResponse(report, status_code=503 if report["status"] == UNHEALTHY else 200)
 
 
-@router.head("/health/live", include_in_schema=False)
 @router.get("/health/live", summary="Liveness: the process answers")
 async def live() -> dict[str, Any]:
     return {"status": "alive"}
 
 
-@router.head("/health/ready", include_in_schema=False)
 @router.get("/health/ready", summary="Readiness: the database answers (Ollama not needed)")
 async def ready(core: CoreDep) -> JSONResponse:
     database = await check_database(core)

@@ -42,7 +42,6 @@ def public_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-@router.head("/info", include_in_schema=False)
 @router.get("/info", summary="API information, enabled features and non-secret settings")
 async def info(core: CoreDep) -> dict[str, Any]:
     settings = core.settings
