@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 
 from ollama_web.core.config import Settings
+from ollama_web.middleware import body_limit
 from tests.conftest import asgi_client
 
 probe = APIRouter()
@@ -119,7 +120,12 @@ async def test_body_over_limit_is_413_by_declared_length(probe_client: Any) -> N
     assert_error_shape(response, 413, "PAYLOAD_TOO_LARGE")
 
 
-async def test_body_over_limit_is_413_while_streaming_without_length(probe_client: Any) -> None:
+async def test_body_over_limit_is_413_while_streaming_without_length(
+    probe_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused at the limit: after it, only the bounded rest a 413 reads and drops (so
+    that its client reads it, middleware/body_limit.py) is read, here 4 KiB."""
+    monkeypatch.setattr(body_limit, "LINGER_MIN_BYTES", 4096)
     client, _ = probe_client
     sent = 0
 

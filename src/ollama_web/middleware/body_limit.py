@@ -1,11 +1,36 @@
-"""Refuse bodies over MAX_REQUEST_BYTES while they stream in, not after reading them all."""
+"""Refuse bodies over MAX_REQUEST_BYTES while they stream in, not after reading them all.
+
+A body announced over the limit (`Content-Length`) is refused before a byte of it is read;
+one that comes chunked is read up to the limit, then refused: 413 PAYLOAD_TOO_LARGE.
+
+A 413 answered before the body ended (these, and a route's own refusal of a body unread:
+login's 64 KiB, `auth.dependencies.authenticate_before_body`) leaves the client sending.
+Closing the connection then would reset it: the client's send fails (ECONNRESET) and most
+clients (httpx, requests, a browser's fetch) report a network error, never reading the 413.
+So, as nginx's lingering close does, the rest of the body is read and dropped chunk by
+chunk (nothing is kept: the server holds no more than its read buffer) until it ends, the
+client leaves, LINGER_SECONDS pass or LINGER_MIN_BYTES (twice the limit when that is more)
+are dropped. The response's end waits for that (the server's `receive` gives nothing more
+once a response has ended); then the connection closes (`Connection: close`: it is not
+kept open to discard any amount). A client still sending past either bound is reset: the
+bounds are what one refused request may cost. Behind nginx none of this happens: nginx
+refuses a body over `client_max_body_size` itself.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.errors import encode_error
+
+LINGER_SECONDS = 5.0
+"""How long, at most, the rest of a refused body is read after its 413."""
+LINGER_MIN_BYTES = 64 * 1024 * 1024
+"""The least of a refused body's rest read and dropped after its 413 (at most: twice the
+limit when that is more), enough for a body of several times MAX_REQUEST_BYTES' default."""
 
 
 class BodyTooLarge(HTTPException):
@@ -25,38 +50,69 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = str((scope.get("state") or {}).get("request_id", ""))
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send, request_id)
-                    return
         received = 0
+        body_ended = False
         response_started = False
+        lingering = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_ended
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_ended = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise BodyTooLarge
+            else:  # the client left
+                body_ended = True
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal response_started
+            nonlocal response_started, lingering
             if message["type"] == "http.response.start":
                 response_started = True
+                if message["status"] == 413 and not body_ended:
+                    lingering = True
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            elif lingering and not message.get("more_body", False):
+                message = {**message, "more_body": True}  # ended once the body is read
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            if self._declared_over(scope):
+                await self._reject(tracking_send, request_id)
+            else:
+                await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._reject(send, request_id)
+                await self._reject(tracking_send, request_id)
+        if lingering:
+            await self._discard_body(receive)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _declared_over(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    return int(value) > self.max_bytes
+                except ValueError:
+                    return False
+        return False
+
+    async def _discard_body(self, receive: Receive) -> None:
+        """Read the rest of a refused body and drop it, within the bounds (module doc)."""
+        dropped, most = 0, max(LINGER_MIN_BYTES, 2 * self.max_bytes)
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while dropped <= most:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    dropped += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            return
 
     async def _reject(self, send: Send, request_id: str) -> None:
         body = encode_error(
@@ -72,7 +128,6 @@ class BodyLimitMiddleware:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
                 ],
             }
         )
