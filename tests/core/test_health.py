@@ -89,15 +89,16 @@ def _unprivileged() -> list[str]:
 
 
 @pytest.mark.slow
-def test_read_only_database_file_is_unhealthy_and_not_ready(
+def test_a_read_only_database_file_is_refused_at_start(
     tmp_path: Path, sqlite_template: Path
 ) -> None:
-    """Reads work on a file SQLite opened read-only (SELECT 1 said healthy), writes do not."""
+    """A 0444 database: the server used to start and answer every write 503 "try again
+    shortly" (and SQLite made its -wal and -shm 0444 too, which kept it read-only after the
+    file was fixed). Now the start refuses it in one line, exit 78."""
     (tmp_path / "data").mkdir()
     database = tmp_path / "data" / "ollama_web.db"
     shutil.copyfile(sqlite_template, database)
     database.chmod(0o444)
-    port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
         "DATA_DIR": str(tmp_path / "data"),
@@ -107,27 +108,31 @@ def test_read_only_database_file_is_unhealthy_and_not_ready(
         "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
     }
     command = [sys.executable, "-m", "ollama_web", "serve", "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*_unprivileged(), *command, "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    result = subprocess.run(
+        [*_unprivileged(), *command, "--port", str(_free_port())],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.startswith(f"error: cannot use {database}: "), result.stderr
+    assert "mode 0444" in result.stderr
+    assert not (tmp_path / "data" / "ollama_web.db-wal").exists()
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+async def test_a_database_that_turned_read_only_is_unhealthy_and_not_ready(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Reads work on a SQLite database that can no longer be written (a filesystem
+    remounted read-only after an I/O error: SELECT 1 said healthy), writes do not. Here the
+    server's own connection is made read-only by SQLite's `query_only`."""
+    inline = app.state.core.inline
+    inline._connection.execute("PRAGMA query_only = ON")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5.0)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not answer /health"
-                time.sleep(0.05)
-        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5.0)
+        health = await client.get("/health")
+        ready = await client.get("/health/ready")
     finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=30)
-    assert health.status_code == 503, stderr
+        inline._connection.execute("PRAGMA query_only = OFF")
+    assert health.status_code == 503
     body = health.json()
     assert body["status"] == "unhealthy"
     assert body["components"]["database"]["status"] == "unhealthy"
