@@ -53,6 +53,26 @@ def _reasons(backup_dir: Path) -> list[str | None]:
     return [json.loads(names.metadata_path(path).read_text())["reason"] for path in backups]
 
 
+def _disk_full(self: DatabaseBackup, work: Path) -> None:
+    """`DatabaseBackup._write_archive` on a full disk."""
+    raise OSError(errno.ENOSPC, "No space left on device", str(work))
+
+
+async def _two_workers_after_a_failed_backup(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any]:
+    """Two workers' backup runtimes; the first (the leader) just failed a scheduled backup
+    on a full disk, which is over now."""
+    from ollama_web.backups.runtime import BackupRuntime
+
+    add_user_sqlite(settings, "alice")
+    leader, other = BackupRuntime(DatabaseBackup(settings)), BackupRuntime(DatabaseBackup(settings))
+    with monkeypatch.context() as patched:
+        patched.setattr(DatabaseBackup, "_write_archive", _disk_full)
+        await leader.automatic_backup("scheduled")
+    return leader, other
+
+
 async def test_backups_at_startup_and_shutdown_once_there_are_users(
     sqlite_settings: SettingsMaker,
 ) -> None:
@@ -170,7 +190,7 @@ async def test_a_failed_automatic_backup_shows_in_health_without_server_paths(
     def disk_full(self: DatabaseBackup, work: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", full)
 
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", _disk_full)
     app = await backup_app(backup_enabled=True)
     await app.state.backups.startup_backup_done()
     async with asgi_client(app) as client:
@@ -189,13 +209,10 @@ async def test_a_failed_manual_backup_shows_in_health_until_one_succeeds(
     add_user_sqlite(settings, "alice")
     write_archive = DatabaseBackup._write_archive
 
-    def disk_full(self: DatabaseBackup, work: Path) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(work))
-
     app = await backup_app()
     admin = await create_test_user(app, role="admin")
     async with asgi_client(app) as client:
-        monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+        monkeypatch.setattr(DatabaseBackup, "_write_archive", _disk_full)
         with app_warnings("ollama_web.backups", logging.ERROR) as records:
             failed = await client.post("/backup", headers=admin.headers)
         degraded = (await client.get("/health")).json()["components"]["backups"]
@@ -219,20 +236,9 @@ async def test_a_failed_backup_shows_in_the_health_of_every_worker(
     """Only one worker takes the automatic backups; /health may be answered by any: the
     last attempt's failure is kept in DATA_DIR, not in that worker's memory (/health was
     healthy or degraded by which worker answered)."""
-    from ollama_web.backups.runtime import BackupRuntime
-
     settings = sqlite_settings(backup_enabled=True)
-    add_user_sqlite(settings, "alice")
-    write_archive = DatabaseBackup._write_archive
-
-    def disk_full(self: DatabaseBackup, work: Path) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(work))
-
-    leader, other = BackupRuntime(DatabaseBackup(settings)), BackupRuntime(DatabaseBackup(settings))
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
-    await leader.automatic_backup("scheduled")
+    leader, other = await _two_workers_after_a_failed_backup(settings, monkeypatch)
     degraded = other.health()
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
     await leader.automatic_backup("scheduled")
     assert degraded["status"] == "degraded"
     assert degraded["error"] == "scheduled: the backup failed: No space left on device"
@@ -259,20 +265,9 @@ async def test_a_backup_taken_after_a_failure_clears_health_when_data_dir_is_ful
     """A failure recorded in DATA_DIR, then DATA_DIR full: the next backup succeeded but
     could not clear the record, and every worker's /health said the old failure for good
     beside the newer backup."""
-    from ollama_web.backups.runtime import BackupRuntime
-
     settings = sqlite_settings(backup_enabled=True)
-    add_user_sqlite(settings, "alice")
-    write_archive = DatabaseBackup._write_archive
-
-    def disk_full(self: DatabaseBackup, work: Path) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(work))
-
-    leader, other = BackupRuntime(DatabaseBackup(settings)), BackupRuntime(DatabaseBackup(settings))
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
-    await leader.automatic_backup("scheduled")
+    leader, other = await _two_workers_after_a_failed_backup(settings, monkeypatch)
     assert other.health()["status"] == "degraded"
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", write_archive)
     _state_unwritable(monkeypatch, settings)
     await asyncio.sleep(1)  # a backup's name has whole seconds: one started after the failure
     with app_warnings("ollama_web.backups") as records:
@@ -296,10 +291,7 @@ async def test_a_failure_that_cannot_be_recorded_still_shows_in_its_workers_heal
     await runtime.automatic_backup("scheduled")
     assert runtime.health()["status"] == "healthy"
 
-    def disk_full(self: DatabaseBackup, work: Path) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(work))
-
-    monkeypatch.setattr(DatabaseBackup, "_write_archive", disk_full)
+    monkeypatch.setattr(DatabaseBackup, "_write_archive", _disk_full)
     _state_unwritable(monkeypatch, settings)
     await asyncio.sleep(1)
     await runtime.automatic_backup("scheduled")

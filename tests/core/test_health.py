@@ -24,6 +24,7 @@ from ollama_web.core.config import Settings
 from ollama_web.health import service
 from tests.conftest import _pg_admin, asgi_client, require_postgres
 from tests.fixtures.forwarder import Forwarder
+from tests.fixtures.privileges import unprivileged
 
 
 async def test_health_reports_components(client: httpx.AsyncClient, settings: Settings) -> None:
@@ -77,17 +78,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _unprivileged() -> list[str]:
-    """A prefix that runs a command without the capability that lets root write a file its
-    mode forbids (the server as an ordinary user), or nothing when we are not root."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is not installed")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-
-
 @pytest.mark.slow
 def test_a_read_only_database_file_is_refused_at_start(
     tmp_path: Path, sqlite_template: Path
@@ -109,7 +99,7 @@ def test_a_read_only_database_file_is_refused_at_start(
     }
     command = [sys.executable, "-m", "ollama_web", "serve", "--host", "127.0.0.1"]
     result = subprocess.run(
-        [*_unprivileged(), *command, "--port", str(_free_port())],
+        [*unprivileged(), *command, "--port", str(_free_port())],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 78, result.stderr

@@ -9,8 +9,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +20,10 @@ from fastapi import FastAPI
 
 from ollama_web.core.config import Settings
 from ollama_web.core.http_guard import GuardedHttpToolsProtocol
+from ollama_web.core.logging import ACCESS_LOGGER
 from ollama_web.middleware import body_limit
 from tests.fixtures.auth import TestUser
+from tests.fixtures.logs import app_warnings
 from tests.fixtures.servers import serve_app
 
 LIMIT = 1024 * 1024
@@ -180,26 +182,13 @@ async def test_a_chunked_body_over_the_limit_is_read_up_to_it_then_answered_the_
         assert refused.json()["details"] == {"max_bytes": limit}
 
 
-@contextmanager
-def _access_lines() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    access = logging.getLogger("ollama_web.access")
-    access.addHandler(handler)
-    try:
-        yield records
-    finally:
-        access.removeHandler(handler)
-
-
 async def test_a_client_that_stops_sending_is_let_go_after_the_time_bound(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It reads its 413 at once; the request (its task) ends LINGER_SECONDS later, the
     connection with it."""
     monkeypatch.setattr(body_limit, "LINGER_SECONDS", 0.5)
-    with _access_lines() as records:
+    with app_warnings(ACCESS_LOGGER, logging.DEBUG) as records:
         async with (
             _served(app) as base_url,
             RawUpload.open(base_url, _head("/api/auth/login", OVER)) as upload,

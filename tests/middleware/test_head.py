@@ -14,8 +14,10 @@ from fastapi import FastAPI
 
 from ollama_web.core.config import Settings
 from ollama_web.core.http_guard import GuardedHttpToolsProtocol
+from ollama_web.core.logging import ACCESS_LOGGER
 from ollama_web.emulator import OllamaEmulator
 from tests.fixtures.auth import TestUser, create_test_user, login_session
+from tests.fixtures.logs import app_warnings
 from tests.fixtures.servers import serve_app
 
 # Headers that differ from one answer to the next whatever the method.
@@ -107,12 +109,7 @@ async def test_head_has_no_operation_of_its_own_in_the_schema(app: FastAPI) -> N
 
 
 async def test_the_access_log_and_the_metrics_say_head(app: FastAPI, admin_user: TestUser) -> None:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    access = logging.getLogger("ollama_web.access")
-    access.addHandler(handler)
-    try:
+    with app_warnings(ACCESS_LOGGER, logging.DEBUG) as records:
         async with (
             serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
             httpx.AsyncClient(base_url=base_url) as http,
@@ -120,8 +117,6 @@ async def test_the_access_log_and_the_metrics_say_head(app: FastAPI, admin_user:
             assert (await http.head("/health/live")).status_code == 200
             assert (await http.head("/api/conversations")).status_code == 401
             metrics = (await http.get("/metrics", headers=admin_user.headers)).json()
-    finally:
-        access.removeHandler(handler)
     fields = [getattr(record, "fields", {}) for record in records]
     lines = [(field["method"], field["route"], field["status"]) for field in fields]
     assert ("HEAD", "/health/live", 200) in lines
