@@ -200,16 +200,20 @@ def test_root_is_refused_on_a_data_dir_another_user_owns(
     for directory in _directories(tmp_path).values():
         directory.mkdir(mode=0o700)
         os.chown(directory, NOBODY, NOBODY)
+    env = {"PATH": os.environ["PATH"], **{k: str(v) for k, v in _directories(tmp_path).items()}}
     result = subprocess.run(
         [sys.executable, "-m", "ollama_web", *command],
-        capture_output=True, text=True, env=_base_env(tmp_path), cwd=tmp_path, timeout=60,
-        check=False, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
     data = tmp_path / "data"
     owner = result.stderr.split(" belongs to ")[1].split(",")[0]
     assert result.stderr.startswith(f"DATA_DIR {data} belongs to {owner}, and this runs as root")
-    assert f"Run it as {owner}: sudo -u {owner} " in result.stderr
+    # The settings given in the environment are passed on by name: sudo drops them, and
+    # the pasted line ran on ./data of wherever it was pasted, with none of them.
+    given = "--preserve-env=BACKUP_DIR,DATA_DIR,LOG_DIR"
+    assert f"Run it as {owner}, from this directory: sudo -u {owner} {given} " in result.stderr
     assert result.stderr.rstrip().endswith(" ".join(command)), result.stderr
     for directory in _directories(tmp_path).values():
         assert list(directory.iterdir()) == [], directory  # nothing made there

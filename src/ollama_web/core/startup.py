@@ -86,11 +86,17 @@ def refuse_root_on_another_users_data(settings: Settings) -> None:
     if owner == 0:
         return
     name = user_name(owner)
-    command = shlex.join(sys.argv)
+    # sudo drops the environment: the settings given in it are passed on by name (never by
+    # value on a command line: SECRET_KEY would show in `ps` and the shell's history), or
+    # the pasted command would run on another DATA_DIR (./data, in the directory it is run in).
+    fields = {field.upper() for field in Settings.model_fields}
+    given = sorted(variable for variable in os.environ if variable.upper() in fields)
+    preserve = [f"--preserve-env={','.join(given)}"] if given else []
+    command = shlex.join(["sudo", "-u", name, *preserve, *sys.argv])
     raise ConfigurationError(
         f"DATA_DIR {settings.data_dir} belongs to {name}, and this runs as root: files it "
         f"made there would be root's, which the server running as {name} cannot open. Run "
-        f"it as {name}: sudo -u {name} {command}"
+        f"it as {name}, from this directory: {command}"
     )
 
 
