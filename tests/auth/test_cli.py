@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import pwd
 import socket
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.db import AuditEvent, User
 from tests.conftest import TEST_SECRET, require_postgres, require_postgres_ca
+from tests.fixtures.privileges import unprivileged
 
 PASSWORD = "cli admin password"
 
@@ -425,6 +427,35 @@ def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> 
     finally:
         os.close(write_end)
     assert (listing.returncode, listing.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", [["users", "list"], ["migrate"], ["migrate", "--status"]])
+def test_a_database_another_user_owns_is_named_with_its_owner_and_mode(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A database of root's, 0600 (a command run as root, a copy): the commands said only
+    SQLite's "unable to open database file"; `serve` names its owner and mode, so do they."""
+    if os.geteuid() != 0:
+        pytest.skip("making a file of another user's takes root")
+    env = _command_env(tmp_path)
+    run = [sys.executable, "-m", "ollama_web"]
+    migrated = subprocess.run(
+        [*run, "migrate"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    database = tmp_path / "data" / "ollama_web.db"
+    os.chown(database, 65534, 65534)  # nobody's
+    database.chmod(0o600)
+    result = subprocess.run(
+        [*unprivileged(), *run, *command],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    owner = pwd.getpwuid(65534).pw_name
+    assert result.stderr == (
+        f"error: cannot use the database {database}: owned by {owner}, mode 0600, and this "
+        "user (root) cannot read and write it\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import sys
 import tempfile
 from pathlib import Path
 
 from ollama_web.core.config import Settings
 from ollama_web.core.logging import LOG_DIR_MODE, LOG_FILES
-from ollama_web.core.startup import user_name
+from ollama_web.core.startup import forbidden_file
 
 WRITE_CHECK_PREFIX = ".write-check-"
 
@@ -95,17 +94,12 @@ def _check_server_files(settings: Settings) -> None:
         suffixes = ("", "-wal", "-shm", MIGRATION_LOCK_SUFFIX)
         files += [database.with_name(database.name + suffix) for suffix in suffixes]
     for path in files:
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        forbidden = forbidden_file(path)
+        if forbidden is not None:
             raise DirectoryError(
-                f"cannot use {path}: {_owner(path)}, and this user ({user_name(os.geteuid())}) "
-                "cannot read and write it; give the server's files back to the user it runs "
+                f"cannot use {forbidden}; give the server's files back to the user it runs "
                 "as (chown), or run it as their owner"
             )
-
-
-def _owner(path: Path) -> str:
-    info = path.stat()
-    return f"owned by {user_name(info.st_uid)}, mode {stat.S_IMODE(info.st_mode):04o}"
 
 
 def _prepare(variable: str, directory: Path, *, mode: int, writable: bool) -> None:

@@ -143,7 +143,21 @@ def _database_failure(settings: Settings, exc: Exception) -> str:
     from ollama_web.core.db import describe_database_error
 
     name = _database_name(settings)
+    unusable = forbidden_file(settings.sqlite_file)
+    if unusable is not None:  # SQLite says only "unable to open database file"
+        return f"cannot use the database {unusable}"
     return f"cannot use the database {name}: {describe_database_error(exc)}"
+
+
+def forbidden_file(path: Path | None) -> str | None:
+    """`path`, its owner and mode, when it exists and this user cannot read and write it."""
+    if path is None or not path.exists() or os.access(path, os.R_OK | os.W_OK):
+        return None
+    info = path.stat()
+    return (
+        f"{path}: owned by {user_name(info.st_uid)}, mode {info.st_mode & 0o7777:04o}, and "
+        f"this user ({user_name(os.geteuid())}) cannot read and write it"
+    )
 
 
 def _database_name(settings: Settings) -> str:
