@@ -313,16 +313,10 @@ def allowed_methods(request: Request) -> list[str]:
     HEAD is served wherever GET is (middleware/head.py)."""
     scope = request.scope
     routes = request.app.router.routes
+    path = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
     allowed = []
     for method in PROBED_METHODS:
-        probe = {
-            "type": "http",
-            "method": method,
-            "path": scope["path"],
-            "root_path": scope.get("root_path", ""),
-            "headers": [],
-            "query_string": b"",
-        }
+        probe = {**path, "method": method, "headers": [], "query_string": b""}
         if any(route.matches(probe)[0] is Match.FULL for route in routes):
             allowed.append(method)
             if method == "GET":
