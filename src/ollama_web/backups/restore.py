@@ -81,7 +81,11 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
             target_dir.mkdir(parents=True, exist_ok=True)
             sqlite.gunzip_file(path, work)
         except OSError as exc:
-            raise _cannot_check(exc) from exc
+            raise _not_checked(
+                "unpacking it beside the database failed",
+                exc,
+                "make room there, or make it writable, and try again",
+            ) from exc
         yield work
     finally:
         # Not unlinked when missing: that fails on a read-only filesystem. os.path.exists,
@@ -89,15 +93,6 @@ def unpacked(backup: DatabaseBackup, path: Path) -> Iterator[Path]:
         # masked the BackupCheckError with a traceback): nothing of ours can be there.
         if os.path.exists(work):
             work.unlink()
-
-
-def _cannot_check(exc: OSError) -> BackupCheckError:
-    """The error for a backup that could not be unpacked beside the database."""
-    return _not_checked(
-        "unpacking it beside the database failed",
-        exc,
-        "make room there, or make it writable, and try again",
-    )
 
 
 def _cannot_read(file: Path, exc: OSError) -> BackupCheckError:
