@@ -1,7 +1,7 @@
 """The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
 the generation registry (with REDIS_URL, the relay to other processes and the per-user limit
-they share), the title writer, and a shutdown that lets running generations store what they
-have."""
+they share; without it, the limit shared by this host's processes), the title writer, and
+a shutdown that lets running generations store what they have."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
+from ollama_web.chat.host_slots import DIRECTORY_NAME, HostSlots
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.slots import SharedSlots
@@ -51,6 +52,8 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.slots = SharedSlots(
             core.settings.redis_url, leases.stale_seconds(checkpoint_seconds)
         )
+    elif HostSlots.supported():
+        registry.host_slots = HostSlots(core.settings.data_dir / DIRECTORY_NAME)
     forget_stop_signal = on_stop_signal(registry.stop_signal)
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(
@@ -75,5 +78,7 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
             await registry.relay.aclose()
         if registry.slots is not None:
             await registry.slots.aclose()
+        if registry.host_slots is not None:
+            registry.host_slots.close()
         await titles.aclose()
         await writes.aclose()

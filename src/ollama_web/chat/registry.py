@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.errors import TooManyGenerationsError
 from ollama_web.chat.generation import INTERRUPTED, ChatOpener, Generation, GenerationSpec
+from ollama_web.chat.host_slots import SlotsInUse
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.conversations.writes import Writes
 from ollama_web.core.config import Settings
 
 if TYPE_CHECKING:
+    from ollama_web.chat.host_slots import HostSlots
     from ollama_web.chat.relay import GenerationRelay
     from ollama_web.chat.slots import SharedSlots
 
@@ -45,6 +47,8 @@ class Reservation:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     shared: bool = False
     """Also held in Redis (see `slots`), to give back when released."""
+    host_slot: int | None = None
+    """Its slot among this host's processes, without Redis (see `host_slots`)."""
     taking: bool = False
     """Its slot is being taken in Redis: a heartbeat must not add it first, or the take
     would find it there and not count it against the limit."""
@@ -78,6 +82,8 @@ class GenerationRegistry:
         """Set with REDIS_URL: stop and re-attach for answers of other processes."""
         self.slots: SharedSlots | None = None
         """Set with REDIS_URL: the per-user limit counted across processes."""
+        self.host_slots: HostSlots | None = None
+        """Set without REDIS_URL: the per-user limit counted across this host's processes."""
         self._interrupt_timer: asyncio.TimerHandle | None = None
         self._interrupting = False
 
@@ -85,16 +91,22 @@ class GenerationRegistry:
 
     async def reserve(self, user_id: str) -> Reservation:
         """Take one of the user's MAX_CONCURRENT_GENERATIONS_PER_USER slots, or 429: in this
-        process, and with REDIS_URL across all of them (see `slots`)."""
+        process, and across all of them: with REDIS_URL through Redis (see `slots`), else
+        those of this host through lock files (see `host_slots`)."""
         now = time.monotonic()
-        held = [r for r in self._reservations.get(user_id, ()) if r.held(now)]
+        self._drop_lapsed(user_id, now)
+        held = self._reservations.setdefault(user_id, [])
         limit = self.settings.max_concurrent_generations_per_user
         if len(held) >= limit:
-            self._reservations[user_id] = held
             raise TooManyGenerationsError(limit)
         reservation = Reservation(user_id, now)
         held.append(reservation)
-        self._reservations[user_id] = held
+        if self.host_slots is not None:
+            try:
+                reservation.host_slot = self.host_slots.take(user_id, limit)
+            except SlotsInUse:
+                self.release(reservation)
+                raise TooManyGenerationsError(limit) from None
         if self.slots is not None:
             reservation.taking = True
             try:
@@ -112,6 +124,9 @@ class GenerationRegistry:
 
     def release(self, reservation: Reservation) -> None:
         reservation.released = True
+        if reservation.host_slot is not None and self.host_slots is not None:
+            self.host_slots.give_back(reservation.user_id, reservation.host_slot)
+            reservation.host_slot = None
         if reservation.shared and self.slots is not None:
             reservation.shared = False
             self.slots.give_back(reservation.user_id, reservation.id)
@@ -122,6 +137,12 @@ class GenerationRegistry:
             held.remove(reservation)
         if not held:
             del self._reservations[reservation.user_id]
+
+    def _drop_lapsed(self, user_id: str, now: float) -> None:
+        """Release the user's reservations whose job never started (see
+        RESERVATION_TTL_SECONDS): their slots, here and shared, are free again."""
+        for reservation in [r for r in self._reservations.get(user_id, ()) if not r.held(now)]:
+            self.release(reservation)
 
     # -------------------------------------------------------------- jobs
 
@@ -234,7 +255,10 @@ class GenerationRegistry:
         """Keep the lease of every running answer (see `ollama_web.chat.leases`), and the
         shared slots this process holds; drop finished answers kept past RETAIN_SECONDS
         (else only the next chat or re-attach would: an idle server held them)."""
-        self._prune(time.monotonic())
+        now = time.monotonic()
+        self._prune(now)
+        for user_id in list(self._reservations):
+            self._drop_lapsed(user_id, now)
         running = list(self._running.values())
         if running:
             await asyncio.gather(*(generation.heartbeat(interval) for generation in running))
