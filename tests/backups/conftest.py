@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup
 from ollama_web.core.config import Settings
+from tests.conftest import TEST_SECRET
+from tests.fixtures.privileges import unprivileged
 
 SettingsMaker = Callable[..., Settings]
 AppMaker = Callable[..., Awaitable[FastAPI]]
@@ -120,3 +123,31 @@ def usernames_sqlite(settings: Settings) -> set[str]:
         return {row[0] for row in connection.execute("SELECT username FROM users")}
     finally:
         connection.close()
+
+
+@pytest.fixture
+def environment(
+    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> SettingsMaker:
+    """The CLI reads its settings from the environment: point it at the test directories."""
+    settings = sqlite_settings()
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": settings.data_dir,
+        "LOG_DIR": settings.log_dir,
+        "BACKUP_DIR": settings.backup_dir,
+        "BACKUP_ENABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return sqlite_settings
+
+
+def run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`ollama-web ARGUMENTS` as the service's user would run it (root reads anything)."""
+    return subprocess.run(
+        [*unprivileged(), sys.executable, "-m", "ollama_web", *arguments],
+        env=dict(os.environ), input=stdin, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip

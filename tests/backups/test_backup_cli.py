@@ -21,30 +21,16 @@ from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.core.startup import EXIT_DATABASE_ERROR
 from ollama_web.migrations.runner import script_head, upgrade
-from tests.backups.conftest import SettingsMaker, add_user_sqlite, fill, usernames_sqlite
-from tests.conftest import TEST_SECRET
+from tests.backups.conftest import (
+    SettingsMaker,
+    add_user_sqlite,
+    fill,
+    run_unprivileged,
+    usernames_sqlite,
+)
 from tests.fixtures.privileges import unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def environment(
-    sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> SettingsMaker:
-    """The CLI reads its settings from the environment: point it at the test directories."""
-    settings = sqlite_settings()
-    monkeypatch.chdir(tmp_path)
-    for name, value in {
-        "SECRET_KEY": TEST_SECRET,
-        "DATA_DIR": settings.data_dir,
-        "LOG_DIR": settings.log_dir,
-        "BACKUP_DIR": settings.backup_dir,
-        "BACKUP_ENABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    return sqlite_settings
 
 
 def test_backup_list_verify_and_restore(
@@ -269,7 +255,7 @@ def test_restore_in_a_read_only_data_dir_says_the_check_could_not_run(
         lock.touch(mode=0o600)  # as a server left them
     settings.data_dir.chmod(0o500)
     try:
-        restored = _run_unprivileged("restore", info.name, "--force")
+        restored = run_unprivileged("restore", info.name, "--force")
     finally:
         settings.data_dir.chmod(0o700)
     assert restored.returncode == EXIT_NOT_CHECKED, restored.stderr
@@ -298,9 +284,9 @@ def test_a_data_dir_that_cannot_be_used_is_one_line_from_verify_and_restore(
     settings.data_dir.chmod(mode)
     try:
         if command == "verify":
-            result = _run_unprivileged("backup", "--verify", info.name)
+            result = run_unprivileged("backup", "--verify", info.name)
         else:
-            result = _run_unprivileged("restore", info.name, "--force")
+            result = run_unprivileged("restore", info.name, "--force")
     finally:
         settings.data_dir.chmod(0o700)
     if command == "verify":
@@ -320,15 +306,6 @@ def test_a_data_dir_that_cannot_be_used_is_one_line_from_verify_and_restore(
     assert usernames_sqlite(settings) == {"alice"}
 
 
-def _run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`ollama-web ARGUMENTS` as the service's user would run it (root reads anything)."""
-    return subprocess.run(
-        [*unprivileged(), sys.executable, "-m", "ollama_web", *arguments],
-        env=dict(os.environ), input=stdin, capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("unreadable", ["archive", "sidecar"])
 def test_a_backup_that_cannot_be_read_could_not_be_checked_by_the_commands(
     environment: SettingsMaker, unreadable: str
@@ -344,8 +321,8 @@ def test_a_backup_that_cannot_be_read_could_not_be_checked_by_the_commands(
     file = info.path if unreadable == "archive" else names.checksum_path(info.path)
     file.chmod(0o000)
     try:
-        verified = _run_unprivileged("backup", "--verify", info.name)
-        restored = _run_unprivileged("restore", info.name, "--force")
+        verified = run_unprivileged("backup", "--verify", info.name)
+        restored = run_unprivileged("restore", info.name, "--force")
     finally:
         file.chmod(0o600)
     unchecked = (
@@ -376,9 +353,9 @@ def test_a_backup_directory_that_cannot_be_read_is_one_line_from_the_commands(
     assert info is not None
     settings.backup_dir.chmod(mode)
     try:
-        listed = _run_unprivileged("backup", "--list")
-        verified = _run_unprivileged("backup", "--verify", info.name)
-        restored = _run_unprivileged("restore", info.name, "--force")
+        listed = run_unprivileged("backup", "--list")
+        verified = run_unprivileged("backup", "--verify", info.name)
+        restored = run_unprivileged("restore", info.name, "--force")
     finally:
         settings.backup_dir.chmod(0o700)
     unreadable = f"the backup directory {settings.backup_dir} cannot be read: Permission denied\n"
@@ -403,7 +380,7 @@ def test_a_backup_of_a_data_dir_that_cannot_be_searched_is_one_line(
     add_user_sqlite(settings, "alice")
     settings.data_dir.chmod(0o000)
     try:
-        taken = _run_unprivileged("backup")
+        taken = run_unprivileged("backup")
     finally:
         settings.data_dir.chmod(0o700)
     database = settings.data_dir / "ollama_web.db"
@@ -447,9 +424,9 @@ def test_a_migration_refused_for_its_backup_is_one_line_and_exit_3(
     create_admin = ("create-admin", "--username", "root", "--password-stdin")
     try:
         results = [
-            _run_unprivileged("migrate"),
-            _run_unprivileged("users", "list"),
-            _run_unprivileged(*create_admin, stdin=password),
+            run_unprivileged("migrate"),
+            run_unprivileged("users", "list"),
+            run_unprivileged(*create_admin, stdin=password),
         ]
     finally:
         backup_dir.chmod(0o700)
