@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup
+from ollama_web.backups.cli import EXIT_NOT_CHECKED
 from ollama_web.backups.errors import RestoreRefusedError
-from ollama_web.backups.postgres import libpq_environment, tools_available
+from ollama_web.backups.postgres import TOOLS, libpq_environment, tools_available
+from ollama_web.cli import main
 from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.db.base import new_id
 from ollama_web.migrations.runner import script_head, upgrade
-from tests.conftest import asgi_client, require_postgres_ca
+from tests.conftest import TEST_SECRET, asgi_client, require_postgres_ca
 from tests.fixtures.auth import create_test_user
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
@@ -279,3 +283,78 @@ async def test_an_unchanged_database_is_not_backed_up_again_at_start_or_stop(
     assert changed is not None
     assert changed.content_sha256 != first.content_sha256
     assert [info.reason for info in service.list_backups()] == ["shutdown", "manual", "startup"]
+
+
+def _path_without(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, missing: str) -> None:
+    """PATH holds PostgreSQL's client tools but `missing` (installed in part)."""
+    tools = tmp_path / f"bin-without-{missing}"
+    tools.mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        assert found is not None
+        if tool != missing:
+            (tools / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tools))
+
+
+NO_PG_RESTORE = (
+    "the backup could not be checked, which says nothing about it: pg_restore cannot be run "
+    "(not installed); install PostgreSQL's client tools on this host, and try again"
+)
+
+
+async def test_verify_without_pg_restore_answers_that_the_check_could_not_run(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pg_restore not on PATH: verify answered 200 {valid: false, problems: ["pg_restore is
+    not installed"]}, a sound backup called damaged. The check could not run: 503."""
+    admin = await create_test_user(app, role="admin")
+    async with asgi_client(app) as client:
+        name = (await client.post("/backup", headers=admin.headers)).json()["name"]
+        with monkeypatch.context() as patched:
+            _path_without(patched, tmp_path, "pg_restore")
+            unchecked = await client.post(f"/backup/{name}/verify", headers=admin.headers)
+        verified = await client.post(f"/backup/{name}/verify", headers=admin.headers)
+    assert unchecked.status_code == 503, unchecked.text
+    body = unchecked.json()
+    assert (body["error"], body["message"]) == ("BACKUP_CHECK_FAILED", NO_PG_RESTORE)
+    assert body["details"] == {"reason": "not installed"}
+    assert verified.json() == {"name": name, "valid": True, "problems": []}
+
+
+async def test_the_commands_without_pg_restore_could_not_check_the_backup(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`backup --verify` said the backup was damaged (exit 1); `restore` said "pg_restore
+    is not installed" as well when pg_dump was the one missing. Without pg_restore the
+    check cannot run (74); without another tool the restore is refused naming it (1)."""
+    await _add_user(settings, "alice")
+    info = await asyncio.to_thread(DatabaseBackup(settings).create_backup)
+    assert info is not None
+    await _add_user(settings, "bob")
+    monkeypatch.chdir(tmp_path)
+    for variable, value in {
+        "SECRET_KEY": TEST_SECRET,
+        "DATABASE_URL": _url(settings),
+        "DATA_DIR": settings.data_dir,
+        "LOG_DIR": settings.log_dir,
+        "BACKUP_DIR": settings.backup_dir,
+    }.items():
+        monkeypatch.setenv(variable, str(value))
+    with monkeypatch.context() as patched:
+        _path_without(patched, tmp_path, "pg_restore")
+        assert main(["backup", "--verify", info.name]) == EXIT_NOT_CHECKED
+        assert main(["restore", info.name, "--force"]) == EXIT_NOT_CHECKED
+    with monkeypatch.context() as patched:
+        _path_without(patched, tmp_path, "pg_dump")
+        assert main(["restore", info.name, "--force"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{info.name}: {NO_PG_RESTORE}",
+        f"restore refused, nothing was changed: {NO_PG_RESTORE}",
+        "restore refused, nothing was changed: pg_dump is not installed on this host (a "
+        "restore needs pg_dump, pg_restore and psql): install PostgreSQL's client tools",
+    ]
+    assert await _usernames(settings) == {"alice", "bob"}

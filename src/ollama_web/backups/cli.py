@@ -10,8 +10,8 @@ the operator names (its `.sha256` sidecar must be next to it). Exit codes, as RE
 them: 0 done; 1 refused or failed, nothing changed (also: no such backup, no pg_dump; for
 --verify, the backup is damaged or not ours); 2 a malformed command line; 74 the backup
 could not be checked (no room or no write access beside the database to unpack it, or it,
-or BACKUP_DIR, cannot be read), which says nothing about it, and nothing changed; 78 invalid
-configuration.
+or BACKUP_DIR, cannot be read, or pg_restore is not installed), which says nothing about
+it, and nothing changed; 78 invalid configuration.
 """
 
 from __future__ import annotations

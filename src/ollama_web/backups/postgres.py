@@ -38,8 +38,22 @@ class PostgresBackupError(Exception):
     pass
 
 
+class ToolUnavailableError(PostgresBackupError):
+    """A client tool is not installed, or cannot be started: that says nothing about the
+    archive or the database it was to read."""
+
+    def __init__(self, tool: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.reason = reason
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
 def tools_available() -> bool:
-    return all(shutil.which(tool) for tool in TOOLS)
+    return not missing_tools()
 
 
 def libpq_environment(database_url: str) -> dict[str, str]:
@@ -63,7 +77,7 @@ def libpq_environment(database_url: str) -> dict[str, str]:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise PostgresBackupError(f"{name} is not installed")
+        raise ToolUnavailableError(name, "not installed", f"{name} is not installed")
     return path
 
 
@@ -79,7 +93,12 @@ def _run(arguments: list[str], database_url: str | None) -> subprocess.Completed
             timeout=TOOL_TIMEOUT_SECONDS,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:  # its mode, say
+        reason = exc.strerror or type(exc).__name__
+        raise ToolUnavailableError(
+            arguments[0], reason, f"{arguments[0]} failed to run: {exc}"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
         raise PostgresBackupError(f"{arguments[0]} failed to run: {exc}") from exc
 
 

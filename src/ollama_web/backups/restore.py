@@ -100,10 +100,16 @@ def _cannot_read(file: Path, exc: OSError) -> BackupCheckError:
     return _not_checked(f"{file.name} cannot be read", exc, "make it readable, and try again")
 
 
-def _not_checked(what_failed: str, exc: OSError, remedy: str) -> BackupCheckError:
+def _cannot_run(tool: str, reason: str) -> BackupCheckError:
+    """The error for a PostgreSQL client tool that is missing or will not start."""
+    remedy = "install PostgreSQL's client tools on this host, and try again"
+    return _not_checked(f"{tool} cannot be run", reason, remedy)
+
+
+def _not_checked(what_failed: str, exc: OSError | str, remedy: str) -> BackupCheckError:
     """A check that could not run, in the OS's words without the path they carry (the
     route logs the whole error; a backup's name is no secret)."""
-    reason = exc.strerror or type(exc).__name__
+    reason = exc if isinstance(exc, str) else exc.strerror or type(exc).__name__
     return BackupCheckError(
         f"the backup could not be checked, which says nothing about it: {what_failed} "
         f"({reason}); {remedy}",
@@ -113,7 +119,10 @@ def _not_checked(what_failed: str, exc: OSError, remedy: str) -> BackupCheckErro
 
 def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
     if not backup.settings.is_sqlite:
-        return _archive_problems(database)
+        try:
+            return _archive_problems(database)
+        except postgres.ToolUnavailableError as exc:
+            raise _cannot_run(exc.tool, exc.reason) from exc
     problems = sqlite.integrity_problems(database)
     if not problems and "users" not in sqlite.tables(database):
         problems = ["the backup does not hold an ollama-web database (no users table)"]
@@ -129,6 +138,8 @@ def content_problems(backup: DatabaseBackup, database: Path) -> list[str]:
 def _archive_problems(archive: Path) -> list[str]:
     try:
         tables = postgres.archive_tables(archive)
+    except postgres.ToolUnavailableError:
+        raise
     except postgres.PostgresBackupError as exc:
         return [str(exc)]
     if "users" not in tables:
@@ -224,11 +235,25 @@ def _set_aside(database: Path, why: Exception) -> str:
     return str(kept)
 
 
+def _refuse_without_tools() -> None:
+    """pg_restore checks the backup and restores it (without it the check cannot run), psql
+    looks for users, pg_dump takes the safety backup."""
+    missing = postgres.missing_tools()
+    if "pg_restore" in missing:
+        raise _cannot_run("pg_restore", "not installed")
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise RestoreRefusedError(
+            f"{' and '.join(missing)} {verb} not installed on this host (a restore needs "
+            "pg_dump, pg_restore and psql): install PostgreSQL's client tools"
+        )
+
+
 def restore(backup: DatabaseBackup, path: Path, *, force: bool) -> dict[str, Any]:
     """Restore `path` over the configured database. RestoreRefusedError changes nothing,
     nor does BackupCheckError (the backup could not be checked)."""
-    if backup.mode == "external":
-        raise RestoreRefusedError("PostgreSQL backups are external: pg_restore is not installed")
+    if not backup.settings.is_sqlite:
+        _refuse_without_tools()
     with contextlib.ExitStack() as locks:
         for lock in server_lock_paths(backup.settings):
             try:

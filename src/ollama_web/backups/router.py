@@ -176,8 +176,8 @@ async def get_backup(request: Request, principal: AdminPrincipal, name: BackupNa
         404: {"description": "BACKUP_NOT_FOUND: not one of the listed backups"},
         503: {
             "description": "BACKUP_CHECK_FAILED: the check could not run (no room or no "
-            "write access beside the database to unpack the backup, or the backup cannot be "
-            "read); says nothing about it. " + _UNREADABLE_DIRECTORY
+            "write access beside the database to unpack the backup, the backup cannot be "
+            "read, or pg_restore is not installed); says nothing about it. " + _UNREADABLE_DIRECTORY
         },
     },
 )
