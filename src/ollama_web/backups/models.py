@@ -17,7 +17,9 @@ class BackupInfo:
     path: Path
     created_at: datetime
     size_bytes: int
-    sha256: str
+    sha256: str | None
+    """As its sidecar records it; None when the sidecar is there but cannot be read (its
+    mode, another owner): still a complete backup, which a check says it could not check."""
     duration_ms: float | None
     reason: str | None
     kind: str | None
@@ -49,14 +51,20 @@ class BackupInfo:
 
     @classmethod
     def load(cls, path: Path) -> BackupInfo | None:
-        """Read a backup's facts from its files; None if it vanished or is unreadable."""
+        """Read a backup's facts from its files; None if it vanished, or its sidecar is
+        empty or not text (damaged: not a complete backup)."""
         created_at = names.time_of(path.name)
         try:
-            recorded = names.checksum_path(path).read_text(encoding="utf-8").split()
             size = path.stat().st_size
-        except (OSError, UnicodeDecodeError):  # a sidecar of bytes that are not text
+        except OSError:
             return None
-        if not recorded or created_at is None:
+        try:
+            recorded: list[str] | None = names.checksum_path(path).read_text("utf-8").split()
+        except (FileNotFoundError, UnicodeDecodeError):  # a sidecar of bytes that are not text
+            return None
+        except OSError:  # there but unreadable (its mode, another owner): still complete, and
+            recorded = None  # listed, as the commands find it; its check cannot run (503, 74)
+        if recorded == [] or created_at is None:
             return None
         extra: dict[str, Any] = {}
         try:
@@ -71,7 +79,7 @@ class BackupInfo:
             path=path,
             created_at=created_at,
             size_bytes=size,
-            sha256=recorded[0].lower(),
+            sha256=recorded[0].lower() if recorded else None,
             duration_ms=float(duration) if isinstance(duration, int | float) else None,
             reason=str(extra["reason"]) if extra.get("reason") else None,
             kind=str(extra["kind"]) if extra.get("kind") else None,

@@ -14,7 +14,11 @@ class LastBackup(BaseModel):
     name: str
     created_at: datetime
     size_bytes: int
-    sha256: str
+    sha256: str | None = Field(
+        description="The archive's sha256 as its `.sha256` records it; null when that file "
+        "cannot be read (its mode, its owner): verifying the backup then answers 503 "
+        "BACKUP_CHECK_FAILED"
+    )
     duration_ms: float | None = Field(description="How long taking it took; null if unknown")
 
 

@@ -231,7 +231,8 @@ class DatabaseBackup:
 
     # Listing and pruning ---------------------------------------------------------------
     def list_backups(self) -> list[BackupInfo]:
-        """Complete backups (archive and checksum present), newest first. What lists, finds
+        """Complete backups (archive and checksum file present, readable or not), newest
+        first. What lists, finds
         or reports backups goes through here: a BACKUP_DIR that cannot be read (its mode,
         another owner) is BackupDirectoryError, said as such, not an OSError that callers
         would each have to catch (the routes answered 500, the commands a traceback)."""
