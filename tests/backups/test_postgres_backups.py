@@ -73,7 +73,7 @@ async def test_pg_dump_backup_and_forced_restore(settings: Settings) -> None:
     assert info.name.endswith(".dump")
     assert await asyncio.to_thread(service.verify, info.path) == []
     await _add_user(settings, "bob")
-    with pytest.raises(RestoreRefusedError, match="--force"):
+    with pytest.raises(RestoreRefusedError, match="force=True"):
         await asyncio.to_thread(service.restore_backup, info.path)
     result = await asyncio.to_thread(service.restore_backup, info.path, True)
     assert await _usernames(settings) == {"alice"}

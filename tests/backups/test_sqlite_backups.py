@@ -194,7 +194,7 @@ def test_restore_needs_force_over_a_database_with_users_and_saves_it_first(
     sqlite_settings: SettingsMaker,
 ) -> None:
     service, backup = _backup_with_alice(sqlite_settings)
-    with pytest.raises(RestoreRefusedError, match="--force"):
+    with pytest.raises(RestoreRefusedError, match="force=True"):
         service.restore_backup(backup)
     assert usernames_sqlite(service.settings) == {"alice", "bob"}
     result = service.restore_backup(backup, force=True)

@@ -27,6 +27,7 @@ from ollama_web.backups.errors import (
     BackupDirectoryError,
     BackupError,
     BackupsExternalError,
+    ForceRequiredError,
     RestoreRefusedError,
 )
 from ollama_web.backups.lifespan import install_migration_hook
@@ -134,6 +135,9 @@ def _restore(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         result: dict[str, Any] = service.restore_backup(path, force=args.force)
+    except ForceRequiredError as exc:  # in this command's words: not force=True
+        print(f"restore refused, nothing was changed: {exc.advice('--force')}", file=sys.stderr)
+        return EXIT_FAILED
     except RestoreRefusedError as exc:
         print(f"restore refused, nothing was changed: {exc}", file=sys.stderr)
         return EXIT_FAILED

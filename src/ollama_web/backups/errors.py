@@ -59,6 +59,20 @@ class RestoreRefusedError(Exception):
     """A restore was refused before anything was changed (the message says why)."""
 
 
+class ForceRequiredError(RestoreRefusedError):
+    """Refused because only a forced restore replaces (or sets aside) the current database.
+    Each surface names its own switch: `str()` is Python's (`force=True`); the command
+    line says `advice("--force")`. There is no HTTP restore."""
+
+    def __init__(self, reason: str, action: str) -> None:
+        self.reason = reason
+        self.action = action
+        super().__init__(self.advice("force=True"))
+
+    def advice(self, switch: str) -> str:
+        return f"{self.reason}; pass {switch} to {self.action}"
+
+
 class MigrationRefusedError(DatabaseUnusableError):
     """The backup taken before a migration failed, so the database is not migrated, and
     this version cannot use it until it is: one line and exit 3 from the commands that

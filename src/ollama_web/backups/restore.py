@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ollama_web.backups import names, postgres, schema, sqlite
-from ollama_web.backups.errors import BackupCheckError, BackupError, RestoreRefusedError
+from ollama_web.backups.errors import (
+    BackupCheckError,
+    BackupError,
+    ForceRequiredError,
+    RestoreRefusedError,
+)
 from ollama_web.backups.locks import LockBusyError, holding, server_lock_paths
 from ollama_web.backups.service import sha256_file
 from ollama_web.migrations.runner import known_revisions, script_head
@@ -191,14 +196,12 @@ def _refuse_if_not_forced(backup: DatabaseBackup, force: bool) -> None:
     try:
         has_users = backup.has_users()
     except (sqlite3.Error, postgres.PostgresBackupError) as exc:
-        raise RestoreRefusedError(
-            f"the current database cannot be read ({exc}); pass --force (force=True) to set "
-            "it aside and restore"
+        raise ForceRequiredError(
+            f"the current database cannot be read ({exc})", "set it aside and restore"
         ) from exc
     if has_users:
-        raise RestoreRefusedError(
-            "the current database has users; pass --force (force=True) to replace it "
-            "(a safety backup of it is taken first)"
+        raise ForceRequiredError(
+            "the current database has users", "replace it (a safety backup of it is taken first)"
         )
 
 
