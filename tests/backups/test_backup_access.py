@@ -74,3 +74,28 @@ def test_a_backup_whose_sidecar_cannot_be_read_is_listed_by_the_command(
         sidecar.chmod(0o600)
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()] == [info.name]
+
+
+def test_a_backup_beside_a_data_dir_that_cannot_be_listed_is_reported_taken(
+    environment: SettingsMaker,
+) -> None:
+    """DATA_DIR 0300 for the service's user (it can write and search it, not list it): the
+    backup was written and checked, then the clean-up after it listed DATA_DIR for what a
+    killed restore left, and `backup` said "the backup failed: Permission denied", exit 1.
+    It is taken (exit 0, and it verifies); the clean-up it could not do is a warning."""
+    settings = environment()
+    add_user_sqlite(settings, "alice")
+    settings.data_dir.chmod(0o300)
+    try:
+        taken = run_unprivileged("backup")
+        name = Path(taken.stdout.split()[0]).name if taken.stdout else ""
+        verified = run_unprivileged("backup", "--verify", name)
+    finally:
+        settings.data_dir.chmod(0o700)
+    assert taken.returncode == 0, taken.stderr
+    assert taken.stderr == (
+        "cannot remove unfinished backup files: [Errno 13] Permission denied: "
+        f"'{settings.data_dir}'\n"
+    )
+    assert [info.name for info in DatabaseBackup(settings).list_backups()] == [name]
+    assert verified.returncode == 0, verified.stderr

@@ -276,7 +276,10 @@ class DatabaseBackup:
             if (too_many or too_old) and info.name != keep:
                 info.delete()
                 removed.append(info.name)
-        self.remove_orphans()
+        try:
+            self.remove_orphans()
+        except OSError as exc:  # DATA_DIR 0300, say: the backup is taken and checked all the same
+            logger.warning("cannot remove unfinished backup files: %s", exc)
         if removed:
             logger.info("pruned %d old backup(s): %s", len(removed), ", ".join(removed))
         return removed
