@@ -129,7 +129,13 @@ def test_a_backup_on_postgresql_without_pg_dump_fails_with_status_1(
     monkeypatch.setattr(postgres.shutil, "which", lambda _name: None)
     assert main(["backup"]) == 1
     assert capsys.readouterr().err == (
-        "PostgreSQL backups are external: pg_dump is not installed on this host.\n"
+        "PostgreSQL backups are external: pg_dump, pg_restore and psql are not installed on "
+        "this host.\n"
+    )
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None if name == "psql" else name)
+    assert main(["backup"]) == 1  # the one missing is named, not pg_dump
+    assert capsys.readouterr().err == (
+        "PostgreSQL backups are external: psql is not installed on this host.\n"
     )
 
 

@@ -247,7 +247,7 @@ def _refuse_without_tools() -> None:
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise RestoreRefusedError(
-            f"{' and '.join(missing)} {verb} not installed on this host (a restore needs "
+            f"{postgres.and_list(missing)} {verb} not installed on this host (a restore needs "
             "pg_dump, pg_restore and psql): install PostgreSQL's client tools"
         )
 

@@ -144,8 +144,11 @@ class DatabaseBackup:
         seconds) otherwise filled BACKUP_MAX_COUNT with copies of one database within
         minutes, and the retention deleted every older backup."""
         if self.mode == MODE_EXTERNAL:
+            missing = postgres.missing_tools()
+            verb = "is" if len(missing) == 1 else "are"
             raise BackupsExternalError(
-                "PostgreSQL backups are external: pg_dump is not installed on this host."
+                f"PostgreSQL backups are external: {postgres.and_list(missing)} {verb} not "
+                "installed on this host."
             )
         try:
             empty = require_users and not self.has_users()
@@ -232,10 +235,10 @@ class DatabaseBackup:
     # Listing and pruning ---------------------------------------------------------------
     def list_backups(self) -> list[BackupInfo]:
         """Complete backups (archive and checksum file present, readable or not), newest
-        first. What lists, finds
-        or reports backups goes through here: a BACKUP_DIR that cannot be read (its mode,
-        another owner) is BackupDirectoryError, said as such, not an OSError that callers
-        would each have to catch (the routes answered 500, the commands a traceback)."""
+        first. What lists, finds or reports backups goes through here: a BACKUP_DIR that
+        cannot be read (its mode, another owner) is BackupDirectoryError, said as such, not
+        an OSError that callers would each have to catch (the routes answered 500, the
+        commands a traceback)."""
         try:
             return self._list_backups()
         except OSError as exc:
