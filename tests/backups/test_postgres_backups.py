@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup
 from ollama_web.backups.cli import EXIT_NOT_CHECKED
-from ollama_web.backups.errors import RestoreRefusedError
+from ollama_web.backups.errors import ForceRequiredError, RestoreRefusedError
 from ollama_web.backups.postgres import TOOLS, libpq_environment, tools_available
 from ollama_web.cli import main
 from ollama_web.core.config import Settings
@@ -24,6 +24,7 @@ from ollama_web.db.base import new_id
 from ollama_web.migrations.runner import script_head, upgrade
 from tests.conftest import TEST_SECRET, asgi_client, require_postgres_ca
 from tests.fixtures.auth import create_test_user
+from tests.ollama.faults import closed_port_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
 
@@ -81,6 +82,31 @@ async def test_pg_dump_backup_and_forced_restore(settings: Settings) -> None:
     assert safety is not None
     await asyncio.to_thread(service.restore_backup, safety.path, True)
     assert await _usernames(settings) == {"alice", "bob"}
+
+
+async def test_a_current_database_that_cannot_be_read_is_not_answered_with_force(
+    settings: Settings, settings_factory: Callable[..., Settings]
+) -> None:
+    """On SQLite --force sets an unreadable database aside; on PostgreSQL there is nothing
+    to set aside and the forced restore's safety backup fails: the refusal points at the
+    connection instead of at --force."""
+    service = DatabaseBackup(settings)
+    await _add_user(settings, "alice")
+    info = await asyncio.to_thread(service.create_backup)
+    assert info is not None
+    port = closed_port_url().rsplit(":", 1)[1]
+    unreachable = settings_factory(database_url=f"postgresql://nobody:x@127.0.0.1:{port}/none")
+    assert unreachable.backup_dir == settings.backup_dir
+    with pytest.raises(RestoreRefusedError) as refused:
+        await asyncio.to_thread(DatabaseBackup(unreachable).restore_backup, info.path)
+    assert not isinstance(refused.value, ForceRequiredError)
+    message = str(refused.value)
+    assert message.startswith("the current database cannot be read (")
+    assert message.endswith(
+        "check DATABASE_URL and that the PostgreSQL server answers, then try again"
+    )
+    assert "force" not in message
+    assert await _usernames(settings) == {"alice"}
 
 
 async def test_a_tampered_dump_is_refused(settings: Settings) -> None:

@@ -196,6 +196,11 @@ def _refuse_if_not_forced(backup: DatabaseBackup, force: bool) -> None:
     try:
         has_users = backup.has_users()
     except (sqlite3.Error, postgres.PostgresBackupError) as exc:
+        if not backup.settings.is_sqlite:  # nothing to set aside: its safety backup would fail
+            raise RestoreRefusedError(
+                f"the current database cannot be read ({exc}); check DATABASE_URL and that "
+                "the PostgreSQL server answers, then try again"
+            ) from exc
         raise ForceRequiredError(
             f"the current database cannot be read ({exc})", "set it aside and restore"
         ) from exc
