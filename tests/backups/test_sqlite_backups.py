@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -113,6 +114,36 @@ def test_retention_keeps_the_newest_max_count_and_drops_old_ones(
         taken.append(info.name)
     listed = [info.name for info in service.list_backups()]
     assert listed == sorted(taken, key=names.sort_key, reverse=True)[:3]
+
+
+def test_an_old_backup_that_cannot_be_removed_does_not_fail_the_new_one(
+    sqlite_settings: SettingsMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pruning after a backup deleted what retention drops; a file it could not remove
+    made the backup just taken (written, checked) fail. Now it is a warning and the rest
+    of the pruning goes on."""
+    settings = sqlite_settings(backup_max_count=1, backup_retention_days=30)
+    add_user_sqlite(settings, "alice")
+    settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    stuck, old = (
+        settings.backup_dir / names.format_name(datetime.now(UTC) - timedelta(days=d), ".db.gz")
+        for d in (40, 35)
+    )
+    for path in (stuck, old):
+        path.write_bytes(b"old")
+        names.checksum_path(path).write_text(hashlib.sha256(b"old").hexdigest() + "\n")
+    names.metadata_path(stuck).mkdir()  # a real EISDIR when pruning unlinks it
+    service = DatabaseBackup(settings)
+    with caplog.at_level(logging.WARNING, logger="ollama_web.backups"):
+        taken = service.create_backup()
+    assert taken is not None
+    assert not old.exists(), "the prune went on past the one it could not remove"
+    assert stuck.exists()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"cannot remove the old backup {stuck.name}"
+    ]
+    # Its sidecar went first: unlisted, the rest is an orphan, removed after an hour.
+    assert [info.name for info in service.list_backups()] == [taken.name]
 
 
 def _writer(

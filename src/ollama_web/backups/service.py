@@ -277,7 +277,11 @@ class DatabaseBackup:
             too_many = index >= self.settings.backup_max_count
             too_old = retention > 0 and now - info.created_at > timedelta(days=retention)
             if (too_many or too_old) and info.name != keep:
-                info.delete()
+                try:
+                    info.delete()
+                except OSError as exc:  # the backup just taken stands; the next prune retries
+                    logger.warning("cannot remove the old backup %s: %s", info.name, exc)
+                    continue
                 removed.append(info.name)
         try:
             self.remove_orphans()
