@@ -1,7 +1,8 @@
 """Refuse bodies over MAX_REQUEST_BYTES while they stream in, not after reading them all.
 
 A body announced over the limit (`Content-Length`) is refused before a byte of it is read;
-one that comes chunked is read up to the limit, then refused: 413 PAYLOAD_TOO_LARGE.
+one that comes chunked is read up to the limit, then refused: 413 PAYLOAD_TOO_LARGE, with
+`details: {"max_bytes": N}` either way.
 
 A 413 answered before the body ended (these, and a route's own refusal of a body unread:
 login's 64 KiB, `auth.dependencies.authenticate_before_body`) leaves the client sending.
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollama_web.core.errors import encode_error
+from ollama_web.core.errors import BodyRejected, PayloadTooLargeError, encode_error
 
 LINGER_SECONDS = 5.0
 """How long, at most, the rest of a refused body is read after its 413."""
@@ -33,11 +33,15 @@ LINGER_MIN_BYTES = 64 * 1024 * 1024
 limit when that is more), enough for a body of several times MAX_REQUEST_BYTES' default."""
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from `receive`; an HTTPException so the framework renders it as a 413."""
+TOO_LARGE = "The request body is too large."
 
-    def __init__(self) -> None:
-        super().__init__(status_code=413, detail="The request body is too large.")
+
+class BodyTooLarge(BodyRejected):
+    """Raised from `receive`: the app's handler renders it as the 413 of a body announced
+    over the limit, `max_bytes` and all."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(PayloadTooLargeError(TOO_LARGE, details={"max_bytes": max_bytes}))
 
 
 class BodyLimitMiddleware:
@@ -62,7 +66,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 body_ended = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             else:  # the client left
                 body_ended = True
             return message
@@ -115,12 +119,8 @@ class BodyLimitMiddleware:
             return
 
     async def _reject(self, send: Send, request_id: str) -> None:
-        body = encode_error(
-            "PAYLOAD_TOO_LARGE",
-            "The request body is too large.",
-            {"max_bytes": self.max_bytes},
-            request_id,
-        )
+        details = {"max_bytes": self.max_bytes}
+        body = encode_error("PAYLOAD_TOO_LARGE", TOO_LARGE, details, request_id)
         await send(
             {
                 "type": "http.response.start",
