@@ -27,6 +27,8 @@ from tests.fixtures.logs import app_warnings
 from tests.fixtures.servers import serve_app
 
 LIMIT = 1024 * 1024
+LOGIN_LIMIT = 64 * 1024
+"""Login's own limit (`auth.dependencies.route_body_limit`), below MAX_REQUEST_BYTES."""
 OVER = 32 * LIMIT
 """Far more than the sockets' buffers hold: sent to a server that stopped reading, the
 client's sends fail long before the end."""
@@ -130,7 +132,7 @@ async def test_a_body_announced_over_the_limit_gets_its_413_not_a_reset(app: Fas
     assert (status, body["error"], body["details"]) == (
         413,
         "PAYLOAD_TOO_LARGE",
-        {"max_bytes": LIMIT},
+        {"max_bytes": LOGIN_LIMIT},
     )
     assert headers["connection"] == "close"
     assert headers["content-type"] == "application/json"
@@ -150,14 +152,29 @@ async def test_clients_that_send_the_whole_body_first_read_the_413(
             content=b"x" * OVER,
             headers={"content-type": "application/json", **regular_user.headers},
         )
-    for refused in (public, known):
+    for refused, limit in ((public, LOGIN_LIMIT), (known, LIMIT)):
         assert refused.status_code == 413
-        assert refused.json()["details"] == {"max_bytes": LIMIT}
+        assert refused.json()["details"] == {"max_bytes": limit}
+
+
+@pytest.mark.parametrize("size", [LOGIN_LIMIT + 1, LIMIT + 1, OVER])
+async def test_a_route_with_a_smaller_limit_is_the_limit_its_413_reports(
+    app: FastAPI, size: int
+) -> None:
+    """Login takes 64 KiB, less than MAX_REQUEST_BYTES: a body over login's limit is
+    refused by the route, one over MAX_REQUEST_BYTES before routing; either way the client
+    is told the limit of the route it called."""
+    async with _served(app) as base_url, httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        refused = await http.post(
+            "/api/auth/login", content=b"x" * size, headers={"content-type": "application/json"}
+        )
+    assert refused.status_code == 413
+    assert refused.json()["details"] == {"max_bytes": LOGIN_LIMIT}
 
 
 @pytest.mark.parametrize(
     ("path", "limit"),
-    [("/api/auth/login", 64 * 1024), ("/api/conversations", LIMIT)],
+    [("/api/auth/login", LOGIN_LIMIT), ("/api/conversations", LIMIT)],
     ids=["login's limit", "MAX_REQUEST_BYTES"],
 )
 async def test_a_chunked_body_over_the_limit_is_read_up_to_it_then_answered_the_same_way(

@@ -17,6 +17,7 @@ from ollama_web.auth.dependencies import (
     Principal,
     authenticate_before_body,
     authenticate_for_body_error,
+    route_body_limit,
 )
 from ollama_web.auth.errors import CrossSiteRequestError
 from ollama_web.auth.network import client_address, cross_site_reason
@@ -41,6 +42,7 @@ async def auth_lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.login_throttle = None
     app.state.body_error_authenticator = refuse_before_body_error
     app.state.body_gate = gate_body
+    app.state.route_body_limit = route_body_limit
     pruner = asyncio.get_running_loop().create_task(
         _prune_sessions_periodically(app.state.core), name="session-pruner"
     )

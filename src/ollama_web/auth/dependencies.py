@@ -242,6 +242,14 @@ on a route that needs no caller (login, setup, key verification: a few fields), 
 refused (413), not read."""
 
 
+def route_body_limit(request: Request) -> int | None:
+    """The most a body may hold on the request's route when that is less than
+    MAX_REQUEST_BYTES: LARGE_BODY_BYTES on a route that needs no caller; None on the
+    others. Also what the body limit tells a client it refused before routing (set on
+    `app.state` by the accounts lifespan, see `middleware.body_limit`)."""
+    return None if _route_needs_principal(request) else LARGE_BODY_BYTES
+
+
 async def authenticate_before_body(request: Request, length: int | None) -> None:
     """Called before a request's body is read (`InputGuardMiddleware`; FastAPI reads a
     body before it resolves dependencies). For a route that needs a caller: none presented
@@ -253,12 +261,13 @@ async def authenticate_before_body(request: Request, length: int | None) -> None
     For a route that needs no caller, a body over LARGE_BODY_BYTES is 413 unread: anyone
     could otherwise have 10 MiB (MAX_REQUEST_BYTES) read and parsed per request, before
     any rate limit (a dependency, run after the body) counts it."""
-    if not _route_needs_principal(request):
-        if length is not None and length > LARGE_BODY_BYTES:
+    limit = route_body_limit(request)
+    if limit is not None:
+        if length is not None and length > limit:
             raise PayloadTooLargeError(
-                "The request body is too large.", details={"max_bytes": LARGE_BODY_BYTES}
+                "The request body is too large.", details={"max_bytes": limit}
             )
-        setattr(request.state, BODY_LIMIT_STATE, LARGE_BODY_BYTES)
+        setattr(request.state, BODY_LIMIT_STATE, limit)
         return
     if isinstance(getattr(request.state, "principal", None), Principal):
         return

@@ -16,12 +16,24 @@ once a response has ended); then the connection closes (`Connection: close`: it 
 kept open to discard any amount). A client still sending past either bound is reset: the
 bounds are what one refused request may cost. Behind nginx none of this happens: nginx
 refuses a body over `client_max_body_size` itself.
+
+A route may take less than MAX_REQUEST_BYTES (login: 64 KiB, see
+`auth.dependencies.route_body_limit`). The 413 tells the client the limit of the route it
+called, whichever check refused the body first: a body announced over MAX_REQUEST_BYTES
+is refused here, before routing, so the route is looked up for its 413 (each route's own
+matching, ~2 us a route, only for a refused request); a chunked one reaches its route's
+own limit first.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import fastapi.routing
+from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.errors import BodyRejected, PayloadTooLargeError, encode_error
@@ -31,9 +43,19 @@ LINGER_SECONDS = 5.0
 LINGER_MIN_BYTES = 64 * 1024 * 1024
 """The least of a refused body's rest read and dropped after its 413 (at most: twice the
 limit when that is more), enough for a body of several times MAX_REQUEST_BYTES' default."""
-
-
 TOO_LARGE = "The request body is too large."
+RouteBodyLimit = Callable[[Request], "int | None"]
+"""`app.state.route_body_limit`: a routed request's own limit, None when it has none."""
+
+
+def _served_routes(routes: list[Any]) -> Iterable[Any]:
+    """The app's routes one by one, each matching with its full path. Recent FastAPI keeps
+    an included router whole in `app.routes` (it matches, but says not which route) and
+    yields its routes through `iter_route_contexts`; older versions copy them there."""
+    contexts: Callable[[list[Any]], Iterable[Any]] | None = getattr(
+        fastapi.routing, "iter_route_contexts", None
+    )
+    return contexts(routes) if contexts is not None else routes
 
 
 class BodyTooLarge(BodyRejected):
@@ -42,6 +64,7 @@ class BodyTooLarge(BodyRejected):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(PayloadTooLargeError(TOO_LARGE, details={"max_bytes": max_bytes}))
+        self.max_bytes = max_bytes
 
 
 class BodyLimitMiddleware:
@@ -66,7 +89,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 body_ended = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    raise BodyTooLarge(self._limit_for(scope))
             else:  # the client left
                 body_ended = True
             return message
@@ -84,12 +107,12 @@ class BodyLimitMiddleware:
 
         try:
             if self._declared_over(scope):
-                await self._reject(tracking_send, request_id)
+                await self._reject(tracking_send, request_id, self._limit_for(scope))
             else:
                 await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
             if not response_started:
-                await self._reject(tracking_send, request_id)
+                await self._reject(tracking_send, request_id, exc.max_bytes)
         if lingering:
             await self._discard_body(receive)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -102,6 +125,22 @@ class BodyLimitMiddleware:
                 except ValueError:
                     return False
         return False
+
+    def _limit_for(self, scope: Scope) -> int:
+        """The limit a refused body is told: its route's own when that is smaller."""
+        app = scope.get("app")
+        limit_of: RouteBodyLimit | None = getattr(
+            getattr(app, "state", None), "route_body_limit", None
+        )
+        if limit_of is None or app is None:
+            return self.max_bytes
+        for route in _served_routes(app.routes):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                served = getattr(route, "original_route", route)  # what the router puts
+                limit = limit_of(Request({**scope, **child_scope, "route": served}))
+                return self.max_bytes if limit is None else min(limit, self.max_bytes)
+        return self.max_bytes
 
     async def _discard_body(self, receive: Receive) -> None:
         """Read the rest of a refused body and drop it, within the bounds (module doc)."""
@@ -118,8 +157,8 @@ class BodyLimitMiddleware:
         except TimeoutError:
             return
 
-    async def _reject(self, send: Send, request_id: str) -> None:
-        details = {"max_bytes": self.max_bytes}
+    async def _reject(self, send: Send, request_id: str, limit: int) -> None:
+        details = {"max_bytes": limit}
         body = encode_error("PAYLOAD_TOO_LARGE", TOO_LARGE, details, request_id)
         await send(
             {
