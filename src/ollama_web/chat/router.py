@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import BeforeValidator, NonNegativeInt
 from starlette.responses import Response
 
 from ollama_web.auth.dependencies import CurrentPrincipal
@@ -66,8 +67,21 @@ _SSE: dict[int | str, dict[str, Any]] = {
         "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
     }
 }
+
+
+def _no_last_event(value: object) -> object:
+    """An empty `Last-Event-ID` is no last event (WHATWG SSE: the last event ID string may
+    be empty): the header is taken as absent. Any other value must be an id."""
+    return None if value == "" else value
+
+
 LastEventIdHeader = Annotated[
-    int | None, Header(alias="Last-Event-ID", ge=0, description="Replay the events after this id")
+    NonNegativeInt | None,  # bound on the id itself: the None of an empty header passes
+    BeforeValidator(_no_last_event),
+    Header(
+        alias="Last-Event-ID",
+        description="Replay the events after this id (empty: none seen, replay them all)",
+    ),
 ]
 
 
