@@ -133,8 +133,8 @@ async def test_head_of_a_running_answer_s_stream_ends_at_its_head(
     ollama_emulator: OllamaEmulator,
 ) -> None:
     """`HEAD /api/chat/stream/{id}` of an answer still being generated: the stream's head
-    (200, text/event-stream) at once, and the stream it would have been ends with it, as
-    for a client that left (no follower left behind, the answer runs on)."""
+    (200, text/event-stream) at once, without following the answer (no follower attached,
+    the answer runs on; see tests/chat/test_reattach.py)."""
     app = await app_factory(
         settings_factory(
             database_url=database_url,

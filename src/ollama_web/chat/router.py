@@ -23,7 +23,7 @@ from ollama_web.chat.responses import (
     stored_log,
 )
 from ollama_web.chat.schemas import ChatRequest
-from ollama_web.chat.sse import MEDIA_TYPE, EventLog, SSEResponse
+from ollama_web.chat.sse import MEDIA_TYPE, EventLog, SSEHead, SSEResponse
 from ollama_web.conversations import repository
 from ollama_web.conversations.dependencies import OwnedAnswer
 from ollama_web.conversations.service import message_public
@@ -32,6 +32,7 @@ from ollama_web.core.errors import error_response
 from ollama_web.db import Message
 from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
 from ollama_web.metrics.middleware import timed_by_the_model
+from ollama_web.middleware.head import is_head
 from ollama_web.ollama.dependencies import GatewayDep
 from ollama_web.ratelimit.limiter import DEFAULT, rate_limit_group
 
@@ -186,16 +187,23 @@ def _not_here(message: Message) -> GenerationNotHereError:
 
 
 async def _follow_elsewhere(
-    message: Message, relay: GenerationRelay | None, seen: int
+    message: Message, relay: GenerationRelay | None, seen: int, *, head: bool
 ) -> EventLog | None:
     """The events of the process generating the answer, through the relay; None to replay
-    the stored answer. An unfinished answer that no process claims is elsewhere (409)."""
+    the stored answer. An unfinished answer that no process claims is elsewhere (409).
+
+    A HEAD follows nothing (the owner would count it as a client): an unfinished answer is
+    taken as followable when there is a relay (an empty log stands for the owner's: it
+    answers 200; the GET's 409 when no process claims it would take the relay's round
+    trip), and an interrupted one is answered as stored."""
     if message.status in UNFINISHED_STATUSES:
+        if head and relay is not None:
+            return EventLog()
         log = await relay.follow(message.id, seen) if relay is not None else None
         if log is None:
             raise _not_here(message)
         return log
-    if message.status == INTERRUPTED and relay is not None:
+    if message.status == INTERRUPTED and relay is not None and not head:
         return await relay.follow(message.id, seen)
     return None
 
@@ -224,6 +232,7 @@ async def _follow_elsewhere(
 )
 @rate_limit_group(DEFAULT)  # see chat_stop
 async def chat_reattach(
+    request: Request,
     message: OwnedAnswer,
     principal: CurrentPrincipal,
     session: SessionDep,
@@ -235,6 +244,7 @@ async def chat_reattach(
     ] = None,
 ) -> Response:
     seen = last_event_id if last_event_id is not None else (after or 0)
+    head = is_head(request.scope)  # answered with the stream's head, following nothing
     generation = registry.get(message.id)
     log: EventLog | None
     if generation is not None:
@@ -244,7 +254,7 @@ async def chat_reattach(
             # The request's reads end here: it may wait for another process's answer, and
             # a storm of re-attaches must not hold the database's connections meanwhile.
             await session.commit()  # loaded objects stay usable (expire_on_commit=False)
-        log = await _follow_elsewhere(message, registry.relay, seen)
+        log = await _follow_elsewhere(message, registry.relay, seen, head=head)
     if log is None:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
         public = message_public(message, siblings)
@@ -253,6 +263,8 @@ async def chat_reattach(
         # Nothing the client has not seen, and nothing more to come: 204 tells an
         # EventSource to stop reconnecting.
         return Response(status_code=204)
+    if head:
+        return SSEHead()
     return SSEResponse(lambda: log, after=seen, keepalive_seconds=settings.sse_keepalive_seconds)
 
 

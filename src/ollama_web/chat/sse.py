@@ -234,6 +234,24 @@ class SSEResponse(Response):
             timer.cancel()
 
 
+class SSEHead(Response):
+    """The head an `SSEResponse` starts with, and no body: a HEAD's answer. It follows no
+    log (see `middleware.head`)."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(self) -> None:
+        self.status_code = 200
+        self.background: BackgroundTask | None = None
+        self.init_headers(dict(SSE_HEADERS))  # as an SSEResponse's: no length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class _Stream(Follower):
     """An `SSEResponse` following its log: where it is, and how it writes."""
 

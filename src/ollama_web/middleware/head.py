@@ -9,10 +9,12 @@ method) apply as to the GET.
 
 The response ends with its head: once `http.response.start` is sent, the body is ended at
 once, and whatever the route sends after it is dropped (the server would drop it too: it
-knows the request is a HEAD). A route that streams (an event stream's re-attach) stops as
-it does for a client that left after the head: the server's `receive` then answers
-`http.disconnect` (ASGI: a response was sent). Its direct path to the server
-(`SERVER_SEND`) goes through here too.
+knows the request is a HEAD). Its direct path to the server (`SERVER_SEND`) goes through
+here too. A route whose GET does more than build its answer can tell a HEAD by the mark
+in the scope (`is_head`): the re-attach route of an answer's event stream answers the
+stream's head without following the answer (a follower, even for a moment, counts as a
+client of the answer: with CHAT_CONTINUE_ON_DISCONNECT=false its leaving restarts the
+grace of an answer whose client left).
 
 Innermost (just outside the routes), so what the router puts in the scope (`route`, which
 the access log and the metrics name a request by) is copied back to the request's own.
@@ -26,7 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.chat.sse import SERVER_SEND
 
-_NOT_COPIED_BACK = frozenset({"method", SERVER_SEND})
+HEAD_REQUEST = "ollama_web.head"
+"""A scope key, True in the scope the routes see for a HEAD (whose method says GET)."""
+_NOT_COPIED_BACK = frozenset({"method", SERVER_SEND, HEAD_REQUEST})
+
+
+def is_head(scope: Scope) -> bool:
+    """Whether the routed request (a GET to the routes) is a HEAD."""
+    return HEAD_REQUEST in scope
 
 
 class HeadAsGetMiddleware:
@@ -41,7 +50,7 @@ class HeadAsGetMiddleware:
         return self.app(scope, receive, send)
 
     async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
-        inner = {**scope, "method": "GET"}
+        inner = {**scope, "method": "GET", HEAD_REQUEST: True}
         ended = False
 
         async def send_head_only(message: Message) -> None:
