@@ -237,3 +237,35 @@ async def test_what_is_read_after_a_413_is_bounded(
     assert upload.sent < 2 * LIMIT + OVER  # the bound, and at most 32 MiB the sockets held
     status, _, body = _json_of(answer)
     assert (status, body["error"]) == (413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    ("size", "closed"), [(body_limit.KEPT_UNREAD_BYTES, False), (LIMIT // 2, True)]
+)
+async def test_an_answer_that_leaves_a_large_body_unread_closes_the_connection(
+    app: FastAPI, size: int, closed: bool
+) -> None:
+    """A 401 answered before the body is read (no credentials: nothing of it is read):
+    up to KEPT_UNREAD_BYTES, the server drops the rest and keeps the connection; past it,
+    it drops the rest within the 413's bounds and closes (it used to read any amount to
+    keep the connection)."""
+    async with (
+        _served(app) as base_url,
+        RawUpload.open(base_url, _head("/api/conversations", size)) as upload,
+    ):
+        await upload.send(size)
+        await upload.answer_started()
+        if closed:
+            answer = await upload.answer()  # the server closes
+        else:  # the next request on the same connection is answered
+            upload.writer.write(b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+            for _ in range(500):
+                if upload.received.count(b"HTTP/1.1 ") == 2:
+                    break
+                await asyncio.sleep(0.01)
+            answer, _, following = bytes(upload.received).rpartition(b"HTTP/1.1 ")
+            assert following.startswith(b"200 ")
+    status, headers, body = _json_of(answer)
+    assert (upload.send_error, upload.sent) == (None, size)
+    assert (status, body["error"]) == (401, "UNAUTHENTICATED")
+    assert (headers.get("connection") == "close") is closed

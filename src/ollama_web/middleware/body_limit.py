@@ -17,6 +17,11 @@ kept open to discard any amount). A client still sending past either bound is re
 bounds are what one refused request may cost. Behind nginx none of this happens: nginx
 refuses a body over `client_max_body_size` itself.
 
+Any other answer given before its body was read (a 401 before a body is read, a route
+that takes none) is treated the same way when more than KEPT_UNREAD_BYTES of the body,
+or an unknown amount, is left: the server would otherwise read and drop any amount of
+it, the connection kept open, before the next request.
+
 A route may take less than MAX_REQUEST_BYTES (login: 64 KiB, see
 `auth.dependencies.route_body_limit`). The 413 tells the client the limit of the route it
 called, whichever check refused the body first: a body announced over MAX_REQUEST_BYTES
@@ -43,6 +48,11 @@ LINGER_SECONDS = 5.0
 LINGER_MIN_BYTES = 64 * 1024 * 1024
 """The least of a refused body's rest read and dropped after its 413 (at most: twice the
 limit when that is more), enough for a body of several times MAX_REQUEST_BYTES' default."""
+KEPT_UNREAD_BYTES = 64 * 1024
+"""The most of a body an answer may leave unread (a 401 before it, a route that takes
+none) with the connection kept open: the server reads and drops the rest before the next
+request. Past it, or of unknown length, the rest is read and dropped within the bounds
+of a 413's, and the connection closes."""
 TOO_LARGE = "The request body is too large."
 RouteBodyLimit = Callable[[Request], "int | None"]
 """`app.state.route_body_limit`: a routed request's own limit, None when it has none."""
@@ -56,6 +66,16 @@ def _served_routes(routes: list[Any]) -> Iterable[Any]:
         fastapi.routing, "iter_route_contexts", None
     )
     return contexts(routes) if contexts is not None else routes
+
+
+def _announced_length(scope: Scope) -> int | None:
+    """The body's `Content-Length`; None when it comes chunked, 0 when there is none."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0  # the server refused a bad one
+        if name == b"transfer-encoding":
+            return None
+    return 0
 
 
 class BodyTooLarge(BodyRejected):
@@ -77,6 +97,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = str((scope.get("state") or {}).get("request_id", ""))
+        announced = _announced_length(scope)
         received = 0
         body_ended = False
         response_started = False
@@ -98,7 +119,8 @@ class BodyLimitMiddleware:
             nonlocal response_started, lingering
             if message["type"] == "http.response.start":
                 response_started = True
-                if message["status"] == 413 and not body_ended:
+                unread_over = announced is None or announced - received > KEPT_UNREAD_BYTES
+                if not body_ended and (message["status"] == 413 or unread_over):
                     lingering = True
                     message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             elif lingering and not message.get("more_body", False):
@@ -106,7 +128,7 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
-            if self._declared_over(scope):
+            if announced is not None and announced > self.max_bytes:
                 await self._reject(tracking_send, request_id, self._limit_for(scope))
             else:
                 await self.app(scope, limited_receive, tracking_send)
@@ -116,15 +138,6 @@ class BodyLimitMiddleware:
         if lingering:
             await self._discard_body(receive)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _declared_over(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    return int(value) > self.max_bytes
-                except ValueError:
-                    return False
-        return False
 
     def _limit_for(self, scope: Scope) -> int:
         """The limit a refused body is told: its route's own when that is smaller."""
