@@ -59,8 +59,8 @@ async def test_an_empty_last_event_id_replays_from_the_start_as_without_one(
     regular_user: TestUser,
 ) -> None:
     """WHATWG SSE: the last event ID string may be empty, meaning no event was seen. The
-    header is taken as absent (the whole answer again, or after `after`); a value that is
-    not an id is still refused."""
+    header is taken as absent (the whole answer again, or after `after`), and so is an
+    empty `after`; a value that is not an id is still refused."""
     ollama_emulator.config.reply_tokens = 5
     async with (
         serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
@@ -72,15 +72,18 @@ async def test_an_empty_last_event_id_replays_from_the_start_as_without_one(
         empty = {**regular_user.headers, "Last-Event-ID": ""}
         again = await http.get(path, headers=empty)
         after = await http.get(path, headers=empty, params={"after": 2})
+        empty_after = await http.get(f"{path}?after=", headers=regular_user.headers)
         malformed = [
             await http.get(path, headers={**regular_user.headers, "Last-Event-ID": value})
             for value in ("x", "-1")
-        ]
+        ] + [await http.get(path, headers=regular_user.headers, params={"after": "-1"})]
     assert again.status_code == 200
     assert [(e.id, e.event) for e in parse_events(again.content)] == [
         (e.id, e.event) for e in events
     ]
     assert [e.id for e in parse_events(after.content)] == [e.id for e in events if e.id > 2]
+    assert empty_after.status_code == 200
+    assert [e.id for e in parse_events(empty_after.content)] == [e.id for e in events]
     for refused in malformed:
         assert (refused.status_code, refused.json()["error"]) == (422, "VALIDATION_ERROR")
 

@@ -240,7 +240,9 @@ async def chat_reattach(
     registry: RegistryDep,
     last_event_id: LastEventIdHeader = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Same as Last-Event-ID (for clients without it)")
+        NonNegativeInt | None,
+        BeforeValidator(_no_last_event),
+        Query(description="Same as Last-Event-ID (for clients without it); empty: none seen"),
     ] = None,
 ) -> Response:
     seen = last_event_id if last_event_id is not None else (after or 0)
