@@ -219,6 +219,42 @@ def test_root_is_refused_on_a_data_dir_another_user_owns(
         assert list(directory.iterdir()) == [], directory  # nothing made there
 
 
+def test_root_is_refused_on_a_data_dir_not_made_yet_in_another_users_directory(
+    tmp_path: Path,
+) -> None:
+    """The service's first start had not run yet (its directory made for it, DATA_DIR not
+    in it yet), or ./data in a user's checkout: `sudo ollama-web migrate` made DATA_DIR and
+    the database there, root's, and the service then refused to start (exit 78)."""
+    if os.geteuid() != 0:
+        pytest.skip("the refusal is for root")
+    home = tmp_path / "srv"
+    home.mkdir(mode=0o700)
+    os.chown(home, NOBODY, NOBODY)
+    data = home / "state" / "data"
+    env = {"PATH": os.environ["PATH"], "DATA_DIR": str(data), "LOG_DIR": str(home / "logs")}
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "migrate"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
+    owner = result.stderr.split(" belongs to ")[1].split(",")[0]
+    assert result.stderr.startswith(
+        f"DATA_DIR {data} does not exist yet and {home}, where it would be made, belongs to "
+        f"{owner}, and this runs as root"
+    ), result.stderr
+    assert f"sudo -u {owner} --preserve-env=DATA_DIR,LOG_DIR " in result.stderr
+    assert list(home.iterdir()) == []  # nothing made there
+    root_owned = tmp_path / "root-owned"  # root's own directory: root may make it there
+    env["DATA_DIR"], env["LOG_DIR"] = str(root_owned / "data"), str(root_owned / "logs")
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_web", "migrate", "--status"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "belongs to" not in result.stderr, result.stderr
+
+
 def test_a_log_file_that_fails_after_the_start_is_said_once_not_per_record(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

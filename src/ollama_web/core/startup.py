@@ -76,13 +76,15 @@ def refuse_root_on_another_users_data(settings: Settings) -> None:
     """ConfigurationError when root runs a command on a DATA_DIR another user owns (the
     service's, as DEPLOYMENT.md sets it up). What it would create there and in BACKUP_DIR
     (the database, its -wal, lock files, backups) would be root's: the service could then
-    not start, or not see those backups. `sudo -u OWNER` is the way, as for `occ` or `pg_ctl`."""
+    not start, or not see those backups. `sudo -u OWNER` is the way, as for `occ` or `pg_ctl`.
+    A DATA_DIR not made yet is judged by the directory it would be made in."""
     if os.geteuid() != 0:
         return
+    holder = _nearest_existing(settings.data_dir.absolute())
     try:
-        owner = settings.data_dir.stat().st_uid
+        owner = holder.stat().st_uid
     except OSError:
-        return  # missing: made by this command, root's like everything it makes
+        return
     if owner == 0:
         return
     name = user_name(owner)
@@ -93,11 +95,26 @@ def refuse_root_on_another_users_data(settings: Settings) -> None:
     given = sorted(variable for variable in os.environ if variable.upper() in fields)
     preserve = [f"--preserve-env={','.join(given)}"] if given else []
     command = shlex.join(["sudo", "-u", name, *preserve, *sys.argv])
-    raise ConfigurationError(
-        f"DATA_DIR {settings.data_dir} belongs to {name}, and this runs as root: files it "
-        f"made there would be root's, which the server running as {name} cannot open. Run "
-        f"it as {name}, from this directory: {command}"
+    whose = (
+        f"DATA_DIR {settings.data_dir} belongs to {name}"
+        if holder == settings.data_dir.absolute()
+        # Not there yet: this command would make it, root's, in a directory of the user's
+        # (the service's first start under a parent made for it, ./data in their checkout).
+        else f"DATA_DIR {settings.data_dir} does not exist yet and {holder}, where it would be "
+        f"made, belongs to {name}"
     )
+    raise ConfigurationError(
+        f"{whose}, and this runs as root: files it made there would be root's, which the "
+        f"server running as {name} cannot open. Run it as {name}, from this directory: "
+        f"{command}"
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def user_name(uid: int) -> str:
