@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -184,13 +185,19 @@ def test_a_server_file_another_user_left_is_named_in_one_line_with_exit_78(
     assert result.stderr.count("\n") == 1, result.stderr
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["serve", "--port", "9"], ["users", "list"], ["backup"], ["migrate"]],
-    ids=lambda command: command[0],
-)
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+ROOT_REFUSALS = {
+    "serve": ["-m", "ollama_web", "serve", "--port", "9"],
+    "users": ["-m", "ollama_web", "users", "list"],
+    "backup": ["-m", "ollama_web", "backup"],
+    "migrate": ["-m", "ollama_web", "migrate"],
+    "backup-script": [str(SCRIPTS / "backup_db.py"), "--list"],
+}
+
+
+@pytest.mark.parametrize("arguments", list(ROOT_REFUSALS.values()), ids=list(ROOT_REFUSALS))
 def test_root_is_refused_on_a_data_dir_another_user_owns(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, arguments: list[str]
 ) -> None:
     """`sudo ollama-web backup|migrate|restore|serve` on the service's DATA_DIR left root's
     files there (the database, its -wal, lock files, backups root-only in BACKUP_DIR): the
@@ -201,8 +208,10 @@ def test_root_is_refused_on_a_data_dir_another_user_owns(
         directory.mkdir(mode=0o700)
         os.chown(directory, NOBODY, NOBODY)
     env = {"PATH": os.environ["PATH"], **{k: str(v) for k, v in _directories(tmp_path).items()}}
+    if "PYTHONPATH" in os.environ:  # the package under test, when it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     result = subprocess.run(
-        [sys.executable, "-m", "ollama_web", *command],
+        [sys.executable, *arguments],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -211,10 +220,12 @@ def test_root_is_refused_on_a_data_dir_another_user_owns(
     owner = result.stderr.split(" belongs to ")[1].split(",")[0]
     assert result.stderr.startswith(f"DATA_DIR {data} belongs to {owner}, and this runs as root")
     # The settings given in the environment are passed on by name: sudo drops them, and
-    # the pasted line ran on ./data of wherever it was pasted, with none of them.
+    # the pasted line ran on ./data of wherever it was pasted, with none of them. The
+    # command runs with this interpreter: `__main__.py` is no command, and a script's
+    # `env python3` finds, under sudo, the system's Python without the package.
+    suggested = result.stderr.rstrip().split("from this directory: ")[1]
     given = "--preserve-env=BACKUP_DIR,DATA_DIR,LOG_DIR"
-    assert f"Run it as {owner}, from this directory: sudo -u {owner} {given} " in result.stderr
-    assert result.stderr.rstrip().endswith(" ".join(command)), result.stderr
+    assert shlex.split(suggested) == ["sudo", "-u", owner, given, sys.executable, *arguments]
     for directory in _directories(tmp_path).values():
         assert list(directory.iterdir()) == [], directory  # nothing made there
 

@@ -94,7 +94,7 @@ def refuse_root_on_another_users_data(settings: Settings) -> None:
     fields = {field.upper() for field in Settings.model_fields}
     given = sorted(variable for variable in os.environ if variable.upper() in fields)
     preserve = [f"--preserve-env={','.join(given)}"] if given else []
-    command = shlex.join(["sudo", "-u", name, *preserve, *sys.argv])
+    command = shlex.join(["sudo", "-u", name, *preserve, *command_line()])
     whose = (
         f"DATA_DIR {settings.data_dir} belongs to {name}"
         if holder == settings.data_dir.absolute()
@@ -115,6 +115,17 @@ def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path.parent != path:
         path = path.parent
     return path
+
+
+def command_line() -> list[str]:
+    """This command as it can be typed again. The `ollama-web` script runs itself; a module
+    (`python -m ollama_web`: argv[0] is its `__main__.py`, no command) or a script
+    (`.venv/bin/python scripts/backup_db.py`: under sudo, its `env python3` finds the
+    system's Python, without the package) runs with this interpreter, as it was given."""
+    program = sys.argv[0]
+    if not program.endswith(".py") and os.access(program, os.X_OK):
+        return list(sys.argv)
+    return [sys.executable, *sys.orig_argv[1:]]
 
 
 def user_name(uid: int) -> str:
