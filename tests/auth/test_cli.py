@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import pty
 import pwd
+import selectors
 import socket
 import sqlite3
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -392,6 +396,67 @@ def test_create_admin_without_a_terminal_nor_password_stdin_says_what_to_do(
     )
     assert result.returncode == 1
     assert "--password-stdin" in _one_line(result.stderr)
+
+
+# Runs a command on the terminal given as its standard input: a new session that takes that
+# terminal as its controlling one (getpass reads /dev/tty), with Ctrl+C's default action.
+ON_A_TERMINAL = """
+import fcntl, os, signal, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.executable, [sys.executable, "-m", "ollama_web", *sys.argv[1:]])
+"""
+
+
+def _read_until(terminal: int, wanted: bytes, seconds: float) -> bytes:
+    """What the terminal shows until `wanted` (or the time is up, or the command ended)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(terminal, selectors.EVENT_READ)
+        while wanted not in seen and time.monotonic() < deadline:
+            if not selector.select(timeout=0.1):
+                continue
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the command ended, its side of the terminal is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_one_ctrl_c_at_the_password_prompt_interrupts_create_admin(tmp_path: Path) -> None:
+    """The prompt ran inside asyncio.run, whose first Ctrl+C only asks its task to cancel:
+    the prompt kept waiting, and it took a second Ctrl+C to leave it. One is enough now:
+    exit 130, one line, the terminal as it was, and nothing created."""
+    terminal, command_side = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", ON_A_TERMINAL, "create-admin", "--username", "boss"],
+            stdin=command_side, stdout=command_side, stderr=command_side,
+            env=_command_env(tmp_path), cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+        os.close(command_side)
+        try:
+            assert b"Password: " in _read_until(terminal, b"Password: ", 60)
+            echo_off = termios.tcgetattr(terminal)
+            os.write(terminal, b"\x03")
+            shown = _read_until(terminal, b"interrupted", 10)
+            status = process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        restored = termios.tcgetattr(terminal)
+    finally:
+        os.close(terminal)
+    assert status == 130, shown
+    assert shown.endswith(b"interrupted\r\n"), shown
+    assert not echo_off[3] & termios.ECHO  # the prompt hid what was typed
+    assert restored[3] & termios.ECHO  # and the terminal echoes again
+    assert not (tmp_path / "data" / "ollama_web.db").exists()
 
 
 def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path: Path) -> None:

@@ -160,7 +160,10 @@ async def _reset_admin(session: AsyncSession, settings: Settings, user: User, pa
 
 
 def _create_admin(args: argparse.Namespace) -> int:
-    async def work(settings: Settings) -> str:
+    def work(settings: Settings) -> Coroutine[Any, Any, str]:
+        # Asked before the event loop runs: asyncio.run takes a first Ctrl+C for a
+        # cancellation of its task, which a prompt holding up the loop never sees (it took
+        # two Ctrl+C to leave the prompt).
         password = read_password(args.password_stdin)
         email = check_email(args.email)
 
@@ -194,7 +197,7 @@ def _create_admin(args: argparse.Namespace) -> int:
             )
             return f"created admin {user.username} ({user.id})"
 
-        return await _with_session(settings, change, creates=not args.reset_password)
+        return _with_session(settings, change, creates=not args.reset_password)
 
     return _run(work)
 
