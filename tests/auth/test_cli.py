@@ -443,7 +443,7 @@ def test_one_ctrl_c_at_the_password_prompt_interrupts_create_admin(tmp_path: Pat
             assert b"Password: " in _read_until(terminal, b"Password: ", 60)
             echo_off = termios.tcgetattr(terminal)
             os.write(terminal, b"\x03")
-            shown = _read_until(terminal, b"interrupted", 10)
+            shown = _read_until(terminal, b"interrupted\r\n", 10)
             status = process.wait(timeout=10)
         finally:
             if process.poll() is None:
