@@ -254,7 +254,8 @@ class GenerationRegistry:
     async def heartbeat(self, interval: float) -> None:
         """Keep the lease of every running answer (see `ollama_web.chat.leases`), and the
         shared slots this process holds; drop finished answers kept past RETAIN_SECONDS
-        (else only the next chat or re-attach would: an idle server held them)."""
+        (else only the next chat or re-attach would: an idle server held them), and release
+        reservations that lapsed (else only their user's next chat would)."""
         now = time.monotonic()
         self._prune(now)
         for user_id in list(self._reservations):
