@@ -31,6 +31,11 @@ TITLE_DEFER_SECONDS = 10.0
 TITLE_CONCURRENCY = 4
 """Title requests in flight at once: when many answers end together (say 1000 streams),
 their titles queue here instead of flooding the upstream connection pool."""
+MAX_PENDING_TITLES = 256
+"""Titles queued or in flight, at most. When conversations start faster than the nodes
+write titles (answers keep them busy), the queue would grow for as long as the load lasts;
+once full, new conversations keep their first words as their title until it has drained
+to half of this."""
 MAX_TITLE_CHARS = 80
 MAX_SOURCE_CHARS = 2000
 TITLE_INSTRUCTION = (
@@ -94,10 +99,27 @@ class TitleWriter:
         title would compete with them for this process and for the node's slots."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(TITLE_CONCURRENCY)
+        self._skipped = 0
+        """Conversations left with their first words since the queue filled up."""
 
     def schedule(self, user_id: str, conversation_id: str, model: str, first_message: str) -> None:
+        pending = len(self._tasks)
+        if pending >= MAX_PENDING_TITLES or (self._skipped and pending > MAX_PENDING_TITLES // 2):
+            if not self._skipped:
+                logger.warning(
+                    "%d titles are waiting for the model: new conversations keep their first "
+                    "words as their title until the queue drains",
+                    pending,
+                )
+            self._skipped += 1
+            return
+        if self._skipped:
+            logger.info("titles are written again (%d conversations were not)", self._skipped)
+            self._skipped = 0
+        # Only what the request uses is kept while the title waits its turn.
+        source = first_message[:MAX_SOURCE_CHARS]
         task = asyncio.get_running_loop().create_task(
-            self.write(user_id, conversation_id, model, first_message)
+            self.write(user_id, conversation_id, model, source)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
