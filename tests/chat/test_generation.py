@@ -5,6 +5,7 @@ The database is real (SQLite here; the end-to-end tests run both backends)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from starlette.types import Message as ASGIMessage
 from ollama_web.chat import answer_row
 from ollama_web.chat import registry as registry_module
 from ollama_web.chat.generation import Generation, GenerationSpec
+from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.sse import EventLog, SSEResponse, encode_text_event
 from ollama_web.conversations.schemas import MessagePublic
 from ollama_web.core.db import session_scope
@@ -113,6 +115,32 @@ async def test_a_complete_generation_numbers_its_events_and_stores_the_text(app:
     ]  # fmt: skip
     assert (await _stored(app, generation.id)).content == "aé🌍"
     assert events[-1].data["message"]["done_reason"] == "stop"
+
+
+async def test_an_answer_kept_for_replay_keeps_its_events_not_its_title_source(
+    app: FastAPI,
+) -> None:
+    """A finished answer stays in memory for late re-attaches (RETAIN_SECONDS, bounded by
+    its events' bytes); the first message its title is written from (up to
+    MAX_MESSAGE_CHARS, not counted in that bound) is handed to the title writer, not kept."""
+    first_message = "question " * 10_000
+    titled: list[str | None] = []
+    gateway = FakeGateway([*_tokens("an", " answer"), ChatChunk(done=True)])
+    gateway.gate.set()
+    registry = GenerationRegistry(
+        app.state.core.settings,
+        app.state.generations.writes,
+        gateway,
+        lambda finished: titled.append(finished.spec.title_source),
+    )
+    spec = dataclasses.replace(await _spec(app), title_source=first_message)
+    generation = registry.start(await registry.reserve(spec.user_id), spec)
+    await generation.wait()
+    await asyncio.sleep(0)  # the registry takes the finished answer after its last event
+    assert titled == [first_message]
+    assert registry.get(generation.id) is generation
+    assert generation.log.frames[-1].startswith(b"id: 4\nevent: done")
+    assert generation.spec.title_source is None
 
 
 async def test_stop_while_waiting_closes_the_upstream_and_stores_stopped(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -187,6 +188,9 @@ class GenerationRegistry:
         self._prune(now)
         if self._on_complete is not None and generation.result is not None:
             self._on_complete(generation)
+        # Kept for replay, it needs its events, not the first message (up to
+        # MAX_MESSAGE_CHARS) its title is written from: MAX_RETAINED_BYTES does not count it.
+        generation.spec = dataclasses.replace(generation.spec, title_source=None)
 
     def _prune(self, now: float) -> None:
         retained = self._retained
