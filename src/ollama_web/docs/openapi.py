@@ -15,11 +15,10 @@ server never sends.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
-import fastapi.routing
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -36,6 +35,7 @@ from ollama_web.auth.dependencies import (
 from ollama_web.auth.sessions import SESSION_COOKIE
 from ollama_web.auth.tokens import API_KEY_PREFIX
 from ollama_web.core.errors import ErrorResponse, ValidationErrorResponse
+from ollama_web.core.routes import each_route
 from ollama_web.ratelimit.dependencies import enforce_rate_limit
 from ollama_web.ratelimit.limiter import group_for
 
@@ -232,18 +232,10 @@ def document_text_refusal(operation: dict[str, Any]) -> None:
 
 
 def _served_routes(app: FastAPI) -> list[Any]:
-    """Every API route as served: path with its prefix, dependencies with the app's.
-
-    Recent FastAPI keeps an included router whole in `app.routes` and yields its routes
-    through `iter_route_contexts`; older versions copy them into `app.routes`.
-    """
-    contexts: Callable[[list[Any]], Iterable[Any]] | None = getattr(
-        fastapi.routing, "iter_route_contexts", None
-    )
-    routes: Iterable[Any] = contexts(app.routes) if contexts is not None else app.routes
+    """Every API route as served: path with its prefix, dependencies with the app's."""
     return [
         route
-        for route in routes
+        for route in each_route(app.routes)
         if isinstance(getattr(route, "original_route", route), APIRoute) and route.include_in_schema
     ]
 

@@ -33,15 +33,14 @@ own limit first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
-import fastapi.routing
 from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_web.core.errors import BodyRejected, PayloadTooLargeError, encode_error
+from ollama_web.core.routes import each_route
 
 LINGER_SECONDS = 5.0
 """How long, at most, the rest of a refused body is read after its 413."""
@@ -56,16 +55,6 @@ of a 413's, and the connection closes."""
 TOO_LARGE = "The request body is too large."
 RouteBodyLimit = Callable[[Request], "int | None"]
 """`app.state.route_body_limit`: a routed request's own limit, None when it has none."""
-
-
-def _served_routes(routes: list[Any]) -> Iterable[Any]:
-    """The app's routes one by one, each matching with its full path. Recent FastAPI keeps
-    an included router whole in `app.routes` (it matches, but says not which route) and
-    yields its routes through `iter_route_contexts`; older versions copy them there."""
-    contexts: Callable[[list[Any]], Iterable[Any]] | None = getattr(
-        fastapi.routing, "iter_route_contexts", None
-    )
-    return contexts(routes) if contexts is not None else routes
 
 
 def _announced_length(scope: Scope) -> int | None:
@@ -147,7 +136,7 @@ class BodyLimitMiddleware:
         )
         if limit_of is None or app is None:
             return self.max_bytes
-        for route in _served_routes(app.routes):
+        for route in each_route(app.routes):
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
                 served = getattr(route, "original_route", route)  # what the router puts
