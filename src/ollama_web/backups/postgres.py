@@ -52,9 +52,10 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-def and_list(names: list[str]) -> str:
-    """`a`, `a and b`, `a, b and c`."""
-    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
+def not_installed(tools: list[str]) -> str:
+    """`psql is not installed`, `pg_dump and psql are not installed`, `a, b and c are ...`."""
+    named = " and ".join(filter(None, [", ".join(tools[:-1]), tools[-1]]))
+    return f"{named} {'is' if len(tools) == 1 else 'are'} not installed"
 
 
 def tools_available() -> bool:

@@ -250,10 +250,9 @@ def _refuse_without_tools() -> None:
     if "pg_restore" in missing:
         raise _cannot_run("pg_restore", "not installed")
     if missing:
-        verb = "is" if len(missing) == 1 else "are"
         raise RestoreRefusedError(
-            f"{postgres.and_list(missing)} {verb} not installed on this host (a restore needs "
-            "pg_dump, pg_restore and psql): install PostgreSQL's client tools"
+            f"{postgres.not_installed(missing)} on this host (a restore needs pg_dump, "
+            "pg_restore and psql): install PostgreSQL's client tools"
         )
 
 

@@ -144,12 +144,8 @@ class DatabaseBackup:
         seconds) otherwise filled BACKUP_MAX_COUNT with copies of one database within
         minutes, and the retention deleted every older backup."""
         if self.mode == MODE_EXTERNAL:
-            missing = postgres.missing_tools()
-            verb = "is" if len(missing) == 1 else "are"
-            raise BackupsExternalError(
-                f"PostgreSQL backups are external: {postgres.and_list(missing)} {verb} not "
-                "installed on this host."
-            )
+            missing = postgres.not_installed(postgres.missing_tools())
+            raise BackupsExternalError(f"PostgreSQL backups are external: {missing} on this host.")
         try:
             empty = require_users and not self.has_users()
         except (sqlite3.Error, postgres.PostgresBackupError) as exc:

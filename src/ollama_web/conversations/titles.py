@@ -127,10 +127,11 @@ class TitleWriter:
     async def write(
         self, user_id: str, conversation_id: str, model: str, first_message: str
     ) -> str | None:
-        """Ask the model for a title and store it; None when the first words stay."""
+        """Ask the model for a title and store it; None when the first words stay.
+        `first_message`: its first MAX_SOURCE_CHARS (cut by `schedule`)."""
         messages = [
             {"role": "system", "content": TITLE_INSTRUCTION},
-            {"role": "user", "content": first_message[:MAX_SOURCE_CHARS]},
+            {"role": "user", "content": first_message},
         ]
         if self._yield_to is not None:
             await self._yield_to()
