@@ -1,4 +1,6 @@
-"""Stop and re-attach across server processes, over Redis pub/sub (when REDIS_URL is set).
+"""Stop and re-attach across server processes, over Redis pub/sub (when REDIS_URL is set;
+without it, `host_relay` carries them between the processes of one host). What the owner
+and the asker do with the answers is `relay_base`'s.
 
 A running answer is a job inside the one process generating it (see `generation`). With
 several workers or instances, a stop or a re-attach can reach another process. With Redis,
@@ -58,17 +60,22 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.generation import Generation
+from ollama_web.chat.relay_base import (
+    DRAIN_SECONDS,
+    RETRY_SECONDS,
+    SILENT_KEEPALIVES,
+    RelayBase,
+    Reply,
+)
 from ollama_web.chat.relay_wire import (
     LISTENERS_WAIT_SECONDS,
     Liveness,
-    RemoteLog,
     control_channel,
     next_message,
     owner_answered,
     reply_channel,
 )
-from ollama_web.chat.sse import Follower
-from ollama_web.core.redis_client import RESUBSCRIBE_SECONDS, connection_options, listen_forever
+from ollama_web.core.redis_client import connection_options, listen_forever
 from ollama_web.core.tasks import cancel_until_ended
 
 if TYPE_CHECKING:
@@ -78,13 +85,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ollama_web.chat.relay")
 
-STOP_WAIT_SECONDS = 10.0
-RETRY_SECONDS = RESUBSCRIBE_SECONDS
-SILENT_KEEPALIVES = 3
-REFOLLOW_SECONDS = 5.0
-"""How long a follower that lost the owner asks again, every RETRY_SECONDS: a listener
-that lost Redis subscribes again RETRY_SECONDS after."""
-DRAIN_SECONDS = 2.0
 PUBLISH_CONNECTIONS = 50
 """Publishes in flight at once; more wait their turn, in order (see `_send`)."""
 PUBLISH_WAIT_SECONDS = LISTENERS_WAIT_SECONDS
@@ -93,12 +93,28 @@ REPLY_CONNECTIONS = 100_000
 """No cap of the client's own: each follow and stop in flight subscribes on a connection."""
 
 
-class GenerationRelay:
+class _PubSubReply:
+    """A reply channel's subscription, as the asker reads it."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def receive(self, seconds: float) -> bytes | None:
+        return await next_message(self._pubsub, seconds)
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+
+class GenerationRelay(RelayBase):
     def __init__(
         self, redis_url: str, registry: GenerationRegistry, keepalive_seconds: float
     ) -> None:
         import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
 
+        super().__init__(registry, keepalive_seconds)
+        self.errors = (RedisError, OSError)
         # redis-py caps a pool at 100 connections and fails past that, which a storm of
         # re-attaches or stops reached: publishes wait for their turn instead, and reply
         # channels are capped only by Redis (its maxclients).
@@ -120,15 +136,7 @@ class GenerationRelay:
         self._id = uuid.uuid4().hex.encode()
         """Signs this process's `N` answers."""
         self._liveness = Liveness(self._redis, self.control_channel, self._id)
-        self._registry = registry
-        self._keepalive = keepalive_seconds
         self._listener: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._serving: set[asyncio.Task[Any]] = set()
-        self._follows: dict[RemoteLog, asyncio.Task[None]] = {}
-        """The answers of other processes this one relays to its clients, and their pumps."""
-        self.listening = asyncio.Event()
-        """Set while this process is subscribed to the control channel."""
 
     def start(self) -> None:
         self._listener = asyncio.get_running_loop().create_task(
@@ -143,9 +151,7 @@ class GenerationRelay:
                 [self._listener], "the control channel's listener", DRAIN_SECONDS, logger
             )
             await self._liveness.leave(DRAIN_SECONDS)
-        if self._serving:
-            await asyncio.wait(set(self._serving), timeout=DRAIN_SECONDS)
-        await cancel_until_ended(self._tasks, "relay tasks", DRAIN_SECONDS, logger)
+        await self._drain_and_cancel()
         from redis.exceptions import RedisError
 
         for client in (self._redis, self._replies):
@@ -156,17 +162,6 @@ class GenerationRelay:
                 logger.warning("a Redis client of the relay did not close in time; left")
             except (RedisError, OSError) as exc:  # redis-py's own TimeoutError is one
                 logger.warning("a Redis client of the relay failed to close: %s", exc)
-
-    def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
-        """A task of the relay's; `serving` marks the owner side (a forward or a stop for
-        another process), which a closing relay lets finish."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if serving:
-            self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
-        return task
 
     # ------------------------------------------------------------- owner side
 
@@ -195,11 +190,11 @@ class GenerationRelay:
             self._spawn(self._publish(reply, b"N" + self._id), serving=True)
             return
         if op == "stop":
-            self._spawn(self._stop_for(generation, reply), serving=True)
+            self._spawn(self._stop_to(generation, reply), serving=True)
         elif op == "follow":
             after = request.get("after")
             after = after if isinstance(after, int) else 0
-            self._spawn(self._forward(generation, after, reply), serving=True)
+            self._spawn(self._forward_to(generation, after, reply), serving=True)
 
     async def _publish(self, channel: str, payload: bytes) -> int | None:
         """Subscribers reached; None when Redis failed (logged)."""
@@ -239,50 +234,19 @@ class GenerationRelay:
         finally:
             self._turns.release()
 
-    async def _stop_for(self, generation: Generation, reply: str) -> None:
-        await self._publish(reply, b"A")
-        generation.stop()
-        await generation.wait()
-        if generation.result is not None:
-            payload = generation.result.model_dump_json().encode()
-            await self._publish(reply, b"D" + payload)
+    async def _stop_to(self, generation: Generation, reply: str) -> None:
+        async def publish(payload: bytes) -> bool:
+            return bool(await self._publish(reply, payload))
 
-    async def _forward(self, generation: Generation, after: int, reply: str) -> None:
-        log = generation.log
-        follower = Follower()
-        log.attach(follower)
-        position = log.position_after(after)
-        # A publish that reached nobody means the remote client is gone (`_deliver`): the
-        # follower counts as disconnected, so its leaving can abandon the answer (with
-        # CHAT_CONTINUE_ON_DISCONNECT=false) like a local client's.
-        try:
-            delivered = await self._deliver(reply, b"A")
-            while delivered:
-                frames = log.frames
-                if position < len(frames):
-                    chunk = b"".join(frames[position:])
-                    position = len(frames)
-                    header = b"F%d\n" % (log.base + position)
-                    delivered = await self._deliver(reply, header + chunk)
-                elif log.finished:
-                    if position > len(frames) and log.final_frame is not None:
-                        # A follower placed past the end: the final event all the same,
-                        # under its own id, as a local one gets it (sse.SSEResponse).
-                        await self._deliver(reply, b"L" + log.final_frame)
-                    await self._deliver(reply, b"E")
-                    return
-                else:
-                    try:
-                        await asyncio.wait_for(follower.wait(), self._keepalive)
-                    except TimeoutError:
-                        delivered = await self._deliver(reply, b"K")
-            follower.disconnected = True
-        finally:
-            log.detach(follower)
+        await self._stop_for(generation, publish)
+
+    async def _forward_to(self, generation: Generation, after: int, reply: str) -> None:
+        # A publish that reached nobody means the remote client is gone (`_deliver`).
+        await self._forward(generation, after, lambda payload: self._deliver(reply, payload))
 
     # ----------------------------------------------------------- caller side
 
-    async def _ask(self, request: dict[str, Any]) -> Any | None:
+    async def _ask(self, request: dict[str, Any]) -> Reply | None:
         """Publish `request` with a fresh reply channel; the subscribed pubsub once an owner
         acknowledged it, else None (every listener said it is not the owner, or some were
         silent for LISTENERS_WAIT_SECONDS, or Redis failed)."""
@@ -305,94 +269,6 @@ class GenerationRelay:
             await asyncio.shield(pubsub.aclose())
             raise
         if acknowledged:
-            return pubsub
+            return _PubSubReply(pubsub)
         await pubsub.aclose()
         return None
-
-    async def stop(self, message_id: str) -> dict[str, Any] | None:
-        """Have the owner stop the answer; the stored message, or None if no owner."""
-        from redis.exceptions import RedisError
-
-        pubsub = await self._ask({"op": "stop", "id": message_id})
-        if pubsub is None:
-            return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_WAIT_SECONDS
-        try:
-            answer = await next_message(pubsub, STOP_WAIT_SECONDS)
-            while answer is not None and answer.startswith(b"N"):  # another listener's, late
-                answer = await next_message(pubsub, deadline - loop.time())
-        except (RedisError, OSError) as exc:
-            logger.warning("could not relay stop: %s", exc)
-            return None
-        finally:
-            await pubsub.aclose()
-        if answer is None or not answer.startswith(b"D"):
-            return None
-        stored: dict[str, Any] = json.loads(answer[1:])
-        return stored
-
-    async def follow(self, message_id: str, after: int) -> RemoteLog | None:
-        """The owner's events after `after`, as they come; None if no owner answers."""
-        pubsub = await self._ask({"op": "follow", "id": message_id, "after": after})
-        if pubsub is None:
-            return None
-        log = RemoteLog(after)
-        pump = self._spawn(self._pump(pubsub, log, message_id))
-
-        def abandoned() -> None:
-            pump.cancel()  # the client left: unsubscribe, and the owner stops forwarding
-
-        log.on_abandoned = abandoned
-        self._follows[log] = pump
-        pump.add_done_callback(lambda _: self._follows.pop(log, None))
-        return log
-
-    def end_follows(self, message: str) -> None:
-        """End every stream following another process's answer, with an error event under
-        the last id it got (`RemoteLog.lost`): its client can resume elsewhere."""
-        for log, pump in list(self._follows.items()):
-            pump.cancel()
-            if not log.finished:
-                log.lost(message)
-
-    async def _pump(self, pubsub: Any, log: RemoteLog, message_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        while not await self._forwarded(pubsub, log):
-            give_up = loop.time() + REFOLLOW_SECONDS
-            while True:
-                pubsub = await self._ask({"op": "follow", "id": message_id, "after": log.last_id})
-                if pubsub is not None:
-                    break
-                if loop.time() >= give_up:
-                    log.lost()
-                    return
-                await asyncio.sleep(RETRY_SECONDS)
-
-    async def _forwarded(self, pubsub: Any, log: RemoteLog) -> bool:
-        """Copy what the owner forwards into `log`; True once it ended, False when the owner
-        fell silent or Redis failed (closes `pubsub` either way)."""
-        from redis.exceptions import RedisError
-
-        silence = self._keepalive * SILENT_KEEPALIVES
-        try:
-            while True:
-                data = await next_message(pubsub, silence)
-                if data is None:
-                    return False
-                kind = data[:1]
-                if kind == b"F":
-                    header, _, frames = data[1:].partition(b"\n")
-                    last_id = int(header)
-                    if last_id > log.last_id:  # else a publish redis-py sent again
-                        log.extend(last_id, frames)
-                elif kind == b"L":  # past the answer's end: its final event, own id
-                    log.extend(log.last_id, data[1:])
-                elif kind == b"E":
-                    log.finish()
-                    return True
-        except (RedisError, OSError, ValueError) as exc:
-            logger.warning("relayed stream broke off: %s", exc)
-            return False
-        finally:
-            await pubsub.aclose()
