@@ -1,5 +1,8 @@
-"""Stop and re-attach across server processes over a real Redis: two apps (two processes'
-worth of state) on one database, each served by uvicorn on loopback, the emulator as Ollama."""
+"""Stop and re-attach across server processes, over a real Redis and (without REDIS_URL)
+over the Unix sockets of one host's processes in DATA_DIR: two apps (two processes' worth of
+state) on one database and DATA_DIR, each served by uvicorn on loopback, the emulator as
+Ollama. What both carriers must do runs on each; what only Redis meets (its restarts,
+stalls, gone subscriptions) on Redis."""
 
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from sqlalchemy import update
 
 from ollama_web.app import create_app
 from ollama_web.chat import relay as relay_module
+from ollama_web.chat.host_relay import HostRelay
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
+from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.relay_wire import (
     BEAT_SECONDS,
     GONE_WAIT_SECONDS,
@@ -56,16 +61,17 @@ async def two_processes(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
+    carrier: str = "redis",
     **overrides: Any,
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
-    if "redis_url" not in overrides:
+    if carrier == "redis" and "redis_url" not in overrides:
         overrides["redis_url"] = require_redis()
     settings = chat_settings(sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
     user = await create_test_user(apps[0])
     for app in apps:
         relay = _registry(app).relay
-        assert relay is not None
+        assert isinstance(relay, GenerationRelay if carrier == "redis" else HostRelay)
         await asyncio.wait_for(relay.listening.wait(), 5)
     async with AsyncExitStack() as stack:
         clients = []
@@ -79,13 +85,27 @@ async def two_processes(
 Processes = Callable[..., AbstractAsyncContextManager[Any]]
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "host"])
 def processes(
+    request: pytest.FixtureRequest,
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
 ) -> Processes:
-    """`two_processes` on this test's fixtures: `async with processes(**settings) as ...`."""
+    """`two_processes` on this test's fixtures, over each carrier: `async with
+    processes(**settings) as ...`."""
+    return functools.partial(
+        two_processes, app_factory, chat_settings, live_server, carrier=request.param
+    )
+
+
+@pytest.fixture
+def redis_processes(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+) -> Processes:
+    """`processes` over Redis only."""
     return functools.partial(two_processes, app_factory, chat_settings, live_server)
 
 
@@ -162,7 +182,7 @@ async def drop_subscribers(redis: Any) -> int:
 
 
 async def test_a_redis_blip_under_a_remote_follower_loses_no_event(
-    processes: Processes,
+    redis_processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
     """Redis drops every subscriber mid-answer (a restart, a failover): the follower
@@ -172,7 +192,7 @@ async def test_a_redis_blip_under_a_remote_follower_loses_no_event(
 
     ollama_emulator.config.reply_tokens = 60
     ollama_emulator.config.tokens_per_second = 20
-    async with processes() as (user, apps, (a, b)):
+    async with redis_processes() as (user, apps, (a, b)):
         async with new_chat(a, user) as response:
             reader = EventReader(response)
             start = await reader.next()
@@ -253,7 +273,7 @@ async def _follow_a_while(
 
 
 async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_the_owner(
-    processes: Processes,
+    redis_processes: Processes,
     ollama_emulator: OllamaEmulator,
     redis_server: RedisServer,
 ) -> None:
@@ -263,7 +283,7 @@ async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_t
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
     async with (
-        processes(redis_url=redis_server.url) as (user, apps, (a, b)),
+        redis_processes(redis_url=redis_server.url) as (user, apps, (a, b)),
         new_chat(a, user) as response,
     ):
         reader = EventReader(response)
@@ -282,6 +302,23 @@ async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_t
     assert events[-1].event == "done"
 
 
+async def _vanish(relay: RelayBase | None) -> None:
+    """The owner hears no request any more, nor forwards: its process vanished without a
+    word (over Redis, its subscription stays; on the host, its socket file)."""
+    if isinstance(relay, GenerationRelay):
+        assert relay._listener is not None
+        vanished = [relay._listener, *relay._tasks]
+    else:
+        assert isinstance(relay, HostRelay)
+        assert relay._server is not None
+        relay._server.close()  # its file stays, and refuses connections, as a dead one's
+        vanished = list(relay._tasks)
+    # Cancelled until they end: one cancel can be lost in redis-py's wait_for under Python
+    # 3.11 (core/tasks.py), and the forward then ran to the answer's end.
+    await cancel_until_ended(vanished, "the owner's relay", 5.0, logging.getLogger())
+    assert all(task.done() for task in vanished)
+
+
 async def test_the_follower_that_loses_the_owner_ends_under_the_last_id_it_got(
     processes: Processes,
     ollama_emulator: OllamaEmulator,
@@ -297,15 +334,7 @@ async def test_the_follower_that_loses_the_owner_ends_under_the_last_id_it_got(
         async with b.stream("GET", f"/api/chat/stream/{answer_id}", headers=user.headers) as r:
             followed = EventReader(r)
             head = [await followed.next() for _ in range(3)]
-            owner = _registry(apps[0])
-            assert owner.relay is not None
-            assert owner.relay._listener is not None
-            # The owner hears no control message any more, nor forwards. Cancelled until
-            # they end: one cancel can be lost in redis-py's wait_for under Python 3.11
-            # (core/tasks.py), and the forward then ran to the answer's end.
-            vanished = [owner.relay._listener, *owner.relay._tasks]
-            await cancel_until_ended(vanished, "the owner's relay", 5.0, logging.getLogger())
-            assert all(task.done() for task in vanished)
+            await _vanish(_registry(apps[0]).relay)
             rest = await followed.rest()
     assert rest[-1].event == "error"
     assert rest[-1].data["error"] == "GENERATION_INTERRUPTED"
@@ -374,7 +403,7 @@ async def test_without_continue_on_disconnect_the_last_remote_client_leaving_sto
 
 
 async def test_a_redis_stall_under_a_remote_follower_neither_stops_nor_freezes_it(
-    processes: Processes,
+    redis_processes: Processes,
     ollama_emulator: OllamaEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -387,7 +416,7 @@ async def test_a_redis_stall_under_a_remote_follower_neither_stops_nor_freezes_i
     ollama_emulator.config.reply_tokens = 60
     ollama_emulator.config.tokens_per_second = 30
     off = {"chat_continue_on_disconnect": False, "chat_disconnect_grace_seconds": 0}
-    async with processes(**off) as (user, apps, (a, b)):
+    async with redis_processes(**off) as (user, apps, (a, b)):
         owner = _registry(apps[0]).relay
         assert owner is not None
         send = owner._send
@@ -425,11 +454,13 @@ async def test_a_redis_stall_under_a_remote_follower_neither_stops_nor_freezes_i
     assert took < 5  # 60 tokens at 30 a second, not a follower's whole patience
 
 
+@pytest.mark.parametrize("carrier", ["redis", "host"])
 async def test_a_client_following_through_another_process_gets_the_interrupted_answer(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
     ollama_emulator: OllamaEmulator,
+    carrier: str,
 ) -> None:
     """The owner shuts down while a client follows its answer through process B: the
     answers end first (interrupted, with their text), then the relay closes, so that last
@@ -437,7 +468,8 @@ async def test_a_client_following_through_another_process_gets_the_interrupted_a
     must let its forwards finish, not cancel them as they send the last event."""
     ollama_emulator.config.reply_tokens = 300
     ollama_emulator.config.tokens_per_second = 30
-    settings = chat_settings(redis_url=require_redis(), sse_keepalive_seconds=0.3)
+    redis_url = require_redis() if carrier == "redis" else None
+    settings = chat_settings(redis_url=redis_url, sse_keepalive_seconds=0.3)
     follower_app = await app_factory(settings)
     owner_app = create_app(settings)
     owner_lifespan = owner_app.router.lifespan_context(owner_app)
@@ -449,14 +481,14 @@ async def test_a_client_following_through_another_process_gets_the_interrupted_a
             assert relay is not None
             await asyncio.wait_for(relay.listening.wait(), 5)
         owner_relay = _registry(owner_app).relay
-        assert owner_relay is not None
-        publish = owner_relay._publish
+        if isinstance(owner_relay, GenerationRelay):
+            publish = owner_relay._publish
 
-        async def slow_publish(channel: str, payload: bytes) -> int:
-            await asyncio.sleep(0.05)
-            return await publish(channel, payload)
+            async def slow_publish(channel: str, payload: bytes) -> int | None:
+                await asyncio.sleep(0.05)
+                return await publish(channel, payload)
 
-        owner_relay._publish = slow_publish  # type: ignore[method-assign]
+            owner_relay._publish = slow_publish  # type: ignore[method-assign]
         async with (
             live_server(owner_app) as owner_url,
             live_server(follower_app) as follower_url,
@@ -506,14 +538,14 @@ async def _elsewhere_both_ways(
 
 
 async def test_without_an_owner_the_answer_is_elsewhere_at_once(
-    processes: Processes,
+    redis_processes: Processes,
 ) -> None:
     """A fresh unfinished answer no live process claims (its process just died): 409, as
     soon as every process listening said it does not hold it (not after a wait)."""
     import redis.asyncio as aioredis
 
     async with (
-        processes() as (user, apps, (_, b)),
+        redis_processes() as (user, apps, (_, b)),
         aioredis.Redis.from_url(require_redis()) as redis,
         redis.pubsub() as elsewhere,
     ):
@@ -527,7 +559,7 @@ async def test_without_an_owner_the_answer_is_elsewhere_at_once(
 
 
 async def test_a_gone_process_s_subscription_costs_a_second_not_the_whole_wait(
-    processes: Processes,
+    redis_processes: Processes,
 ) -> None:
     """A host that vanished without closing its connections: Redis still counts its
     subscription (until TCP gives up, minutes later), but it never answers, nor beats.
@@ -536,7 +568,7 @@ async def test_a_gone_process_s_subscription_costs_a_second_not_the_whole_wait(
     import redis.asyncio as aioredis
 
     async with (
-        processes() as (user, apps, (_, b)),
+        redis_processes() as (user, apps, (_, b)),
         aioredis.Redis.from_url(require_redis()) as redis,
         redis.pubsub() as gone,
     ):

@@ -1,7 +1,7 @@
 """The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
 the generation registry (with REDIS_URL, the relay to other processes and the per-user limit
-they share; without it, the limit shared by this host's processes), the title writer, and
-a shutdown that lets running generations store what they have."""
+they share; without it, the relay and the limit shared by this host's processes), the title
+writer, and a shutdown that lets running generations store what they have."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from fastapi import FastAPI
 
 from ollama_web.chat import leases
 from ollama_web.chat.generation import COMPLETE, Generation
+from ollama_web.chat.host_relay import DIRECTORY_NAME as RELAY_DIRECTORY
+from ollama_web.chat.host_relay import HostRelay
 from ollama_web.chat.host_slots import DIRECTORY_NAME, HostSlots
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
@@ -52,8 +54,14 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.slots = SharedSlots(
             core.settings.redis_url, leases.stale_seconds(checkpoint_seconds)
         )
-    elif HostSlots.supported():
-        registry.host_slots = HostSlots(core.settings.data_dir / DIRECTORY_NAME)
+    else:
+        if HostSlots.supported():
+            registry.host_slots = HostSlots(core.settings.data_dir / DIRECTORY_NAME)
+        registry.relay = await HostRelay.open(
+            core.settings.data_dir / RELAY_DIRECTORY,
+            registry,
+            core.settings.sse_keepalive_seconds,
+        )
     forget_stop_signal = on_stop_signal(registry.stop_signal)
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(

@@ -22,7 +22,7 @@ from ollama_web.core.config import Settings
 
 if TYPE_CHECKING:
     from ollama_web.chat.host_slots import HostSlots
-    from ollama_web.chat.relay import GenerationRelay
+    from ollama_web.chat.relay_base import RelayBase
     from ollama_web.chat.slots import SharedSlots
 
 logger = logging.getLogger("ollama_web.chat")
@@ -79,7 +79,7 @@ class GenerationRegistry:
         self._awaiting_output: set[str] = set()
         self._quiet = asyncio.Event()
         self._quiet.set()
-        self.relay: GenerationRelay | None = None
+        self.relay: RelayBase | None = None
         """Set with REDIS_URL: stop and re-attach for answers of other processes."""
         self.slots: SharedSlots | None = None
         """Set with REDIS_URL: the per-user limit counted across processes."""

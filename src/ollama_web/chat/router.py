@@ -15,7 +15,7 @@ from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import GenerationNotHereError
 from ollama_web.chat.generation import Generation
-from ollama_web.chat.relay import GenerationRelay
+from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.responses import (
     ChatMessageResponse,
     GenerationResultResponse,
@@ -187,7 +187,7 @@ def _not_here(message: Message) -> GenerationNotHereError:
 
 
 async def _follow_elsewhere(
-    message: Message, relay: GenerationRelay | None, seen: int, *, head: bool
+    message: Message, relay: RelayBase | None, seen: int, *, head: bool
 ) -> EventLog | None:
     """The events of the process generating the answer, through the relay; None to replay
     the stored answer. An unfinished answer that no process claims is elsewhere (409).
