@@ -246,7 +246,9 @@ async def test_batched_decode_gives_concurrent_streams_the_same_steps(
 
     first, second = await asyncio.gather(arrivals(0.0), arrivals(0.04))
     assert len(first) == len(second) == 7  # six tokens and done
-    assert second[0] - first[0] >= 0.035
+    # Its own prefill, not the other's step (0): 40 ms, less what a loaded machine
+    # delayed the first request by (33 ms seen under the full suite).
+    assert second[0] - first[0] >= 0.02
     gaps = [b - a for a, b in zip(first[1:], second[1:], strict=True)]
     if batched:
         assert all(abs(gap) < 0.02 for gap in gaps), gaps
