@@ -22,13 +22,14 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.chat.host_relay import DIRECTORY_NAME, HostRelay
+from ollama_web.core.host_sockets import HostSockets
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import EventReader, chat_body, conversation_with_unfinished_answers
 from tests.chat.test_relay import _elsewhere_both_ways, new_chat, two_processes
 from tests.conftest import TEST_SECRET
 from tests.fixtures.auth import create_test_user
 
-pytestmark = pytest.mark.skipif(not HostRelay.supported(), reason="no Unix sockets here")
+pytestmark = pytest.mark.skipif(not HostSockets.supported(), reason="no Unix sockets here")
 
 
 def _relay(app: FastAPI) -> HostRelay:
@@ -60,12 +61,12 @@ async def test_a_dead_process_s_socket_is_removed_and_the_answer_is_elsewhere_at
         apps,
         (_, b),
     ):
-        directory = _relay(apps[0]).directory
+        directory = _relay(apps[0]).sockets.directory
         dead = _dead_socket(directory, "1-deadbeef0000.sock")
         await conversation_with_unfinished_answers(apps[1], user, {"c" * 32: 0.0})
         took = await _elsewhere_both_ways(b, user, "c" * 32)
         assert not dead.exists()
-        assert sorted(os.listdir(directory)) == sorted(_relay(app).name for app in apps)
+        assert sorted(os.listdir(directory)) == sorted(_relay(app).sockets.name for app in apps)
     assert max(took) < 0.5, took
 
 
@@ -76,7 +77,7 @@ async def test_the_relay_is_the_server_user_s_alone_and_leaves_with_its_process(
     app = await app_factory(settings)
     relay = _relay(app)
     directory = settings.data_dir / DIRECTORY_NAME
-    socket_path = directory / relay.name
+    socket_path = directory / relay.sockets.name
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_ISSOCK(socket_path.stat().st_mode)
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
@@ -95,11 +96,16 @@ async def test_an_unusable_relay_directory_leaves_each_process_its_own_answers(
     settings = chat_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / DIRECTORY_NAME).write_text("not a directory")
-    with caplog.at_level(logging.WARNING, logger="ollama_web.chat.relay"):
+    relay_logger = logging.getLogger("ollama_web.chat.relay")
+    relay_logger.addHandler(caplog.handler)  # the app's logging does not propagate to root
+    try:
         app = await app_factory(settings)
+    finally:
+        relay_logger.removeHandler(caplog.handler)
     assert app.state.generations.relay is None
-    (warning,) = [r for r in caplog.records if "cannot reach the other processes" in r.message]
-    assert "REDIS_URL" in warning.message
+    records = {id(r): r for r in caplog.records}.values()  # once, however it propagated
+    (warning,) = [r for r in records if "cannot reach the other processes" in r.getMessage()]
+    assert "REDIS_URL" in warning.getMessage()
     other = await app_factory(settings)
     user = await create_test_user(app)
     await conversation_with_unfinished_answers(other, user, {"e" * 32: 0.0})
@@ -128,7 +134,8 @@ async def test_a_data_dir_too_long_for_a_socket_path_is_reached_through_its_desc
         ),
         new_chat(a, user) as response,
     ):
-        assert len(str(_relay(apps[0]).directory / _relay(apps[0]).name)) > 108
+        sockets = _relay(apps[0]).sockets
+        assert len(str(sockets.directory / sockets.name)) > 108
         reader = EventReader(response)
         answer_id = (await reader.next()).data["assistant_message_id"]
         stopped = await b.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
@@ -139,29 +146,42 @@ async def test_a_data_dir_too_long_for_a_socket_path_is_reached_through_its_desc
 
 @pytest.mark.parametrize(
     "request_line",
-    [b"not json\n", b'{"op": "stop"}\n', b"[1, 2]\n", b"x" * 10_000 + b"\n", b""],
-    ids=["not-json", "no-id", "not-an-object", "too-long", "nothing"],
+    [b"not json\n", b"[1, 2]\n", b"x" * 10_000 + b"\n", b""],
+    ids=["not-json", "not-an-object", "too-long", "nothing"],
 )
 async def test_a_connection_that_sends_no_request_is_closed_and_the_relay_serves_on(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
     request_line: bytes,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from ollama_web.chat import host_relay
+    """Not JSON, not an object, over 4 KiB, or nothing before the wait ends: closed
+    unanswered, said in a warning (no unhandled error), and the next request is served."""
+    from ollama_web.core import host_sockets
 
-    monkeypatch.setattr(host_relay, "REQUEST_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(host_sockets, "REQUEST_WAIT_SECONDS", 0.3)
     app = await app_factory(chat_settings())
-    relay = _relay(app)
-    reader, writer = await asyncio.open_unix_connection(relay._address(relay.name))
-    writer.write(request_line)
-    await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
-    writer.close()
-    reader, writer = await asyncio.open_unix_connection(relay._address(relay.name))
-    writer.write(b'{"op": "stop", "id": "unknown"}\n')
-    assert await asyncio.wait_for(reader.read(), 5) == b"\x00\x00\x00\x01N"
-    writer.close()
+    sockets = _relay(app).sockets
+    sockets_logger = logging.getLogger("ollama_web.host_sockets")
+    sockets_logger.addHandler(caplog.handler)  # the app's logging does not propagate to root
+    try:
+        reader, writer = await asyncio.open_unix_connection(sockets.address(sockets.name))
+        writer.write(request_line)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing said
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(sockets.address(sockets.name))
+        writer.write(b'{"op": "stop", "id": "unknown"}\n')
+        assert await asyncio.wait_for(reader.read(), 5) == b"\x00\x00\x00\x01N"
+        writer.close()
+    finally:
+        sockets_logger.removeHandler(caplog.handler)
+    records = {id(r): r for r in caplog.records}.values()  # once, however it propagated
+    said = [(r.levelname, r.getMessage()) for r in records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert said[0][0] == "WARNING"
+    assert said[0][1].startswith("ignored a malformed request between processes")
 
 
 def _free_port() -> int:

@@ -310,8 +310,8 @@ async def _vanish(relay: RelayBase | None) -> None:
         vanished = [relay._listener, *relay._tasks]
     else:
         assert isinstance(relay, HostRelay)
-        assert relay._server is not None
-        relay._server.close()  # its file stays, and refuses connections, as a dead one's
+        assert relay.sockets._server is not None
+        relay.sockets._server.close()  # its file stays, and refuses connections, as a dead one's
         vanished = list(relay._tasks)
     # Cancelled until they end: one cancel can be lost in redis-py's wait_for under Python
     # 3.11 (core/tasks.py), and the forward then ran to the answer's end.
