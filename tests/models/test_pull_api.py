@@ -13,6 +13,7 @@ import pytest
 
 from ollama_web.core.config import Settings
 from ollama_web.emulator import OllamaEmulator
+from ollama_web.ollama.pull_cancels import HostPullCancels
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import create_test_user
 from tests.models.conftest import Cluster
@@ -232,23 +233,31 @@ async def test_pull_cancel_refusals(cluster: Cluster) -> None:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("carrier", ["redis", "host"])
 async def test_a_pull_is_cancelled_through_another_server_process(
     app_factory: Callable[..., Any],
     settings_factory: Callable[..., Settings],
     node_a: OllamaEmulator,
     node_b: OllamaEmulator,
     live_server: Callable[..., Any],
+    carrier: str,
 ) -> None:
-    """With REDIS_URL the cancel reaches the process running the pull."""
+    """The cancel reaches the process running the pull: through Redis with REDIS_URL, else
+    through the Unix sockets of the host's processes in DATA_DIR (the workers of `serve
+    --workers N`), where before it answered 404 PULL_NOT_RUNNING and the pull ran on."""
     settings = settings_factory(
         ollama_url=[node_a.url, node_b.url],
         ollama_health_cache_seconds=0.0,
-        redis_url=require_redis(),
+        redis_url=require_redis() if carrier == "redis" else None,
     )
     running, other = await app_factory(settings), await app_factory(settings)
     admin = await create_test_user(running, "admin")
     for app in (running, other):
-        await asyncio.wait_for(app.state.gateway.pull_cancels.listening.wait(), 5)
+        cancels = app.state.gateway.pull_cancels
+        if carrier == "redis":
+            await asyncio.wait_for(cancels.listening.wait(), 5)
+        else:
+            assert isinstance(cancels, HostPullCancels)
     async with asgi_client(running) as client, asgi_client(other) as elsewhere:
         cluster = Cluster(running, client, node_a, node_b, admin, admin)
         async with live_server(running) as base_url:
@@ -260,4 +269,6 @@ async def test_a_pull_is_cancelled_through_another_server_process(
     assert response.status_code == 200, response.text
     assert response.json()["cancelled"] == 0
     assert response.json()["processes_told"] >= 1
+    if carrier == "host":
+        assert response.json()["processes_told"] == 1  # the other process, not this one
     assert (events[-1][0], events[-1][1]["error"]) == ("error", "PULL_CANCELLED")

@@ -115,7 +115,8 @@ class PullCancelled(BaseModel):
     node: str | None
     cancelled: int = Field(description="Pulls of this model this server process ended")
     processes_told: int = Field(
-        description="Other server processes told to end theirs (with REDIS_URL; else 0)"
+        description="Other server processes told to end theirs (all of them with REDIS_URL; "
+        "else those of this host)"
     )
 
 

@@ -25,7 +25,7 @@ from ollama_web.ollama.names import validate_model_name
 from ollama_web.ollama.nodes import Node, NodeRegistry
 from ollama_web.ollama.probe import Prober
 from ollama_web.ollama.pull import PullJob, PullManager, PullSubscription
-from ollama_web.ollama.pull_cancels import PullCancels
+from ollama_web.ollama.pull_cancels import HostPullCancels, PullCancels
 from ollama_web.ollama.routing import Router, not_found_or_unreachable
 from ollama_web.ollama.transport import Upstream
 
@@ -74,7 +74,7 @@ class OllamaGateway:
         self.router = Router(self.registry, self.inventory)
         self.prober = Prober(self.upstream, self.registry, cache_seconds)
         self.pulls = PullManager(self.upstream, self._pull_finished)
-        self.pull_cancels: PullCancels | None = None
+        self.pull_cancels: PullCancels | HostPullCancels | None = None
         """Set with REDIS_URL (by the lifespan): cancels reach every process's pulls."""
 
     async def aclose(self) -> None:
@@ -308,8 +308,7 @@ class OllamaGateway:
         self, name: str, *, node_url: str | None = None
     ) -> tuple[int, int, str | None]:
         """End the pulls of `name` (on `node_url`, or on every node): (how many this process
-        ended, how many other processes were told, with REDIS_URL; the node's URL as
-        configured)."""
+        ended, how many other processes were told; the node's URL as configured)."""
         key = validate_model_name(name, "name").key
         if node_url is not None:
             node_url = self._known_node(node_url).url  # as the running pulls name it

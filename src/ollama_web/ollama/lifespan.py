@@ -14,7 +14,7 @@ from ollama_web.core.stop_signals import on_stop_signal
 from ollama_web.health.service import register_check
 from ollama_web.ollama.errors import PullInterruptedError
 from ollama_web.ollama.gateway import OllamaGateway
-from ollama_web.ollama.pull_cancels import PullCancels
+from ollama_web.ollama.pull_cancels import HOST_DIRECTORY_NAME, HostPullCancels, PullCancels
 from ollama_web.ollama.transport import build_client
 
 
@@ -48,6 +48,10 @@ async def gateway_lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.redis_url:
             gateway.pull_cancels = PullCancels(settings.redis_url, gateway.pulls.cancel)
             gateway.pull_cancels.start()
+        else:
+            gateway.pull_cancels = await HostPullCancels.open(
+                settings.data_dir / HOST_DIRECTORY_NAME, gateway.pulls.cancel
+            )
         try:
             yield
         finally:
