@@ -305,14 +305,19 @@ async def test_malformed_login_is_a_validation_error(client: httpx.AsyncClient) 
         assert response.json()["error"] == "VALIDATION_ERROR"
 
 
-async def test_failures_are_counted_across_workers_through_shared_redis(
+@pytest.mark.parametrize("carrier", ["redis", "host"])
+async def test_failures_are_counted_across_workers(
     settings_factory: Callable[..., Settings],
     app_factory: Callable[[Settings], Any],
     database_url: str | None,
+    carrier: str,
 ) -> None:
-    """Two app instances (as two workers) on one Redis share the failed-login counts."""
+    """Two app instances (as two workers) share the failed-login counts: through Redis, or
+    without it through the host's file in their DATA_DIR (each counted alone before: two
+    workers let twice LOGIN_MAX_FAILURES guesses through)."""
+    redis_url = require_redis() if carrier == "redis" else None
     settings = settings_factory(
-        database_url=database_url, login_max_failures=2, redis_url=require_redis()
+        database_url=database_url, login_max_failures=2, redis_url=redis_url
     )
     worker_a = await app_factory(settings)
     worker_b = await app_factory(settings)

@@ -31,6 +31,7 @@ from ollama_web.core.dependencies import SettingsDep, core_of
 from ollama_web.core.state import CoreState
 from ollama_web.db.base import utcnow
 from ollama_web.ratelimit.dependencies import enforce_rate_limit, rate_limit_storage
+from ollama_web.ratelimit.storage import host_storage
 
 logger = logging.getLogger("ollama_web.auth")
 
@@ -104,13 +105,17 @@ async def get_passwords(settings: SettingsDep) -> Passwords:
 
 
 async def get_login_throttle(request: Request) -> LoginThrottle:
-    """The throttle, on the shared rate-limit storage (Redis when configured) if the rate
-    limiter set one up, else on its own in-memory storage. Created lazily so it does not
-    matter which lifespan starts first."""
+    """The throttle: with REDIS_URL on the shared rate-limit storage (Redis, memory while it
+    is unreachable), without it on a file the host's processes share (`ratelimit.host_storage`).
+    Created lazily so it does not matter which lifespan starts first."""
     throttle = cast(LoginThrottle | None, getattr(request.app.state, "login_throttle", None))
     if throttle is None:
         settings: Settings = request.app.state.settings
-        throttle = LoginThrottle(settings, storage=rate_limit_storage(request.app))
+        shared = rate_limit_storage(request.app) if settings.redis_url else None
+        if shared is not None:
+            throttle = LoginThrottle(settings, storage=shared)
+        else:
+            throttle = LoginThrottle(settings, storage=host_storage(settings.data_dir), owned=True)
         request.app.state.login_throttle = throttle
     return throttle
 

@@ -1,7 +1,9 @@
 """Failed-login throttling per username and per client address, on the `limits` library.
 
-It uses the storage the rate limiter shares (`ollama_web.ratelimit`: Redis when REDIS_URL is
-set, so every worker counts together) or, without one, its own in-memory storage.
+It uses the storage the rate limiter shares when REDIS_URL is set (`ollama_web.ratelimit`:
+Redis, so every worker and instance counts together), else a file in DATA_DIR the host's
+processes share (`ratelimit.host_storage`: the workers of `serve --workers N` count
+together), or, given none, its own in-memory storage.
 
 It is always on (RATE_LIMIT_ENABLED only governs the request rate limiter). LOGIN_MAX_FAILURES
 failures within LOGIN_FAILURE_WINDOW_MINUTES lock out further attempts for that username, and
@@ -12,7 +14,7 @@ A successful login clears the username's failures.
 Attempts whose password is being checked count too (`attempt`): the failures in the window
 plus the checks in progress may not pass LOGIN_MAX_FAILURES, so guesses sent all at once get
 no more checks than guesses sent one after another. A check in progress is counted in the
-storage (atomically, across workers with Redis) until it ends, or CHECK_EXPIRY_SECONDS if
+storage (atomically, across processes when shared) until it ends, or CHECK_EXPIRY_SECONDS if
 its process died.
 """
 
@@ -31,7 +33,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import RateLimitedError
 from ollama_web.core.net import rate_limit_address
-from ollama_web.ratelimit.storage import LocalStorage
+from ollama_web.ratelimit.storage import FallbackStorage, LocalStorage
 
 _USERNAME = "login-failures-username"
 _ADDRESS = "login-failures-address"
@@ -42,8 +44,10 @@ BUSY_RETRY_SECONDS = 1
 
 
 class LoginThrottle:
-    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self._own_storage = storage is None
+    def __init__(
+        self, settings: Settings, storage: Storage | None = None, *, owned: bool = False
+    ) -> None:
+        self._own_storage = storage is None or owned
         self.storage: Storage = storage if storage is not None else LocalStorage()
         self._limiter = MovingWindowRateLimiter(self.storage)
         self._item = RateLimitItemPerMinute(
@@ -107,7 +111,11 @@ class LoginThrottle:
         await self._limiter.clear(self._item, _USERNAME, username_key)
 
     async def aclose(self) -> None:
-        """Stop the in-memory storage's expiry task (a shared storage is not ours to stop)."""
+        """Close a storage of its own (the host's file), or stop the in-memory storage's
+        expiry task (a shared storage is not ours to stop)."""
+        if self._own_storage and isinstance(self.storage, FallbackStorage):
+            await self.storage.aclose()
+            return
         timer = getattr(self.storage, "timer", None) if self._own_storage else None
         if isinstance(timer, asyncio.Task) and not timer.done():
             timer.cancel()

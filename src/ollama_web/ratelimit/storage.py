@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 
 from ollama_web.core.redis_client import connection_options
+from ollama_web.ratelimit.host_storage import FILE_NAME, HostStorage
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -44,15 +47,18 @@ class FallbackStorage(Storage, MovingWindowSupport):
 
     def __init__(
         self,
-        primary: RedisStorage | None,
+        primary: RedisStorage | HostStorage | None,
         fallback: MemoryStorage,
         *,
         pool: aioredis.BlockingConnectionPool | None = None,
         retry_seconds: float = RETRY_SECONDS,
         primary_errors: tuple[type[Exception], ...] = (OSError,),
+        primary_name: str = "Redis",
     ) -> None:
         super().__init__()
         self.primary_errors = primary_errors
+        self.primary_name = primary_name
+        """Who the log lines name: Redis, or the host's failed-login file."""
         self.primary = primary
         self.fallback = fallback
         self.pool = pool
@@ -75,14 +81,16 @@ class FallbackStorage(Storage, MovingWindowSupport):
         if self.down_since is None:
             self.down_since = time.time()
             logger.warning(
-                "Redis is unreachable (%s); rate limits fall back to in-process counting",
+                "%s is unreachable (%s); rate limits fall back to in-process counting",
+                self.primary_name,
                 self.last_error,
             )
 
     def _mark_up(self) -> None:
         if self.down_since is not None:
             logger.warning(
-                "Redis is reachable again after %.1f s; shared rate limits resumed",
+                "%s is reachable again after %.1f s; shared rate limits resumed",
+                self.primary_name,
                 time.time() - self.down_since,
             )
             self.down_since = None
@@ -145,9 +153,12 @@ class FallbackStorage(Storage, MovingWindowSupport):
         return await self._call(window)
 
     async def aclose(self) -> None:
-        """Close the Redis pool and stop the in-memory storage's expiry task."""
+        """Close the Redis pool or the host's file, and stop the in-memory storage's expiry
+        task."""
         if self.pool is not None:
             await self.pool.aclose()
+        if isinstance(self.primary, HostStorage):
+            await self.primary.aclose()
         timer = self.fallback.timer
         if timer is not None and not timer.done():
             timer.cancel()
@@ -168,6 +179,17 @@ class LocalStorage(MemoryStorage):
         self.expirations.pop(key, None)
         if key in self.events:
             self.events[key] = []
+
+
+def host_storage(data_dir: Path) -> FallbackStorage:
+    """Without Redis, for the failed-login throttle: the host's file in DATA_DIR, in memory
+    while it cannot be used."""
+    return FallbackStorage(
+        HostStorage(data_dir / FILE_NAME),
+        LocalStorage(),
+        primary_errors=(sqlite3.Error, OSError),
+        primary_name=f"the failed-login file {FILE_NAME}",
+    )
 
 
 def build_storage(redis_url: str | None) -> FallbackStorage:

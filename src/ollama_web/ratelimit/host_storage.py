@@ -1,0 +1,171 @@
+"""A `limits` storage the processes of one host share without Redis: a SQLite file in
+DATA_DIR (`login-failures.db`).
+
+The failed-login throttle (`auth.throttle`) counts on it when REDIS_URL is not set, so that
+the workers of `serve --workers N` lock a username or an address out together: counted in
+each process, N workers let N times LOGIN_MAX_FAILURES guesses through. Its writes are a
+login's (one transaction a check, one a failure), each in a thread, never on the event
+loop; the request rate limiter, which counts every request, stays in each process's memory.
+
+Counters (`incr`: the checks in progress) and moving-window entries (`acquire_entry`: the
+failures) behave as limits' MemoryStorage's. Each operation is one IMMEDIATE transaction,
+so processes that count at once each see a different count. Entries are dropped once out
+of their window. A file that cannot be used is an error for `FallbackStorage`, which then
+counts in memory and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from limits.aio.storage import MovingWindowSupport, Storage
+
+T = TypeVar("T")
+
+FILE_NAME = "login-failures.db"
+BUSY_SECONDS = 5.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,
+                                     expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (key TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_key_at ON entries (key, at);
+CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
+"""
+
+
+class HostStorage(Storage, MovingWindowSupport):
+    STORAGE_SCHEME = None
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return sqlite3.Error
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(_SCHEMA)
+                os.chmod(self.path, 0o600)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        """`work(connection, now)` in one IMMEDIATE transaction, in a thread."""
+
+        def run() -> T:
+            with self._lock:
+                connection = self._connect()
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(connection, time.time())
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+                return result
+
+        return await asyncio.to_thread(run)
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        def incr(db: sqlite3.Connection, now: float) -> int:
+            db.execute("DELETE FROM counters WHERE key = ? AND expires <= ?", (key, now))
+            db.execute(
+                "INSERT INTO counters VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                (key, amount, now + expiry),
+            )
+            (value,) = db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
+            return int(value)
+
+        return await self._run(incr)
+
+    async def get(self, key: str) -> int:
+        def get(db: sqlite3.Connection, now: float) -> int:
+            row = db.execute(
+                "SELECT value FROM counters WHERE key = ? AND expires > ?", (key, now)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(get)
+
+    async def get_expiry(self, key: str) -> float:
+        def expiry(db: sqlite3.Connection, now: float) -> float:
+            row = db.execute("SELECT expires FROM counters WHERE key = ?", (key,)).fetchone()
+            return float(row[0]) if row else now
+
+        return await self._run(expiry)
+
+    async def clear(self, key: str) -> None:
+        def clear(db: sqlite3.Connection, now: float) -> None:
+            db.execute("DELETE FROM counters WHERE key = ?", (key,))
+            db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+        await self._run(clear)
+
+    async def reset(self) -> int | None:
+        def reset(db: sqlite3.Connection, now: float) -> int:
+            counters = db.execute("DELETE FROM counters").rowcount
+            return counters + db.execute("DELETE FROM entries").rowcount
+
+        return await self._run(reset)
+
+    async def check(self) -> bool:
+        await self._run(lambda db, now: db.execute("SELECT 1").fetchone())
+        return True
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+
+        def acquire(db: sqlite3.Connection, now: float) -> bool:
+            db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
+            (count,) = db.execute(
+                "SELECT count(*) FROM entries WHERE key = ? AND at > ?", (key, now - expiry)
+            ).fetchone()
+            if count + amount > limit:
+                return False
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?)", [(key, now, now + expiry)] * amount
+            )
+            return True
+
+        return await self._run(acquire)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        def window(db: sqlite3.Connection, now: float) -> tuple[float, int]:
+            oldest, count = db.execute(
+                "SELECT min(at), count(*) FROM entries WHERE key = ? AND at > ?",
+                (key, now - expiry),
+            ).fetchone()
+            return (float(oldest), int(count)) if count else (now, 0)
+
+        return await self._run(window)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+        await asyncio.to_thread(close)
