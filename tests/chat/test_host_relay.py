@@ -70,6 +70,36 @@ async def test_a_dead_process_s_socket_is_removed_and_the_answer_is_elsewhere_at
     assert max(took) < 0.5, took
 
 
+async def test_a_starting_process_clears_the_sockets_killed_processes_left(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    """A killed worker's sockets stay until something meets them: the next process to
+    start connects to each once. A live process's socket stays, and the probe, closed
+    unused, is no malformed request to it (nothing logged)."""
+    settings = chat_settings()
+    first = await app_factory(settings)
+    directories = [settings.data_dir / DIRECTORY_NAME, settings.data_dir / "pull-cancels"]
+    dead = [_dead_socket(directory, "1-deadbeef0000.sock") for directory in directories]
+    sockets_logger = logging.getLogger("ollama_web.host_sockets")
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = said.append  # type: ignore[method-assign]
+    sockets_logger.addHandler(handler)
+    try:
+        second = await app_factory(settings)
+        deadline = time.monotonic() + 5
+        while any(path.exists() for path in dead):
+            assert time.monotonic() < deadline, "the dead sockets were not cleared"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # what the live process would log of the probe
+    finally:
+        sockets_logger.removeHandler(handler)
+    live = sorted(_relay(app).sockets.name for app in (first, second))
+    assert sorted(os.listdir(directories[0])) == live
+    assert len(os.listdir(directories[1])) == 2
+    assert said == []
+
+
 async def test_the_relay_is_the_server_user_s_alone_and_leaves_with_its_process(
     app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
 ) -> None:

@@ -5,9 +5,10 @@ Used by the generation relay (`chat.host_relay`: stop and re-attach) and by pull
 (`ollama.pull_cancels`). Each gives its own directory (mode 0700, as DATA_DIR: only the
 server's user can connect; the sockets 0600). A request is one JSON line; answers are
 frames of a 4-byte big-endian length and a payload. A dead process's socket refuses a
-connection at once and is removed by the process that met it; a live one's, however busy,
-takes it into its backlog. A socket path is at most 107 bytes (Linux): a longer one is
-reached through /proc/self/fd and the directory's descriptor.
+connection at once and is removed by the process that met it, or by the next process to
+start; a live one's, however busy, takes it into its backlog. A socket path is at most 107
+bytes (Linux): a longer one is reached through /proc/self/fd and the directory's
+descriptor.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class HostSockets:
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         self._dir_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._pruning: asyncio.Task[None] | None = None
 
     @staticmethod
     def supported() -> bool:
@@ -102,9 +104,22 @@ class HostSockets:
             serve, self._prepare(), backlog=BACKLOG, limit=REQUEST_BYTES
         )
         os.chmod(self.directory / self.name, 0o600)
+        self._pruning = asyncio.get_running_loop().create_task(self._prune())
+
+    async def _prune(self) -> None:
+        """Remove the sockets that processes killed before left here (a killed worker's
+        stays until a request meets it): each is connected to once, and a live process
+        takes a connection closed unused for what it is, a probe."""
+        for name in self.peers():
+            connection = await self.connect(name)
+            if connection is not None:
+                close(connection[1])
 
     def close(self) -> None:
         """Take no more connections, and remove this process's socket."""
+        if self._pruning is not None:
+            self._pruning.cancel()
+            self._pruning = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -128,6 +143,21 @@ class HostSockets:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """A connection to process `name` with `request` sent; None when that process is
         gone (a dead one's socket is removed) or cannot be reached (logged)."""
+        connection = await self.connect(name)
+        if connection is None:
+            return None
+        reader, writer = connection
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+        except OSError:
+            close(writer)
+            return None
+        return reader, writer
+
+    async def connect(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to process `name`; None when that process is gone (a dead one's
+        socket is removed) or cannot be reached (logged)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_WAIT_SECONDS
         while True:
@@ -147,23 +177,20 @@ class HostSockets:
             except OSError as exc:
                 logger.warning("could not reach the socket %s: %s", name, exc)
                 return None
-        try:
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-        except OSError:
-            close(writer)
-            return None
         return reader, writer
 
 
 async def _request(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     """The connection's request: one JSON object on a line; None (logged) for anything else
-    (a line over REQUEST_BYTES, not JSON, none within REQUEST_WAIT_SECONDS)."""
+    (a line over REQUEST_BYTES, not JSON, none within REQUEST_WAIT_SECONDS), None unlogged
+    for a connection closed unused (`HostSockets._prune`'s)."""
     try:
         async with asyncio.timeout(REQUEST_WAIT_SECONDS):
             line = await reader.readuntil(b"\n")
         request = json.loads(line)
     except (OSError, EOFError, TimeoutError, asyncio.LimitOverrunError, ValueError) as exc:
+        if isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+            return None  # closed unused: a process starting made sure this one lives
         logger.warning("ignored a malformed request between processes: %s", type(exc).__name__)
         return None
     if not isinstance(request, dict):
