@@ -292,3 +292,30 @@ async def _stop_and_follow_from_fresh_connections(
         assert stopped.json()["message"]["status"] == "stopped"
         final = (await reader.rest())[-1]
     assert (final.event, final.data["message"]["status"]) == ("done", "stopped")
+
+
+async def test_a_request_cancelled_while_it_is_sent_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asks an owner's answer made moot are cancelled, some while they still send: their
+    connections close then (the other process sees the end), not when collected."""
+    ended = asyncio.Event()
+
+    async def handler(request: dict[str, Any], reader: asyncio.StreamReader, _: Any) -> None:
+        await reader.read()  # the asker sends nothing more: its end
+        ended.set()
+
+    listening, asking = HostSockets(tmp_path / "s"), HostSockets(tmp_path / "s")
+    await listening.listen(handler)
+    try:
+
+        async def never(_: asyncio.StreamWriter) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(asyncio.StreamWriter, "drain", never)
+        ask = asyncio.ensure_future(asking.request(listening.name, {"op": "follow"}))
+        await asyncio.sleep(0.2)
+        ask.cancel()
+        await asyncio.wait_for(ended.wait(), 5)
+    finally:
+        listening.close()

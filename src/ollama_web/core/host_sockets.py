@@ -153,6 +153,9 @@ class HostSockets:
         except OSError:
             close(writer)
             return None
+        except BaseException:  # cancelled: the asker's client left
+            close(writer)
+            raise
         return reader, writer
 
     async def connect(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
