@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 
 from ollama_web.chat.host_relay import DIRECTORY_NAME, HostRelay
-from ollama_web.core.host_sockets import HostSockets
+from ollama_web.core.host_sockets import HOST_TAG, HostSockets
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import EventReader, chat_body, conversation_with_unfinished_answers
 from tests.chat.test_relay import _elsewhere_both_ways, new_chat, two_processes
@@ -62,7 +62,7 @@ async def test_a_dead_process_s_socket_is_removed_and_the_answer_is_elsewhere_at
         (_, b),
     ):
         directory = _relay(apps[0]).sockets.directory
-        dead = _dead_socket(directory, "1-deadbeef0000.sock")
+        dead = _dead_socket(directory, f"{HOST_TAG}-1-deadbeef0000.sock")
         await conversation_with_unfinished_answers(apps[1], user, {"c" * 32: 0.0})
         took = await _elsewhere_both_ways(b, user, "c" * 32)
         assert not dead.exists()
@@ -75,11 +75,14 @@ async def test_a_starting_process_clears_the_sockets_killed_processes_left(
 ) -> None:
     """A killed worker's sockets stay until something meets them: the next process to
     start connects to each once. A live process's socket stays, and the probe, closed
-    unused, is no malformed request to it (nothing logged)."""
+    unused, is no malformed request to it (nothing logged); another host's socket (its
+    name begins with that host's boot id) is not this host's to judge."""
     settings = chat_settings()
     first = await app_factory(settings)
     directories = [settings.data_dir / DIRECTORY_NAME, settings.data_dir / "pull-cancels"]
-    dead = [_dead_socket(directory, "1-deadbeef0000.sock") for directory in directories]
+    dead = [_dead_socket(directory, f"{HOST_TAG}-1-deadbeef0000.sock") for directory in directories]
+    # Another host's, in a DATA_DIR shared over the network: it refuses too, and is kept.
+    elsewhere = _dead_socket(directories[0], "0123456789ab-1-deadbeef0000.sock")
     sockets_logger = logging.getLogger("ollama_web.host_sockets")
     said: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -95,7 +98,7 @@ async def test_a_starting_process_clears_the_sockets_killed_processes_left(
     finally:
         sockets_logger.removeHandler(handler)
     live = sorted(_relay(app).sockets.name for app in (first, second))
-    assert sorted(os.listdir(directories[0])) == live
+    assert sorted(os.listdir(directories[0])) == sorted([*live, elsewhere.name])
     assert len(os.listdir(directories[1])) == 2
     assert said == []
 
@@ -307,6 +310,7 @@ async def test_a_request_cancelled_while_it_is_sent_closes_its_connection(
 
     listening, asking = HostSockets(tmp_path / "s"), HostSockets(tmp_path / "s")
     await listening.listen(handler)
+    await asking.listen(handler)  # as every process does (and holds the directory open)
     try:
 
         async def never(_: asyncio.StreamWriter) -> None:
@@ -319,3 +323,4 @@ async def test_a_request_cancelled_while_it_is_sent_closes_its_connection(
         await asyncio.wait_for(ended.wait(), 5)
     finally:
         listening.close()
+        asking.close()

@@ -6,9 +6,10 @@ Used by the generation relay (`chat.host_relay`: stop and re-attach) and by pull
 server's user can connect; the sockets 0600). A request is one JSON line; answers are
 frames of a 4-byte big-endian length and a payload. A dead process's socket refuses a
 connection at once and is removed by the process that met it, or by the next process to
-start; a live one's, however busy, takes it into its backlog. A socket path is at most 107
-bytes (Linux): a longer one is reached through /proc/self/fd and the directory's
-descriptor.
+start; a live one's, however busy, takes it into its backlog. Socket names begin with the
+host's boot id: another host's sockets (a DATA_DIR shared over the network) are ignored. A
+socket path is at most 107 bytes (Linux): a longer one is reached through /proc/self/fd and
+the directory's descriptor.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ CONNECT_WAIT_SECONDS = 10.0
 CONNECT_RETRY_SECONDS = 0.05
 _PATH_MAX = 100
 
+
+def _host_tag() -> str:
+    """This host's kernel, as its processes' socket names begin: the boot id, the same in
+    every container of the host and different on every other host. A DATA_DIR shared over
+    the network (NFS) shows other hosts' socket files, which refuse a connection as a dead
+    process's would: without the tag they would be taken for dead, and removed."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot_id:
+            return boot_id.read().strip().replace("-", "")[:12] or "host"
+    except OSError:
+        return socket.gethostname().replace("-", "")[:32] or "host"
+
+
+HOST_TAG = _host_tag()
+
 Handler = Callable[[dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 """Serves one request (its JSON object) on its connection, which is closed after."""
 
@@ -65,7 +81,7 @@ class HostSockets:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory.absolute()
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        self.name = f"{HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         self._dir_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._pruning: asyncio.Task[None] | None = None
@@ -130,13 +146,19 @@ class HostSockets:
             self._dir_fd = None
 
     def peers(self) -> list[str]:
-        """The sockets of the other processes (and of dead ones not yet met)."""
+        """The sockets of the other processes of this host (and of dead ones not yet met);
+        another host's, in a DATA_DIR shared over the network, are none of its business."""
         try:
             names = os.listdir(self.directory)
         except OSError as exc:
             logger.warning("could not list the sockets in %s: %s", self.directory, exc)
             return []
-        return [name for name in names if name.endswith(SUFFIX) and name != self.name]
+        ours = f"{HOST_TAG}-"
+        return [
+            name
+            for name in names
+            if name.startswith(ours) and name.endswith(SUFFIX) and name != self.name
+        ]
 
     async def request(
         self, name: str, request: dict[str, Any]
