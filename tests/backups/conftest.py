@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from ollama_web.backups import DatabaseBackup
 from ollama_web.core.config import Settings
-from tests.conftest import TEST_SECRET
+from tests.fixtures.commands import command_environment
 from tests.fixtures.privileges import unprivileged
 
 SettingsMaker = Callable[..., Settings]
@@ -130,17 +130,7 @@ def environment(
     sqlite_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> SettingsMaker:
     """The CLI reads its settings from the environment: point it at the test directories."""
-    settings = sqlite_settings()
-    monkeypatch.chdir(tmp_path)
-    for name, value in {
-        "SECRET_KEY": TEST_SECRET,
-        "DATA_DIR": settings.data_dir,
-        "LOG_DIR": settings.log_dir,
-        "BACKUP_DIR": settings.backup_dir,
-        "BACKUP_ENABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    command_environment(monkeypatch, sqlite_settings(), tmp_path, BACKUP_ENABLED="true")
     return sqlite_settings
 
 

@@ -22,8 +22,9 @@ from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine
 from ollama_web.db.base import new_id
 from ollama_web.migrations.runner import script_head, upgrade
-from tests.conftest import TEST_SECRET, asgi_client, require_postgres_ca
+from tests.conftest import asgi_client, require_postgres_ca
 from tests.fixtures.auth import create_test_user
+from tests.fixtures.commands import command_environment
 from tests.ollama.faults import closed_port_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_backend", ["postgres"])]
@@ -361,15 +362,7 @@ async def test_the_commands_without_pg_restore_could_not_check_the_backup(
     info = await asyncio.to_thread(DatabaseBackup(settings).create_backup)
     assert info is not None
     await _add_user(settings, "bob")
-    monkeypatch.chdir(tmp_path)
-    for variable, value in {
-        "SECRET_KEY": TEST_SECRET,
-        "DATABASE_URL": _url(settings),
-        "DATA_DIR": settings.data_dir,
-        "LOG_DIR": settings.log_dir,
-        "BACKUP_DIR": settings.backup_dir,
-    }.items():
-        monkeypatch.setenv(variable, str(value))
+    command_environment(monkeypatch, settings, tmp_path, _url(settings))
     with monkeypatch.context() as patched:
         _path_without(patched, tmp_path, "pg_restore")
         assert main(["backup", "--verify", info.name]) == EXIT_NOT_CHECKED

@@ -30,7 +30,8 @@ from ollama_web.core.startup import EXIT_DATABASE_ERROR, DatabaseUnusableError
 from ollama_web.db import Base
 from ollama_web.migrations.filters import include_object
 from ollama_web.migrations.runner import migration_status, upgrade
-from tests.conftest import TEST_SECRET, _sync, require_postgres
+from tests.conftest import _sync, require_postgres
+from tests.fixtures.commands import command_environment
 
 EXPECTED_TABLES = {
     "users",
@@ -555,19 +556,8 @@ def _command_environment(
 ) -> Settings:
     """Settings on the test database, and the command line's environment set to match."""
     settings = settings_factory(database_url=database_url, migrate_on_startup=migrate_on_startup)
-    monkeypatch.chdir(tmp_path)
-    for name, value in {
-        "SECRET_KEY": TEST_SECRET,
-        "DATA_DIR": settings.data_dir,
-        "LOG_DIR": settings.log_dir,
-        "BACKUP_DIR": settings.backup_dir,
-        "MIGRATE_ON_STARTUP": str(migrate_on_startup).lower(),
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    if database_url is None:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    else:
-        monkeypatch.setenv("DATABASE_URL", database_url)
+    migrate = str(migrate_on_startup).lower()
+    command_environment(monkeypatch, settings, tmp_path, database_url, MIGRATE_ON_STARTUP=migrate)
     return settings
 
 
