@@ -141,3 +141,16 @@ def run_unprivileged(*arguments: str, stdin: str = "") -> subprocess.CompletedPr
         env=dict(os.environ), input=stdin, capture_output=True, text=True, timeout=60,
         check=False,
     )  # fmt: skip
+
+
+def refuse_to_open(monkeypatch: pytest.MonkeyPatch, file: Path) -> None:
+    """`file` cannot be opened, as one of root's 0000 for the service's user (it is listed
+    and stat works). (Simulated: root reads any file.)"""
+    open_file = Path.open
+
+    def refused(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path == file:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)

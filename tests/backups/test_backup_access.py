@@ -3,29 +3,20 @@ cannot list. A backup is reported for what it is, and a check that cannot run sa
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ollama_web.backups import DatabaseBackup, names
-from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite, run_unprivileged
+from tests.backups.conftest import (
+    AppMaker,
+    SettingsMaker,
+    add_user_sqlite,
+    refuse_to_open,
+    run_unprivileged,
+)
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
-
-
-def _unreadable(monkeypatch: pytest.MonkeyPatch, file: Path) -> None:
-    """`file` cannot be opened, as one of root's 0000 for the service's user (it is listed
-    and stat works). (Simulated: root reads any file.)"""
-    open_file = Path.open
-
-    def refused(path: Path, *args: Any, **kwargs: Any) -> Any:
-        if path == file:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return open_file(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", refused)
 
 
 async def test_a_backup_whose_sidecar_cannot_be_read_is_listed_and_could_not_be_checked(
@@ -38,7 +29,7 @@ async def test_a_backup_whose_sidecar_cannot_be_read_is_listed_and_could_not_be_
     admin = await create_test_user(app, role="admin")
     async with asgi_client(app) as client:
         name = (await client.post("/backup", headers=admin.headers)).json()["name"]
-        _unreadable(monkeypatch, names.checksum_path(app.state.settings.backup_dir / name))
+        refuse_to_open(monkeypatch, names.checksum_path(app.state.settings.backup_dir / name))
         listed = await client.get("/backup/list", headers=admin.headers)
         status = await client.get("/backup/status", headers=admin.headers)
         one = await client.get(f"/backup/{name}", headers=admin.headers)

@@ -33,7 +33,7 @@ from ollama_web.backups.locks import (
 from ollama_web.core.config import Settings
 from ollama_web.keys.service import _KEY_LOOKUP
 from ollama_web.migrations.runner import upgrade_settings
-from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite, fill
+from tests.backups.conftest import AppMaker, SettingsMaker, add_user_sqlite, fill, refuse_to_open
 from tests.conftest import asgi_client
 from tests.fixtures.auth import create_test_user
 from tests.fixtures.logs import app_warnings
@@ -570,14 +570,7 @@ async def test_verify_answers_503_when_the_backup_cannot_be_read(
     async with asgi_client(app) as client:
         name = (await client.post("/backup", headers=admin.headers)).json()["name"]
         archive = app.state.settings.backup_dir / name
-        open_file = Path.open
-
-        def refused(path: Path, *args: Any, **kwargs: Any) -> Any:
-            if path == archive:
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-            return open_file(path, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "open", refused)
+        refuse_to_open(monkeypatch, archive)
         with app_warnings("ollama_web", logging.ERROR) as records:
             unchecked = await client.post(f"/backup/{name}/verify", headers=admin.headers)
     assert unchecked.status_code == 503, unchecked.text
