@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from ollama_web.chat.generation import Generation
 from ollama_web.core.config import Settings
 from ollama_web.core.http_guard import GuardedHttpToolsProtocol
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import EventReader, chat_body, parse_events
+from tests.chat.conftest import Event, EventReader, chat_body, parse_events
 from tests.chat.test_relay import two_processes
 from tests.fixtures.auth import TestUser, create_test_user
 from tests.fixtures.servers import serve_app
@@ -53,6 +54,23 @@ async def _followers_gone(generation: Generation) -> None:
         await asyncio.sleep(0.01)
 
 
+@asynccontextmanager
+async def _guarded_http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` served by uvicorn with our HTTP protocol, as `serve` runs it."""
+    async with (
+        serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+    ):
+        yield http
+
+
+async def _answered(http: httpx.AsyncClient, user: TestUser) -> tuple[list[Event], str]:
+    """A whole answer, streamed: its events, and its re-attach path."""
+    sent = await http.post("/api/chat/stream", json=chat_body(), headers=user.headers)
+    events = parse_events(sent.content)
+    return events, f"/api/chat/stream/{events[0].data['assistant_message_id']}"
+
+
 async def test_an_empty_last_event_id_replays_from_the_start_as_without_one(
     app: FastAPI,
     ollama_emulator: OllamaEmulator,
@@ -62,13 +80,8 @@ async def test_an_empty_last_event_id_replays_from_the_start_as_without_one(
     header is taken as absent (the whole answer again, or after `after`), and so is an
     empty `after`; a value that is not an id is still refused."""
     ollama_emulator.config.reply_tokens = 5
-    async with (
-        serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
-    ):
-        sent = await http.post("/api/chat/stream", json=chat_body(), headers=regular_user.headers)
-        events = parse_events(sent.content)
-        path = f"/api/chat/stream/{events[0].data['assistant_message_id']}"
+    async with _guarded_http(app) as http:
+        events, path = await _answered(http, regular_user)
         empty = {**regular_user.headers, "Last-Event-ID": ""}
         again = await http.get(path, headers=empty)
         after = await http.get(path, headers=empty, params={"after": 2})
@@ -105,10 +118,7 @@ async def test_head_of_a_running_answer_neither_follows_it_nor_restarts_its_grac
     user = await create_test_user(app)
     ollama_emulator.config.reply_tokens = 300
     ollama_emulator.config.tokens_per_second = 20  # 15 s: far longer than the polling
-    async with (
-        serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
-    ):
+    async with _guarded_http(app) as http:
         async with http.stream(
             "POST", "/api/chat/stream", json=chat_body(), headers=user.headers
         ) as response:
@@ -134,13 +144,8 @@ async def test_head_of_an_ended_answer_is_the_get_s_head_from_memory_or_the_data
 ) -> None:
     """200 while there are events the client has not seen, 204 once it saw the last,
     whether the answer is still in memory or replayed from the database."""
-    async with (
-        serve_app(app, http=GuardedHttpToolsProtocol) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
-    ):
-        sent = await http.post("/api/chat/stream", json=chat_body(), headers=regular_user.headers)
-        events = parse_events(sent.content)
-        path = f"/api/chat/stream/{events[0].data['assistant_message_id']}"
+    async with _guarded_http(app) as http:
+        events, path = await _answered(http, regular_user)
         seen_all = {**regular_user.headers, "Last-Event-ID": str(events[-1].id)}
         answers = []
         for forget in (False, True):
