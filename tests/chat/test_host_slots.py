@@ -1,6 +1,7 @@
 """The per-user generation slots this host's processes share without Redis: lock files in
-DATA_DIR (real files and locks; another process for a crash; two apps on one database
-served on loopback for the limit as a client meets it)."""
+DATA_DIR (real files and locks; another process for a crash). The limit as a client meets
+it, two apps on one DATA_DIR served on loopback, is tests/chat/test_relay.py's
+test_the_per_user_generation_limit_holds_across_processes on the host carrier."""
 
 from __future__ import annotations
 
@@ -12,21 +13,15 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
 from ollama_web.chat.errors import TooManyGenerationsError
 from ollama_web.chat.host_slots import DIRECTORY_NAME, HostSlots, SlotsInUse
 from ollama_web.chat.registry import RESERVATION_TTL_SECONDS, GenerationRegistry
 from ollama_web.core.config import Settings
-from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import EventReader, chat_body
-from tests.fixtures.auth import create_test_user
 
 pytestmark = pytest.mark.skipif(not HostSlots.supported(), reason="no F_OFD_SETLK here")
 
@@ -156,42 +151,3 @@ async def test_a_reservation_whose_job_never_started_gives_its_host_slot_back(
     finally:
         registry.host_slots.close()
         other.close()
-
-
-async def test_the_per_user_limit_holds_across_servers_on_one_data_dir_without_redis(
-    app_factory: Callable[[Settings], Any],
-    chat_settings: Callable[..., Settings],
-    live_server: Callable[[FastAPI], Any],
-    ollama_emulator: OllamaEmulator,
-) -> None:
-    """Two servers (two processes' worth of state) on one DATA_DIR and database, as the
-    workers of `serve --workers 2` are: the user's one slot is taken on either."""
-    ollama_emulator.config.reply_tokens = 500
-    ollama_emulator.config.tokens_per_second = 50
-    settings = chat_settings(max_concurrent_generations_per_user=1)
-    assert settings.redis_url is None
-    apps = (await app_factory(settings), await app_factory(settings))
-    user = await create_test_user(apps[0])
-    async with AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=await stack.enter_async_context(live_server(app)), timeout=30
-                )
-            )
-            for app in apps
-        ]
-        body = chat_body()
-        async with a.stream("POST", "/api/chat/stream", json=body, headers=user.headers) as first:
-            reader = EventReader(first)
-            answer_id = (await reader.next()).data["assistant_message_id"]
-            refused = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
-            assert refused.status_code == 429, refused.text
-            assert refused.json()["error"] == "TOO_MANY_GENERATIONS"
-            stopped = await a.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
-            assert stopped.status_code == 200, stopped.text
-            await reader.rest()
-        ollama_emulator.config.reply_tokens = 3
-        ollama_emulator.config.tokens_per_second = 0
-        answered = await b.post("/api/chat/message", json=chat_body(), headers=user.headers)
-        assert answered.status_code == 200, answered.text
