@@ -26,7 +26,7 @@ from ollama_web.core.host_sockets import HOST_TAG, HostSockets
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import EventReader, chat_body, conversation_with_unfinished_answers
 from tests.chat.test_relay import _elsewhere_both_ways, new_chat, two_processes
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, asgi_client
 from tests.fixtures.auth import create_test_user
 
 pytestmark = pytest.mark.skipif(not HostSockets.supported(), reason="no Unix sockets here")
@@ -142,8 +142,7 @@ async def test_an_unusable_relay_directory_leaves_each_process_its_own_answers(
     other = await app_factory(settings)
     user = await create_test_user(app)
     await conversation_with_unfinished_answers(other, user, {"e" * 32: 0.0})
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         await _elsewhere_both_ways(client, user, "e" * 32)
 
 
