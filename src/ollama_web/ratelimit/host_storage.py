@@ -8,10 +8,10 @@ login's (one transaction a check, one a failure), each in a thread, never on the
 loop; the request rate limiter, which counts every request, stays in each process's memory.
 
 Counters (`incr`: the checks in progress) and moving-window entries (`acquire_entry`: the
-failures) behave as limits' MemoryStorage's. Each operation is one IMMEDIATE transaction,
-so processes that count at once each see a different count. Entries are dropped once out
-of their window. A file that cannot be used is an error for `FallbackStorage`, which then
-counts in memory and says so.
+failures) behave as limits' MemoryStorage's. Each operation that writes is one IMMEDIATE
+transaction, so processes that count at once each see a different count. Entries are
+dropped once out of their window. A file that cannot be used is an error for
+`FallbackStorage`, which then counts in memory and says so.
 """
 
 from __future__ import annotations
@@ -69,13 +69,16 @@ class HostStorage(Storage, MovingWindowSupport):
             self._connection = connection
         return self._connection
 
-    async def _run(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
-        """`work(connection, now)` in one IMMEDIATE transaction, in a thread."""
+    async def _run(
+        self, work: Callable[[sqlite3.Connection, float], T], *, write: bool = True
+    ) -> T:
+        """`work(connection, now)` in one transaction (IMMEDIATE when it writes: the write
+        lock from its start), in a thread."""
 
         def run() -> T:
             with self._lock:
                 connection = self._connect()
-                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     result = work(connection, time.time())
                 except BaseException:
@@ -106,14 +109,14 @@ class HostStorage(Storage, MovingWindowSupport):
             ).fetchone()
             return int(row[0]) if row else 0
 
-        return await self._run(get)
+        return await self._run(get, write=False)
 
     async def get_expiry(self, key: str) -> float:
         def expiry(db: sqlite3.Connection, now: float) -> float:
             row = db.execute("SELECT expires FROM counters WHERE key = ?", (key,)).fetchone()
             return float(row[0]) if row else now
 
-        return await self._run(expiry)
+        return await self._run(expiry, write=False)
 
     async def clear(self, key: str) -> None:
         def clear(db: sqlite3.Connection, now: float) -> None:
@@ -130,7 +133,7 @@ class HostStorage(Storage, MovingWindowSupport):
         return await self._run(reset)
 
     async def check(self) -> bool:
-        await self._run(lambda db, now: db.execute("SELECT 1").fetchone())
+        await self._run(lambda db, now: db.execute("SELECT 1").fetchone(), write=False)
         return True
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
@@ -159,7 +162,7 @@ class HostStorage(Storage, MovingWindowSupport):
             ).fetchone()
             return (float(oldest), int(count)) if count else (now, 0)
 
-        return await self._run(window)
+        return await self._run(window, write=False)
 
     async def aclose(self) -> None:
         def close() -> None:
