@@ -57,7 +57,7 @@ class Reply(Protocol):
 
 class RelayBase:
     """Stop and re-attach through the process generating an answer; a carrier implements
-    `_ask`, `start` and `aclose`, and serves the requests it receives with `_stop_for` and
+    `_ask` and `aclose`, and serves the requests it receives with `_stop_for` and
     `_forward`."""
 
     errors: tuple[type[BaseException], ...] = (OSError,)
@@ -72,9 +72,6 @@ class RelayBase:
         """The answers of other processes this one relays to its clients, and their pumps."""
         self.listening = asyncio.Event()
         """Set while this process can be reached by the others."""
-
-    def start(self) -> None:
-        raise NotImplementedError
 
     async def aclose(self) -> None:
         raise NotImplementedError
