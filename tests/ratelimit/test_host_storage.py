@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -101,6 +102,26 @@ async def test_checks_counted_at_once_by_two_processes_each_see_their_own_count(
         *(storage.incr("checking/alice", 60) for _ in range(25) for storage in (a, b))
     )
     assert sorted(counts) == list(range(1, 51))
+
+
+async def test_a_process_setting_the_new_file_up_is_waited_for(tmp_path: Path) -> None:
+    """Workers meeting their first failed login at once all open the new file: one holds its
+    write lock, still in rollback mode, while another switches it to WAL, a lock SQLite
+    answers "database is locked" at once instead of waiting (seen in CI): that worker then
+    counted alone, in memory, saying the file was unreachable. Opening is tried again until
+    the lock is gone."""
+    path = tmp_path / FILE_NAME
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the other process, between its first statements
+    asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+    storage = HostStorage(path)
+    try:
+        started = time.monotonic()
+        assert await storage.incr("checking/alice", 60) == 1
+        assert time.monotonic() - started >= 0.15
+    finally:
+        await storage.aclose()
+        other.close()
 
 
 async def test_a_file_that_cannot_be_used_counts_in_memory_and_says_so(

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS entries (key TEXT NOT NULL, at REAL NOT NULL, expires
 CREATE INDEX IF NOT EXISTS entries_key_at ON entries (key, at);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 """
+_LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class HostStorage(Storage, MovingWindowSupport):
@@ -54,20 +55,34 @@ class HostStorage(Storage, MovingWindowSupport):
         return sqlite3.Error
 
     def _connect(self) -> sqlite3.Connection:
+        """The process's connection, opened on first use. Opening sets the file up (WAL, the
+        tables); processes doing so at once on a new file can meet a lock SQLite will not
+        wait for (the switch to WAL), so opening is tried again until BUSY_SECONDS."""
         if self._connection is None:
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
-            )
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                connection.executescript(_SCHEMA)
-                os.chmod(self.path, 0o600)
-            except BaseException:
-                connection.close()
-                raise
-            self._connection = connection
+            deadline = time.monotonic() + BUSY_SECONDS
+            while True:
+                try:
+                    self._connection = self._open()
+                    break
+                except sqlite3.OperationalError as error:
+                    if error.sqlite_errorcode & 0xFF not in _LOCKED or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.005)
         return self._connection
+
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            os.chmod(self.path, 0o600)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     async def _run(
         self, work: Callable[[sqlite3.Connection, float], T], *, write: bool = True
