@@ -45,6 +45,7 @@ from tests.chat.conftest import (
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import TestUser, create_test_user, execute_sql
 from tests.fixtures.servers import RedisServer
+from tests.ollama.faults import closed_port_url
 
 pytestmark = pytest.mark.redis
 
@@ -64,15 +65,21 @@ async def two_processes(
     carrier: str = "redis",
     **overrides: Any,
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
-    if carrier == "redis" and "redis_url" not in overrides:
+    if carrier == "redis down":  # configured, unreachable from the start
+        overrides["redis_url"] = closed_port_url().replace("http://", "redis://")
+    elif carrier == "redis" and "redis_url" not in overrides:
         overrides["redis_url"] = require_redis()
     settings = chat_settings(sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
     user = await create_test_user(apps[0])
     for app in apps:
         relay = _registry(app).relay
-        assert isinstance(relay, GenerationRelay if carrier == "redis" else HostRelay)
-        await asyncio.wait_for(relay.listening.wait(), 5)
+        assert isinstance(relay, HostRelay if carrier == "host" else GenerationRelay)
+        reached = (
+            relay.fallback if isinstance(relay, GenerationRelay) and carrier != "redis" else relay
+        )
+        assert reached is not None
+        await asyncio.wait_for(reached.listening.wait(), 5)
     async with AsyncExitStack() as stack:
         clients = []
         for app in apps:
@@ -107,6 +114,18 @@ def redis_processes(
 ) -> Processes:
     """`processes` over Redis only."""
     return functools.partial(two_processes, app_factory, chat_settings, live_server)
+
+
+@pytest.fixture
+def redis_down_processes(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+) -> Processes:
+    """`processes` with REDIS_URL set and Redis unreachable: the host's carriers serve."""
+    return functools.partial(
+        two_processes, app_factory, chat_settings, live_server, carrier="redis down"
+    )
 
 
 def new_chat(client: httpx.AsyncClient, user: TestUser) -> AbstractAsyncContextManager[Any]:
@@ -302,17 +321,47 @@ async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_t
     assert events[-1].event == "done"
 
 
+async def test_with_redis_down_a_host_s_processes_still_stop_and_re_attach(
+    redis_processes: Processes,
+    ollama_emulator: OllamaEmulator,
+    redis_server: RedisServer,
+) -> None:
+    """Redis is configured but gone (a restart, an outage): the request goes to the host's
+    processes through their sockets in DATA_DIR, so a stop still stops and a reload still
+    follows its answer (before: 409 GENERATION_ELSEWHERE for both until Redis was back)."""
+    ollama_emulator.config.reply_tokens = 500
+    ollama_emulator.config.tokens_per_second = 50
+    async with (
+        redis_processes(redis_url=redis_server.url) as (user, _, (a, b)),
+        new_chat(a, user) as response,
+    ):
+        reader = EventReader(response)
+        answer_id = (await reader.next()).data["assistant_message_id"]
+        redis_server.kill()
+        head = await _follow_a_while(b, user, answer_id, 3)
+        assert [event.event for event in head] == ["start", "token", "token"]
+        assert head[0].data["assistant_message_id"] == answer_id
+        stopped = await b.post(f"/api/chat/{answer_id}/stop", headers=user.headers)
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["message"]["status"] == "stopped"
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        events = await reader.rest()
+    assert events[-1].event == "done"
+    assert events[-1].data["message"]["content"] == stopped.json()["message"]["content"]
+
+
 async def _vanish(relay: RelayBase | None) -> None:
     """The owner hears no request any more, nor forwards: its process vanished without a
     word (over Redis, its subscription stays; on the host, its socket file)."""
+    vanished = []
     if isinstance(relay, GenerationRelay):
         assert relay._listener is not None
         vanished = [relay._listener, *relay._tasks]
-    else:
-        assert isinstance(relay, HostRelay)
-        assert relay.sockets._server is not None
-        relay.sockets._server.close()  # its file stays, and refuses connections, as a dead one's
-        vanished = list(relay._tasks)
+        relay = relay.fallback  # the host's sockets it also listens on
+    assert isinstance(relay, HostRelay)
+    assert relay.sockets._server is not None
+    relay.sockets._server.close()  # its file stays, and refuses connections, as a dead one's
+    vanished += relay._tasks
     # Cancelled until they end: one cancel can be lost in redis-py's wait_for under Python
     # 3.11 (core/tasks.py), and the forward then ran to the answer's end.
     await cancel_until_ended(vanished, "the owner's relay", 5.0, logging.getLogger())
@@ -723,6 +772,19 @@ async def test_the_per_user_generation_limit_holds_across_processes(
     processes: Processes,
     ollama_emulator: OllamaEmulator,
 ) -> None:
+    await _limit_holds_across(processes, ollama_emulator)
+
+
+async def test_with_redis_down_the_per_user_generation_limit_holds_across_a_host_s_processes(
+    redis_down_processes: Processes,
+    ollama_emulator: OllamaEmulator,
+) -> None:
+    """Before, each process counted its own while Redis was unreachable: N workers, N times
+    MAX_CONCURRENT_GENERATIONS_PER_USER."""
+    await _limit_holds_across(redis_down_processes, ollama_emulator)
+
+
+async def _limit_holds_across(processes: Processes, ollama_emulator: OllamaEmulator) -> None:
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
     async with processes(max_concurrent_generations_per_user=1) as (user, _, (a, b)):

@@ -16,8 +16,9 @@ once and its file is removed.
 
 A follower's connection stays open while it follows: its end tells the owner the client
 left (no keep-alive needed to learn it), and the owner's end (a crash) tells the follower
-to ask again, as over Redis. With REDIS_URL this carrier is not used: Redis reaches every
-process of every host.
+to ask again, as over Redis. With REDIS_URL, Redis reaches every process of every host
+first; these sockets are asked when it finds no owner (see `relay`), so that a host's
+workers still reach each other while Redis is down.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class HostRelay(RelayBase):
         except OSError as exc:
             logger.warning(
                 "stop and re-attach cannot reach the other processes of this host through "
-                "%s (%s): each process answers only for its own answers (set REDIS_URL to "
-                "share them)",
+                "%s (%s): each process answers only for its own answers unless REDIS_URL "
+                "reaches the others",
                 directory,
                 exc,
             )

@@ -1,10 +1,10 @@
-"""A user's generation slots, shared by the server processes of one host without Redis.
+"""A user's generation slots, shared by the server processes of one host.
 
 MAX_CONCURRENT_GENERATIONS_PER_USER bounds the answers a user has running. Each process
-counts its own (the registry's reservations). Without REDIS_URL the workers of
-`serve --workers N`, and servers sharing one DATA_DIR, also share the count through lock
-files: slot k of a user is a write lock on byte k of `DATA_DIR/generation-slots/<user id>`,
-an open file description lock (Linux's F_OFD_SETLK), so that
+counts its own (the registry's reservations). The workers of `serve --workers N`, and
+servers sharing one DATA_DIR, also share the count through lock files: slot k of a user
+is a write lock on byte k of `DATA_DIR/generation-slots/<user id>`, an open file
+description lock (Linux's F_OFD_SETLK), so that
 
 - taking a slot locks the first byte no process holds; a process opens one description
   per user and skips the bytes it holds itself (its own locks never conflict there);
@@ -12,10 +12,10 @@ an open file description lock (Linux's F_OFD_SETLK), so that
   a slot taken;
 - nothing is written: the files stay empty, one per user who chatted.
 
-With REDIS_URL the count is Redis's (see `slots`), across hosts. Where these files cannot
+With REDIS_URL the count is also Redis's (see `slots`), across hosts; these files still
+bound a host's processes together while Redis is unreachable. Where these files cannot
 be used (a platform without such locks, a directory the server cannot write), each
-process counts its own, logged once, as while Redis is unreachable: chats never stop for
-want of a lock file.
+process counts its own, logged once: chats never stop for want of a lock file.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class HostSlots:
         if self._usable:
             logger.warning(
                 "generation slot files in %s cannot be used (%s); generation limits count "
-                "per process",
+                "per process (and through Redis, with REDIS_URL)",
                 self._directory,
                 exc.strerror or exc,
             )

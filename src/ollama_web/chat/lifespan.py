@@ -1,7 +1,8 @@
 """The chat lifespan: abandoned answers swept at start and then periodically (see `leases`),
-the generation registry (with REDIS_URL, the relay to other processes and the per-user limit
-they share; without it, the relay and the limit shared by this host's processes), the title
-writer, and a shutdown that lets running generations store what they have."""
+the generation registry (the relay to the other processes and the per-user limit they
+share: those of this host through DATA_DIR, and with REDIS_URL those of every host through
+Redis, the host's still serving while Redis is down), the title writer, and a shutdown
+that lets running generations store what they have."""
 
 from __future__ import annotations
 
@@ -46,22 +47,25 @@ async def chat_lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway, writes, lambda: registry.wait_for_first_outputs(TITLE_DEFER_SECONDS)
     )
     app.state.generations = registry
+    # The host's processes share slots and relay through DATA_DIR in any case; with Redis,
+    # across hosts too, and the host's carriers still serve while Redis is down.
+    if HostSlots.supported():
+        registry.host_slots = HostSlots(core.settings.data_dir / DIRECTORY_NAME)
+    host_relay = await HostRelay.open(
+        core.settings.data_dir / RELAY_DIRECTORY, registry, core.settings.sse_keepalive_seconds
+    )
     if core.settings.redis_url:
-        registry.relay = GenerationRelay(
+        relay = GenerationRelay(
             core.settings.redis_url, registry, core.settings.sse_keepalive_seconds
         )
-        registry.relay.start()
+        relay.fallback = host_relay
+        relay.start()
+        registry.relay = relay
         registry.slots = SharedSlots(
             core.settings.redis_url, leases.stale_seconds(checkpoint_seconds)
         )
     else:
-        if HostSlots.supported():
-            registry.host_slots = HostSlots(core.settings.data_dir / DIRECTORY_NAME)
-        registry.relay = await HostRelay.open(
-            core.settings.data_dir / RELAY_DIRECTORY,
-            registry,
-            core.settings.sse_keepalive_seconds,
-        )
+        registry.relay = host_relay
     forget_stop_signal = on_stop_signal(registry.stop_signal)
     keeper = asyncio.get_running_loop().create_task(
         leases.keep_leases(

@@ -80,11 +80,13 @@ class GenerationRegistry:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self.relay: RelayBase | None = None
-        """Set with REDIS_URL: stop and re-attach for answers of other processes."""
+        """Stop and re-attach for answers of other processes: this host's, and with REDIS_URL
+        every host's (None where neither can be used)."""
         self.slots: SharedSlots | None = None
         """Set with REDIS_URL: the per-user limit counted across processes."""
         self.host_slots: HostSlots | None = None
-        """Set without REDIS_URL: the per-user limit counted across this host's processes."""
+        """The per-user limit counted across this host's processes (with REDIS_URL too: it
+        holds while Redis is unreachable)."""
         self._interrupt_timer: asyncio.TimerHandle | None = None
         self._interrupting = False
 
@@ -92,8 +94,8 @@ class GenerationRegistry:
 
     async def reserve(self, user_id: str) -> Reservation:
         """Take one of the user's MAX_CONCURRENT_GENERATIONS_PER_USER slots, or 429: in this
-        process, and across all of them: with REDIS_URL through Redis (see `slots`), else
-        those of this host through lock files (see `host_slots`)."""
+        process, across those of this host through lock files (see `host_slots`), and with
+        REDIS_URL across all of them through Redis (see `slots`)."""
         now = time.monotonic()
         self._drop_lapsed(user_id, now)
         held = self._reservations.setdefault(user_id, [])
@@ -216,7 +218,7 @@ class GenerationRegistry:
 
     async def stop(self, message_id: str) -> MessagePublic | dict[str, Any] | None:
         """Stop the answer wherever it is generated: here (its upstream is closed at once),
-        else (with REDIS_URL) through the process generating it. The message as stored
+        else through the process generating it (see `relay`). The message as stored
         when it ended (as JSON when it came from another process); None when no process
         claims it."""
         generation = self.get(message_id)

@@ -34,9 +34,12 @@ in the channel's `alive` set every BEAT_SECONDS: once every process that beat la
 keeps for minutes) is waited for GONE_WAIT_SECONDS, not the whole wait. The ids make a
 request that redis-py sent twice (a retried publish) count each process once.
 
-With no owner (nobody is generating the answer any more, or Redis is down), the caller
-answers 409 GENERATION_ELSEWHERE as it does without Redis, or the answer as stored (see
-the callers in `router`). A finished answer still in its process's memory (see
+When Redis finds no owner (nobody is generating the answer any more, or Redis is down),
+the request goes to the processes of this host through their sockets (`fallback`, the
+`host_relay` every process also listens on): with Redis down, a host's workers still stop
+and re-attach each other's answers. With no owner there either, the caller answers 409
+GENERATION_ELSEWHERE as it does without Redis, or the answer as stored (see the callers in
+`router`). A finished answer still in its process's memory (see
 `registry`) counts as held there: its owner acknowledges and forwards it to its end.
 Redis failures never reach the generation itself.
 
@@ -60,6 +63,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ollama_web.chat.generation import Generation
+from ollama_web.chat.host_relay import HostRelay
 from ollama_web.chat.relay_base import (
     DRAIN_SECONDS,
     RETRY_SECONDS,
@@ -114,7 +118,9 @@ class GenerationRelay(RelayBase):
         from redis.exceptions import RedisError
 
         super().__init__(registry, keepalive_seconds)
-        self.errors = (RedisError, OSError)
+        self.errors = (RedisError, OSError, *HostRelay.errors)  # a fallback's reply's too
+        self.fallback: HostRelay | None = None
+        """The host's sockets, asked when Redis finds no owner (see the module's text)."""
         # redis-py caps a pool at 100 connections and fails past that, which a storm of
         # re-attaches or stops reached: publishes wait for their turn instead, and reply
         # channels are capped only by Redis (its maxclients).
@@ -151,7 +157,10 @@ class GenerationRelay(RelayBase):
                 [self._listener], "the control channel's listener", DRAIN_SECONDS, logger
             )
             await self._liveness.leave(DRAIN_SECONDS)
-        await self._drain_and_cancel()
+        if self.fallback is not None:
+            await asyncio.gather(self._drain_and_cancel(), self.fallback.aclose())
+        else:
+            await self._drain_and_cancel()
         from redis.exceptions import RedisError
 
         for client in (self._redis, self._replies):
@@ -248,8 +257,9 @@ class GenerationRelay(RelayBase):
 
     async def _ask(self, request: dict[str, Any]) -> Reply | None:
         """Publish `request` with a fresh reply channel; the subscribed pubsub once an owner
-        acknowledged it, else None (every listener said it is not the owner, or some were
-        silent for LISTENERS_WAIT_SECONDS, or Redis failed)."""
+        acknowledged it. Else (every listener said it is not the owner, or some were silent
+        for LISTENERS_WAIT_SECONDS, or Redis failed) the host's processes are asked, and
+        None when none is the owner either."""
         from redis.exceptions import RedisError
 
         reply = reply_channel()
@@ -271,4 +281,4 @@ class GenerationRelay(RelayBase):
         if acknowledged:
             return _PubSubReply(pubsub)
         await pubsub.aclose()
-        return None
+        return None if self.fallback is None else await self.fallback._ask(request)

@@ -12,8 +12,9 @@ run that many in each. With Redis, every slot is also a member of the user's sor
   Redis that restarted empty gets them back, and so does one that was unreachable when the
   slot was taken; the process gives a slot back when its answer ends.
 
-While Redis is unreachable each process counts on its own (logged once), as the rate limiter
-does: a Redis outage never stops chats. Within a heartbeat of Redis answering again, the
+While Redis is unreachable the processes of each host count together (`host_slots`, or
+each process on its own where those cannot be used; logged once): a Redis outage never
+stops chats. Within a heartbeat of Redis answering again, the
 count is shared again; it may then exceed the limit (those answers are running), and takes
 are refused until it drops.
 """
@@ -73,7 +74,11 @@ class SharedSlots:
 
     def _failed(self, exc: Exception) -> None:
         if self._reachable:
-            logger.warning("Redis is unreachable (%s); generation limits count per process", exc)
+            logger.warning(
+                "Redis is unreachable (%s); generation limits count per host (the slot files "
+                "in DATA_DIR), or per process where those cannot be used",
+                exc,
+            )
         self._reachable = False
 
     def _ok(self) -> None:
