@@ -17,7 +17,7 @@ from ollama_web.ollama.pull_cancels import HostPullCancels
 from tests.conftest import asgi_client, require_redis
 from tests.fixtures.auth import create_test_user
 from tests.models.conftest import Cluster
-from tests.ollama.faults import hanging_server
+from tests.ollama.faults import closed_port_url, hanging_server
 
 Event = tuple[str, dict[str, Any]]
 
@@ -233,7 +233,7 @@ async def test_pull_cancel_refusals(cluster: Cluster) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("carrier", ["redis", "host"])
+@pytest.mark.parametrize("carrier", ["redis", "host", "redis down"])
 async def test_a_pull_is_cancelled_through_another_server_process(
     app_factory: Callable[..., Any],
     settings_factory: Callable[..., Settings],
@@ -244,11 +244,17 @@ async def test_a_pull_is_cancelled_through_another_server_process(
 ) -> None:
     """The cancel reaches the process running the pull: through Redis with REDIS_URL, else
     through the Unix sockets of the host's processes in DATA_DIR (the workers of `serve
-    --workers N`), where before it answered 404 PULL_NOT_RUNNING and the pull ran on."""
+    --workers N`), where before it answered 404 PULL_NOT_RUNNING and the pull ran on; and
+    through those sockets while Redis is configured but unreachable (before: not at all)."""
+    redis_url = None
+    if carrier == "redis":
+        redis_url = require_redis()
+    elif carrier == "redis down":
+        redis_url = closed_port_url().replace("http://", "redis://")
     settings = settings_factory(
         ollama_url=[node_a.url, node_b.url],
         ollama_health_cache_seconds=0.0,
-        redis_url=require_redis() if carrier == "redis" else None,
+        redis_url=redis_url,
     )
     running, other = await app_factory(settings), await app_factory(settings)
     admin = await create_test_user(running, "admin")
@@ -256,7 +262,7 @@ async def test_a_pull_is_cancelled_through_another_server_process(
         cancels = app.state.gateway.pull_cancels
         if carrier == "redis":
             await asyncio.wait_for(cancels.listening.wait(), 5)
-        else:
+        elif carrier == "host":
             assert isinstance(cancels, HostPullCancels)
     async with asgi_client(running) as client, asgi_client(other) as elsewhere:
         cluster = Cluster(running, client, node_a, node_b, admin, admin)
@@ -269,6 +275,6 @@ async def test_a_pull_is_cancelled_through_another_server_process(
     assert response.status_code == 200, response.text
     assert response.json()["cancelled"] == 0
     assert response.json()["processes_told"] >= 1
-    if carrier == "host":
+    if carrier != "redis":
         assert response.json()["processes_told"] == 1  # the other process, not this one
     assert (events[-1][0], events[-1][1]["error"]) == ("error", "PULL_CANCELLED")

@@ -45,13 +45,16 @@ async def gateway_lifespan(app: FastAPI) -> AsyncIterator[None]:
             timers.append(loop.call_later(grace, _interrupt_pulls, gateway))
 
         forget_stop_signal = on_stop_signal(stop_signal)
+        host_cancels = await HostPullCancels.open(
+            settings.data_dir / HOST_DIRECTORY_NAME, gateway.pulls.cancel
+        )
         if settings.redis_url:
-            gateway.pull_cancels = PullCancels(settings.redis_url, gateway.pulls.cancel)
-            gateway.pull_cancels.start()
+            cancels = PullCancels(settings.redis_url, gateway.pulls.cancel)
+            cancels.fallback = host_cancels
+            cancels.start()
+            gateway.pull_cancels = cancels
         else:
-            gateway.pull_cancels = await HostPullCancels.open(
-                settings.data_dir / HOST_DIRECTORY_NAME, gateway.pulls.cancel
-            )
+            gateway.pull_cancels = host_cancels
         try:
             yield
         finally:

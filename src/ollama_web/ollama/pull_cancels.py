@@ -1,6 +1,7 @@
 """A pull cancelled through one process is cancelled in every process: with REDIS_URL,
-every process of every host (`PullCancels`); without it, the processes of this host that
-share DATA_DIR (`HostPullCancels`, over `core.host_sockets` in DATA_DIR/pull-cancels/).
+every process of every host (`PullCancels`); without it, or while Redis is unreachable,
+the processes of this host that share DATA_DIR (`HostPullCancels`, over
+`core.host_sockets` in DATA_DIR/pull-cancels/).
 
 A pull runs in the process that took its request (`pull.PullManager`), and admins on other
 processes pulling the same model join pulls of their own (Ollama shares the download
@@ -8,7 +9,9 @@ between them, and cancels it only when every client of it has left). So a cancel
 published on the channel `ollama-web:pulls:db<N>` (named after REDIS_URL's database, as the
 generation relay's is), and each process's listener ends its own pulls of that model.
 Redis failures never reach the pulls: a cancel that cannot be published still ends this
-process's pulls, and the listener subscribes again a second after losing Redis.
+process's pulls, and goes to the other processes of this host through their sockets (with
+REDIS_URL every process also listens there: `PullCancels.fallback`); the listener
+subscribes again a second after losing Redis.
 """
 
 from __future__ import annotations
@@ -51,13 +54,16 @@ class PullCancels:
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         """Set while this process is subscribed."""
+        self.fallback: HostPullCancels | None = None
+        """The host's processes, told when Redis cannot be."""
 
     def start(self) -> None:
         self._listener = asyncio.get_running_loop().create_task(self._listen(), name="pull-cancels")
 
     async def publish(self, key: str, node_url: str | None) -> int:
         """Tell every process (this one included) to end its pulls of `key`; how many
-        processes heard it (0 when Redis failed: logged)."""
+        processes heard it. When Redis failed (logged), those of this host are told
+        through their sockets instead (0 where those cannot be used)."""
         from redis.exceptions import RedisError
 
         payload = json.dumps({"model": key, "node": node_url})
@@ -65,7 +71,7 @@ class PullCancels:
             return int(await self._redis.publish(self.channel, payload))
         except (RedisError, OSError) as exc:
             logger.warning("could not tell the other processes to cancel a pull: %s", exc)
-            return 0
+        return 0 if self.fallback is None else await self.fallback.publish(key, node_url)
 
     async def aclose(self) -> None:
         from redis.exceptions import RedisError
@@ -77,6 +83,8 @@ class PullCancels:
                 await self._redis.aclose()
         except (TimeoutError, RedisError, OSError) as exc:
             logger.warning("the Redis client of pull cancels failed to close: %s", exc)
+        if self.fallback is not None:
+            await self.fallback.aclose()
 
     async def _listen(self) -> None:
         await listen_forever(
@@ -106,8 +114,9 @@ def _cancel_as_asked(cancel: Cancel, request: Any) -> int | None:
 
 
 class HostPullCancels:
-    """Without REDIS_URL: cancels told to the other processes of this host, each over its
-    socket in DATA_DIR/pull-cancels/; each answers once it has ended its pulls."""
+    """Cancels told to the other processes of this host (without REDIS_URL, or while Redis
+    is unreachable), each over its socket in DATA_DIR/pull-cancels/; each answers once it
+    has ended its pulls."""
 
     def __init__(self, directory: Path, cancel: Cancel) -> None:
         self.sockets = HostSockets(directory)
@@ -124,7 +133,7 @@ class HostPullCancels:
         except OSError as exc:
             logger.warning(
                 "a pull cancelled through one process cannot reach the other processes of "
-                "this host through %s (%s): set REDIS_URL to share cancels",
+                "this host through %s (%s), unless REDIS_URL reaches them",
                 directory,
                 exc,
             )
