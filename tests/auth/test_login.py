@@ -21,6 +21,7 @@ from ollama_web.core.config import Settings
 from ollama_web.db import AuditEvent, User
 from tests.conftest import require_redis
 from tests.fixtures.auth import TestUser, UserFactory, create_test_user, execute_sql
+from tests.ollama.faults import closed_port_url
 
 
 def login_body(user: TestUser, password: str | None = None) -> dict[str, str]:
@@ -305,7 +306,7 @@ async def test_malformed_login_is_a_validation_error(client: httpx.AsyncClient) 
         assert response.json()["error"] == "VALIDATION_ERROR"
 
 
-@pytest.mark.parametrize("carrier", ["redis", "host"])
+@pytest.mark.parametrize("carrier", ["redis", "host", "redis down"])
 async def test_failures_are_counted_across_workers(
     settings_factory: Callable[..., Settings],
     app_factory: Callable[[Settings], Any],
@@ -313,9 +314,13 @@ async def test_failures_are_counted_across_workers(
     carrier: str,
 ) -> None:
     """Two app instances (as two workers) share the failed-login counts: through Redis, or
-    without it through the host's file in their DATA_DIR (each counted alone before: two
-    workers let twice LOGIN_MAX_FAILURES guesses through)."""
-    redis_url = require_redis() if carrier == "redis" else None
+    without it, and while it is unreachable, through the host's file in their DATA_DIR
+    (each counted alone before: two workers let twice LOGIN_MAX_FAILURES guesses through)."""
+    redis_url = None
+    if carrier == "redis":
+        redis_url = require_redis()
+    elif carrier == "redis down":
+        redis_url = closed_port_url().replace("http://", "redis://")
     settings = settings_factory(
         database_url=database_url, login_max_failures=2, redis_url=redis_url
     )

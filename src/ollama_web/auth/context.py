@@ -31,7 +31,7 @@ from ollama_web.core.dependencies import SettingsDep, core_of
 from ollama_web.core.state import CoreState
 from ollama_web.db.base import utcnow
 from ollama_web.ratelimit.dependencies import enforce_rate_limit, rate_limit_storage
-from ollama_web.ratelimit.storage import host_storage
+from ollama_web.ratelimit.storage import failed_login_storage, host_storage
 
 logger = logging.getLogger("ollama_web.auth")
 
@@ -105,17 +105,18 @@ async def get_passwords(settings: SettingsDep) -> Passwords:
 
 
 async def get_login_throttle(request: Request) -> LoginThrottle:
-    """The throttle: with REDIS_URL on the shared rate-limit storage (Redis, memory while it
-    is unreachable), without it on a file the host's processes share (`ratelimit.host_storage`).
-    Created lazily so it does not matter which lifespan starts first."""
+    """The throttle: with REDIS_URL on the shared rate-limit storage's Redis, on a file the
+    host's processes share (`ratelimit.host_storage`) without it or while Redis is
+    unreachable. Created lazily so it does not matter which lifespan starts first."""
     throttle = cast(LoginThrottle | None, getattr(request.app.state, "login_throttle", None))
     if throttle is None:
         settings: Settings = request.app.state.settings
         shared = rate_limit_storage(request.app) if settings.redis_url else None
         if shared is not None:
-            throttle = LoginThrottle(settings, storage=shared)
+            storage = failed_login_storage(shared, settings.data_dir)
         else:
-            throttle = LoginThrottle(settings, storage=host_storage(settings.data_dir), owned=True)
+            storage = host_storage(settings.data_dir)
+        throttle = LoginThrottle(settings, storage=storage, owned=True)
         request.app.state.login_throttle = throttle
     return throttle
 

@@ -1,9 +1,9 @@
 """Failed-login throttling per username and per client address, on the `limits` library.
 
-It uses the storage the rate limiter shares when REDIS_URL is set (`ollama_web.ratelimit`:
-Redis, so every worker and instance counts together), else a file in DATA_DIR the host's
-processes share (`ratelimit.host_storage`: the workers of `serve --workers N` count
-together), or, given none, its own in-memory storage.
+It uses the Redis of the rate limiter's storage when REDIS_URL is set (`ollama_web.ratelimit`:
+every worker and instance counts together), else, and while Redis is unreachable, a file in
+DATA_DIR the host's processes share (`ratelimit.host_storage`: the workers of `serve
+--workers N` count together), or, given none, its own in-memory storage.
 
 It is always on (RATE_LIMIT_ENABLED only governs the request rate limiter). LOGIN_MAX_FAILURES
 failures within LOGIN_FAILURE_WINDOW_MINUTES lock out further attempts for that username, and

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import cast
 
 from fastapi import Depends, FastAPI, Request
-from limits.aio.storage import Storage
 
 from ollama_web.auth.dependencies import Principal, get_principal, presented_api_key
 from ollama_web.auth.sessions import SESSION_COOKIE
@@ -26,6 +25,7 @@ from ollama_web.core.dependencies import SessionDep
 from ollama_web.core.errors import AppError, RateLimitedError
 from ollama_web.core.net import client_ip, rate_limit_address
 from ollama_web.ratelimit.limiter import RateLimiter, group_for
+from ollama_web.ratelimit.storage import FallbackStorage
 
 STATE_KEY = "rate_limit"
 
@@ -35,14 +35,14 @@ def get_rate_limiter(app: FastAPI) -> RateLimiter | None:
     return cast(RateLimiter | None, getattr(app.state, "rate_limiter", None))
 
 
-def rate_limit_storage(app: FastAPI) -> Storage | None:
+def rate_limit_storage(app: FastAPI) -> FallbackStorage | None:
     """The shared `limits` storage (Redis with in-process fallback, or memory).
 
     It exists even when RATE_LIMIT_ENABLED=false, for limits that must stay on (the
     failed-login throttle). Use your own namespaces in the identifiers you pass to the
     `limits` strategies.
     """
-    return cast(Storage | None, getattr(app.state, "rate_limit_storage", None))
+    return cast(FallbackStorage | None, getattr(app.state, "rate_limit_storage", None))
 
 
 def _has_credentials(request: Request) -> bool:

@@ -8,7 +8,9 @@ failed-login throttle alike. Redis is reached through redis-py's asyncio client
 the app is (`core.redis_client`: short timeouts, a dead pooled connection replaced at once).
 On a Redis error the call is answered from memory, the outage is logged once, and Redis is
 tried again after RETRY_SECONDS (or as soon as the /health probe succeeds). While Redis is
-down each process counts on its own, so a client may get up to one budget per process.
+down each process counts requests on its own, so a client may get up to one budget per
+process; failed logins fall back to the host's file (`failed_login_storage`), so that a
+host's workers still lock a guesser out together.
 """
 
 from __future__ import annotations
@@ -48,17 +50,19 @@ class FallbackStorage(Storage, MovingWindowSupport):
     def __init__(
         self,
         primary: RedisStorage | HostStorage | None,
-        fallback: MemoryStorage,
+        fallback: MemoryStorage | FallbackStorage,
         *,
         pool: aioredis.BlockingConnectionPool | None = None,
         retry_seconds: float = RETRY_SECONDS,
         primary_errors: tuple[type[Exception], ...] = (OSError,),
         primary_name: str = "Redis",
+        fallback_name: str = "in-process counting",
     ) -> None:
         super().__init__()
         self.primary_errors = primary_errors
         self.primary_name = primary_name
         """Who the log lines name: Redis, or the host's failed-login file."""
+        self.fallback_name = fallback_name
         self.primary = primary
         self.fallback = fallback
         self.pool = pool
@@ -81,9 +85,10 @@ class FallbackStorage(Storage, MovingWindowSupport):
         if self.down_since is None:
             self.down_since = time.time()
             logger.warning(
-                "%s is unreachable (%s); rate limits fall back to in-process counting",
+                "%s is unreachable (%s); rate limits fall back to %s",
                 self.primary_name,
                 self.last_error,
+                self.fallback_name,
             )
 
     def _mark_up(self) -> None:
@@ -153,12 +158,15 @@ class FallbackStorage(Storage, MovingWindowSupport):
         return await self._call(window)
 
     async def aclose(self) -> None:
-        """Close the Redis pool or the host's file, and stop the in-memory storage's expiry
-        task."""
+        """Close the Redis pool (when this storage has its own) or the host's file, and
+        stop the in-memory storage's expiry task."""
         if self.pool is not None:
             await self.pool.aclose()
         if isinstance(self.primary, HostStorage):
             await self.primary.aclose()
+        if isinstance(self.fallback, FallbackStorage):
+            await self.fallback.aclose()
+            return
         timer = self.fallback.timer
         if timer is not None and not timer.done():
             timer.cancel()
@@ -189,6 +197,18 @@ def host_storage(data_dir: Path) -> FallbackStorage:
         LocalStorage(),
         primary_errors=(sqlite3.Error, OSError),
         primary_name=f"the failed-login file {FILE_NAME}",
+    )
+
+
+def failed_login_storage(shared: FallbackStorage, data_dir: Path) -> FallbackStorage:
+    """With REDIS_URL, for the failed-login throttle: the shared storage's Redis (its pool
+    stays the rate limiter's to close), falling back to the host's file rather than to
+    memory while Redis is unreachable."""
+    return FallbackStorage(
+        shared.primary,
+        host_storage(data_dir),
+        primary_errors=shared.primary_errors,
+        fallback_name=f"the host's file {FILE_NAME} for failed logins",
     )
 
 
