@@ -56,13 +56,14 @@ class FallbackStorage(Storage, MovingWindowSupport):
         retry_seconds: float = RETRY_SECONDS,
         primary_errors: tuple[type[Exception], ...] = (OSError,),
         primary_name: str = "Redis",
-        fallback_name: str = "in-process counting",
+        fallback_says: str = "rate limits fall back to in-process counting",
     ) -> None:
         super().__init__()
         self.primary_errors = primary_errors
         self.primary_name = primary_name
         """Who the log lines name: Redis, or the host's failed-login file."""
-        self.fallback_name = fallback_name
+        self.fallback_says = fallback_says
+        """What the outage's log line says happens meanwhile."""
         self.primary = primary
         self.fallback = fallback
         self.pool = pool
@@ -85,10 +86,10 @@ class FallbackStorage(Storage, MovingWindowSupport):
         if self.down_since is None:
             self.down_since = time.time()
             logger.warning(
-                "%s is unreachable (%s); rate limits fall back to %s",
+                "%s is unreachable (%s); %s",
                 self.primary_name,
                 self.last_error,
-                self.fallback_name,
+                self.fallback_says,
             )
 
     def _mark_up(self) -> None:
@@ -208,7 +209,7 @@ def failed_login_storage(shared: FallbackStorage, data_dir: Path) -> FallbackSto
         shared.primary,
         host_storage(data_dir),
         primary_errors=shared.primary_errors,
-        fallback_name=f"the host's file {FILE_NAME} for failed logins",
+        fallback_says=f"failed logins are counted in the host's file {FILE_NAME}",
     )
 
 
