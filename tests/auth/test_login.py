@@ -336,3 +336,6 @@ async def test_failures_are_counted_across_workers(
         locked = await first.post("/api/auth/login", json=login_body(user))
 
     assert locked.status_code == 429
+    if carrier == "redis":  # counted in Redis, not passed by the host's file
+        for worker in (worker_a, worker_b):
+            assert not worker.state.login_throttle.storage.using_fallback

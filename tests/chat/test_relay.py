@@ -65,21 +65,26 @@ async def two_processes(
     carrier: str = "redis",
     **overrides: Any,
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
-    if carrier == "redis down":  # configured, unreachable from the start
-        overrides["redis_url"] = closed_port_url().replace("http://", "redis://")
+    if carrier == "redis down":  # unreachable from the start, unless the test kills it
+        overrides.setdefault("redis_url", closed_port_url().replace("http://", "redis://"))
     elif carrier == "redis" and "redis_url" not in overrides:
         overrides["redis_url"] = require_redis()
     settings = chat_settings(sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
     user = await create_test_user(apps[0])
     for app in apps:
-        relay = _registry(app).relay
-        assert isinstance(relay, HostRelay if carrier == "host" else GenerationRelay)
-        reached = (
-            relay.fallback if isinstance(relay, GenerationRelay) and carrier != "redis" else relay
-        )
-        assert reached is not None
-        await asyncio.wait_for(reached.listening.wait(), 5)
+        registry = _registry(app)
+        relay = registry.relay
+        if carrier == "host":
+            assert isinstance(relay, HostRelay)
+        else:
+            assert isinstance(relay, GenerationRelay)
+            assert relay.fallback is not None
+            if carrier == "redis":
+                await _redis_only(registry)
+            else:  # Redis down: the host's sockets serve
+                relay = relay.fallback
+        await asyncio.wait_for(relay.listening.wait(), 5)
     async with AsyncExitStack() as stack:
         clients = []
         for app in apps:
@@ -87,6 +92,19 @@ async def two_processes(
             client = httpx.AsyncClient(base_url=base_url, timeout=10)
             clients.append(await stack.enter_async_context(client))
         yield user, apps, tuple(clients)
+
+
+async def _redis_only(registry: GenerationRegistry) -> None:
+    """Close the host's carriers every process also runs with REDIS_URL: a test of Redis's
+    must not pass by the host's sockets and slot files (its processes share DATA_DIR)."""
+    relay = registry.relay
+    assert isinstance(relay, GenerationRelay)
+    assert relay.fallback is not None
+    await relay.fallback.aclose()
+    relay.fallback = None
+    assert registry.host_slots is not None
+    registry.host_slots.close()
+    registry.host_slots = None
 
 
 Processes = Callable[..., AbstractAsyncContextManager[Any]]
@@ -122,7 +140,8 @@ def redis_down_processes(
     chat_settings: Callable[..., Any],
     live_server: Callable[[FastAPI], Any],
 ) -> Processes:
-    """`processes` with REDIS_URL set and Redis unreachable: the host's carriers serve."""
+    """`processes` with REDIS_URL set and Redis unreachable (from the start, or once the
+    test kills the server of the `redis_url` it gives): the host's carriers serve."""
     return functools.partial(
         two_processes, app_factory, chat_settings, live_server, carrier="redis down"
     )
@@ -322,7 +341,7 @@ async def test_after_a_redis_restart_the_first_remote_stop_and_re_attach_reach_t
 
 
 async def test_with_redis_down_a_host_s_processes_still_stop_and_re_attach(
-    redis_processes: Processes,
+    redis_down_processes: Processes,
     ollama_emulator: OllamaEmulator,
     redis_server: RedisServer,
 ) -> None:
@@ -332,7 +351,7 @@ async def test_with_redis_down_a_host_s_processes_still_stop_and_re_attach(
     ollama_emulator.config.reply_tokens = 500
     ollama_emulator.config.tokens_per_second = 50
     async with (
-        redis_processes(redis_url=redis_server.url) as (user, _, (a, b)),
+        redis_down_processes(redis_url=redis_server.url) as (user, _, (a, b)),
         new_chat(a, user) as response,
     ):
         reader = EventReader(response)
@@ -357,11 +376,12 @@ async def _vanish(relay: RelayBase | None) -> None:
     if isinstance(relay, GenerationRelay):
         assert relay._listener is not None
         vanished = [relay._listener, *relay._tasks]
-        relay = relay.fallback  # the host's sockets it also listens on
-    assert isinstance(relay, HostRelay)
-    assert relay.sockets._server is not None
-    relay.sockets._server.close()  # its file stays, and refuses connections, as a dead one's
-    vanished += relay._tasks
+        relay = relay.fallback  # the host's sockets, where the test left them
+    if relay is not None:
+        assert isinstance(relay, HostRelay)
+        assert relay.sockets._server is not None
+        relay.sockets._server.close()  # its file stays, and refuses connections, as a dead one's
+        vanished += relay._tasks
     # Cancelled until they end: one cancel can be lost in redis-py's wait_for under Python
     # 3.11 (core/tasks.py), and the forward then ran to the answer's end.
     await cancel_until_ended(vanished, "the owner's relay", 5.0, logging.getLogger())
