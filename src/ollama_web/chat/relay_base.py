@@ -3,8 +3,9 @@ side (stop the job, forward its events) and the asker's (wait for the stored mes
 a `RemoteLog` with the forwarded events, ask again when the owner falls silent).
 
 Two carriers: Redis pub/sub (`relay.GenerationRelay`, with REDIS_URL: every process of
-every host) and Unix sockets in DATA_DIR (`host_relay.HostRelay`, without it: the
-processes of one host). Both speak the same answers, each a bytes payload:
+every host) and Unix sockets in DATA_DIR (`host_relay.HostRelay`: the processes of one
+host; without REDIS_URL, or when Redis finds no owner). Both speak the same answers, each
+a bytes payload:
 
 - `A`: acknowledged, this process generates the answer;
 - `D` + the stored message as JSON: a stopped answer's end;
