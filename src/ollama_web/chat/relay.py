@@ -118,7 +118,7 @@ class GenerationRelay(RelayBase):
         from redis.exceptions import RedisError
 
         super().__init__(registry, keepalive_seconds)
-        self.errors = (RedisError, OSError, *HostRelay.errors)  # a fallback's reply's too
+        self.errors = (RedisError, *HostRelay.errors)  # OSError, and a fallback reply's
         self.fallback: HostRelay | None = None
         """The host's sockets, asked when Redis finds no owner (see the module's text)."""
         # redis-py caps a pool at 100 connections and fails past that, which a storm of
