@@ -106,7 +106,8 @@ async def pull_model(
     summary="Cancel a pull (admin): its streams end with a PULL_CANCELLED error event",
     description="Closes the pull's upstream, which cancels it in Ollama (what it downloaded "
     "stays: pulling again resumes). Every server process ends its pulls of the model: with "
-    "REDIS_URL on every host, without it on this one (through DATA_DIR/pull-cancels/).",
+    "REDIS_URL on every host, without it (or while Redis is down) on this one (through "
+    "DATA_DIR/pull-cancels/).",
     responses={
         404: {"description": "No pull of this model is running (PULL_NOT_RUNNING)"},
         **_INVALID,
