@@ -11,17 +11,20 @@ import contextlib
 import functools
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from ollama_web.app import create_app
+from ollama_web.chat import host_relay as host_relay_module
 from ollama_web.chat import relay as relay_module
 from ollama_web.chat.host_relay import HostRelay
 from ollama_web.chat.registry import GenerationRegistry
@@ -33,6 +36,7 @@ from ollama_web.chat.relay_wire import (
     LISTENERS_WAIT_SECONDS,
     alive_key,
 )
+from ollama_web.core.host_sockets import HOST_TAG
 from ollama_web.core.tasks import cancel_until_ended
 from ollama_web.db import Message
 from ollama_web.emulator import OllamaEmulator
@@ -40,6 +44,7 @@ from tests.chat.conftest import (
     EventReader,
     chat_body,
     conversation_with_unfinished_answers,
+    parse_events,
     stored_conversation,
 )
 from tests.conftest import asgi_client, require_redis
@@ -67,7 +72,7 @@ async def two_processes(
 ) -> AsyncIterator[tuple[TestUser, tuple[FastAPI, FastAPI], tuple[httpx.AsyncClient, ...]]]:
     if carrier == "redis down":  # unreachable from the start, unless the test kills it
         overrides.setdefault("redis_url", closed_port_url().replace("http://", "redis://"))
-    elif carrier == "redis" and "redis_url" not in overrides:
+    elif carrier in {"redis", "redis and host"} and "redis_url" not in overrides:
         overrides["redis_url"] = require_redis()
     settings = chat_settings(sse_keepalive_seconds=0.3, **overrides)
     apps = (await app_factory(settings), await app_factory(settings))
@@ -82,7 +87,7 @@ async def two_processes(
             assert relay.fallback is not None
             if carrier == "redis":
                 await _redis_only(registry)
-            else:  # Redis down: the host's sockets serve
+            elif carrier == "redis down":  # the host's sockets serve
                 relay = relay.fallback
         await asyncio.wait_for(relay.listening.wait(), 5)
     async with AsyncExitStack() as stack:
@@ -753,6 +758,105 @@ async def test_an_interrupted_answer_no_process_claims_is_answered_from_storage(
     assert (stop.status_code, stop.json()["message"]["status"]) == (200, "interrupted")
     assert follow.status_code == 200
     assert "half an answer d" in follow.text
+
+
+async def _stored_answer(app: FastAPI, message_id: str) -> tuple[str, str]:
+    """The answer's status and text, as stored."""
+    query = select(Message.status, Message.content).where(Message.id == message_id)
+    status, content = (await execute_sql(app, query)).one()
+    return status, content
+
+
+def _dead_process_socket(app: FastAPI) -> Path:
+    """The socket file a process killed with kill -9 leaves in the host's relay directory:
+    it refuses connections."""
+    relay = _registry(app).relay
+    host = relay.fallback if isinstance(relay, GenerationRelay) else relay
+    assert isinstance(host, HostRelay)
+    path = host.sockets.directory / f"{HOST_TAG}-99999-{'0' * 12}.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(host.sockets.address(path.name))
+    return path
+
+
+@pytest.mark.parametrize("carrier", ["host", "redis and host", "redis down"])
+async def test_the_answer_of_a_killed_process_is_answered_as_stored_interrupted(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+    db_backend: str,
+    carrier: str,
+) -> None:
+    """Its process was killed (kill -9): its answer is `streaming`, written 3 s ago, and
+    its socket refuses connections. On SQLite (one host) a stop and a re-attach answer the
+    answer as stored, `interrupted`, at once; on PostgreSQL (a process on another host may
+    hold it) 409 until the sweep."""
+    async with two_processes(app_factory, chat_settings, live_server, carrier=carrier) as (
+        user,
+        apps,
+        (_, b),
+    ):
+        dead = _dead_process_socket(apps[1])
+        answer_id = "k" * 32
+        await conversation_with_unfinished_answers(apps[1], user, {answer_id: 3.0})
+        stop, stop_took = await _timed(b.post(f"/api/chat/{answer_id}/stop", headers=user.headers))
+        follow = await b.get(f"/api/chat/stream/{answer_id}", headers=user.headers)
+        stored = await _stored_answer(apps[0], answer_id)
+    if db_backend == "postgres":
+        for response in (stop, follow):
+            assert (response.status_code, response.json()["error"]) == (
+                409,
+                "GENERATION_ELSEWHERE",
+            )
+        assert stored == ("streaming", "half an answer k")
+        return
+    assert not dead.exists()  # met, and removed
+    assert stop.status_code == 200, stop.text
+    message = stop.json()["message"]
+    assert (message["status"], message["content"]) == ("interrupted", "half an answer k")
+    assert stop_took < 1.0
+    assert follow.status_code == 200, follow.text
+    events = parse_events(follow.content)
+    assert [e.event for e in events] == ["start", "token", "error"]
+    assert events[1].data["content"] == "half an answer k"
+    assert events[-1].data["error"] == "GENERATION_INTERRUPTED"
+    assert stored == ("interrupted", "half an answer k")
+
+
+async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not interrupted while it may still be generated: a row written within
+    UNCLAIMED_AFTER_SECONDS (a request between storing an answer and starting its job), or
+    one a live process of the host may hold: it takes the connection and does not answer
+    (stopped, or too busy), or ends it without an answer (a version before `has`)."""
+    monkeypatch.setattr(host_relay_module, "LISTENERS_WAIT_SECONDS", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.close()
+
+    stale = {"s" * 32: 3.0, "m" * 32: 3.0}
+    async with processes() as (user, apps, (_, b)):
+        await conversation_with_unfinished_answers(apps[1], user, {"f" * 32: 0.5, **stale})
+        await _elsewhere_both_ways(b, user, "f" * 32)
+        relay = _registry(apps[1]).relay
+        host = relay.fallback if isinstance(relay, GenerationRelay) else relay
+        if host is not None:  # over Redis alone, the host's sockets are closed
+            assert isinstance(host, HostRelay)
+            for message_id, peer in zip(stale, (silent, mute), strict=True):
+                name = f"{HOST_TAG}-99998-{message_id[:12]}.sock"
+                server = await asyncio.start_unix_server(peer, host.sockets.address(name))
+                async with server:
+                    await _elsewhere_both_ways(b, user, message_id)
+                    for writer in held:
+                        writer.close()
+        for message_id in ("f" * 32, *stale):
+            assert (await _stored_answer(apps[0], message_id))[0] == "streaming"
 
 
 async def test_a_remote_follower_past_a_running_answer_s_end_gets_its_final_event(

@@ -1,11 +1,13 @@
 """A stop signal with answers (or a model pull) streaming: `ollama-web serve` in a process of
 its own, the emulator in this one. Answers and pulls get SHUTDOWN_GRACE_SECONDS to end; then
 answers are stored `interrupted`, every stream ends with an error event, and the server
-exits then, without waiting out uvicorn's own grace or cancelling anything (no traceback)."""
+exits then, without waiting out uvicorn's own grace or cancelling anything (no traceback).
+And a server killed (kill -9) beside another on one DATA_DIR: the other settles its answers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -23,8 +25,9 @@ import httpx
 import pytest
 from uvicorn.config import STARTUP_FAILURE
 
+from ollama_web.chat.leases import UNCLAIMED_AFTER_SECONDS
 from ollama_web.emulator import OllamaEmulator
-from tests.chat.conftest import Event, EventReader
+from tests.chat.conftest import Event, EventReader, parse_events
 from tests.conftest import require_redis
 from tests.deploy.tools import free_port
 
@@ -60,7 +63,11 @@ def _serve_command(port: int) -> list[str]:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, emulator: OllamaEmulator, grace: float) -> AsyncIterator[Served]:
+async def serving(
+    tmp_path: Path, emulator: OllamaEmulator, grace: float, *, set_up: bool = True
+) -> AsyncIterator[Served]:
+    """`ollama-web serve` on DATA_DIR `tmp_path`/data; `set_up`: its first admin made (their
+    API key in `headers`), else started beside a server that did (no headers)."""
     port = free_port()
     env = _server_env(
         tmp_path,
@@ -77,15 +84,18 @@ async def serving(tmp_path: Path, emulator: OllamaEmulator, grace: float) -> Asy
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    setup = await client.post(
-                        "/api/auth/setup", json={"username": "admin", "password": "p" * 12}
-                    )
+                    if set_up:
+                        started = await client.post(
+                            "/api/auth/setup", json={"username": "admin", "password": "p" * 12}
+                        )
+                    else:
+                        started = await client.get("/health/live")
                     break
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "the server did not start"
                     await asyncio.sleep(0.05)
-            assert setup.status_code == 201, setup.text
-            headers = {"Authorization": f"Bearer {setup.json()['api_key']}"}
+            assert started.status_code == (201 if set_up else 200), started.text
+            headers = {"Authorization": f"Bearer {started.json()['api_key']}"} if set_up else {}
             yield Served(process, client, headers, tmp_path / "data" / "ollama_web.db")
     finally:
         if process.returncode is None:
@@ -158,6 +168,45 @@ async def test_a_stop_signal_ends_running_answers_as_interrupted_with_their_text
     assert status in (0, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr, stderr
     assert "Cancel" not in stderr, stderr
+
+
+async def test_the_answer_of_a_killed_server_is_stopped_and_replayed_by_its_neighbour(
+    tmp_path: Path, ollama_emulator: OllamaEmulator
+) -> None:
+    """Two servers on one DATA_DIR (SQLite); A is killed (kill -9) while it generates. Its
+    answer stays `streaming` in the database, with its checkpointed text; B, asked to stop
+    it or to replay it, finds no process of the host holding it: the answer is stored
+    `interrupted` with that text at once, not 409 GENERATION_ELSEWHERE until the sweep."""
+    ollama_emulator.config.reply_tokens = 1000
+    ollama_emulator.config.tokens_per_second = 20
+    async with (
+        serving(tmp_path, ollama_emulator, 1.0) as a,
+        serving(tmp_path, ollama_emulator, 1.0, set_up=False) as b,
+    ):
+        readers: list[EventReader] = []
+        stream = await _stream_until_tokens(a, readers, 3)
+        answer_id = readers[0].seen[0].data["assistant_message_id"]
+        await asyncio.sleep(1.5)  # a checkpoint of its text
+        a.process.kill()
+        await a.process.wait()
+        with contextlib.suppress(httpx.HTTPError):
+            await stream.__aexit__(None, None, None)
+        await ollama_emulator.wait_until(lambda: ollama_emulator.generations_cancelled == 1)
+        status, checkpointed = _stored(a.database, answer_id)
+        assert status == "streaming"
+        assert checkpointed != ""
+        await asyncio.sleep(UNCLAIMED_AFTER_SECONDS)  # (a fresher one: test_relay.py)
+        stop = await b.client.post(f"/api/chat/{answer_id}/stop", headers=a.headers)
+        replay = await b.client.get(f"/api/chat/stream/{answer_id}", headers=a.headers)
+    assert stop.status_code == 200, stop.text
+    message = stop.json()["message"]
+    assert (message["status"], message["content"]) == ("interrupted", checkpointed)
+    assert replay.status_code == 200, replay.text
+    events = parse_events(replay.content)
+    assert [e.event for e in events] == ["start", "token", "error"]
+    assert events[1].data["content"] == checkpointed
+    assert events[-1].data["error"] == "GENERATION_INTERRUPTED"
+    assert _stored(a.database, answer_id) == ("interrupted", checkpointed)
 
 
 async def test_an_answer_that_ends_within_the_grace_is_complete_and_the_server_exits_then(

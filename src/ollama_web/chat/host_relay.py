@@ -7,12 +7,13 @@ process other than the one generating the answer. Each process listens on a sock
 own in `DATA_DIR/generation-relay/` (see `core.host_sockets`: only the server's user can
 connect). A process asked for an answer it does not hold connects to every other socket
 there and sends the request, `{"op": "stop"|"follow", "id", "after"}`. Each answers on its
-connection in frames (`relay_base`'s answers): `N` and the end of the connection from a process that
-does not hold the answer; `A` and then the answer's end (stop) or its events (follow) from
-the one that does. The first `A` wins; once each process said `N`, there is no owner (at
-once: 409 GENERATION_ELSEWHERE, or the stored answer). A live process is waited for up to
-LISTENERS_WAIT_SECONDS however busy it is; a dead one's socket refuses the connection at
-once and its file is removed.
+connection in frames (`relay_base`'s answers): `N` and the end of the connection from a
+process that does not hold the answer; `A` and then the answer's end (stop) or its events
+(follow) from the one that does. The first `A` wins; once each process said `N`, there is
+no owner (at once: 409 GENERATION_ELSEWHERE, or the stored answer). A live process is
+waited for up to LISTENERS_WAIT_SECONDS however busy it is; a dead one's socket refuses the
+connection at once and its file is removed. `{"op": "has", "id"}` only asks: `A` or `N`
+(`nobody_on_host_holds`, for the answers of a process that died: see `leases`).
 
 A follower's connection stays open while it follows: its end tells the owner the client
 left (no keep-alive needed to learn it), and the owner's end (a crash) tells the follower
@@ -117,6 +118,8 @@ class HostRelay(RelayBase):
                 await send(b"N")
             elif op == "stop":
                 await self._stop_for(generation, send)
+            elif op == "has":
+                await send(b"A")
             elif op == "follow":
                 after = request.get("after")
                 follower = Follower()
@@ -192,6 +195,32 @@ class HostRelay(RelayBase):
                 if isinstance(other, _SocketReply) and other is not owner:
                     await other.aclose()
         return None
+
+    async def nobody_on_host_holds(self, message_id: str) -> bool:
+        """True when no other process of this host holds the answer: each said so (`has`),
+        or is gone (its socket refused the connection and was removed); False when one
+        holds it, or did not say within LISTENERS_WAIT_SECONDS (alive, but too busy or
+        stopped to tell), or could not be asked."""
+
+        async def holds(name: str) -> bool | None:
+            connection = await self.sockets.request(name, {"op": "has", "id": message_id})
+            if connection is None:  # gone (its socket removed), or not reached
+                return None if (self.sockets.directory / name).exists() else False
+            reader, writer = connection
+            try:
+                answer = await read_frame(reader)
+            except (OSError, EOFError, ValueError):  # an older version ends unknown ops so
+                return None
+            finally:
+                close(writer)
+            return {b"N": False, b"A": True}.get(answer)
+
+        try:
+            async with asyncio.timeout(LISTENERS_WAIT_SECONDS):
+                answers = await asyncio.gather(*(holds(name) for name in self.sockets.peers()))
+        except TimeoutError:
+            return False
+        return all(answer is False for answer in answers)
 
     async def _ask_one(self, name: str, request: dict[str, Any]) -> _SocketReply | None:
         """The process's connection if it generates the answer, else None."""

@@ -10,7 +10,9 @@ every `heartbeat` seconds (`heartbeat_seconds`: GENERATION_CHECKPOINT_SECONDS x 
 unfinished answer whose row was not written for three heartbeats belongs to a process that is
 gone, and the sweep marks it `interrupted`, keeping its checkpointed text. Every process
 sweeps at startup and then once per stale interval, so a crashed process's answers are marked
-by whichever process runs next, within seconds.
+by whichever process runs next, within seconds. On SQLite, a stop or re-attach of such an
+answer does not wait for the sweep when no process of the host holds it
+(`interrupt_unclaimed`).
 
 At each heartbeat the keeper also looks for this process's running answers whose row is
 gone or whose user is disabled: deleting a conversation or a user, or disabling a user
@@ -26,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,10 +40,16 @@ from ollama_web.db import Conversation, Message, User
 from ollama_web.db.base import utcnow
 from ollama_web.db.models import UNFINISHED_STATUSES, MessageStatus
 
+if TYPE_CHECKING:
+    from ollama_web.chat.relay_base import RelayBase
+
 logger = logging.getLogger("ollama_web.chat")
 
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
+UNCLAIMED_AFTER_SECONDS = 2.0
+"""An unfinished answer no process holds is interrupted at once (`interrupt_unclaimed`) when
+its row was not written for this long."""
 REACHED_AGAIN = "the lease keeper reaches the database again"
 ABANDONED = error_body(GenerationInterrupted("The server process generating this answer stopped."))
 """The error of a swept answer: the code a follower got live, not a generic failure."""
@@ -75,6 +84,12 @@ async def mark_abandoned_interrupted(
     ids = [message_id for message_id in candidates if message_id not in running]
     if not ids:
         return 0
+    return await _interrupt(session, ids, cutoff)
+
+
+async def _interrupt(session: AsyncSession, ids: Collection[str], cutoff: datetime) -> int:
+    """Mark the answers `ids` that are still unfinished and were not written since `cutoff`
+    `interrupted`; how many were."""
     now = utcnow()
     result = await session.execute(
         update(Message)
@@ -92,6 +107,32 @@ async def mark_abandoned_interrupted(
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def interrupt_unclaimed(
+    session: AsyncSession, relay: RelayBase | None, message_id: str
+) -> bool:
+    """Mark the unfinished answer `message_id` `interrupted` now, without waiting for the
+    sweep, when no process can be generating it; True when it was (committed). For a stop
+    or a re-attach that found no owner, on SQLite only (the caller's check: a database of
+    one host, whose every process shares its DATA_DIR and answers the host's sockets;
+    PostgreSQL's may run on other hosts, which only the sweep can tell about): when every
+    other process of the host said it does not hold the answer or is gone, and its row was
+    not written for UNCLAIMED_AFTER_SECONDS (a request between storing an answer and
+    starting its job holds it for milliseconds). A process killed (kill -9, the OOM
+    killer) leaves its answers to be answered as stored, not 409 until the sweep."""
+    if relay is None or not await relay.nobody_on_host_holds(message_id):
+        return False
+    cutoff = utcnow() - timedelta(seconds=UNCLAIMED_AFTER_SECONDS)
+    if not await _interrupt(session, [message_id], cutoff):
+        return False
+    await session.commit()
+    logger.warning(
+        "the unfinished answer %s of a server process that is gone is now interrupted "
+        "(no process of this host holds it)",
+        message_id,
+    )
+    return True
 
 
 async def sweep(

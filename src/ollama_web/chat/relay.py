@@ -255,6 +255,11 @@ class GenerationRelay(RelayBase):
 
     # ----------------------------------------------------------- caller side
 
+    async def nobody_on_host_holds(self, message_id: str) -> bool:
+        """The host's processes are asked through their sockets: Redis's silence says
+        nothing of a process that lost it."""
+        return self.fallback is not None and await self.fallback.nobody_on_host_holds(message_id)
+
     async def _ask(self, request: dict[str, Any]) -> Reply | None:
         """Publish `request` with a fresh reply channel; the subscribed pubsub once an owner
         acknowledged it. Else (every listener said it is not the owner, or some were silent

@@ -82,6 +82,11 @@ class RelayBase:
         else None (no process generates the answer, or none could be asked)."""
         raise NotImplementedError
 
+    async def nobody_on_host_holds(self, message_id: str) -> bool:
+        """True when no process of this host holds the answer (every other one said so, or
+        is gone); False when one does, or the carrier cannot tell (see `host_relay`)."""
+        return False
+
     def _spawn(self, coroutine: Any, *, serving: bool = False) -> asyncio.Task[Any]:
         """A task of the relay's; `serving` marks the owner side (a forward or a stop for
         another process), which a closing relay lets finish."""

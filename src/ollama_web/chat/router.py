@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BeforeValidator, NonNegativeInt
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from ollama_web.auth.dependencies import CurrentPrincipal
@@ -15,6 +16,7 @@ from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import GenerationNotHereError
 from ollama_web.chat.generation import Generation
+from ollama_web.chat.leases import interrupt_unclaimed
 from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.responses import (
     ChatMessageResponse,
@@ -27,6 +29,7 @@ from ollama_web.chat.sse import MEDIA_TYPE, EventLog, SSEHead, SSEResponse
 from ollama_web.conversations import repository
 from ollama_web.conversations.dependencies import OwnedAnswer
 from ollama_web.conversations.service import message_public
+from ollama_web.core.config import Settings
 from ollama_web.core.dependencies import SessionDep, SettingsDep, core_of
 from ollama_web.core.errors import error_response
 from ollama_web.db import Message
@@ -186,11 +189,29 @@ def _not_here(message: Message) -> GenerationNotHereError:
     )
 
 
+async def _interrupted_as_unclaimed(
+    message: Message, relay: RelayBase | None, session: AsyncSession, settings: Settings
+) -> bool:
+    """True when the unfinished `message`, which no process claimed, is now stored
+    `interrupted` (its process is gone: `leases.interrupt_unclaimed`; `message` refreshed)."""
+    if not settings.is_sqlite or not await interrupt_unclaimed(session, relay, message.id):
+        return False
+    await session.refresh(message)
+    return True
+
+
 async def _follow_elsewhere(
-    message: Message, relay: RelayBase | None, seen: int, *, head: bool
+    message: Message,
+    relay: RelayBase | None,
+    seen: int,
+    *,
+    head: bool,
+    session: AsyncSession,
+    settings: Settings,
 ) -> EventLog | None:
     """The events of the process generating the answer, through the relay; None to replay
-    the stored answer. An unfinished answer that no process claims is elsewhere (409).
+    the stored answer. An unfinished answer that no process claims is elsewhere (409),
+    unless its process is gone (`_interrupted_as_unclaimed`: replayed as stored).
 
     A HEAD follows nothing (the owner would count it as a client): an unfinished answer is
     taken as followable when there is a relay (an empty log stands for the owner's: it
@@ -201,6 +222,8 @@ async def _follow_elsewhere(
             return EventLog()
         log = await relay.follow(message.id, seen) if relay is not None else None
         if log is None:
+            if await _interrupted_as_unclaimed(message, relay, session, settings):
+                return None
             raise _not_here(message)
         return log
     if message.status == INTERRUPTED and relay is not None and not head:
@@ -256,7 +279,9 @@ async def chat_reattach(
             # The request's reads end here: it may wait for another process's answer, and
             # a storm of re-attaches must not hold the database's connections meanwhile.
             await session.commit()  # loaded objects stay usable (expire_on_commit=False)
-        log = await _follow_elsewhere(message, registry.relay, seen, head=head)
+        log = await _follow_elsewhere(
+            message, registry.relay, seen, head=head, session=session, settings=settings
+        )
     if log is None:
         siblings = await repository.sibling_ids(session, principal.user_id, message)
         public = message_public(message, siblings)
@@ -283,6 +308,7 @@ async def chat_stop(
     message: OwnedAnswer,
     principal: CurrentPrincipal,
     session: SessionDep,
+    settings: SettingsDep,
     registry: RegistryDep,
 ) -> StopResponse:
     may_run = message.status == INTERRUPTED and registry.relay is not None
@@ -293,7 +319,9 @@ async def chat_stop(
         stopped = await registry.stop(message.id)
         if stopped is not None:
             return StopResponse.model_validate({"message": stopped})
-        if not may_run:
+        if not may_run and not await _interrupted_as_unclaimed(
+            message, registry.relay, session, settings
+        ):
             raise _not_here(message)
     siblings = await repository.sibling_ids(session, principal.user_id, message)
     return StopResponse(message=message_public(message, siblings))
