@@ -654,6 +654,26 @@ async def test_a_server_alone_on_its_database_interrupts_every_unfinished_answer
     assert status == ("interrupted" if db_backend == "sqlite" else "streaming")
 
 
+async def test_a_server_started_beside_another_is_still_seen_once_the_first_is_gone(
+    app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
+) -> None:
+    """Workers A and B share a SQLite database; A dies and a worker C replaces it (uvicorn's
+    supervisor restarts a killed one). B asked at its start whether it was alone, which
+    dropped its lock (Linux converts a flock by dropping it first): C took itself for the
+    only server, and interrupted B's running answers. B is seen: they run on."""
+    settings = chat_settings()
+    a = create_app(settings)  # its lifespan ends: its locks go, as a dead process's
+    a_lifespan = a.router.lifespan_context(a)
+    await a_lifespan.__aenter__()
+    b = await app_factory(settings)
+    user = await create_test_user(b)
+    running = "b" * 32  # B's, written a moment ago
+    await conversation_with_unfinished_answers(b, user, {running: 0.0})
+    await a_lifespan.__aexit__(None, None, None)
+    c = await app_factory(settings)  # sweeps at startup
+    assert await _statuses(c, [running]) == {running: ("streaming", "half an answer b")}
+
+
 async def test_a_swept_answer_ends_once_for_a_client_that_reconnects(
     app_factory: Callable[..., Any], chat_settings: Callable[..., Any]
 ) -> None:

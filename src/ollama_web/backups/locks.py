@@ -72,21 +72,29 @@ class FileLock:
 
     def alone(self) -> bool:
         """Whether no other process holds this lock (held shared here): taken exclusive for
-        an instant, then shared again. LockBusyError if another took it in that instant."""
+        an instant, then shared again. LockBusyError if another took it in that instant.
+
+        Linux converts a flock by dropping the lock held, then taking the new one: an
+        exclusive request refused (another holds it shared) leaves this process holding
+        nothing. The shared lock is taken again then, or a server that started beside
+        another would run without it: a restore would not see it, and a server starting
+        later would take itself for its database's only one (and interrupt this one's
+        running answers)."""
         fd = self._fd
         if fd is None:
             raise RuntimeError("take the lock before asking whether it is held alone")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
         except BlockingIOError:
-            return False
+            alone = False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # the kernel may drop a lock before converting it
+        except BlockingIOError:  # dropped, and taken exclusive by another meanwhile
             self._fd = None
             os.close(fd)
             raise LockBusyError(str(self.path)) from None
-        return True
+        return alone
 
     def release(self) -> None:
         if self._fd is not None:
