@@ -767,12 +767,19 @@ async def _stored_answer(app: FastAPI, message_id: str) -> tuple[str, str]:
     return status, content
 
 
+def _host_relay(app: FastAPI) -> HostRelay | None:
+    """The process's relay over the host's sockets (beside Redis's, or alone)."""
+    relay = _registry(app).relay
+    host = relay.fallback if isinstance(relay, GenerationRelay) else relay
+    assert host is None or isinstance(host, HostRelay)
+    return host
+
+
 def _dead_process_socket(app: FastAPI) -> Path:
     """The socket file a process killed with kill -9 leaves in the host's relay directory:
     it refuses connections."""
-    relay = _registry(app).relay
-    host = relay.fallback if isinstance(relay, GenerationRelay) else relay
-    assert isinstance(host, HostRelay)
+    host = _host_relay(app)
+    assert host is not None
     path = host.sockets.directory / f"{HOST_TAG}-99999-{'0' * 12}.sock"
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(host.sockets.address(path.name))
@@ -844,10 +851,8 @@ async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(
     async with processes() as (user, apps, (_, b)):
         await conversation_with_unfinished_answers(apps[1], user, {"f" * 32: 0.5, **stale})
         await _elsewhere_both_ways(b, user, "f" * 32)
-        relay = _registry(apps[1]).relay
-        host = relay.fallback if isinstance(relay, GenerationRelay) else relay
+        host = _host_relay(apps[1])
         if host is not None:  # over Redis alone, the host's sockets are closed
-            assert isinstance(host, HostRelay)
             for message_id, peer in zip(stale, (silent, mute), strict=True):
                 name = f"{HOST_TAG}-99998-{message_id[:12]}.sock"
                 server = await asyncio.start_unix_server(peer, host.sockets.address(name))
