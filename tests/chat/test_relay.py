@@ -27,6 +27,7 @@ from ollama_web.app import create_app
 from ollama_web.chat import host_relay as host_relay_module
 from ollama_web.chat import relay as relay_module
 from ollama_web.chat.host_relay import HostRelay
+from ollama_web.chat.leases import UNCLAIMED_AFTER_SECONDS
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.relay_base import RelayBase
@@ -38,7 +39,7 @@ from ollama_web.chat.relay_wire import (
 )
 from ollama_web.core.host_sockets import HOST_TAG
 from ollama_web.core.tasks import cancel_until_ended
-from ollama_web.db import Message
+from ollama_web.db import Conversation, Message
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
@@ -828,6 +829,55 @@ async def test_the_answer_of_a_killed_process_is_answered_as_stored_interrupted(
     assert events[1].data["content"] == "half an answer k"
     assert events[-1].data["error"] == "GENERATION_INTERRUPTED"
     assert stored == ("interrupted", "half an answer k")
+
+
+async def test_a_question_after_the_answer_of_a_killed_process_is_answered(
+    processes: Processes, db_backend: str
+) -> None:
+    """The conversation ends with the answer of a killed process, still `streaming`. A new
+    question was 409 ANSWER_IN_PROGRESS until the sweep. On SQLite, with the host's
+    sockets, no process holds it: it is stored `interrupted` and the question answered
+    after it. On PostgreSQL (another host's process may hold it), or when only Redis
+    was asked, 409 stands."""
+    answer_id = "q" * 32
+    async with processes() as (user, apps, (_, b)):
+        conversation_id = await conversation_with_unfinished_answers(
+            apps[1], user, {answer_id: 3.0}
+        )
+        leaf = Conversation.__table__.update().values(active_leaf_id=answer_id)
+        await execute_sql(apps[1], leaf.where(Conversation.id == conversation_id))
+        body = chat_body(conversation_id=conversation_id)
+        response = await b.post("/api/chat/message", json=body, headers=user.headers)
+        stored = await _stored_answer(apps[0], answer_id)
+    if db_backend == "postgres" or _host_relay(apps[1]) is None:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "ANSWER_IN_PROGRESS"
+        assert stored == ("streaming", "half an answer q")
+        return
+    assert response.status_code == 200, response.text
+    assert response.json()["user_message"]["parent_id"] == answer_id
+    assert response.json()["assistant_message"]["status"] == "complete"
+    assert stored == ("interrupted", "half an answer q")
+
+
+async def test_a_question_after_an_answer_another_process_generates_is_refused(
+    processes: Processes, ollama_emulator: OllamaEmulator
+) -> None:
+    """Its process holds it, though its row went unwritten for over 2 s (a model loading,
+    heartbeats every 5 s): the question is 409 ANSWER_IN_PROGRESS, and the answer runs on
+    to its end."""
+    ollama_emulator.config.first_token_delay = 3.0
+    ollama_emulator.config.reply_tokens = 5
+    async with processes() as (user, _, (a, b)), new_chat(a, user) as response:
+        reader = EventReader(response)
+        start = (await reader.next()).data
+        await asyncio.sleep(UNCLAIMED_AFTER_SECONDS + 0.3)
+        body = chat_body(conversation_id=start["conversation_id"], content="and then?")
+        refused = await b.post("/api/chat/message", json=body, headers=user.headers)
+        events = await reader.rest()
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "ANSWER_IN_PROGRESS"
+    assert (events[-1].event, events[-1].data["message"]["status"]) == ("done", "complete")
 
 
 async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(

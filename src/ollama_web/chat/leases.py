@@ -11,8 +11,8 @@ unfinished answer whose row was not written for three heartbeats belongs to a pr
 gone, and the sweep marks it `interrupted`, keeping its checkpointed text. Every process
 sweeps at startup and then once per stale interval, so a crashed process's answers are marked
 by whichever process runs next, within seconds. On SQLite, a stop or re-attach of such an
-answer does not wait for the sweep when no process of the host holds it
-(`interrupt_unclaimed`).
+answer, or a question after it, does not wait for the sweep when no process of the host
+holds it (`interrupt_unclaimed`).
 
 At each heartbeat the keeper also looks for this process's running answers whose row is
 gone or whose user is disabled: deleting a conversation or a user, or disabling a user
@@ -113,14 +113,15 @@ async def interrupt_unclaimed(
     session: AsyncSession, relay: RelayBase | None, message_id: str
 ) -> bool:
     """Mark the unfinished answer `message_id` `interrupted` now, without waiting for the
-    sweep, when no process can be generating it; True when it was (committed). For a stop
-    or a re-attach that found no owner, on SQLite only (the caller's check: a database of
-    one host, whose every process shares its DATA_DIR and answers the host's sockets;
-    PostgreSQL's may run on other hosts, which only the sweep can tell about): when every
-    other process of the host said it does not hold the answer or is gone, and its row was
-    not written for UNCLAIMED_AFTER_SECONDS (a request between storing an answer and
-    starting its job holds it for milliseconds). A process killed (kill -9, the OOM
-    killer) leaves its answers to be answered as stored, not 409 until the sweep."""
+    sweep, when no process can be generating it; True when it was (committed). For a stop,
+    a re-attach or a question after it that found no owner, on SQLite only (the caller's
+    check: a database of one host, whose every process shares its DATA_DIR and answers the
+    host's sockets; PostgreSQL's may run on other hosts, which only the sweep can tell
+    about): when every other process of the host said it does not hold the answer or is
+    gone, and its row was not written for UNCLAIMED_AFTER_SECONDS (a request between
+    storing an answer and starting its job holds it for milliseconds). A process killed
+    (kill -9, the OOM killer) leaves its answers to be answered as stored, and questions
+    after them, not 409 until the sweep."""
     if relay is None or not await relay.nobody_on_host_holds(message_id):
         return False
     cutoff = utcnow() - timedelta(seconds=UNCLAIMED_AFTER_SECONDS)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -14,9 +15,10 @@ from starlette.responses import Response
 from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
-from ollama_web.chat.errors import GenerationNotHereError
+from ollama_web.chat.errors import AnswerInProgressError, GenerationNotHereError
 from ollama_web.chat.generation import Generation
 from ollama_web.chat.leases import interrupt_unclaimed
+from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.responses import (
     ChatMessageResponse,
@@ -98,11 +100,18 @@ async def _prepare_or_fail(
     gateway: GatewayDep,
     registry: RegistryDep,
 ) -> chat_service.PreparedChat | Response:
-    try:
-        inline = core_of(request).inline
-        return await chat_service.prepare(
+    inline = core_of(request).inline
+
+    def prepare() -> Awaitable[chat_service.PreparedChat]:
+        return chat_service.prepare(
             session, inline, principal.user_id, body, settings, gateway, registry
         )
+
+    try:
+        try:
+            return await prepare()
+        except AnswerInProgressError as blocked:
+            return await _prepare_after_a_gone_answer(blocked, prepare, session, settings, registry)
     except chat_service.StoredBeforeFailure as failure:
         return _stored_before(request, failure)
 
@@ -198,6 +207,25 @@ async def _interrupted_as_unclaimed(
         return False
     await session.refresh(message)
     return True
+
+
+async def _prepare_after_a_gone_answer(
+    blocked: AnswerInProgressError,
+    prepare: Callable[[], Awaitable[chat_service.PreparedChat]],
+    session: AsyncSession,
+    settings: Settings,
+    registry: GenerationRegistry,
+) -> chat_service.PreparedChat:
+    """A question after an unfinished answer: when no process holds that answer any more
+    (its process was killed; on SQLite, see `leases.interrupt_unclaimed`), it is stored
+    `interrupted` and the question prepared again, after it; else `blocked` stands (409)."""
+    answer_id = blocked.details["assistant_message_id"]
+    if not settings.is_sqlite or registry.get(answer_id) is not None:
+        raise blocked
+    await session.commit()  # the turn's reads end here: none held while the host is asked
+    if not await interrupt_unclaimed(session, registry.relay, answer_id):
+        raise blocked
+    return await prepare()
 
 
 async def _follow_elsewhere(
