@@ -77,9 +77,9 @@ class FileLock:
         Linux converts a flock by dropping the lock held, then taking the new one: an
         exclusive request refused (another holds it shared) leaves this process holding
         nothing. The shared lock is taken again then, or a server that started beside
-        another would run without it: a restore would not see it, and a server starting
-        later would take itself for its database's only one (and interrupt this one's
-        running answers)."""
+        another would run without it: a server starting later would take itself for its
+        database's only one (and interrupt this one's running answers), and a restore
+        naming the database from another DATA_DIR would not see it."""
         fd = self._fd
         if fd is None:
             raise RuntimeError("take the lock before asking whether it is held alone")
