@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,6 @@ from ollama_web.app import create_app
 from ollama_web.chat import host_relay as host_relay_module
 from ollama_web.chat import relay as relay_module
 from ollama_web.chat.host_relay import HostRelay
-from ollama_web.chat.leases import UNCLAIMED_AFTER_SECONDS
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay import GenerationRelay
 from ollama_web.chat.relay_base import RelayBase
@@ -40,6 +40,7 @@ from ollama_web.chat.relay_wire import (
 from ollama_web.core.host_sockets import HOST_TAG
 from ollama_web.core.tasks import cancel_until_ended
 from ollama_web.db import Conversation, Message
+from ollama_web.db.base import utcnow
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import (
     EventReader,
@@ -795,10 +796,10 @@ async def test_the_answer_of_a_killed_process_is_answered_as_stored_interrupted(
     db_backend: str,
     carrier: str,
 ) -> None:
-    """Its process was killed (kill -9): its answer is `streaming`, written 3 s ago, and
-    its socket refuses connections. On SQLite (one host) a stop and a re-attach answer the
-    answer as stored, `interrupted`, at once; on PostgreSQL (a process on another host may
-    hold it) 409 until the sweep."""
+    """Its process was killed (kill -9): its answer is `streaming`, written 10 s ago (over
+    `unclaimed_seconds`, 6 s), and its socket refuses connections. On SQLite (one host) a
+    stop and a re-attach answer the answer as stored, `interrupted`, at once; on
+    PostgreSQL (a process on another host may hold it) 409 until the sweep."""
     async with two_processes(app_factory, chat_settings, live_server, carrier=carrier) as (
         user,
         apps,
@@ -806,7 +807,7 @@ async def test_the_answer_of_a_killed_process_is_answered_as_stored_interrupted(
     ):
         dead = _dead_process_socket(apps[1])
         answer_id = "k" * 32
-        await conversation_with_unfinished_answers(apps[1], user, {answer_id: 3.0})
+        await conversation_with_unfinished_answers(apps[1], user, {answer_id: 10.0})
         stop, stop_took = await _timed(b.post(f"/api/chat/{answer_id}/stop", headers=user.headers))
         follow = await b.get(f"/api/chat/stream/{answer_id}", headers=user.headers)
         stored = await _stored_answer(apps[0], answer_id)
@@ -842,7 +843,7 @@ async def test_a_question_after_the_answer_of_a_killed_process_is_answered(
     answer_id = "q" * 32
     async with processes() as (user, apps, (_, b)):
         conversation_id = await conversation_with_unfinished_answers(
-            apps[1], user, {answer_id: 3.0}
+            apps[1], user, {answer_id: 10.0}
         )
         leaf = Conversation.__table__.update().values(active_leaf_id=answer_id)
         await execute_sql(apps[1], leaf.where(Conversation.id == conversation_id))
@@ -863,15 +864,18 @@ async def test_a_question_after_the_answer_of_a_killed_process_is_answered(
 async def test_a_question_after_an_answer_another_process_generates_is_refused(
     processes: Processes, ollama_emulator: OllamaEmulator
 ) -> None:
-    """Its process holds it, though its row went unwritten for over 2 s (a model loading,
-    heartbeats every 5 s): the question is 409 ANSWER_IN_PROGRESS, and the answer runs on
-    to its end."""
-    ollama_emulator.config.first_token_delay = 3.0
+    """Its process holds it, though its row reads as unwritten for a minute (written by
+    another host's clock, or the database lost for a while): the question is 409
+    ANSWER_IN_PROGRESS, and the answer runs on to its end."""
+    ollama_emulator.config.first_token_delay = 1.0
     ollama_emulator.config.reply_tokens = 5
-    async with processes() as (user, _, (a, b)), new_chat(a, user) as response:
+    async with processes() as (user, apps, (a, b)), new_chat(a, user) as response:
         reader = EventReader(response)
         start = (await reader.next()).data
-        await asyncio.sleep(UNCLAIMED_AFTER_SECONDS + 0.3)
+        answer_id = start["assistant_message_id"]
+        long_ago = utcnow() - timedelta(seconds=60)
+        backdated = update(Message).where(Message.id == answer_id).values(updated_at=long_ago)
+        await execute_sql(apps[1], backdated)
         body = chat_body(conversation_id=start["conversation_id"], content="and then?")
         refused = await b.post("/api/chat/message", json=body, headers=user.headers)
         events = await reader.rest()
@@ -884,8 +888,8 @@ async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not interrupted while it may still be generated: a row written within
-    UNCLAIMED_AFTER_SECONDS (a request between storing an answer and starting its job), or
-    one a live process of the host may hold: it takes the connection and does not answer
+    `unclaimed_seconds` (6 s; a process the host's sockets do not reach writes within it),
+    or one a live process of the host may hold: it takes the connection and does not answer
     (stopped, or too busy), or ends it without an answer (a version before `has`)."""
     monkeypatch.setattr(host_relay_module, "LISTENERS_WAIT_SECONDS", 0.3)
     held: list[asyncio.StreamWriter] = []
@@ -897,9 +901,9 @@ async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(
         await reader.readline()
         writer.close()
 
-    stale = {"s" * 32: 3.0, "m" * 32: 3.0}
+    stale = {"s" * 32: 10.0, "m" * 32: 10.0}
     async with processes() as (user, apps, (_, b)):
-        await conversation_with_unfinished_answers(apps[1], user, {"f" * 32: 0.5, **stale})
+        await conversation_with_unfinished_answers(apps[1], user, {"f" * 32: 4.0, **stale})
         await _elsewhere_both_ways(b, user, "f" * 32)
         host = _host_relay(apps[1])
         if host is not None:  # over Redis alone, the host's sockets are closed

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from uvicorn.config import STARTUP_FAILURE
 
-from ollama_web.chat.leases import UNCLAIMED_AFTER_SECONDS
+from ollama_web.chat.leases import stale_seconds, unclaimed_seconds
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import Event, EventReader, parse_events
 from tests.conftest import require_redis
@@ -64,10 +64,15 @@ def _serve_command(port: int) -> list[str]:
 
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, emulator: OllamaEmulator, grace: float, *, set_up: bool = True
+    tmp_path: Path,
+    emulator: OllamaEmulator,
+    grace: float,
+    *,
+    set_up: bool = True,
+    **settings: str,
 ) -> AsyncIterator[Served]:
-    """`ollama-web serve` on DATA_DIR `tmp_path`/data; `set_up`: its first admin made (their
-    API key in `headers`), else started beside a server that did (no headers)."""
+    """`ollama-web serve` on DATA_DIR `tmp_path`/data, with `settings`; `set_up`: its first
+    admin made (their API key in `headers`), else started beside a server that did."""
     port = free_port()
     env = _server_env(
         tmp_path,
@@ -75,6 +80,7 @@ async def serving(
         PASSWORD_HASH_TIME_COST="1",
         PASSWORD_HASH_MEMORY_KIB="64",
         SHUTDOWN_GRACE_SECONDS=str(grace),
+        **settings,
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, *_serve_command(port), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
@@ -179,9 +185,11 @@ async def test_the_answer_of_a_killed_server_is_stopped_and_replayed_by_its_neig
     `interrupted` with that text at once, not 409 GENERATION_ELSEWHERE until the sweep."""
     ollama_emulator.config.reply_tokens = 1000
     ollama_emulator.config.tokens_per_second = 20
+    checkpoint = 0.2  # its rows unwritten for 1.2 s: no process holds it; the sweep: 3 s
+    settings = {"GENERATION_CHECKPOINT_SECONDS": str(checkpoint)}
     async with (
-        serving(tmp_path, ollama_emulator, 1.0) as a,
-        serving(tmp_path, ollama_emulator, 1.0, set_up=False) as b,
+        serving(tmp_path, ollama_emulator, 1.0, **settings) as a,
+        serving(tmp_path, ollama_emulator, 1.0, set_up=False, **settings) as b,
     ):
         readers: list[EventReader] = []
         stream = await _stream_until_tokens(a, readers, 3)
@@ -195,8 +203,11 @@ async def test_the_answer_of_a_killed_server_is_stopped_and_replayed_by_its_neig
         status, checkpointed = _stored(a.database, answer_id)
         assert status == "streaming"
         assert checkpointed != ""
-        await asyncio.sleep(UNCLAIMED_AFTER_SECONDS)  # (a fresher one: test_relay.py)
+        await asyncio.sleep(unclaimed_seconds(checkpoint) + 0.3)  # (fresher: test_relay.py)
+        asked = time.monotonic()
         stop = await b.client.post(f"/api/chat/{answer_id}/stop", headers=a.headers)
+        # Settled by the stop, not by a sweep (which waits for 3 s of silence).
+        assert time.monotonic() - asked < stale_seconds(checkpoint) - unclaimed_seconds(checkpoint)
         replay = await b.client.get(f"/api/chat/stream/{answer_id}", headers=a.headers)
     assert stop.status_code == 200, stop.text
     message = stop.json()["message"]

@@ -47,9 +47,6 @@ logger = logging.getLogger("ollama_web.chat")
 
 HEARTBEATS_PER_CHECKPOINT = 5
 STALE_HEARTBEATS = 3
-UNCLAIMED_AFTER_SECONDS = 2.0
-"""An unfinished answer no process holds is interrupted at once (`interrupt_unclaimed`) when
-its row was not written for this long."""
 REACHED_AGAIN = "the lease keeper reaches the database again"
 ABANDONED = error_body(GenerationInterrupted("The server process generating this answer stopped."))
 """The error of a swept answer: the code a follower got live, not a generic failure."""
@@ -58,6 +55,14 @@ ABANDONED = error_body(GenerationInterrupted("The server process generating this
 def heartbeat_seconds(checkpoint_seconds: float) -> float:
     """At most this long between two writes of a running answer's row."""
     return checkpoint_seconds * HEARTBEATS_PER_CHECKPOINT
+
+
+def unclaimed_seconds(checkpoint_seconds: float) -> float:
+    """An unfinished answer that no process of the host holds, not written for this long, is
+    interrupted at once by a stop, re-attach or question (`interrupt_unclaimed`): a running
+    generation writes its row at least once a heartbeat, wherever it runs; one checkpoint
+    interval more for a busy loop or a write waiting for the database's lock."""
+    return heartbeat_seconds(checkpoint_seconds) + checkpoint_seconds
 
 
 def stale_seconds(checkpoint_seconds: float) -> float:
@@ -110,21 +115,22 @@ async def _interrupt(session: AsyncSession, ids: Collection[str], cutoff: dateti
 
 
 async def interrupt_unclaimed(
-    session: AsyncSession, relay: RelayBase | None, message_id: str
+    session: AsyncSession, relay: RelayBase | None, message_id: str, unwritten_for: float
 ) -> bool:
     """Mark the unfinished answer `message_id` `interrupted` now, without waiting for the
     sweep, when no process can be generating it; True when it was (committed). For a stop,
     a re-attach or a question after it that found no owner, on SQLite only (the caller's
-    check: a database of one host, whose every process shares its DATA_DIR and answers the
-    host's sockets; PostgreSQL's may run on other hosts, which only the sweep can tell
-    about): when every other process of the host said it does not hold the answer or is
-    gone, and its row was not written for UNCLAIMED_AFTER_SECONDS (a request between
-    storing an answer and starting its job holds it for milliseconds). A process killed
-    (kill -9, the OOM killer) leaves its answers to be answered as stored, and questions
-    after them, not 409 until the sweep."""
+    check: a database of one host, its rows written and read by one clock; PostgreSQL's
+    may be written from other hosts, whose writes only the sweep's margin allows for):
+    when every other process of the host said it does not hold the answer or is gone, and
+    its row was not written for `unwritten_for` seconds (`unclaimed_seconds`: a process
+    the host's sockets do not reach, its directory unusable or another DATA_DIR, writes
+    its running answers within that). A process killed (kill -9, the OOM killer) leaves
+    its answers to be answered as stored, and questions after them, a few seconds after
+    their last write, not 409 until the sweep (15 to 30 s)."""
     if relay is None or not await relay.nobody_on_host_holds(message_id):
         return False
-    cutoff = utcnow() - timedelta(seconds=UNCLAIMED_AFTER_SECONDS)
+    cutoff = utcnow() - timedelta(seconds=unwritten_for)
     if not await _interrupt(session, [message_id], cutoff):
         return False
     await session.commit()

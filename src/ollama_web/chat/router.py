@@ -17,7 +17,7 @@ from ollama_web.chat import service as chat_service
 from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import AnswerInProgressError, GenerationNotHereError
 from ollama_web.chat.generation import Generation
-from ollama_web.chat.leases import interrupt_unclaimed
+from ollama_web.chat.leases import interrupt_unclaimed, unclaimed_seconds
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.responses import (
@@ -203,10 +203,19 @@ async def _interrupted_as_unclaimed(
 ) -> bool:
     """True when the unfinished `message`, which no process claimed, is now stored
     `interrupted` (its process is gone: `leases.interrupt_unclaimed`; `message` refreshed)."""
-    if not settings.is_sqlite or not await interrupt_unclaimed(session, relay, message.id):
+    if not settings.is_sqlite or not await _interrupt_unclaimed(
+        session, relay, message.id, settings
+    ):
         return False
     await session.refresh(message)
     return True
+
+
+def _interrupt_unclaimed(
+    session: AsyncSession, relay: RelayBase | None, message_id: str, settings: Settings
+) -> Awaitable[bool]:
+    unwritten_for = unclaimed_seconds(settings.generation_checkpoint_seconds)
+    return interrupt_unclaimed(session, relay, message_id, unwritten_for)
 
 
 async def _prepare_after_a_gone_answer(
@@ -223,7 +232,7 @@ async def _prepare_after_a_gone_answer(
     if not settings.is_sqlite or registry.get(answer_id) is not None:
         raise blocked
     await session.commit()  # the turn's reads end here: none held while the host is asked
-    if not await interrupt_unclaimed(session, registry.relay, answer_id):
+    if not await _interrupt_unclaimed(session, registry.relay, answer_id, settings):
         raise blocked
     return await prepare()
 
