@@ -202,20 +202,21 @@ async def _interrupted_as_unclaimed(
     message: Message, relay: RelayBase | None, session: AsyncSession, settings: Settings
 ) -> bool:
     """True when the unfinished `message`, which no process claimed, is now stored
-    `interrupted` (its process is gone: `leases.interrupt_unclaimed`; `message` refreshed)."""
-    if not settings.is_sqlite or not await _interrupt_unclaimed(
-        session, relay, message.id, settings
-    ):
+    `interrupted` (its process is gone: `_interrupt_unclaimed`; `message` refreshed)."""
+    if not await _interrupt_unclaimed(session, relay, message.id, settings):
         return False
     await session.refresh(message)
     return True
 
 
-def _interrupt_unclaimed(
+async def _interrupt_unclaimed(
     session: AsyncSession, relay: RelayBase | None, message_id: str, settings: Settings
-) -> Awaitable[bool]:
+) -> bool:
+    """`leases.interrupt_unclaimed`, on SQLite only (its text says why)."""
+    if not settings.is_sqlite:
+        return False
     unwritten_for = unclaimed_seconds(settings.generation_checkpoint_seconds)
-    return interrupt_unclaimed(session, relay, message_id, unwritten_for)
+    return await interrupt_unclaimed(session, relay, message_id, unwritten_for)
 
 
 async def _prepare_after_a_gone_answer(
@@ -230,7 +231,7 @@ async def _prepare_after_a_gone_answer(
     `interrupted` and the question prepared again, after it; else `blocked` stands (409)."""
     answer_id = blocked.details["assistant_message_id"]
     if not settings.is_sqlite or registry.get(answer_id) is not None:
-        raise blocked
+        raise blocked  # held here, or another host's may: not worth asking
     await session.commit()  # the turn's reads end here: none held while the host is asked
     if not await _interrupt_unclaimed(session, registry.relay, answer_id, settings):
         raise blocked
