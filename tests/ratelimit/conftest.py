@@ -1,17 +1,27 @@
-"""Apps with rate limiting switched on (SQLite, pre-migrated from the session template)."""
+"""Apps with rate limiting switched on (SQLite, pre-migrated from the session template), and
+real server processes with it."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 
 from ollama_web.core.config import Settings
 from ollama_web.ratelimit.limiter import EXEMPT, rate_limit_group
+from tests.conftest import TEST_SECRET
 
 LimitedApp = Callable[..., Awaitable[FastAPI]]
 
@@ -54,3 +64,61 @@ def limited_app(
         return app
 
     return make
+
+
+def fresh_client_address() -> str:
+    """A client address no earlier run has used (the window outlives a test run)."""
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    tmp_path: Path, name: str, *, workers: int | None = None, **settings: str
+) -> tuple[subprocess.Popen[str], str]:
+    """A real server on SQLite in `tmp_path/name` (DATA_DIR and the others: `settings` can
+    name others), 5 requests a minute, X-Forwarded-For believed from loopback; uvicorn
+    itself, or `ollama-web serve --workers N`."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL"}},
+        "SECRET_KEY": TEST_SECRET,
+        "DATA_DIR": str(tmp_path / name / "data"),
+        "LOG_DIR": str(tmp_path / name / "logs"),
+        "BACKUP_DIR": str(tmp_path / name / "backups"),
+        "OLLAMA_URL": "http://127.0.0.1:9",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_PER_MINUTE": "5",
+        "TRUSTED_PROXIES": "127.0.0.1",
+        "BACKUP_ENABLED": "false",
+        **settings,
+    }
+    if workers is None:
+        command = [
+            sys.executable, "-m", "uvicorn", "ollama_web.main:app", "--host", "127.0.0.1",
+            "--port", str(port), "--no-proxy-headers", "--log-level", "warning",
+        ]  # fmt: skip
+    else:
+        command = [
+            sys.executable, "-m", "ollama_web", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers),
+        ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def wait_live(base_url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if (await client.get(f"{base_url}/health/live")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"{base_url} did not start")

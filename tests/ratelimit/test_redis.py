@@ -4,33 +4,23 @@ in-process fallback while Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_SECRET, asgi_client, require_redis
+from tests.conftest import asgi_client, require_redis
 from tests.fixtures.servers import RedisServer
-from tests.ratelimit.conftest import LimitedApp
+from tests.ratelimit.conftest import (
+    LimitedApp,
+    free_port,
+    fresh_client_address,
+    start_server,
+    wait_live,
+)
 
 pytestmark = pytest.mark.redis
-
-
-def _fresh_client_address() -> str:
-    """A client address no earlier run has used (the window outlives a test run)."""
-    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_two_apps_sharing_redis_let_exactly_5_of_200_through(
@@ -39,7 +29,7 @@ async def test_two_apps_sharing_redis_let_exactly_5_of_200_through(
     redis_url = require_redis()
     settings = {"redis_url": redis_url, "rate_limit_per_minute": 5, "trusted_proxies": "127.0.0.1"}
     first, second = await limited_app(**settings), await limited_app(**settings)
-    headers = {"X-Forwarded-For": _fresh_client_address()}
+    headers = {"X-Forwarded-For": fresh_client_address()}
     async with asgi_client(first) as one, asgi_client(second) as two:
         responses = await asyncio.gather(
             *((one if i % 2 else two).get("/info", headers=headers) for i in range(200))
@@ -52,52 +42,16 @@ async def test_two_apps_sharing_redis_let_exactly_5_of_200_through(
     assert health["rate_limits"] == "shared"
 
 
-def _start_server(tmp_path: Path, name: str, redis_url: str) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL"}},
-        "SECRET_KEY": TEST_SECRET,
-        "DATA_DIR": str(tmp_path / name / "data"),
-        "LOG_DIR": str(tmp_path / name / "logs"),
-        "BACKUP_DIR": str(tmp_path / name / "backups"),
-        "OLLAMA_URL": "http://127.0.0.1:9",
-        "REDIS_URL": redis_url,
-        "RATE_LIMIT_ENABLED": "true",
-        "RATE_LIMIT_PER_MINUTE": "5",
-        "TRUSTED_PROXIES": "127.0.0.1",
-        "BACKUP_ENABLED": "false",
-    }
-    command = [
-        sys.executable, "-m", "uvicorn", "ollama_web.main:app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers", "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    return process, f"http://127.0.0.1:{port}"
-
-
-async def _wait_live(base_url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if (await client.get(f"{base_url}/health/live")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                await asyncio.sleep(0.05)
-    raise AssertionError(f"{base_url} did not start")
-
-
 @pytest.mark.slow
 async def test_two_server_processes_sharing_redis_let_exactly_5_of_200_through(
     tmp_path: Path,
 ) -> None:
     redis_url = require_redis()
-    servers = [_start_server(tmp_path, name, redis_url) for name in ("one", "two")]
+    servers = [start_server(tmp_path, name, REDIS_URL=redis_url) for name in ("one", "two")]
     try:
         for process, base_url in servers:
-            await _wait_live(base_url, process)
-        headers = {"X-Forwarded-For": _fresh_client_address()}
+            await wait_live(base_url, process)
+        headers = {"X-Forwarded-For": fresh_client_address()}
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             responses = await asyncio.gather(
@@ -166,9 +120,7 @@ async def test_after_a_redis_restart_the_first_probe_and_request_use_redis(
 
 
 async def test_redis_unreachable_at_startup_still_serves(limited_app: LimitedApp) -> None:
-    app = await limited_app(
-        redis_url=f"redis://127.0.0.1:{_free_port()}/0", rate_limit_per_minute=2
-    )
+    app = await limited_app(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_minute=2)
     async with asgi_client(app) as client:
         statuses = [(await client.get("/info")).status_code for _ in range(3)]
         health = (await client.get("/health")).json()
