@@ -51,6 +51,14 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 
+@pytest.fixture(autouse=True)
+def _workers_as_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` sets WORKERS in its own environment, for the workers it starts: a test that
+    calls it in-process must not hand that to the tests after it (their apps would count
+    rate limits in a file, as several workers do)."""
+    monkeypatch.delenv("WORKERS", raising=False)
+
+
 def require_postgres() -> str:
     if PG_ADMIN_URL:
         return PG_ADMIN_URL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def test_serve_refuses_a_port_or_worker_count_out_of_range(
 def test_serve_flags_win_over_settings(started: dict[str, Any]) -> None:
     assert main(["serve", "--port", "65535", "--workers", "1"]) == 0
     assert (started["port"], started["workers"]) == (65535, 1)
+    # What the workers read (their settings), not WORKERS=4: one worker counts in memory.
+    assert os.environ["WORKERS"] == "1"
 
 
 def test_serve_with_workers_on_a_database_it_cannot_reach_is_one_line_and_exit_3(

@@ -43,6 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
     # The workers inherit it; prometheus-client reads it from the environment at import.
     export_multiprocess_dir(settings)
     workers = None if args.reload else _given(args.workers, settings.workers)
+    if workers is not None:
+        # The workers read it (their settings): with several, they count rate limits together.
+        os.environ["WORKERS"] = str(workers)
     if workers is not None and workers > 1 and settings.migrate_on_startup:
         # Once, here, before the workers start: each would otherwise try it at once. A
         # database that cannot be reached is one line and exit 3, as for `migrate`.

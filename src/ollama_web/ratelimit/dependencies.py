@@ -36,7 +36,7 @@ def get_rate_limiter(app: FastAPI) -> RateLimiter | None:
 
 
 def rate_limit_storage(app: FastAPI) -> FallbackStorage | None:
-    """The shared `limits` storage (Redis with in-process fallback, or memory).
+    """The shared `limits` storage (Redis, the host's file or memory: `storage`).
 
     It exists even when RATE_LIMIT_ENABLED=false, for limits that must stay on (the
     failed-login throttle). Use your own namespaces in the identifiers you pass to the

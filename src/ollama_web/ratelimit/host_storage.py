@@ -1,16 +1,20 @@
 """A `limits` storage the processes of one host share without Redis: a SQLite file in
-DATA_DIR (`login-failures.db`).
+DATA_DIR.
 
-The failed-login throttle (`auth.throttle`) counts on it when REDIS_URL is not set, so that
-the workers of `serve --workers N` lock a username or an address out together: counted in
-each process, N workers let N times LOGIN_MAX_FAILURES guesses through. Its writes are a
-login's (one transaction a check, one a failure), each in a thread, never on the event
-loop; the request rate limiter, which counts every request, stays in each process's memory.
+The failed-login throttle (`auth.throttle`) counts on one (`login-failures.db`) when
+REDIS_URL is not set, so that the workers of `serve --workers N` lock a username or an
+address out together: counted in each process, N workers let N times LOGIN_MAX_FAILURES
+guesses through. The request rate limiter counts on another (`request-limits.db`) when
+WORKERS > 1 and REDIS_URL is not set, for the same reason: each process counting on its
+own, a client spread over N workers would get N budgets. With one worker it counts in
+memory, which costs less. Each storage does its work in a thread of its own (one
+transaction at a time: they are short), never on the event loop, nor in the default
+executor, where a backup's compression could hold every request behind it.
 
 Counters (`incr`: the checks in progress) and moving-window entries (`acquire_entry`: the
-failures) behave as limits' MemoryStorage's. Each operation that writes is one IMMEDIATE
-transaction, so processes that count at once each see a different count. Entries are
-dropped once out of their window. A file that cannot be used is an error for
+failures, the requests) behave as limits' MemoryStorage's. Each operation that writes is
+one IMMEDIATE transaction, so processes that count at once each see a different count.
+Entries are dropped once out of their window. A file that cannot be used is an error for
 `FallbackStorage`, which then counts in memory and says so.
 """
 
@@ -22,6 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +35,7 @@ from limits.aio.storage import MovingWindowSupport, Storage
 T = TypeVar("T")
 
 FILE_NAME = "login-failures.db"
+REQUESTS_FILE_NAME = "request-limits.db"
 BUSY_SECONDS = 5.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,
@@ -49,6 +55,7 @@ class HostStorage(Storage, MovingWindowSupport):
         self.path = path
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="host-limits")
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
@@ -88,7 +95,7 @@ class HostStorage(Storage, MovingWindowSupport):
         self, work: Callable[[sqlite3.Connection, float], T], *, write: bool = True
     ) -> T:
         """`work(connection, now)` in one transaction (IMMEDIATE when it writes: the write
-        lock from its start), in a thread."""
+        lock from its start), in the storage's thread."""
 
         def run() -> T:
             with self._lock:
@@ -102,7 +109,7 @@ class HostStorage(Storage, MovingWindowSupport):
                 connection.execute("COMMIT")
                 return result
 
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         def incr(db: sqlite3.Connection, now: float) -> int:
@@ -170,14 +177,25 @@ class HostStorage(Storage, MovingWindowSupport):
         return await self._run(acquire)
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
-        def window(db: sqlite3.Connection, now: float) -> tuple[float, int]:
-            oldest, count = db.execute(
-                "SELECT min(at), count(*) FROM entries WHERE key = ? AND at > ?",
-                (key, now - expiry),
-            ).fetchone()
-            return (float(oldest), int(count)) if count else (now, 0)
+        return await self._run(lambda db, now: _window(db, now, key, expiry), write=False)
 
-        return await self._run(window, write=False)
+    async def acquire_with_window(
+        self, key: str, limit: int, expiry: int, amount: int = 1
+    ) -> tuple[bool, float, int]:
+        """`acquire_entry`, then `get_moving_window`, in one transaction: a request's one
+        trip to the file (and the window it reports is the one its entry went into)."""
+
+        def acquire(db: sqlite3.Connection, now: float) -> tuple[bool, float, int]:
+            db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
+            oldest, count = _window(db, now, key, expiry)
+            if amount > limit or count + amount > limit:
+                return False, oldest, count
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?)", [(key, now, now + expiry)] * amount
+            )
+            return True, (oldest if count else now), count + amount
+
+        return await self._run(acquire)
 
     async def aclose(self) -> None:
         def close() -> None:
@@ -186,4 +204,13 @@ class HostStorage(Storage, MovingWindowSupport):
                     self._connection.close()
                     self._connection = None
 
-        await asyncio.to_thread(close)
+        # The thread stays (idle; it ends with the storage): a late call opens the file again.
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+
+
+def _window(db: sqlite3.Connection, now: float, key: str, expiry: float) -> tuple[float, int]:
+    """The oldest entry of `key` in its window and how many there are ((now, 0): none)."""
+    oldest, count = db.execute(
+        "SELECT min(at), count(*) FROM entries WHERE key = ? AND at > ?", (key, now - expiry)
+    ).fetchone()
+    return (float(oldest), int(count)) if count else (now, 0)

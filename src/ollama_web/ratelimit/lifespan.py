@@ -28,10 +28,11 @@ def redis_check(storage: FallbackStorage) -> HealthCheck:
         latency = round((time.perf_counter() - started) * 1000, 2)
         if reachable:
             return {"status": HEALTHY, "latency_ms": latency, "rate_limits": "shared"}
+        host = isinstance(storage.fallback, FallbackStorage)
         return {
             "status": UNHEALTHY,
             "latency_ms": None,
-            "rate_limits": "in-process fallback",
+            "rate_limits": "host fallback" if host else "in-process fallback",
             "down_since": storage.down_since,
             "error": storage.last_error,
         }
@@ -42,7 +43,9 @@ def redis_check(storage: FallbackStorage) -> HealthCheck:
 @asynccontextmanager
 async def rate_limit_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    storage = build_storage(settings.redis_url)
+    # With several workers their counts meet in a file of DATA_DIR (with Redis: while it is
+    # unreachable); one worker counts in memory.
+    storage = build_storage(settings.redis_url, settings.data_dir if settings.workers > 1 else None)
     app.state.rate_limit_storage = storage
     app.state.rate_limiter = RateLimiter(settings, storage) if settings.rate_limit_enabled else None
     if settings.redis_url:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from ollama_web.core.config import Settings
 from ollama_web.ratelimit.storage import FallbackStorage
@@ -95,7 +94,6 @@ class RateLimiter:
 
     def __init__(self, settings: Settings, storage: FallbackStorage) -> None:
         self.storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
         self.items: dict[str, RateLimitItem] = {
             AUTH: RateLimitItemPerMinute(settings.rate_limit_auth_per_minute),
             CHAT: RateLimitItemPerMinute(settings.rate_limit_chat_per_minute),
@@ -105,16 +103,20 @@ class RateLimiter:
     async def hit(self, group: str, client_key: str) -> RateLimitDecision:
         """Count one request of `client_key` in `group`; the decision says if it may pass."""
         item = self.items[group]
-        allowed = await self._strategy.hit(item, group, client_key)
-        stats = await self._strategy.get_window_stats(item, group, client_key)
+        # What limits' MovingWindowRateLimiter does in `hit` and `get_window_stats`, the
+        # two in one transaction when the storage is the host's file.
+        expiry = item.get_expiry()
+        allowed, oldest, count = await self.storage.acquire_with_window(
+            item.key_for(group, client_key), item.amount, expiry
+        )
         now = time.time()
-        reset_at = max(stats.reset_time, now)
+        reset_at = max(oldest + expiry, now)
         retry_after = 0 if allowed else max(1, math.ceil(reset_at - now))
         return RateLimitDecision(
             allowed=allowed,
             group=group,
             limit=item.amount,
-            remaining=max(0, stats.remaining),
+            remaining=max(0, item.amount - count),
             reset_at=reset_at,
             retry_after=retry_after,
         )

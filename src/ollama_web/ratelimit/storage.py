@@ -1,16 +1,18 @@
 """The `limits` storage every limiter in the process shares: Redis when REDIS_URL is set,
-with an in-process fallback that takes over while Redis is unreachable.
+with a fallback that takes over while Redis is unreachable.
 
 `FallbackStorage` is itself a `limits` async storage (moving-window capable), so any
 `limits` strategy can use it — the request rate limiter and the accounts engineer's
 failed-login throttle alike. Redis is reached through redis-py's asyncio client
 (`implementation="redispy"`; coredis is not needed), connected as every Redis client of
 the app is (`core.redis_client`: short timeouts, a dead pooled connection replaced at once).
-On a Redis error the call is answered from memory, the outage is logged once, and Redis is
-tried again after RETRY_SECONDS (or as soon as the /health probe succeeds). While Redis is
-down each process counts requests on its own, so a client may get up to one budget per
-process; failed logins fall back to the host's file (`failed_login_storage`), so that a
-host's workers still lock a guesser out together.
+On a Redis error the call is answered by the fallback, the outage is logged once, and Redis
+is tried again after RETRY_SECONDS (or as soon as the /health probe succeeds). The fallback
+of the request rate limiter is the host's file (`host_storage`, `request-limits.db`) when
+WORKERS > 1, so that a host's workers still count a client together, and memory with one
+worker; failed logins fall back to the host's file (`failed_login_storage`), so that a
+host's workers still lock a guesser out together. Without Redis, the same: the host's files
+(in memory while one cannot be used), or memory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 
 from ollama_web.core.redis_client import connection_options
-from ollama_web.ratelimit.host_storage import FILE_NAME, HostStorage
+from ollama_web.ratelimit.host_storage import FILE_NAME, REQUESTS_FILE_NAME, HostStorage
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -158,6 +160,16 @@ class FallbackStorage(Storage, MovingWindowSupport):
 
         return await self._call(window)
 
+    async def acquire_with_window(
+        self, key: str, limit: int, expiry: int, amount: int = 1
+    ) -> tuple[bool, float, int]:
+        """`acquire_entry`, then `get_moving_window`: whether the entry went in, and the
+        window's oldest entry and count after it. One transaction on the host's file;
+        two calls elsewhere."""
+        return await self._call(
+            lambda storage: _acquire_with_window(storage, key, limit, expiry, amount)
+        )
+
     async def aclose(self) -> None:
         """Close the Redis pool (when this storage has its own) or the host's file, and
         stop the in-memory storage's expiry task."""
@@ -175,6 +187,17 @@ class FallbackStorage(Storage, MovingWindowSupport):
                 await timer
 
 
+async def _acquire_with_window(
+    storage: Storage, key: str, limit: int, expiry: int, amount: int
+) -> tuple[bool, float, int]:
+    if isinstance(storage, HostStorage | FallbackStorage):
+        return await storage.acquire_with_window(key, limit, expiry, amount)
+    assert isinstance(storage, MovingWindowSupport)
+    allowed = await storage.acquire_entry(key, limit, expiry, amount)
+    oldest, count = await storage.get_moving_window(key, limit, expiry)
+    return allowed, oldest, count
+
+
 class LocalStorage(MemoryStorage):
     """limits' in-memory storage with one race closed. Its expiry pass (a task, started by
     the next hit once the last pass ended) lists the keys, then for each awaits a thread and
@@ -190,14 +213,15 @@ class LocalStorage(MemoryStorage):
             self.events[key] = []
 
 
-def host_storage(data_dir: Path) -> FallbackStorage:
-    """Without Redis, for the failed-login throttle: the host's file in DATA_DIR, in memory
-    while it cannot be used."""
+def host_storage(data_dir: Path, file_name: str = FILE_NAME) -> FallbackStorage:
+    """Without Redis: the host's file in DATA_DIR (the failed-login throttle's, or with
+    `REQUESTS_FILE_NAME` the request rate limiter's), in memory while it cannot be used."""
+    what = "failed-login" if file_name == FILE_NAME else "rate-limit"
     return FallbackStorage(
-        HostStorage(data_dir / FILE_NAME),
+        HostStorage(data_dir / file_name),
         LocalStorage(),
         primary_errors=(sqlite3.Error, OSError),
-        primary_name=f"the failed-login file {FILE_NAME}",
+        primary_name=f"the {what} file {file_name}",
     )
 
 
@@ -213,13 +237,19 @@ def failed_login_storage(shared: FallbackStorage, data_dir: Path) -> FallbackSto
     )
 
 
-def build_storage(redis_url: str | None) -> FallbackStorage:
-    """The shared storage: memory only, or Redis (redis-py asyncio) with memory fallback.
+def build_storage(redis_url: str | None, host_dir: Path | None = None) -> FallbackStorage:
+    """The shared storage: Redis (redis-py asyncio) when `redis_url` is set, falling back
+    while it is unreachable to the host's file in `host_dir` when one is given (WORKERS > 1:
+    the processes of this host still count together), else to memory. Without Redis, the
+    host's file or memory.
 
     Nothing connects here; the first rate-limit check (or health probe) does.
     """
+    local: MemoryStorage | FallbackStorage = LocalStorage()
+    if host_dir is not None:
+        local = host_storage(host_dir, REQUESTS_FILE_NAME)
     if not redis_url:
-        return FallbackStorage(None, LocalStorage())
+        return local if isinstance(local, FallbackStorage) else FallbackStorage(None, local)
     # Imported only when configured: redis-py costs ~6 MB of memory at import.
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
@@ -238,4 +268,11 @@ def build_storage(redis_url: str | None) -> FallbackStorage:
         key_prefix=KEY_PREFIX,
         connection_pool=pool,  # type: ignore[arg-type]  # passed through to redis-py
     )
-    return FallbackStorage(primary, LocalStorage(), pool=pool, primary_errors=(RedisError, OSError))
+    says = (
+        f"rate limits are counted in the host's file {REQUESTS_FILE_NAME}"
+        if host_dir is not None
+        else "rate limits fall back to in-process counting"
+    )
+    return FallbackStorage(
+        primary, local, pool=pool, primary_errors=(RedisError, OSError), fallback_says=says
+    )
