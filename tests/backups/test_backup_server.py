@@ -586,25 +586,51 @@ async def test_verify_answers_503_when_the_backup_cannot_be_read(
     )
 
 
-async def test_a_sidecar_that_is_not_text_hides_its_backup_instead_of_failing_the_list(
-    backup_app: AppMaker,
+@pytest.mark.parametrize(
+    ("sidecar", "problem"),
+    [
+        (b"\xff\xfe", "is not text: it was altered or damaged"),
+        (b"", "is empty"),
+        (b"not-a-checksum  x.db.gz\n", None),
+    ],
+)
+async def test_a_damaged_sidecar_lists_its_backup_as_damaged(
+    backup_app: AppMaker, sidecar: bytes, problem: str | None
 ) -> None:
-    """A .sha256 of bytes that are not UTF-8 (damaged, tampered): its UnicodeDecodeError
-    went up from every listing, and /backup/status, /backup/list and /health answered
-    500. That backup is not a complete one: it is not listed (as without a sidecar)."""
+    """A .sha256 of bytes that are not UTF-8 went up from every listing as a
+    UnicodeDecodeError (/backup/status, /backup/list and /health answered 500); then such a
+    backup, and one with an empty sidecar, was left out of the list: the admin could not
+    see or check it, and it was never pruned. It is listed, with sha256 null, and its check
+    says it is damaged."""
     app = await backup_app()
     admin = await create_test_user(app, role="admin")
     async with asgi_client(app) as client:
         sound = (await client.post("/backup", headers=admin.headers)).json()["name"]
         damaged = (await client.post("/backup", headers=admin.headers)).json()["name"]
-        names.checksum_path(app.state.settings.backup_dir / damaged).write_bytes(b"\xff\xfe")
+        checksum = names.checksum_path(app.state.settings.backup_dir / damaged)
+        checksum.write_bytes(sidecar)
         status = await client.get("/backup/status", headers=admin.headers)
         listed = await client.get("/backup/list", headers=admin.headers)
         health = await client.get("/health")
+        verified = await client.post(f"/backup/{damaged}/verify", headers=admin.headers)
     assert status.status_code == 200, status.text
-    assert status.json()["count"] == 1
-    assert [item["name"] for item in listed.json()["items"]] == [sound]
+    assert status.json()["count"] == 2
+    assert status.json()["last_backup"]["name"] == damaged
+    assert status.json()["last_backup"]["sha256"] is None
+    items = listed.json()["items"]
+    assert [(item["name"], item["sha256"] is None) for item in items] == [
+        (damaged, True),
+        (sound, False),
+    ]
     assert health.status_code == 200, health.text
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["valid"] is False
+    expected = (
+        f"the checksum file {checksum.name} {problem}"
+        if problem
+        else "sha256 mismatch: the backup was altered or damaged since it was taken"
+    )
+    assert verified.json()["problems"] == [expected]
 
 
 async def test_names_from_requests_must_be_listed_backups(

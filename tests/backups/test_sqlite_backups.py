@@ -116,6 +116,27 @@ def test_retention_keeps_the_newest_max_count_and_drops_old_ones(
     assert listed == sorted(taken, key=names.sort_key, reverse=True)[:3]
 
 
+@pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe"])
+def test_a_backup_whose_sidecar_was_damaged_is_pruned_by_age(
+    sqlite_settings: SettingsMaker, sidecar: bytes
+) -> None:
+    """Its .sha256 emptied or overwritten with bytes that are not text: it was left out of
+    the list, so retention never saw it, and it stayed in BACKUP_DIR for good."""
+    settings = sqlite_settings(backup_max_count=10, backup_retention_days=30)
+    add_user_sqlite(settings, "alice")
+    service = DatabaseBackup(settings)
+    old = settings.backup_dir / names.format_name(datetime.now(UTC) - timedelta(days=31), ".db.gz")
+    settings.backup_dir.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"old")
+    names.checksum_path(old).write_bytes(sidecar)
+    assert [(info.name, info.sha256) for info in service.list_backups()] == [(old.name, None)]
+    taken = service.create_backup()
+    assert taken is not None
+    assert not old.exists(), "older than BACKUP_RETENTION_DAYS"
+    assert not names.checksum_path(old).exists()
+    assert [info.name for info in service.list_backups()] == [taken.name]
+
+
 def test_an_old_backup_that_cannot_be_removed_does_not_fail_the_new_one(
     sqlite_settings: SettingsMaker, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ollama_web.backups import names
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,8 @@ class BackupInfo:
     size_bytes: int
     sha256: str | None
     """As its sidecar records it; None when the sidecar is there but cannot be read (its
-    mode, another owner): still a complete backup, which a check says it could not check."""
+    mode, another owner: still a complete backup, which a check says it could not check) or
+    holds no sha256 (empty, not text: damaged, which a check says)."""
     duration_ms: float | None
     reason: str | None
     kind: str | None
@@ -51,21 +55,24 @@ class BackupInfo:
 
     @classmethod
     def load(cls, path: Path) -> BackupInfo | None:
-        """Read a backup's facts from its files; None if it vanished, or its sidecar is
-        empty or not text (damaged: not a complete backup)."""
+        """Read a backup's facts from its files; None if it vanished or its sidecar did.
+        A sidecar written (atomically, last) and later damaged, or one that cannot be read,
+        leaves a backup that is listed (so seen, checked, deleted and pruned) with sha256
+        None; its check says what is wrong (damaged) or that it could not run (503, 74)."""
         created_at = names.time_of(path.name)
+        if created_at is None:
+            return None
         try:
             size = path.stat().st_size
         except OSError:
             return None
+        recorded: list[str] = []
         try:
-            recorded: list[str] | None = names.checksum_path(path).read_text("utf-8").split()
-        except (FileNotFoundError, UnicodeDecodeError):  # a sidecar of bytes that are not text
+            recorded = names.checksum_path(path).read_text("utf-8").split()
+        except FileNotFoundError:
             return None
-        except OSError:  # there but unreadable (its mode, another owner): still complete, and
-            recorded = None  # listed, as the commands find it; its check cannot run (503, 74)
-        if recorded == [] or created_at is None:
-            return None
+        except (OSError, UnicodeDecodeError):  # unreadable, or bytes that are not text
+            pass
         extra: dict[str, Any] = {}
         try:
             loaded = json.loads(names.metadata_path(path).read_text(encoding="utf-8"))
@@ -79,7 +86,7 @@ class BackupInfo:
             path=path,
             created_at=created_at,
             size_bytes=size,
-            sha256=recorded[0].lower() if recorded else None,
+            sha256=recorded[0].lower() if recorded and _SHA256.fullmatch(recorded[0]) else None,
             duration_ms=float(duration) if isinstance(duration, int | float) else None,
             reason=str(extra["reason"]) if extra.get("reason") else None,
             kind=str(extra["kind"]) if extra.get("kind") else None,

@@ -16,8 +16,9 @@ class LastBackup(BaseModel):
     size_bytes: int
     sha256: str | None = Field(
         description="The archive's sha256 as its `.sha256` records it; null when that file "
-        "cannot be read (its mode, its owner): verifying the backup then answers 503 "
-        "BACKUP_CHECK_FAILED"
+        "cannot be read (its mode, its owner: verifying the backup then answers 503 "
+        "BACKUP_CHECK_FAILED) or records none (empty, not text: verifying it says it is "
+        "damaged)"
     )
     duration_ms: float | None = Field(description="How long taking it took; null if unknown")
 
