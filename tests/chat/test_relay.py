@@ -142,6 +142,16 @@ def redis_processes(
 
 
 @pytest.fixture
+def host_processes(
+    app_factory: Callable[..., Any],
+    chat_settings: Callable[..., Any],
+    live_server: Callable[[FastAPI], Any],
+) -> Processes:
+    """`processes` over the host's sockets only."""
+    return functools.partial(two_processes, app_factory, chat_settings, live_server, carrier="host")
+
+
+@pytest.fixture
 def redis_down_processes(
     app_factory: Callable[..., Any],
     chat_settings: Callable[..., Any],
@@ -916,6 +926,35 @@ async def test_a_fresh_unclaimed_answer_or_a_silent_process_keeps_it_elsewhere(
                         writer.close()
         for message_id in ("f" * 32, *stale):
             assert (await _stored_answer(apps[0], message_id))[0] == "streaming"
+
+
+async def test_a_silent_process_is_waited_for_once_not_twice(
+    host_processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live process of the host that does not answer (stopped, or busy): a stop or
+    re-attach of an answer no process claims waited LISTENERS_WAIT_SECONDS for it to
+    acknowledge, then as long again for it to say whether it holds the answer (`has`):
+    20 s by default before the 409. It is waited for once."""
+    monkeypatch.setattr(host_relay_module, "LISTENERS_WAIT_SECONDS", 1.0)
+    held: list[asyncio.StreamWriter] = []
+
+    def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    message_id = "q" * 32
+    async with host_processes() as (user, apps, (_, b)):
+        host = _host_relay(apps[1])
+        assert host is not None
+        await conversation_with_unfinished_answers(apps[1], user, {message_id: 10.0})
+        name = f"{HOST_TAG}-99998-{message_id[:12]}.sock"
+        server = await asyncio.start_unix_server(silent, host.sockets.address(name))
+        async with server:
+            took = await _elsewhere_both_ways(b, user, message_id)
+            for writer in held:
+                writer.close()
+        assert (await _stored_answer(apps[0], message_id))[0] == "streaming"
+    for seconds in took:
+        assert 1.0 <= seconds < 1.8, took
 
 
 async def test_a_remote_follower_past_a_running_answer_s_end_gets_its_final_event(

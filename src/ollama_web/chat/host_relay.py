@@ -69,6 +69,9 @@ class HostRelay(RelayBase):
     ) -> None:
         super().__init__(registry, keepalive_seconds)
         self.sockets = HostSockets(directory)
+        self._silent_until: dict[str, float] = {}
+        """Processes that did not answer a request within LISTENERS_WAIT_SECONDS: until
+        when (loop time) `nobody_on_host_holds` takes them for still silent."""
 
     @classmethod
     async def open(
@@ -180,9 +183,11 @@ class HostRelay(RelayBase):
                 if owner is not None:
                     return owner
         except TimeoutError:
+            silent = [name for name, ask in zip(peers, asks, strict=True) if not ask.done()]
+            self._mark_silent(silent)
             logger.warning(
                 "%d of %d processes did not answer a relayed %s within %.0f s",
-                sum(not ask.done() for ask in asks),
+                len(silent),
                 len(asks),
                 request["op"],
                 LISTENERS_WAIT_SECONDS,
@@ -196,11 +201,24 @@ class HostRelay(RelayBase):
                     await other.aclose()
         return None
 
+    def _mark_silent(self, names: list[str]) -> None:
+        now = asyncio.get_running_loop().time()
+        self._silent_until = {n: t for n, t in self._silent_until.items() if t > now}
+        self._silent_until.update(dict.fromkeys(names, now + LISTENERS_WAIT_SECONDS))
+
     async def nobody_on_host_holds(self, message_id: str) -> bool:
         """True when no other process of this host holds the answer: each said so (`has`),
         or is gone (its socket refused the connection and was removed); False when one
         holds it, or did not say within LISTENERS_WAIT_SECONDS (alive, but too busy or
-        stopped to tell), or could not be asked."""
+        stopped to tell), or could not be asked. A process that did not answer the
+        request just before (the stop or re-attach that found no owner) is not waited
+        for a second time: False at once."""
+        peers = self.sockets.peers()
+        loop = asyncio.get_running_loop()
+        if not peers:
+            return True
+        if any(self._silent_until.get(name, 0.0) > loop.time() for name in peers):
+            return False
 
         async def holds(name: str) -> bool | None:
             connection = await self.sockets.request(name, {"op": "has", "id": message_id})
@@ -215,12 +233,19 @@ class HostRelay(RelayBase):
                 close(writer)
             return {b"N": False, b"A": True}.get(answer)
 
+        asks = [loop.create_task(holds(name)) for name in peers]
         try:
-            async with asyncio.timeout(LISTENERS_WAIT_SECONDS):
-                answers = await asyncio.gather(*(holds(name) for name in self.sockets.peers()))
-        except TimeoutError:
+            done, pending = await asyncio.wait(asks, timeout=LISTENERS_WAIT_SECONDS)
+        finally:
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+        if pending:
+            self._mark_silent(
+                [name for name, ask in zip(peers, asks, strict=True) if ask in pending]
+            )
             return False
-        return all(answer is False for answer in answers)
+        return all(ask.result() is False for ask in done)
 
     async def _ask_one(self, name: str, request: dict[str, Any]) -> _SocketReply | None:
         """The process's connection if it generates the answer, else None."""
