@@ -57,7 +57,7 @@ class BackupInfo:
     def load(cls, path: Path) -> BackupInfo | None:
         """Read a backup's facts from its files; None if it vanished or its sidecar did.
         A sidecar written (atomically, last) and later damaged, or one that cannot be read,
-        leaves a backup that is listed (so seen, checked, deleted and pruned) with sha256
+        leaves a backup that is listed (so seen, checked and pruned) with sha256
         None; its check says what is wrong (damaged) or that it could not run (503, 74)."""
         created_at = names.time_of(path.name)
         if created_at is None:

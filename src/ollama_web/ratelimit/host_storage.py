@@ -159,22 +159,8 @@ class HostStorage(Storage, MovingWindowSupport):
         return True
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        if amount > limit:
-            return False
-
-        def acquire(db: sqlite3.Connection, now: float) -> bool:
-            db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
-            (count,) = db.execute(
-                "SELECT count(*) FROM entries WHERE key = ? AND at > ?", (key, now - expiry)
-            ).fetchone()
-            if count + amount > limit:
-                return False
-            db.executemany(
-                "INSERT INTO entries VALUES (?, ?, ?)", [(key, now, now + expiry)] * amount
-            )
-            return True
-
-        return await self._run(acquire)
+        allowed, _, _ = await self.acquire_with_window(key, limit, expiry, amount)
+        return allowed
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         return await self._run(lambda db, now: _window(db, now, key, expiry), write=False)
@@ -188,7 +174,7 @@ class HostStorage(Storage, MovingWindowSupport):
         def acquire(db: sqlite3.Connection, now: float) -> tuple[bool, float, int]:
             db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
             oldest, count = _window(db, now, key, expiry)
-            if amount > limit or count + amount > limit:
+            if count + amount > limit:
                 return False, oldest, count
             db.executemany(
                 "INSERT INTO entries VALUES (?, ?, ?)", [(key, now, now + expiry)] * amount
