@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -253,7 +254,13 @@ async def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(
     monkeypatch.setattr(sse_module, "_Resumed", Counted)
     async with live_server(app) as base_url:
         host, port = base_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        # A small receive buffer, fixed (no autotuning: up to 32 MiB on some hosts), so that
+        # the server's side fills with far less than the answer.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
         body = json.dumps(chat_body()).encode()
         head = (
             f"POST /api/chat/stream HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
@@ -263,7 +270,7 @@ async def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(
         )
         writer.write(head.encode() + body)
         await reader.readuntil(b"\r\n\r\n")
-        for _ in range(100):  # reads nothing until the server had to wait
+        for _ in range(600):  # reads nothing until the server had to wait (at most 30 s)
             if resumed:
                 break
             await asyncio.sleep(0.05)
