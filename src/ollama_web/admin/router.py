@@ -15,14 +15,22 @@ from ollama_web.admin.schemas import (
     AuditEventPublic,
     Role,
 )
-from ollama_web.admin.service import UNSET, delete_user, get_user_or_404, list_users, update_user
+from ollama_web.admin.service import (
+    UNSET,
+    delete_conversations_in_batches,
+    delete_user,
+    disable_before_deleting,
+    get_user_or_404,
+    list_users,
+    update_user,
+)
 from ollama_web.audit.service import AuditAction, list_events, record_event
 from ollama_web.auth.context import ClientInfoDep, PasswordsDep
 from ollama_web.auth.dependencies import AdminPrincipal
 from ollama_web.auth.users import create_user
 from ollama_web.chat import deletions as chat_deletions
 from ollama_web.chat.dependencies import RegistryDep
-from ollama_web.core.dependencies import SessionDep
+from ollama_web.core.dependencies import SessionDep, SettingsDep
 from ollama_web.core.errors import ConflictError
 from ollama_web.core.pagination import Page, PageParamsDep
 from ollama_web.db import UserRole
@@ -138,7 +146,11 @@ async def update_account(
     description="The user's answers still being generated are stopped first, as "
     "`POST /api/chat/{assistant_message_id}/stop` stops them: the model stops at once and "
     "every stream attached to one ends with a `done` event whose message has status "
-    "`stopped`. A stop that fails does not fail the deletion.",
+    "`stopped`. A stop that fails does not fail the deletion. On SQLite the user is first "
+    "disabled (their keys and sessions stop working), then their conversations are deleted "
+    "a few thousand messages at a time, then the account: other users' writes never wait "
+    "behind one long deletion. A deletion cut short (the server stopped) leaves the user "
+    "disabled, to delete again.",
     responses={
         **_NOT_FOUND,
         409: {"description": "LAST_ADMIN, or CANNOT_DELETE_SELF"},
@@ -150,12 +162,17 @@ async def delete_account(
     session: SessionDep,
     client: ClientInfoDep,
     registry: RegistryDep,
+    settings: SettingsDep,
+    passwords: PasswordsDep,
 ) -> Response:
     if user_id == principal.user_id:
         raise ConflictError("You cannot delete your own account.", code="CANNOT_DELETE_SELF")
     user = await get_user_or_404(session, user_id)
     username = user.username
     await chat_deletions.stop_answers(session, registry, user.id)
+    if settings.is_sqlite:  # one writer at a time: no long transaction (PostgreSQL locks rows)
+        await disable_before_deleting(session, passwords, user, principal.user_id)
+        await delete_conversations_in_batches(session, user)
     if await delete_user(session, user):
         await record_event(
             session,

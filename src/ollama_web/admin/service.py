@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.auth.passwords import Passwords
@@ -21,12 +21,13 @@ from ollama_web.auth.users import (
     get_user,
     lock_admins,
     lock_user,
+    lock_user_row,
     require_an_active_admin,
     set_password,
 )
-from ollama_web.core.errors import NotFoundError
+from ollama_web.core.errors import AccountGoneError, NotFoundError
 from ollama_web.core.pagination import Keyset, PageParams, PageResult
-from ollama_web.db import User, UserRole
+from ollama_web.db import Conversation, Message, User, UserRole
 
 UNSET = object()
 
@@ -93,6 +94,72 @@ async def update_user(
         if changes or ended:  # a repeated disable changes nothing: nothing to record
             changes["sessions_ended"] = ended
     return changes
+
+
+DELETE_BATCH_MESSAGES = 2000
+"""On SQLite, a user's conversations go before the account, in transactions of about this
+many messages: one transaction deleting 100 000 messages held the database's only write
+lock 4.4 s here, and every other user's writes waited on it (past the 5 s busy timeout,
+they fail)."""
+_BATCH_CANDIDATES = 256
+
+
+async def delete_conversations_in_batches(session: AsyncSession, user: User) -> int:
+    """Delete the user's conversations (their messages by cascade) in short transactions,
+    each committed: the conversations taken in id order while their messages add up to
+    DELETE_BATCH_MESSAGES (a larger conversation alone). Returns how many were deleted.
+    Call with the user disabled (`disable_before_deleting`): nothing new comes meanwhile."""
+    deleted = 0
+    while batch := await _conversation_batch(session, user.id, DELETE_BATCH_MESSAGES):
+        await session.execute(delete(Conversation).where(Conversation.id.in_(batch)))
+        await session.commit()
+        deleted += len(batch)
+    return deleted
+
+
+async def _conversation_batch(session: AsyncSession, user_id: str, max_messages: int) -> list[str]:
+    ids = (
+        await session.scalars(
+            select(Conversation.id)
+            .where(Conversation.user_id == user_id)
+            .order_by(Conversation.id)
+            .limit(_BATCH_CANDIDATES)
+        )
+    ).all()
+    if not ids:
+        return []
+    counted = await session.execute(
+        select(Message.conversation_id, func.count())
+        .where(Message.conversation_id.in_(ids))
+        .group_by(Message.conversation_id)
+    )
+    counts: dict[str, int] = {conversation_id: int(n) for conversation_id, n in counted.all()}
+    batch: list[str] = []
+    total = 0
+    for conversation_id in ids:
+        total += counts.get(conversation_id, 0)
+        if batch and total > max_messages:
+            break
+        batch.append(conversation_id)
+    return batch
+
+
+async def disable_before_deleting(
+    session: AsyncSession, passwords: Passwords, user: User, actor_id: str
+) -> None:
+    """Disable the user and end their sessions, committed, as `PATCH is_active=false` does
+    (409 LAST_ADMIN for the last active admin, before anything is deleted): the deletion
+    that follows in several transactions then meets no new conversation, and one that
+    stops half-way (a crash) leaves a disabled account to delete again. Nothing is done
+    for an acting admin whose account went meanwhile (401, as its audit event would)."""
+    if user.is_active:
+        try:
+            await update_user(session, passwords, user, role=None, is_active=False, password=None)
+        except NotFoundError:
+            return  # deleted meanwhile: `delete_user` finds nothing left to do
+    if not await lock_user_row(session, actor_id):
+        raise AccountGoneError()
+    await session.commit()
 
 
 async def delete_user(session: AsyncSession, user: User) -> bool:
