@@ -122,3 +122,28 @@ async def wait_live(base_url: str, process: subprocess.Popen[str]) -> None:
             except httpx.TransportError:
                 await asyncio.sleep(0.05)
     raise AssertionError(f"{base_url} did not start")
+
+
+async def two_servers_share_one_budget(tmp_path: Path, **settings: str) -> None:
+    """Two real servers (`start_server`, with `settings`), 200 requests of one client
+    address at once, in turn to each: exactly 5 pass, and both refuse some of the rest."""
+    servers = [start_server(tmp_path, name, **settings) for name in ("one", "two")]
+    try:
+        for process, base_url in servers:
+            await wait_live(base_url, process)
+        headers = {"X-Forwarded-For": fresh_client_address()}
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            responses = await asyncio.gather(
+                *(client.get(f"{servers[i % 2][1]}/info", headers=headers) for i in range(200))
+            )
+    finally:
+        for process, _ in servers:
+            process.terminate()
+        errors = [process.communicate(timeout=30)[1] for process, _ in servers]
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(200) == 5, errors
+    assert statuses.count(429) == 195
+    assert {r.url.port for r in responses if r.status_code == 429} == {
+        httpx.URL(base_url).port for _, base_url in servers
+    }, "both servers refused requests from the one shared budget"

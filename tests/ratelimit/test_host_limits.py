@@ -18,6 +18,7 @@ from tests.ratelimit.conftest import (
     free_port,
     fresh_client_address,
     start_server,
+    two_servers_share_one_budget,
     wait_live,
 )
 
@@ -87,27 +88,7 @@ async def test_two_server_processes_on_one_data_dir_let_exactly_5_of_200_through
     tmp_path: Path,
 ) -> None:
     """Two real servers, WORKERS=2, one DATA_DIR, no Redis (before: 10 of 200)."""
-    data = {"DATA_DIR": str(tmp_path / "data"), "WORKERS": "2"}
-    servers = [start_server(tmp_path, name, **data) for name in ("one", "two")]
-    try:
-        for process, base_url in servers:
-            await wait_live(base_url, process)
-        limits = httpx.Limits(max_connections=200)
-        async with (
-            httpx.AsyncClient(base_url=servers[0][1], timeout=30, limits=limits) as one,
-            httpx.AsyncClient(base_url=servers[1][1], timeout=30, limits=limits) as two,
-        ):
-            responses = await _spread([one, two], 200)
-    finally:
-        for process, _ in servers:
-            process.terminate()
-        errors = [process.communicate(timeout=30)[1] for process, _ in servers]
-    statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 5, errors
-    assert statuses.count(429) == 195
-    assert {r.url.port for r in responses if r.status_code == 429} == {
-        httpx.URL(base_url).port for _, base_url in servers
-    }, "both servers refused requests from the one shared budget"
+    await two_servers_share_one_budget(tmp_path, DATA_DIR=str(tmp_path / "data"), WORKERS="2")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import asgi_client, require_redis
@@ -16,8 +15,7 @@ from tests.ratelimit.conftest import (
     LimitedApp,
     free_port,
     fresh_client_address,
-    start_server,
-    wait_live,
+    two_servers_share_one_budget,
 )
 
 pytestmark = pytest.mark.redis
@@ -46,28 +44,7 @@ async def test_two_apps_sharing_redis_let_exactly_5_of_200_through(
 async def test_two_server_processes_sharing_redis_let_exactly_5_of_200_through(
     tmp_path: Path,
 ) -> None:
-    redis_url = require_redis()
-    servers = [start_server(tmp_path, name, REDIS_URL=redis_url) for name in ("one", "two")]
-    try:
-        for process, base_url in servers:
-            await wait_live(base_url, process)
-        headers = {"X-Forwarded-For": fresh_client_address()}
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-            responses = await asyncio.gather(
-                *(client.get(f"{servers[i % 2][1]}/info", headers=headers) for i in range(200))
-            )
-    finally:
-        for process, _ in servers:
-            process.terminate()
-        errors = [process.communicate(timeout=30)[1] for process, _ in servers]
-    statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 5, errors
-    assert statuses.count(429) == 195
-    served_by = {
-        str(r.url).rsplit(":", 1)[1].split("/")[0] for r in responses if r.status_code == 429
-    }
-    assert len(served_by) == 2, "both servers refused requests from the one shared budget"
+    await two_servers_share_one_budget(tmp_path, REDIS_URL=require_redis())
 
 
 async def test_unreachable_redis_falls_back_to_in_process_limits_and_recovers(
