@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -100,8 +101,10 @@ async def test_serve_with_two_workers_lets_exactly_5_of_200_through(tmp_path: Pa
     try:
         await wait_live(base_url, process)
         relay = tmp_path / "served" / "data" / "generation-relay"
+        deadline = time.monotonic() + 30
         while len(list(relay.glob("*.sock"))) < 2:  # the second worker is up too
             assert process.poll() is None
+            assert time.monotonic() < deadline, "the second worker did not start"
             await asyncio.sleep(0.05)
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
