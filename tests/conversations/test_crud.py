@@ -43,10 +43,11 @@ async def test_every_option_ollama_documents_is_accepted(
     client: httpx.AsyncClient, regular_user: TestUser
 ) -> None:
     """Its API's options and its Modelfile parameters (mirostat, tfs_z... which newer
-    engines ignore): a client using one must not have its request refused."""
+    engines ignore): a client using one must not have its request refused. (Runner options
+    are an administrator's: tests/chat/test_options_policy.py.)"""
     options = {
         "mirostat": 2, "mirostat_eta": 0.1, "mirostat_tau": 5.0, "tfs_z": 1.0,
-        "use_mlock": False, "min_p": 0.05, "typical_p": 1.0, "num_keep": 4,
+        "min_p": 0.05, "typical_p": 1.0, "num_keep": 4,
     }  # fmt: skip
     response = await client.post(
         "/api/conversations",

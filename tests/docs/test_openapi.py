@@ -28,6 +28,15 @@ ADMIN_ONLY_OPERATIONS = {
     ("DELETE", "/api/models/{name}"),
     ("GET", "/api/admin/ollama/nodes"),
 }
+# Operations that write a conversation's options: FORBIDDEN for a user's runner options.
+RUNNER_OPTION_OPERATIONS = {
+    ("POST", "/api/conversations"),
+    ("POST", "/api/conversations/import"),
+    ("PUT", "/api/conversations/{conversation_id}"),
+    ("PATCH", "/api/conversations/{conversation_id}"),
+    ("POST", "/api/chat/stream"),
+    ("POST", "/api/chat/message"),
+}
 # Public operations that check a password or key given to them (their own 401 and 403).
 CHECK_CREDENTIALS_THEMSELVES = {"/api/auth/login", "/api/auth/verify"}
 NOT_RATE_LIMITED = {"/health", "/health/live", "/health/ready"}
@@ -165,7 +174,7 @@ def test_every_operation_documents_its_access(document: dict[str, Any]) -> None:
         expected = {
             "security": None if public else ANY_CREDENTIAL,
             "401": not public or path in CHECK_CREDENTIALS_THEMSELVES,
-            "403 FORBIDDEN": admin,
+            "403 FORBIDDEN": admin or (method, path) in RUNNER_OPTION_OPERATIONS,
             "403 CSRF_TOKEN_INVALID": not public and method in WRITES,
             "403 ACCOUNT_DISABLED": not public or path in CHECK_CREDENTIALS_THEMSELVES,
             "429": path not in NOT_RATE_LIMITED,

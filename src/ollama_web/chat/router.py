@@ -48,13 +48,20 @@ router = APIRouter(prefix="/api/chat", tags=["chat"])
 INTERRUPTED = MessageStatus.INTERRUPTED.value
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {
+        "description": "FORBIDDEN: runner options (num_gpu, num_thread...) from a user who "
+        "is not an administrator (RUNNER_OPTIONS_ADMIN_ONLY)"
+    },
     404: {"description": "Unknown conversation or message, or MODEL_NOT_FOUND (nothing stored)"},
     409: {
         "description": "ANSWER_IN_PROGRESS: a question after an answer still being generated "
         "(`details`: conversation_id, assistant_message_id); wait for its end or stop it. "
         "An edit or a regenerate is a new version beside it and is not refused"
     },
-    422: {"description": "Invalid payload: options, content length, images, mode"},
+    422: {
+        "description": "Invalid payload: options (num_ctx at most MAX_NUM_CTX), content "
+        "length, images, mode"
+    },
     429: {"description": "RATE_LIMITED or TOO_MANY_GENERATIONS (with Retry-After)"},
     503: {
         "description": "OLLAMA_UNAVAILABLE: no node reachable; the user's message is stored and "
@@ -104,7 +111,14 @@ async def _prepare_or_fail(
 
     def prepare() -> Awaitable[chat_service.PreparedChat]:
         return chat_service.prepare(
-            session, inline, principal.user_id, body, settings, gateway, registry
+            session,
+            inline,
+            principal.user_id,
+            body,
+            settings,
+            gateway,
+            registry,
+            is_admin=principal.is_admin,
         )
 
     try:

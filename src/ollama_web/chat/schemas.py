@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from ollama_web.core.config import Settings
+from ollama_web.core.config import NUM_CTX_CEILING, Settings
 from ollama_web.core.errors import ValidationError
 from ollama_web.core.validation import Identifier
 
@@ -36,12 +36,14 @@ SYSTEM_PROMPT_CHARS = 100_000
 
 class OllamaOptions(BaseModel):
     """Model options sent to Ollama with every request of a conversation: the names Ollama
-    documents (its API's options and its Modelfile parameters), with their types."""
+    documents (its API's options and its Modelfile parameters), with their types. `num_ctx`
+    is at most MAX_NUM_CTX; the runner options (num_gpu, main_gpu, num_thread, num_batch,
+    use_mmap, use_mlock, numa, low_vram) are an administrator's (RUNNER_OPTIONS_ADMIN_ONLY)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Runner
-    num_ctx: Annotated[Int, Field(ge=1, le=4_194_304)] | None = None
+    num_ctx: Annotated[Int, Field(ge=1, le=NUM_CTX_CEILING)] | None = None
     num_batch: Annotated[Int, Field(ge=1)] | None = None
     num_gpu: Annotated[Int, Field(ge=-1)] | None = None
     main_gpu: NonNegativeInt | None = None

@@ -15,8 +15,9 @@ the write answers 404 or 401, as a later request would (`_store_turn`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ollama_web.chat.errors import AnswerInProgressError
 from ollama_web.chat.generation import COMPLETE, GenerationSpec
+from ollama_web.chat.options import check_options, sendable_options
 from ollama_web.chat.registry import GenerationRegistry, Reservation
 from ollama_web.chat.schemas import ChatRequest, check_limits
 from ollama_web.conversations import repository
@@ -294,14 +296,22 @@ async def prepare(
     settings: Settings,
     gateway: OllamaGateway,
     registry: GenerationRegistry,
+    *,
+    is_admin: bool,
 ) -> PreparedChat:
     """Store the question and an empty answer; raises before anything is stored on 4xx.
     `inline`: the SQLite database's connection on the loop's thread, if any (the turn's
-    reads run there when they can: core/sqlite_inline.py)."""
+    reads run there when they can: core/sqlite_inline.py). `is_admin`: the caller's role,
+    for the options it may set and have sent (chat/options.py)."""
     check_limits(body, settings)
+    given = body.options.as_dict() if body.options is not None else None
+    check_options(given, is_admin=is_admin, settings=settings)
     reservation = await registry.reserve(user_id)
     try:
-        return await _prepare(session, inline, user_id, body, gateway, registry.writes, reservation)
+        sendable = partial(sendable_options, is_admin=is_admin, settings=settings)
+        return await _prepare(
+            session, inline, user_id, body, gateway, registry.writes, reservation, sendable
+        )
     except BaseException:
         registry.release(reservation)
         raise
@@ -315,6 +325,7 @@ async def _prepare(
     gateway: OllamaGateway,
     writes: Writes,
     reservation: Reservation,
+    sendable: Callable[[dict[str, Any] | None], dict[str, Any] | None],
 ) -> PreparedChat:
     turn = await load_turn(session, inline, user_id, body)
     # The request's reads are done: end its transaction (keeping the authentication's
@@ -365,7 +376,7 @@ async def _prepare(
         message=message_public(answer, _siblings(turn.messages, answer)),
         model=model,
         messages=ollama_messages(system_prompt, path),
-        options=options or None,
+        options=sendable(options),
         think=body.think,
         title_source=question.content if first_exchange else None,
     )

@@ -6,9 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from ollama_web.auth.dependencies import CurrentPrincipal
+from ollama_web.auth.dependencies import CurrentPrincipal, Principal
 from ollama_web.chat import deletions as chat_deletions
 from ollama_web.chat.dependencies import RegistryDep
+from ollama_web.chat.options import check_options
+from ollama_web.chat.schemas import OllamaOptions
 from ollama_web.conversations import export as conversation_export
 from ollama_web.conversations import service as conversation_service
 from ollama_web.conversations.dependencies import OwnedConversation
@@ -21,6 +23,7 @@ from ollama_web.conversations.schemas import (
     ConversationReplace,
 )
 from ollama_web.conversations.search import MAX_QUERY_CHARS
+from ollama_web.core.config import Settings
 from ollama_web.core.dependencies import SessionDep, SettingsDep
 from ollama_web.core.pagination import Page, PageParamsDep
 
@@ -29,6 +32,23 @@ router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such conversation of yours"}
 }
+_OPTIONS: dict[int | str, dict[str, Any]] = {
+    403: {
+        "description": "FORBIDDEN: runner options (num_gpu, num_thread...) from a user who "
+        "is not an administrator (RUNNER_OPTIONS_ADMIN_ONLY)"
+    },
+    422: {"description": "Invalid payload, or options.num_ctx above MAX_NUM_CTX"},
+}
+
+
+def _check_options(
+    options: OllamaOptions | None,
+    principal: Principal,
+    settings: Settings,
+    at: tuple[str, ...] = ("options",),
+) -> None:
+    given = options.as_dict() if options is not None else None
+    check_options(given, is_admin=principal.is_admin, settings=settings, at=at)
 
 
 @router.get("", summary="List my conversations, newest activity first")
@@ -54,10 +74,19 @@ async def list_conversations(
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a conversation")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a conversation",
+    responses=_OPTIONS,
+)
 async def create_conversation(
-    body: ConversationCreate, principal: CurrentPrincipal, session: SessionDep
+    body: ConversationCreate,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ConversationPublic:
+    _check_options(body.options, principal, settings)
     conversation = await conversation_service.create(session, principal.user_id, body)
     return conversation_service.conversation_public(conversation)
 
@@ -70,6 +99,7 @@ async def create_conversation(
     "message at most MAX_MESSAGE_CHARS characters, each other message's content and "
     "thinking at most 1 000 000.",
     response_model=ConversationDetail,
+    responses=_OPTIONS,
 )
 async def import_conversation(
     body: conversation_export.ConversationExport,
@@ -77,6 +107,8 @@ async def import_conversation(
     session: SessionDep,
     settings: SettingsDep,
 ) -> Response:
+    where = ("conversation", "options")
+    _check_options(body.conversation.options, principal, settings, where)
     conversation = await conversation_export.import_conversation(
         session, principal.user_id, body, settings
     )
@@ -99,18 +131,36 @@ async def get_conversation(
     return Response(body, media_type="application/json")
 
 
-@router.put("/{conversation_id}", summary="Replace every editable field", responses=_NOT_FOUND)
+@router.put(
+    "/{conversation_id}",
+    summary="Replace every editable field",
+    responses={**_NOT_FOUND, **_OPTIONS},
+)
 async def replace_conversation(
-    body: ConversationReplace, conversation: OwnedConversation, session: SessionDep
+    body: ConversationReplace,
+    conversation: OwnedConversation,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ConversationPublic:
+    _check_options(body.options, principal, settings)
     await conversation_service.replace(session, conversation, body)
     return conversation_service.conversation_public(conversation)
 
 
-@router.patch("/{conversation_id}", summary="Change the given fields", responses=_NOT_FOUND)
+@router.patch(
+    "/{conversation_id}",
+    summary="Change the given fields",
+    responses={**_NOT_FOUND, **_OPTIONS},
+)
 async def patch_conversation(
-    body: ConversationPatch, conversation: OwnedConversation, session: SessionDep
+    body: ConversationPatch,
+    conversation: OwnedConversation,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ConversationPublic:
+    _check_options(body.options, principal, settings)
     await conversation_service.patch(session, conversation, body)
     return conversation_service.conversation_public(conversation)
 

@@ -42,6 +42,8 @@ GIB = 1024**3
 HOUR_MS = 3_600_000
 # Each request counted in a moving window is kept until it leaves the window.
 MAX_PER_MINUTE = 100_000
+# The largest context a conversation may ask for (the bound of MAX_NUM_CTX).
+NUM_CTX_CEILING = 4_194_304
 # `aaaa...`, `0000...`, `abab...`. Not 10: a random 32-character hex key (128 bits, from
 # `openssl rand -hex 16`) has fewer than 10 distinct characters about once in 12,000.
 MIN_SECRET_DISTINCT_CHARACTERS = 8
@@ -141,6 +143,9 @@ class Settings(BaseSettings):
     max_images_per_message: int = Field(default=4, ge=0, le=64)
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1, le=GIB)
     max_concurrent_generations_per_user: int = Field(default=3, ge=1, le=100_000)
+    # chat/options.py: what a conversation's options may ask of the node's runner.
+    max_num_ctx: int = Field(default=131_072, ge=1, le=NUM_CTX_CEILING)
+    runner_options_admin_only: bool = True
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
     generation_checkpoint_seconds: float = Field(default=1.0, gt=0, le=300)
 
