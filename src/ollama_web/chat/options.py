@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ollama_web.chat.schemas import OllamaOptions
 from ollama_web.core.config import Settings
 from ollama_web.core.errors import ForbiddenError, ValidationError
 
@@ -36,6 +37,11 @@ RUNNER_OPTIONS = (
     "low_vram",
 )
 """Options that set how the node loads and runs the model rather than how it answers."""
+FORBIDDEN_RESPONSE = {
+    "description": "FORBIDDEN: runner options (num_gpu, num_thread...) from a user who is not "
+    "an administrator (RUNNER_OPTIONS_ADMIN_ONLY)"
+}
+"""The 403 in the OpenAPI document of every operation that writes options."""
 
 
 def _runner_options_refused(is_admin: bool, settings: Settings) -> bool:
@@ -43,17 +49,15 @@ def _runner_options_refused(is_admin: bool, settings: Settings) -> bool:
 
 
 def check_options(
-    options: Mapping[str, Any] | None,
+    given: OllamaOptions | None,
     *,
     is_admin: bool,
     settings: Settings,
     at: Sequence[str] = ("options",),
 ) -> None:
     """Refuse what the caller may not write: runner options (403), `num_ctx` above
-    MAX_NUM_CTX (422). `options`: the validated options the request gives, found in its
-    body `at` that path."""
-    if not options:
-        return
+    MAX_NUM_CTX (422). `given`: the options of the request's body, `at` that path."""
+    options = given.as_dict() if given is not None else {}
     runner = [name for name in RUNNER_OPTIONS if name in options]
     if runner and _runner_options_refused(is_admin, settings):
         raise ForbiddenError(

@@ -18,6 +18,7 @@ from ollama_web.chat.dependencies import RegistryDep
 from ollama_web.chat.errors import AnswerInProgressError, GenerationNotHereError
 from ollama_web.chat.generation import Generation
 from ollama_web.chat.leases import interrupt_unclaimed, unclaimed_seconds
+from ollama_web.chat.options import FORBIDDEN_RESPONSE
 from ollama_web.chat.registry import GenerationRegistry
 from ollama_web.chat.relay_base import RelayBase
 from ollama_web.chat.responses import (
@@ -48,10 +49,7 @@ router = APIRouter(prefix="/api/chat", tags=["chat"])
 INTERRUPTED = MessageStatus.INTERRUPTED.value
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {
-        "description": "FORBIDDEN: runner options (num_gpu, num_thread...) from a user who "
-        "is not an administrator (RUNNER_OPTIONS_ADMIN_ONLY)"
-    },
+    403: FORBIDDEN_RESPONSE,
     404: {"description": "Unknown conversation or message, or MODEL_NOT_FOUND (nothing stored)"},
     409: {
         "description": "ANSWER_IN_PROGRESS: a question after an answer still being generated "

@@ -304,8 +304,7 @@ async def prepare(
     reads run there when they can: core/sqlite_inline.py). `is_admin`: the caller's role,
     for the options it may set and have sent (chat/options.py)."""
     check_limits(body, settings)
-    given = body.options.as_dict() if body.options is not None else None
-    check_options(given, is_admin=is_admin, settings=settings)
+    check_options(body.options, is_admin=is_admin, settings=settings)
     reservation = await registry.reserve(user_id)
     try:
         sendable = partial(sendable_options, is_admin=is_admin, settings=settings)

@@ -6,11 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from ollama_web.auth.dependencies import CurrentPrincipal, Principal
+from ollama_web.auth.dependencies import CurrentPrincipal
 from ollama_web.chat import deletions as chat_deletions
 from ollama_web.chat.dependencies import RegistryDep
-from ollama_web.chat.options import check_options
-from ollama_web.chat.schemas import OllamaOptions
+from ollama_web.chat.options import FORBIDDEN_RESPONSE, check_options
 from ollama_web.conversations import export as conversation_export
 from ollama_web.conversations import service as conversation_service
 from ollama_web.conversations.dependencies import OwnedConversation
@@ -23,7 +22,6 @@ from ollama_web.conversations.schemas import (
     ConversationReplace,
 )
 from ollama_web.conversations.search import MAX_QUERY_CHARS
-from ollama_web.core.config import Settings
 from ollama_web.core.dependencies import SessionDep, SettingsDep
 from ollama_web.core.pagination import Page, PageParamsDep
 
@@ -33,22 +31,9 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such conversation of yours"}
 }
 _OPTIONS: dict[int | str, dict[str, Any]] = {
-    403: {
-        "description": "FORBIDDEN: runner options (num_gpu, num_thread...) from a user who "
-        "is not an administrator (RUNNER_OPTIONS_ADMIN_ONLY)"
-    },
+    403: FORBIDDEN_RESPONSE,
     422: {"description": "Invalid payload, or options.num_ctx above MAX_NUM_CTX"},
 }
-
-
-def _check_options(
-    options: OllamaOptions | None,
-    principal: Principal,
-    settings: Settings,
-    at: tuple[str, ...] = ("options",),
-) -> None:
-    given = options.as_dict() if options is not None else None
-    check_options(given, is_admin=principal.is_admin, settings=settings, at=at)
 
 
 @router.get("", summary="List my conversations, newest activity first")
@@ -86,7 +71,7 @@ async def create_conversation(
     session: SessionDep,
     settings: SettingsDep,
 ) -> ConversationPublic:
-    _check_options(body.options, principal, settings)
+    check_options(body.options, is_admin=principal.is_admin, settings=settings)
     conversation = await conversation_service.create(session, principal.user_id, body)
     return conversation_service.conversation_public(conversation)
 
@@ -108,7 +93,9 @@ async def import_conversation(
     settings: SettingsDep,
 ) -> Response:
     where = ("conversation", "options")
-    _check_options(body.conversation.options, principal, settings, where)
+    check_options(
+        body.conversation.options, is_admin=principal.is_admin, settings=settings, at=where
+    )
     conversation = await conversation_export.import_conversation(
         session, principal.user_id, body, settings
     )
@@ -143,7 +130,7 @@ async def replace_conversation(
     session: SessionDep,
     settings: SettingsDep,
 ) -> ConversationPublic:
-    _check_options(body.options, principal, settings)
+    check_options(body.options, is_admin=principal.is_admin, settings=settings)
     await conversation_service.replace(session, conversation, body)
     return conversation_service.conversation_public(conversation)
 
@@ -160,7 +147,7 @@ async def patch_conversation(
     session: SessionDep,
     settings: SettingsDep,
 ) -> ConversationPublic:
-    _check_options(body.options, principal, settings)
+    check_options(body.options, is_admin=principal.is_admin, settings=settings)
     await conversation_service.patch(session, conversation, body)
     return conversation_service.conversation_public(conversation)
 
