@@ -245,11 +245,9 @@ def build_storage(redis_url: str | None, host_dir: Path | None = None) -> Fallba
 
     Nothing connects here; the first rate-limit check (or health probe) does.
     """
-    local: MemoryStorage | FallbackStorage = LocalStorage()
-    if host_dir is not None:
-        local = host_storage(host_dir, REQUESTS_FILE_NAME)
+    host = host_storage(host_dir, REQUESTS_FILE_NAME) if host_dir is not None else None
     if not redis_url:
-        return local if isinstance(local, FallbackStorage) else FallbackStorage(None, local)
+        return host if host is not None else FallbackStorage(None, LocalStorage())
     # Imported only when configured: redis-py costs ~6 MB of memory at import.
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
@@ -270,9 +268,13 @@ def build_storage(redis_url: str | None, host_dir: Path | None = None) -> Fallba
     )
     says = (
         f"rate limits are counted in the host's file {REQUESTS_FILE_NAME}"
-        if host_dir is not None
+        if host is not None
         else "rate limits fall back to in-process counting"
     )
     return FallbackStorage(
-        primary, local, pool=pool, primary_errors=(RedisError, OSError), fallback_says=says
+        primary,
+        host if host is not None else LocalStorage(),
+        pool=pool,
+        primary_errors=(RedisError, OSError),
+        fallback_says=says,
     )
