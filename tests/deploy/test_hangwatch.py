@@ -84,11 +84,14 @@ def test_sigusr1_writes_the_stacks_and_ends_nothing(tmp_path: Path) -> None:
         while not any("stuck" in path.read_text() for path in hang_files(tmp_path)):
             assert time.monotonic() < deadline, "the stuck test never started"
             time.sleep(0.05)
-        process.send_signal(signal.SIGUSR1)
+        # The header is written before the test's setup: a signal that lands before its body
+        # runs writes stacks without it (seen once in CI on a slow host). Each signal adds
+        # a dump; sent again until one shows the test in its join.
         deadline = time.monotonic() + 10
         while "test_stuck_in_a_join" not in hang_files(tmp_path)[0].read_text().split("\n", 1)[1]:
             assert time.monotonic() < deadline, "no stacks after SIGUSR1"
-            time.sleep(0.05)
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
         time.sleep(0.3)
         assert process.poll() is None  # still running: the outer timeout kills it
     finally:
