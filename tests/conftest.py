@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.auth",
     "tests.fixtures.hangwatch",
+    "tests.fixtures.loops",
 ]
 
 PG_ADMIN_URL = os.environ.get("OLLAMA_WEB_TEST_PG_URL")
