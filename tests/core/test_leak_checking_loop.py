@@ -33,7 +33,6 @@ def test_a_connection_left_open_fails_its_test_and_is_closed() -> None:
     message = str(raised.value)
     assert message.startswith("connections left open when the test's event loop closed: ")
     assert message.count("asyncio.streams.StreamReaderProtocol") == 2  # both ends
-    assert writer.get_extra_info("peername")[1] == accepted[0].get_extra_info("sockname")[1]
     assert str(writer.get_extra_info("sockname")) in message
     for end in (writer, accepted[0]):
         assert end.get_extra_info("socket").fileno() == -1  # closed: nothing for the GC
