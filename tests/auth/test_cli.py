@@ -8,7 +8,6 @@ import os
 import pty
 import pwd
 import selectors
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from ollama_web.core.config import Settings
 from ollama_web.core.db import create_null_pool_engine, create_sessionmaker, session_scope
 from ollama_web.db import AuditEvent, User
 from tests.conftest import TEST_SECRET, require_postgres, require_postgres_ca
+from tests.fixtures.ports import free_port
 from tests.fixtures.privileges import unprivileged
 
 PASSWORD = "cli admin password"
@@ -243,12 +243,6 @@ def test_the_password_is_never_a_command_line_argument() -> None:
         main(["create-admin", "--username", "boss", "--password", PASSWORD])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -274,7 +268,7 @@ def test_an_unreachable_database_is_one_line_and_exit_3(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
     monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
-    url = f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{_free_port()}/ollama_web"
+    url = f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{free_port()}/ollama_web"
     monkeypatch.setenv("DATABASE_URL", url)
 
     assert run(monkeypatch, args, PASSWORD + "\n") == 3

@@ -28,6 +28,7 @@ from tests.chat.conftest import EventReader, chat_body, conversation_with_unfini
 from tests.chat.test_relay import _elsewhere_both_ways, new_chat, two_processes
 from tests.conftest import TEST_SECRET, asgi_client
 from tests.fixtures.auth import create_test_user
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.skipif(not HostSockets.supported(), reason="no Unix sockets here")
 
@@ -216,12 +217,6 @@ async def test_a_connection_that_sends_no_request_is_closed_and_the_relay_serves
     assert said[0][1].startswith("ignored a malformed request between processes")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 async def test_serve_with_two_workers_stops_and_re_attaches_whichever_worker_is_reached(
     tmp_path: Path, ollama_emulator: OllamaEmulator
@@ -241,7 +236,7 @@ async def test_serve_with_two_workers_stops_and_re_attaches_whichever_worker_is_
         "BACKUP_ENABLED": "false",
         "RATE_LIMIT_ENABLED": "false",
     }
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "ollama_web", "serve", "--workers", "2", "--port", str(port)]
     server = subprocess.Popen(args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     # No keep-alive: every request is a new connection the kernel hands to either worker.

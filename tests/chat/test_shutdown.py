@@ -29,7 +29,7 @@ from ollama_web.chat.leases import stale_seconds, unclaimed_seconds
 from ollama_web.emulator import OllamaEmulator
 from tests.chat.conftest import Event, EventReader, parse_events
 from tests.conftest import require_redis
-from tests.deploy.tools import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from ollama_web.core.config import Settings
 from ollama_web.health import service
 from tests.conftest import _pg_admin, asgi_client, require_postgres
 from tests.fixtures.forwarder import Forwarder
+from tests.fixtures.ports import free_port
 from tests.fixtures.privileges import unprivileged
 
 
@@ -72,12 +72,6 @@ async def test_docs_are_served_offline(client: httpx.AsyncClient) -> None:
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "Ollama Web"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_a_read_only_database_file_is_refused_at_start(
     tmp_path: Path, sqlite_template: Path
@@ -95,11 +89,11 @@ def test_a_read_only_database_file_is_refused_at_start(
         "LOG_DIR": str(tmp_path / "logs"),
         "BACKUP_DIR": str(tmp_path / "backups"),
         "BACKUP_ENABLED": "false",
-        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+        "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
     }
     command = [sys.executable, "-m", "ollama_web", "serve", "--host", "127.0.0.1"]
     result = subprocess.run(
-        [*unprivileged(), *command, "--port", str(_free_port())],
+        [*unprivileged(), *command, "--port", str(free_port())],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 78, result.stderr

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from ollama_web.core.config import Settings
 from ollama_web.core.logging import SharedRotatingFileHandler, redact
 from tests.conftest import asgi_client
+from tests.fixtures.ports import free_port
 
 SECRETS = [
     "owk_SuperSecretKeyValue1234567890abcdef",
@@ -90,24 +90,18 @@ async def test_structured_logging_writes_json_access_lines(
         assert secret not in "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_workers_share_rotated_log_files_without_losing_lines(tmp_path: Path) -> None:
     """`serve --workers 2` with a small LOG_MAX_BYTES: each worker had its own handler, and
     after one rotated, the other wrote into the renamed file until it rotated out."""
-    port, max_bytes, backups, requests = _free_port(), 4096, 3, 1500
+    port, max_bytes, backups, requests = free_port(), 4096, 3, 1500
     log_dir = tmp_path / "logs"
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_DIR": str(log_dir),
         "BACKUP_DIR": str(tmp_path / "backups"),
-        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+        "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
         "LOG_MAX_BYTES": str(max_bytes),
         "LOG_BACKUP_COUNT": str(backups),
         "RATE_LIMIT_ENABLED": "false",

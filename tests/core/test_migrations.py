@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from ollama_web.migrations.filters import include_object
 from ollama_web.migrations.runner import migration_status, upgrade
 from tests.conftest import _sync, require_postgres
 from tests.fixtures.commands import command_environment
+from tests.fixtures.ports import free_port
 
 EXPECTED_TABLES = {
     "users",
@@ -444,15 +444,9 @@ async def test_an_instance_waiting_for_another_migration_says_who_holds_the_lock
         await holder_engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _unusable_postgres(problem: str) -> str:
     if problem == "refused":
-        return f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{_free_port()}/ollama_web"
+        return f"postgresql://ollama_web:pw-not-shown@127.0.0.1:{free_port()}/ollama_web"
     url = make_url(require_postgres())
     if problem == "wrong-password":
         return url.set(password="pw-not-shown").render_as_string(hide_password=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.ports import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_health(port: int, deadline: float) -> tuple[dict[str, object], float]:
@@ -48,8 +43,8 @@ def _wait_health(port: int, deadline: float) -> tuple[dict[str, object], float]:
 def test_fresh_server_answers_health_degraded_without_ollama(
     tmp_path: Path, command: list[str]
 ) -> None:
-    port = _free_port()
-    dead_port = _free_port()
+    port = free_port()
+    dead_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL"}},
         "DATA_DIR": str(tmp_path / "data"),
@@ -116,9 +111,9 @@ def test_a_server_that_fails_to_start_says_why_in_one_line_and_exits_3(
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_DIR": str(tmp_path / "logs"),
         "BACKUP_DIR": str(tmp_path / "backups"),
-        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+        "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
     }
-    args = [sys.executable, *command, "--port", str(_free_port())]
+    args = [sys.executable, *command, "--port", str(free_port())]
     result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
     assert "cannot start: [Errno 21] Is a directory" in result.stderr
@@ -135,9 +130,9 @@ def test_a_server_whose_migration_fails_says_why_in_one_line_and_exits_3(tmp_pat
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_DIR": str(tmp_path / "logs"),
         "BACKUP_DIR": str(tmp_path / "backups"),
-        "OLLAMA_URL": f"http://127.0.0.1:{_free_port()}",
+        "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",
     }
-    args = [sys.executable, "-m", "ollama_web", "serve", "--port", str(_free_port())]
+    args = [sys.executable, "-m", "ollama_web", "serve", "--port", str(free_port())]
     result = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
     assert "cannot start: the database migration failed: " in result.stderr

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy.tools import free_port, read, require_tool, run
+from tests.deploy.tools import read, require_tool, run
+from tests.fixtures.ports import free_port
 
 NGINX_CONF = "deploy/nginx.conf"
 UNBUFFERED = re.compile(r"^\s*proxy_buffering off;\n", re.MULTILINE)

@@ -19,7 +19,8 @@ from tests.deploy.dockerfile import (
     exec_form,
     stages,
 )
-from tests.deploy.tools import ROOT, describe, free_port, read, require_tool, run
+from tests.deploy.tools import ROOT, describe, read, require_tool, run
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.tools
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from ollama_web.emulator import OllamaEmulator
-from tests.deploy.tools import free_port
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.tools
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,12 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_SECRET
+from tests.fixtures.ports import free_port
 from tests.metrics.conftest import METRICS_TOKEN, sample_value
 
 pytestmark = pytest.mark.slow
 
 REQUESTS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 SERVE = ["-m", "ollama_web", "serve", "--workers", "2"]
@@ -66,7 +60,7 @@ def test_every_worker_is_counted_whichever_answers_the_scrape(
         env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     migrate = [sys.executable, "-m", "ollama_web", "migrate"]
     subprocess.run(migrate, env=env, cwd=tmp_path, check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(args, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

@@ -13,14 +13,12 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 from ollama_web.emulator.server import close_server
+from tests.fixtures.ports import free_port
 
 
 def closed_port_url() -> str:
     """A loopback URL nothing listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

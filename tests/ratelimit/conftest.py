@@ -7,7 +7,6 @@ import asyncio
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from fastapi import APIRouter, FastAPI
 from ollama_web.core.config import Settings
 from ollama_web.ratelimit.limiter import EXEMPT, rate_limit_group
 from tests.conftest import TEST_SECRET
+from tests.fixtures.ports import free_port
 
 LimitedApp = Callable[..., Awaitable[FastAPI]]
 
@@ -69,12 +69,6 @@ def limited_app(
 def fresh_client_address() -> str:
     """A client address no earlier run has used (the window outlives a test run)."""
     return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(

@@ -14,9 +14,9 @@ import pytest
 
 from ollama_web.ratelimit.host_storage import REQUESTS_FILE_NAME
 from tests.conftest import asgi_client
+from tests.fixtures.ports import free_port
 from tests.ratelimit.conftest import (
     LimitedApp,
-    free_port,
     fresh_client_address,
     start_server,
     two_servers_share_one_budget,

@@ -11,10 +11,10 @@ import pytest
 
 from ollama_web.core import redis_client
 from tests.conftest import asgi_client, require_redis
+from tests.fixtures.ports import free_port
 from tests.fixtures.servers import RedisServer
 from tests.ratelimit.conftest import (
     LimitedApp,
-    free_port,
     fresh_client_address,
     two_servers_share_one_budget,
 )
